@@ -1,0 +1,39 @@
+# Quick start: `make serve` runs the service, `make test` runs the tests. Both install into .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+STAMP := $(VENV)/.installed
+export OPENCV_IO_MAX_IMAGE_PIXELS ?= 1073741824
+
+.PHONY: install export fixtures serve test key clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -m venv --help >/dev/null 2>&1 || (echo "installing python3-venv"; apt-get update -qq && apt-get install -y -qq python3-venv)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "[install] installing into $(VENV) (first run: a few minutes) ..."
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e '.[export,triton,test]'
+	@touch $@
+
+install: $(STAMP)
+
+export: install
+	$(PY) -m export defaults $(EXPORT_ARGS)
+
+fixtures: install
+	$(PY) -m export fixtures $(EXPORT_ARGS)
+
+serve: install
+	$(PY) -m tritonlocal.serve --host $(HOST) --port $(PORT)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+key: install
+	@$(PY) -m gateway.keys create --name "$${NAME:-key-$$(date +%Y%m%d-%H%M%S)}"
+
+clean:
+	rm -rf .triton .pytest_cache build *.egg-info
+	find model_repository -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +

@@ -1,0 +1,1 @@
+"""Export YOLO weights into a Triton model repository (`python -m export --help`)."""

@@ -1,0 +1,170 @@
+"""config.pbtxt for a YOLO model, for each backend target.
+
+Everything the gateway needs to post-process travels in `parameters`, so it reads them back through Triton's
+model-config API and never needs the weights or Ultralytics.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Literal
+
+Target = Literal["python", "onnxruntime", "tensorrt"]
+TARGETS: tuple[Target, ...] = ("python", "onnxruntime", "tensorrt")
+
+_TRITON_DTYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64"}
+MODEL_FILES: dict[Target, str] = {"python": "model.onnx", "onnxruntime": "model.onnx", "tensorrt": "model.plan"}
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    dtype: str  # numpy dtype name
+    dims: list[int]  # without the batch dimension; -1 for dynamic axes
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the exporter learned about a model; rendered into config.pbtxt."""
+
+    name: str
+    task: str
+    names: dict[int, str]
+    stride: int
+    imgsz: int
+    inputs: list[Tensor]
+    outputs: list[Tensor]
+    input_format: str  # "uint8_nhwc_bgr" (fused preprocessing) or "float32_nchw_rgb" (raw Ultralytics graph)
+    kpt_shape: list[int] | None = None
+    source: str = ""
+    untrained: bool = False
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Serving:
+    """Batching and placement; defaults per target come from `serving_defaults`."""
+
+    target: Target
+    max_batch_size: int = 8
+    instances: int = 1
+    queue_delay_us: int = 2000
+    max_queue_size: int = 64
+    preferred_batch_sizes: tuple[int, ...] = ()
+    trt_fp16: bool = True
+    intra_op_threads: int = 0  # 0: ONNX Runtime decides
+
+
+def serving_defaults(target: Target) -> Serving:
+    if target == "python":
+        # CPU default: one instance uses every core through ONNX Runtime's intra-op pool; a short queue delay lets
+        # concurrent requests of the same shape share one run.
+        return Serving(target, max_batch_size=8, instances=1, queue_delay_us=2000)
+    # GPU targets: two instances overlap copies with compute; batches of 4-16 keep the GPU busy.
+    return Serving(target, max_batch_size=16, instances=2, queue_delay_us=1000, preferred_batch_sizes=(4, 8, 16))
+
+
+def _quote(value: str) -> str:
+    """A protobuf text-format string literal (UTF-8 kept as is; text format has no \\u escapes)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _dims(dims: list[int]) -> str:
+    return "[ " + ", ".join(str(d) for d in dims) + " ]"
+
+
+def _tensor_block(kind: str, tensors: list[Tensor]) -> str:
+    items = []
+    for t in tensors:
+        items.append(
+            "  {\n"
+            f'    name: "{t.name}"\n'
+            f"    data_type: {_TRITON_DTYPES[t.dtype]}\n"
+            f"    dims: {_dims(t.dims)}\n"
+            "  }"
+        )
+    return f"{kind} [\n" + ",\n".join(items) + "\n]\n"
+
+
+def parameters(spec: ModelSpec, serving: Serving) -> dict[str, str]:
+    params = {
+        "task": spec.task,
+        "names": json.dumps({str(k): v for k, v in spec.names.items()}, ensure_ascii=False),
+        "stride": str(spec.stride),
+        "imgsz": str(spec.imgsz),
+        "input_name": spec.inputs[0].name,
+        "input_format": spec.input_format,
+        "outputs": json.dumps([t.name for t in spec.outputs]),
+        "target": serving.target,
+        "source": spec.source,
+        "untrained": "true" if spec.untrained else "false",
+    }
+    if spec.kpt_shape:
+        params["kpt_shape"] = json.dumps(list(spec.kpt_shape))
+    if serving.target == "python":
+        params["onnx_file"] = MODEL_FILES["python"]
+        params["intra_op_threads"] = str(serving.intra_op_threads)
+    params.update(spec.extra)
+    return params
+
+
+def render(spec: ModelSpec, serving: Serving) -> str:
+    """The config.pbtxt text for `spec` served by `serving`."""
+    lines = [f'name: "{spec.name}"']
+    if serving.target == "python":
+        lines.append('backend: "python"')
+    elif serving.target == "onnxruntime":
+        lines.append('platform: "onnxruntime_onnx"')
+        lines.append(f'default_model_filename: "{MODEL_FILES["onnxruntime"]}"')
+    else:
+        lines.append('platform: "tensorrt_plan"')
+        lines.append(f'default_model_filename: "{MODEL_FILES["tensorrt"]}"')
+    lines.append(f"max_batch_size: {serving.max_batch_size}")
+    text = "\n".join(lines) + "\n"
+    text += _tensor_block("input", spec.inputs)
+    text += _tensor_block("output", spec.outputs)
+
+    preferred = ""
+    if serving.preferred_batch_sizes:
+        preferred = f"  preferred_batch_size: {_dims(list(serving.preferred_batch_sizes))}\n"
+    text += (
+        "dynamic_batching {\n"
+        f"{preferred}"
+        f"  max_queue_delay_microseconds: {serving.queue_delay_us}\n"
+        "  default_queue_policy {\n"
+        f"    max_queue_size: {serving.max_queue_size}\n"
+        "  }\n"
+        "}\n"
+    )
+    kind = "KIND_CPU" if serving.target == "python" else "KIND_GPU"
+    text += f"instance_group [\n  {{\n    count: {serving.instances}\n    kind: {kind}\n  }}\n]\n"
+
+    if serving.target == "onnxruntime":
+        precision = "FP16" if serving.trt_fp16 else "FP32"
+        text += (
+            "optimization {\n"
+            "  execution_accelerators {\n"
+            "    gpu_execution_accelerator: [\n"
+            "      {\n"
+            '        name: "tensorrt"\n'
+            f'        parameters {{ key: "precision_mode" value: "{precision}" }}\n'
+            '        parameters { key: "max_workspace_size_bytes" value: "4294967296" }\n'
+            '        parameters { key: "trt_engine_cache_enable" value: "1" }\n'
+            "      }\n"
+            "    ]\n"
+            "  }\n"
+            "}\n"
+        )
+
+    for key, value in parameters(spec, serving).items():
+        text += f'parameters {{\n  key: "{key}"\n  value {{ string_value: {_quote(value)} }}\n}}\n'
+    return text
+
+
+def parse(text: str) -> "object":
+    """Parse config.pbtxt text as Triton's ModelConfig protobuf (raises on any error)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse(text, model_config_pb2.ModelConfig())

@@ -1,0 +1,121 @@
+"""Errors the gateway answers with, and the one place that turns them into JSON responses.
+
+    GatewayError
+    ├── BadRequest (400)            bad or out-of-range argument, missing/duplicate image or url
+    ├── Unauthorized (401)          missing, unknown or revoked key
+    ├── Forbidden (403)             key not allowed for this model
+    ├── NotFound (404)              unknown model id or route
+    ├── PayloadTooLarge (413)       upload, URL body or pixel count over the limit
+    ├── UnsupportedMediaType (415)  not an image format we decode
+    ├── UnprocessableImage (422)    an image format we know, but the bytes don't decode
+    ├── TooManyRequests (429)       per-key rate limit
+    ├── BadGateway (502)            the `url` could not be fetched
+    ├── ServiceUnavailable (503)    Triton or the model not ready, or the gateway is full
+    └── GatewayTimeout (504)        inference did not finish in time
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+log = logging.getLogger("gateway")
+
+
+class GatewayError(Exception):
+    status = 500
+
+    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class BadRequest(GatewayError):
+    status = 400
+
+
+class Unauthorized(GatewayError):
+    status = 401
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, {"WWW-Authenticate": 'ApiKey header="x-api-key"'})
+
+
+class Forbidden(GatewayError):
+    status = 403
+
+
+class NotFound(GatewayError):
+    status = 404
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+
+
+class UnsupportedMediaType(GatewayError):
+    status = 415
+
+
+class UnprocessableImage(GatewayError):
+    status = 422
+
+
+class TooManyRequests(GatewayError):
+    status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message, {"Retry-After": str(max(1, retry_after))})
+
+
+class BadGateway(GatewayError):
+    status = 502
+
+
+class ServiceUnavailable(GatewayError):
+    status = 503
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message, {"Retry-After": str(max(1, retry_after))})
+
+
+class GatewayTimeout(GatewayError):
+    status = 504
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    body = orjson.dumps({"success": False, "message": message, "data": {}})
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+
+async def handle_gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return error_response(exc.status, exc.message, exc.headers)
+
+
+_HTTP_MESSAGES = {
+    404: "Not found. Predictions are POSTed to /v1/predict/{model_id}; GET /v1/models lists the models.",
+    405: "Method not allowed for this path (predictions are POST /v1/predict/{model_id}).",
+    413: "Request body too large.",
+}
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    message = _HTTP_MESSAGES.get(exc.status_code, str(exc.detail))
+    if exc.status_code == 400 and exc.detail:
+        message = f"Malformed request body: {exc.detail}."
+    return error_response(exc.status_code, message, dict(exc.headers or {}))
+
+
+async def handle_unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(500, "Internal server error. The request was not processed; please report it.")
+
+
+HANDLERS = {GatewayError: handle_gateway_error, HTTPException: handle_http_exception, Exception: handle_unexpected}

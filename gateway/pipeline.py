@@ -1,0 +1,55 @@
+"""The synchronous steps of one prediction: bytes → model input, and raw outputs → the summary list.
+
+Pure functions, run in a worker thread by the app so the event loop never blocks on pixels.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from gateway import postprocess, preprocess
+from gateway.preprocess import Letterbox
+from gateway.triton import ModelInfo
+
+
+def prepare(
+    data: bytes, info: ModelInfo, size: int, rect: bool, max_pixels: int, timings: dict[str, float]
+) -> tuple[NDArray[Any], Letterbox]:
+    """(model input tensor without batch dim, letterbox) for the model's input format; fills decode/letterbox ms."""
+    t0 = time.perf_counter()
+    image = preprocess.decode(data, max_pixels)
+    t1 = time.perf_counter()
+    tensor, box = preprocess.letterbox(image, preprocess.target_size(size, info.stride), info.stride, rect)
+    if info.input_format == "float32_nchw_rgb":
+        tensor = np.ascontiguousarray(tensor[..., ::-1].transpose(2, 0, 1)).astype(np.float32) / np.float32(255)
+    t2 = time.perf_counter()
+    timings["decode"] = (t1 - t0) * 1000
+    timings["letterbox"] = (t2 - t1) * 1000
+    return tensor, box
+
+
+def finish(
+    info: ModelInfo,
+    outputs: dict[str, NDArray[np.float32]],
+    box: Letterbox,
+    confidence: float,
+    iou: float,
+    normalize: bool,
+) -> list[dict[str, Any]]:
+    """The summary list for one image from the model's raw outputs."""
+    pred = outputs[info.outputs[0]]
+    nc = len(info.names)
+    dets = postprocess.non_max_suppression(pred, confidence, iou, nc)
+    polygons = keypoints = None
+    if info.task == "segment":
+        dets, polygons = postprocess.segments(dets, outputs[info.outputs[1]], box, nc)
+    elif info.task == "pose" and info.kpt_shape:
+        k = dets[:, 6:].reshape(len(dets), *info.kpt_shape).copy()
+        keypoints = postprocess.scale_xy(k, box)
+    boxes = postprocess.scale_boxes(dets[:, :4], box)
+    dets = np.concatenate([boxes, dets[:, 4:6]], axis=1)
+    return postprocess.summary(dets, box, info.names, normalize, polygons, keypoints)

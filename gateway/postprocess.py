@@ -1,0 +1,240 @@
+"""NMS, box/keypoint scaling, masks and the Ultralytics `Results.summary()` shape, in NumPy.
+
+Each step mirrors Ultralytics' own arithmetic (utils/nms.py, utils/ops.py, engine/results.py), including where it
+computes in float32 and where in float64, so that results match `YOLO(...).predict(...)[0].summary()`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from gateway.preprocess import Letterbox
+
+F32 = NDArray[np.float32]
+MAX_WH = 7680  # per-class coordinate offset for class-aware NMS (Ultralytics' max_wh)
+MAX_NMS = 30000  # candidate cap before NMS
+MAX_DET = 300
+
+
+def xywh2xyxy(b: F32) -> F32:
+    """(N, 4) centre-xywh → corner-xyxy, float32 like Ultralytics."""
+    half = b[:, 2:] / np.float32(2)
+    return np.concatenate([b[:, :2] - half, b[:, :2] + half], axis=1)
+
+
+def nms(boxes: F32, scores: F32, iou: float) -> NDArray[np.int64]:
+    """Indices of kept boxes, best first (torchvision.ops.nms). boxes: (N, 4) xyxy; scores: (N,)."""
+    order = np.argsort(-scores, kind="stable")
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    areas = (x2 - x1) * (y2 - y1)
+    keep = []
+    zero = np.float32(0)
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        rest = order[1:]
+        w = np.maximum(zero, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
+        h = np.maximum(zero, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
+        inter = w * h
+        overlap = inter / (areas[i] + areas[rest] - inter)
+        order = rest[overlap.astype(np.float64) <= iou]  # torchvision compares the float IoU with a double
+    return np.asarray(keep, dtype=np.int64)
+
+
+def non_max_suppression(pred: F32, conf: float, iou: float, nc: int, max_det: int = MAX_DET) -> F32:
+    """(M, 6 + extra) rows of xyxy, confidence, class, extra, best first.
+
+    pred: (4 + nc + extra, anchors) raw output for one image, boxes in letterboxed-input pixels.
+    """
+    threshold = np.float32(conf)
+    candidates = pred[4 : 4 + nc].max(axis=0) > threshold
+    x = pred[:, candidates].T
+    if not x.shape[0]:
+        return np.zeros((0, pred.shape[0] + 2 - nc), dtype=np.float32)
+    scores = x[:, 4 : 4 + nc]
+    j = scores.argmax(axis=1)
+    best = scores[np.arange(len(j)), j]
+    keep = best > threshold
+    rows = np.concatenate(
+        [xywh2xyxy(x[keep, :4]), best[keep, None], j[keep, None].astype(np.float32), x[keep, 4 + nc :]], axis=1
+    )
+    if rows.shape[0] > MAX_NMS:
+        rows = rows[np.argsort(-rows[:, 4], kind="stable")[:MAX_NMS]]
+    offset = rows[:, 5:6] * np.float32(MAX_WH)
+    kept = nms(rows[:, :4] + offset, rows[:, 4], iou)[:max_det]
+    return rows[kept]
+
+
+def _gain_pad(box: Letterbox) -> tuple[float, float, int, int]:
+    """(gain_x, gain_y, pad_x, pad_y) from letterboxed input back to the original image (ops.scale_boxes)."""
+    (h0, w0), (h1, w1) = box.orig_shape, box.input_shape
+    gain = min(h1 / h0, w1 / w0)
+    new_h, new_w = max(round(h0 * gain), 1), max(round(w0 * gain), 1)
+    pad_x, pad_y = round((w1 - new_w) / 2 - 0.1), round((h1 - new_h) / 2 - 0.1)
+    return new_w / w0, new_h / h0, pad_x, pad_y
+
+
+def scale_xy(xy: F32, box: Letterbox) -> F32:
+    """(..., 2+) points from letterboxed-input pixels to original-image pixels, clipped to the image (in place)."""
+    gain_x, gain_y, pad_x, pad_y = _gain_pad(box)
+    h0, w0 = box.orig_shape
+    xy[..., 0] -= np.float32(pad_x)
+    xy[..., 1] -= np.float32(pad_y)
+    xy[..., 0] /= np.float32(gain_x)
+    xy[..., 1] /= np.float32(gain_y)
+    xy[..., 0] = xy[..., 0].clip(0, w0)
+    xy[..., 1] = xy[..., 1].clip(0, h0)
+    return xy
+
+
+def scale_boxes(boxes: F32, box: Letterbox) -> F32:
+    """(N, 4) xyxy from letterboxed-input pixels to original-image pixels, clipped (returns a new array)."""
+    out = boxes.reshape(-1, 2, 2).copy()
+    return scale_xy(out, box).reshape(-1, 4)
+
+
+def _interp_weights(out_idx: NDArray[np.int64], in_size: int, out_size: int) -> tuple[Any, Any, F32, F32]:
+    """Source indices and weights of torch's bilinear resize (align_corners=False) along one axis, in float32."""
+    scale = np.float32(in_size) / np.float32(out_size)
+    real = np.maximum(scale * (out_idx.astype(np.float32) + np.float32(0.5)) - np.float32(0.5), np.float32(0))
+    i0 = np.minimum(np.floor(real).astype(np.int64), in_size - 1)
+    lam1 = np.clip(real - i0.astype(np.float32), 0, 1).astype(np.float32)
+    i1 = i0 + (i0 < in_size - 1)
+    return i0, i1, (np.float32(1) - lam1).astype(np.float32), lam1
+
+
+def mask_in_box(coef: F32, protos: F32, xyxy: F32, input_shape: tuple[int, int]) -> tuple[NDArray[np.uint8], int, int]:
+    """(mask, x0, y0): the binary mask of one detection inside its box, at letterboxed-input resolution.
+
+    ops.process_mask(upsample=True) computes coef @ protos, upsamples the whole map bilinearly to the input size,
+    thresholds at 0 and zeroes everything outside the box. Each upsampled pixel depends only on its own source
+    neighbours, so we compute just the pixels inside the box: same values, a fraction of the work.
+    coef: (C,); protos: (C, mh, mw); xyxy: box in letterboxed-input pixels.
+    """
+    c, mh, mw = protos.shape
+    height, width = input_shape
+    # crop_mask keeps column r when x1 <= r < x2
+    cx0, cx1 = max(int(np.ceil(xyxy[0])), 0), min(int(np.ceil(xyxy[2])), width)
+    cy0, cy1 = max(int(np.ceil(xyxy[1])), 0), min(int(np.ceil(xyxy[3])), height)
+    if cx1 <= cx0 or cy1 <= cy0:
+        return np.zeros((0, 0), np.uint8), cx0, cy0
+    xi0, xi1, xw0, xw1 = _interp_weights(np.arange(cx0, cx1), mw, width)
+    yi0, yi1, yw0, yw1 = _interp_weights(np.arange(cy0, cy1), mh, height)
+    r0, r1, c0, c1 = int(yi0.min()), int(yi1.max()) + 1, int(xi0.min()), int(xi1.max()) + 1
+    sub = (coef @ protos[:, r0:r1, c0:c1].reshape(c, -1)).reshape(r1 - r0, c1 - c0)
+    across = sub[:, xi0 - c0] * xw0 + sub[:, xi1 - c0] * xw1
+    full = across[yi0 - r0] * yw0[:, None] + across[yi1 - r0] * yw1[:, None]
+    return (full > 0).astype(np.uint8), cx0, cy0
+
+
+def _min_index(a: NDArray[Any], b: NDArray[Any]) -> tuple[int, int]:
+    d = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+    i, j = np.unravel_index(np.argmin(d, axis=None), d.shape)
+    return int(i), int(j)
+
+
+def merge_multi_segment(segments: list[NDArray[Any]]) -> list[NDArray[Any]]:
+    """Join several contours into one outline through their closest points (Ultralytics' converter function)."""
+    s: list[NDArray[Any]] = []
+    segments = [np.asarray(x).reshape(-1, 2) for x in segments]
+    idx_list: list[list[int]] = [[] for _ in segments]
+    for i in range(1, len(segments)):
+        idx1, idx2 = _min_index(segments[i - 1], segments[i])
+        idx_list[i - 1].append(idx1)
+        idx_list[i].append(idx2)
+    for k in range(2):
+        if k == 0:
+            for i, idx in enumerate(idx_list):
+                if len(idx) == 2 and idx[0] > idx[1]:
+                    idx = [len(segments[i]) - 1 - x for x in idx]
+                    segments[i] = segments[i][::-1, :]
+                segments[i] = np.roll(segments[i], -idx[0], axis=0)
+                segments[i] = np.concatenate([segments[i], segments[i][:1]])
+                if i in {0, len(idx_list) - 1}:
+                    s.append(segments[i])
+                else:
+                    span = [0, idx[1] - idx[0]]
+                    s.append(segments[i][span[0] : span[1] + 1])
+        else:
+            for i in range(len(idx_list) - 1, -1, -1):
+                if i not in {0, len(idx_list) - 1}:
+                    idx = idx_list[i]
+                    nidx = abs(idx[1] - idx[0])
+                    s.append(segments[i][nidx:])
+    return s
+
+
+def mask_polygon(mask: NDArray[np.uint8], x0: int, y0: int) -> F32:
+    """(K, 2) float32 outline of a binary mask placed at (x0, y0), as ops.masks2segments(strategy="all")."""
+    padded = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    contours = cv2.findContours(padded, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
+    if not contours:
+        return np.zeros((0, 2), np.float32)
+    offset = np.array([x0 - 1, y0 - 1])
+    parts = [c.reshape(-1, 2) + offset for c in contours]
+    merged = np.concatenate(merge_multi_segment(parts)) if len(parts) > 1 else parts[0]
+    return merged.astype(np.float32)
+
+
+def segments(dets: F32, protos: F32, box: Letterbox, nc: int) -> tuple[F32, list[F32]]:
+    """(kept detections, their polygons in original-image pixels); detections whose mask is empty are dropped.
+
+    dets: (N, 6 + C) with boxes still in letterboxed-input pixels; protos: (C, mh, mw).
+    """
+    keep, polygons = [], []
+    for i, row in enumerate(dets):
+        mask, x0, y0 = mask_in_box(row[6:], protos, row[:4], box.input_shape)
+        if not mask.any():
+            continue
+        keep.append(i)
+        polygons.append(scale_xy(mask_polygon(mask, x0, y0), box))
+    return dets[keep], polygons
+
+
+def _coords(values: F32, divisor: int) -> list[float]:
+    """Per-point values as Ultralytics' summary writes them: float32 division, then rounded to 5 decimals."""
+    scaled = values / divisor if divisor != 1 else values
+    return list(scaled.astype(float).round(5).tolist())
+
+
+def summary(
+    dets: F32,
+    box: Letterbox,
+    names: dict[int, str],
+    normalize: bool,
+    polygons: list[F32] | None = None,
+    keypoints: F32 | None = None,
+) -> list[dict[str, Any]]:
+    """Ultralytics' Results.summary(normalize) for detections with boxes already in original-image pixels.
+
+    dets: (N, 6+) xyxy, confidence, class; polygons: N × (K, 2); keypoints: (N, kpts, 2 or 3), original pixels.
+    """
+    h, w = box.orig_shape if normalize else (1, 1)
+    out: list[dict[str, Any]] = []
+    for i, row in enumerate(dets[:, :6].tolist()):
+        x1, y1, x2, y2, conf, cls = row
+        class_id = int(cls)
+        item: dict[str, Any] = {
+            "name": names.get(class_id, str(class_id)),
+            "class": class_id,
+            "confidence": round(conf, 5),
+            "box": {
+                "x1": round(x1 / w, 5),
+                "y1": round(y1 / h, 5),
+                "x2": round(x2 / w, 5),
+                "y2": round(y2 / h, 5),
+            },
+        }
+        if polygons is not None:
+            item["segments"] = {"x": _coords(polygons[i][:, 0], w), "y": _coords(polygons[i][:, 1], h)}
+        if keypoints is not None:
+            k = keypoints[i]
+            item["keypoints"] = {"x": _coords(k[:, 0], w), "y": _coords(k[:, 1], h)}
+            if k.shape[1] == 3:
+                item["keypoints"]["visible"] = _coords(k[:, 2], 1)
+        out.append(item)
+    return out

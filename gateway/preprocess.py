@@ -1,0 +1,111 @@
+"""Decode and letterbox, the way Ultralytics' `predict` does it, in OpenCV and NumPy only."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from dataclasses import dataclass
+
+# OpenCV's own decoder cap, as a second line behind the header check below; must be set before cv2 is imported.
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(2**30))
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+from numpy.typing import NDArray  # noqa: E402
+
+from gateway.errors import PayloadTooLarge, UnprocessableImage, UnsupportedMediaType  # noqa: E402
+
+PAD_VALUE = 114
+
+# Formats OpenCV decodes, by magic bytes. Ultralytics' loader uses cv2.imdecode for these too.
+_MAGIC: tuple[tuple[bytes, int, str], ...] = (
+    (b"\xff\xd8\xff", 0, "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", 0, "PNG"),
+    (b"WEBP", 8, "WebP"),
+    (b"BM", 0, "BMP"),
+    (b"GIF87a", 0, "GIF"),
+    (b"GIF89a", 0, "GIF"),
+    (b"II*\x00", 0, "TIFF"),
+    (b"MM\x00*", 0, "TIFF"),
+)
+SUPPORTED = "JPEG, PNG, WebP, BMP, GIF (first frame) or TIFF"
+
+
+def sniff(data: bytes) -> str | None:
+    """The image format named by `data`'s magic bytes, or None."""
+    for magic, offset, name in _MAGIC:
+        if data[offset : offset + len(magic)] == magic:
+            if name == "WebP" and data[:4] != b"RIFF":
+                continue
+            return name
+    return None
+
+
+def declared_pixels(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the image header without decoding pixels, or None when the header can't be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size
+    except Exception:  # Pillow raises many types for bad headers; OpenCV gets the final word below
+        return None
+
+
+def decode(data: bytes, max_pixels: int) -> NDArray[np.uint8]:
+    """(H, W, 3) uint8 BGR, as `cv2.imread(path, IMREAD_COLOR)`: EXIF orientation applied, gray/alpha/16-bit to BGR8."""
+    if not data:
+        raise UnprocessableImage("The image file is empty. Send a JPEG, PNG or WebP image.")
+    kind = sniff(data)
+    if kind is None:
+        raise UnsupportedMediaType(f"The file is not a supported image. Send a {SUPPORTED} file.")
+    size = declared_pixels(data)
+    if size is not None and size[0] * size[1] > max_pixels:
+        w, h = size
+        raise PayloadTooLarge(
+            f"The image is {w}x{h} = {w * h / 1e6:.1f} megapixels; the limit is {max_pixels / 1e6:g} megapixels. "
+            "Resize it and try again."
+        )
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:
+        image = None
+    if image is None or image.size == 0:
+        raise UnprocessableImage(f"The {kind} image could not be decoded: the file is corrupt or truncated.")
+    if image.shape[0] * image.shape[1] > max_pixels:  # header unreadable by Pillow but OpenCV decoded it
+        raise PayloadTooLarge(f"The image has more than {max_pixels / 1e6:g} megapixels. Resize it and try again.")
+    return image
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """What `letterbox` did, for mapping coordinates back. Shapes are (height, width)."""
+
+    orig_shape: tuple[int, int]
+    input_shape: tuple[int, int]
+
+
+def target_size(size: int, stride: int) -> int:
+    """`size` rounded up to a multiple of the stride, as Ultralytics' check_imgsz does."""
+    return max(math.ceil(size / stride) * stride, stride)
+
+
+def letterbox(image: NDArray[np.uint8], size: int, stride: int, rect: bool) -> tuple[NDArray[np.uint8], Letterbox]:
+    """(H', W', 3) uint8 BGR: long side scaled to `size`, padded with 114 to `size`² or, with `rect`, to the stride.
+
+    Ultralytics' LetterBox(new_shape=(size, size), auto=rect, stride), scaleup and centred padding, INTER_LINEAR.
+    """
+    h, w = image.shape[:2]
+    r = min(size / h, size / w)
+    new_w, new_h = max(round(w * r), 1), max(round(h * r), 1)
+    dw, dh = size - new_w, size - new_h
+    if rect:
+        dw, dh = dw % stride, dh % stride
+    dw2, dh2 = dw / 2, dh / 2
+    top, bottom = round(dh2 - 0.1), round(dh2 + 0.1)
+    left, right = round(dw2 - 0.1), round(dw2 + 0.1)
+    if (w, h) != (new_w, new_h):
+        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    out = cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3)
+    return out, Letterbox((h, w), (out.shape[0], out.shape[1]))

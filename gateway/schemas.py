@@ -1,0 +1,57 @@
+"""The HUB inference arguments: parsing, validation and the response body."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.errors import BadRequest
+
+SIZE_RANGE = (32, 1280)
+CONFIDENCE_RANGE = (0.01, 1.0)
+IOU_RANGE = (0.0, 0.95)
+TRUE = {"true", "1", "yes", "on"}
+FALSE = {"false", "0", "no", "off"}
+
+
+@dataclass(frozen=True)
+class PredictArgs:
+    size: int = 640
+    confidence: float = 0.25
+    iou: float = 0.45
+    normalize: bool = False
+    url: str = ""
+
+
+def _number(name: str, raw: str, kind: type, low: float, high: float) -> Any:
+    text = raw.strip()
+    try:
+        value = kind(text)
+    except ValueError:
+        noun = "an integer" if kind is int else "a number"
+        raise BadRequest(f"Invalid '{name}' value {raw[:32]!r}: must be {noun} from {low:g} to {high:g}.") from None
+    if isinstance(value, float) and not math.isfinite(value) or not low <= value <= high:
+        raise BadRequest(f"Invalid '{name}' value {raw[:32]!r}: valid range is {low:g} to {high:g}.")
+    return value
+
+
+def parse_args(fields: Mapping[str, str], default_size: int = 640) -> PredictArgs:
+    """PredictArgs from merged query/form fields (form wins; merged by the caller). Unknown fields are ignored."""
+    size = default_size
+    if fields.get("size", "").strip():
+        size = _number("size", fields["size"], int, *SIZE_RANGE)
+    confidence = _number("confidence", fields["confidence"], float, *CONFIDENCE_RANGE) if fields.get("confidence", "").strip() else 0.25
+    iou = _number("iou", fields["iou"], float, *IOU_RANGE) if fields.get("iou", "").strip() else 0.45
+    normalize = False
+    raw = fields.get("normalize", "").strip().lower()
+    if raw:
+        if raw not in TRUE | FALSE:
+            raise BadRequest(f"Invalid 'normalize' value {fields['normalize'][:32]!r}: use true or false.")
+        normalize = raw in TRUE
+    return PredictArgs(size, confidence, iou, normalize, fields.get("url", "").strip())
+
+
+def success(data: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"success": True, "message": "Inference complete.", "data": data}

@@ -1,0 +1,56 @@
+"""Gateway settings, read once from the environment at start-up (`Settings.from_env`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Literal
+
+PREFIX = "GATEWAY_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    triton_url: str = "127.0.0.1:8001"  # gRPC host:port
+    keys_file: Path = Path("data/keys.json")
+    max_upload_bytes: int = 20 * 1024 * 1024  # the image part or URL body; the whole request may add 64 KiB of form
+    max_pixels: int = 40_000_000  # refused before decoding (decompression bombs)
+    letterbox: Literal["rect", "square"] = "rect"  # rect = Ultralytics' predict default; square batches any shape
+    triton_timeout_s: float = 30.0
+    max_inflight: int = 64  # predictions being processed at once; beyond it 503 + Retry-After
+    url_timeout_s: float = 10.0  # total deadline for fetching `url`
+    url_max_redirects: int = 3
+    url_allow_hosts: tuple[str, ...] = field(default_factory=tuple)  # hosts exempt from the private-address guard
+    model_cache_s: float = 10.0  # how long a model's config from Triton is reused
+    workers: int = 4  # threads for decode/letterbox/post-processing
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
+        """Settings from GATEWAY_* variables, e.g. GATEWAY_TRITON_URL, GATEWAY_MAX_UPLOAD_BYTES."""
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = environ.get(PREFIX + f.name.upper())
+            if raw is None:
+                continue
+            default = getattr(cls(), f.name)
+            try:
+                if isinstance(default, bool):
+                    values[f.name] = raw.strip().lower() in {"1", "true", "yes", "on"}
+                elif isinstance(default, int):
+                    values[f.name] = int(raw)
+                elif isinstance(default, float):
+                    values[f.name] = float(raw)
+                elif isinstance(default, Path):
+                    values[f.name] = Path(raw)
+                elif isinstance(default, tuple):
+                    values[f.name] = tuple(h.strip().lower() for h in raw.split(",") if h.strip())
+                else:
+                    values[f.name] = raw
+            except ValueError as exc:
+                raise ValueError(f"{PREFIX}{f.name.upper()}={raw!r}: {exc}") from exc
+        settings = cls(**values)  # type: ignore[arg-type]
+        if settings.letterbox not in ("rect", "square"):
+            raise ValueError(f"{PREFIX}LETTERBOX must be 'rect' or 'square', not {settings.letterbox!r}")
+        return settings

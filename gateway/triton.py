@@ -1,0 +1,163 @@
+"""The Triton side: model metadata from config.pbtxt parameters, and inference over gRPC (asyncio client)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc.aio as grpcclient
+from numpy.typing import NDArray
+from tritonclient.utils import InferenceServerException
+
+from gateway.errors import GatewayError, GatewayTimeout, NotFound, ServiceUnavailable
+
+MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+TASKS = ("detect", "segment", "pose")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the gateway needs to pre- and post-process one served model (from its config `parameters`)."""
+
+    name: str
+    task: str
+    names: dict[int, str]
+    stride: int
+    imgsz: int
+    input_name: str
+    input_format: str
+    outputs: tuple[str, ...]
+    target: str
+    untrained: bool
+    kpt_shape: tuple[int, int] | None = None
+    max_batch_size: int = 0
+    source: str = ""
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> ModelInfo:
+        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        if params.get("task") not in TASKS:
+            raise ValueError(f"model {config.get('name')!r} has no supported task parameter (exported by us?)")
+        kpt = json.loads(params["kpt_shape"]) if params.get("kpt_shape") else None
+        return cls(
+            name=config["name"],
+            task=params["task"],
+            names={int(k): v for k, v in json.loads(params["names"]).items()},
+            stride=int(params.get("stride", "32")),
+            imgsz=int(params.get("imgsz", "640")),
+            input_name=params.get("input_name", "image"),
+            input_format=params.get("input_format", "uint8_nhwc_bgr"),
+            outputs=tuple(json.loads(params.get("outputs", '["output0"]'))),
+            target=params.get("target", ""),
+            untrained=params.get("untrained") == "true",
+            kpt_shape=(int(kpt[0]), int(kpt[1])) if kpt else None,
+            max_batch_size=int(config.get("max_batch_size", 0)),
+            source=params.get("source", ""),
+        )
+
+    def public(self) -> dict[str, Any]:
+        """The model as GET /v1/models shows it."""
+        out: dict[str, Any] = {
+            "id": self.name,
+            "task": self.task,
+            "names": {str(k): v for k, v in self.names.items()},
+            "default_size": self.imgsz,
+            "stride": self.stride,
+            "backend": self.target,
+            "untrained": self.untrained,
+        }
+        if self.kpt_shape:
+            out["kpt_shape"] = list(self.kpt_shape)
+        if self.untrained:
+            out["warning"] = "Untrained fixture weights: results are not real detections."
+        return out
+
+
+def to_gateway_error(exc: InferenceServerException, model: str) -> GatewayError:
+    """One place that maps Triton/gRPC failures to API errors."""
+    status = str(exc.status() or "")
+    text = str(exc.message() or exc)
+    lowered = text.lower()
+    if "unknown model" in lowered or ("not found" in lowered and "model" in lowered):
+        return NotFound(f"Model '{model}' not found. GET /v1/models lists the available models.")
+    if "DEADLINE_EXCEEDED" in status or "deadline exceeded" in lowered:
+        return GatewayTimeout(f"Inference on '{model}' timed out. Try again, or use a smaller `size`.")
+    if "maximum queue size" in lowered or "RESOURCE_EXHAUSTED" in status:
+        return ServiceUnavailable(f"Model '{model}' is at capacity. Retry after the indicated delay.", retry_after=1)
+    if "not ready" in lowered or "UNAVAILABLE" in status or "connect" in lowered:
+        return ServiceUnavailable(f"Model '{model}' is not ready (inference server unavailable). Retry shortly.", 5)
+    return ServiceUnavailable(f"Inference on '{model}' failed in the inference server: {text}", retry_after=1)
+
+
+@dataclass
+class Triton:
+    """One long-lived asyncio gRPC client (one per event loop) and a short-lived cache of model configs."""
+
+    url: str
+    timeout_s: float
+    cache_s: float = 10.0
+    client: grpcclient.InferenceServerClient = field(init=False)
+    _models: dict[str, tuple[float, ModelInfo]] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        self.client = grpcclient.InferenceServerClient(self.url)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def model(self, model_id: str) -> ModelInfo:
+        """The model's info; NotFound for unknown or malformed ids, ServiceUnavailable when Triton is down."""
+        if not MODEL_ID.match(model_id):
+            raise NotFound(f"Model '{model_id[:64]}' not found. Model ids are letters, digits, '.', '_' and '-'.")
+        cached = self._models.get(model_id)
+        if cached and time.monotonic() - cached[0] < self.cache_s:
+            return cached[1]
+        try:
+            config = await self.client.get_model_config(model_id, as_json=True, client_timeout=5)
+        except InferenceServerException as exc:
+            raise to_gateway_error(exc, model_id) from None
+        try:
+            info = ModelInfo.from_config(config["config"])
+        except (KeyError, ValueError) as exc:
+            raise NotFound(f"Model '{model_id}' is not a YOLO model served by this API ({exc}).") from None
+        self._models[model_id] = (time.monotonic(), info)
+        return info
+
+    async def ready_models(self) -> list[ModelInfo]:
+        """Models Triton reports READY, with their info (skips models we can't describe)."""
+        try:
+            index = await self.client.get_model_repository_index(as_json=True, client_timeout=5)
+        except InferenceServerException as exc:
+            raise to_gateway_error(exc, "*") from None
+        out = []
+        for entry in index.get("models", []):
+            if entry.get("state") != "READY":
+                continue
+            try:
+                out.append(await self.model(entry["name"]))
+            except GatewayError:
+                continue
+        return sorted(out, key=lambda m: m.name)
+
+    async def server_ready(self) -> bool:
+        try:
+            return bool(await self.client.is_server_ready(client_timeout=2))
+        except InferenceServerException:
+            return False
+
+    async def infer(self, info: ModelInfo, tensor: NDArray[Any]) -> dict[str, NDArray[np.float32]]:
+        """Run one image (batch of 1) and return the raw outputs, batch dimension dropped."""
+        dtype = "UINT8" if tensor.dtype == np.uint8 else "FP32"
+        inp = grpcclient.InferInput(info.input_name, [1, *tensor.shape], dtype)
+        inp.set_data_from_numpy(tensor[None])
+        outputs = [grpcclient.InferRequestedOutput(name) for name in info.outputs]
+        try:
+            result = await self.client.infer(info.name, [inp], outputs=outputs, client_timeout=self.timeout_s)
+        except InferenceServerException as exc:
+            self._models.pop(info.name, None)
+            raise to_gateway_error(exc, info.name) from None
+        return {name: result.as_numpy(name)[0] for name in info.outputs}

@@ -1,0 +1,163 @@
+"""Session fixtures: fixture models exported into a real model repository, a real Triton, real gateways over HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / ".triton" / "test-cache"
+MODELS = ("yolov8n", "yolov8n-seg", "yolov8n-pose")
+sys.path.insert(0, str(ROOT))
+
+from tritonlocal import launcher  # noqa: E402
+
+
+def _recipe_hash() -> str:
+    """Changes when anything that shapes the exported fixtures changes (so the cache is never stale)."""
+    import ultralytics
+
+    h = hashlib.sha256(ultralytics.__version__.encode())
+    for name in ("fixtures.py", "exporter.py", "onnx_graph.py", "triton_config.py", "python_backend/model.py"):
+        h.update((ROOT / "export" / name).read_bytes())
+    return h.hexdigest()[:12]
+
+
+@pytest.fixture(scope="session")
+def repository() -> Path:
+    """A model repository with the three fixture models (python target), built once and cached under .triton/."""
+    from export.exporter import export_model
+    from export.fixtures import build_fixture
+    from export.triton_config import serving_defaults
+
+    repo = CACHE / f"repository-{_recipe_hash()}"
+    if all((repo / m / "config.pbtxt").exists() for m in MODELS):
+        return repo
+    if CACHE.exists():
+        for old in CACHE.glob("repository-*"):
+            shutil.rmtree(old, ignore_errors=True)
+    repo.mkdir(parents=True, exist_ok=True)
+    for model_id in MODELS:
+        pt = build_fixture(model_id, CACHE / "weights")
+        export_model(str(pt), repo, serving_defaults("python"), model_id, 640, fuse=True, untrained=True)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def triton(repository: Path) -> Iterator[launcher.TritonServer]:
+    server = launcher.start(repository, cache=CACHE / "server", log_path=CACHE / "tritonserver-tests.log")
+    yield server
+    server.stop()
+
+
+@dataclass
+class Gateway:
+    url: str
+    key: str
+    keys_file: Path
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def predict(self, model: str, **kwargs: object) -> requests.Response:
+        headers = kwargs.pop("headers", {"x-api-key": self.key})
+        return requests.post(f"{self.url}/v1/predict/{model}", headers=headers, timeout=120, **kwargs)  # type: ignore[arg-type]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_gateway(triton: launcher.TritonServer, workdir: Path, **env: str) -> Gateway:
+    from gateway.auth import create_key
+
+    keys_file = workdir / "keys.json"
+    _, key = create_key(keys_file, "tests")
+    port = _free_port()
+    environ = {
+        **os.environ,
+        "GATEWAY_TRITON_URL": triton.grpc_url,
+        "GATEWAY_KEYS_FILE": str(keys_file),
+        **{f"GATEWAY_{k.upper()}": v for k, v in env.items()},
+    }
+    log_path = workdir / "gateway.log"
+    log = open(log_path, "wb")  # noqa: SIM115
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "gateway.app:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT,
+        env=environ,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gateway exited: {log_path.read_text()}")
+        try:
+            if requests.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return Gateway(url, key, keys_file, process, log_path)
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"gateway did not start: {log_path.read_text()}")
+
+
+def stop_gateway(gw: Gateway) -> None:
+    gw.process.terminate()
+    try:
+        gw.process.wait(20)
+    except subprocess.TimeoutExpired:
+        gw.process.kill()
+
+
+@pytest.fixture(scope="session")
+def gateway(triton: launcher.TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """The gateway in its default mode (rect letterbox)."""
+    gw = start_gateway(triton, tmp_path_factory.mktemp("gateway-rect"), letterbox="rect")
+    yield gw
+    stop_gateway(gw)
+
+
+@pytest.fixture(scope="session")
+def gateway_square(triton: launcher.TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    gw = start_gateway(triton, tmp_path_factory.mktemp("gateway-square"), letterbox="square")
+    yield gw
+    stop_gateway(gw)
+
+
+@pytest.fixture(scope="session")
+def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Real photos shipped with Ultralytics plus generated edge cases, as files on disk."""
+    import cv2
+    import numpy as np
+    from ultralytics.utils import ASSETS
+
+    out = tmp_path_factory.mktemp("images")
+    bus = cv2.imread(str(ASSETS / "bus.jpg"))
+    zidane = cv2.imread(str(ASSETS / "zidane.jpg"))
+    paths = {"bus": ASSETS / "bus.jpg", "zidane": ASSETS / "zidane.jpg"}
+    generated = {
+        "portrait.jpg": np.ascontiguousarray(bus[:, 200:600]),
+        "wide.jpg": cv2.resize(zidane, (1500, 90), interpolation=cv2.INTER_AREA),
+        "tiny.png": cv2.resize(bus, (20, 20), interpolation=cv2.INTER_AREA),
+        "gray.jpg": cv2.cvtColor(zidane, cv2.COLOR_BGR2GRAY),
+    }
+    alpha = np.linspace(0, 255, zidane.shape[1], dtype=np.uint8)[None, :].repeat(zidane.shape[0], 0)
+    generated["alpha.png"] = np.dstack([zidane, alpha])
+    for name, img in generated.items():
+        cv2.imwrite(str(out / name), img)
+        paths[name.split(".")[0]] = out / name
+    return paths

@@ -1,0 +1,186 @@
+"""Start, wait for and stop a local `tritonserver` on loopback.
+
+The `nvidia-pytriton` wheel ships Triton 2.51 with the python backend. We run its binary directly on our own model
+repository, the way the official container would, with two environment fixes found on this kind of machine:
+the python-backend stub must see this virtual environment's `bin/` first on PATH (else it imports a mismatched
+NumPy and tensors arrive garbled), and LD_LIBRARY_PATH must hold this interpreter's `lib/` and the wheel's libs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+LOOPBACK = "127.0.0.1"
+
+
+class TritonStartError(RuntimeError):
+    pass
+
+
+@dataclass
+class TritonServer:
+    """A running tritonserver process and where it listens."""
+
+    process: subprocess.Popen[bytes]
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    log_path: Path
+    _log_file: IO[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{LOOPBACK}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.http_port}"
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=2) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM tritonserver by its own pid (it drains and unloads), SIGKILL after `timeout`."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        if self._log_file:
+            self._log_file.close()
+            self._log_file = None
+
+
+def pytriton_root() -> Path:
+    import pytriton
+
+    root = Path(pytriton.__file__).parent / "tritonserver"
+    if not (root / "bin" / "tritonserver").exists():
+        raise TritonStartError(f"tritonserver binary not found under {root}; is nvidia-pytriton installed?")
+    return root
+
+
+def backend_directory(cache: Path) -> Path:
+    """A backends/ folder with the python backend and the stub built for this interpreter (as PyTriton does)."""
+    root = pytriton_root()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.exists():
+        raise TritonStartError(f"no python-backend stub for Python {version} in {stub.parent.parent}")
+    python = cache / "backends" / "python"
+    python.mkdir(parents=True, exist_ok=True)
+    for item in (root / "backends" / "python").iterdir():
+        if item.name == "__pycache__":
+            continue
+        link = python / item.name
+        if not link.exists():
+            link.symlink_to(item)
+    target = python / stub.name
+    if not target.exists() or target.stat().st_size != stub.stat().st_size:
+        shutil.copy2(stub, target)
+    return cache / "backends"
+
+
+def server_environment() -> dict[str, str]:
+    env = dict(os.environ)
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = f"{venv_bin}:{env.get('PATH', '')}"
+    import pytriton
+
+    libs = [sysconfig.get_config_var("LIBDIR") or "", str(Path(pytriton.__file__).parent.parent / "nvidia_pytriton.libs")]
+    existing = env.get("LD_LIBRARY_PATH")
+    env["LD_LIBRARY_PATH"] = ":".join([p for p in libs if p] + ([existing] if existing else []))
+    env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+    return env
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def start(
+    repository: Path,
+    *,
+    http_port: int = 0,
+    grpc_port: int = 0,
+    metrics_port: int = 0,
+    cache: Path = Path(".triton"),
+    log_path: Path | None = None,
+    timeout: float = 600.0,
+    echo: bool = False,
+    extra_args: list[str] | None = None,
+) -> TritonServer:
+    """Start tritonserver on loopback and return once `/v2/health/ready` answers 200 (all models loaded)."""
+    repository = repository.resolve()
+    if not repository.is_dir() or not any(repository.glob("*/config.pbtxt")):
+        raise TritonStartError(f"{repository} holds no models (no */config.pbtxt); run `make export` first")
+    cache = cache.resolve()
+    backends = backend_directory(cache)
+    ports = [p or free_port() for p in (http_port, grpc_port, metrics_port)]
+    log_path = (log_path or cache / "tritonserver.log").resolve()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = [
+        str(pytriton_root() / "bin" / "tritonserver"),
+        f"--model-repository={repository}",
+        f"--backend-directory={backends}",
+        "--model-control-mode=none",
+        "--strict-readiness=true",
+        f"--http-address={LOOPBACK}",
+        f"--http-port={ports[0]}",
+        f"--grpc-address={LOOPBACK}",
+        f"--grpc-port={ports[1]}",
+        "--allow-metrics=true",
+        "--allow-gpu-metrics=false",
+        f"--metrics-address={LOOPBACK}",
+        f"--metrics-port={ports[2]}",
+        "--exit-timeout-secs=10",
+        "--log-info=true",
+        *(extra_args or []),
+    ]
+    log_file = None if echo else open(log_path, "wb")  # noqa: SIM115 - closed by TritonServer.stop
+    process = subprocess.Popen(
+        command,
+        env=server_environment(),
+        stdout=None if echo else log_file,
+        stderr=subprocess.STDOUT if not echo else None,
+        start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop Triton ourselves
+    )
+    server = TritonServer(process, ports[0], ports[1], ports[2], log_path, log_file)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = server.log_tail()
+            server.stop()
+            raise TritonStartError(f"tritonserver exited with code {process.returncode}:\n{tail}")
+        if server.ready():
+            return server
+        time.sleep(0.2)
+    tail = server.log_tail()
+    server.stop()
+    raise TritonStartError(f"tritonserver not ready after {timeout:.0f} s:\n{tail}")

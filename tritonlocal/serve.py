@@ -1,0 +1,57 @@
+"""`make serve`: export the default models if needed, start Triton on loopback, run the gateway in front of it."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from tritonlocal import launcher
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tritonlocal.serve", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1", help="gateway bind address (Triton always binds 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="gateway port")
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--triton-grpc-port", type=int, default=0, help="default: a free port")
+    parser.add_argument("--triton-http-port", type=int, default=0, help="default: a free port")
+    parser.add_argument("--skip-export", action="store_true", help="serve the repository as it is")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    if not args.skip_export:
+        from export.__main__ import main as export_main
+
+        if export_main(["defaults", "--repository", str(args.repository)]) != 0:
+            return 2
+
+    from gateway.auth import create_key, read_entries
+    from gateway.settings import Settings
+
+    settings = Settings.from_env()
+    if not read_entries(settings.keys_file):
+        _, key = create_key(settings.keys_file, "development")
+        print(f"\nCreated a development API key (stored hashed in {settings.keys_file}):\n\n    {key}\n", flush=True)
+
+    print(f"[serve] starting Triton on {launcher.LOOPBACK} with {args.repository} ...", flush=True)
+    server = launcher.start(args.repository, http_port=args.triton_http_port, grpc_port=args.triton_grpc_port)
+    print(f"[serve] Triton ready: gRPC {server.grpc_url}, HTTP {server.http_url} (log: {server.log_path})", flush=True)
+    try:
+        import uvicorn
+
+        from gateway.app import create_app
+
+        app = create_app(replace(settings, triton_url=server.grpc_url))
+        print(f"[serve] gateway on http://{args.host}:{args.port}  (try: curl http://{args.host}:{args.port}/v1/models)", flush=True)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=20)
+    finally:
+        print("[serve] stopping Triton ...", file=sys.stderr, flush=True)
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
