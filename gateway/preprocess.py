@@ -46,6 +46,7 @@ def declared_pixels(data: bytes) -> tuple[int, int] | None:
     """(width, height) from the image header without decoding pixels, or None when the header can't be read."""
     from PIL import Image
 
+    Image.MAX_IMAGE_PIXELS = None  # Pillow only reads headers here; our own max_pixels is the limit
     try:
         with Image.open(io.BytesIO(data)) as im:
             return im.size
