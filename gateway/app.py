@@ -15,6 +15,7 @@ import orjson
 from starlette.applications import Starlette
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -23,6 +24,8 @@ from gateway import pipeline
 from gateway.auth import KeyStore
 from gateway.errors import HANDLERS, BadRequest, PayloadTooLarge, ServiceUnavailable
 from gateway.fetch import fetch_image
+from gateway.openapi import SPEC
+from gateway.observability import RequestContext, configure_logging
 from gateway.ratelimit import RateLimiter
 from gateway.schemas import parse_args, success
 from gateway.settings import Settings
@@ -90,7 +93,10 @@ async def predict(request: Request) -> Response:
     settings = state.settings
     model_id = request.path_params["model_id"]
     started = time.perf_counter()
+    context = request.scope.get("state", {}).get("context", {})
+    context["model"] = model_id[:64]
     entry = state.keys.authenticate(request.headers.get("x-api-key"), model_id)
+    context["key_id"] = entry.id
     state.limiter.check(entry.id, entry.rate)
     info = await state.triton.model(model_id)
     if state.inflight >= settings.max_inflight:
@@ -173,6 +179,10 @@ async def get_model(request: Request) -> Response:
     return json_response({"success": True, "message": "Model ready.", "data": info.public()})
 
 
+async def openapi_json(request: Request) -> Response:
+    return json_response(SPEC)
+
+
 async def healthz(request: Request) -> Response:
     return json_response({"success": True, "message": "alive", "data": {}})
 
@@ -189,6 +199,7 @@ async def readyz(request: Request) -> Response:
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
+    configure_logging()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -209,7 +220,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/v1/predict/{model_id:path}", predict, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
     ]
-    return Starlette(routes=routes, exception_handlers=HANDLERS, lifespan=lifespan)  # type: ignore[arg-type]
+    return Starlette(
+        routes=routes,
+        exception_handlers=HANDLERS,  # type: ignore[arg-type]
+        middleware=[Middleware(RequestContext)],
+        lifespan=lifespan,
+    )

@@ -10,11 +10,27 @@ from typing import Any
 
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
+from tritonclient.grpc._client import MAX_GRPC_MESSAGE_SIZE
 from numpy.typing import NDArray
 from tritonclient.utils import InferenceServerException
 
 from gateway.errors import GatewayError, GatewayTimeout, NotFound, ServiceUnavailable
 
+# tritonclient's defaults plus a short reconnect backoff (a restarted Triton is used again within ~2 s, not after
+# gRPC's default of up to 2 minutes) and round-robin over every address a `dns:///` name resolves to (headless
+# Service in Kubernetes: one connection per Triton pod instead of pinning all traffic to one).
+CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+    ("grpc.lb_policy_name", "round_robin"),
+]
 MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 TASKS = ("detect", "segment", "pose")
 
@@ -104,7 +120,7 @@ class Triton:
     _models: dict[str, tuple[float, ModelInfo]] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
-        self.client = grpcclient.InferenceServerClient(self.url)
+        self.client = grpcclient.InferenceServerClient(self.url, channel_args=CHANNEL_ARGS)
 
     async def close(self) -> None:
         await self.client.close()

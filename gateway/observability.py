@@ -1,0 +1,83 @@
+"""Request ids and one structured (JSON lines) access-log record per request.
+
+The record holds the request id, method, path, model, key id (never the secret), status and latency; image bytes
+and form fields are never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import sys
+import time
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+access_log = logging.getLogger("gateway.access")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """JSON lines on stderr for the gateway's loggers (idempotent)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    for name in ("gateway", "gateway.access"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level)
+        logger.propagate = False
+
+
+class RequestContext:
+    """ASGI middleware: x-request-id on every response, and the access-log record."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if REQUEST_ID.match(incoming) else secrets.token_hex(8)
+        context: dict[str, Any] = {"request_id": request_id}
+        scope.setdefault("state", {})["context"] = context
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            fields = {
+                **context,
+                "method": scope.get("method"),
+                "path": scope.get("path", "")[:200],
+                "status": status,
+                "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+            }
+            access_log.info("request", extra={"fields": fields})
