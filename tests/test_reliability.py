@@ -1,0 +1,207 @@
+"""Load, faults and limits against the real gateway and Triton on loopback (bounded in count and time)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import requests
+
+from gateway import auth
+from tests.conftest import CACHE, Gateway, start_gateway, stop_gateway
+from tritonlocal import launcher
+
+pytestmark = pytest.mark.load
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+async def _run(gw: Gateway, cases: list[dict[str, Any]], concurrency: int, timeout: float = 60) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    semaphore = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=gw.url, limits=limits, timeout=timeout) as client:
+
+        async def one(case: dict[str, Any]) -> httpx.Response:
+            async with semaphore:
+                return await client.post(case["path"], headers=case["headers"], files=case.get("files"), data=case.get("data"))
+
+        return await asyncio.gather(*(one(c) for c in cases))
+
+
+def test_load_mix_of_valid_and_invalid_requests(gateway: Gateway, images: dict[str, Path]) -> None:
+    """500 requests at concurrency 32: each valid one a correct 200, each invalid one its 4xx, no 5xx."""
+    tiny, bus = images["tiny"].read_bytes(), images["bus"].read_bytes()
+    key = {"x-api-key": gateway.key}
+    want_tiny = gateway.predict("yolov8n", files={"image": tiny}, data={"size": "128", "confidence": "0.05"}).json()
+    want_bus = gateway.predict("yolov8n-pose", files={"image": bus}, data={"size": "256"}).json()
+    assert want_tiny["data"] and want_bus["data"]
+    kinds = [
+        ({"path": "/v1/predict/yolov8n", "headers": key, "files": {"image": tiny}, "data": {"size": "128", "confidence": "0.05"}}, 200, want_tiny),
+        ({"path": "/v1/predict/yolov8n-pose", "headers": key, "files": {"image": bus}, "data": {"size": "256"}}, 200, want_bus),
+        ({"path": "/v1/predict/yolov8n", "headers": key, "files": {"image": tiny}, "data": {"size": "5000"}}, 400, None),
+        ({"path": "/v1/predict/yolov8n", "headers": key, "files": {"image": b"not an image"}}, 415, None),
+        ({"path": "/v1/predict/yolov8n", "headers": {}, "files": {"image": tiny}}, 401, None),
+        ({"path": "/v1/predict/missing-model", "headers": key, "files": {"image": tiny}}, 404, None),
+    ]
+    plan = [kinds[i % len(kinds)] for i in range(500)]
+    rss_before = _rss_mib(gateway.process.pid)
+    responses = asyncio.run(_run(gateway, [p[0] for p in plan], concurrency=32))
+    statuses = [r.status_code for r in responses]
+    assert all(s < 500 for s in statuses), sorted(set(statuses))
+    for (case, status, want), r in zip(plan, responses):
+        assert r.status_code == status, (case["path"], r.text)
+        if want is not None:
+            assert r.json() == want
+        else:
+            assert r.json()["success"] is False
+    rss_after = _rss_mib(gateway.process.pid)
+    assert rss_after < 1024, f"gateway RSS {rss_after:.0f} MiB (was {rss_before:.0f})"
+
+
+def test_inflight_cap_answers_503_at_once_instead_of_queueing(triton: launcher.TritonServer, tmp_path: Path, images: dict[str, Path]) -> None:
+    gw = start_gateway(triton, tmp_path, max_inflight="2")
+    try:
+        bus = images["bus"].read_bytes()
+        case = {"path": "/v1/predict/yolov8n-seg", "headers": {"x-api-key": gw.key}, "files": {"image": bus}, "data": {"size": "1280"}}
+        responses = asyncio.run(_run(gw, [case] * 10, concurrency=10))
+        statuses = sorted(r.status_code for r in responses)
+        assert set(statuses) <= {200, 503} and statuses.count(200) >= 2 and 503 in statuses
+        busy = next(r for r in responses if r.status_code == 503)
+        assert int(busy.headers["retry-after"]) >= 1 and "busy" in busy.json()["message"]
+        assert gw.predict("yolov8n", files={"image": images["tiny"].read_bytes()}).status_code == 200
+    finally:
+        stop_gateway(gw)
+
+
+def test_triton_killed_mid_load_gives_503_then_recovers(repository: Path, tmp_path: Path, images: dict[str, Path]) -> None:
+    """Kill Triton under load: 503s while it is down, no 500 and no hang; after a restart, 200s without a gateway restart."""
+    ports = {"http_port": launcher.free_port(), "grpc_port": launcher.free_port(), "metrics_port": launcher.free_port()}
+    server = launcher.start(repository, cache=CACHE / "server-fault", log_path=tmp_path / "triton.log", **ports)
+    gw = start_gateway(server, tmp_path)
+    tiny = images["tiny"].read_bytes()
+    results: list[tuple[float, int]] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with requests.Session() as s:
+            while not stop.is_set():
+                r = s.post(f"{gw.url}/v1/predict/yolov8n", headers={"x-api-key": gw.key}, files={"image": tiny}, timeout=35)
+                results.append((time.monotonic(), r.status_code))
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(2)
+        killed_at = time.monotonic()
+        os.kill(server.process.pid, signal.SIGKILL)
+        server.process.wait(10)
+        time.sleep(3)
+        down = [s for t, s in results if t > killed_at + 0.5]
+        assert down and set(down) <= {503, 504}, sorted(set(down))
+        ready = requests.get(f"{gw.url}/readyz", timeout=10)
+        assert ready.status_code == 503
+        server = launcher.start(repository, cache=CACHE / "server-fault", log_path=tmp_path / "triton2.log", **ports)
+        back_at = time.monotonic()
+        while not any(t > back_at and s == 200 for t, s in results):
+            assert time.monotonic() - back_at < 10, "gateway did not recover within 10 s of Triton being ready"
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+        stop_gateway(gw)
+        server.stop()
+    assert not any(t.is_alive() for t in threads), "a request hung"
+    statuses = {s for _, s in results}
+    assert statuses <= {200, 503, 504} and 500 not in statuses
+    assert gw.process.returncode is not None
+
+
+def test_sigterm_finishes_requests_in_flight_then_exits_cleanly(triton: launcher.TritonServer, tmp_path: Path, images: dict[str, Path]) -> None:
+    gw = start_gateway(triton, tmp_path)
+    bus = images["bus"].read_bytes()
+    case = {"path": "/v1/predict/yolov8n-seg", "headers": {"x-api-key": gw.key}, "files": {"image": bus}, "data": {"size": "1280"}}
+
+    async def scenario() -> list[httpx.Response]:
+        task = asyncio.ensure_future(_run(gw, [case] * 3, concurrency=3))
+        await asyncio.sleep(0.5)
+        gw.process.send_signal(signal.SIGTERM)
+        return await task
+
+    responses = asyncio.run(scenario())
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    # uvicorn drains, then re-raises the captured SIGTERM so the exit status says why it stopped
+    assert gw.process.wait(30) in (0, -signal.SIGTERM)
+    assert "Finished server process" in gw.log_path.read_text()
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{gw.url}/healthz", timeout=2)
+
+
+def test_upload_over_limit_without_content_length_is_413(gateway: Gateway) -> None:
+    def chunks() -> Any:
+        boundary = b"--xyz\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.jpg\"\r\n\r\n\xff\xd8\xff"
+        yield boundary
+        for _ in range(21):
+            yield b"\0" * (1024 * 1024)
+
+    r = requests.post(
+        f"{gateway.url}/v1/predict/yolov8n",
+        headers={"x-api-key": gateway.key, "content-type": "multipart/form-data; boundary=xyz"},
+        data=chunks(),
+        timeout=30,
+    )
+    assert r.status_code == 413 and "upload limit" in r.json()["message"]
+    assert gateway.predict("yolov8n", files={"image": b"\x89PNG\r\n\x1a\n"}).status_code == 422  # still serving
+
+
+def test_missing_key_is_refused_without_reading_a_large_body(gateway: Gateway) -> None:
+    body = b"\xff\xd8\xff" + b"\0" * (10 * 1024 * 1024)
+    r = requests.post(f"{gateway.url}/v1/predict/yolov8n", files={"image": body}, timeout=30)
+    assert r.status_code == 401
+
+
+def test_keys_never_appear_in_logs(gateway: Gateway, images: dict[str, Path]) -> None:
+    gateway.predict("yolov8n", files={"image": images["tiny"].read_bytes()})
+    gateway.predict("yolov8n", headers={"x-api-key": gateway.key + "x"}, files={"image": images["tiny"].read_bytes()})
+    time.sleep(0.5)
+    text = gateway.log_path.read_text()
+    secret = gateway.key.split("_", 2)[2]
+    assert secret not in text
+    records = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    predicted = [r for r in records if r.get("path") == "/v1/predict/yolov8n" and r.get("status") == 200]
+    assert predicted and all(r["key_id"] == gateway.key.split("_")[1] and r["request_id"] for r in predicted)
+
+
+def test_request_id_is_returned_and_echoed(gateway: Gateway) -> None:
+    assert len(requests.get(f"{gateway.url}/healthz", timeout=5).headers["x-request-id"]) >= 8
+    r = requests.get(f"{gateway.url}/healthz", headers={"x-request-id": "abc-123"}, timeout=5)
+    assert r.headers["x-request-id"] == "abc-123"
+
+
+def test_interrupted_key_write_leaves_the_file_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = tmp_path / "keys.json"
+    auth.create_key(keys, "first")
+    before = keys.read_bytes()
+
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise OSError("disk full (simulated crash mid-write)")
+
+    monkeypatch.setattr(auth.os, "fsync", crash)
+    with pytest.raises(OSError):
+        auth.create_key(keys, "second")
+    assert keys.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["keys.json"]  # no temp file left behind
