@@ -69,7 +69,7 @@ def decode(data: bytes, max_pixels: int) -> NDArray[np.uint8]:
             "Resize it and try again."
         )
     try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        image = _decode_gif(data) if kind == "GIF" else cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error:
         image = None
     if image is None or image.size == 0:
@@ -77,6 +77,19 @@ def decode(data: bytes, max_pixels: int) -> NDArray[np.uint8]:
     if image.shape[0] * image.shape[1] > max_pixels:  # header unreadable by Pillow but OpenCV decoded it
         raise PayloadTooLarge(f"The image has more than {max_pixels / 1e6:g} megapixels. Resize it and try again.")
     return image
+
+
+def _decode_gif(data: bytes) -> NDArray[np.uint8] | None:
+    """First frame of a GIF as BGR (this OpenCV build has no GIF decoder; Pillow does)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.seek(0)
+            rgb = np.asarray(im.convert("RGB"))
+    except Exception:  # truncated or corrupt GIF: reported as undecodable by the caller
+        return None
+    return np.ascontiguousarray(rgb[..., ::-1])
 
 
 @dataclass(frozen=True)

@@ -397,3 +397,10 @@ def test_url_to_private_or_odd_targets_is_400(url_gateway: Gateway, image_server
 
 def test_url_redirect_to_loopback_is_refused(url_gateway: Gateway, image_server: str) -> None:
     _error(url_gateway.predict("yolov8n", data={"url": f"{image_server}/redirect-to-loopback"}), 400, "not allowed")
+
+
+@pytest.mark.parametrize("where", ["data", "params"])
+def test_repeated_argument_is_400(gateway: Gateway, images: dict[str, Path], where: str) -> None:
+    repeated = [("size", "320"), ("size", "640")]
+    r = _post(gateway, "yolov8n", images["bus"], **{where: repeated})
+    _error(r, 400, "more than once")
