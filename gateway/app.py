@@ -20,10 +20,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway import pipeline
+from gateway import pipeline, render, web
 from gateway.auth import KeyStore
 from gateway.errors import HANDLERS, BadRequest, PayloadTooLarge, ServiceUnavailable
 from gateway.fetch import fetch_image
+from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from gateway.metrics import Metrics
 from gateway.openapi import SPEC
 from gateway.observability import RequestContext, configure_logging
 from gateway.ratelimit import RateLimiter
@@ -44,6 +46,7 @@ class State:
     keys: KeyStore
     limiter: RateLimiter
     limiter_threads: anyio.CapacityLimiter
+    metrics: Metrics
     inflight: int = 0
 
 
@@ -99,21 +102,28 @@ async def predict(request: Request) -> Response:
     context["key_id"] = entry.id
     state.limiter.check(entry.id, entry.rate)
     info = await state.triton.model(model_id)
+    state.metrics.models.add(info.name)
+    context["task"] = info.task
     if state.inflight >= settings.max_inflight:
         raise ServiceUnavailable("The server is busy (too many requests in flight). Retry shortly.", retry_after=1)
     state.inflight += 1
+    state.metrics.inflight.inc()
     try:
         body = await read_body(request, settings.max_upload_bytes + FORM_OVERHEAD)
+        context["bytes"] = len(body)
         form = await parse_form(request, body)
         try:
-            return await _predict(state, info, request, form, started)
+            return await _predict(state, info, request, form, started, context)
         finally:
             await form.close()
     finally:
         state.inflight -= 1
+        state.metrics.inflight.dec()
 
 
-async def _predict(state: State, info: Any, request: Request, form: FormData, started: float) -> Response:
+async def _predict(
+    state: State, info: Any, request: Request, form: FormData, started: float, context: dict[str, Any]
+) -> Response:
     settings = state.settings
     fields: dict[str, str] = {}
     for key, value in request.query_params.multi_items():
@@ -141,6 +151,7 @@ async def _predict(state: State, info: Any, request: Request, form: FormData, st
         raise BadRequest("An image file or URL must be submitted.")
 
     timings: dict[str, float] = {}
+    context["timings"] = timings
     t0 = time.perf_counter()
     if image is not None:
         data = await image.read()
@@ -157,7 +168,7 @@ async def _predict(state: State, info: Any, request: Request, form: FormData, st
         timings["fetch"] = (time.perf_counter() - t0) * 1000
 
     rect = settings.letterbox == "rect"
-    tensor, box = await anyio.to_thread.run_sync(
+    image_bgr, tensor, box = await anyio.to_thread.run_sync(
         pipeline.prepare, data, info, args.size, rect, settings.max_pixels, timings, limiter=state.limiter_threads
     )
     t1 = time.perf_counter()
@@ -169,10 +180,17 @@ async def _predict(state: State, info: Any, request: Request, form: FormData, st
     t3 = time.perf_counter()
     timings["triton"] = (t2 - t1) * 1000
     timings["postprocess"] = (t3 - t2) * 1000
-    body = orjson.dumps(success(data_out))
+    if args.format == "json":
+        body, media_type = orjson.dumps(success(data_out)), "application/json"
+    else:
+        body = await anyio.to_thread.run_sync(
+            render.encode_annotated, image_bgr, data_out, info.task, args.format, args.normalize, limiter=state.limiter_threads
+        )
+        media_type = f"image/{args.format}"
+        timings["render"] = (time.perf_counter() - t3) * 1000
     timings["total"] = (time.perf_counter() - started) * 1000
     server_timing = ", ".join(f"{k};dur={v:.2f}" for k, v in timings.items())
-    return Response(body, media_type="application/json", headers={"Server-Timing": server_timing})
+    return Response(body, media_type=media_type, headers={"Server-Timing": server_timing})
 
 
 async def list_models(request: Request) -> Response:
@@ -185,6 +203,11 @@ async def get_model(request: Request) -> Response:
     state: State = request.app.state.gateway
     info = await state.triton.model(request.path_params["model_id"])
     return json_response({"success": True, "message": "Model ready.", "data": info.public()})
+
+
+async def metrics(request: Request) -> Response:
+    state: State = request.app.state.gateway
+    return Response(state.metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
 
 async def openapi_json(request: Request) -> Response:
@@ -208,12 +231,13 @@ async def readyz(request: Request) -> Response:
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     configure_logging()
+    meters = Metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         triton = Triton(settings.triton_url, settings.triton_timeout_s, settings.model_cache_s)
         app.state.gateway = State(
-            settings, triton, KeyStore(settings.keys_file), RateLimiter(), anyio.CapacityLimiter(settings.workers)
+            settings, triton, KeyStore(settings.keys_file), RateLimiter(), anyio.CapacityLimiter(settings.workers), meters
         )
         try:
             for model in await triton.ready_models():
@@ -228,13 +252,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/v1/predict/{model_id:path}", predict, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),
+        *web.routes(),
         Route("/openapi.json", openapi_json, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
     ]
     return Starlette(
         routes=routes,
         exception_handlers=HANDLERS,  # type: ignore[arg-type]
-        middleware=[Middleware(RequestContext)],
+        middleware=[Middleware(RequestContext, metrics=meters)],
         lifespan=lifespan,
     )

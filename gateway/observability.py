@@ -16,6 +16,8 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.metrics import Metrics
+
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
 access_log = logging.getLogger("gateway.access")
 
@@ -48,8 +50,9 @@ def configure_logging(level: int = logging.INFO) -> None:
 class RequestContext:
     """ASGI middleware: x-request-id on every response, and the access-log record."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -73,11 +76,16 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            elapsed = time.perf_counter() - started
+            if self.metrics is not None and scope.get("path", "").startswith("/v1/predict/"):
+                self.metrics.observe(context, status, elapsed)
+            context.pop("timings", None)
+            context.pop("bytes", None)
             fields = {
                 **context,
                 "method": scope.get("method"),
                 "path": scope.get("path", "")[:200],
                 "status": status,
-                "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+                "latency_ms": round(elapsed * 1000, 2),
             }
             access_log.info("request", extra={"fields": fields})

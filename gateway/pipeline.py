@@ -18,8 +18,8 @@ from gateway.triton import ModelInfo
 
 def prepare(
     data: bytes, info: ModelInfo, size: int, rect: bool, max_pixels: int, timings: dict[str, float]
-) -> tuple[NDArray[Any], Letterbox]:
-    """(model input tensor without batch dim, letterbox) for the model's input format; fills decode/letterbox ms."""
+) -> tuple[NDArray[np.uint8], NDArray[Any], Letterbox]:
+    """(decoded BGR image, model input tensor without batch dim, letterbox); fills decode/letterbox ms."""
     t0 = time.perf_counter()
     image = preprocess.decode(data, max_pixels)
     t1 = time.perf_counter()
@@ -29,7 +29,7 @@ def prepare(
     t2 = time.perf_counter()
     timings["decode"] = (t1 - t0) * 1000
     timings["letterbox"] = (t2 - t1) * 1000
-    return tensor, box
+    return image, tensor, box
 
 
 def finish(

@@ -12,6 +12,7 @@ from gateway.errors import BadRequest
 SIZE_RANGE = (32, 1280)
 CONFIDENCE_RANGE = (0.01, 1.0)
 IOU_RANGE = (0.0, 0.95)
+FORMATS = {"json": "json", "image": "jpeg", "jpeg": "jpeg", "jpg": "jpeg", "png": "png"}
 TRUE = {"true", "1", "yes", "on"}
 FALSE = {"false", "0", "no", "off"}
 
@@ -23,6 +24,7 @@ class PredictArgs:
     iou: float = 0.45
     normalize: bool = False
     url: str = ""
+    format: str = "json"  # extension to the HUB arguments: "json", or an annotated "jpeg"/"png"
 
 
 def _number(name: str, raw: str, kind: type, low: float, high: float) -> Any:
@@ -50,7 +52,10 @@ def parse_args(fields: Mapping[str, str], default_size: int = 640) -> PredictArg
         if raw not in TRUE | FALSE:
             raise BadRequest(f"Invalid 'normalize' value {fields['normalize'][:32]!r}: use true or false.")
         normalize = raw in TRUE
-    return PredictArgs(size, confidence, iou, normalize, fields.get("url", "").strip())
+    fmt = fields.get("format", "").strip().lower() or "json"
+    if fmt not in FORMATS:
+        raise BadRequest(f"Invalid 'format' value {fields['format'][:32]!r}: use json, image (JPEG) or png.")
+    return PredictArgs(size, confidence, iou, normalize, fields.get("url", "").strip(), FORMATS[fmt])
 
 
 def success(data: list[dict[str, Any]]) -> dict[str, Any]:

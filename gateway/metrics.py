@@ -1,0 +1,54 @@
+"""Prometheus metrics for the gateway (`GET /metrics`).
+
+Label values are bounded: model ids only for models the gateway has seen served by Triton (else "other"),
+statuses, tasks, stages and rejection reasons from fixed sets; never keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 30)
+STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+BYTES_BUCKETS = (1e4, 5e4, 1e5, 2.5e5, 5e5, 1e6, 2.5e6, 5e6, 1e7, 2.5e7)
+STAGES = ("fetch", "decode", "letterbox", "triton", "postprocess", "render")
+REASONS = {401: "auth", 403: "auth", 404: "not_found", 413: "too_large", 415: "bad_input", 422: "bad_input", 400: "bad_input", 429: "rate_limit", 502: "upstream", 503: "overload", 504: "timeout"}
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """One registry per app, so every app (and test) counts on its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        r = self.registry
+        self.requests = Counter("yolo_requests", "Prediction requests.", ["model", "task", "status"], registry=r)
+        self.latency = Histogram("yolo_request_duration_seconds", "Whole prediction request.", ["model", "task"], buckets=LATENCY_BUCKETS, registry=r)
+        self.stage = Histogram("yolo_stage_duration_seconds", "Time per pipeline stage.", ["stage"], buckets=STAGE_BUCKETS, registry=r)
+        self.inflight = Gauge("yolo_requests_in_flight", "Prediction requests being processed.", registry=r)
+        self.rejections = Counter("yolo_rejections", "Requests refused, by reason.", ["reason"], registry=r)
+        self.received = Histogram("yolo_request_body_bytes", "Bytes received per prediction request.", buckets=BYTES_BUCKETS, registry=r)
+        self.models: set[str] = set()
+
+    def observe(self, context: dict[str, Any], status: int, seconds: float) -> None:
+        """Record one finished prediction request from its context (filled by the route)."""
+        model = context.get("model", "")
+        label = model if model in self.models else "other"
+        task = context.get("task", "unknown")
+        self.requests.labels(label, task, str(status)).inc()
+        if status == 200:
+            self.latency.labels(label, task).observe(seconds)
+        elif status in REASONS:
+            self.rejections.labels(REASONS[status]).inc()
+        for stage, ms in context.get("timings", {}).items():
+            if stage in STAGES:
+                self.stage.labels(stage).observe(ms / 1000)
+        if "bytes" in context:
+            self.received.observe(context["bytes"])
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
