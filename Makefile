@@ -7,7 +7,7 @@ PORT ?= 8000
 STAMP := $(VENV)/.installed
 export OPENCV_IO_MAX_IMAGE_PIXELS ?= 1073741824
 
-.PHONY: install export fixtures serve test key clean
+.PHONY: install export fixtures serve test key demo bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 || (echo "installing python3-venv"; apt-get update -qq && apt-get install -y -qq python3-venv)
@@ -33,6 +33,15 @@ test: install
 
 key: install
 	@$(PY) -m gateway.keys create --name "$${NAME:-key-$$(date +%Y%m%d-%H%M%S)}"
+
+demo: install
+	@$(PY) -m tritonlocal.demo --url http://$(HOST):$(PORT) $(DEMO_ARGS)
+
+bench: install
+	$(PY) -m bench run $(BENCH_ARGS)
+
+bench-quick: install
+	$(PY) -m bench run --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf .triton .pytest_cache build *.egg-info

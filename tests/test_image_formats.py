@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import Gateway
-from tests.parity import assert_matches
+from bench.parity import assert_matches
 from tests.test_parity import reference  # noqa: F401 - session fixture
 
 

@@ -9,7 +9,7 @@ import cv2
 import pytest
 
 from tests.conftest import MODELS, Gateway
-from tests.parity import assert_matches
+from bench.parity import assert_matches
 
 # Photos at the default confidence; generated edge cases at a lower one so the untrained fixtures still detect.
 IMAGES = {"bus": 0.25, "zidane": 0.25, "portrait": 0.25, "wide": 0.1, "tiny": 0.1, "gray": 0.1, "alpha": 0.1}

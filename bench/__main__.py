@@ -1,0 +1,286 @@
+"""Benchmark harness: the gateway beside bare Triton, in-process ONNX Runtime and an Ultralytics server, in one run.
+
+    python -m bench run [--quick] [--models yolov8n,yolov8n-seg] [--concurrency 1,2,4,8,16,32] [--rate 5]
+
+Writes results.json, results.md and chart.png under bench/results/<timestamp>/ and prints the folder.
+Loopback only; every level is bounded by --requests and --seconds; warm-up first; --repeats runs per level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench import load, report, stack
+
+ROOT = Path(__file__).resolve().parent.parent
+MODES = ("gateway", "triton", "onnxruntime", "ultralytics-server")
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def photo_1080p(folder: Path) -> Path:
+    """bus.jpg letterboxed onto a 1920x1080 canvas, as a JPEG: the benchmark's input."""
+    import cv2
+    from ultralytics.utils import ASSETS
+
+    bus = cv2.imread(str(ASSETS / "bus.jpg"))
+    scale = 1080 / bus.shape[0]
+    resized = cv2.resize(bus, (round(bus.shape[1] * scale), 1080))
+    canvas = np.full((1080, 1920, 3), 90, np.uint8)
+    x = (1920 - resized.shape[1]) // 2
+    canvas[:, x : x + resized.shape[1]] = resized
+    path = folder / "photo-1080p.jpg"
+    cv2.imwrite(str(path), canvas, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return path
+
+
+def repository(args: argparse.Namespace, models: list[str]) -> Path:
+    """The model repository to serve: --repository if given, else the fixture models (built once, cached)."""
+    if args.repository:
+        return Path(args.repository)
+    from export.exporter import export_model
+    from export.fixtures import build_fixture
+    from export.triton_config import serving_defaults
+
+    repo = ROOT / ".triton" / "bench-repository"
+    for model in models:
+        if not (repo / model / "config.pbtxt").exists():
+            log(f"building fixture model {model} for the benchmark")
+            pt = build_fixture(model, ROOT / "weights" / "fixtures")
+            export_model(str(pt), repo, serving_defaults("python"), model, 640, fuse=True, untrained=True)
+    return repo
+
+
+def weights_for(model: str, repo: Path) -> Path:
+    for candidate in (ROOT / "weights" / f"{model}.pt", ROOT / "weights" / "fixtures" / f"{model}.pt"):
+        if candidate.exists():
+            return candidate
+    return repo / model / "source.onnx"
+
+
+def parse_timing(header: str) -> dict[str, float]:
+    out = {}
+    for part in header.split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        if dur:
+            out[name] = float(dur)
+    if "total" in out:
+        model_free = sum(out.get(k, 0.0) for k in ("decode", "letterbox", "triton", "postprocess"))
+        out["json_and_http"] = max(0.0, out["total"] - model_free)
+    return out
+
+
+async def measure(call: load.Call, levels: list[int], args: argparse.Namespace) -> list[dict[str, Any]]:
+    for _ in range(args.warmup):
+        await call()
+    rows = []
+    for c in levels:
+        runs = [await load.closed_loop(call, c, args.requests, args.seconds) for _ in range(args.repeats)]
+        summaries = [r.summary() for r in runs]
+        best = max(summaries, key=lambda s: s["throughput"])
+        throughputs = [s["throughput"] for s in summaries]
+        rows.append({
+            "concurrency": c,
+            **{k: best[k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "stages_ms")},
+            "throughput": statistics.median(throughputs),
+            "throughput_min": min(throughputs),
+            "throughput_max": max(throughputs),
+            "requests": sum(s["requests"] for s in summaries),
+            "errors": sum(s["errors"] for s in summaries),
+            "statuses": summaries[-1]["statuses"],
+        })
+        log(f"  c={c:<3} {rows[-1]['throughput']:7.2f} img/s  p50 {best['p50_ms']:7.1f} ms  p99 {best['p99_ms']:7.1f} ms  errors {rows[-1]['errors']}")
+    return rows
+
+
+async def bench_model(model: str, repo: Path, photo: Path, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    import cv2
+    import httpx
+    import onnxruntime as ort
+    import tritonclient.grpc.aio as grpcaio
+
+    from gateway import preprocess
+
+    jpeg = photo.read_bytes()
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    boxed, _ = preprocess.letterbox(image, args.size, 32, rect=args.letterbox == "rect")
+    levels = [int(c) for c in args.concurrency.split(",")]
+    out: dict[str, Any] = {"model": model, "modes": {}, "bytes_sent": {}}
+    limits = httpx.Limits(max_connections=max(levels) + 4, max_keepalive_connections=max(levels) + 4)
+
+    with stack.triton_and_gateway(repo, workdir, args.letterbox) as (triton, gw, key):
+        if "gateway" in args.modes:
+            log(f"{model}: gateway (HTTP upload of a 1080p JPEG, size {args.size})")
+            async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+                files = {"image": ("photo.jpg", jpeg, "image/jpeg")}
+
+                async def via_gateway() -> tuple[int, dict[str, float]]:
+                    r = await client.post(f"{gw.url}/v1/predict/{model}", headers={"x-api-key": key}, files=files, data={"size": str(args.size)})
+                    return r.status_code, parse_timing(r.headers.get("server-timing", ""))
+
+                out["modes"]["gateway"] = await measure(via_gateway, levels, args)
+                out["bytes_sent"]["gateway"] = len(jpeg)
+                if args.rate:
+                    log(f"{model}: gateway open loop at {args.rate}/s")
+                    run = await load.open_loop(via_gateway, args.rate, args.requests, args.seconds)
+                    out["open_loop"] = {"rate": args.rate, **run.summary()}
+                out["parity"] = await parity(model, repo, photo, client, gw.url, key, args)
+
+        if "triton" in args.modes:
+            log(f"{model}: triton (prepared uint8 tensor over gRPC, async client)")
+            client = grpcaio.InferenceServerClient(triton.grpc_url)
+            tensor = boxed[None]
+
+            async def via_triton() -> tuple[int, dict[str, float]]:
+                inp = grpcaio.InferInput("image", list(tensor.shape), "UINT8")
+                inp.set_data_from_numpy(tensor)
+                await client.infer(model, [inp])
+                return 200, {}
+
+            out["modes"]["triton"] = await measure(via_triton, levels, args)
+            out["bytes_sent"]["triton"] = int(tensor.nbytes)
+            await client.close()
+
+    if "onnxruntime" in args.modes:
+        log(f"{model}: onnxruntime (in-process, source.onnx, prepared float32 tensor)")
+        session = ort.InferenceSession(str(repo / model / "source.onnx"), providers=["CPUExecutionProvider"])
+        x = np.ascontiguousarray(boxed[..., ::-1].transpose(2, 0, 1)[None]).astype(np.float32) / np.float32(255)
+        pool = ThreadPoolExecutor(max_workers=max(levels))
+        loop = asyncio.get_running_loop()
+
+        async def in_process() -> tuple[int, dict[str, float]]:
+            await loop.run_in_executor(pool, session.run, None, {"images": x})
+            return 200, {}
+
+        out["modes"]["onnxruntime"] = await measure(in_process, levels, args)
+        out["bytes_sent"]["onnxruntime"] = 0
+        pool.shutdown()
+
+    if "ultralytics-server" in args.modes:
+        weights = weights_for(model, repo)
+        log(f"{model}: ultralytics-server (Starlette + YOLO({weights.name}).predict per request)")
+        with stack.uvicorn("bench.ultralytics_server:app", workdir, {"BENCH_WEIGHTS": str(weights)}, "/docs-missing") as srv:
+            async with httpx.AsyncClient(limits=limits, timeout=300) as client:
+                files = {"image": ("photo.jpg", jpeg, "image/jpeg")}
+
+                async def via_ultralytics() -> tuple[int, dict[str, float]]:
+                    r = await client.post(f"{srv.url}/v1/predict/{model}", files=files, data={"size": str(args.size)})
+                    return r.status_code, {}
+
+                ul_levels = [c for c in levels if c <= args.ultralytics_max_concurrency] or levels[:1]
+                out["modes"]["ultralytics-server"] = await measure(via_ultralytics, ul_levels, args)
+                out["bytes_sent"]["ultralytics-server"] = len(jpeg)
+                out["ultralytics_weights"] = weights.name
+    return out
+
+
+async def parity(model: str, repo: Path, photo: Path, client: Any, url: str, key: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Fraction of gateway answers equal to Ultralytics' within the parity tolerances, on a small image set."""
+    import cv2
+    from ultralytics import YOLO
+    from ultralytics.utils import ASSETS
+
+    from bench.parity import assert_matches
+
+    reference = YOLO(str(repo / model / "source.onnx"))
+    cases, matched, failures = 0, 0, []
+    for path in (photo, ASSETS / "bus.jpg", ASSETS / "zidane.jpg"):
+        r = await client.post(f"{url}/v1/predict/{model}", headers={"x-api-key": key}, files={"image": path.read_bytes()}, data={"size": str(args.size)})
+        want = reference.predict(str(path), imgsz=args.size, conf=0.25, iou=0.45, rect=args.letterbox == "rect", verbose=False)[0].summary()
+        h, w = cv2.imread(str(path)).shape[:2]
+        cases += 1
+        try:
+            assert r.status_code == 200
+            assert_matches(r.json()["data"], want, (w, h), normalize=False)
+            matched += 1
+        except AssertionError as exc:
+            failures.append(f"{path.name}: {str(exc)[:200]}")
+    return {"cases": cases, "matched": matched, "fraction": matched / cases, "failures": failures}
+
+
+def environment(args: argparse.Namespace) -> dict[str, Any]:
+    import importlib.metadata as md
+
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), platform.processor())
+    versions = {}
+    for pkg in ("onnxruntime", "tritonclient", "nvidia-pytriton", "starlette", "uvicorn", "numpy", "opencv-python-headless", "ultralytics-opencv-headless", "torch"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "target": "python (ONNX Runtime in Triton's python backend, CPU)",
+        "letterbox": args.letterbox,
+        "size": args.size,
+        "input": "1920x1080 JPEG (bus.jpg on a 1080p canvas)",
+        "command": " ".join(["python -m bench", *sys.argv[1:]]),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the benchmark")
+    run.add_argument("--quick", action="store_true", help="small, CI-sized run (< 3 minutes here)")
+    run.add_argument("--models", default="yolov8n,yolov8n-seg,yolov8n-pose")
+    run.add_argument("--modes", default=",".join(MODES))
+    run.add_argument("--concurrency", default="1,2,4,8,16,32")
+    run.add_argument("--requests", type=int, default=200, help="requests per run (upper bound)")
+    run.add_argument("--seconds", type=float, default=20, help="seconds per run (upper bound)")
+    run.add_argument("--repeats", type=int, default=3)
+    run.add_argument("--warmup", type=int, default=5)
+    run.add_argument("--rate", type=float, default=0, help="also run the gateway open-loop at this many requests/s")
+    run.add_argument("--size", type=int, default=640)
+    run.add_argument("--letterbox", choices=("rect", "square"), default="rect")
+    run.add_argument("--ultralytics-max-concurrency", type=int, default=8, help="the baseline serialises requests; higher levels only queue")
+    run.add_argument("--repository", default="", help="model repository (default: fixture models)")
+    run.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.concurrency, args.requests, args.seconds, args.repeats, args.warmup = "1,4", 24, 8, 1, 2
+        args.models = "yolov8n" if args.models == run.get_default("models") else args.models
+        args.rate = args.rate or 2
+    args.modes = [m for m in args.modes.split(",") if m]
+    unknown = set(args.modes) - set(MODES)
+    if unknown:
+        parser.error(f"unknown mode(s) {sorted(unknown)}; choose from {', '.join(MODES)}")
+
+    folder = args.out / time.strftime("%Y%m%d-%H%M%S")
+    folder.mkdir(parents=True, exist_ok=True)
+    models = args.models.split(",")
+    repo = repository(args, models)
+    photo = photo_1080p(folder)
+    results: dict[str, Any] = {"environment": environment(args), "models": []}
+    started = time.perf_counter()
+    for model in models:
+        results["models"].append(asyncio.run(bench_model(model, repo, photo, folder, args)))
+    results["environment"]["wall_seconds"] = round(time.perf_counter() - started, 1)
+    results["ratios"] = report.ratios(results)
+    (folder / "results.json").write_text(json.dumps(results, indent=2))
+    (folder / "results.md").write_text(report.markdown(results))
+    report.chart(results, folder / "chart.png")
+    print(report.markdown(results))
+    print(f"results: {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
