@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 STAMP := $(VENV)/.installed
+TEST_TOOLS := $(VENV)/.test-tools
 export OPENCV_IO_MAX_IMAGE_PIXELS ?= 1073741824
 
 .PHONY: install export fixtures serve test key demo bench bench-quick clean
@@ -19,6 +20,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The browser test drives Debian's Chromium (Playwright cannot download browsers offline); curl runs the README example.
+$(TEST_TOOLS): $(STAMP)
+	@command -v chromium >/dev/null && command -v curl >/dev/null || \
+		(echo "[install] installing chromium and curl (apt)"; apt-get update -qq && \
+		 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium curl >/dev/null)
+	@touch $@
+
 export: install
 	$(PY) -m export defaults $(EXPORT_ARGS)
 
@@ -28,7 +36,7 @@ fixtures: install
 serve: install
 	$(PY) -m tritonlocal.serve --host $(HOST) --port $(PORT)
 
-test: install
+test: install $(TEST_TOOLS)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 key: install

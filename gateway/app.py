@@ -175,7 +175,7 @@ async def _predict(
     outputs = await state.triton.infer(info, tensor)
     t2 = time.perf_counter()
     data_out = await anyio.to_thread.run_sync(
-        pipeline.finish, info, outputs, box, args.confidence, args.iou, args.normalize, limiter=state.limiter_threads
+        pipeline.finish, info, outputs, box, args, limiter=state.limiter_threads
     )
     t3 = time.perf_counter()
     timings["triton"] = (t2 - t1) * 1000

@@ -13,6 +13,7 @@ from numpy.typing import NDArray
 
 from gateway import postprocess, preprocess
 from gateway.preprocess import Letterbox
+from gateway.schemas import PredictArgs
 from gateway.triton import ModelInfo
 
 
@@ -36,14 +37,12 @@ def finish(
     info: ModelInfo,
     outputs: dict[str, NDArray[np.float32]],
     box: Letterbox,
-    confidence: float,
-    iou: float,
-    normalize: bool,
+    args: PredictArgs,
 ) -> list[dict[str, Any]]:
     """The summary list for one image from the model's raw outputs."""
     pred = outputs[info.outputs[0]]
     nc = len(info.names)
-    dets = postprocess.non_max_suppression(pred, confidence, iou, nc)
+    dets = postprocess.non_max_suppression(pred, args.confidence, args.iou, nc, args.max_det, args.classes, args.agnostic)
     polygons = keypoints = None
     if info.task == "segment":
         dets, polygons = postprocess.segments(dets, outputs[info.outputs[1]], box, nc)
@@ -52,4 +51,4 @@ def finish(
         keypoints = postprocess.scale_xy(k, box)
     boxes = postprocess.scale_boxes(dets[:, :4], box)
     dets = np.concatenate([boxes, dets[:, 4:6]], axis=1)
-    return postprocess.summary(dets, box, info.names, normalize, polygons, keypoints)
+    return postprocess.summary(dets, box, info.names, args.normalize, polygons, keypoints)

@@ -45,10 +45,19 @@ def nms(boxes: F32, scores: F32, iou: float) -> NDArray[np.int64]:
     return np.asarray(keep, dtype=np.int64)
 
 
-def non_max_suppression(pred: F32, conf: float, iou: float, nc: int, max_det: int = MAX_DET) -> F32:
+def non_max_suppression(
+    pred: F32,
+    conf: float,
+    iou: float,
+    nc: int,
+    max_det: int = MAX_DET,
+    classes: tuple[int, ...] | None = None,
+    agnostic: bool = False,
+) -> F32:
     """(M, 6 + extra) rows of xyxy, confidence, class, extra, best first.
 
     pred: (4 + nc + extra, anchors) raw output for one image, boxes in letterboxed-input pixels.
+    classes: keep only these class ids; agnostic: one NMS across classes instead of one per class.
     """
     threshold = np.float32(conf)
     candidates = pred[4 : 4 + nc].max(axis=0) > threshold
@@ -62,9 +71,11 @@ def non_max_suppression(pred: F32, conf: float, iou: float, nc: int, max_det: in
     rows = np.concatenate(
         [xywh2xyxy(x[keep, :4]), best[keep, None], j[keep, None].astype(np.float32), x[keep, 4 + nc :]], axis=1
     )
+    if classes is not None:
+        rows = rows[np.isin(rows[:, 5], np.asarray(classes, dtype=np.float32))]
     if rows.shape[0] > MAX_NMS:
         rows = rows[np.argsort(-rows[:, 4], kind="stable")[:MAX_NMS]]
-    offset = rows[:, 5:6] * np.float32(MAX_WH)
+    offset = rows[:, 5:6] * np.float32(0 if agnostic else MAX_WH)
     kept = nms(rows[:, :4] + offset, rows[:, 4], iou)[:max_det]
     return rows[kept]
 

@@ -46,8 +46,8 @@ def text_color(background: Color) -> Color:
 
 
 def line_width(shape: tuple[int, ...]) -> int:
-    """Ultralytics' default line width for an image of `shape` (h, w, ...)."""
-    return max(round((shape[0] + shape[1]) / 2 * 0.003), 2)
+    """Ultralytics' default line width for an image of `shape` (h, w, channels): it sums the channels in too."""
+    return max(round(sum(shape) / 2 * 0.003), 2)
 
 
 def _polygon(part: dict[str, Any]) -> NDArray[np.int32]:
@@ -66,7 +66,7 @@ def draw_masks(image: NDArray[np.uint8], data: list[dict[str, Any]]) -> None:
             continue
         points = _polygon(segments)
         cv2.fillPoly(overlay, [points], color(d["class"]), cv2.LINE_8)
-        cv2.fillPoly(covered, [points], 255, cv2.LINE_8)
+        cv2.fillPoly(covered, [points], (255,), cv2.LINE_8)
     if covered.any():
         blended = cv2.addWeighted(image, 1 - MASK_ALPHA, overlay, MASK_ALPHA, 0)
         np.copyto(image, blended, where=covered[..., None].astype(bool))

@@ -12,6 +12,7 @@ from gateway.errors import BadRequest
 SIZE_RANGE = (32, 1280)
 CONFIDENCE_RANGE = (0.01, 1.0)
 IOU_RANGE = (0.0, 0.95)
+MAX_DET_RANGE = (1, 300)
 FORMATS = {"json": "json", "image": "jpeg", "jpeg": "jpeg", "jpg": "jpeg", "png": "png"}
 TRUE = {"true", "1", "yes", "on"}
 FALSE = {"false", "0", "no", "off"}
@@ -25,6 +26,9 @@ class PredictArgs:
     normalize: bool = False
     url: str = ""
     format: str = "json"  # extension to the HUB arguments: "json", or an annotated "jpeg"/"png"
+    max_det: int = 300  # extensions: Ultralytics' max_det, classes and agnostic_nms
+    classes: tuple[int, ...] | None = None
+    agnostic: bool = False
 
 
 def _number(name: str, raw: str, kind: type, low: float, high: float) -> Any:
@@ -46,16 +50,28 @@ def parse_args(fields: Mapping[str, str], default_size: int = 640) -> PredictArg
         size = _number("size", fields["size"], int, *SIZE_RANGE)
     confidence = _number("confidence", fields["confidence"], float, *CONFIDENCE_RANGE) if fields.get("confidence", "").strip() else 0.25
     iou = _number("iou", fields["iou"], float, *IOU_RANGE) if fields.get("iou", "").strip() else 0.45
-    normalize = False
-    raw = fields.get("normalize", "").strip().lower()
-    if raw:
-        if raw not in TRUE | FALSE:
-            raise BadRequest(f"Invalid 'normalize' value {fields['normalize'][:32]!r}: use true or false.")
-        normalize = raw in TRUE
+    normalize = _flag(fields, "normalize")
+    agnostic = _flag(fields, "agnostic")
+    max_det = _number("max_det", fields["max_det"], int, *MAX_DET_RANGE) if fields.get("max_det", "").strip() else 300
+    classes = None
+    if fields.get("classes", "").strip():
+        try:
+            classes = tuple(sorted({int(c) for c in fields["classes"].replace(" ", "").split(",") if c}))
+        except ValueError:
+            classes = ()
+        if not classes or min(classes) < 0:
+            raise BadRequest(f"Invalid 'classes' value {fields['classes'][:64]!r}: use class ids like 0,2,5.")
     fmt = fields.get("format", "").strip().lower() or "json"
     if fmt not in FORMATS:
         raise BadRequest(f"Invalid 'format' value {fields['format'][:32]!r}: use json, image (JPEG) or png.")
-    return PredictArgs(size, confidence, iou, normalize, fields.get("url", "").strip(), FORMATS[fmt])
+    return PredictArgs(size, confidence, iou, normalize, fields.get("url", "").strip(), FORMATS[fmt], max_det, classes, agnostic)
+
+
+def _flag(fields: Mapping[str, str], name: str) -> bool:
+    raw = fields.get(name, "").strip().lower()
+    if raw and raw not in TRUE | FALSE:
+        raise BadRequest(f"Invalid '{name}' value {fields[name][:32]!r}: use true or false.")
+    return raw in TRUE
 
 
 def success(data: list[dict[str, Any]]) -> dict[str, Any]:

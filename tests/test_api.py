@@ -404,3 +404,11 @@ def test_repeated_argument_is_400(gateway: Gateway, images: dict[str, Path], whe
     repeated = [("size", "320"), ("size", "640")]
     r = _post(gateway, "yolov8n", images["bus"], **{where: repeated})
     _error(r, 400, "more than once")
+
+
+@pytest.mark.parametrize(
+    "field,value,needle",
+    [("max_det", "0", "1 to 300"), ("max_det", "301", "1 to 300"), ("classes", "a,b", "class ids"), ("classes", "-1", "class ids"), ("agnostic", "perhaps", "true or false")],
+)
+def test_bad_nms_control_is_400(gateway: Gateway, images: dict[str, Path], field: str, value: str, needle: str) -> None:
+    _error(_post(gateway, "yolov8n", images["bus"], data={field: value}), 400, needle)

@@ -1,0 +1,491 @@
+// The try-it page: send one image to POST /v1/predict/{model}, draw the answer on a canvas over it, show the JSON and
+// the same request as curl and Python. Plain browser JavaScript, no dependencies. The drawing mirrors
+// gateway/render.py (Ultralytics' palette, line width, mask alpha, skeleton and keypoint threshold).
+"use strict";
+
+const STORE_KEY = "yolo-triton.api-key";
+const STORE_MODEL = "yolo-triton.model";
+
+const PALETTE = [
+  "#042AFF", "#0BDBEB", "#F3F3F3", "#00DFB7", "#111F68", "#FF6FDD", "#FF444F", "#CCED00", "#00F344", "#BD00FF",
+  "#00B4FF", "#DD00BA", "#00FFFF", "#26C000", "#01FFB3", "#7D24FF", "#7B0068", "#FF1B6C", "#FC6D2F", "#A2FF0B",
+];
+// COCO 17-keypoint skeleton (0-based) and the colours Ultralytics ends up drawing (legs, torso, arms, face).
+const SKELETON = [
+  [15, 13], [13, 11], [16, 14], [14, 12], [11, 12], [5, 11], [6, 12], [5, 6], [5, 7], [6, 8],
+  [7, 9], [8, 10], [1, 2], [0, 1], [0, 2], [1, 3], [2, 4], [3, 5], [4, 6],
+];
+const LEGS = "rgb(255,153,51)", TORSO = "rgb(255,51,255)", ARMS = "rgb(0,128,255)", FACE = "rgb(0,255,0)";
+const LIMB_COLORS = [...Array(4).fill(LEGS), ...Array(3).fill(TORSO), ...Array(5).fill(ARMS), ...Array(7).fill(FACE)];
+const KPT_COLORS = [...Array(5).fill(FACE), ...Array(6).fill(ARMS), ...Array(6).fill(LEGS)];
+const KPT_THRESHOLD = 0.25;
+const MASK_ALPHA = 0.5;
+
+const STATUS_TEXT = {
+  400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+  413: "Payload Too Large", 415: "Unsupported Media Type", 422: "Unprocessable Content", 429: "Too Many Requests",
+  500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
+};
+
+const $ = (id) => document.getElementById(id);
+const els = {
+  form: $("controls"), key: $("api-key"), showKey: $("show-key"), model: $("model"), modelInfo: $("model-info"),
+  drop: $("drop"), dropText: $("drop-text"), file: $("file"), url: $("url"), size: $("size"),
+  confidence: $("confidence"), iou: $("iou"), run: $("run"), status: $("status"), error: $("error"),
+  summary: $("summary"), stage: $("stage"), img: $("preview"), canvas: $("overlay"), json: $("json"),
+  curl: $("curl"), python: $("python"),
+};
+
+const state = {
+  models: new Map(),   // id -> /v1/models entry
+  file: null,          // the chosen File, or null when a URL is used
+  objectUrl: null,
+  seq: 0,              // the latest request; older answers are dropped
+  controller: null,
+  snippets: { curl: "", python: "" },
+};
+
+// ---------------------------------------------------------------- messages
+
+function setStatus(text) { els.status.textContent = text; }
+
+function showError(title, detail) {
+  els.error.replaceChildren();
+  const strong = document.createElement("strong");
+  strong.textContent = title;
+  els.error.append(strong);
+  if (detail) els.error.append(document.createTextNode(detail));
+  els.error.hidden = false;
+}
+
+function clearError() { els.error.hidden = true; els.error.replaceChildren(); }
+
+/** "401 Unauthorized" and the API's message (or whatever came back instead of JSON). */
+function describeFailure(response, body, text) {
+  const title = `${response.status} ${response.statusText || STATUS_TEXT[response.status] || "Error"}`;
+  let message = body && typeof body.message === "string" ? body.message : "";
+  if (!message) message = text.trim() ? `Unexpected response: ${text.trim().slice(0, 300)}` : "The server sent no message.";
+  const retry = response.headers.get("retry-after");
+  return [title, retry ? `${message} (retry after ${retry} s)` : message];
+}
+
+// ---------------------------------------------------------------- API key and models
+
+function initKey() {
+  try { els.key.value = localStorage.getItem(STORE_KEY) || ""; } catch (_) { /* storage disabled */ }
+  els.key.addEventListener("input", () => {
+    try {
+      const key = els.key.value.trim();
+      if (key) localStorage.setItem(STORE_KEY, key); else localStorage.removeItem(STORE_KEY);
+    } catch (_) { /* storage disabled: the key lives for this page only */ }
+    renderSnippets();
+  });
+  els.showKey.addEventListener("change", () => {
+    els.key.type = els.showKey.checked ? "text" : "password";
+    renderSnippets();
+  });
+}
+
+async function loadModels() {
+  let response, body = null, text = "";
+  try {
+    response = await fetch("/v1/models", { headers: { accept: "application/json" } });
+    text = await response.text();
+    body = JSON.parse(text);
+  } catch (err) {
+    if (!response) { showError("Could not reach the server", `GET /v1/models failed: ${err.message}`); return; }
+  }
+  if (!response.ok || !body || !Array.isArray(body.data)) {
+    const [title, message] = describeFailure(response, body, text);
+    showError(`GET /v1/models: ${title}`, message);
+    els.model.replaceChildren(new Option("no models", ""));
+    return;
+  }
+  els.model.replaceChildren();
+  for (const m of body.data) {
+    state.models.set(m.id, m);
+    els.model.append(new Option(`${m.id} (${m.task})`, m.id));
+  }
+  if (!body.data.length) {
+    els.model.append(new Option("no models ready", ""));
+    showError("No models are ready", "The inference server has no model loaded yet; reload the page in a moment.");
+    return;
+  }
+  let saved = null;
+  try { saved = localStorage.getItem(STORE_MODEL); } catch (_) { /* storage disabled */ }
+  if (saved && state.models.has(saved)) els.model.value = saved;
+  els.model.disabled = false;
+  onModelChange();
+}
+
+function onModelChange() {
+  const m = state.models.get(els.model.value);
+  if (!m) { els.modelInfo.textContent = ""; return; }
+  try { localStorage.setItem(STORE_MODEL, m.id); } catch (_) { /* storage disabled */ }
+  els.size.value = String(m.default_size || 640);
+  const classes = Object.keys(m.names || {}).length;
+  els.modelInfo.textContent = `task: ${m.task} · ${classes} classes · default size ${m.default_size} · ${m.backend}`;
+  els.modelInfo.classList.toggle("warn", Boolean(m.untrained));
+  if (m.untrained) els.modelInfo.textContent += ` — ${m.warning || "untrained weights"}`;
+  renderSnippets();
+}
+
+// ---------------------------------------------------------------- choosing the image
+
+function useFile(file) {
+  if (!file) return;
+  state.file = file;
+  els.url.value = "";
+  els.dropText.textContent = `${file.name || "pasted image"} (${Math.max(1, Math.round(file.size / 1024))} KiB) — drop or choose another`;
+  if (state.objectUrl) URL.revokeObjectURL(state.objectUrl);
+  state.objectUrl = URL.createObjectURL(file);
+  showPreview(state.objectUrl);
+  renderSnippets();
+  if (els.key.value.trim() && els.model.value) run();
+}
+
+function useUrl(url) {
+  els.url.value = url;
+  state.file = null;
+  els.file.value = "";
+  els.dropText.textContent = "Drop an image here, paste one, or choose a file";
+  renderSnippets();
+}
+
+/** Point the preview at `src`; resolves with whether the browser could display it. */
+function showPreview(src) {
+  clearCanvas();
+  els.stage.classList.remove("empty");
+  if (els.img.getAttribute("src") === src && els.img.complete) return Promise.resolve(els.img.naturalWidth > 0);
+  return new Promise((resolve) => {
+    els.img.onload = () => resolve(true);
+    els.img.onerror = () => resolve(false);
+    els.img.src = src;
+  });
+}
+
+function initImageInputs() {
+  els.file.addEventListener("change", () => useFile(els.file.files[0]));
+  for (const type of ["dragenter", "dragover"]) {
+    els.drop.addEventListener(type, (e) => { e.preventDefault(); els.drop.classList.add("over"); });
+  }
+  for (const type of ["dragleave", "drop"]) {
+    els.drop.addEventListener(type, () => els.drop.classList.remove("over"));
+  }
+  els.drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    const file = e.dataTransfer.files && e.dataTransfer.files[0];
+    if (file) { useFile(file); return; }
+    const link = (e.dataTransfer.getData("text/uri-list") || e.dataTransfer.getData("text/plain") || "").split("\n")[0].trim();
+    if (/^https?:\/\//i.test(link)) { useUrl(link); run(); }
+  });
+  els.drop.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") { e.preventDefault(); els.file.click(); }
+  });
+  document.addEventListener("paste", (e) => {
+    const item = [...(e.clipboardData ? e.clipboardData.items : [])].find((i) => i.kind === "file" && i.type.startsWith("image/"));
+    if (item) { e.preventDefault(); useFile(item.getAsFile()); }
+  });
+  els.url.addEventListener("input", () => {
+    if (els.url.value.trim()) { state.file = null; els.file.value = ""; }
+    renderSnippets();
+  });
+}
+
+// ---------------------------------------------------------------- the request and its snippets
+
+function args() {
+  return { size: els.size.value.trim(), confidence: els.confidence.value.trim(), iou: els.iou.value.trim() };
+}
+
+function endpoint() {
+  return `${location.origin}/v1/predict/${encodeURIComponent(els.model.value || "MODEL_ID")}`;
+}
+
+/** The key as shown on screen: the secret is hidden unless "show key" is ticked. The Copy buttons copy it whole. */
+function displayKey(key) {
+  if (!key) return "API_KEY";
+  if (els.showKey.checked) return key;
+  const m = /^(yk_[A-Za-z0-9]+_)/.exec(key);
+  return `${m ? m[1] : ""}••••••••`;
+}
+
+const dq = (s) => `"${String(s).replace(/[\\"$`]/g, "\\$&")}"`;  // a POSIX shell double-quoted word
+const py = (s) => JSON.stringify(String(s));  // a JSON string is a valid Python str literal
+
+function curlSnippet(key) {
+  const a = args();
+  const lines = [`curl -X POST ${dq(endpoint())}`, `-H ${dq(`x-api-key: ${key}`)}`];
+  lines.push(state.file ? `-F ${dq(`image=@${state.file.name || "image.jpg"}`)}` : `-F ${dq(`url=${els.url.value.trim() || "https://example.com/photo.jpg"}`)}`);
+  for (const [k, v] of Object.entries(a)) if (v) lines.push(`-F ${dq(`${k}=${v}`)}`);
+  return lines.join(" \\\n  ") + "\n";
+}
+
+function pythonSnippet(key) {
+  const a = args();
+  const fields = Object.entries(a).filter(([, v]) => v).map(([k, v]) => `${py(k)}: ${/^\d+(\.\d+)?$/.test(v) ? v : py(v)}`);
+  const head = [
+    "import requests",
+    "",
+    `url = ${py(endpoint())}`,
+    `headers = {"x-api-key": ${py(key)}}`,
+  ];
+  if (state.file) {
+    return [
+      ...head,
+      `data = {${fields.join(", ")}}`,
+      "",
+      `with open(${py(state.file.name || "image.jpg")}, "rb") as image_file:`,
+      "    files = {\"image\": image_file}",
+      "    response = requests.post(url, headers=headers, files=files, data=data)",
+      "",
+      "print(response.json())",
+      "",
+    ].join("\n");
+  }
+  const url = els.url.value.trim() || "https://example.com/photo.jpg";
+  return [
+    ...head,
+    `data = {"url": ${py(url)}${fields.length ? ", " + fields.join(", ") : ""}}`,
+    "",
+    "response = requests.post(url, headers=headers, data=data)",
+    "print(response.json())",
+    "",
+  ].join("\n");
+}
+
+function renderSnippets() {
+  const key = els.key.value.trim();
+  state.snippets = { curl: curlSnippet(key || "API_KEY"), python: pythonSnippet(key || "API_KEY") };
+  els.curl.textContent = curlSnippet(displayKey(key));
+  els.python.textContent = pythonSnippet(displayKey(key));
+}
+
+async function copy(text, button) {
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch (_) {  // not a secure context (http on another host): the old way
+    const area = document.createElement("textarea");
+    area.value = text;
+    document.body.append(area);
+    area.select();
+    document.execCommand("copy");
+    area.remove();
+  }
+  const label = button.textContent;
+  button.textContent = "Copied";
+  setTimeout(() => { button.textContent = label; }, 1200);
+}
+
+function setBusy(busy) {
+  els.run.disabled = busy;
+  els.run.textContent = busy ? "Running…" : "Run inference";
+}
+
+async function run() {
+  clearError();
+  const key = els.key.value.trim();
+  const model = els.model.value;
+  const url = els.url.value.trim();
+  if (!key) { showError("An API key is needed", "Enter your API key above (`make key` prints one)."); return; }
+  if (!model) { showError("No model selected", "Pick a model; if the list is empty, no model is ready yet."); return; }
+  if (!state.file && !url) { showError("No image", "Drop or choose an image, or paste an image URL."); return; }
+
+  const form = new FormData();
+  if (state.file) form.append("image", state.file, state.file.name || "image.png");
+  else form.append("url", url);
+  for (const [k, v] of Object.entries(args())) if (v) form.append(k, v);
+  renderSnippets();
+
+  if (state.controller) state.controller.abort();
+  const controller = new AbortController();
+  state.controller = controller;
+  const seq = ++state.seq;
+  const preview = state.file ? showPreview(state.objectUrl) : showPreview(url);
+  clearCanvas();
+  setBusy(true);
+  setStatus(`POST /v1/predict/${model} …`);
+  const started = performance.now();
+  let response, text;
+  try {
+    response = await fetch(`/v1/predict/${encodeURIComponent(model)}`, {
+      method: "POST", headers: { "x-api-key": key }, body: form, signal: controller.signal,
+    });
+    text = await response.text();
+  } catch (err) {
+    if (seq !== state.seq) return;
+    setBusy(false);
+    setStatus("");
+    showError("Could not reach the server", `The request failed before an answer came back: ${err.message}`);
+    return;
+  }
+  if (seq !== state.seq) return;
+  const elapsed = performance.now() - started;
+  let body = null;
+  try { body = JSON.parse(text); } catch (_) { /* shown as text below */ }
+  els.json.textContent = body ? JSON.stringify(body, null, 2) : text;
+  setBusy(false);
+  if (!response.ok || !body || body.success !== true || !Array.isArray(body.data)) {
+    const [title, message] = describeFailure(response, body, text);
+    showError(title, message);
+    setStatus("");
+    els.summary.textContent = `The API answered ${title}.`;
+    return;
+  }
+
+  const task = (state.models.get(model) || {}).task || "";
+  const timing = serverTiming(response.headers.get("server-timing"));
+  const displayed = await preview;
+  if (seq !== state.seq) return;
+  if (displayed) {
+    draw(body.data);
+  } else {
+    // The browser can't show this image (TIFF, or a URL it may not load): show the server's own drawing instead.
+    await showServerRendering(form, key, model, body.data.length, seq);
+  }
+  const n = body.data.length;
+  els.summary.textContent = `${model} (${task}): ${n} detection${n === 1 ? "" : "s"} · ${Math.round(elapsed)} ms round trip` +
+    (timing ? ` · server ${timing}` : "");
+  setStatus(displayed ? "" : "Drawn by the server (format=png): the browser could not display this image itself.");
+}
+
+function serverTiming(header) {
+  if (!header) return "";
+  const parts = header.split(",").map((p) => /^\s*([\w-]+);dur=([\d.]+)/.exec(p)).filter(Boolean);
+  const total = parts.find((m) => m[1] === "total");
+  const triton = parts.find((m) => m[1] === "triton");
+  return [total && `${Math.round(total[2])} ms`, triton && `(Triton ${Math.round(triton[2])} ms)`].filter(Boolean).join(" ");
+}
+
+async function showServerRendering(form, key, model, count, seq) {
+  form.set("format", "png");
+  try {
+    const response = await fetch(`/v1/predict/${encodeURIComponent(model)}`, { method: "POST", headers: { "x-api-key": key }, body: form });
+    if (!response.ok) {
+      const text = await response.text();
+      let body = null;
+      try { body = JSON.parse(text); } catch (_) { /* not JSON */ }
+      const [title, message] = describeFailure(response, body, text);
+      showError(`Annotated image: ${title}`, message);
+      return;
+    }
+    const blob = await response.blob();
+    if (seq !== state.seq) return;
+    const shown = await showPreview(URL.createObjectURL(blob));
+    if (shown) {
+      sizeCanvas();
+      els.canvas.dataset.detections = String(count);
+    }
+  } catch (err) {
+    showError("Could not reach the server", err.message);
+  }
+}
+
+// ---------------------------------------------------------------- drawing (mirrors gateway/render.py)
+
+function clearCanvas() {
+  const ctx = els.canvas.getContext("2d");
+  ctx.clearRect(0, 0, els.canvas.width, els.canvas.height);
+  delete els.canvas.dataset.detections;
+}
+
+function sizeCanvas() {
+  els.canvas.width = els.img.naturalWidth;
+  els.canvas.height = els.img.naturalHeight;
+  return els.canvas.getContext("2d");
+}
+
+const classColor = (c) => PALETTE[((c % PALETTE.length) + PALETTE.length) % PALETTE.length];
+
+function textColor(hex) {
+  const r = parseInt(hex.slice(1, 3), 16), g = parseInt(hex.slice(3, 5), 16), b = parseInt(hex.slice(5, 7), 16);
+  return 0.299 * r + 0.587 * g + 0.114 * b > 150 ? "rgb(104,31,17)" : "#fff";
+}
+
+/** Draw `data` (summary() items in image pixels) over the preview; lowest confidence first so the best is on top. */
+function draw(data) {
+  const ctx = sizeCanvas();
+  const w = els.canvas.width, h = els.canvas.height;
+  const lw = Math.max(Math.round(((w + h + 3) / 2) * 0.003), 2);  // Ultralytics sums (h, w, 3)
+  const items = [...data].reverse();
+
+  ctx.globalAlpha = MASK_ALPHA;
+  for (const d of items) {
+    const s = d.segments;
+    if (!s || !Array.isArray(s.x) || s.x.length < 3) continue;
+    ctx.beginPath();
+    ctx.moveTo(s.x[0], s.y[0]);
+    for (let i = 1; i < s.x.length; i++) ctx.lineTo(s.x[i], s.y[i]);
+    ctx.closePath();
+    ctx.fillStyle = classColor(d.class);
+    ctx.fill();
+  }
+  ctx.globalAlpha = 1;
+
+  const fontPx = Math.max(10, Math.round(lw * 6.5));
+  ctx.font = `${fontPx}px system-ui, "DejaVu Sans", sans-serif`;
+  ctx.textBaseline = "bottom";
+  for (const d of items) {
+    const color = classColor(d.class);
+    const { x1, y1, x2, y2 } = d.box;
+    ctx.lineWidth = lw;
+    ctx.strokeStyle = color;
+    ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
+    const label = `${d.name} ${Number(d.confidence).toFixed(2)}`;
+    const tw = Math.ceil(ctx.measureText(label).width) + 4;
+    const th = fontPx + 4;
+    const outside = y1 >= th;  // the tab goes above the box unless the box touches the top edge
+    const x = Math.max(0, Math.min(x1, w - tw));
+    const top = outside ? y1 - th : y1;
+    ctx.fillStyle = color;
+    ctx.fillRect(x, top, tw, th);
+    ctx.fillStyle = textColor(color);
+    ctx.fillText(label, x + 2, top + th - 2);
+  }
+
+  for (const d of items) if (d.keypoints) drawKeypoints(ctx, d.keypoints, lw);
+  els.canvas.dataset.detections = String(data.length);
+}
+
+function drawKeypoints(ctx, k, lw) {
+  const n = k.x.length;
+  const visible = Array.isArray(k.visible) ? k.visible : Array(n).fill(1);
+  const shown = k.x.map((x, i) => visible[i] >= KPT_THRESHOLD && !(x === 0 && k.y[i] === 0));
+  const coco = n === 17;
+  if (coco) {
+    ctx.lineWidth = Math.ceil(lw / 2);
+    ctx.lineCap = "round";
+    SKELETON.forEach(([i, j], li) => {
+      if (!shown[i] || !shown[j] || Math.min(k.x[i], k.y[i], k.x[j], k.y[j]) < 0) return;
+      ctx.strokeStyle = LIMB_COLORS[li];
+      ctx.beginPath();
+      ctx.moveTo(k.x[i], k.y[i]);
+      ctx.lineTo(k.x[j], k.y[j]);
+      ctx.stroke();
+    });
+  }
+  for (let i = 0; i < n; i++) {
+    if (!shown[i]) continue;
+    ctx.fillStyle = coco ? KPT_COLORS[i] : classColor(i);
+    ctx.beginPath();
+    ctx.arc(k.x[i], k.y[i], lw, 0, 2 * Math.PI);
+    ctx.fill();
+  }
+}
+
+// ---------------------------------------------------------------- start
+
+function init() {
+  initKey();
+  initImageInputs();
+  els.model.addEventListener("change", onModelChange);
+  for (const el of [els.size, els.confidence, els.iou]) el.addEventListener("input", renderSnippets);
+  els.form.addEventListener("submit", (e) => { e.preventDefault(); run(); });
+  for (const button of document.querySelectorAll("button.copy")) {
+    button.addEventListener("click", () => copy(state.snippets[button.dataset.copy], button));
+  }
+  renderSnippets();
+  loadModels();
+}
+
+init();
