@@ -1,0 +1,557 @@
+"""Render the Helm chart with every ci/*-values.yaml, validate it offline, assert the deployment invariants.
+
+    python deploy/check.py            # exit 0: every values file renders, validates and keeps the invariants
+
+For each values file: `helm lint --strict` (Helm v4 SDK, no binary, no cluster), render, validate every object
+against the Kubernetes 1.29 and 1.33 OpenAPI schemas in strict mode (a missing schema is an error, except for the
+allow-listed CRDs), then check the invariants a later edit must not drop (probes, security contexts, resources,
+GPUs, the headless Triton Service, NetworkPolicies, autoscalers, PDBs, the keys Secret mount, image tags, Triton's
+flags). Prints one summary line per values file and every problem found.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate
+import yaml
+
+DEPLOY = Path(__file__).resolve().parent
+CHART = DEPLOY / "helm" / "yolo-triton"
+ADAPTER_VALUES = DEPLOY / "prometheus-adapter" / "values.yaml"
+RELEASE, NAMESPACE = "yolo-triton", "yolo"
+KUBE_VERSIONS = ("1.29", "1.33")
+# CRDs have no schema in kubernetes-validate; these are the only ones the chart may render.
+CRD_ALLOWLIST = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+MIN_TRITON_RELEASE = (25, 7)  # the 2025 Triton security fixes
+TRITON_STARTUP_BUDGET_S = 300  # model loading (and engine deserialisation) before liveness applies
+FORM_OVERHEAD = 64 * 1024  # gateway/app.py: multipart boundaries and small fields around the image
+HTTP_RESTRICTED = {"metadata", "inference", "shared-memory", "model-config", "model-repository", "statistics", "trace", "logging"}  # fmt: skip
+GRPC_RESTRICTED = {"shared-memory", "statistics", "trace", "logging"}
+GATEWAY_SETTINGS = (
+    "GATEWAY_TRITON_URL", "GATEWAY_KEYS_FILE", "GATEWAY_MAX_UPLOAD_BYTES", "GATEWAY_MAX_PIXELS", "GATEWAY_LETTERBOX",
+    "GATEWAY_TRITON_TIMEOUT_S", "GATEWAY_MAX_INFLIGHT", "GATEWAY_URL_TIMEOUT_S", "GATEWAY_URL_MAX_REDIRECTS",
+    "GATEWAY_URL_ALLOW_HOSTS", "GATEWAY_WORKERS", "OPENCV_IO_MAX_IMAGE_PIXELS",
+)  # fmt: skip
+
+Doc = dict[str, Any]
+
+
+# --- rendering and validation -------------------------------------------------------------------------------------
+
+
+def values_files() -> list[Path]:
+    return sorted((CHART / "ci").glob("*-values.yaml"))
+
+
+def load_values(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def lint(values: dict[str, Any]) -> list[str]:
+    """`helm lint --strict`: errors and warnings (info messages such as 'icon is recommended' are not problems)."""
+    problems: list[str] = []
+    for version in KUBE_VERSIONS:
+        report = helm.lint(CHART, values, strict=True, kube_version=f"v{version}.0")
+        found = [
+            f"lint: {m['path']}: {m['error'].strip()}" for m in report.get("messages", []) if m.get("severity", 0) >= 2
+        ]
+        found += [f"lint: {e.strip()}" for e in report.get("errors", [])]
+        problems += [p for p in found if p not in problems]
+    return problems
+
+
+def render(values: dict[str, Any], release: str = RELEASE, namespace: str = NAMESPACE) -> list[Doc]:
+    """Every object the chart renders (helm template), hooks included. Raises helm_python errors on bad values."""
+    with helm.Chart.load(CHART) as chart:
+        manifests = chart.render(values=values, name=release, namespace=namespace, is_install=True)
+    docs: list[Doc] = []
+    for path, text in sorted(manifests.items()):
+        if not path.endswith((".yaml", ".yml")):
+            continue
+        docs.extend(d for d in yaml.safe_load_all(text) if d)
+    return docs
+
+
+def validate(docs: Iterable[Doc], versions: Iterable[str] = KUBE_VERSIONS) -> list[str]:
+    """Strict OpenAPI validation of each object for each Kubernetes version; an unknown kind is an error."""
+    problems = []
+    for version in versions:
+        for doc in docs:
+            what = f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')} ({doc.get('apiVersion')}) on {version}"
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.SchemaNotFoundError:
+                if (doc.get("apiVersion"), doc.get("kind")) not in CRD_ALLOWLIST:
+                    problems.append(f"schema: no Kubernetes {version} schema for {what}")
+            except kubernetes_validate.ValidationError as exc:
+                path = ".".join(str(p) for p in exc.path)
+                problems.append(f"schema: {what}: {path}: {exc.message}")
+    return problems
+
+
+# --- the rendered objects -----------------------------------------------------------------------------------------
+
+
+def of_kind(docs: Iterable[Doc], kind: str) -> list[Doc]:
+    return [d for d in docs if d.get("kind") == kind]
+
+
+def component(doc: Doc) -> str:
+    labels = doc.get("metadata", {}).get("labels", {})
+    return str(labels.get("app.kubernetes.io/component", ""))
+
+
+def one(docs: Iterable[Doc], kind: str, comp: str) -> Doc | None:
+    found = [d for d in of_kind(docs, kind) if component(d) == comp]
+    return found[0] if len(found) == 1 else None
+
+
+def pod_specs(docs: Iterable[Doc]) -> Iterator[tuple[str, Doc]]:
+    for doc in docs:
+        name = f"{doc['kind']}/{doc['metadata']['name']}"
+        if doc["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+            yield name, doc["spec"]["template"]["spec"]
+        elif doc["kind"] == "Pod":
+            yield name, doc["spec"]
+
+
+def containers(spec: Doc) -> list[Doc]:
+    return list(spec.get("initContainers", [])) + list(spec.get("containers", []))
+
+
+def container(deployment: Doc | None, name: str) -> Doc | None:
+    if deployment is None:
+        return None
+    return next((c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == name), None)
+
+
+def env_of(c: Doc) -> dict[str, str]:
+    return {e["name"]: e.get("value", "") for e in c.get("env", []) if "value" in e}
+
+
+def probe_budget(probe: Doc) -> int:
+    return int(probe.get("initialDelaySeconds", 0)) + int(probe.get("periodSeconds", 10)) * int(
+        probe.get("failureThreshold", 3)
+    )
+
+
+def release_of(image: str) -> tuple[int, int] | None:
+    m = re.search(r":(\d{2})\.(\d{2})(?:-|$)", image)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def pod_labels(deployment: Doc) -> dict[str, str]:
+    return dict(deployment["spec"]["template"]["metadata"].get("labels", {}))
+
+
+def restricted_groups(args: list[str], flag: str) -> set[str]:
+    groups: set[str] = set()
+    for a in args:
+        if a.startswith(flag + "="):
+            apis, _, credential = a[len(flag) + 1 :].partition(":")
+            if "=" in credential and credential.split("=", 1)[1]:
+                groups.update(apis.split(","))
+    return groups
+
+
+def routes(url_path: str, path: str, path_type: str | None) -> bool:
+    """Whether an Ingress path of this type sends `url_path` to its backend."""
+    if path_type == "Exact":
+        return url_path == path
+    return path == "/" or url_path == path.rstrip("/") or url_path.startswith(path.rstrip("/") + "/")
+
+
+def size_bytes(value: str) -> int:
+    m = re.fullmatch(r"(\d+)([kmg]?)", value.strip().lower())
+    if not m:
+        raise ValueError(f"not a size: {value!r}")
+    return int(m.group(1)) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[m.group(2)]
+
+
+# --- the invariants -----------------------------------------------------------------------------------------------
+
+
+def invariants(docs: list[Doc]) -> list[str]:
+    """Everything RELIABILITY.md's deployment checklist and issue 6 ask of the rendered objects."""
+    problems: list[str] = []
+    problems += _pod_invariants(docs)
+    problems += _triton_invariants(docs)
+    problems += _gateway_invariants(docs)
+    problems += _policy_invariants(docs)
+    return problems
+
+
+def _pod_invariants(docs: list[Doc]) -> list[str]:
+    problems = []
+    for name, spec in pod_specs(docs):
+        pod_sc = spec.get("securityContext", {})
+        if spec.get("automountServiceAccountToken") is not False:
+            problems.append(f"{name}: automountServiceAccountToken must be false (no component uses the API)")
+        if pod_sc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+            problems.append(f"{name}: pod seccompProfile must be RuntimeDefault")
+        for c in containers(spec):
+            where = f"{name} container {c['name']}"
+            sc = c.get("securityContext", {})
+            image = str(c.get("image", ""))
+            if ":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest"):
+                problems.append(f"{where}: image {image!r} must have a pinned tag, never :latest")
+            if not (sc.get("runAsNonRoot") or pod_sc.get("runAsNonRoot")):
+                problems.append(f"{where}: runAsNonRoot must be true")
+            if sc.get("runAsUser", pod_sc.get("runAsUser")) == 0:
+                problems.append(f"{where}: runs as uid 0")
+            if sc.get("allowPrivilegeEscalation") is not False:
+                problems.append(f"{where}: allowPrivilegeEscalation must be false")
+            if sc.get("privileged"):
+                problems.append(f"{where}: must not be privileged")
+            if "ALL" not in sc.get("capabilities", {}).get("drop", []) or sc.get("capabilities", {}).get("add"):
+                problems.append(f"{where}: capabilities must drop ALL and add none")
+            if sc.get("seccompProfile", pod_sc.get("seccompProfile", {})).get("type") != "RuntimeDefault":
+                problems.append(f"{where}: seccompProfile must be RuntimeDefault")
+            res = c.get("resources", {})
+            for kind in ("requests", "limits"):
+                missing = {"cpu", "memory"} - set(res.get(kind, {}))
+                if missing:
+                    problems.append(f"{where}: resources.{kind} lacks {', '.join(sorted(missing))}")
+    return problems
+
+
+def _triton_invariants(docs: list[Doc]) -> list[str]:
+    problems = []
+    deployment = one(docs, "Deployment", "triton")
+    triton = container(deployment, "triton")
+    if deployment is None or triton is None:
+        return ["triton: exactly one Triton Deployment with a 'triton' container is required"]
+    spec = deployment["spec"]["template"]["spec"]
+    args = [str(a) for a in triton.get("args", [])] + [str(a) for a in triton.get("command", [])]
+
+    release = release_of(str(triton.get("image", "")))
+    if release is None or release < MIN_TRITON_RELEASE:
+        problems.append(f"triton: image {triton.get('image')!r} must be a tritonserver release >= 25.07")
+    builder = next((c for c in spec.get("initContainers", []) if c["name"] == "build-engines"), None)
+    if builder is not None and release_of(str(builder.get("image", ""))) != release:
+        problems.append("triton: the TensorRT builder image must be the Triton image's release (same TensorRT)")
+
+    if "--model-control-mode=none" not in args or any(
+        a.startswith("--model-control-mode=") and a != "--model-control-mode=none" for a in args
+    ):
+        problems.append("triton: args must contain --model-control-mode=none (and no other mode)")
+    if any(
+        a.startswith(("--load-model", "--repository-poll-secs", "--allow-sagemaker=true", "--allow-vertex-ai=true"))
+        for a in args
+    ):
+        problems.append("triton: no model loading, polling or extra protocol endpoints may be enabled")
+    if not HTTP_RESTRICTED <= restricted_groups(args, "--http-restricted-api"):
+        problems.append(f"triton: --http-restricted-api must restrict {sorted(HTTP_RESTRICTED)} with a key")
+    if not GRPC_RESTRICTED <= restricted_groups(args, "--grpc-restricted-protocol"):
+        problems.append(f"triton: --grpc-restricted-protocol must restrict {sorted(GRPC_RESTRICTED)} with a key")
+    if "health" in restricted_groups(args, "--http-restricted-api"):
+        problems.append("triton: HTTP health must stay open for the kubelet's probes")
+
+    ports = {p.get("containerPort") for p in triton.get("ports", [])}
+    if not {8000, 8001, 8002} <= ports:
+        problems.append("triton: container ports 8000 (HTTP), 8001 (gRPC) and 8002 (metrics) are required")
+    startup, ready, live = (triton.get(k) or {} for k in ("startupProbe", "readinessProbe", "livenessProbe"))
+    if startup.get("httpGet", {}).get("path") != "/v2/health/ready" or probe_budget(startup) < TRITON_STARTUP_BUDGET_S:
+        problems.append(
+            f"triton: startupProbe on /v2/health/ready with a budget >= {TRITON_STARTUP_BUDGET_S} s is required"
+        )
+    if ready.get("httpGet", {}).get("path") != "/v2/health/ready":
+        problems.append("triton: readinessProbe must be /v2/health/ready")
+    if live.get("httpGet", {}).get("path") != "/v2/health/live":
+        problems.append("triton: livenessProbe must be /v2/health/live")
+
+    for c in [triton] + ([builder] if builder else []):
+        res = c.get("resources", {})
+        gpus = res.get("limits", {}).get("nvidia.com/gpu")
+        if not isinstance(gpus, int) or gpus < 1:
+            problems.append(f"triton: container {c['name']} needs limits nvidia.com/gpu >= 1")
+        elif res.get("requests", {}).get("nvidia.com/gpu", gpus) != gpus:
+            problems.append(f"triton: container {c['name']} nvidia.com/gpu requests must equal limits")
+
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    shm = next((m for m in triton.get("volumeMounts", []) if m.get("mountPath") == "/dev/shm"), None)
+    if shm is None or volumes.get(shm["name"], {}).get("emptyDir", {}).get("medium") != "Memory":
+        problems.append("triton: /dev/shm must be a memory-backed emptyDir (python backend, default 64 MiB)")
+    models = next((m for m in triton.get("volumeMounts", []) if m.get("mountPath") == "/models"), None)
+    if models is None or not models.get("readOnly"):
+        problems.append("triton: the model repository must be mounted read-only at /models")
+
+    annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
+    scraped = annotations.get("prometheus.io/scrape") == "true" and annotations.get("prometheus.io/port") == "8002"
+    if not scraped and not of_kind(docs, "ServiceMonitor"):
+        problems.append("triton: metrics need prometheus.io scrape annotations (port 8002) or a ServiceMonitor")
+
+    service = one(docs, "Service", "triton")
+    if service is None:
+        problems.append("triton: a Triton Service is required")
+    else:
+        if service["spec"].get("type", "ClusterIP") != "ClusterIP" or service["spec"].get("clusterIP") != "None":
+            problems.append("triton: the Service must be headless (clusterIP: None), never LoadBalancer/NodePort")
+        if not matches(service["spec"].get("selector", {}), pod_labels(deployment)):
+            problems.append("triton: the Service selector must match the Triton pods")
+        if {p.get("port") for p in service["spec"].get("ports", [])} != {8000, 8001, 8002}:
+            problems.append("triton: the Service must publish 8000, 8001 and 8002")
+    for svc in of_kind(docs, "Service"):
+        if svc is not service and matches(svc["spec"].get("selector", {}), pod_labels(deployment)):
+            problems.append(f"triton: Service {svc['metadata']['name']} must not also select the Triton pods")
+    return problems
+
+
+def _gateway_invariants(docs: list[Doc]) -> list[str]:
+    problems = []
+    deployment = one(docs, "Deployment", "gateway")
+    gateway = container(deployment, "gateway")
+    if deployment is None or gateway is None:
+        return ["gateway: exactly one gateway Deployment with a 'gateway' container is required"]
+    spec = deployment["spec"]["template"]["spec"]
+    env = env_of(gateway)
+    sc = gateway.get("securityContext", {})
+    if sc.get("readOnlyRootFilesystem") is not True:
+        problems.append("gateway: readOnlyRootFilesystem must be true")
+    ready, live = gateway.get("readinessProbe") or {}, gateway.get("livenessProbe") or {}
+    if ready.get("httpGet", {}).get("path") != "/readyz":
+        problems.append("gateway: readinessProbe must be /readyz")
+    if live.get("httpGet", {}).get("path") != "/healthz":
+        problems.append("gateway: livenessProbe must be /healthz")
+    missing = [k for k in GATEWAY_SETTINGS if k not in env]
+    if missing:
+        problems.append(f"gateway: settings missing from env: {', '.join(missing)}")
+
+    triton_service = one(docs, "Service", "triton")
+    if triton_service is not None:
+        name = triton_service["metadata"]["name"]
+        if not re.fullmatch(
+            rf"dns:///{re.escape(name)}\.[a-z0-9-]+\.svc\.[a-z0-9.-]+:8001", env.get("GATEWAY_TRITON_URL", "")
+        ):
+            problems.append(
+                f"gateway: GATEWAY_TRITON_URL must be dns:///{name}.<namespace>.svc.<domain>:8001 (headless, round-robin)"
+            )
+
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    keys_file = env.get("GATEWAY_KEYS_FILE", "")
+    mount = next(
+        (m for m in gateway.get("volumeMounts", []) if keys_file.startswith(m["mountPath"].rstrip("/") + "/")), None
+    )
+    if mount is None or "secret" not in volumes.get(mount["name"], {}):
+        problems.append("gateway: GATEWAY_KEYS_FILE must lie in a mounted Secret volume")
+    elif mount.get("subPath") or not mount.get("readOnly"):
+        problems.append(
+            "gateway: the keys Secret must be mounted read-only as a directory (no subPath, so updates arrive)"
+        )
+    if not any(m.get("mountPath") == "/tmp" for m in gateway.get("volumeMounts", [])):
+        problems.append(
+            "gateway: /tmp must be a writable volume (uploads spool there; the root filesystem is read-only)"
+        )
+
+    pre_stop = gateway.get("lifecycle", {}).get("preStop", {})
+    sleep = pre_stop.get("exec", {}).get("command", []) or []
+    graceful = next(
+        (int(a.split("=", 1)[1]) for a in gateway.get("args", []) if str(a).startswith("--timeout-graceful-shutdown=")),
+        None,
+    )
+    if not pre_stop or graceful is None:
+        problems.append("gateway: preStop and --timeout-graceful-shutdown are required for graceful termination")
+    else:
+        pause = (
+            int(sleep[-1]) if sleep and str(sleep[-1]).isdigit() else int(pre_stop.get("sleep", {}).get("seconds", 0))
+        )
+        if int(spec.get("terminationGracePeriodSeconds", 30)) <= pause + graceful:
+            problems.append("gateway: terminationGracePeriodSeconds must exceed preStop + graceful shutdown")
+    if not spec.get("topologySpreadConstraints"):
+        problems.append("gateway: topologySpreadConstraints are required")
+    if "OPENCV_IO_MAX_IMAGE_PIXELS" not in env:
+        problems.append("gateway: OPENCV_IO_MAX_IMAGE_PIXELS must be set")
+
+    for ingress in of_kind(docs, "Ingress"):
+        where = f"Ingress/{ingress['metadata']['name']}"
+        hosts = {r.get("host") for r in ingress["spec"].get("rules", [])}
+        tls_hosts = {h for t in ingress["spec"].get("tls", []) if t.get("secretName") for h in t.get("hosts", [])}
+        if not hosts or not hosts <= tls_hosts:
+            problems.append(f"{where}: every host must be covered by TLS with a secretName")
+        routed = [
+            (p.get("path", "/"), p.get("pathType"))
+            for r in ingress["spec"].get("rules", [])
+            for p in r["http"]["paths"]
+        ]
+        if any(routes("/metrics", path, kind) for path, kind in routed):
+            problems.append(f"{where}: must not publish the gateway's /metrics (route /v1, /openapi.json, the page)")
+        body = ingress["metadata"].get("annotations", {}).get("nginx.ingress.kubernetes.io/proxy-body-size")
+        limit = int(env.get("GATEWAY_MAX_UPLOAD_BYTES", "0")) + FORM_OVERHEAD
+        if body is None or not limit <= size_bytes(body) < limit + 2**20:
+            problems.append(
+                f"{where}: proxy-body-size {body!r} must match the gateway's limit ({limit} bytes, rounded up to MiB)"
+            )
+    return problems
+
+
+def _policy_invariants(docs: list[Doc]) -> list[str]:
+    problems = []
+    gateway, triton = one(docs, "Deployment", "gateway"), one(docs, "Deployment", "triton")
+    if gateway is None or triton is None:
+        return []
+    gw_labels, tr_labels = pod_labels(gateway), pod_labels(triton)
+
+    policies = of_kind(docs, "NetworkPolicy")
+    triton_policies = [
+        p for p in policies if matches(p["spec"].get("podSelector", {}).get("matchLabels", {}), tr_labels)
+    ]
+    if not triton_policies:
+        problems.append("networkpolicy: a NetworkPolicy must select the Triton pods")
+    for p in triton_policies:
+        if "Ingress" not in p["spec"].get("policyTypes", []):
+            problems.append("networkpolicy: the Triton policy must restrict Ingress")
+        for rule in p["spec"].get("ingress", []):
+            if not rule.get("from"):
+                problems.append("networkpolicy: every Triton ingress rule must name its peers (no open rule)")
+            ports = {pt.get("port") for pt in rule.get("ports", [])}
+            if not ports:
+                problems.append("networkpolicy: every Triton ingress rule must name its ports")
+            if 8001 in ports and not all(
+                matches(peer.get("podSelector", {}).get("matchLabels", {}), gw_labels)
+                and "namespaceSelector" not in peer
+                for peer in rule.get("from", [])
+            ):
+                problems.append("networkpolicy: only the gateway pods may reach Triton's gRPC port")
+    if not any(matches(p["spec"].get("podSelector", {}).get("matchLabels", {}), gw_labels) for p in policies):
+        problems.append("networkpolicy: a NetworkPolicy must select the gateway pods")
+
+    hpas = of_kind(docs, "HorizontalPodAutoscaler")
+    for hpa in hpas:
+        if hpa["apiVersion"] != "autoscaling/v2":
+            problems.append(f"hpa: {hpa['metadata']['name']} must be autoscaling/v2")
+    by_target = {h["spec"]["scaleTargetRef"]["name"]: h for h in hpas}
+    for deployment, comp in ((gateway, "gateway"), (triton, "triton")):
+        hpa = by_target.get(deployment["metadata"]["name"])
+        if hpa is None:
+            if "replicas" not in deployment["spec"]:
+                problems.append(f"hpa: the {comp} Deployment has neither an HPA nor a replica count")
+            continue
+        if "replicas" in deployment["spec"]:
+            problems.append(f"hpa: the {comp} Deployment must not set replicas when an HPA owns it")
+        metrics = hpa["spec"].get("metrics", [])
+        if comp == "gateway" and not any(
+            m.get("type") == "Resource" and m["resource"]["name"] == "cpu" for m in metrics
+        ):
+            problems.append("hpa: the gateway HPA must scale on CPU")
+        if comp == "triton":
+            names = {m["pods"]["metric"]["name"] for m in metrics if m.get("type") == "Pods"}
+            if adapter_metric_name() not in names:
+                problems.append(
+                    f"hpa: the Triton HPA must scale on the adapter's {adapter_metric_name()} (Pods metric)"
+                )
+
+    pdbs = of_kind(docs, "PodDisruptionBudget")
+    for deployment, comp in ((gateway, "gateway"), (triton, "triton")):
+        if not any(matches(p["spec"].get("selector", {}).get("matchLabels", {}), pod_labels(deployment)) for p in pdbs):
+            problems.append(f"pdb: a PodDisruptionBudget must cover the {comp} pods")
+    return problems
+
+
+def adapter_rule() -> Doc:
+    """The Prometheus Adapter rule that serves Triton's queue time per request."""
+    rules = yaml.safe_load(ADAPTER_VALUES.read_text())["rules"]["custom"]
+    return next(r for r in rules if "nv_inference_queue_duration_us" in r["seriesQuery"])
+
+
+def adapter_metric_name() -> str:
+    return str(adapter_rule()["name"]["as"])
+
+
+# --- the report ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    values_file: str
+    objects: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def check_values_file(path: Path) -> Report:
+    report = Report(path.relative_to(DEPLOY.parent).as_posix() if path.is_relative_to(DEPLOY.parent) else str(path))
+    values = load_values(path)
+    report.problems += lint(values)
+    try:
+        docs = render(values)
+    except helm.HelmError as exc:
+        report.problems.append(f"render: {exc}")
+        return report
+    report.objects = [f"{d['kind']}/{d['metadata']['name']}" for d in docs]
+    report.problems += validate(docs)
+    report.problems += invariants(docs)
+    report.notes = summary(docs)
+    return report
+
+
+def summary(docs: list[Doc]) -> list[str]:
+    """What a reader wants to see at a glance: images, target, GPUs, scaling, exposure."""
+    notes = []
+    triton, gateway = one(docs, "Deployment", "triton"), one(docs, "Deployment", "gateway")
+    tc, gc = container(triton, "triton"), container(gateway, "gateway")
+    if triton and tc:
+        spec = triton["spec"]["template"]["spec"]
+        inits = [c["name"] for c in spec.get("initContainers", [])]
+        gpus = tc["resources"]["limits"].get("nvidia.com/gpu")
+        notes.append(f"triton {tc['image']}, {gpus} GPU/pod, init: {', '.join(inits) or 'none'}")
+    if gateway and gc:
+        env = env_of(gc)
+        notes.append(
+            f"gateway {gc['image']}, upload {int(env['GATEWAY_MAX_UPLOAD_BYTES']) // 2**20} MiB, "
+            f"letterbox {env['GATEWAY_LETTERBOX']}, triton {env['GATEWAY_TRITON_URL']}"
+        )
+    hpas = of_kind(docs, "HorizontalPodAutoscaler")
+    notes.append(
+        "autoscaling: "
+        + (
+            ", ".join(f"{h['metadata']['name']} {h['spec']['minReplicas']}-{h['spec']['maxReplicas']}" for h in hpas)
+            or "off (fixed replicas)"
+        )
+    )
+    ingresses = of_kind(docs, "Ingress")
+    notes.append(
+        "ingress: " + (", ".join(r["host"] for i in ingresses for r in i["spec"]["rules"]) or "none (ClusterIP only)")
+    )
+    return notes
+
+
+def main() -> int:
+    files = values_files()
+    if not files:
+        print(f"no values files in {CHART / 'ci'}", file=sys.stderr)
+        return 2
+    print(
+        f"chart {CHART.relative_to(DEPLOY.parent)}: Helm {helm.helm_sdk_version()}, Kubernetes {' and '.join(KUBE_VERSIONS)} (strict)"
+    )
+    failed = 0
+    for path in files:
+        report = check_values_file(path)
+        status = "FAIL" if report.problems else "ok"
+        kinds: dict[str, int] = {}
+        for o in report.objects:
+            kinds[o.split("/")[0]] = kinds.get(o.split("/")[0], 0) + 1
+        print(
+            f"\n[{status}] {report.values_file}: {len(report.objects)} objects ({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))})"
+        )
+        for note in report.notes:
+            print(f"    {note}")
+        for problem in report.problems:
+            print(f"  ! {problem}")
+        failed += bool(report.problems)
+    print(f"\n{len(files) - failed} of {len(files)} values files passed" + ("" if not failed else f"; {failed} failed"))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

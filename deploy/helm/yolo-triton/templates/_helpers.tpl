@@ -1,0 +1,88 @@
+{{/* Names and labels. */}}
+{{- define "yolo-triton.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "yolo-triton.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "yolo-triton.gatewayName" -}}{{ include "yolo-triton.fullname" . }}-gateway{{- end }}
+{{- define "yolo-triton.tritonName" -}}{{ include "yolo-triton.fullname" . }}-triton{{- end }}
+
+{{- define "yolo-triton.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/name: {{ include "yolo-triton.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "yolo-triton.gatewaySelector" -}}
+app.kubernetes.io/name: {{ include "yolo-triton.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: gateway
+{{- end }}
+
+{{- define "yolo-triton.tritonSelector" -}}
+app.kubernetes.io/name: {{ include "yolo-triton.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: triton
+{{- end }}
+
+{{/* The gateway's gRPC target: every Triton pod behind the headless Service, balanced round-robin by the client. */}}
+{{- define "yolo-triton.tritonURL" -}}
+dns:///{{ include "yolo-triton.tritonName" . }}.{{ .Release.Namespace }}.svc.{{ .Values.clusterDomain }}:8001
+{{- end }}
+
+{{/* Triton must be 25.07 or later (the 2025 security fixes): refuse older release tags at render time. */}}
+{{- define "yolo-triton.tritonImage" -}}
+{{- $tag := .Values.triton.image.tag | toString }}
+{{- $parts := regexFind "^[0-9]{2}\\.[0-9]{2}" $tag | splitList "." }}
+{{- if ne (len $parts) 2 }}
+{{- fail (printf "triton.image.tag %q is not an NGC release tag (YY.MM-py3)" $tag) }}
+{{- end }}
+{{- $release := add (mul (index $parts 0 | atoi) 100) (index $parts 1 | atoi) }}
+{{- if lt $release 2507 }}
+{{- fail (printf "triton.image.tag %q is older than 25.07, which carries the 2025 Triton security fixes" $tag) }}
+{{- end }}
+{{- printf "%s:%s" .Values.triton.image.repository $tag }}
+{{- end }}
+
+{{/* The image that builds TensorRT plans: the Triton image unless set (a plan needs the TensorRT it will run on). */}}
+{{- define "yolo-triton.builderImage" -}}
+{{- $b := .Values.models.tensorrt.builderImage }}
+{{- $tag := .Values.triton.image.tag | toString }}
+{{- if $b.tag }}
+{{- if ne (regexFind "^[0-9]{2}\\.[0-9]{2}" ($b.tag | toString)) (regexFind "^[0-9]{2}\\.[0-9]{2}" $tag) }}
+{{- fail (printf "models.tensorrt.builderImage.tag %q must be the same YY.MM release as triton.image.tag %q (same TensorRT)" $b.tag $tag) }}
+{{- end }}
+{{- end }}
+{{- printf "%s:%s" (default .Values.triton.image.repository $b.repository) (default $tag ($b.tag | toString)) }}
+{{- end }}
+
+{{/* Container security context shared by every container: non-root, no privilege escalation, no capabilities. */}}
+{{- define "yolo-triton.containerSecurity" -}}
+allowPrivilegeEscalation: false
+privileged: false
+runAsNonRoot: true
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* Request body limit at the ingress: the gateway's (upload + 64 KiB of form), rounded up to whole MiB. */}}
+{{- define "yolo-triton.ingressBodyMiB" -}}
+{{- $bytes := add .Values.gateway.limits.maxUploadBytes 65536 }}
+{{- div (add $bytes 1048575) 1048576 }}
+{{- end }}

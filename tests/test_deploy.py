@@ -1,0 +1,971 @@
+"""The Kubernetes deployment in deploy/, checked offline: no cluster, no Docker, no network.
+
+The chart is rendered with the Helm v4 SDK (helm-python-sdk), every object is validated against the Kubernetes
+1.29 and 1.33 schemas (kubernetes-validate, strict, a missing schema is an error), and the invariants live in
+deploy/check.py, so `make deploy-check` and these tests assert the same things. The gateway image, the compose
+file and the TensorRT plan builder are checked without building or running anything.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+import re
+import shlex
+import stat
+import subprocess
+import sys
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import helm_python as helm
+import pytest
+import yaml
+
+from export import tensorrt as export_tensorrt
+from export import triton_config
+from export.triton_config import ModelSpec, Serving, Tensor
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+CHART = DEPLOY / "helm" / "yolo-triton"
+
+
+def _load(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    dont_write, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # no __pycache__ inside deploy/ or the chart
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.dont_write_bytecode = dont_write
+    return module
+
+
+check = _load("deploy_check", DEPLOY / "check.py")
+build_engines = _load("deploy_build_engines", CHART / "files" / "build_engines.py")
+runtime_requirements = _load("deploy_runtime_requirements", DEPLOY / "runtime_requirements.py")
+
+VALUES_FILES = {p.name: p for p in check.values_files()}
+Doc = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[Doc]]:
+    return {name: check.render(check.load_values(path)) for name, path in VALUES_FILES.items()}
+
+
+def find(docs: list[Doc], kind: str, comp: str) -> Doc:
+    found = check.one(docs, kind, comp)
+    assert found is not None, f"no single {kind} for {comp}"
+    return found
+
+
+def triton_container(docs: list[Doc]) -> Doc:
+    c = check.container(find(docs, "Deployment", "triton"), "triton")
+    assert c is not None
+    return c
+
+
+def gateway_container(docs: list[Doc]) -> Doc:
+    c = check.container(find(docs, "Deployment", "gateway"), "gateway")
+    assert c is not None
+    return c
+
+
+def render_with(**overrides: Any) -> list[Doc]:
+    return check.render(overrides)
+
+
+# --- rendering, lint and schemas ----------------------------------------------------------------------------------
+
+
+def test_ci_values_cover_default_and_gpu_tensorrt_ingress() -> None:
+    assert "default-values.yaml" in VALUES_FILES
+    gpu = check.load_values(VALUES_FILES["gpu-tensorrt-ingress-values.yaml"])
+    assert gpu["models"]["target"] == "tensorrt" and gpu["ingress"]["enabled"] and gpu["triton"]["gpus"] >= 1
+
+
+@pytest.mark.parametrize("values_file", sorted(VALUES_FILES))
+def test_chart_lints_strict(values_file: str) -> None:
+    assert check.lint(check.load_values(VALUES_FILES[values_file])) == []
+
+
+@pytest.mark.parametrize("values_file", sorted(VALUES_FILES))
+def test_every_rendered_object_validates_against_kubernetes_1_29_and_1_33(
+    values_file: str, rendered: dict[str, list[Doc]]
+) -> None:
+    docs = rendered[values_file]
+    kinds = {d["kind"] for d in docs}
+    assert {"Deployment", "Service", "NetworkPolicy", "PodDisruptionBudget", "Secret", "ServiceAccount"} <= kinds
+    assert check.KUBE_VERSIONS == ("1.29", "1.33")
+    assert check.validate(docs) == []
+
+
+@pytest.mark.parametrize("values_file", sorted(VALUES_FILES))
+def test_rendered_objects_keep_every_invariant(values_file: str, rendered: dict[str, list[Doc]]) -> None:
+    assert check.invariants(rendered[values_file]) == []
+
+
+def test_missing_schema_fails_validation_except_allowlisted_crds() -> None:
+    old_hpa = {
+        "apiVersion": "autoscaling/v2beta2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "old"},
+        "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "x"}, "maxReplicas": 2},
+    }
+    unknown_crd = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}}
+    monitor = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": {"name": "m"},
+        "spec": {},
+    }
+    problems = check.validate([old_hpa, unknown_crd, monitor])
+    assert sum("no Kubernetes 1.29 schema" in p for p in problems) == 2
+    assert sum("no Kubernetes 1.33 schema" in p for p in problems) == 2
+    assert not any("ServiceMonitor" in p for p in problems)
+
+
+def test_validation_is_strict_about_unknown_fields(rendered: dict[str, list[Doc]]) -> None:
+    docs = copy.deepcopy(rendered["default-values.yaml"])
+    gateway_container(docs)["readynessProbe"] = {"httpGet": {"path": "/readyz", "port": 8080}}
+    problems = check.validate([find(docs, "Deployment", "gateway")])
+    assert len(problems) == 2 and all("readynessProbe" in p for p in problems)
+
+
+# --- values.schema.json and template guards -----------------------------------------------------------------------
+
+BAD_VALUES = {
+    "top-level replicaCount 'two'": {"replicaCount": "two"},
+    "gateway replicaCount 'two'": {"gateway": {"replicaCount": "two"}},
+    "triton replicaCount 'two'": {"triton": {"replicaCount": "two"}},
+    "unknown top-level key": {"gatway": {"replicaCount": 2}},
+    "letterbox not rect/square": {"gateway": {"letterbox": "diagonal"}},
+    "upload limit as text": {"gateway": {"limits": {"maxUploadBytes": "20MB"}}},
+    "export target": {"models": {"target": "tflite"}},
+    "zero GPUs": {"triton": {"gpus": 0}},
+    "gateway :latest": {"gateway": {"image": {"tag": "latest"}}},
+    "triton :latest": {"triton": {"image": {"tag": "latest"}}},
+    "model source type": {"models": {"source": {"type": "ftp"}}},
+    "s3 without a bucket": {"models": {"source": {"type": "s3"}}},
+    "ingress without TLS": {"ingress": {"enabled": True, "host": "yolo.example.com"}},
+    "gateway without resources limits": {
+        "gateway": {"resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": None}}
+    },
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_VALUES))
+def test_values_schema_rejects_bad_values(case: str) -> None:
+    values = BAD_VALUES[case]
+    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError):
+        chart.validate_schema(values)
+    with pytest.raises(helm.HelmValuesError):
+        check.render(values)
+    assert check.lint(values), "helm lint --strict must report the bad value"
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"triton": {"image": {"tag": "25.03-py3"}}}, "older than 25.07"),
+        ({"triton": {"image": {"tag": "24.12-py3"}}}, "older than 25.07"),
+        ({"triton": {"extraArgs": ["--model-control-mode=explicit"]}}, "may not set"),
+        ({"triton": {"extraArgs": ["--load-model=*"]}}, "may not set"),
+        (
+            {
+                "gateway": {
+                    "autoscaling": {
+                        "enabled": True,
+                        "minReplicas": 5,
+                        "maxReplicas": 2,
+                        "targetCPUUtilizationPercentage": 70,
+                    }
+                }
+            },
+            "at least minReplicas",
+        ),
+        (
+            {
+                "triton": {
+                    "autoscaling": {
+                        "enabled": True,
+                        "minReplicas": 3,
+                        "maxReplicas": 2,
+                        "metricName": "m",
+                        "targetQueueTimeUs": 1,
+                    }
+                }
+            },
+            "at least minReplicas",
+        ),
+        (
+            {
+                "models": {
+                    "target": "tensorrt",
+                    "tensorrt": {"builderImage": {"repository": "nvcr.io/nvidia/tensorrt", "tag": "25.09-py3"}},
+                }
+            },
+            "same YY.MM",
+        ),
+        (
+            {
+                "gateway": {
+                    "shutdown": {
+                        "preStopSleepSeconds": 5,
+                        "gracefulTimeoutSeconds": 30,
+                        "terminationGracePeriodSeconds": 30,
+                    }
+                }
+            },
+            "terminationGracePeriodSeconds",
+        ),
+    ],
+)
+def test_chart_refuses_unsafe_combinations(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(helm.HelmRenderError, match=message):
+        check.render(values)
+
+
+def test_newer_triton_and_matching_tensorrt_builder_render() -> None:
+    docs = render_with(
+        triton={"image": {"tag": "26.01-py3"}},
+        models={
+            "target": "tensorrt",
+            "tensorrt": {"builderImage": {"repository": "nvcr.io/nvidia/tensorrt", "tag": "26.01-py3"}},
+        },
+    )
+    spec = find(docs, "Deployment", "triton")["spec"]["template"]["spec"]
+    assert triton_container(docs)["image"] == "nvcr.io/nvidia/tritonserver:26.01-py3"
+    assert spec["initContainers"][0]["image"] == "nvcr.io/nvidia/tensorrt:26.01-py3"
+    assert check.invariants(docs) == []
+
+
+# --- the invariants catch what an edit could drop -----------------------------------------------------------------
+
+
+def _svc(docs: list[Doc]) -> Doc:
+    return find(docs, "Service", "triton")
+
+
+def _tspec(docs: list[Doc]) -> Doc:
+    return find(docs, "Deployment", "triton")["spec"]["template"]["spec"]
+
+
+def _gspec(docs: list[Doc]) -> Doc:
+    return find(docs, "Deployment", "gateway")["spec"]["template"]["spec"]
+
+
+def _drop_kind(kind: str) -> Callable[[list[Doc]], None]:
+    def mutate(docs: list[Doc]) -> None:
+        docs[:] = [d for d in docs if d["kind"] != kind]
+
+    return mutate
+
+
+def _set_arg(prefix: str, value: str | None) -> Callable[[list[Doc]], None]:
+    def mutate(docs: list[Doc]) -> None:
+        c = triton_container(docs)
+        c["args"] = [a for a in c["args"] if not a.startswith(prefix)] + ([value] if value else [])
+
+    return mutate
+
+
+def _extra_lb_service(docs: list[Doc]) -> None:
+    svc = copy.deepcopy(_svc(docs))
+    svc["metadata"]["name"] += "-public"
+    svc["metadata"]["labels"]["app.kubernetes.io/component"] = "public"
+    svc["spec"] = {"type": "LoadBalancer", "selector": svc["spec"]["selector"], "ports": [{"port": 8001}]}
+    docs.append(svc)
+
+
+def _open_triton_policy(docs: list[Doc]) -> None:
+    policy = next(p for p in check.of_kind(docs, "NetworkPolicy") if check.component(p) == "triton")
+    policy["spec"]["ingress"].append({"ports": [{"port": 8001}]})
+
+
+MUTATIONS: dict[str, tuple[Callable[[list[Doc]], None], str]] = {
+    "triton startupProbe removed": (lambda d: triton_container(d).pop("startupProbe"), "startupProbe"),
+    "triton startup budget 100 s": (
+        lambda d: triton_container(d)["startupProbe"].update(failureThreshold=10),
+        "startupProbe",
+    ),
+    "triton readinessProbe removed": (lambda d: triton_container(d).pop("readinessProbe"), "readinessProbe"),
+    "triton livenessProbe on ready": (
+        lambda d: triton_container(d)["livenessProbe"]["httpGet"].update(path="/v2/health/ready"),
+        "livenessProbe",
+    ),
+    "triton Service LoadBalancer": (lambda d: _svc(d)["spec"].update(type="LoadBalancer", clusterIP=None), "headless"),
+    "triton Service NodePort": (lambda d: _svc(d)["spec"].update(type="NodePort"), "headless"),
+    "triton Service not headless": (lambda d: _svc(d)["spec"].pop("clusterIP"), "headless"),
+    "second Service exposing Triton": (_extra_lb_service, "must not also select"),
+    "NetworkPolicies removed": (_drop_kind("NetworkPolicy"), "NetworkPolicy must select the Triton pods"),
+    "Triton policy with an open rule": (_open_triton_policy, "name its peers"),
+    "gateway image :latest": (lambda d: gateway_container(d).update(image="yolo-triton-gateway:latest"), "pinned tag"),
+    "gateway image untagged": (
+        lambda d: gateway_container(d).update(image="registry.example.com/gateway"),
+        "pinned tag",
+    ),
+    "triton 25.03": (lambda d: triton_container(d).update(image="nvcr.io/nvidia/tritonserver:25.03-py3"), ">= 25.07"),
+    "model control explicit": (
+        _set_arg("--model-control-mode", "--model-control-mode=explicit"),
+        "--model-control-mode=none",
+    ),
+    "model control poll added": (_set_arg("--repository-poll-secs", "--repository-poll-secs=5"), "polling"),
+    "HTTP admin APIs open": (_set_arg("--http-restricted-api", None), "--http-restricted-api"),
+    "gRPC admin protocols open": (_set_arg("--grpc-restricted-protocol", None), "--grpc-restricted-protocol"),
+    "/dev/shm removed": (
+        lambda d: triton_container(d).update(
+            volumeMounts=[m for m in triton_container(d)["volumeMounts"] if m["mountPath"] != "/dev/shm"]
+        ),
+        "/dev/shm",
+    ),
+    "no GPU": (lambda d: triton_container(d)["resources"]["limits"].pop("nvidia.com/gpu"), "nvidia.com/gpu"),
+    "models writable": (
+        lambda d: next(m for m in triton_container(d)["volumeMounts"] if m["mountPath"] == "/models").pop("readOnly"),
+        "read-only at /models",
+    ),
+    "no metrics scraping": (
+        lambda d: find(d, "Deployment", "triton")["spec"]["template"]["metadata"].pop("annotations"),
+        "ServiceMonitor",
+    ),
+    "gateway root filesystem writable": (
+        lambda d: gateway_container(d)["securityContext"].update(readOnlyRootFilesystem=False),
+        "readOnlyRootFilesystem",
+    ),
+    "gateway without limits": (lambda d: gateway_container(d)["resources"].pop("limits"), "resources.limits"),
+    "triton without requests memory": (
+        lambda d: triton_container(d)["resources"]["requests"].pop("memory"),
+        "resources.requests lacks memory",
+    ),
+    "privilege escalation": (
+        lambda d: gateway_container(d)["securityContext"].update(allowPrivilegeEscalation=True),
+        "allowPrivilegeEscalation",
+    ),
+    "capabilities kept": (lambda d: triton_container(d)["securityContext"].pop("capabilities"), "drop ALL"),
+    "root user": (
+        lambda d: (
+            _gspec(d)["securityContext"].pop("runAsNonRoot"),
+            gateway_container(d)["securityContext"].pop("runAsNonRoot"),
+        ),
+        "runAsNonRoot",
+    ),
+    "no seccomp": (lambda d: _tspec(d)["securityContext"].pop("seccompProfile"), "seccompProfile"),
+    "service account token": (lambda d: _gspec(d).pop("automountServiceAccountToken"), "automountServiceAccountToken"),
+    "PDBs removed": (_drop_kind("PodDisruptionBudget"), "PodDisruptionBudget"),
+    "HPAs removed": (_drop_kind("HorizontalPodAutoscaler"), "neither an HPA nor a replica count"),
+    "HPA on another metric": (
+        lambda d: next(h for h in check.of_kind(d, "HorizontalPodAutoscaler") if check.component(h) == "triton")[
+            "spec"
+        ]["metrics"][0]["pods"]["metric"].update(name="gpu_util"),
+        "Pods metric",
+    ),
+    "HPA v2beta2": (
+        lambda d: check.of_kind(d, "HorizontalPodAutoscaler")[0].update(apiVersion="autoscaling/v2beta2"),
+        "autoscaling/v2",
+    ),
+    "gateway without CPU metric": (
+        lambda d: next(h for h in check.of_kind(d, "HorizontalPodAutoscaler") if check.component(h) == "gateway")[
+            "spec"
+        ].update(metrics=[]),
+        "scale on CPU",
+    ),
+    "keys through subPath": (
+        lambda d: gateway_container(d)["volumeMounts"][0].update(subPath="keys.json"),
+        "no subPath",
+    ),
+    "keys from a ConfigMap": (
+        lambda d: _gspec(d)["volumes"].__setitem__(0, {"name": "keys", "configMap": {"name": "keys"}}),
+        "Secret volume",
+    ),
+    "Triton through a ClusterIP name": (
+        lambda d: gateway_container(d)["env"][0].update(value="yolo-triton-triton:8001"),
+        "dns:///",
+    ),
+    "gateway readiness removed": (lambda d: gateway_container(d).pop("readinessProbe"), "/readyz"),
+    "gateway liveness removed": (lambda d: gateway_container(d).pop("livenessProbe"), "/healthz"),
+    "no preStop": (lambda d: gateway_container(d).pop("lifecycle"), "preStop"),
+    "grace period too short": (
+        lambda d: _gspec(d).update(terminationGracePeriodSeconds=10),
+        "terminationGracePeriodSeconds",
+    ),
+    "no topology spread": (lambda d: _gspec(d).pop("topologySpreadConstraints"), "topologySpreadConstraints"),
+    "no OpenCV pixel cap": (
+        lambda d: gateway_container(d).update(
+            env=[e for e in gateway_container(d)["env"] if e["name"] != "OPENCV_IO_MAX_IMAGE_PIXELS"]
+        ),
+        "OPENCV_IO_MAX_IMAGE_PIXELS",
+    ),
+    "no writable /tmp": (
+        lambda d: gateway_container(d).update(
+            volumeMounts=[m for m in gateway_container(d)["volumeMounts"] if m["mountPath"] != "/tmp"]
+        ),
+        "/tmp",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MUTATIONS))
+def test_invariants_catch_a_dropped_safeguard(case: str, rendered: dict[str, list[Doc]]) -> None:
+    mutate, expected = MUTATIONS[case]
+    docs = copy.deepcopy(rendered["default-values.yaml"])
+    mutate(docs)
+    problems = check.invariants(docs)
+    assert any(expected in p for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("case", "mutate", "expected"),
+    [
+        ("ingress without TLS", lambda i: i["spec"].pop("tls"), "TLS"),
+        (
+            "ingress body limit below the gateway's",
+            lambda i: i["metadata"]["annotations"].update({"nginx.ingress.kubernetes.io/proxy-body-size": "10m"}),
+            "proxy-body-size",
+        ),
+        (
+            "ingress body limit far above the gateway's",
+            lambda i: i["metadata"]["annotations"].update({"nginx.ingress.kubernetes.io/proxy-body-size": "1g"}),
+            "proxy-body-size",
+        ),
+        ("builder on another TensorRT", None, "same TensorRT"),
+        (
+            "ingress publishing everything",
+            lambda i: i["spec"]["rules"][0]["http"].update(
+                paths=[{**i["spec"]["rules"][0]["http"]["paths"][0], "path": "/", "pathType": "Prefix"}]
+            ),
+            "/metrics",
+        ),
+        (
+            "ingress publishing /metrics",
+            lambda i: i["spec"]["rules"][0]["http"]["paths"].append(
+                {**i["spec"]["rules"][0]["http"]["paths"][0], "path": "/metrics", "pathType": "Exact"}
+            ),
+            "/metrics",
+        ),
+    ],
+)
+def test_invariants_catch_ingress_and_builder_drift(
+    case: str, mutate: Any, expected: str, rendered: dict[str, list[Doc]]
+) -> None:
+    docs = copy.deepcopy(rendered["gpu-tensorrt-ingress-values.yaml"])
+    if mutate is None:
+        builder = next(c for c in _tspec(docs)["initContainers"] if c["name"] == "build-engines")
+        builder["image"] = "nvcr.io/nvidia/tensorrt:25.01-py3"
+    else:
+        mutate(check.of_kind(docs, "Ingress")[0])
+    assert any(expected in p for p in check.invariants(docs)), case
+
+
+# --- what the chart renders -----------------------------------------------------------------------------------------
+
+
+def test_default_triton_serves_onnxruntime_from_a_read_only_pvc(rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered["default-values.yaml"]
+    spec = _tspec(docs)
+    assert "initContainers" not in spec
+    source = next(v for v in spec["volumes"] if v["name"] == "source")
+    assert source["persistentVolumeClaim"] == {"claimName": "yolo-triton-models", "readOnly": True}
+    c = triton_container(docs)
+    assert c["image"] == "nvcr.io/nvidia/tritonserver:25.08-py3"
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 1 == c["resources"]["requests"]["nvidia.com/gpu"]
+    assert check.probe_budget(c["startupProbe"]) >= 300
+    assert spec["securityContext"]["runAsUser"] == 1000  # the official image's triton-server user
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+
+
+def test_tensorrt_from_s3_fetches_then_builds_on_the_pods_gpu(rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered["gpu-tensorrt-ingress-values.yaml"]
+    spec = _tspec(docs)
+    fetch, build = spec["initContainers"]
+    assert fetch["name"] == "fetch-models" and fetch["args"][:4] == [
+        "s3",
+        "sync",
+        "s3://acme-models/yolo/model_repository",
+        "/source",
+    ]
+    assert fetch["envFrom"] == [{"secretRef": {"name": "yolo-models-s3"}}]
+    assert build["name"] == "build-engines" and build["image"] == triton_container(docs)["image"]
+    assert (
+        build["resources"]["limits"]["nvidia.com/gpu"]
+        == 2
+        == triton_container(docs)["resources"]["limits"]["nvidia.com/gpu"]
+    )
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["engine-cache"]["persistentVolumeClaim"]["claimName"] == "yolo-trt-cache"
+    served = next(m for m in triton_container(docs)["volumeMounts"] if m["mountPath"] == "/models")
+    assert served["name"] == "built" and served["readOnly"]
+    configmap = check.of_kind(docs, "ConfigMap")[0]
+    assert configmap["data"]["build_engines.py"] == (CHART / "files" / "build_engines.py").read_text().rstrip("\n")
+    assert spec["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+
+
+def test_pvc_sub_path_reaches_the_builder(rendered: dict[str, list[Doc]]) -> None:
+    spec = _tspec(rendered["pvc-tensorrt-fixed-replicas-values.yaml"])
+    (build,) = spec["initContainers"]
+    source = next(m for m in build["volumeMounts"] if m["name"] == "source")
+    assert source == {"name": "source", "mountPath": "/source", "readOnly": True, "subPath": "yolo/model_repository"}
+
+
+def test_fixed_replicas_without_autoscalers(rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered["pvc-tensorrt-fixed-replicas-values.yaml"]
+    assert check.of_kind(docs, "HorizontalPodAutoscaler") == []
+    assert find(docs, "Deployment", "gateway")["spec"]["replicas"] == 3
+    assert find(docs, "Deployment", "triton")["spec"]["replicas"] == 2
+
+
+def test_gateway_settings_come_from_values(rendered: dict[str, list[Doc]]) -> None:
+    env = check.env_of(gateway_container(rendered["gpu-tensorrt-ingress-values.yaml"]))
+    assert env["GATEWAY_MAX_UPLOAD_BYTES"] == "52428800"  # an int, not Helm's float64 "5.24288e+07"
+    assert env["GATEWAY_MAX_PIXELS"] == "60000000"
+    assert env["GATEWAY_LETTERBOX"] == "square"
+    assert env["GATEWAY_MAX_INFLIGHT"] == "128"
+    assert env["GATEWAY_TRITON_TIMEOUT_S"] == "20" and env["GATEWAY_URL_TIMEOUT_S"] == "5"
+    assert env["GATEWAY_URL_MAX_REDIRECTS"] == "2"
+    assert env["GATEWAY_TRITON_URL"] == "dns:///yolo-triton-triton.yolo.svc.cluster.local:8001"
+    assert env["GATEWAY_KEYS_FILE"] == "/etc/yolo-triton/keys/keys.json"
+
+
+def test_gateway_settings_parse_as_the_gateway_reads_them(rendered: dict[str, list[Doc]]) -> None:
+    from gateway.settings import Settings
+
+    for docs in rendered.values():
+        env = check.env_of(gateway_container(docs))
+        settings = Settings.from_env({k: v for k, v in env.items() if k.startswith("GATEWAY_")})
+        assert settings.triton_url.startswith("dns:///") and settings.max_upload_bytes == int(
+            env["GATEWAY_MAX_UPLOAD_BYTES"]
+        )
+
+
+def test_keys_secret_is_mounted_as_a_directory_for_rotation(rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered["gpu-tensorrt-ingress-values.yaml"]
+    mount = next(m for m in gateway_container(docs)["volumeMounts"] if m["name"] == "keys")
+    assert mount == {"name": "keys", "mountPath": "/etc/yolo-triton/keys", "readOnly": True}
+    volume = next(v for v in _gspec(docs)["volumes"] if v["name"] == "keys")
+    assert volume["secret"]["secretName"] == "yolo-api-keys"
+    assert volume["secret"]["defaultMode"] == 0o440  # group-readable: fsGroup 10001, the gateway's group
+
+
+def test_ingress_body_limit_follows_the_gateway_upload_limit() -> None:
+    for upload, expected in ((20 * 2**20, "21m"), (50 * 2**20, "51m"), (10_000_000, "10m")):
+        docs = render_with(
+            gateway={
+                "limits": {**check.load_values(CHART / "values.yaml")["gateway"]["limits"], "maxUploadBytes": upload}
+            },
+            ingress={"enabled": True, "host": "yolo.example.com", "tls": {"secretName": "tls"}},
+        )
+        ingress = check.of_kind(docs, "Ingress")[0]
+        assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"] == expected
+        assert ingress["spec"]["tls"] == [{"hosts": ["yolo.example.com"], "secretName": "tls"}]
+        published = {(p["path"], p["pathType"]) for p in ingress["spec"]["rules"][0]["http"]["paths"]}
+        assert published == {("/v1", "Prefix"), ("/openapi.json", "Exact"), ("/static", "Prefix"), ("/", "Exact")}
+        assert check.invariants(docs) == []
+
+
+def test_network_policies_admit_only_the_gateway_to_triton(rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered["default-values.yaml"]
+    policies = {check.component(p): p for p in check.of_kind(docs, "NetworkPolicy")}
+    grpc_rule = policies["triton"]["spec"]["ingress"][0]
+    assert grpc_rule["ports"] == [{"port": 8001, "protocol": "TCP"}]
+    gateway_selector = find(docs, "Deployment", "gateway")["spec"]["selector"]["matchLabels"]
+    assert grpc_rule["from"] == [{"podSelector": {"matchLabels": gateway_selector}}]
+    egress = policies["gateway"]["spec"]["egress"]
+    public = next(r for r in egress if any("ipBlock" in t for t in r.get("to", [])))
+    excluded = public["to"][0]["ipBlock"]["except"]
+    assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "127.0.0.0/8"} <= set(excluded)
+    assert {"Ingress", "Egress"} == set(policies["gateway"]["spec"]["policyTypes"])
+
+
+def test_triton_admin_key_is_generated_and_passed_from_a_secret(rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered["default-values.yaml"]
+    secret = next(d for d in check.of_kind(docs, "Secret") if check.component(d) == "triton")
+    assert len(secret["data"]["admin-key"]) >= 40
+    env = triton_container(docs)["env"]
+    assert env[0]["valueFrom"]["secretKeyRef"] == {"name": secret["metadata"]["name"], "key": "admin-key"}
+    assert any(a.endswith(":admin-key=$(TRITON_ADMIN_KEY)") for a in triton_container(docs)["args"])
+
+
+# --- Prometheus Adapter ---------------------------------------------------------------------------------------------
+
+
+def test_adapter_rule_serves_queue_time_per_request_to_the_triton_hpa(rendered: dict[str, list[Doc]]) -> None:
+    rule = check.adapter_rule()
+    query = " ".join(rule["metricsQuery"].split())
+    assert re.search(
+        r"rate\(nv_inference_queue_duration_us\{<<\.LabelMatchers>>\}\[\w+\]\)\) / clamp_min\(sum by \(<<\.GroupBy>>\) \(rate\(nv_inference_request_success\{<<\.LabelMatchers>>\}",
+        query,
+    )
+    assert rule["resources"]["overrides"] == {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
+    chart_default = check.load_values(CHART / "values.yaml")["triton"]["autoscaling"]["metricName"]
+    assert rule["name"]["as"] == chart_default
+    for name in ("default-values.yaml", "gpu-tensorrt-ingress-values.yaml"):
+        hpa = next(
+            h for h in check.of_kind(rendered[name], "HorizontalPodAutoscaler") if check.component(h) == "triton"
+        )
+        (metric,) = hpa["spec"]["metrics"]
+        assert metric["type"] == "Pods" and metric["pods"]["metric"]["name"] == rule["name"]["as"]
+        assert metric["pods"]["target"]["type"] == "AverageValue"
+
+
+# --- the gateway image, without building it ------------------------------------------------------------------------
+
+
+def dockerfile_stages() -> list[list[tuple[str, str]]]:
+    """Instructions per stage: (INSTRUCTION, arguments), continuation lines joined, comments dropped."""
+    text = (DEPLOY / "Dockerfile").read_text()
+    lines, current = [], ""
+    for raw in text.splitlines():
+        if raw.lstrip().startswith("#") and not current:
+            continue
+        current += raw.rstrip("\\").strip() + " " if raw.rstrip().endswith("\\") else raw.strip()
+        if not raw.rstrip().endswith("\\"):
+            if current.strip():
+                lines.append(current.strip())
+            current = ""
+    stages: list[list[tuple[str, str]]] = [[]]
+    for line in lines:
+        instruction, _, args = line.partition(" ")
+        if instruction.upper() == "FROM":
+            stages.append([])
+        stages[-1].append((instruction.upper(), args.strip()))
+    return stages
+
+
+def test_dockerfile_is_multi_stage_on_a_pinned_slim_base() -> None:
+    preamble, *stages = dockerfile_stages()
+    assert len(stages) >= 2
+    base = next(a for i, a in preamble if i == "ARG" and a.startswith("PYTHON_IMAGE="))
+    image = base.split("=", 1)[1]
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+", image), image
+    assert all(args.startswith("${PYTHON_IMAGE}") for s in stages for i, args in s if i == "FROM")
+    runtime = stages[-1]
+    assert runtime[0][1].endswith(" AS runtime")
+    # The runtime stage installs nothing: it copies the virtual environment and the gateway package.
+    runs = " ".join(a for i, a in runtime if i == "RUN")
+    assert "pip" not in runs and "apt-get" not in runs
+
+
+def test_dockerfile_installs_exactly_the_pyproject_runtime_dependencies() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert runtime_requirements.runtime_requirements(ROOT / "pyproject.toml") == pyproject["project"]["dependencies"]
+    out = subprocess.run(
+        [sys.executable, str(DEPLOY / "runtime_requirements.py"), str(ROOT / "pyproject.toml")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.split() == pyproject["project"]["dependencies"]
+
+    build = dockerfile_stages()[1]
+    copies = [a for i, a in build if i == "COPY"]
+    assert "pyproject.toml deploy/runtime_requirements.py ./" in copies
+    installs = [cmd.strip() for i, a in build if i == "RUN" for cmd in a.split("&&") if "pip install" in cmd]
+    assert len(installs) == 1, installs
+    words = shlex.split(installs[0])
+    assert words[words.index("install") + 1 :] == ["--only-binary=:all:", "-r", "requirements.txt"]
+    assert any("runtime_requirements.py pyproject.toml > requirements.txt" in a for i, a in build if i == "RUN")
+    text = " ".join(f"{i} {a}" for stage in dockerfile_stages() for i, a in stage).lower()  # instructions, not comments
+    for forbidden in (
+        "torch",
+        "ultralytics",
+        "onnxruntime",
+        "gcc",
+        "build-essential",
+        "[export",
+        "[triton",
+        "[test",
+        ".[",
+        "-e .",
+    ):
+        assert forbidden not in text, forbidden
+    runtime = {re.split(r"[<>=\[ ;]", r, maxsplit=1)[0].lower() for r in pyproject["project"]["dependencies"]}
+    assert not runtime & {"torch", "torchvision", "ultralytics", "ultralytics-opencv-headless", "onnxruntime"}
+
+
+def test_dockerfile_copies_only_the_gateway_package() -> None:
+    stages = dockerfile_stages()
+    sources = [a.split()[0] for s in stages[1:] for i, a in s if i == "COPY" and not a.startswith("--from")]
+    assert sources == ["pyproject.toml", "gateway/"]
+    ignore = [
+        line
+        for line in (DEPLOY / "Dockerfile.dockerignore").read_text().split("\n")
+        if line and not line.startswith("#")
+    ]
+    assert ignore[0] == "*" and {"!pyproject.toml", "!deploy/runtime_requirements.py", "!gateway/"} <= set(ignore)
+
+
+def test_dockerfile_runs_as_non_root_with_a_healthcheck() -> None:
+    runtime = dockerfile_stages()[-1]
+    users = [a for i, a in runtime if i == "USER"]
+    assert users and re.fullmatch(r"[1-9]\d*:[1-9]\d*", users[-1]), users
+    uid = users[-1].split(":")[0]
+    assert any(f"--uid {uid}" in a for i, a in runtime if i == "RUN")
+    health = next(a for i, a in runtime if i == "HEALTHCHECK")
+    assert "http://127.0.0.1:8080/healthz" in health
+    expose = [a for i, a in runtime if i == "EXPOSE"]
+    assert expose == ["8080"]
+    env = " ".join(a for i, a in runtime if i == "ENV")
+    assert "OPENCV_IO_MAX_IMAGE_PIXELS=1073741824" in env and "PYTHONDONTWRITEBYTECODE=1" in env
+
+
+def test_dockerfile_entrypoint_starts_the_same_app_as_make_serve(rendered: dict[str, list[Doc]]) -> None:
+    runtime = dockerfile_stages()[-1]
+    entrypoint = json.loads(next(a for i, a in runtime if i == "ENTRYPOINT"))
+    cmd = json.loads(next(a for i, a in runtime if i == "CMD"))
+    assert entrypoint == ["uvicorn", "gateway.app:create_app", "--factory"]
+    serve = (ROOT / "tritonlocal" / "serve.py").read_text()
+    assert "from gateway.app import create_app" in serve  # what `make serve` runs
+    module, _, attr = entrypoint[1].partition(":")
+    assert callable(getattr(importlib.import_module(module), attr))
+    assert "--timeout-graceful-shutdown=20" in cmd and "--port=8080" in cmd
+    # The chart passes the same arguments (its port and shutdown values are the image's defaults).
+    assert gateway_container(rendered["default-values.yaml"])["args"] == cmd
+
+
+# --- compose: the single-GPU-host alternative ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return dict(yaml.safe_load((DEPLOY / "compose.yaml").read_text()))
+
+
+def _normalise_admin_key(args: list[str]) -> list[str]:
+    return [re.sub(r"admin-key=(\$\(TRITON_ADMIN_KEY\)|\$\$key)$", "admin-key=<key>", a) for a in args]
+
+
+def _compose_triton_args(service: dict[str, Any]) -> list[str]:
+    """The tritonserver command line inside compose's `bash -c '<draw a key> && exec tritonserver ...'`."""
+    shell, flag, script = service["command"]
+    assert (shell, flag) == ("bash", "-c")
+    draw, _, command = script.partition(" && exec ")
+    assert draw.startswith("key=$$(head -c 24 /dev/urandom")
+    return shlex.split(command)
+
+
+def test_compose_triton_runs_like_the_chart(compose: dict[str, Any], rendered: dict[str, list[Doc]]) -> None:
+    service = compose["services"]["triton"]
+    chart = triton_container(rendered["default-values.yaml"])
+    assert service["image"] == chart["image"]
+    assert _normalise_admin_key(_compose_triton_args(service)) == _normalise_admin_key(chart["args"])
+    assert service["user"] == "1000:1000" and service["read_only"] and service["cap_drop"] == ["ALL"]
+    assert service["volumes"][0].endswith(":/models:ro")
+    assert service["shm_size"] == "1gb" and check.load_values(CHART / "values.yaml")["triton"]["shmSize"] == "1Gi"
+    (device,) = service["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    assert (
+        sorted(int(p) for p in service["expose"])
+        == [8000, 8001, 8002]
+        == sorted(p["containerPort"] for p in chart["ports"])
+    )
+    # Only metrics is published, and only on the host's loopback; inference goes through the gateway.
+    assert service["ports"] == ["127.0.0.1:8002:8002"]
+
+
+def test_compose_gateway_settings_match_the_chart_defaults(
+    compose: dict[str, Any], rendered: dict[str, list[Doc]]
+) -> None:
+    service = compose["services"]["gateway"]
+    chart = gateway_container(rendered["default-values.yaml"])
+    chart_env, compose_env = check.env_of(chart), {k: str(v) for k, v in service["environment"].items()}
+    assert set(compose_env) == set(chart_env)
+    for name, value in chart_env.items():
+        if name == "GATEWAY_TRITON_URL":
+            assert value.endswith(":8001") and compose_env[name] == "triton:8001"
+        else:
+            assert compose_env[name] == value, name
+    assert service["command"] == chart["args"]
+    assert service["ports"] == ["${GATEWAY_PORT:-8000}:8080"] and chart["ports"][0]["containerPort"] == 8080
+    assert service["user"] == "10001:10001" and service["read_only"] and "/tmp" in service["tmpfs"]
+    assert service["volumes"] == ["../data:/etc/yolo-triton/keys:ro"]
+    assert service["depends_on"]["triton"]["condition"] == "service_healthy"
+    assert service["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
+
+
+def test_compose_engine_builder_uses_the_chart_script_and_triton_image(
+    compose: dict[str, Any], rendered: dict[str, list[Doc]]
+) -> None:
+    engines = compose["services"]["engines"]
+    build = next(
+        c
+        for c in _tspec(rendered["pvc-tensorrt-fixed-replicas-values.yaml"])["initContainers"]
+        if c["name"] == "build-engines"
+    )
+    assert engines["image"] == build["image"] and engines["command"] == build["args"]
+    assert "./helm/yolo-triton/files/build_engines.py:/opt/yolo-triton/build_engines.py:ro" in engines["volumes"]
+    assert engines["profiles"] == ["tensorrt"]
+
+
+# --- the TensorRT plan builder -------------------------------------------------------------------------------------
+
+SPEC = ModelSpec(
+    name="yolov8n",
+    task="detect",
+    names={0: "person", 1: "bicycle"},
+    stride=32,
+    imgsz=640,
+    inputs=[Tensor("images", "uint8", [-1, -1, 3])],
+    outputs=[Tensor("output0", "float32", [6, -1])],
+    input_format="uint8_nhwc_bgr",
+)
+
+
+def _serving(target: str, fp16: bool = True) -> Serving:
+    base = triton_config.serving_defaults(target)  # type: ignore[arg-type]
+    return Serving(
+        target,
+        base.max_batch_size,
+        base.instances,
+        base.queue_delay_us,
+        base.max_queue_size,
+        base.preferred_batch_sizes,
+        fp16,
+    )  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("fp16", [True, False])
+def test_builder_config_equals_the_exporters_tensorrt_config(fp16: bool) -> None:
+    onnxruntime = triton_config.render(SPEC, _serving("onnxruntime", fp16))
+    converted = build_engines.to_tensorrt_config(onnxruntime)
+    assert converted == triton_config.render(SPEC, _serving("tensorrt", fp16))
+    triton_config.parse(converted)
+    assert build_engines.model_info(onnxruntime)["fp16"] is fp16
+
+
+@pytest.mark.parametrize("input_format", ["uint8_nhwc_bgr", "float32_nchw_rgb"])
+def test_builder_trtexec_command_equals_the_exporters(input_format: str) -> None:
+    spec = ModelSpec(**{**SPEC.__dict__, "input_format": input_format})
+    serving = _serving("tensorrt")
+    info = build_engines.model_info(triton_config.render(spec, _serving("onnxruntime")))
+    onnx, plan = Path("/source/m/1/model.onnx"), Path("/built/m/1/model.plan")
+    ours = build_engines.trtexec_command("trtexec", onnx, plan, info)
+    assert ours == export_tensorrt.trtexec_command(onnx, plan, spec, serving)
+
+
+def _fake_trtexec(bin_dir: Path, calls: Path) -> None:
+    script = bin_dir / "trtexec"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'echo "$@" >> {calls}\n'
+        'for a in "$@"; do case "$a" in --saveEngine=*) printf plan > "${a#--saveEngine=}";; esac; done\n'
+    )
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+
+
+def test_builder_builds_once_per_gpu_and_tensorrt_version(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    (source / "yolov8n" / "1").mkdir(parents=True)
+    (source / "yolov8n" / "config.pbtxt").write_text(triton_config.render(SPEC, _serving("onnxruntime")))
+    (source / "yolov8n" / "1" / "model.onnx").write_bytes(b"onnx bytes")
+    (source / "yolov8n" / "source.onnx").write_bytes(b"reference")
+    python_model = source / "cpu-model"
+    (python_model / "1").mkdir(parents=True)
+    (python_model / "config.pbtxt").write_text('name: "cpu-model"\nbackend: "python"\n')
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls.txt"
+    bin_dir.mkdir()
+    _fake_trtexec(bin_dir, calls)
+
+    def run(gpu: str, trt: str, output: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "GPU_NAME": gpu, "TRT_VERSION": trt}
+        script = CHART / "files" / "build_engines.py"
+        return subprocess.run(
+            [
+                sys.executable,
+                str(script),
+                f"--source={source}",
+                f"--output={tmp_path / output}",
+                f"--cache={tmp_path / 'cache'}",
+            ],
+            env=env,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    first = run("NVIDIA H100 80GB HBM3", "10.11.0.33", "out1")
+    assert first.returncode == 0, first.stderr
+    assert "yolov8n: built in" in first.stderr and "cpu-model: copied unchanged" in first.stderr
+    out = tmp_path / "out1"
+    assert (out / "yolov8n" / "1" / "model.plan").read_bytes() == b"plan"
+    assert not (out / "yolov8n" / "1" / "model.onnx").exists() and not (out / "yolov8n" / "source.onnx").exists()
+    assert (out / "yolov8n" / "config.pbtxt").read_text() == triton_config.render(SPEC, _serving("tensorrt"))
+    assert (out / "cpu-model" / "config.pbtxt").exists()
+    cached = list((tmp_path / "cache").rglob("*.plan"))
+    assert [p.relative_to(tmp_path / "cache").parts[:2] for p in cached] == [
+        ("nvidia-h100-80gb-hbm3", "trt-10.11.0.33")
+    ]
+
+    second = run("NVIDIA H100 80GB HBM3", "10.11.0.33", "out2")
+    assert second.returncode == 0 and "yolov8n: cache hit" in second.stderr
+    assert (tmp_path / "out2" / "yolov8n" / "1" / "model.plan").read_bytes() == b"plan"
+    assert len(calls.read_text().splitlines()) == 1
+
+    other_gpu = run("NVIDIA L4", "10.11.0.33", "out3")
+    other_trt = run("NVIDIA H100 80GB HBM3", "10.13.2.6", "out4")
+    assert "built in" in other_gpu.stderr and "built in" in other_trt.stderr
+    assert len(calls.read_text().splitlines()) == 3
+    assert len(list((tmp_path / "cache").rglob("*.plan"))) == 3
+
+
+def test_builder_fails_clearly_without_models(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(CHART / "files" / "build_engines.py"),
+            f"--source={tmp_path}",
+            f"--output={tmp_path / 'out'}",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "no models" in result.stderr
+
+
+# --- the check script and the README ---------------------------------------------------------------------------------
+
+
+def test_check_script_passes_with_a_readable_summary() -> None:
+    result = subprocess.run(
+        [sys.executable, str(DEPLOY / "check.py")], check=False, capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{len(VALUES_FILES)} of {len(VALUES_FILES)} values files passed" in result.stdout
+    for name in VALUES_FILES:
+        assert f"[ok] deploy/helm/yolo-triton/ci/{name}" in result.stdout
+
+
+def test_check_script_fails_on_a_bad_values_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad-values.yaml"
+    bad.write_text("gateway:\n  replicaCount: two\n")
+    report = check.check_values_file(bad)
+    assert any("replicaCount" in p for p in report.problems)
+    monkeypatch.setattr(check, "values_files", lambda: [bad])
+    assert check.main() == 1
+    assert "[FAIL]" in capsys.readouterr().out
+
+
+def test_readme_names_only_files_that_exist() -> None:
+    readme = (DEPLOY / "README.md").read_text()
+    # `deploy/yolo-triton-...` are kubectl resource names (deployment/<name>), not files.
+    paths = {p for p in re.findall(r"\bdeploy/[\w./-]+\w", readme) if not p.startswith("deploy/yolo-triton-")}
+    assert {
+        "deploy/Dockerfile",
+        "deploy/compose.yaml",
+        "deploy/check.py",
+        "deploy/prometheus-adapter/values.yaml",
+    } <= paths
+    missing = [p for p in paths if not (ROOT / p).exists()]
+    assert missing == []
