@@ -13,7 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-FIXTURE_YAMLS = {"yolov8n": "yolov8n.yaml", "yolov8n-seg": "yolov8n-seg.yaml", "yolov8n-pose": "yolov8n-pose.yaml"}
+FIXTURE_YAMLS = {
+    "yolov8n": "yolov8n.yaml",
+    "yolov8n-seg": "yolov8n-seg.yaml",
+    "yolov8n-pose": "yolov8n-pose.yaml",
+    "yolo11n": "yolo11n.yaml",
+    "yolo11n-seg": "yolo11n-seg.yaml",
+    "yolo11n-pose": "yolo11n-pose.yaml",
+}
 
 # Untrained features respond far more to some photos than to others (bus.jpg lights up ~30x more anchors than
 # zidane.jpg), so the bias is tuned on the weaker photo: it should give a handful of detections at 0.25, which

@@ -19,6 +19,8 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".triton" / "test-cache"
 MODELS = ("yolov8n", "yolov8n-seg", "yolov8n-pose")
+YOLO11 = ("yolo11n", "yolo11n-seg", "yolo11n-pose")  # same export and post-processing path, newer architecture
+ALL_MODELS = MODELS + YOLO11
 sys.path.insert(0, str(ROOT))
 
 from tritonlocal import launcher  # noqa: E402
@@ -42,13 +44,13 @@ def repository() -> Path:
     from export.triton_config import serving_defaults
 
     repo = CACHE / f"repository-{_recipe_hash()}"
-    if all((repo / m / "config.pbtxt").exists() for m in MODELS):
+    if all((repo / m / "config.pbtxt").exists() for m in ALL_MODELS):
         return repo
     if CACHE.exists():
         for old in CACHE.glob("repository-*"):
             shutil.rmtree(old, ignore_errors=True)
     repo.mkdir(parents=True, exist_ok=True)
-    for model_id in MODELS:
+    for model_id in ALL_MODELS:
         pt = build_fixture(model_id, CACHE / "weights")
         export_model(str(pt), repo, serving_defaults("python"), model_id, 640, fuse=True, untrained=True)
     return repo

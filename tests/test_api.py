@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.conftest import MODELS, Gateway, start_gateway, stop_gateway
+from tests.conftest import ALL_MODELS, MODELS, Gateway, start_gateway, stop_gateway
 
 PYTHON_SNIPPET = '''
 import requests
@@ -254,7 +254,7 @@ def test_service_keeps_serving_after_bad_inputs(gateway: Gateway, images: dict[s
 def test_models_list_shows_ready_models_with_metadata(gateway: Gateway) -> None:
     body = requests.get(f"{gateway.url}/v1/models", timeout=10).json()
     by_id = {m["id"]: m for m in body["data"]}
-    assert set(by_id) == set(MODELS)
+    assert set(by_id) == set(ALL_MODELS)
     assert by_id["yolov8n"]["task"] == "detect" and by_id["yolov8n"]["names"]["0"] == "person"
     assert by_id["yolov8n-seg"]["task"] == "segment" and by_id["yolov8n-pose"]["kpt_shape"] == [17, 3]
     assert all(m["default_size"] == 640 and m["backend"] == "python" for m in body["data"])
@@ -270,7 +270,7 @@ def test_model_detail_and_unknown_model(gateway: Gateway) -> None:
 def test_health_and_readiness(gateway: Gateway) -> None:
     assert requests.get(f"{gateway.url}/healthz", timeout=5).status_code == 200
     ready = requests.get(f"{gateway.url}/readyz", timeout=5)
-    assert ready.status_code == 200 and sorted(ready.json()["data"]["models"]) == sorted(MODELS)
+    assert ready.status_code == 200 and sorted(ready.json()["data"]["models"]) == sorted(ALL_MODELS)
 
 
 def test_unknown_route_and_wrong_method_are_json(gateway: Gateway) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import cv2
 import pytest
 
-from tests.conftest import MODELS, Gateway
+from tests.conftest import ALL_MODELS, MODELS, YOLO11, Gateway
 from bench.parity import assert_matches
 
 # Photos at the default confidence; generated edge cases at a lower one so the untrained fixtures still detect.
@@ -20,7 +20,7 @@ SIZES = (320, 640, 500)  # 500 is not a multiple of 32: both sides round it up t
 def reference(repository: Path) -> Any:
     from ultralytics import YOLO
 
-    models = {m: YOLO(str(repository / m / "source.onnx")) for m in MODELS}
+    models = {m: YOLO(str(repository / m / "source.onnx")) for m in ALL_MODELS}
     cache: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
 
     def predict(model: str, path: Path, size: int, conf: float, iou: float, rect: bool, normalize: bool) -> list[dict[str, Any]]:
@@ -98,4 +98,20 @@ def test_nms_controls_match_ultralytics(
     want = yolo.predict(str(path), conf=0.1, iou=0.45, verbose=False, **kwargs)[0].summary()
     if "classes" in kwargs:
         assert {d["class"] for d in want} <= set(kwargs["classes"]) and len(want) < len(present)
+    assert_matches(r.json()["data"], want, _wh(path), normalize=False)
+
+
+@pytest.mark.parametrize("size", (320, 640))
+@pytest.mark.parametrize("image", ["bus", "zidane", "wide"])
+@pytest.mark.parametrize("model", YOLO11)
+@pytest.mark.parametrize("mode", ["rect", "square"])
+def test_yolo11_parity_with_ultralytics(
+    request: pytest.FixtureRequest, reference: Any, images: dict[str, Path], model: str, image: str, size: int, mode: str
+) -> None:
+    """YOLO11 goes through the same export and post-processing: nothing in the path assumes YOLOv8."""
+    gw: Gateway = request.getfixturevalue("gateway" if mode == "rect" else "gateway_square")
+    conf, path = IMAGES[image], images[image]
+    r = gw.predict(model, files={"image": path.read_bytes()}, data={"size": size, "confidence": conf})
+    assert r.status_code == 200, r.text
+    want = reference(model, path, size, conf, 0.45, mode == "rect", False)
     assert_matches(r.json()["data"], want, _wh(path), normalize=False)

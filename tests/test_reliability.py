@@ -177,11 +177,13 @@ def test_missing_key_is_refused_without_reading_a_large_body(gateway: Gateway) -
 def test_keys_never_appear_in_logs(gateway: Gateway, images: dict[str, Path]) -> None:
     gateway.predict("yolov8n", files={"image": images["tiny"].read_bytes()})
     gateway.predict("yolov8n", headers={"x-api-key": gateway.key + "x"}, files={"image": images["tiny"].read_bytes()})
-    time.sleep(0.5)
-    text = gateway.log_path.read_text()
     secret = gateway.key.split("_", 2)[2]
+    text = gateway.log_path.read_text()
     assert secret not in text
-    records = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    # JSON lines end at "\n" only: str.splitlines() would also split inside strings at U+2028, U+0085 and the like,
+    # which the fuzz tests put into request paths. The last line may still be being written.
+    complete = text[: text.rfind("\n") + 1]
+    records = [json.loads(line) for line in complete.split("\n") if line.startswith("{")]
     predicted = [r for r in records if r.get("path") == "/v1/predict/yolov8n" and r.get("status") == 200]
     assert predicted and all(r["key_id"] == gateway.key.split("_")[1] and r["request_id"] for r in predicted)
 

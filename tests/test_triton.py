@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from tests.conftest import MODELS
+from tests.conftest import ALL_MODELS
 from tritonlocal import launcher
 
 
@@ -18,7 +18,7 @@ def test_repository_index_lists_every_model_ready(triton: launcher.TritonServer)
     req = urllib.request.Request(f"{triton.http_url}/v2/repository/index", data=b"{}", method="POST")
     with urllib.request.urlopen(req, timeout=5) as r:
         index = json.loads(r.read())
-    assert {m["name"]: m["state"] for m in index} == {m: "READY" for m in MODELS}
+    assert {m["name"]: m["state"] for m in index} == {m: "READY" for m in ALL_MODELS}
 
 
 def test_triton_listens_on_loopback_only(triton: launcher.TritonServer) -> None:
@@ -38,7 +38,7 @@ def test_triton_listens_on_loopback_only(triton: launcher.TritonServer) -> None:
         assert bound[port] <= loopback, f"port {port} is bound beyond loopback: {bound[port]}"
 
 
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model", ALL_MODELS)
 def test_known_tensor_round_trip_matches_onnxruntime(triton: launcher.TritonServer, repository: Path, model: str) -> None:
     """Garbled inputs (the stub importing a mismatched NumPy) would show up here as a large difference."""
     import onnxruntime as ort
