@@ -142,10 +142,38 @@ def mask_in_box(coef: F32, protos: F32, xyxy: F32, input_shape: tuple[int, int])
     return (full > 0).astype(np.uint8), cx0, cy0
 
 
-def _min_index(a: NDArray[Any], b: NDArray[Any]) -> tuple[int, int]:
-    d = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
-    i, j = np.unravel_index(np.argmin(d, axis=None), d.shape)
-    return int(i), int(j)
+# Batched distance matrices pad short contours with +_PAD (first of a pair) and -_PAD (second): farther from any point
+# of a mask (coordinates < 2048) than real points are from each other, and no int32 overflow.
+_PAD = 4096
+_BATCH_SIZES = (4, 8, 16, 32, 64)
+
+
+def _closest_pairs(segments: list[NDArray[Any]]) -> list[tuple[int, int]]:
+    """For each consecutive pair of (K, 2) point arrays, (i, j) of their closest points; ties: first in row-major
+    order (np.argmin), as Ultralytics' min_index. Pairs of short contours (most of them) are batched by size."""
+    out: list[tuple[int, int]] = [(0, 0)] * (len(segments) - 1)
+    buckets: dict[int, list[int]] = {}
+    for k in range(1, len(segments)):
+        longest = max(len(segments[k - 1]), len(segments[k]))
+        size = next((b for b in _BATCH_SIZES if longest <= b), 0)
+        buckets.setdefault(size, []).append(k)
+    for size, pairs in buckets.items():
+        if size == 0:
+            continue
+        a = np.full((len(pairs), size, 2), _PAD, np.int32)
+        b = np.full((len(pairs), size, 2), -_PAD, np.int32)  # a's and b's padding are never close to anything
+        for row, k in enumerate(pairs):
+            a[row, : len(segments[k - 1])] = segments[k - 1]
+            b[row, : len(segments[k])] = segments[k]
+        flat = ((a[:, :, None, :] - b[:, None, :, :]) ** 2).sum(-1).reshape(len(pairs), -1).argmin(axis=1)
+        for row, k in enumerate(pairs):
+            out[k - 1] = (int(flat[row] // size), int(flat[row] % size))
+    for k in buckets.get(0, []):
+        x, y = segments[k - 1], segments[k]
+        d = ((x[:, None, :].astype(np.int64) - y[None, :, :]) ** 2).sum(-1)
+        i, j = np.unravel_index(np.argmin(d, axis=None), d.shape)
+        out[k - 1] = (int(i), int(j))
+    return out
 
 
 def merge_multi_segment(segments: list[NDArray[Any]]) -> list[NDArray[Any]]:
@@ -153,29 +181,24 @@ def merge_multi_segment(segments: list[NDArray[Any]]) -> list[NDArray[Any]]:
     s: list[NDArray[Any]] = []
     segments = [np.asarray(x).reshape(-1, 2) for x in segments]
     idx_list: list[list[int]] = [[] for _ in segments]
-    for i in range(1, len(segments)):
-        idx1, idx2 = _min_index(segments[i - 1], segments[i])
+    for i, (idx1, idx2) in enumerate(_closest_pairs(segments), start=1):
         idx_list[i - 1].append(idx1)
         idx_list[i].append(idx2)
-    for k in range(2):
-        if k == 0:
-            for i, idx in enumerate(idx_list):
-                if len(idx) == 2 and idx[0] > idx[1]:
-                    idx = [len(segments[i]) - 1 - x for x in idx]
-                    segments[i] = segments[i][::-1, :]
-                segments[i] = np.roll(segments[i], -idx[0], axis=0)
-                segments[i] = np.concatenate([segments[i], segments[i][:1]])
-                if i in {0, len(idx_list) - 1}:
-                    s.append(segments[i])
-                else:
-                    span = [0, idx[1] - idx[0]]
-                    s.append(segments[i][span[0] : span[1] + 1])
+    last = len(idx_list) - 1
+    for i, idx in enumerate(idx_list):
+        if len(idx) == 2 and idx[0] > idx[1]:
+            idx = [len(segments[i]) - 1 - x for x in idx]
+            segments[i] = segments[i][::-1, :]
+        k, seg = idx[0], segments[i]
+        segments[i] = np.concatenate([seg[k:], seg[:k], seg[k : k + 1]])  # np.roll(seg, -k), then closed
+        if i in {0, last}:
+            s.append(segments[i])
         else:
-            for i in range(len(idx_list) - 1, -1, -1):
-                if i not in {0, len(idx_list) - 1}:
-                    idx = idx_list[i]
-                    nidx = abs(idx[1] - idx[0])
-                    s.append(segments[i][nidx:])
+            s.append(segments[i][: idx[1] - idx[0] + 1])
+    for i in range(last, -1, -1):
+        if i not in {0, last}:
+            idx = idx_list[i]  # the indices before any reversal, as Ultralytics does; only |difference| matters
+            s.append(segments[i][abs(idx[1] - idx[0]) :])
     return s
 
 
