@@ -38,6 +38,7 @@ def _add_serving_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads for the python target (0: all cores)")
     p.add_argument("--fp32", action="store_true", help="TensorRT (engine or ORT accelerator) in FP32 instead of FP16")
     p.add_argument("--no-fuse", action="store_true", help="serve the raw float32 NCHW graph instead of fusing preprocessing")
+    p.add_argument("--no-compact", action="store_true", help="return every class score per anchor (Ultralytics' raw output0)")
     p.add_argument("--imgsz", type=int, default=640, help="export trace size and the model's default `size`")
 
 
@@ -66,14 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     serving = _serving(args)
     try:
         if args.command == "model":
-            export_model(args.source, args.repository, serving, args.model_id, args.imgsz, fuse=not args.no_fuse)
+            export_model(args.source, args.repository, serving, args.model_id, args.imgsz, fuse=not args.no_fuse, compact=not args.no_compact)
         elif args.command == "fixtures":
             from export.fixtures import build_fixture
 
             for model_id in args.models.split(","):
                 log(f"building fixture model {model_id} (untrained, calibrated on bundled photos) ...")
                 pt = build_fixture(model_id, args.cache)
-                export_model(str(pt), args.repository, serving, model_id, args.imgsz, not args.no_fuse, untrained=True)
+                export_model(str(pt), args.repository, serving, model_id, args.imgsz, not args.no_fuse, untrained=True, compact=not args.no_compact)
         else:
             _defaults(args, serving)
     except (ExportError, TensorRTUnavailable, ValueError) as exc:
@@ -92,11 +93,11 @@ def _defaults(args: argparse.Namespace, serving: Serving) -> None:
             continue
         local = WEIGHTS_DIR / f"{model_id}.pt"
         if local.exists():
-            export_model(str(local), args.repository, serving, model_id, args.imgsz, not args.no_fuse)
+            export_model(str(local), args.repository, serving, model_id, args.imgsz, not args.no_fuse, compact=not args.no_compact)
             continue
         if os.environ.get("YOLO_OFFLINE", "") not in {"1", "true"}:
             try:
-                export_model(f"{model_id}.pt", args.repository, serving, model_id, args.imgsz, not args.no_fuse)
+                export_model(f"{model_id}.pt", args.repository, serving, model_id, args.imgsz, not args.no_fuse, compact=not args.no_compact)
                 continue
             except ExportError as exc:
                 log(f"{model_id}: pretrained weights unavailable ({exc})")
@@ -105,7 +106,7 @@ def _defaults(args: argparse.Namespace, serving: Serving) -> None:
         log(f"Put pretrained weights at {local} and run `make export` to serve the real model.")
         log("!" * 78)
         pt = build_fixture(model_id, FIXTURE_DIR)
-        export_model(str(pt), args.repository, serving, model_id, args.imgsz, not args.no_fuse, untrained=True)
+        export_model(str(pt), args.repository, serving, model_id, args.imgsz, not args.no_fuse, untrained=True, compact=not args.no_compact)
 
 
 if __name__ == "__main__":

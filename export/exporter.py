@@ -63,7 +63,9 @@ def export_onnx(yolo: "object", workdir: Path, imgsz: int) -> Path:
     return target
 
 
-def model_spec(name: str, source_onnx: Path, served_onnx: Path, input_format: str, origin: str, untrained: bool) -> ModelSpec:
+def model_spec(
+    name: str, source_onnx: Path, served_onnx: Path, input_format: str, origin: str, untrained: bool, output_layout: str = "raw"
+) -> ModelSpec:
     meta = onnx_graph.read_metadata(source_onnx)
     task = meta.get("task", "")
     if task not in SUPPORTED_TASKS:
@@ -81,6 +83,7 @@ def model_spec(name: str, source_onnx: Path, served_onnx: Path, input_format: st
         inputs=[Tensor(n, d, dims[1:]) for n, d, dims in inputs],
         outputs=[Tensor(n, d, dims[1:]) for n, d, dims in outputs],
         input_format=input_format,
+        output_layout=output_layout,
         kpt_shape=list(kpt_shape) if kpt_shape else None,
         source=origin,
         untrained=untrained,
@@ -95,6 +98,7 @@ def export_model(
     imgsz: int = 640,
     fuse: bool = True,
     untrained: bool = False,
+    compact: bool = True,
 ) -> Path:
     """Export `source` into `repository/<model_id>/`; returns that directory. Verifies what it wrote."""
     yolo = load_model(source)
@@ -120,7 +124,13 @@ def export_model(
     else:
         shutil.copy(source_onnx, served_onnx)
         input_format = "float32_nchw_rgb"
-    spec = model_spec(model_id, source_onnx, served_onnx, input_format, Path(source).name, untrained)
+    nc = len(getattr(yolo, "names", {}) or {})
+    output_layout = "raw"
+    if compact and nc > 2:  # with one or two classes the compact rows save nothing
+        log(f"compacting output0: best score and class instead of {nc} class scores per anchor")
+        onnx_graph.compact_output(served_onnx, nc)
+        output_layout = "compact"
+    spec = model_spec(model_id, source_onnx, served_onnx, input_format, Path(source).name, untrained, output_layout)
 
     if serving.target == "python":
         shutil.copy(PYTHON_BACKEND_MODEL, staging / "1" / "model.py")
@@ -156,6 +166,8 @@ def verify(model_dir: Path, spec: ModelSpec, serving: Serving) -> None:
     feed = image if spec.input_format == "uint8_nhwc_bgr" else as_float
     got = served.run(None, {spec.inputs[0].name: feed})
     want = reference.run(None, {reference.get_inputs()[0].name: as_float})
+    if spec.output_layout == "compact":
+        want[0] = onnx_graph.compact_reference(want[0], len(spec.names))
     for g, w, t in zip(got, want, spec.outputs):
         diff = float(np.abs(g - w).max())
         if g.shape != w.shape or diff > 1e-4:

@@ -42,7 +42,10 @@ def finish(
     """The summary list for one image from the model's raw outputs."""
     pred = outputs[info.outputs[0]]
     nc = len(info.names)
-    dets = postprocess.non_max_suppression(pred, args.confidence, args.iou, nc, args.max_det, args.classes, args.agnostic)
+    compact = info.output_layout == "compact"
+    dets = postprocess.non_max_suppression(
+        pred, args.confidence, args.iou, nc, args.max_det, args.classes, args.agnostic, compact
+    )
     polygons = keypoints = None
     if info.task == "segment":
         dets, polygons = postprocess.segments(dets, outputs[info.outputs[1]], box, nc)

@@ -53,24 +53,24 @@ def non_max_suppression(
     max_det: int = MAX_DET,
     classes: tuple[int, ...] | None = None,
     agnostic: bool = False,
+    compact: bool = False,
 ) -> F32:
     """(M, 6 + extra) rows of xyxy, confidence, class, extra, best first.
 
-    pred: (4 + nc + extra, anchors) raw output for one image, boxes in letterboxed-input pixels.
+    pred: (4 + nc + extra, anchors) raw output for one image, boxes in letterboxed-input pixels; with `compact`,
+    (6 + extra, anchors) rows of box, best score, best class, extra (the exporter's compact_output).
     classes: keep only these class ids; agnostic: one NMS across classes instead of one per class.
     """
     threshold = np.float32(conf)
-    candidates = pred[4 : 4 + nc].max(axis=0) > threshold
-    x = pred[:, candidates].T
-    if not x.shape[0]:
-        return np.zeros((0, pred.shape[0] + 2 - nc), dtype=np.float32)
-    scores = x[:, 4 : 4 + nc]
-    j = scores.argmax(axis=1)
-    best = scores[np.arange(len(j)), j]
-    keep = best > threshold
-    rows = np.concatenate(
-        [xywh2xyxy(x[keep, :4]), best[keep, None], j[keep, None].astype(np.float32), x[keep, 4 + nc :]], axis=1
-    )
+    if compact:
+        x = pred[:, pred[4] > threshold].T
+        best, j, extra = x[:, 4], x[:, 5], x[:, 6:]
+    else:
+        x = pred[:, pred[4 : 4 + nc].max(axis=0) > threshold].T
+        scores = x[:, 4 : 4 + nc]
+        index = scores.argmax(axis=1)
+        best, j, extra = scores[np.arange(len(index)), index], index.astype(np.float32), x[:, 4 + nc :]
+    rows = np.concatenate([xywh2xyxy(x[:, :4]), best[:, None], j[:, None], extra], axis=1)
     if classes is not None:
         rows = rows[np.isin(rows[:, 5], np.asarray(classes, dtype=np.float32))]
     if rows.shape[0] > MAX_NMS:

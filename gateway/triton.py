@@ -47,6 +47,7 @@ class ModelInfo:
     input_name: str
     input_format: str
     outputs: tuple[str, ...]
+    output_layout: str
     target: str
     untrained: bool
     kpt_shape: tuple[int, int] | None = None
@@ -68,6 +69,7 @@ class ModelInfo:
             input_name=params.get("input_name", "image"),
             input_format=params.get("input_format", "uint8_nhwc_bgr"),
             outputs=tuple(json.loads(params.get("outputs", '["output0"]'))),
+            output_layout=params.get("output_layout", "raw"),
             target=params.get("target", ""),
             untrained=params.get("untrained") == "true",
             kpt_shape=(int(kpt[0]), int(kpt[1])) if kpt else None,

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from export import triton_config
+from export.onnx_graph import compact_reference
 from export.__main__ import main as export_main
 from export.exporter import ExportError, load_model
 from export.tensorrt import profile_shapes, trtexec_command
@@ -62,7 +63,7 @@ def test_names_with_quotes_and_unicode_survive_pbtxt() -> None:
     assert json.loads(config.parameters["names"].string_value) == {"0": 'a "quoted" name', "1": "café\\n"}
 
 
-def test_fused_graph_equals_source_graph_on_random_input(repository: Path) -> None:
+def test_served_graph_equals_source_graph_on_random_input(repository: Path) -> None:
     import onnxruntime as ort
 
     d = repository / "yolov8n-seg"
@@ -71,6 +72,9 @@ def test_fused_graph_equals_source_graph_on_random_input(repository: Path) -> No
     image = np.random.default_rng(1).integers(0, 256, (2, 160, 96, 3), dtype=np.uint8)
     want = source.run(None, {"images": image[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)})
     got = fused.run(None, {"image": image})
+    assert "compact" in (d / "config.pbtxt").read_text()
+    want[0] = compact_reference(want[0], 80)  # served output0: box, best score, best class, mask coefficients
+    assert got[0].shape[1] == 6 + 32
     for g, w in zip(got, want):
         assert g.shape == w.shape
         assert np.abs(g - w).max() <= 1e-5
@@ -123,3 +127,10 @@ def test_unsupported_task_is_refused(tmp_path: Path, capsys: pytest.CaptureFixtu
     code = export_main(["model", "yolov8n-cls.yaml", "--repository", str(tmp_path)])
     assert code == 2
     assert "not supported" in capsys.readouterr().err
+
+
+def test_pose_model_with_one_class_keeps_the_raw_layout(repository: Path) -> None:
+    config = triton_config.parse((repository / "yolov8n-pose" / "config.pbtxt").read_text())
+    assert config.parameters["output_layout"].string_value == "raw" and list(config.output[0].dims) == [56, -1]
+    detect = triton_config.parse((repository / "yolov8n" / "config.pbtxt").read_text())
+    assert detect.parameters["output_layout"].string_value == "compact" and list(detect.output[0].dims) == [6, -1]

@@ -119,3 +119,19 @@ def test_summary_normalizes_by_image_size() -> None:
     assert plain[0]["box"] == {"x1": 20.0, "y1": 10.0, "x2": 200.0, "y2": 100.0}
     assert norm[0]["box"] == {"x1": 0.1, "y1": 0.1, "x2": 1.0, "y2": 1.0}
     assert norm[0]["name"] == "bicycle" and norm[0]["class"] == 1 and norm[0]["confidence"] == 0.5
+
+
+def test_compact_layout_gives_the_same_detections_as_raw() -> None:
+    from export.onnx_graph import compact_reference
+
+    rng = np.random.default_rng(5)
+    nc, anchors = 80, 3000
+    raw = np.concatenate([
+        rng.uniform(0, 640, (2, anchors)), rng.uniform(5, 200, (2, anchors)),
+        rng.uniform(0, 1, (nc, anchors)) ** 8, rng.normal(size=(32, anchors)),
+    ]).astype(np.float32)
+    compact = compact_reference(raw[None], nc)[0]
+    for args in [(0.25, 0.45), (0.5, 0.7), (0.05, 0.3)]:
+        want = postprocess.non_max_suppression(raw, *args, nc)
+        got = postprocess.non_max_suppression(compact, *args, nc, compact=True)
+        assert len(want) > 0 and np.array_equal(got, want)
