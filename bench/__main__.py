@@ -56,7 +56,17 @@ def repository(args: argparse.Namespace, models: list[str]) -> Path:
     from export.fixtures import build_fixture
     from export.triton_config import serving_defaults
 
+    import hashlib
+    import shutil
+
+    recipe = hashlib.sha256(b"".join(p.read_bytes() for p in sorted((ROOT / "export").rglob("*.py")))).hexdigest()[:12]
     repo = ROOT / ".triton" / "bench-repository"
+    stamp = repo / ".recipe"
+    if repo.exists() and (not stamp.exists() or stamp.read_text() != recipe):
+        log("the exporter changed since the cached benchmark models were built: rebuilding them")
+        shutil.rmtree(repo)
+    repo.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(recipe)
     for model in models:
         if not (repo / model / "config.pbtxt").exists():
             log(f"building fixture model {model} for the benchmark")

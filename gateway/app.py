@@ -31,7 +31,7 @@ from gateway.observability import RequestContext, configure_logging
 from gateway.ratelimit import RateLimiter
 from gateway.schemas import parse_args, success
 from gateway.settings import Settings
-from gateway.triton import Triton
+from gateway.triton import ModelInfo, Triton
 
 log = logging.getLogger("gateway")
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and the small text fields around the image
@@ -122,7 +122,7 @@ async def predict(request: Request) -> Response:
 
 
 async def _predict(
-    state: State, info: Any, request: Request, form: FormData, started: float, context: dict[str, Any]
+    state: State, info: ModelInfo, request: Request, form: FormData, started: float, context: dict[str, Any]
 ) -> Response:
     settings = state.settings
     fields: dict[str, str] = {}
