@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -132,14 +133,21 @@ async def bench_model(model: str, repo: Path, photo: Path, workdir: Path, args: 
     out: dict[str, Any] = {"model": model, "modes": {}, "bytes_sent": {}}
     limits = httpx.Limits(max_connections=max(levels) + 4, max_keepalive_connections=max(levels) + 4)
 
-    with stack.triton_and_gateway(repo, workdir, args.letterbox) as (triton, gw, key):
+    with contextlib.ExitStack() as running:
+        gateway_url, triton_url, key = args.gateway_url, args.triton_url, args.api_key
+        local = ("gateway" in args.modes and not gateway_url) or ("triton" in args.modes and not triton_url)
+        if local:
+            triton, gw, local_key = running.enter_context(stack.triton_and_gateway(repo, workdir, args.letterbox))
+            if not gateway_url:
+                gateway_url, key = gw.url, local_key
+            triton_url = triton_url or triton.grpc_url
         if "gateway" in args.modes:
             log(f"{model}: gateway (HTTP upload of a 1080p JPEG, size {args.size})")
             async with httpx.AsyncClient(limits=limits, timeout=120) as client:
                 files = {"image": ("photo.jpg", jpeg, "image/jpeg")}
 
                 async def via_gateway() -> tuple[int, dict[str, float]]:
-                    r = await client.post(f"{gw.url}/v1/predict/{model}", headers={"x-api-key": key}, files=files, data={"size": str(args.size)})
+                    r = await client.post(f"{gateway_url}/v1/predict/{model}", headers={"x-api-key": key}, files=files, data={"size": str(args.size)})
                     return r.status_code, parse_timing(r.headers.get("server-timing", ""))
 
                 out["modes"]["gateway"] = await measure(via_gateway, levels, args)
@@ -148,11 +156,11 @@ async def bench_model(model: str, repo: Path, photo: Path, workdir: Path, args: 
                     log(f"{model}: gateway open loop at {args.rate}/s")
                     run = await load.open_loop(via_gateway, args.rate, args.requests, args.seconds)
                     out["open_loop"] = {"rate": args.rate, **run.summary()}
-                out["parity"] = await parity(model, repo, photo, client, gw.url, key, args)
+                out["parity"] = await parity(model, repo, photo, client, gateway_url, key, args)
 
         if "triton" in args.modes:
             log(f"{model}: triton (prepared uint8 tensor over gRPC, async client)")
-            client = grpcaio.InferenceServerClient(triton.grpc_url)
+            client = grpcaio.InferenceServerClient(triton_url)
             tensor = boxed[None]
 
             async def via_triton() -> tuple[int, dict[str, float]]:
@@ -237,7 +245,9 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "versions": versions,
-        "target": "python (ONNX Runtime in Triton's python backend, CPU)",
+        "target": args.label or ("remote deployment" if args.gateway_url or args.triton_url else "python (ONNX Runtime in Triton's python backend, CPU)"),
+        "gateway_url": args.gateway_url or "local",
+        "triton_url": args.triton_url or "local",
         "letterbox": args.letterbox,
         "size": args.size,
         "input": "1920x1080 JPEG (bus.jpg on a 1080p canvas)",
@@ -263,12 +273,18 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--ultralytics-max-concurrency", type=int, default=8, help="the baseline serialises requests; higher levels only queue")
     run.add_argument("--repository", default="", help="model repository (default: fixture models)")
     run.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    run.add_argument("--gateway-url", default="", help="measure this running gateway instead of a local one (e.g. a GPU deployment)")
+    run.add_argument("--api-key", default="", help="key for --gateway-url")
+    run.add_argument("--triton-url", default="", help="measure this running Triton (gRPC host:port) instead of a local one")
+    run.add_argument("--label", default="", help="what is measured, for the report (e.g. 'H100, tensorrt FP16')")
     args = parser.parse_args(argv)
     if args.quick:
         args.concurrency, args.requests, args.seconds, args.repeats, args.warmup = "1,4", 24, 8, 1, 2
         args.models = "yolov8n" if args.models == run.get_default("models") else args.models
         args.rate = args.rate or 2
     args.modes = [m for m in args.modes.split(",") if m]
+    if args.gateway_url and not args.api_key:
+        parser.error("--gateway-url needs --api-key")
     unknown = set(args.modes) - set(MODES)
     if unknown:
         parser.error(f"unknown mode(s) {sorted(unknown)}; choose from {', '.join(MODES)}")

@@ -139,7 +139,14 @@ def test_sigterm_finishes_requests_in_flight_then_exits_cleanly(triton: launcher
 
     async def scenario() -> list[httpx.Response]:
         task = asyncio.ensure_future(_run(gw, [case] * 3, concurrency=3))
-        await asyncio.sleep(0.5)
+        async with httpx.AsyncClient(timeout=5) as probe:  # signal only once all three are inside the gateway
+            for _ in range(200):
+                metrics = (await probe.get(f"{gw.url}/metrics")).text
+                if "yolo_requests_in_flight 3.0" in metrics:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the three requests never were in flight together")
         gw.process.send_signal(signal.SIGTERM)
         return await task
 
