@@ -53,8 +53,7 @@ def repository(args: argparse.Namespace, models: list[str]) -> Path:
     """The model repository to serve: --repository if given, else the fixture models (built once, cached)."""
     if args.repository:
         return Path(args.repository)
-    from export.exporter import export_model
-    from export.fixtures import build_fixture
+    from export.fixtures import export_fixture
     from export.triton_config import serving_defaults
 
     import hashlib
@@ -71,8 +70,7 @@ def repository(args: argparse.Namespace, models: list[str]) -> Path:
     for model in models:
         if not (repo / model / "config.pbtxt").exists():
             log(f"building fixture model {model} for the benchmark")
-            pt = build_fixture(model, ROOT / "weights" / "fixtures")
-            export_model(str(pt), repo, serving_defaults("python"), model, 640, fuse=True, untrained=True)
+            export_fixture(model, repo, ROOT / "weights" / "fixtures", serving_defaults("python"))
     return repo
 
 

@@ -69,12 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "model":
             export_model(args.source, args.repository, serving, args.model_id, args.imgsz, fuse=not args.no_fuse, compact=not args.no_compact)
         elif args.command == "fixtures":
-            from export.fixtures import build_fixture
+            from export.fixtures import export_fixture
 
             for model_id in args.models.split(","):
                 log(f"building fixture model {model_id} (untrained, calibrated on bundled photos) ...")
-                pt = build_fixture(model_id, args.cache)
-                export_model(str(pt), args.repository, serving, model_id, args.imgsz, not args.no_fuse, untrained=True, compact=not args.no_compact)
+                export_fixture(model_id, args.repository, args.cache, serving, args.imgsz, not args.no_fuse, not args.no_compact)
         else:
             _defaults(args, serving)
     except (ExportError, TensorRTUnavailable, ValueError) as exc:
@@ -85,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _defaults(args: argparse.Namespace, serving: Serving) -> None:
     from export.exporter import ExportError, export_model, log
-    from export.fixtures import build_fixture
+    from export.fixtures import export_fixture
 
     for model_id in DEFAULT_MODELS:
         if (args.repository / model_id / "config.pbtxt").exists() and not args.force:
@@ -105,8 +104,7 @@ def _defaults(args: argparse.Namespace, serving: Serving) -> None:
         log(f"WARNING: serving UNTRAINED fixture weights for {model_id}: results are not real detections.")
         log(f"Put pretrained weights at {local} and run `make export` to serve the real model.")
         log("!" * 78)
-        pt = build_fixture(model_id, FIXTURE_DIR)
-        export_model(str(pt), args.repository, serving, model_id, args.imgsz, not args.no_fuse, untrained=True, compact=not args.no_compact)
+        export_fixture(model_id, args.repository, FIXTURE_DIR, serving, args.imgsz, not args.no_fuse, not args.no_compact)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from export.triton_config import Serving
+
 FIXTURE_YAMLS = {
     "yolov8n": "yolov8n.yaml",
     "yolov8n-seg": "yolov8n-seg.yaml",
@@ -79,6 +81,16 @@ def build_fixture(model_id: str, out_dir: Path, seed: int | None = None) -> Path
     _tune_class_biases(yolo, seed)
     yolo.save(str(target))
     return target
+
+
+def export_fixture(
+    model_id: str, repository: Path, cache: Path, serving: Serving, imgsz: int = 640, fuse: bool = True, compact: bool = True
+) -> Path:
+    """Build (or reuse) the fixture checkpoint in `cache` and export it into `repository` as `model_id`, untrained."""
+    from export.exporter import export_model
+
+    pt = build_fixture(model_id, cache)
+    return export_model(str(pt), repository, serving, model_id, imgsz, fuse, untrained=True, compact=compact)
 
 
 def _tune_class_biases(yolo: "YOLO", seed: int) -> None:  # noqa: F821

@@ -121,27 +121,29 @@ async def predict(request: Request) -> Response:
         state.metrics.inflight.dec()
 
 
+def _once(items: list[tuple[str, str]], where: str) -> dict[str, str]:
+    """The arguments as a dict; BadRequest when one is given twice."""
+    out: dict[str, str] = {}
+    for key, value in items:
+        if key in out:
+            raise BadRequest(f"Argument '{key[:32]}' was given more than once in the {where}; send it once.")
+        out[key] = value
+    return out
+
+
 async def _predict(
     state: State, info: ModelInfo, request: Request, form: FormData, started: float, context: dict[str, Any]
 ) -> Response:
     settings = state.settings
-    fields: dict[str, str] = {}
-    for key, value in request.query_params.multi_items():
-        if key in fields:
-            raise BadRequest(f"Argument '{key[:32]}' was given more than once in the query string; send it once.")
-        fields[key] = value
     image: UploadFile | None = None
-    seen: set[str] = set()
     for key, value in form.multi_items():
         if isinstance(value, UploadFile):
             if key not in ("image", "file"):
                 raise BadRequest(f"Unexpected file part '{key[:32]}': send the image as the 'image' file part.")
             image = value
-        else:
-            if key in seen:
-                raise BadRequest(f"Argument '{key[:32]}' was given more than once in the form; send it once.")
-            seen.add(key)
-            fields[key] = value  # a form field wins over the query parameter of the same name
+    texts = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
+    # a form field wins over the query parameter of the same name
+    fields = {**_once(request.query_params.multi_items(), "query string"), **_once(texts, "form")}
     if image is None and isinstance(form.get("image"), str) and form.get("image"):
         raise BadRequest("'image' must be a file part (curl: -F \"image=@photo.jpg\"), not a text field.")
     args = parse_args(fields, info.imgsz)

@@ -13,10 +13,12 @@ os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(2**30))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from numpy.typing import NDArray  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from gateway.errors import PayloadTooLarge, UnprocessableImage, UnsupportedMediaType  # noqa: E402
 
 PAD_VALUE = 114
+Image.MAX_IMAGE_PIXELS = None  # Pillow only reads headers (and GIF frames) here; our own max_pixels is the limit
 
 # Formats OpenCV decodes, by magic bytes. Ultralytics' loader uses cv2.imdecode for these too.
 _MAGIC: tuple[tuple[bytes, int, str], ...] = (
@@ -44,9 +46,6 @@ def sniff(data: bytes) -> str | None:
 
 def declared_pixels(data: bytes) -> tuple[int, int] | None:
     """(width, height) from the image header without decoding pixels, or None when the header can't be read."""
-    from PIL import Image
-
-    Image.MAX_IMAGE_PIXELS = None  # Pillow only reads headers here; our own max_pixels is the limit
     try:
         with Image.open(io.BytesIO(data)) as im:
             return im.size
@@ -81,8 +80,6 @@ def decode(data: bytes, max_pixels: int) -> NDArray[np.uint8]:
 
 def _decode_gif(data: bytes) -> NDArray[np.uint8] | None:
     """First frame of a GIF as BGR (this OpenCV build has no GIF decoder; Pillow does)."""
-    from PIL import Image
-
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.seek(0)

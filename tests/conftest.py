@@ -39,8 +39,7 @@ def _recipe_hash() -> str:
 @pytest.fixture(scope="session")
 def repository() -> Path:
     """A model repository with the three fixture models (python target), built once and cached under .triton/."""
-    from export.exporter import export_model
-    from export.fixtures import build_fixture
+    from export.fixtures import export_fixture
     from export.triton_config import serving_defaults
 
     repo = CACHE / f"repository-{_recipe_hash()}"
@@ -51,8 +50,7 @@ def repository() -> Path:
             shutil.rmtree(old, ignore_errors=True)
     repo.mkdir(parents=True, exist_ok=True)
     for model_id in ALL_MODELS:
-        pt = build_fixture(model_id, CACHE / "weights")
-        export_model(str(pt), repo, serving_defaults("python"), model_id, 640, fuse=True, untrained=True)
+        export_fixture(model_id, repo, CACHE / "weights", serving_defaults("python"))
     return repo
 
 
