@@ -1,0 +1,38 @@
+"""Python client for the YOLO Inference API (Ultralytics HUB v1 compatible), sync and async, with retries.
+
+from yolo_triton_client import Client
+with Client("http://127.0.0.1:8000", "yk_...") as client:
+    for d in client.predict("yolov8n", "bus.jpg").detections:
+        print(d.name, d.confidence, d.box.xyxy)
+"""
+
+from yolo_triton_client.client import AsyncClient, Client
+from yolo_triton_client.convert import to_supervision
+from yolo_triton_client.errors import (
+    ApiError,
+    AuthError,
+    ClientError,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    TransportError,
+    Unavailable,
+    UpstreamError,
+)
+from yolo_triton_client.results import (
+    Box,
+    Classification,
+    Detection,
+    Keypoints,
+    OrientedBox,
+    Polygon,
+    Prediction,
+    Row,
+    Speed,
+)
+
+__all__ = [
+    "ApiError", "AsyncClient", "AuthError", "Box", "Classification", "Client", "ClientError", "Detection",
+    "InvalidRequest", "Keypoints", "NotFound", "OrientedBox", "Polygon", "Prediction", "RateLimited", "Row", "Speed",
+    "TransportError", "Unavailable", "UpstreamError", "to_supervision",
+]  # fmt: skip
