@@ -6,7 +6,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -22,14 +22,14 @@ from starlette.routing import Route
 
 from gateway import pipeline, render, web
 from gateway.auth import KeyStore
-from gateway.errors import HANDLERS, BadRequest, PayloadTooLarge, ServiceUnavailable
+from gateway.errors import HANDLERS, BadRequest, GatewayError, PayloadTooLarge, ServiceUnavailable
 from gateway.fetch import fetch_image
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.metrics import Metrics
 from gateway.openapi import SPEC
 from gateway.observability import RequestContext, configure_logging
 from gateway.ratelimit import RateLimiter
-from gateway.schemas import parse_args, success
+from gateway.schemas import PredictArgs, images_body, parse_args, success
 from gateway.settings import Settings
 from gateway.triton import ModelInfo, Triton
 
@@ -69,7 +69,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def parse_form(request: Request, body: bytes) -> FormData:
+async def parse_form(request: Request, body: bytes, max_files: int) -> FormData:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
 
     async def stream() -> AsyncIterator[bytes]:
@@ -77,33 +77,65 @@ async def parse_form(request: Request, body: bytes) -> FormData:
 
     try:
         if content_type == "multipart/form-data":
-            parser = MultiPartParser(request.headers, stream(), max_files=1, max_fields=MAX_FIELDS, max_part_size=MAX_FIELD_BYTES)
+            parser = MultiPartParser(
+                request.headers, stream(), max_files=max_files, max_fields=MAX_FIELDS, max_part_size=MAX_FIELD_BYTES
+            )
             return await parser.parse()
         if content_type == "application/x-www-form-urlencoded":
             return await FormParser(request.headers, stream(), max_fields=MAX_FIELDS, max_part_size=MAX_FIELD_BYTES).parse()
     except MultiPartException as exc:
         message = exc.message
         if "Too many files" in message:
-            message = "Only one 'image' file may be sent per request"
-        raise BadRequest(f"Malformed form data: {message}. Send multipart/form-data with one 'image' file part.") from None
+            message = f"At most {max_files} image(s) may be sent per request"
+        raise BadRequest(f"Malformed form data: {message}. Send multipart/form-data with 'image' file part(s).") from None
     if body.strip():
         raise BadRequest("Unsupported request body: send multipart/form-data (an 'image' file part) or form fields.")
     return FormData()
 
 
+def api_key(request: Request) -> str | None:
+    """The key from `x-api-key`, or from `Authorization: Bearer <key>` (the newer Ultralytics API's header)."""
+    key = request.headers.get("x-api-key")
+    if key:
+        return key
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def model_from_slug(slug: str) -> str:
+    """`alice/project/yolov8n` or `https://hub.ultralytics.com/models/yolov8n` → `yolov8n` (the last segment)."""
+    return slug.strip().rstrip("/").rsplit("/", 1)[-1]
+
+
 async def predict(request: Request) -> Response:
+    """HUB v1: POST /v1/predict/{model_id}."""
+    return await _handle(request, request.path_params["model_id"], "v1")
+
+
+async def predict_platform(request: Request) -> Response:
+    """The newer Ultralytics API: POST /api/models/{owner/project/model}/predict, answered in the `images` format."""
+    return await _handle(request, model_from_slug(request.path_params["slug"]), "v2")
+
+
+async def predict_dedicated(request: Request) -> Response:
+    """POST / with the model in a `model` form field (a HUB model URL or an id), answered in the `images` format."""
+    return await _handle(request, None, "v2")
+
+
+async def _handle(request: Request, model_id: str | None, style: str) -> Response:
     state: State = request.app.state.gateway
     settings = state.settings
-    model_id = request.path_params["model_id"]
     started = time.perf_counter()
     context = request.scope.get("state", {}).get("context", {})
-    context["model"] = model_id[:64]
-    entry = state.keys.authenticate(request.headers.get("x-api-key"), model_id)
+    context["predict"] = True
+    if model_id is not None:
+        context["model"] = model_id[:64]
+    # the key is checked before the body is read; its model scope as soon as the model is known
+    entry = state.keys.authenticate(api_key(request), model_id)
     context["key_id"] = entry.id
     state.limiter.check(entry.id, entry.rate)
-    info = await state.triton.model(model_id)
-    state.metrics.models.add(info.name)
-    context["task"] = info.task
+    if model_id is not None:
+        info = await state.triton.model(model_id)
     if state.inflight >= settings.max_inflight:
         raise ServiceUnavailable("The server is busy (too many requests in flight). Retry shortly.", retry_after=1)
     state.inflight += 1
@@ -111,9 +143,19 @@ async def predict(request: Request) -> Response:
     try:
         body = await read_body(request, settings.max_upload_bytes + FORM_OVERHEAD)
         context["bytes"] = len(body)
-        form = await parse_form(request, body)
+        form = await parse_form(request, body, settings.max_images)
         try:
-            return await _predict(state, info, request, form, started, context)
+            images, fields = _collect(request, form, style)
+            if model_id is None:
+                model_id = model_from_slug(fields.get("model", ""))
+                if not model_id:
+                    raise BadRequest("Missing 'model': send the model id (or its HUB URL) in the 'model' field.")
+                context["model"] = model_id[:64]
+                state.keys.authenticate(api_key(request), model_id)
+                info = await state.triton.model(model_id)
+            state.metrics.models.add(info.name)
+            context["task"] = info.task
+            return await _predict(state, info, images, fields, style, started, context)
         finally:
             await form.close()
     finally:
@@ -131,68 +173,190 @@ def _once(items: list[tuple[str, str]], where: str) -> dict[str, str]:
     return out
 
 
-async def _predict(
-    state: State, info: ModelInfo, request: Request, form: FormData, started: float, context: dict[str, Any]
-) -> Response:
-    settings = state.settings
-    image: UploadFile | None = None
+def _collect(request: Request, form: FormData, style: str) -> tuple[list[UploadFile], dict[str, str]]:
+    """The image parts in order, and the arguments (a form field wins over the query parameter of the same name)."""
+    part = "image" if style == "v1" else "file"
+    images: list[UploadFile] = []
     for key, value in form.multi_items():
         if isinstance(value, UploadFile):
             if key not in ("image", "file"):
-                raise BadRequest(f"Unexpected file part '{key[:32]}': send the image as the 'image' file part.")
-            image = value
+                raise BadRequest(f"Unexpected file part '{key[:32]}': send images as '{part}' file parts.")
+            images.append(value)
     texts = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
-    # a form field wins over the query parameter of the same name
     fields = {**_once(request.query_params.multi_items(), "query string"), **_once(texts, "form")}
-    if image is None and isinstance(form.get("image"), str) and form.get("image"):
-        raise BadRequest("'image' must be a file part (curl: -F \"image=@photo.jpg\"), not a text field.")
-    args = parse_args(fields, info.imgsz)
-    if image is not None and args.url:
-        raise BadRequest("Send either an image file or a URL, not both.")
-    if image is None and not args.url:
+    for name in ("image", "file"):
+        if not images and isinstance(form.get(name), str) and form.get(name):
+            raise BadRequest(f"'{name}' must be a file part (curl: -F \"{name}=@photo.jpg\"), not a text field.")
+    return images, fields
+
+
+@dataclass
+class Outcome:
+    """One image's result: the summary rows and its shape, or the error that stopped it."""
+
+    rows: list[dict[str, Any]] | None = None
+    shape: tuple[int, int] | None = None
+    image: Any = None  # the decoded image, kept only when an annotated image is asked for
+    error: GatewayError | None = None
+    speed: dict[str, float] = field(default_factory=dict)
+
+
+async def _predict(
+    state: State, info: ModelInfo, uploads: list[UploadFile], fields: dict[str, str], style: str, started: float,
+    context: dict[str, Any],
+) -> Response:
+    settings = state.settings
+    args = parse_args(fields, info.imgsz, style)
+    if uploads and args.url:
+        raise BadRequest("Send either image file(s) or a URL, not both.")
+    if not uploads and not args.url:
         raise BadRequest("An image file or URL must be submitted.")
+    if len(uploads) > 1 and args.format != "json":
+        raise BadRequest("An annotated image (format=image/png) is made for one image per request; send one image.")
 
     timings: dict[str, float] = {}
     context["timings"] = timings
     t0 = time.perf_counter()
-    if image is not None:
-        data = await image.read()
-        if len(data) > settings.max_upload_bytes:
-            raise PayloadTooLarge(f"The image is larger than the {settings.max_upload_bytes // 2**20} MiB upload limit.")
+    if uploads:
+        datas = [await upload.read() for upload in uploads]
     else:
-        data = await fetch_image(
-            args.url,
-            max_bytes=settings.max_upload_bytes,
-            timeout_s=settings.url_timeout_s,
-            max_redirects=settings.url_max_redirects,
-            allow_hosts=settings.url_allow_hosts,
-        )
+        datas = [
+            await fetch_image(
+                args.url,
+                max_bytes=settings.max_upload_bytes,
+                timeout_s=settings.url_timeout_s,
+                max_redirects=settings.url_max_redirects,
+                allow_hosts=settings.url_allow_hosts,
+            )
+        ]
         timings["fetch"] = (time.perf_counter() - t0) * 1000
+    outcomes = await _run(state, info, datas, args, timings)
+    failed = [o for o in outcomes if o.error is not None]
+    if len(failed) == len(outcomes):  # nothing succeeded: the request fails with the (first) image's own error
+        error = failed[0].error
+        assert error is not None
+        if len(outcomes) > 1:
+            error.message = f"Image 1 of {len(outcomes)}: {error.message}"
+        raise error
 
-    rect = settings.letterbox == "rect"
-    image_bgr, tensor, box = await anyio.to_thread.run_sync(
-        pipeline.prepare, data, info, args.size, rect, settings.max_pixels, timings, limiter=state.limiter_threads
-    )
-    t1 = time.perf_counter()
-    outputs = await state.triton.infer(info, tensor)
-    t2 = time.perf_counter()
-    data_out = await anyio.to_thread.run_sync(
-        pipeline.finish, info, outputs, box, args, limiter=state.limiter_threads
-    )
     t3 = time.perf_counter()
-    timings["triton"] = (t2 - t1) * 1000
-    timings["postprocess"] = (t3 - t2) * 1000
-    if args.format == "json":
-        body, media_type = orjson.dumps(success(data_out)), "application/json"
-    else:
+    if args.format != "json":
+        only = outcomes[0]
         body = await anyio.to_thread.run_sync(
-            render.encode_annotated, image_bgr, data_out, info.task, args.format, args.normalize, limiter=state.limiter_threads
+            render.encode_annotated, only.image, only.rows, info.task, args.format, args.normalize,
+            limiter=state.limiter_threads,
         )
         media_type = f"image/{args.format}"
         timings["render"] = (time.perf_counter() - t3) * 1000
+    else:
+        body, media_type = orjson.dumps(_body(info, args, outcomes, style)), "application/json"
     timings["total"] = (time.perf_counter() - started) * 1000
     server_timing = ", ".join(f"{k};dur={v:.2f}" for k, v in timings.items())
     return Response(body, media_type=media_type, headers={"Server-Timing": server_timing})
+
+
+async def _run(
+    state: State, info: ModelInfo, datas: list[bytes], args: PredictArgs, timings: dict[str, float]
+) -> list[Outcome]:
+    """Decode and letterbox every image, run same-shaped ones through Triton as one batch, post-process each."""
+    settings = state.settings
+    rect = settings.letterbox == "rect"
+    outcomes = [Outcome() for _ in datas]
+    prepared: list[tuple[Any, Any, Any] | None] = [None] * len(datas)
+    stage_ms: list[dict[str, float]] = [{} for _ in datas]
+
+    async def prepare(i: int) -> None:
+        if len(datas[i]) > settings.max_upload_bytes:
+            limit = settings.max_upload_bytes // 2**20
+            outcomes[i].error = PayloadTooLarge(f"The image is larger than the {limit} MiB upload limit.")
+            return
+        try:
+            prepared[i] = await anyio.to_thread.run_sync(
+                pipeline.prepare, datas[i], info, args.size, rect, settings.max_pixels, stage_ms[i],
+                limiter=state.limiter_threads,
+            )
+        except GatewayError as exc:
+            outcomes[i].error = exc
+
+    async with anyio.create_task_group() as group:
+        for i in range(len(datas)):
+            group.start_soon(prepare, i)
+    for ms in stage_ms:
+        for stage, value in ms.items():
+            timings[stage] = timings.get(stage, 0.0) + value
+
+    # same input shape → one Triton request (at most max_batch_size images)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, item in enumerate(prepared):
+        if item is not None:
+            groups.setdefault(item[1].shape, []).append(i)
+    batch = max(info.max_batch_size, 1)
+    chunks = [ids[j : j + batch] for ids in groups.values() for j in range(0, len(ids), batch)]
+    t1 = time.perf_counter()
+    results = await _gather([state.triton.infer_batch(info, [prepared[i][1] for i in ids]) for ids in chunks])  # type: ignore[index]
+    t2 = time.perf_counter()
+    timings["triton"] = (t2 - t1) * 1000
+    for ids, result in zip(chunks, results):
+        per_image = (t2 - t1) * 1000 / len(ids)
+        if isinstance(result, GatewayError):
+            for i in ids:
+                outcomes[i].error = result
+            continue
+        for k, i in enumerate(ids):
+            image, _, box = prepared[i]  # type: ignore[misc]
+            start = time.perf_counter()
+            outcomes[i].rows = await anyio.to_thread.run_sync(
+                pipeline.finish, info, {name: out[k] for name, out in result.items()}, box, args,
+                limiter=state.limiter_threads,
+            )
+            post = (time.perf_counter() - start) * 1000
+            outcomes[i].shape = (int(image.shape[0]), int(image.shape[1]))
+            outcomes[i].image = image if args.format != "json" else None
+            outcomes[i].speed = {
+                "preprocess": stage_ms[i].get("decode", 0.0) + stage_ms[i].get("letterbox", 0.0),
+                "inference": per_image,
+                "postprocess": post,
+            }
+            timings["postprocess"] = timings.get("postprocess", 0.0) + post
+    return outcomes
+
+
+async def _gather(calls: list[Any]) -> list[Any]:
+    """Await the calls concurrently; a GatewayError becomes that call's result instead of failing the others."""
+    results: list[Any] = [None] * len(calls)
+
+    async def one(k: int) -> None:
+        try:
+            results[k] = await calls[k]
+        except GatewayError as exc:
+            results[k] = exc
+
+    async with anyio.create_task_group() as group:
+        for k in range(len(calls)):
+            group.start_soon(one, k)
+    return results
+
+
+def _body(info: ModelInfo, args: PredictArgs, outcomes: list[Outcome], style: str) -> dict[str, Any]:
+    if style == "v2":
+        return images_body(info.name, info.task, args, [_image_entry(o) for o in outcomes])
+    if len(outcomes) == 1:
+        return success(outcomes[0].rows or [])
+    entries = [
+        {"success": True, "message": "Inference complete.", "data": o.rows}
+        if o.error is None
+        else {"success": False, "message": o.error.message, "status": o.error.status, "data": []}
+        for o in outcomes
+    ]
+    done = sum(o.error is None for o in outcomes)
+    return {"success": True, "message": f"Inference complete for {done} of {len(outcomes)} images.", "data": entries}
+
+
+def _image_entry(o: Outcome) -> dict[str, Any]:
+    if o.error is not None:
+        return {"results": [], "shape": None, "speed": None, "error": {"status": o.error.status, "message": o.error.message}}
+    speed = {k: round(v, 3) for k, v in o.speed.items()}
+    return {"results": o.rows, "shape": list(o.shape or ()), "speed": speed}
 
 
 async def list_models(request: Request) -> Response:
@@ -252,6 +416,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     routes = [
         Route("/v1/predict/{model_id:path}", predict, methods=["POST"]),
+        Route("/api/models/{slug:path}/predict", predict_platform, methods=["POST"]),
+        Route("/", predict_dedicated, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),
         *web.routes(),

@@ -125,8 +125,10 @@ class KeyStore:
                 return  # keep the last good set; a writer is mid-way or the file is broken
             self._stamp = stamp
 
-    def authenticate(self, key: str | None, model_id: str) -> KeyEntry:
-        """The key's entry, or Unauthorized/Forbidden. Constant-time in the secret."""
+    def authenticate(self, key: str | None, model_id: str | None) -> KeyEntry:
+        """The key's entry, or Unauthorized/Forbidden (`model_id` None: the model is not known yet, no scope check).
+
+        Constant-time in the secret."""
         if not key:
             raise Unauthorized("Missing API key. Send it in the 'x-api-key' header (create one with `make key`).")
         self._refresh()
@@ -135,6 +137,6 @@ class KeyStore:
         valid = hmac.compare_digest(hash_key(key), entry.hash if entry else _DUMMY_HASH)
         if entry is None or not valid or entry.revoked:
             raise Unauthorized("Invalid API key. Check the 'x-api-key' header; keys look like yk_<id>_<secret>.")
-        if entry.models is not None and model_id not in entry.models:
+        if model_id is not None and entry.models is not None and model_id not in entry.models:
             raise Forbidden(f"This API key is not allowed to use model '{model_id[:64]}'.")
         return entry

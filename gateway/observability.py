@@ -77,7 +77,7 @@ class RequestContext:
             await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
-            if self.metrics is not None and scope.get("path", "").startswith("/v1/predict/"):
+            if self.metrics is not None and context.get("predict"):
                 self.metrics.observe(context, status, elapsed)
             context.pop("timings", None)
             context.pop("bytes", None)

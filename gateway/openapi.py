@@ -32,13 +32,65 @@ _DETECTION = {
         "keypoints": {"type": "object", "required": ["x", "y"], "properties": {"x": _XY, "y": _XY, "visible": _XY}},
     },
 }
+# With several image parts, `data` holds one entry per image, each shaped like a one-image response
+_PER_IMAGE = {
+    "type": "object",
+    "required": ["success", "message", "data"],
+    "properties": {
+        "success": {"type": "boolean"},
+        "message": {"type": "string"},
+        "status": {"type": "integer"},
+        "data": {"type": "array", "maxItems": 300, "items": _DETECTION},
+    },
+}
 _PREDICTION = {
     "type": "object",
     "required": ["success", "message", "data"],
     "properties": {
         "success": {"const": True},
         "message": {"type": "string"},
-        "data": {"type": "array", "maxItems": 300, "items": _DETECTION},
+        "data": {
+            "oneOf": [
+                {"type": "array", "maxItems": 300, "items": _DETECTION},
+                {"type": "array", "minItems": 2, "maxItems": 8, "items": _PER_IMAGE},
+            ]
+        },
+    },
+}
+_IMAGE_RESULT = {
+    "type": "object",
+    "required": ["results", "shape", "speed"],
+    "properties": {
+        "results": {"type": "array", "maxItems": 300, "items": _DETECTION},
+        "shape": {"oneOf": [{"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2}, {"type": "null"}]},
+        "speed": {
+            "oneOf": [
+                {
+                    "type": "object",
+                    "required": ["preprocess", "inference", "postprocess"],
+                    "properties": {k: {"type": "number", "minimum": 0} for k in ("preprocess", "inference", "postprocess")},
+                },
+                {"type": "null"},
+            ]
+        },
+        "error": {
+            "type": "object",
+            "required": ["status", "message"],
+            "properties": {"status": {"type": "integer"}, "message": {"type": "string"}},
+        },
+    },
+}
+_IMAGES = {
+    "type": "object",
+    "required": ["images", "metadata"],
+    "properties": {
+        "images": {"type": "array", "minItems": 1, "items": _IMAGE_RESULT},
+        "metadata": {
+            "type": "object",
+            "required": ["model", "task", "imgsz", "conf", "iou"],
+            "properties": {"model": {"type": "string"}, "task": {"type": "string"}, "imgsz": {"type": "integer"},
+                           "conf": {"type": "number"}, "iou": {"type": "number"}},
+        },
     },
 }
 _MODEL = {
@@ -86,11 +138,31 @@ _ARGS = {
     "url": {"type": "string", "default": ""},
     "normalize": {"type": "boolean", "default": False},
 }
+# The newer Ultralytics API's argument names (the HUB v1 names are accepted too; IoU defaults to 0.7 there)
+_ARGS_V2 = {
+    "imgsz": _ARGS["size"],
+    "conf": _ARGS["confidence"],
+    "iou": {**_ARGS["iou"], "default": 0.7},
+    "url": _ARGS["url"],
+    "normalize": _ARGS["normalize"],
+}
+_V2_ERRORS = (400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 504)
+
+
+def _multipart(part: str, args: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    files = {"type": "array", "maxItems": 8, "items": {"type": "string", "format": "binary"}}
+    properties = {part: files, **args, **(extra or {})}
+    return {"required": False, "content": {"multipart/form-data": {"schema": {"type": "object", "properties": properties}}}}
 
 SPEC: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "YOLO Inference API", "version": "1", "description": "Ultralytics HUB compatible YOLO inference on Triton."},
-    "components": {"securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"}}},
+    "components": {
+        "securitySchemes": {
+            "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+            "bearer": {"type": "http", "scheme": "bearer"},
+        }
+    },
     "paths": {
         "/v1/predict/{model_id}": {
             "post": {
@@ -100,21 +172,32 @@ SPEC: dict[str, Any] = {
                     {"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}},
                     *({"name": k, "in": "query", "required": False, "schema": v} for k, v in _ARGS.items()),
                 ],
-                "requestBody": {
-                    "required": False,
-                    "content": {
-                        "multipart/form-data": {
-                            "schema": {
-                                "type": "object",
-                                "properties": {"image": {"type": "string", "format": "binary"}, **_ARGS},
-                            }
-                        }
-                    },
-                },
+                "requestBody": _multipart("image", _ARGS),
                 "responses": {
-                    "200": _json(_PREDICTION, "Detections, as Ultralytics' Results.summary()"),
-                    **_errors(400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 504),
+                    "200": _json(_PREDICTION, "Detections, as Ultralytics' Results.summary() (several images: one entry each)"),
+                    **_errors(*_V2_ERRORS),
                 },
+            }
+        },
+        "/api/models/{model_id}/predict": {
+            "post": {
+                "summary": "The newer Ultralytics API: one or more images, answered as {images, metadata}",
+                "description": "model_id may be an owner/project/model slug; its last segment names the model.",
+                "security": [{"apiKey": []}, {"bearer": []}],
+                "parameters": [
+                    {"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                    *({"name": k, "in": "query", "required": False, "schema": v} for k, v in _ARGS_V2.items()),
+                ],
+                "requestBody": _multipart("file", _ARGS_V2),
+                "responses": {"200": _json(_IMAGES, "One entry per image, in order"), **_errors(*_V2_ERRORS)},
+            }
+        },
+        "/": {
+            "post": {
+                "summary": "Dedicated-API style: the model in a `model` field (an id or a HUB model URL)",
+                "security": [{"apiKey": []}, {"bearer": []}],
+                "requestBody": _multipart("file", _ARGS_V2, {"model": {"type": "string"}}),
+                "responses": {"200": _json(_IMAGES, "One entry per image, in order"), **_errors(*_V2_ERRORS)},
             }
         },
         "/v1/models": {

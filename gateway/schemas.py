@@ -43,13 +43,27 @@ def _number(name: str, raw: str, kind: type, low: float, high: float) -> Any:
     return value
 
 
-def parse_args(fields: Mapping[str, str], default_size: int = 640) -> PredictArgs:
-    """PredictArgs from merged query/form fields (form wins; merged by the caller). Unknown fields are ignored."""
+# The newer Ultralytics API's names for the HUB v1 arguments, and its NMS IoU default (that of `YOLO.predict`).
+ALIASES = {"imgsz": "size", "conf": "confidence"}
+IOU_DEFAULT = {"v1": 0.45, "v2": 0.7}
+
+
+def parse_args(fields: Mapping[str, str], default_size: int = 640, style: str = "v1") -> PredictArgs:
+    """PredictArgs from merged query/form fields (form wins; merged by the caller). Unknown fields are ignored.
+
+    Both styles accept both spellings (`size`/`imgsz`, `confidence`/`conf`); only the IoU default differs.
+    """
+    fields = dict(fields)
+    for alias, name in ALIASES.items():
+        if fields.get(alias, "").strip():
+            if fields.get(name, "").strip():
+                raise BadRequest(f"Both '{alias}' and '{name}' were given; they are the same argument, send one.")
+            fields[name] = fields[alias]
     size = default_size
     if fields.get("size", "").strip():
         size = _number("size", fields["size"], int, *SIZE_RANGE)
     confidence = _number("confidence", fields["confidence"], float, *CONFIDENCE_RANGE) if fields.get("confidence", "").strip() else 0.25
-    iou = _number("iou", fields["iou"], float, *IOU_RANGE) if fields.get("iou", "").strip() else 0.45
+    iou = _number("iou", fields["iou"], float, *IOU_RANGE) if fields.get("iou", "").strip() else IOU_DEFAULT[style]
     normalize = _flag(fields, "normalize")
     agnostic = _flag(fields, "agnostic")
     max_det = _number("max_det", fields["max_det"], int, *MAX_DET_RANGE) if fields.get("max_det", "").strip() else 300
@@ -76,3 +90,19 @@ def _flag(fields: Mapping[str, str], name: str) -> bool:
 
 def success(data: list[dict[str, Any]]) -> dict[str, Any]:
     return {"success": True, "message": "Inference complete.", "data": data}
+
+
+def images_body(model: str, task: str, args: PredictArgs, images: list[dict[str, Any]]) -> dict[str, Any]:
+    """The newer Ultralytics API's response: one entry per image, and the arguments used."""
+    metadata: dict[str, Any] = {
+        "model": model,
+        "task": task,
+        "imgsz": args.size,
+        "conf": args.confidence,
+        "iou": args.iou,
+        "max_det": args.max_det,
+        "classes": list(args.classes) if args.classes is not None else None,
+        "agnostic": args.agnostic,
+        "normalize": args.normalize,
+    }
+    return {"images": images, "metadata": metadata}

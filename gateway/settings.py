@@ -25,6 +25,7 @@ class Settings:
     url_allow_hosts: tuple[str, ...] = field(default_factory=tuple)  # hosts exempt from the private-address guard
     model_cache_s: float = 10.0  # how long a model's config from Triton is reused
     workers: int = 4  # threads for decode/letterbox/post-processing
+    max_images: int = 8  # image parts per request (they share the max_upload_bytes request limit)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:

@@ -167,15 +167,16 @@ class Triton:
         except InferenceServerException:
             return False
 
-    async def infer(self, info: ModelInfo, tensor: NDArray[Any]) -> dict[str, NDArray[np.float32]]:
-        """Run one image (batch of 1) and return the raw outputs, batch dimension dropped."""
-        dtype = "UINT8" if tensor.dtype == np.uint8 else "FP32"
-        inp = grpcclient.InferInput(info.input_name, [1, *tensor.shape], dtype)
-        inp.set_data_from_numpy(tensor[None])
+    async def infer_batch(self, info: ModelInfo, tensors: list[NDArray[Any]]) -> dict[str, NDArray[np.float32]]:
+        """Run same-shaped images (model inputs without batch dim) as one request; outputs keep the batch dim."""
+        batch = tensors[0][None] if len(tensors) == 1 else np.stack(tensors)
+        dtype = "UINT8" if batch.dtype == np.uint8 else "FP32"
+        inp = grpcclient.InferInput(info.input_name, list(batch.shape), dtype)
+        inp.set_data_from_numpy(batch)
         outputs = [grpcclient.InferRequestedOutput(name) for name in info.outputs]
         try:
             result = await self.client.infer(info.name, [inp], outputs=outputs, client_timeout=self.timeout_s)
         except InferenceServerException as exc:
             self._models.pop(info.name, None)
             raise to_gateway_error(exc, info.name) from None
-        return {name: result.as_numpy(name)[0] for name in info.outputs}
+        return {name: result.as_numpy(name) for name in info.outputs}
