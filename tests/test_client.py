@@ -504,7 +504,10 @@ def test_predict_many_returns_one_result_or_error_per_image_in_order(
 ) -> None:
     array = cv2.imread(str(images["zidane"]))
     with _client(gateway) as client:
-        results = client.predict_many("yolov8n", [images["bus"], CORRUPT_PNG, array, images["tiny"].read_bytes()])
+        # iou given: the batch route's default is 0.7 (that of YOLO.predict), v1's is 0.45
+        results = client.predict_many(
+            "yolov8n", [images["bus"], CORRUPT_PNG, array, images["tiny"].read_bytes()], iou=0.45
+        )
         singles = [client.predict("yolov8n", s) for s in (images["bus"], array, images["tiny"])]
     assert len(results) == 4
     bad = results[1]
@@ -541,6 +544,25 @@ def test_async_predict_many_matches_the_sync_one(batch_route: None, gateway: Gat
         r.raw["results"] for r in want if isinstance(r, Prediction)
     ]
     assert len(got) == 2 and all(isinstance(r, Prediction) and r.task == "segment" for r in got)
+
+
+def test_predict_many_reports_each_error_when_every_image_fails(batch_route: None, gateway: Gateway) -> None:
+    """The server answers a batch with no good image by the first image's error; the client still gives one each."""
+    sources = [CORRUPT_PNG, b"just some text", CORRUPT_PNG]
+    with _client(gateway) as client:
+        results = client.predict_many("yolov8n", sources)
+
+    async def scenario() -> list[Prediction | ApiError]:
+        async with AsyncClient(gateway.url, gateway.key) as aclient:
+            return await aclient.predict_many("yolov8n", sources)
+
+    for got in (results, asyncio.run(scenario())):
+        assert [(type(r), getattr(r, "status", None)) for r in got] == [
+            (InvalidRequest, 422),
+            (InvalidRequest, 415),
+            (InvalidRequest, 422),
+        ]
+        assert all("Image 1 of" not in r.message for r in got if isinstance(r, ApiError))
 
 
 def test_predict_many_refuses_urls() -> None:

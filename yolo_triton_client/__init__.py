@@ -1,9 +1,6 @@
 """Python client for the YOLO Inference API (Ultralytics HUB v1 compatible), sync and async, with retries.
 
-from yolo_triton_client import Client
-with Client("http://127.0.0.1:8000", "yk_...") as client:
-    for d in client.predict("yolov8n", "bus.jpg").detections:
-        print(d.name, d.confidence, d.box.xyxy)
+See the README's "Python client" section; `Client.predict` returns a typed `Prediction`, `to_supervision` converts it.
 """
 
 from yolo_triton_client.client import AsyncClient, Client

@@ -1,7 +1,6 @@
 """`Client` and `AsyncClient`: the same calls, over one pooled httpx connection each, with retries.
 
-with Client("http://127.0.0.1:8000", "yk_...") as client:
-    prediction = client.predict("yolov8n", "bus.jpg", confidence=0.4)
+Usage: `with Client("http://127.0.0.1:8000", "yk_...") as client: client.predict("yolov8n", "bus.jpg")`.
 """
 
 from __future__ import annotations
@@ -22,6 +21,9 @@ from yolo_triton_client.sources import Source, Upload, is_url, load
 
 USER_AGENT = "yolo-triton-client/0.1"
 BATCH_SIZE = 8  # the server's default limit of `file` parts per batch request
+# A batch whose every image failed is answered with the first image's error instead of one entry per image; these
+# statuses can be one image's fault (or the images' total size), so such a batch is resent one image at a time.
+IMAGE_STATUSES = frozenset({413, 415, 422})
 Files: TypeAlias = list[tuple[str, tuple[str, bytes, str]]]
 
 
@@ -136,17 +138,29 @@ class Client(_Base):
     ) -> list[Prediction | ApiError]:
         """One Prediction, or the ApiError for an image the server refused, per source, in order.
 
-        Sources go `batch_size` at a time to `POST /api/models/{model}/predict` as repeated `file` parts."""
+        Sources go `batch_size` at a time to `POST /api/models/{model}/predict` as repeated `file` parts. That route's
+        defaults are Ultralytics' `YOLO.predict` ones (iou 0.7, where v1's is 0.45): pass `iou` to pin it."""
         fields = _batch_fields(_v1_fields(size, confidence, iou, max_det, classes, agnostic, normalize))
         items = _batch_sources(sources)
         out: list[Prediction | ApiError] = []
         for start in range(0, len(items), batch_size):
-            uploads = _load_all(items[start : start + batch_size])
+            out += self._batch(model, fields, _load_all(items[start : start + batch_size]), bool(normalize))
+        return out
+
+    def _batch(
+        self, model: str, fields: dict[str, str], uploads: list[Upload], normalized: bool
+    ) -> list[Prediction | ApiError]:
+        try:
             response = self._send(
                 "POST", f"/api/models/{quote(model, safe='')}/predict", fields, _files(uploads, "file")
             )
-            out += predictions_from_batch(model, response.json(), bool(normalize))
-        return out
+        except ApiError as error:
+            if error.status not in IMAGE_STATUSES:
+                raise
+            if len(uploads) == 1:
+                return [error]
+            return [r for u in uploads for r in self._batch(model, fields, [u], normalized)]
+        return predictions_from_batch(model, response.json(), normalized)
 
     def models(self) -> list[dict[str, Any]]:
         """The models the server has ready, as `GET /v1/models` lists them: id, task, names, default_size, ..."""
@@ -234,11 +248,23 @@ class AsyncClient(_Base):
         out: list[Prediction | ApiError] = []
         for start in range(0, len(items), batch_size):
             uploads = await anyio.to_thread.run_sync(_load_all, items[start : start + batch_size])
+            out += await self._batch(model, fields, uploads, bool(normalize))
+        return out
+
+    async def _batch(
+        self, model: str, fields: dict[str, str], uploads: list[Upload], normalized: bool
+    ) -> list[Prediction | ApiError]:
+        try:
             response = await self._send(
                 "POST", f"/api/models/{quote(model, safe='')}/predict", fields, _files(uploads, "file")
             )
-            out += predictions_from_batch(model, response.json(), bool(normalize))
-        return out
+        except ApiError as error:
+            if error.status not in IMAGE_STATUSES:
+                raise
+            if len(uploads) == 1:
+                return [error]
+            return [r for u in uploads for r in await self._batch(model, fields, [u], normalized)]
+        return predictions_from_batch(model, response.json(), normalized)
 
     async def models(self) -> list[dict[str, Any]]:
         data = (await self._send("GET", "/v1/models")).json().get("data")
