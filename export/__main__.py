@@ -25,6 +25,7 @@ def _serving(args: argparse.Namespace) -> Serving:
         preferred_batch_sizes=base.preferred_batch_sizes,
         trt_fp16=not args.fp32,
         intra_op_threads=args.threads,
+        intra_op_spinning=base.intra_op_spinning if args.spinning is None else args.spinning == "on",
     )
 
 
@@ -36,6 +37,10 @@ def _add_serving_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queue-delay-us", type=int, default=None, help="dynamic batcher max_queue_delay_microseconds")
     p.add_argument("--max-queue-size", type=int, default=0, help="dynamic batcher queue bound; beyond it Triton rejects")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads for the python target (0: all cores)")
+    p.add_argument(
+        "--spinning", choices=("on", "off"), default=None,
+        help="python target: ONNX Runtime's idle intra-op threads spin-wait (default per target)",
+    )
     p.add_argument("--fp32", action="store_true", help="TensorRT (engine or ORT accelerator) in FP32 instead of FP16")
     p.add_argument("--no-fuse", action="store_true", help="serve the raw float32 NCHW graph instead of fusing preprocessing")
     p.add_argument("--no-compact", action="store_true", help="return every class score per anchor (Ultralytics' raw output0)")

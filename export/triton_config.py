@@ -55,6 +55,7 @@ class Serving:
     preferred_batch_sizes: tuple[int, ...] = ()
     trt_fp16: bool = True
     intra_op_threads: int = 0  # 0: ONNX Runtime decides
+    intra_op_spinning: bool = True  # ONNX Runtime's idle threads spin-wait (fast hand-off, but burns shared cores)
 
 
 def serving_defaults(target: Target) -> Serving:
@@ -107,6 +108,7 @@ def parameters(spec: ModelSpec, serving: Serving) -> dict[str, str]:
     if serving.target == "python":
         params["onnx_file"] = MODEL_FILES["python"]
         params["intra_op_threads"] = str(serving.intra_op_threads)
+        params["intra_op_spinning"] = "1" if serving.intra_op_spinning else "0"
     params.update(spec.extra)
     return params
 

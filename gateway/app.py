@@ -146,6 +146,7 @@ async def _handle(request: Request, model_id: str | None, style: str) -> Respons
         form = await parse_form(request, body, settings.max_images)
         try:
             images, fields = _collect(request, form, style)
+            state.limiter.charge(entry.id, entry.rate, len(images) - 1)  # each image costs one token
             if model_id is None:
                 model_id = model_from_slug(fields.get("model", ""))
                 if not model_id:

@@ -179,3 +179,17 @@ def test_model_scope_is_enforced_when_the_model_comes_from_the_body(gateway: Gat
     assert r.status_code == 403 and "yolov8n" in r.json()["message"]
     r = requests.post(gateway.url, headers={"x-api-key": key}, data={"model": "yolov8n-pose", "conf": 0.01}, files=files, timeout=60)
     assert r.status_code == 200, r.text
+
+
+def test_each_image_counts_against_the_rate_limit(gateway: Gateway, images: dict[str, Path]) -> None:
+    import time
+
+    from gateway.auth import create_key
+
+    _, key = create_key(gateway.keys_file, "one-per-two-seconds", rate=0.5)  # 3 images: 4 s of debt
+    time.sleep(1.2)  # the gateway re-reads the keys file at most every second
+    three = [("image", (f"{i}.png", images["tiny"].read_bytes())) for i in range(3)]
+    r = gateway.predict("yolov8n", files=three, data={"confidence": 0.01}, headers={"x-api-key": key})
+    assert r.status_code == 200, r.text
+    r = gateway.predict("yolov8n", files=three[:1], data={"confidence": 0.01}, headers={"x-api-key": key})
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1

@@ -25,6 +25,9 @@ class TritonPythonModel:
         threads = int(params.get("intra_op_threads", "0"))
         if threads > 0:
             options.intra_op_num_threads = threads
+        # Idle intra-op threads spin-wait for the next run by default; on a host whose cores the gateway shares,
+        # that spinning takes CPU from JPEG decoding and post-processing ("0" turns it off).
+        options.add_session_config_entry("session.intra_op.allow_spinning", params.get("intra_op_spinning", "1"))
         available = ort.get_available_providers()
         providers = ["CPUExecutionProvider"]
         if args.get("model_instance_kind") == "GPU" and "CUDAExecutionProvider" in available:
