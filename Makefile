@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TEST_TOOLS := $(VENV)/.test-tools
 export OPENCV_IO_MAX_IMAGE_PIXELS ?= 1073741824
 
-.PHONY: install export fixtures serve test key demo bench bench-quick deploy-check clean
+.PHONY: install export fixtures serve test key demo bench bench-quick bench-tools deploy-check clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 || (echo "installing python3-venv"; apt-get update -qq && apt-get install -y -qq python3-venv)
@@ -50,6 +50,10 @@ bench: install
 
 bench-quick: install
 	$(PY) -m bench run --quick $(BENCH_ARGS)
+
+# Triton's perf_analyzer for `--modes ...,perf-analyzer` (downloads under .triton/perf-analyzer, apt-installs libb64-0d).
+bench-tools: install
+	$(PY) -m bench tools
 
 deploy-check: install
 	$(PY) deploy/check.py

@@ -1,9 +1,14 @@
 """Benchmark harness: the gateway beside bare Triton, in-process ONNX Runtime and an Ultralytics server, in one run.
 
     python -m bench run [--quick] [--models yolov8n,yolov8n-seg] [--concurrency 1,2,4,8,16,32] [--rate 5]
+    python -m bench tools    # installs Triton's perf_analyzer under .triton/perf-analyzer (for --modes ...,perf-analyzer)
 
 Writes results.json, results.md and chart.png under bench/results/<timestamp>/ and prints the folder.
 Loopback only; every level is bounded by --requests and --seconds; warm-up first; --repeats runs per level.
+The opt-in mode perf-analyzer measures the same bare Triton with Triton's own perf_analyzer (tritonclient 2.51.0
+wheel's binary, installed on first use): same prepared tensor, gRPC, one run per level made of 3 time windows that
+fill --seconds (it counts every request completing in them; --requests does not cap it), with Triton's server-side
+queue/compute split in the report.
 """
 
 from __future__ import annotations
@@ -22,11 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
-from bench import load, report, stack
+from bench import load, perf_analyzer, report, stack
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = ("gateway", "triton", "onnxruntime", "ultralytics-server")
+OPT_IN_MODES = ("perf-analyzer",)  # needs a tool installed from PyPI and Debian on first use
 
 
 def log(message: str) -> None:
@@ -93,30 +100,46 @@ def parse_timing(header: str) -> dict[str, float]:
     return out
 
 
+def level_row(c: int, summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result row from --repeats run summaries at concurrency c: median throughput, the best run's latencies."""
+    best = max(summaries, key=lambda s: s["throughput"])
+    throughputs = [s["throughput"] for s in summaries]
+    row = {
+        "concurrency": c,
+        **{k: best[k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "stages_ms")},
+        "throughput": statistics.median(throughputs),
+        "throughput_min": min(throughputs),
+        "throughput_max": max(throughputs),
+        "requests": sum(s["requests"] for s in summaries),
+        "errors": sum(s["errors"] for s in summaries),
+        "statuses": summaries[-1]["statuses"],
+    }
+    log(f"  c={c:<3} {row['throughput']:7.2f} img/s  p50 {best['p50_ms']:7.1f} ms  p99 {best['p99_ms']:7.1f} ms  errors {row['errors']}")
+    return row
+
+
 async def measure(call: load.Call, levels: list[int], args: argparse.Namespace) -> list[dict[str, Any]]:
     for _ in range(args.warmup):
         await call()
     rows = []
     for c in levels:
         runs = [await load.closed_loop(call, c, args.requests, args.seconds) for _ in range(args.repeats)]
-        summaries = [r.summary() for r in runs]
-        best = max(summaries, key=lambda s: s["throughput"])
-        throughputs = [s["throughput"] for s in summaries]
-        rows.append({
-            "concurrency": c,
-            **{k: best[k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "stages_ms")},
-            "throughput": statistics.median(throughputs),
-            "throughput_min": min(throughputs),
-            "throughput_max": max(throughputs),
-            "requests": sum(s["requests"] for s in summaries),
-            "errors": sum(s["errors"] for s in summaries),
-            "statuses": summaries[-1]["statuses"],
-        })
-        log(f"  c={c:<3} {rows[-1]['throughput']:7.2f} img/s  p50 {best['p50_ms']:7.1f} ms  p99 {best['p99_ms']:7.1f} ms  errors {rows[-1]['errors']}")
+        rows.append(level_row(c, [r.summary() for r in runs]))
     return rows
 
 
-async def bench_model(model: str, repo: Path, photo: Path, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
+def measure_perf_analyzer(tool: perf_analyzer.Tool, model: str, url: str, tensor: NDArray[np.uint8], workdir: Path, levels: list[int], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Rows like `measure`'s, from one perf_analyzer process per level and repeat. tensor: (H, W, 3) uint8, as sent."""
+    data = perf_analyzer.write_input(tensor, workdir / f"perf-analyzer-{model}" / "input")
+    if args.warmup:
+        perf_analyzer.warm_up(tool, model, url, tensor.shape, data, args.warmup)
+    rows = []
+    for c in levels:
+        rows.append(level_row(c, [perf_analyzer.level(tool, model, url, tensor.shape, data, c, args.seconds) for _ in range(args.repeats)]))
+    return rows
+
+
+async def bench_model(model: str, repo: Path, photo: Path, workdir: Path, args: argparse.Namespace, pa: perf_analyzer.Tool | None) -> dict[str, Any]:
     import cv2
     import httpx
     import onnxruntime as ort
@@ -133,7 +156,8 @@ async def bench_model(model: str, repo: Path, photo: Path, workdir: Path, args: 
 
     with contextlib.ExitStack() as running:
         gateway_url, triton_url, key = args.gateway_url, args.triton_url, args.api_key
-        local = ("gateway" in args.modes and not gateway_url) or ("triton" in args.modes and not triton_url)
+        bare = "triton" in args.modes or "perf-analyzer" in args.modes
+        local = ("gateway" in args.modes and not gateway_url) or (bare and not triton_url)
         if local:
             triton, gw, local_key = running.enter_context(stack.triton_and_gateway(repo, workdir, args.letterbox))
             if not gateway_url:
@@ -170,6 +194,15 @@ async def bench_model(model: str, repo: Path, photo: Path, workdir: Path, args: 
             out["modes"]["triton"] = await measure(via_triton, levels, args)
             out["bytes_sent"]["triton"] = int(tensor.nbytes)
             await client.close()
+
+        if pa is not None:
+            log(f"{model}: perf-analyzer (Triton's perf_analyzer, the same uint8 tensor over gRPC, {perf_analyzer.window_ms(args.seconds)} ms windows)")
+            try:
+                out["modes"]["perf-analyzer"] = await asyncio.to_thread(measure_perf_analyzer, pa, model, triton_url, boxed, workdir, levels, args)
+            except perf_analyzer.RunError as exc:  # the other modes' results are still worth writing
+                log(f"{model}: perf-analyzer failed: {exc}")
+                out.setdefault("failures", {})["perf-analyzer"] = str(exc)
+            out["bytes_sent"]["perf-analyzer"] = int(boxed.nbytes)
 
     if "onnxruntime" in args.modes:
         log(f"{model}: onnxruntime (in-process, source.onnx, prepared float32 tensor)")
@@ -256,10 +289,11 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("tools", help="install perf_analyzer (tritonclient 2.51.0 wheel's binary, libb64-0d, a CUDA 12 runtime) under .triton/perf-analyzer")
     run = sub.add_parser("run", help="run the benchmark")
     run.add_argument("--quick", action="store_true", help="small, CI-sized run (< 3 minutes here)")
     run.add_argument("--models", default="yolov8n,yolov8n-seg,yolov8n-pose")
-    run.add_argument("--modes", default=",".join(MODES))
+    run.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, from {', '.join(MODES + OPT_IN_MODES)}; default: all but perf-analyzer, which is opt-in (it installs Triton's perf_analyzer on first use)")
     run.add_argument("--concurrency", default="1,2,4,8,16,32")
     run.add_argument("--requests", type=int, default=200, help="requests per run (upper bound)")
     run.add_argument("--seconds", type=float, default=20, help="seconds per run (upper bound)")
@@ -276,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--triton-url", default="", help="measure this running Triton (gRPC host:port) instead of a local one")
     run.add_argument("--label", default="", help="what is measured, for the report (e.g. 'H100, tensorrt FP16')")
     args = parser.parse_args(argv)
+    if args.command == "tools":
+        return _tools()
     if args.quick:
         args.concurrency, args.requests, args.seconds, args.repeats, args.warmup = "1,4", 24, 8, 1, 2
         args.models = "yolov8n" if args.models == run.get_default("models") else args.models
@@ -283,9 +319,15 @@ def main(argv: list[str] | None = None) -> int:
     args.modes = [m for m in args.modes.split(",") if m]
     if args.gateway_url and not args.api_key:
         parser.error("--gateway-url needs --api-key")
-    unknown = set(args.modes) - set(MODES)
+    unknown = set(args.modes) - set(MODES + OPT_IN_MODES)
     if unknown:
-        parser.error(f"unknown mode(s) {sorted(unknown)}; choose from {', '.join(MODES)}")
+        parser.error(f"unknown mode(s) {sorted(unknown)}; choose from {', '.join(MODES + OPT_IN_MODES)}")
+    pa = None
+    if "perf-analyzer" in args.modes:
+        try:  # before anything starts: a missing tool should cost seconds, not a half-finished run
+            pa = perf_analyzer.install(say=log)
+        except perf_analyzer.ToolError as exc:
+            parser.exit(2, f"[bench] perf-analyzer mode: {exc}\n")
 
     folder = args.out / time.strftime("%Y%m%d-%H%M%S")
     folder.mkdir(parents=True, exist_ok=True)
@@ -293,9 +335,11 @@ def main(argv: list[str] | None = None) -> int:
     repo = repository(args, models)
     photo = photo_1080p(folder)
     results: dict[str, Any] = {"environment": environment(args), "models": []}
+    if pa is not None:
+        results["environment"]["versions"]["perf_analyzer"] = perf_analyzer.version(pa)
     started = time.perf_counter()
     for model in models:
-        results["models"].append(asyncio.run(bench_model(model, repo, photo, folder, args)))
+        results["models"].append(asyncio.run(bench_model(model, repo, photo, folder, args, pa)))
     results["environment"]["wall_seconds"] = round(time.perf_counter() - started, 1)
     results["ratios"] = report.ratios(results)
     (folder / "results.json").write_text(json.dumps(results, indent=2))
@@ -303,6 +347,17 @@ def main(argv: list[str] | None = None) -> int:
     report.chart(results, folder / "chart.png")
     print(report.markdown(results))
     print(f"results: {folder}")
+    return 1 if any(m.get("failures") for m in results["models"]) else 0
+
+
+def _tools() -> int:
+    started = time.perf_counter()
+    try:
+        tool = perf_analyzer.install(say=log)
+    except perf_analyzer.ToolError as exc:
+        log(str(exc))
+        return 2
+    log(f"perf_analyzer {perf_analyzer.version(tool)} at {tool.binary}, ready in {time.perf_counter() - started:.1f} s")
     return 0
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench.perf_analyzer import STAGES as PERF_ANALYZER_STAGES
+
 OVERHEAD_STAGES = ("decode", "letterbox", "postprocess", "json_and_http")
 OVERHEAD_TARGET_MS = {"segment": 15.0}
 
@@ -22,7 +24,7 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for m in results["models"]:
         modes, r = m["modes"], {}
-        gw, ort, tr, ul = (modes.get(k) for k in ("gateway", "onnxruntime", "triton", "ultralytics-server"))
+        gw, ort, tr, ul, pa = (modes.get(k) for k in ("gateway", "onnxruntime", "triton", "ultralytics-server", "perf-analyzer"))
         if gw and ort:
             r["gateway_vs_onnxruntime_throughput"] = {"value": round(_best(gw)["throughput"] / _best(ort)["throughput"], 3), "goal": ">= 0.90"}
             g1, o1 = _at(gw, 1), _at(ort, 1)
@@ -44,6 +46,11 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
             pairs = [(g, _at(tr, g["concurrency"])) for g in gw]
             r["gateway_p99_over_triton_p99"] = {
                 str(g["concurrency"]): round(g["p99_ms"] / t["p99_ms"], 2) for g, t in pairs if t and t["p99_ms"]
+            }
+        if tr and pa:
+            # The two bare-Triton baselines (our async Python client, Triton's perf_analyzer) should agree.
+            r["triton_client_over_perf_analyzer_throughput"] = {
+                str(t["concurrency"]): round(t["throughput"] / p["throughput"], 2) for t in tr if (p := _at(pa, t["concurrency"])) and p["throughput"]
             }
         if "parity" in m:
             r["parity_fraction"] = {"value": m["parity"]["fraction"], "goal": "1.0"}
@@ -76,6 +83,14 @@ def markdown(results: dict[str, Any]) -> str:
         gw = m["modes"].get("gateway")
         if gw:
             lines += ["", "Gateway stages (ms per request, from Server-Timing): " + ", ".join(f"c={r['concurrency']}: " + " ".join(f"{k} {v:.1f}" for k, v in r["stages_ms"].items()) for r in gw[:2])]
+        pa = m["modes"].get("perf-analyzer")
+        if pa:
+            lines += ["", "Bare Triton as perf_analyzer sees it (ms per request, its CSV columns; the server ones are Triton's own statistics):", "",
+                      "| conc. | " + " | ".join(PERF_ANALYZER_STAGES) + " | Avg latency |", "|---:|" + "---:|" * (len(PERF_ANALYZER_STAGES) + 1)]
+            for r in pa:
+                lines.append(f"| {r['concurrency']} | " + " | ".join(f"{r['stages_ms'].get(k, float('nan')):.1f}" for k in PERF_ANALYZER_STAGES.values()) + f" | {r['mean_ms']:.1f} |")
+        for mode, why in m.get("failures", {}).items():
+            lines += ["", f"{mode} failed: {' '.join(why.split())[:400]}"]
         if "parity" in m:
             p = m["parity"]
             lines += ["", f"Parity with Ultralytics: {p['matched']}/{p['cases']} responses match." + (" Failures: " + "; ".join(p["failures"]) if p["failures"] else "")]

@@ -39,3 +39,51 @@ def test_quick_benchmark_runs_and_reports_sane_numbers(tmp_path: Path, repositor
     assert model["open_loop"]["errors"] == 0
     assert model["bytes_sent"]["gateway"] > 0 and model["bytes_sent"]["triton"] > 0
     assert "gateway_vs_onnxruntime_throughput" in results["ratios"]["yolov8n"]
+
+
+# perf_analyzer 2.51's -f CSV for one level (microseconds), as written by a run of the perf-analyzer mode here.
+PERF_ANALYZER_CSV = """\
+Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,Server Compute Input,Server Compute Infer,Server Compute Output,Client Recv,p50 latency,p90 latency,p95 latency,p99 latency,Avg latency,request/response,response wait
+2,5.12925,146,0,64361,320,309112,3159,3,343849,529555,695794,1074609,375736,149,379577
+"""
+
+
+def test_perf_analyzer_csv_becomes_a_result_row_in_milliseconds_with_the_server_split() -> None:
+    from bench import perf_analyzer
+
+    parsed = perf_analyzer.parse_csv(PERF_ANALYZER_CSV)
+    assert list(parsed) == [2]
+    summary = parsed[2]
+    got = (summary["throughput"], summary["p50_ms"], summary["p90_ms"], summary["p99_ms"], summary["mean_ms"])
+    assert got == pytest.approx((5.129, 343.849, 529.555, 1074.609, 375.736), abs=0.01)
+    assert summary["stages_ms"]["server_queue"] == 64.361 and summary["stages_ms"]["server_compute_infer"] == 309.112
+    assert set(summary["stages_ms"]) == set(perf_analyzer.STAGES.values())
+
+
+def test_perf_analyzer_mode_measures_bare_triton_with_the_prepared_tensor(tmp_path: Path, repository: Path) -> None:
+    from bench import perf_analyzer
+
+    try:
+        perf_analyzer.install()
+    except perf_analyzer.ToolError as exc:
+        pytest.skip(f"perf_analyzer (tritonclient 2.51.0 wheel, libb64-0d, CUDA 12 runtime) cannot be installed here: {exc}")
+    out = subprocess.run(
+        [sys.executable, "-m", "bench", "run", "--models", "yolov8n", "--modes", "perf-analyzer", "--concurrency", "1,2",
+         "--seconds", "3", "--repeats", "1", "--warmup", "1", "--repository", str(repository), "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    folder = Path(out.stdout.strip().splitlines()[-1].removeprefix("results: "))
+    results = json.loads((folder / "results.json").read_text())
+    assert results["environment"]["versions"]["perf_analyzer"].startswith("2.51.0")
+    (model,) = results["models"]
+    rows = model["modes"]["perf-analyzer"]
+    assert [r["concurrency"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["errors"] == 0 and r["requests"] > 0, r
+        assert 0 < r["throughput"] < 10_000 and 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"], r
+        assert r["stages_ms"]["server_compute_infer"] > 0, r
+    # The tensor the gateway would send for the 1080p photo at size 640 (rect letterbox: 384x640x3), byte for byte.
+    sent = (folder / "perf-analyzer-yolov8n" / "input" / "image").read_bytes()
+    assert len(sent) == model["bytes_sent"]["perf-analyzer"] == 384 * 640 * 3
+    assert "Server Queue" in (folder / "results.md").read_text()
