@@ -16,6 +16,16 @@ _ERROR = {
     },
 }
 _XY = {"type": "array", "items": {"type": "number"}}
+_BOX = {  # detect, segment, pose: corners clipped to the image
+    "type": "object",
+    "required": ["x1", "y1", "x2", "y2"],
+    "properties": {k: {"type": "number", "minimum": 0} for k in ("x1", "y1", "x2", "y2")},
+}
+_ORIENTED_BOX = {  # obb: four corners, not clipped (a rotated box may reach past the image edge)
+    "type": "object",
+    "required": [f"{a}{i}" for i in range(1, 5) for a in "xy"],
+    "properties": {f"{a}{i}": {"type": "number"} for i in range(1, 5) for a in "xy"},
+}
 _DETECTION = {
     "type": "object",
     "required": ["name", "class", "confidence", "box"],
@@ -23,14 +33,20 @@ _DETECTION = {
         "name": {"type": "string"},
         "class": {"type": "integer", "minimum": 0},
         "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-        "box": {
-            "type": "object",
-            "required": ["x1", "y1", "x2", "y2"],
-            "properties": {k: {"type": "number", "minimum": 0} for k in ("x1", "y1", "x2", "y2")},
-        },
+        "box": {"anyOf": [_BOX, _ORIENTED_BOX]},
         "segments": {"type": "object", "required": ["x", "y"], "properties": {"x": _XY, "y": _XY}},
         "keypoints": {"type": "object", "required": ["x", "y"], "properties": {"x": _XY, "y": _XY, "visible": _XY}},
     },
+}
+_CLASS = {  # classify: the top five classes, no box
+    "type": "object",
+    "required": ["name", "class", "confidence"],
+    "properties": {
+        "name": {"type": "string"},
+        "class": {"type": "integer", "minimum": 0},
+        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+    },
+    "additionalProperties": False,
 }
 _PREDICTION = {
     "type": "object",
@@ -38,7 +54,7 @@ _PREDICTION = {
     "properties": {
         "success": {"const": True},
         "message": {"type": "string"},
-        "data": {"type": "array", "maxItems": 300, "items": _DETECTION},
+        "data": {"type": "array", "maxItems": 300, "items": {"anyOf": [_DETECTION, _CLASS]}},
     },
 }
 _MODEL = {
@@ -46,7 +62,7 @@ _MODEL = {
     "required": ["id", "task", "names", "default_size", "backend", "untrained"],
     "properties": {
         "id": {"type": "string"},
-        "task": {"enum": ["detect", "segment", "pose"]},
+        "task": {"enum": ["detect", "segment", "pose", "obb", "classify"]},
         "names": {"type": "object", "additionalProperties": {"type": "string"}},
         "default_size": {"type": "integer"},
         "stride": {"type": "integer"},
@@ -112,7 +128,7 @@ SPEC: dict[str, Any] = {
                     },
                 },
                 "responses": {
-                    "200": _json(_PREDICTION, "Detections, as Ultralytics' Results.summary()"),
+                    "200": _json(_PREDICTION, "Detections or top-5 classes, as Ultralytics' Results.summary()"),
                     **_errors(400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 504),
                 },
             }
