@@ -39,6 +39,7 @@ DATASETS = {"classify": "ImageNet.yaml", "obb": "DOTAv1.yaml"}
 # leaves bus.jpg below the 300-detection cap. Few active classes make class-aware NMS suppress like a real model.
 TARGET_DETECTIONS = (4, 16)
 ACTIVE_CLASSES = 8
+MAX_CANDIDATES = 2000  # anchors over the threshold beyond which the count is "too many" (of 8400 at 640)
 # Classifiers: the top class gets this much probability on the peakier photo, so neither photo saturates at 1.0.
 TARGET_TOP1 = (0.3, 0.6)
 
@@ -133,6 +134,7 @@ def _tune_class_biases(yolo: "YOLO", seed: int) -> None:  # noqa: F821
     """Bisect a common classification-bias shift until zidane.jpg gets TARGET_DETECTIONS boxes at confidence 0.25."""
     import cv2
     import torch
+    from ultralytics.data.augment import LetterBox
     from ultralytics.utils import ASSETS
 
     head = yolo.model.model[-1]
@@ -141,11 +143,20 @@ def _tune_class_biases(yolo: "YOLO", seed: int) -> None:  # noqa: F821
     offsets[torch.randperm(head.nc, generator=generator)[: min(ACTIVE_CLASSES, head.nc)]] = 0.0
     base = [seq[-1].bias.detach().clone() for seq in head.cv3]
     photo = cv2.imread(str(ASSETS / "zidane.jpg"))
+    boxed = LetterBox((640, 640), auto=True, stride=32)(image=photo)
+    tensor = torch.from_numpy(boxed[..., ::-1].transpose(2, 0, 1).copy())[None].float() / 255
 
     def count(shift: float) -> int:
         with torch.no_grad():
             for seq, bias in zip(head.cv3, base):
                 seq[-1].bias.copy_(bias + offsets + shift)
+            # Rotated NMS (obb) is quadratic in the candidates: thousands of anchors over the threshold are "too many"
+            # without running it.
+            pred = yolo.model(tensor)[0]
+            pred = pred[0] if isinstance(pred, (list, tuple)) else pred  # segment: (predictions, prototypes)
+            candidates = int((pred[:, 4 : 4 + head.nc].amax(1) > 0.25).sum())
+        if candidates > MAX_CANDIDATES:
+            return candidates
         yolo.predictor = None
         return len(yolo.predict(photo, imgsz=640, conf=0.25, verbose=False)[0])  # boxes, or oriented boxes
 
