@@ -44,7 +44,11 @@ def _add_serving_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fp32", action="store_true", help="TensorRT (engine or ORT accelerator) in FP32 instead of FP16")
     p.add_argument("--no-fuse", action="store_true", help="serve the raw float32 NCHW graph instead of fusing preprocessing")
     p.add_argument("--no-compact", action="store_true", help="return every class score per anchor (Ultralytics' raw output0)")
-    p.add_argument("--imgsz", type=int, default=640, help="export trace size and the model's default `size`")
+    p.add_argument(
+        "--imgsz", type=int, default=None,
+        help="export trace size and the model's default `size` (default: the size the weights were trained at, "
+        "else 224 for classifiers and 640 for the rest)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

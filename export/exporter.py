@@ -15,7 +15,9 @@ from pathlib import Path
 from export import onnx_graph, triton_config
 from export.triton_config import ModelSpec, Serving, Tensor
 
-SUPPORTED_TASKS = ("detect", "segment", "pose")
+SUPPORTED_TASKS = ("detect", "segment", "pose", "obb", "classify")
+# Compacting output0 applies to the tasks whose rows are box, class scores, extra; a classifier returns probabilities.
+COMPACT_TASKS = ("detect", "segment", "pose", "obb")
 PYTHON_BACKEND_MODEL = Path(__file__).parent / "python_backend" / "model.py"
 
 
@@ -50,6 +52,17 @@ def load_model(source: str) -> "object":
         ) from exc
 
 
+def default_imgsz(yolo: object) -> int:
+    """The size the weights were trained at (what Ultralytics' predict uses by default), else 224 for a classifier
+    (Ultralytics' ImageNet size) and 640 for the rest."""
+    size = getattr(yolo, "overrides", {}).get("imgsz")
+    if isinstance(size, int):
+        return size
+    if isinstance(size, (list, tuple)) and size:
+        return int(max(size))
+    return 224 if getattr(yolo, "task", None) == "classify" else 640
+
+
 def export_onnx(yolo: "object", workdir: Path, imgsz: int) -> Path:
     """Ultralytics' own ONNX export with dynamic batch/height/width; returns the .onnx path."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -74,6 +87,9 @@ def model_spec(
     imgsz = ast.literal_eval(meta.get("imgsz", "[640, 640]"))
     inputs, outputs = onnx_graph.io_signature(served_onnx)
     kpt_shape = ast.literal_eval(meta["kpt_shape"]) if "kpt_shape" in meta else None
+    # Classifiers see the image resized on its short side and centre-cropped (Ultralytics' classify_transforms),
+    # detectors see it letterboxed; either way the served input is the uint8 BGR result.
+    preprocess = "resize_center_crop" if task == "classify" else "letterbox"
     return ModelSpec(
         name=name,
         task=task,
@@ -85,6 +101,7 @@ def model_spec(
         input_format=input_format,
         output_layout=output_layout,
         kpt_shape=list(kpt_shape) if kpt_shape else None,
+        preprocess=preprocess,
         source=origin,
         untrained=untrained,
     )
@@ -95,16 +112,20 @@ def export_model(
     repository: Path,
     serving: Serving,
     model_id: str | None = None,
-    imgsz: int = 640,
+    imgsz: int | None = None,
     fuse: bool = True,
     untrained: bool = False,
     compact: bool = True,
 ) -> Path:
-    """Export `source` into `repository/<model_id>/`; returns that directory. Verifies what it wrote."""
+    """Export `source` into `repository/<model_id>/`; returns that directory. Verifies what it wrote.
+
+    imgsz: trace size and the model's default `size`; None: `default_imgsz`.
+    """
     yolo = load_model(source)
     task = getattr(yolo, "task", None)
     if task not in SUPPORTED_TASKS:
-        raise ExportError(f"{source}: task {task!r} is not supported; use a detect, segment or pose model")
+        raise ExportError(f"{source}: task {task!r} is not supported; use a {', '.join(SUPPORTED_TASKS)} model")
+    imgsz = imgsz or default_imgsz(yolo)
     model_id = model_id or Path(source).stem
     if not model_id or "/" in model_id or model_id.startswith("."):
         raise ExportError(f"invalid model id {model_id!r}")
@@ -126,7 +147,7 @@ def export_model(
         input_format = "float32_nchw_rgb"
     nc = len(getattr(yolo, "names", {}) or {})
     output_layout = "raw"
-    if compact and nc > 2:  # with one or two classes the compact rows save nothing
+    if compact and nc > 2 and task in COMPACT_TASKS:  # with one or two classes the compact rows save nothing
         log(f"compacting output0: best score and class instead of {nc} class scores per anchor")
         onnx_graph.compact_output(served_onnx, nc)
         output_layout = "compact"

@@ -38,6 +38,7 @@ class ModelSpec:
     input_format: str  # "uint8_nhwc_bgr" (fused preprocessing) or "float32_nchw_rgb" (raw Ultralytics graph)
     kpt_shape: list[int] | None = None
     output_layout: str = "raw"  # "raw": Ultralytics' rows; "compact": box, best score, best class, extra
+    preprocess: str = "letterbox"  # "letterbox" (detect, segment, pose, obb) or "resize_center_crop" (classify)
     source: str = ""
     untrained: bool = False
     extra: dict[str, str] = field(default_factory=dict)
@@ -99,6 +100,7 @@ def parameters(spec: ModelSpec, serving: Serving) -> dict[str, str]:
         "input_format": spec.input_format,
         "outputs": json.dumps([t.name for t in spec.outputs]),
         "output_layout": spec.output_layout,
+        "preprocess": spec.preprocess,
         "target": serving.target,
         "source": spec.source,
         "untrained": "true" if spec.untrained else "false",

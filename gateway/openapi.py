@@ -16,6 +16,16 @@ _ERROR = {
     },
 }
 _XY = {"type": "array", "items": {"type": "number"}}
+_BOX = {  # detect, segment, pose: corners clipped to the image
+    "type": "object",
+    "required": ["x1", "y1", "x2", "y2"],
+    "properties": {k: {"type": "number", "minimum": 0} for k in ("x1", "y1", "x2", "y2")},
+}
+_ORIENTED_BOX = {  # obb: four corners, not clipped (a rotated box may reach past the image edge)
+    "type": "object",
+    "required": [f"{a}{i}" for i in range(1, 5) for a in "xy"],
+    "properties": {f"{a}{i}": {"type": "number"} for i in range(1, 5) for a in "xy"},
+}
 _DETECTION = {
     "type": "object",
     "required": ["name", "class", "confidence", "box"],
@@ -23,15 +33,22 @@ _DETECTION = {
         "name": {"type": "string"},
         "class": {"type": "integer", "minimum": 0},
         "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-        "box": {
-            "type": "object",
-            "required": ["x1", "y1", "x2", "y2"],
-            "properties": {k: {"type": "number", "minimum": 0} for k in ("x1", "y1", "x2", "y2")},
-        },
+        "box": {"anyOf": [_BOX, _ORIENTED_BOX]},
         "segments": {"type": "object", "required": ["x", "y"], "properties": {"x": _XY, "y": _XY}},
         "keypoints": {"type": "object", "required": ["x", "y"], "properties": {"x": _XY, "y": _XY, "visible": _XY}},
     },
 }
+_CLASS = {  # classify: the top five classes, no box
+    "type": "object",
+    "required": ["name", "class", "confidence"],
+    "properties": {
+        "name": {"type": "string"},
+        "class": {"type": "integer", "minimum": 0},
+        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+    },
+    "additionalProperties": False,
+}
+_ROW = {"anyOf": [_DETECTION, _CLASS]}
 # With several image parts, `data` holds one entry per image, each shaped like a one-image response
 _PER_IMAGE = {
     "type": "object",
@@ -40,7 +57,7 @@ _PER_IMAGE = {
         "success": {"type": "boolean"},
         "message": {"type": "string"},
         "status": {"type": "integer"},
-        "data": {"type": "array", "maxItems": 300, "items": _DETECTION},
+        "data": {"type": "array", "maxItems": 300, "items": _ROW},
     },
 }
 _PREDICTION = {
@@ -51,7 +68,7 @@ _PREDICTION = {
         "message": {"type": "string"},
         "data": {
             "oneOf": [
-                {"type": "array", "maxItems": 300, "items": _DETECTION},
+                {"type": "array", "maxItems": 300, "items": _ROW},
                 {"type": "array", "minItems": 2, "maxItems": 8, "items": _PER_IMAGE},
             ]
         },
@@ -61,7 +78,7 @@ _IMAGE_RESULT = {
     "type": "object",
     "required": ["results", "shape", "speed"],
     "properties": {
-        "results": {"type": "array", "maxItems": 300, "items": _DETECTION},
+        "results": {"type": "array", "maxItems": 300, "items": _ROW},
         "shape": {"oneOf": [{"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2}, {"type": "null"}]},
         "speed": {
             "oneOf": [
@@ -98,7 +115,7 @@ _MODEL = {
     "required": ["id", "task", "names", "default_size", "backend", "untrained"],
     "properties": {
         "id": {"type": "string"},
-        "task": {"enum": ["detect", "segment", "pose"]},
+        "task": {"enum": ["detect", "segment", "pose", "obb", "classify"]},
         "names": {"type": "object", "additionalProperties": {"type": "string"}},
         "default_size": {"type": "integer"},
         "stride": {"type": "integer"},
@@ -174,7 +191,7 @@ SPEC: dict[str, Any] = {
                 ],
                 "requestBody": _multipart("image", _ARGS),
                 "responses": {
-                    "200": _json(_PREDICTION, "Detections, as Ultralytics' Results.summary() (several images: one entry each)"),
+                    "200": _json(_PREDICTION, "Detections or top-5 classes, as Ultralytics' Results.summary() (several images: one entry each)"),
                     **_errors(*_V2_ERRORS),
                 },
             }

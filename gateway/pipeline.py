@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from gateway import postprocess, preprocess
+from gateway import obb, postprocess, preprocess
 from gateway.preprocess import Letterbox
 from gateway.schemas import PredictArgs
 from gateway.triton import ModelInfo
@@ -20,11 +20,19 @@ from gateway.triton import ModelInfo
 def prepare(
     data: bytes, info: ModelInfo, size: int, rect: bool, max_pixels: int, timings: dict[str, float]
 ) -> tuple[NDArray[np.uint8], NDArray[Any], Letterbox]:
-    """(decoded BGR image, model input tensor without batch dim, letterbox); fills decode/letterbox ms."""
+    """(decoded BGR image, model input tensor without batch dim, letterbox); fills decode/letterbox ms.
+
+    Classifiers are resized and centre-cropped instead of letterboxed (`rect` does not apply); the Letterbox then
+    only records the shapes.
+    """
     t0 = time.perf_counter()
     image = preprocess.decode(data, max_pixels)
     t1 = time.perf_counter()
-    tensor, box = preprocess.letterbox(image, preprocess.target_size(size, info.stride), info.stride, rect)
+    target = preprocess.target_size(size, info.stride)
+    if info.preprocess == "resize_center_crop":
+        tensor, box = preprocess.resize_center_crop(image, target, max_pixels)
+    else:
+        tensor, box = preprocess.letterbox(image, target, info.stride, rect)
     if info.input_format == "float32_nchw_rgb":
         tensor = np.ascontiguousarray(tensor[..., ::-1].transpose(2, 0, 1)).astype(np.float32) / np.float32(255)
     t2 = time.perf_counter()
@@ -39,13 +47,23 @@ def finish(
     box: Letterbox,
     args: PredictArgs,
 ) -> list[dict[str, Any]]:
-    """The summary list for one image from the model's raw outputs."""
+    """The summary list for one image from the model's raw outputs.
+
+    Classifiers give their top five classes; confidence, iou, max_det, classes and agnostic don't apply to them
+    (Ultralytics' classify predictor ignores them too).
+    """
     pred = outputs[info.outputs[0]]
+    if info.task == "classify":
+        return postprocess.top5(pred, info.names)
     nc = len(info.names)
     compact = info.output_layout == "compact"
+    rotated = info.task == "obb"
     dets = postprocess.non_max_suppression(
-        pred, args.confidence, args.iou, nc, args.max_det, args.classes, args.agnostic, compact
+        pred, args.confidence, args.iou, nc, args.max_det, args.classes, args.agnostic, compact, rotated
     )
+    if rotated:
+        rboxes = postprocess.scale_rboxes(dets[:, [0, 1, 2, 3, -1]], box)
+        return postprocess.summary(dets, box, info.names, args.normalize, corners=obb.corners(rboxes))
     polygons = keypoints = None
     if info.task == "segment":
         dets, polygons = postprocess.segments(dets, outputs[info.outputs[1]], box, nc)

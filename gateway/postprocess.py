@@ -1,4 +1,4 @@
-"""NMS, box/keypoint scaling, masks and the Ultralytics `Results.summary()` shape, in NumPy.
+"""NMS, box/keypoint scaling, masks, top-5 classes and the Ultralytics `Results.summary()` shape, in NumPy.
 
 Each step mirrors Ultralytics' own arithmetic (utils/nms.py, utils/ops.py, engine/results.py), including where it
 computes in float32 and where in float64, so that results match `YOLO(...).predict(...)[0].summary()`.
@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from gateway import obb
 from gateway.preprocess import Letterbox
 
 F32 = NDArray[np.float32]
@@ -54,12 +55,14 @@ def non_max_suppression(
     classes: tuple[int, ...] | None = None,
     agnostic: bool = False,
     compact: bool = False,
+    rotated: bool = False,
 ) -> F32:
     """(M, 6 + extra) rows of xyxy, confidence, class, extra, best first.
 
     pred: (4 + nc + extra, anchors) raw output for one image, boxes in letterboxed-input pixels; with `compact`,
     (6 + extra, anchors) rows of box, best score, best class, extra (the exporter's compact_output).
     classes: keep only these class ids; agnostic: one NMS across classes instead of one per class.
+    rotated: oriented boxes (the angle is the last extra row): boxes stay xywh and go through obb.fast_nms.
     """
     threshold = np.float32(conf)
     if compact:
@@ -70,13 +73,17 @@ def non_max_suppression(
         scores = x[:, 4 : 4 + nc]
         index = scores.argmax(axis=1)
         best, j, extra = scores[np.arange(len(index)), index], index.astype(np.float32), x[:, 4 + nc :]
-    rows = np.concatenate([xywh2xyxy(x[:, :4]), best[:, None], j[:, None], extra], axis=1)
+    rows = np.concatenate([x[:, :4] if rotated else xywh2xyxy(x[:, :4]), best[:, None], j[:, None], extra], axis=1)
     if classes is not None:
         rows = rows[np.isin(rows[:, 5], np.asarray(classes, dtype=np.float32))]
     if rows.shape[0] > MAX_NMS:
         rows = rows[np.argsort(-rows[:, 4], kind="stable")[:MAX_NMS]]
     offset = rows[:, 5:6] * np.float32(0 if agnostic else MAX_WH)
-    kept = nms(rows[:, :4] + offset, rows[:, 4], iou)[:max_det]
+    if rotated:
+        boxes = np.concatenate([rows[:, :2] + offset, rows[:, 2:4], rows[:, -1:]], axis=1)
+        kept = obb.fast_nms(boxes, rows[:, 4], iou)[:max_det]
+    else:
+        kept = nms(rows[:, :4] + offset, rows[:, 4], iou)[:max_det]
     return rows[kept]
 
 
@@ -106,6 +113,25 @@ def scale_boxes(boxes: F32, box: Letterbox) -> F32:
     """(N, 4) xyxy from letterboxed-input pixels to original-image pixels, clipped (returns a new array)."""
     out = boxes.reshape(-1, 2, 2).copy()
     return scale_xy(out, box).reshape(-1, 4)
+
+
+def scale_rboxes(rboxes: F32, box: Letterbox) -> F32:
+    """(N, 5) xywhr from letterboxed-input pixels to original-image pixels, not clipped (ops.scale_boxes(xywh=True))."""
+    gain_x, gain_y, pad_x, pad_y = _gain_pad(box)
+    out = rboxes.copy()
+    out[:, 0] -= np.float32(pad_x)
+    out[:, 1] -= np.float32(pad_y)
+    out[:, [0, 2]] /= np.float32(gain_x)
+    out[:, [1, 3]] /= np.float32(gain_y)
+    return out
+
+
+def top5(probs: F32, names: dict[int, str]) -> list[dict[str, Any]]:
+    """Results.summary() of a classifier: the five most probable classes, best first. probs: (nc,) softmax output."""
+    best = np.argsort(-probs, kind="stable")[:5]
+    return [
+        {"name": names.get(int(c), str(int(c))), "class": int(c), "confidence": round(float(probs[c]), 5)} for c in best
+    ]
 
 
 def _interp_weights(out_idx: NDArray[np.int64], in_size: int, out_size: int) -> tuple[Any, Any, F32, F32]:
@@ -242,26 +268,27 @@ def summary(
     normalize: bool,
     polygons: list[F32] | None = None,
     keypoints: F32 | None = None,
+    corners: F32 | None = None,
 ) -> list[dict[str, Any]]:
     """Ultralytics' Results.summary(normalize) for detections with boxes already in original-image pixels.
 
     dets: (N, 6+) xyxy, confidence, class; polygons: N × (K, 2); keypoints: (N, kpts, 2 or 3), original pixels.
+    corners: (N, 4, 2) oriented-box corners, original pixels; they replace the xyxy box ("x1".."x4", "y1".."y4").
     """
     h, w = box.orig_shape if normalize else (1, 1)
+    points = corners.tolist() if corners is not None else dets[:, :4].reshape(-1, 2, 2).tolist()
     out: list[dict[str, Any]] = []
-    for i, row in enumerate(dets[:, :6].tolist()):
-        x1, y1, x2, y2, conf, cls = row
+    for i, (conf, cls) in enumerate(dets[:, 4:6].tolist()):
         class_id = int(cls)
+        xy = {}
+        for j, (x, y) in enumerate(points[i], start=1):
+            xy[f"x{j}"] = round(x / w, 5)
+            xy[f"y{j}"] = round(y / h, 5)
         item: dict[str, Any] = {
             "name": names.get(class_id, str(class_id)),
             "class": class_id,
             "confidence": round(conf, 5),
-            "box": {
-                "x1": round(x1 / w, 5),
-                "y1": round(y1 / h, 5),
-                "x2": round(x2 / w, 5),
-                "y2": round(y2 / h, 5),
-            },
+            "box": xy,
         }
         if polygons is not None:
             item["segments"] = {"x": _coords(polygons[i][:, 0], w), "y": _coords(polygons[i][:, 1], h)}

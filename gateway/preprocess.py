@@ -1,4 +1,5 @@
-"""Decode and letterbox, the way Ultralytics' `predict` does it, in OpenCV and NumPy only."""
+"""Decode and letterbox (or, for classifiers, resize and centre-crop) the way Ultralytics' `predict` does it, in
+OpenCV, Pillow and NumPy only."""
 
 from __future__ import annotations
 
@@ -120,3 +121,30 @@ def letterbox(image: NDArray[np.uint8], size: int, stride: int, rect: bool) -> t
         image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     out = cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3)
     return out, Letterbox((h, w), (out.shape[0], out.shape[1]))
+
+
+def resize_center_crop(image: NDArray[np.uint8], size: int, max_pixels: int) -> tuple[NDArray[np.uint8], Letterbox]:
+    """(size, size, 3) uint8 BGR: short side resized to `size` (Pillow bilinear), then the centre `size`² crop.
+
+    Ultralytics' classify_transforms: torchvision Resize(size) and CenterCrop(size) on a PIL image, i.e. Pillow's own
+    resize (antialiased bilinear) and torchvision's size and offset arithmetic, reproduced here call for call so the
+    bytes are identical. An extreme aspect ratio would make the intermediate image huge (a 1×3000 image at 224 is
+    224×672000): past `max_pixels`, only the part under the crop is resampled (same filter, same coordinates up to
+    float rounding, so a pixel may differ by one level).
+    """
+    h, w = image.shape[:2]
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = size, int(size * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    top, left = round((new_h - size) / 2.0), round((new_w - size) / 2.0)  # Python rounds halves to even, as torchvision
+    if (new_h, new_w) == (h, w):  # torchvision skips the resize
+        return np.ascontiguousarray(image[top : top + size, left : left + size]), Letterbox((h, w), (size, size))
+    # Pillow resamples each channel alike, so the BGR array goes in as is (Ultralytics does the same).
+    pil = Image.fromarray(np.ascontiguousarray(image))
+    if new_h * new_w <= max_pixels:
+        out = np.asarray(pil.resize((new_w, new_h), Image.Resampling.BILINEAR))[top : top + size, left : left + size]
+    else:
+        sx, sy = w / new_w, h / new_h
+        region = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+        out = np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR, box=region))
+    return np.ascontiguousarray(out), Letterbox((h, w), (size, size))

@@ -1,4 +1,5 @@
-"""Annotated images for `format=image|png`: masks, boxes, labels and pose skeletons drawn over the input (OpenCV only).
+"""Annotated images for `format=image|png`: masks, boxes (axis-aligned or oriented), labels, pose skeletons and a
+classifier's top five drawn over the input (OpenCV only).
 
 The drawing follows Ultralytics' `Results.plot()` (same palette, line width, mask alpha, skeleton and keypoint
 threshold) and is what the try-it page at `/` draws on its canvas (gateway/static/app.js mirrors these constants).
@@ -32,6 +33,10 @@ LIMB_COLORS: tuple[Color, ...] = (_LEGS,) * 4 + (_TORSO,) * 3 + (_ARMS,) * 5 + (
 KPT_COLORS: tuple[Color, ...] = (_FACE,) * 5 + (_ARMS,) * 6 + (_LEGS,) * 6
 KPT_THRESHOLD = 0.25  # Ultralytics 8.4 `Annotator.kpts(conf_thres=0.25)`: fainter keypoints and their limbs are skipped
 MASK_ALPHA = 0.5  # Ultralytics `Annotator.masks(alpha=0.5)`
+# A classifier's top five: white lines on a half-transparent dark grey band, 3% of the image height from the corner
+# (Ultralytics' Results.plot draws them with box_color=(64, 64, 64, 128)).
+TOP5_BACKGROUND: Color = (64, 64, 64)
+TOP5_ALPHA = 0.5
 
 
 def color(class_id: int) -> Color:
@@ -73,11 +78,18 @@ def draw_masks(image: NDArray[np.uint8], data: list[dict[str, Any]]) -> None:
 
 
 def draw_box(image: NDArray[np.uint8], d: dict[str, Any], lw: int) -> None:
-    """One box (pixels) with its "name confidence" label on a filled tab, in place (Ultralytics' `box_label`)."""
+    """One box (pixels) with its "name confidence" label on a filled tab, in place (Ultralytics' `box_label`).
+
+    A box with four corners ("x1".."x4", oriented boxes) is drawn as a closed polygon, its label at the first corner.
+    """
     c = color(d["class"])
     b = d["box"]
     p1 = (int(b["x1"]), int(b["y1"]))
-    cv2.rectangle(image, p1, (int(b["x2"]), int(b["y2"])), c, lw, cv2.LINE_AA)
+    if "x4" in b:
+        corners = np.array([[b[f"x{i}"], b[f"y{i}"]] for i in range(1, 5)]).astype(int)  # truncated, as Ultralytics
+        cv2.polylines(image, [corners.reshape(-1, 1, 2)], True, c, lw)
+    else:
+        cv2.rectangle(image, p1, (int(b["x2"]), int(b["y2"])), c, lw, cv2.LINE_AA)
     label = f"{d['name']} {d['confidence']:.2f}"
     scale, thickness = lw / 3, max(lw - 1, 1)
     (w, h), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
@@ -87,6 +99,26 @@ def draw_box(image: NDArray[np.uint8], d: dict[str, Any], lw: int) -> None:
     top, bottom = (p1[1] - h, p1[1]) if outside else (p1[1], p1[1] + h)
     cv2.rectangle(image, (x, top), (x + w, bottom), c, -1, cv2.LINE_AA)
     cv2.putText(image, label, (x, bottom - 2), cv2.FONT_HERSHEY_SIMPLEX, scale, text_color(c), thickness, cv2.LINE_AA)
+
+
+def draw_top5(image: NDArray[np.uint8], data: list[dict[str, Any]], lw: int) -> None:
+    """A classifier's classes as "name confidence" lines, best first, on a half-transparent band, in place."""
+    if not data:
+        return
+    scale, thickness = lw / 3, max(lw - 1, 1)
+    x = y = round(image.shape[0] * 0.03)
+    band = image.copy()
+    lines = []
+    for d in data:
+        label = f"{d['name']} {d['confidence']:.2f}"
+        (w, h), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+        h += 3 + lw  # a little leading between lines
+        cv2.rectangle(band, (x, y), (x + w + 2 * lw, y + h), TOP5_BACKGROUND, -1)
+        lines.append((label, (x + lw, y + h - lw - 1)))
+        y += h
+    cv2.addWeighted(image, 1 - TOP5_ALPHA, band, TOP5_ALPHA, 0, dst=image)
+    for label, origin in lines:
+        cv2.putText(image, label, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA)
 
 
 def draw_keypoints(image: NDArray[np.uint8], keypoints: dict[str, Any], lw: int) -> None:
@@ -106,16 +138,20 @@ def draw_keypoints(image: NDArray[np.uint8], keypoints: dict[str, Any], lw: int)
 
 
 def annotate(image: NDArray[np.uint8], data: list[dict[str, Any]], task: str) -> NDArray[np.uint8]:
-    """A copy of `image` (H, W, 3 BGR) with `data` (summary() items, pixel coordinates) drawn: masks, boxes, poses.
+    """A copy of `image` (H, W, 3 BGR) with `data` (summary() items, pixel coordinates) drawn: masks, boxes, poses,
+    or a classifier's top five.
 
     Drawn lowest confidence first, so the best detection ends on top (as Ultralytics does). `task` is informational:
-    what is drawn follows the keys present in each item (`segments`, `keypoints`).
+    what is drawn follows the keys present in each item (`box` with two or four corners, `segments`, `keypoints`;
+    items without a box are classes).
     """
     out = np.ascontiguousarray(image).copy()
     lw = line_width(out.shape)
     draw_masks(out, data)
     for d in reversed(data):
-        draw_box(out, d, lw)
+        if "box" in d:
+            draw_box(out, d, lw)
+    draw_top5(out, [d for d in data if "box" not in d], lw)
     for d in reversed(data):
         if d.get("keypoints"):
             draw_keypoints(out, d["keypoints"], lw)
@@ -131,7 +167,8 @@ def to_pixels(data: list[dict[str, Any]], width: int, height: int) -> list[dict[
     out = []
     for d in data:
         d = dict(d)
-        d["box"] = {k: v * (width if k.startswith("x") else height) for k, v in d["box"].items()}
+        if "box" in d:
+            d["box"] = {k: v * (width if k.startswith("x") else height) for k, v in d["box"].items()}
         for part in ("segments", "keypoints"):
             if part in d:
                 d[part] = {**d[part], "x": scale(d[part]["x"], width), "y": scale(d[part]["y"], height)}

@@ -32,7 +32,7 @@ CHANNEL_ARGS = [
     ("grpc.lb_policy_name", "round_robin"),
 ]
 MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
-TASKS = ("detect", "segment", "pose")
+TASKS = ("detect", "segment", "pose", "obb", "classify")
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ class ModelInfo:
     target: str
     untrained: bool
     kpt_shape: tuple[int, int] | None = None
+    preprocess: str = "letterbox"  # or "resize_center_crop" (classifiers)
     max_batch_size: int = 0
     source: str = ""
 
@@ -73,6 +74,7 @@ class ModelInfo:
             target=params.get("target", ""),
             untrained=params.get("untrained") == "true",
             kpt_shape=(int(kpt[0]), int(kpt[1])) if kpt else None,
+            preprocess=params.get("preprocess", "letterbox"),
             max_batch_size=int(config.get("max_batch_size", 0)),
             source=params.get("source", ""),
         )

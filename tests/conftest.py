@@ -20,7 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".triton" / "test-cache"
 MODELS = ("yolov8n", "yolov8n-seg", "yolov8n-pose")
 YOLO11 = ("yolo11n", "yolo11n-seg", "yolo11n-pose")  # same export and post-processing path, newer architecture
-ALL_MODELS = MODELS + YOLO11
+CLASSIFY = ("yolov8n-cls", "yolo11n-cls")  # resized and centre-cropped, top five classes
+OBB = ("yolov8n-obb", "yolo11n-obb")  # oriented boxes, rotated NMS
+ALL_MODELS = MODELS + YOLO11 + CLASSIFY + OBB
 sys.path.insert(0, str(ROOT))
 
 from tritonlocal import launcher  # noqa: E402
@@ -38,7 +40,7 @@ def _recipe_hash() -> str:
 
 @pytest.fixture(scope="session")
 def repository() -> Path:
-    """A model repository with the three fixture models (python target), built once and cached under .triton/."""
+    """A model repository with every fixture model (python target), built once and cached under .triton/."""
     from export.fixtures import export_fixture
     from export.triton_config import serving_defaults
 

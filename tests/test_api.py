@@ -206,7 +206,7 @@ def test_tampered_key_with_known_id_is_401(gateway: Gateway, images: dict[str, P
     _error(_post(gateway, "yolov8n", images["bus"], headers={"x-api-key": tampered}), 401, "Invalid API key")
 
 
-@pytest.mark.parametrize("model", ["nope", "yolov8n-cls", "..%2F..%2Fetc%2Fpasswd", "a/../../b", "%2e%2e"])
+@pytest.mark.parametrize("model", ["nope", "yolov8x-cls", "..%2F..%2Fetc%2Fpasswd", "a/../../b", "%2e%2e"])
 def test_unknown_model_is_404(gateway: Gateway, images: dict[str, Path], model: str) -> None:
     _error(_post(gateway, model, images["bus"]), 404, "not found")
 
@@ -257,7 +257,9 @@ def test_models_list_shows_ready_models_with_metadata(gateway: Gateway) -> None:
     assert set(by_id) == set(ALL_MODELS)
     assert by_id["yolov8n"]["task"] == "detect" and by_id["yolov8n"]["names"]["0"] == "person"
     assert by_id["yolov8n-seg"]["task"] == "segment" and by_id["yolov8n-pose"]["kpt_shape"] == [17, 3]
-    assert all(m["default_size"] == 640 and m["backend"] == "python" for m in body["data"])
+    assert by_id["yolov8n-cls"]["task"] == "classify" and by_id["yolov8n-obb"]["task"] == "obb"
+    assert all(m["default_size"] == (224 if m["task"] == "classify" else 640) for m in body["data"])
+    assert all(m["backend"] == "python" for m in body["data"])
     assert all(m["untrained"] and "Untrained" in m["warning"] for m in body["data"])
 
 

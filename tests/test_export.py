@@ -14,7 +14,7 @@ from export.__main__ import main as export_main
 from export.exporter import ExportError, load_model
 from export.tensorrt import profile_shapes, trtexec_command
 from export.triton_config import TARGETS, ModelSpec, Serving, Tensor, serving_defaults
-from tests.conftest import MODELS
+from tests.conftest import CLASSIFY, MODELS, OBB
 
 
 def _spec(repository: Path, model: str) -> ModelSpec:
@@ -124,7 +124,7 @@ def test_unknown_extension_is_a_clear_error() -> None:
 
 
 def test_unsupported_task_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = export_main(["model", "yolov8n-cls.yaml", "--repository", str(tmp_path)])
+    code = export_main(["model", "yolo26n-depth.yaml", "--repository", str(tmp_path)])
     assert code == 2
     assert "not supported" in capsys.readouterr().err
 
@@ -134,3 +134,38 @@ def test_pose_model_with_one_class_keeps_the_raw_layout(repository: Path) -> Non
     assert config.parameters["output_layout"].string_value == "raw" and list(config.output[0].dims) == [56, -1]
     detect = triton_config.parse((repository / "yolov8n" / "config.pbtxt").read_text())
     assert detect.parameters["output_layout"].string_value == "compact" and list(detect.output[0].dims) == [6, -1]
+
+
+@pytest.mark.parametrize("model", CLASSIFY + OBB)
+def test_classify_and_obb_configs_describe_their_task(repository: Path, model: str) -> None:
+    config = triton_config.parse((repository / model / "config.pbtxt").read_text())
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    assert config.input[0].name == "image" and list(config.input[0].dims) == [-1, -1, 3]
+    assert params["input_format"] == "uint8_nhwc_bgr"
+    names = json.loads(params["names"])
+    if model in CLASSIFY:
+        assert params["task"] == "classify" and params["preprocess"] == "resize_center_crop"
+        assert len(names) == 1000 and names["0"] == "tench", "ImageNet's names, from Ultralytics' ImageNet.yaml"
+        assert params["imgsz"] == "224" and params["stride"] == "1"
+        assert params["output_layout"] == "raw" and list(config.output[0].dims) == [1000]
+    else:
+        assert params["task"] == "obb" and params["preprocess"] == "letterbox"
+        assert len(names) == 15 and names["0"] == "plane" and names["14"] == "swimming pool", "DOTA v1"
+        assert params["imgsz"] == "640" and params["stride"] == "32"
+        # box, best score, best class, angle instead of box, 15 class scores, angle
+        assert params["output_layout"] == "compact" and list(config.output[0].dims) == [7, -1]
+
+
+@pytest.mark.parametrize("model", ["yolov8n-cls", "yolov8n-obb"])
+def test_served_classify_and_obb_graphs_equal_their_source_graphs(repository: Path, model: str) -> None:
+    import onnxruntime as ort
+
+    d = repository / model
+    fused = ort.InferenceSession(str(d / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    source = ort.InferenceSession(str(d / "source.onnx"), providers=["CPUExecutionProvider"])
+    image = np.random.default_rng(2).integers(0, 256, (2, 224, 160, 3), dtype=np.uint8)
+    want = source.run(None, {"images": image[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)})[0]
+    got = fused.run(None, {"image": image})[0]
+    if model in OBB:
+        want = compact_reference(want, 15)
+    assert got.shape == want.shape and np.abs(got - want).max() <= 1e-5

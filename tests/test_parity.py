@@ -8,7 +8,7 @@ from typing import Any
 import cv2
 import pytest
 
-from tests.conftest import ALL_MODELS, MODELS, YOLO11, Gateway
+from tests.conftest import ALL_MODELS, CLASSIFY, MODELS, YOLO11, Gateway
 from bench.parity import assert_matches
 
 # Photos at the default confidence; generated edge cases at a lower one so the untrained fixtures still detect.
@@ -80,7 +80,7 @@ def test_parity_normalized(gateway: Gateway, reference: Any, images: dict[str, P
         ({"classes": "{three}", "agnostic": "1", "max_det": "20"}, {"classes": "{three}", "agnostic_nms": True, "max_det": 20}),
     ],
 )
-@pytest.mark.parametrize("model", ["yolov8n", "yolov8n-seg"])
+@pytest.mark.parametrize("model", ["yolov8n", "yolov8n-seg", "yolov8n-obb"])
 def test_nms_controls_match_ultralytics(
     gateway: Gateway, repository: Path, images: dict[str, Path], model: str, fields: dict[str, str], kwargs: dict[str, Any]
 ) -> None:
@@ -115,3 +115,62 @@ def test_yolo11_parity_with_ultralytics(
     assert r.status_code == 200, r.text
     want = reference(model, path, size, conf, 0.45, mode == "rect", False)
     assert_matches(r.json()["data"], want, _wh(path), normalize=False)
+
+
+def _predict(gw: Gateway, model: str, path: Path, **fields: Any) -> list[dict[str, Any]]:
+    r = gw.predict(model, files={"image": path.read_bytes()}, data=fields)
+    assert r.status_code == 200, r.text
+    data: list[dict[str, Any]] = r.json()["data"]
+    return data
+
+
+OBB_CASES = {
+    "yolov8n-obb": (("bus", "zidane", "portrait", "wide", "gray"), SIZES),
+    "yolo11n-obb": (("bus", "zidane", "wide"), (320, 640)),  # same path, newer architecture
+}
+
+
+@pytest.mark.parametrize("mode", ["rect", "square"])
+@pytest.mark.parametrize(
+    "model,image,size", [(m, i, s) for m, (imgs, sizes) in OBB_CASES.items() for i in imgs for s in sizes]
+)
+def test_obb_parity_with_ultralytics(
+    request: pytest.FixtureRequest, reference: Any, images: dict[str, Path], model: str, image: str, size: int, mode: str
+) -> None:
+    """Oriented boxes: rotated NMS, xywhr rescaling and the four corners, as Results.summary() gives them."""
+    gw: Gateway = request.getfixturevalue("gateway" if mode == "rect" else "gateway_square")
+    conf, path = IMAGES[image], images[image]
+    data = _predict(gw, model, path, size=size, confidence=conf)
+    want = reference(model, path, size, conf, 0.45, mode == "rect", False)
+    assert all(set(d["box"]) == {f"{a}{i}" for i in range(1, 5) for a in "xy"} for d in data)
+    assert_matches(data, want, _wh(path), normalize=False)
+
+
+@pytest.mark.parametrize("image", ["bus", "zidane"])
+def test_obb_parity_normalized(gateway: Gateway, reference: Any, images: dict[str, Path], image: str) -> None:
+    path = images[image]
+    data = _predict(gateway, "yolov8n-obb", path, normalize="true")
+    assert_matches(data, reference("yolov8n-obb", path, 640, 0.25, 0.45, True, True), _wh(path), normalize=True)
+
+
+@pytest.mark.parametrize("size", (224, 160, 500))
+@pytest.mark.parametrize("image", list(IMAGES))
+@pytest.mark.parametrize("model", CLASSIFY)
+def test_classify_parity_with_ultralytics(
+    gateway: Gateway, gateway_square: Gateway, reference: Any, images: dict[str, Path], model: str, image: str, size: int
+) -> None:
+    """Top five classes after Ultralytics' resize-and-centre-crop; the letterbox mode doesn't apply to classifiers."""
+    path = images[image]
+    want = reference(model, path, size, 0.25, 0.45, True, False)
+    assert len(want) == 5 and all(set(d) == {"name", "class", "confidence"} for d in want)
+    for gw in (gateway, gateway_square):
+        assert_matches(_predict(gw, model, path, size=size), want, _wh(path), normalize=False)
+
+
+def test_classify_ignores_detection_arguments(gateway: Gateway, images: dict[str, Path]) -> None:
+    """confidence, iou, max_det, classes, agnostic and normalize don't apply to classifiers (nor in Ultralytics)."""
+    path = images["bus"]
+    plain = _predict(gateway, "yolov8n-cls", path)
+    ignored = {"confidence": 0.99, "iou": 0.1, "max_det": 1, "classes": "3", "agnostic": 1, "normalize": 1}
+    loaded = _predict(gateway, "yolov8n-cls", path, **ignored)
+    assert plain == loaded and len(plain) == 5

@@ -135,3 +135,41 @@ def test_compact_layout_gives_the_same_detections_as_raw() -> None:
         want = postprocess.non_max_suppression(raw, *args, nc)
         got = postprocess.non_max_suppression(compact, *args, nc, compact=True)
         assert len(want) > 0 and np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("h,w", [(1080, 810), (720, 1280), (90, 1500), (20, 20), (5, 700), (224, 224), (333, 1)])
+@pytest.mark.parametrize("size", [224, 160, 500, 33])
+def test_resize_center_crop_is_ultralytics_classify_transform_bit_for_bit(h: int, w: int, size: int) -> None:
+    """Ultralytics' classify_transforms (torchvision Resize + CenterCrop on a PIL image) give the same bytes."""
+    pytest.importorskip("torchvision")
+    from PIL import Image
+    from ultralytics.data.augment import classify_transforms
+
+    rng = np.random.default_rng(h * w + size)
+    ramp = np.linspace(0, 255, w)[None, :, None] + np.linspace(0, 120, h)[:, None, None]
+    image = np.clip(ramp + rng.normal(0, 30, (h, w, 3)), 0, 255).astype(np.uint8)  # texture and a gradient
+    resize, crop = classify_transforms(size).transforms[:2]
+    want = np.asarray(crop(resize(Image.fromarray(image))))
+    got, box = preprocess.resize_center_crop(image, size, max_pixels=40_000_000)
+    assert got.shape == (size, size, 3) and got.flags.c_contiguous
+    assert np.array_equal(got, want)
+    assert box == Letterbox((h, w), (size, size))
+    # past the pixel budget only the cropped part is resampled: the same picture up to rounding
+    bounded, _ = preprocess.resize_center_crop(image, size, max_pixels=0)
+    assert bounded.shape == want.shape and np.abs(bounded.astype(int) - want).max() <= 1
+
+
+def test_resize_center_crop_of_an_extreme_aspect_ratio_stays_small() -> None:
+    image = np.full((2, 200_000, 3), 90, np.uint8)  # resized whole it would be 224 × 22,400,000
+    out, _ = preprocess.resize_center_crop(image, 224, max_pixels=40_000_000)
+    assert out.shape == (224, 224, 3) and (out == 90).all()
+
+
+def test_top5_is_the_five_most_probable_classes_best_first() -> None:
+    probs = np.array([0.05, 0.3, 0.01, 0.2, 0.04, 0.25, 0.15], np.float32)
+    names = {i: f"c{i}" for i in range(7)}
+    top = postprocess.top5(probs, names)
+    assert [d["class"] for d in top] == [1, 5, 3, 6, 0] and [d["name"] for d in top] == ["c1", "c5", "c3", "c6", "c0"]
+    assert [d["confidence"] for d in top] == [0.3, 0.25, 0.2, 0.15, 0.05]
+    assert set(top[0]) == {"name", "class", "confidence"}
+    assert len(postprocess.top5(probs[:3], names)) == 3, "fewer than five classes: all of them"

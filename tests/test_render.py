@@ -134,6 +134,53 @@ def test_keypoints_without_skeleton_when_not_coco() -> None:
     assert not changed[100, 150], "no line between two keypoints of a non-COCO layout"
 
 
+def _oriented(cx: float, cy: float, w: float, h: float, angle: float, cls: int = 0) -> dict[str, Any]:
+    """An `obb` summary item: the four corners of a w×h box turned by `angle` radians (Ultralytics' corner order)."""
+    c, s = np.cos(angle), np.sin(angle)
+    v1, v2 = np.array([w / 2 * c, w / 2 * s]), np.array([-h / 2 * s, h / 2 * c])
+    ctr = np.array([cx, cy])
+    pts = [ctr + v1 + v2, ctr + v1 - v2, ctr - v1 - v2, ctr - v1 + v2]
+    box = {k: float(p[a]) for i, p in enumerate(pts, start=1) for a, k in ((0, f"x{i}"), (1, f"y{i}"))}
+    return {"name": f"class{cls}", "class": cls, "confidence": 0.9, "box": box}
+
+
+def test_oriented_box_is_drawn_as_a_turned_polygon() -> None:
+    image = _image()
+    d = _oriented(160, 130, 140, 60, np.pi / 4, cls=4)
+    out = render.annotate(image, [d], "obb")
+    changed = _changed(out, image)
+    b = d["box"]
+    for i, j in ((1, 2), (2, 3), (3, 4), (4, 1)):  # the middle of each side is on the outline
+        x, y = (b[f"x{i}"] + b[f"x{j}"]) / 2, (b[f"y{i}"] + b[f"y{j}"]) / 2
+        assert changed[int(y) - 1 : int(y) + 2, int(x) - 1 : int(x) + 2].any(), f"side {i}-{j}"
+    assert tuple(int(v) for v in out[int((b["y2"] + b["y3"]) / 2), int((b["x2"] + b["x3"]) / 2)]) == render.color(4)
+    assert not changed[120:140, 150:170].any(), "the inside stays"
+    xs, ys = [b[f"x{i}"] for i in range(1, 5)], [b[f"y{i}"] for i in range(1, 5)]
+    assert not changed[int(min(ys)) + 8, int(max(xs)) - 8], "a corner of the enclosing upright rectangle stays"
+    assert not changed[:, :80].any() and not changed[210:, :].any(), "far from the box and its label"
+
+
+def test_classifier_top5_is_written_in_the_top_left_corner() -> None:
+    image = _image()
+    data = [{"name": f"class{i}", "class": i, "confidence": 0.5 - i / 10} for i in range(5)]
+    out = render.annotate(image, data, "classify")
+    changed = _changed(out, image)
+    ys, xs = np.nonzero(changed)
+    assert changed.sum() > 2000, "five lines of text on a band"
+    assert xs.min() >= round(H * 0.03) and ys.min() >= round(H * 0.03)
+    assert xs.max() < W * 0.75 and ys.max() < H * 0.75, "only the corner is written on"
+    band = out[ys.min() + 1, xs.min() + 1].astype(int)
+    assert (band < image[ys.min() + 1, xs.min() + 1]).all(), "the band darkens the image under the text"
+    assert np.array_equal(render.encode_annotated(image, data, "classify", "png", normalized=True),
+                          render.encode_annotated(image, data, "classify", "png")), "nothing to scale"  # fmt: skip
+
+
+def test_normalized_oriented_boxes_are_scaled_back_to_pixels() -> None:
+    d = _oriented(160, 130, 140, 60, 0.4)
+    normalized = {**d, "box": {k: v / (W if k[0] == "x" else H) for k, v in d["box"].items()}}
+    assert render.to_pixels([normalized], W, H)[0]["box"] == pytest.approx(d["box"])
+
+
 @pytest.mark.parametrize("fmt,ext", [("png", ".png"), ("jpeg", ".jpg")])
 def test_encode_round_trip_keeps_the_input_size(fmt: str, ext: str) -> None:
     image = _image()

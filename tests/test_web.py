@@ -92,6 +92,35 @@ def test_format_png_returns_the_input_with_detections_drawn(
         assert inside.any() and changed[inside].mean() > 0.9, "the mask is filled"
 
 
+def test_format_png_draws_oriented_boxes_as_polygons(gateway: Gateway, images: dict[str, Path]) -> None:
+    path = images["zidane"]
+    original = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    data = gateway.predict("yolov8n-obb", files={"image": path.read_bytes()}).json()["data"]
+    assert data and all("x4" in d["box"] for d in data)
+    r = gateway.predict("yolov8n-obb", files={"image": path.read_bytes()}, data={"format": "png"})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    changed = (_decode(r.content) != original).any(axis=2)
+    edges = np.zeros(original.shape[:2], np.uint8)
+    for d in data:
+        corners = np.array([[d["box"][f"x{i}"], d["box"][f"y{i}"]] for i in range(1, 5)]).astype(int)
+        cv2.polylines(edges, [corners.reshape(-1, 1, 2)], True, (1,), 1)
+    assert edges.any() and changed[edges.astype(bool)].mean() > 0.9, "every turned outline is drawn"
+    assert changed.mean() < 0.5, "outlines, not filled shapes"
+
+
+def test_format_png_writes_a_classifiers_top5_in_the_corner(gateway: Gateway, images: dict[str, Path]) -> None:
+    path = images["bus"]
+    original = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    data = gateway.predict("yolov8n-cls", files={"image": path.read_bytes()}).json()["data"]
+    assert len(data) == 5 and all("box" not in d for d in data)
+    r = gateway.predict("yolov8n-cls", files={"image": path.read_bytes()}, data={"format": "png"})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    changed = (_decode(r.content) != original).any(axis=2)
+    h, w = changed.shape
+    assert changed[: h // 3, : w // 2].mean() > 0.05, "the five lines are written"
+    assert not changed[h // 3 :, :].any() and not changed[:, int(w * 0.75) :].any(), "the rest of the image is as sent"
+
+
 def test_format_image_is_a_jpeg_of_the_same_size(gateway: Gateway, images: dict[str, Path]) -> None:
     path = images["zidane"]
     original = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -213,7 +242,7 @@ def _painted_pixels(page: Any) -> int:
     )
 
 
-@pytest.mark.parametrize("model", ["yolov8n", "yolov8n-seg", "yolov8n-pose"])
+@pytest.mark.parametrize("model", ["yolov8n", "yolov8n-seg", "yolov8n-pose", "yolov8n-obb", "yolov8n-cls"])
 def test_page_draws_every_detection_of_an_uploaded_image(
     page: Any, gateway: Gateway, images: dict[str, Path], tmp_path: Path, model: str
 ) -> None:
@@ -229,7 +258,8 @@ def test_page_draws_every_detection_of_an_uploaded_image(
     original = cv2.imread(str(images["bus"]), cv2.IMREAD_COLOR)
     assert (height, width) == original.shape[:2], "the canvas is in image pixels"
     assert _painted_pixels(page) > 0.01 * width * height, "the detections are painted, not just counted"
-    assert f"{len(body['data'])} detections" in (page.text_content("#summary") or "")
+    counted = "top 5 classes" if model.endswith("-cls") else f"{len(body['data'])} detections"
+    assert counted in (page.text_content("#summary") or "")
 
     shot = tmp_path / f"page-{model}.png"
     page.screenshot(path=str(shot), full_page=True)

@@ -1,6 +1,7 @@
 // The try-it page: send one image to POST /v1/predict/{model}, draw the answer on a canvas over it, show the JSON and
 // the same request as curl and Python. Plain browser JavaScript, no dependencies. The drawing mirrors
-// gateway/render.py (Ultralytics' palette, line width, mask alpha, skeleton and keypoint threshold).
+// gateway/render.py (Ultralytics' palette, line width, mask alpha, skeleton and keypoint threshold, oriented boxes as
+// polygons, a classifier's top five as text).
 "use strict";
 
 const STORE_KEY = "yolo-triton.api-key";
@@ -20,6 +21,7 @@ const LIMB_COLORS = [...Array(4).fill(LEGS), ...Array(3).fill(TORSO), ...Array(5
 const KPT_COLORS = [...Array(5).fill(FACE), ...Array(6).fill(ARMS), ...Array(6).fill(LEGS)];
 const KPT_THRESHOLD = 0.25;
 const MASK_ALPHA = 0.5;
+const TOP5_BACKGROUND = "rgba(64,64,64,0.5)";
 
 const STATUS_TEXT = {
   400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
@@ -344,7 +346,8 @@ async function run() {
     await showServerRendering(form, key, model, body.data.length, seq);
   }
   const n = body.data.length;
-  els.summary.textContent = `${model} (${task}): ${n} detection${n === 1 ? "" : "s"} · ${Math.round(elapsed)} ms round trip` +
+  const counted = task === "classify" ? `top ${n} class${n === 1 ? "" : "es"}` : `${n} detection${n === 1 ? "" : "s"}`;
+  els.summary.textContent = `${model} (${task}): ${counted} · ${Math.round(elapsed)} ms round trip` +
     (timing ? ` · server ${timing}` : "");
   setStatus(displayed ? "" : "Drawn by the server (format=png): the browser could not display this image itself.");
 }
@@ -426,11 +429,23 @@ function draw(data) {
   ctx.font = `${fontPx}px system-ui, "DejaVu Sans", sans-serif`;
   ctx.textBaseline = "bottom";
   for (const d of items) {
+    if (!d.box) continue;
     const color = classColor(d.class);
-    const { x1, y1, x2, y2 } = d.box;
+    const b = d.box;
+    const { x1, y1 } = b;
     ctx.lineWidth = lw;
     ctx.strokeStyle = color;
-    ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
+    if (b.x4 !== undefined) {  // an oriented box: its four corners
+      ctx.beginPath();
+      ctx.moveTo(b.x1, b.y1);
+      ctx.lineTo(b.x2, b.y2);
+      ctx.lineTo(b.x3, b.y3);
+      ctx.lineTo(b.x4, b.y4);
+      ctx.closePath();
+      ctx.stroke();
+    } else {
+      ctx.strokeRect(x1, y1, b.x2 - x1, b.y2 - y1);
+    }
     const label = `${d.name} ${Number(d.confidence).toFixed(2)}`;
     const tw = Math.ceil(ctx.measureText(label).width) + 4;
     const th = fontPx + 4;
@@ -444,7 +459,24 @@ function draw(data) {
   }
 
   for (const d of items) if (d.keypoints) drawKeypoints(ctx, d.keypoints, lw);
+  drawTop5(ctx, data.filter((d) => !d.box), fontPx, h);
   els.canvas.dataset.detections = String(data.length);
+}
+
+/** A classifier's classes, best first, as white lines on a half-transparent band near the top-left corner. */
+function drawTop5(ctx, classes, fontPx, h) {
+  let y = Math.round(h * 0.03);
+  const x = y;
+  const th = fontPx + 6;
+  for (const d of classes) {
+    const label = `${d.name} ${Number(d.confidence).toFixed(2)}`;
+    const tw = Math.ceil(ctx.measureText(label).width) + 8;
+    ctx.fillStyle = TOP5_BACKGROUND;
+    ctx.fillRect(x, y, tw, th);
+    ctx.fillStyle = "#fff";
+    ctx.fillText(label, x + 4, y + th - 3);
+    y += th;
+  }
 }
 
 function drawKeypoints(ctx, k, lw) {
