@@ -103,7 +103,7 @@ def test_annotated_image_needs_exactly_one_image(gateway: Gateway, images: dict[
     assert r.status_code == 400 and "one image per request" in r.json()["message"]
 
 
-@pytest.mark.parametrize("model", ["yolov8n", "yolov8n-seg", "yolov8n-pose"])
+@pytest.mark.parametrize("model", ["yolov8n", "yolov8n-seg", "yolov8n-pose", "yolov8n-cls", "yolov8n-obb"])
 def test_newer_format_matches_ultralytics_with_its_defaults(
     gateway: Gateway, images: dict[str, Path], reference: Any, model: str
 ) -> None:

@@ -3,6 +3,11 @@
 Copied verbatim into `model_repository/<model_id>/1/model.py` by the exporter. The CUDA execution provider is used
 when this ONNX Runtime build has it (the `gpu` extra), else the CPU one. Requests that Triton's dynamic batcher
 hands over together are concatenated per input shape and run as one batch.
+
+NumPy: the python-backend stub must be built against the NumPy major version installed beside it. nvidia-pytriton's
+stubs (local development) are built against NumPy 1 (the wheel requires numpy<2); with NumPy 2 they send empty output
+tensors (seen on the GPU host, bench/gpu/README.md). Sending outputs through DLPack instead crashed that stub with
+NumPy 1, so this file keeps `pb_utils.Tensor(name, array)` and the environment keeps the matching NumPy.
 """
 
 from __future__ import annotations
