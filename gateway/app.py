@@ -293,12 +293,20 @@ async def _run(
             groups.setdefault(item[1].shape, []).append(i)
     batch = max(info.max_batch_size, 1)
     chunks = [ids[j : j + batch] for ids in groups.values() for j in range(0, len(ids), batch)]
+    chunk_ms = [0.0] * len(chunks)
+
+    async def infer(k: int) -> dict[str, Any]:
+        start = time.perf_counter()
+        try:
+            return await state.triton.infer_batch(info, [prepared[i][1] for i in chunks[k]])  # type: ignore[index]
+        finally:
+            chunk_ms[k] = (time.perf_counter() - start) * 1000
+
     t1 = time.perf_counter()
-    results = await _gather([state.triton.infer_batch(info, [prepared[i][1] for i in ids]) for ids in chunks])  # type: ignore[index]
-    t2 = time.perf_counter()
-    timings["triton"] = (t2 - t1) * 1000
-    for ids, result in zip(chunks, results):
-        per_image = (t2 - t1) * 1000 / len(ids)
+    results = await _gather([infer(k) for k in range(len(chunks))])
+    timings["triton"] = (time.perf_counter() - t1) * 1000
+    for ids, result, ms in zip(chunks, results, chunk_ms):
+        per_image = ms / len(ids)  # a batch's inference time, split evenly over its images (as Ultralytics does)
         if isinstance(result, GatewayError):
             for i in ids:
                 outcomes[i].error = result

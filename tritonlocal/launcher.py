@@ -29,6 +29,16 @@ class TritonStartError(RuntimeError):
     pass
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the process that started it dies, however it dies (uvicorn re-raises
+    SIGTERM after draining, which ends `make serve` without running its `finally`; a SIGKILL runs nothing)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 @dataclass
 class TritonServer:
     """A running tritonserver process and where it listens."""
@@ -170,6 +180,7 @@ def start(
         stdout=None if echo else log_file,
         stderr=subprocess.STDOUT if not echo else None,
         start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop Triton ourselves
+        preexec_fn=_die_with_parent,
     )
     server = TritonServer(process, ports[0], ports[1], ports[2], log_path, log_file)
     deadline = time.monotonic() + timeout
