@@ -414,3 +414,19 @@ def test_repeated_argument_is_400(gateway: Gateway, images: dict[str, Path], whe
 )
 def test_bad_nms_control_is_400(gateway: Gateway, images: dict[str, Path], field: str, value: str, needle: str) -> None:
     _error(_post(gateway, "yolov8n", images["bus"], data={field: value}), 400, needle)
+
+
+def test_gateway_runtime_imports_neither_torch_nor_ultralytics() -> None:
+    """Light runtime: every gateway module imported (and the app built) in a fresh interpreter loads no torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib, pkgutil, sys, gateway\n"
+        "for m in pkgutil.iter_modules(gateway.__path__): importlib.import_module('gateway.' + m.name)\n"
+        "from gateway.app import create_app; create_app()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'ultralytics', 'onnxruntime')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout
