@@ -451,6 +451,23 @@ CLASSIFY_ROWS = [
 ]
 
 
+def test_served_classify_and_obb_models_give_typed_rows(gateway: Gateway, images: dict[str, Path]) -> None:
+    """The real cls and obb fixture models through the client: typed rows equal the JSON, supervision gets corners."""
+    with _client(gateway) as client:
+        cls = client.predict("yolov8n-cls", images["bus"])
+        obb = client.predict("yolov8n-obb", images["bus"])
+    assert cls.task == "classify" and len(cls.classifications) == 5 and not cls.detections
+    assert [(c.name, c.class_id, c.confidence) for c in cls.classifications] == [
+        (r["name"], r["class"], r["confidence"]) for r in cls.raw["data"]
+    ]
+    assert obb.task == "obb" and obb.detections and all(isinstance(d.box, OrientedBox) for d in obb.detections)
+    first, row = obb.detections[0], obb.raw["data"][0]
+    assert first.box.points == [(row["box"][f"x{i}"], row["box"][f"y{i}"]) for i in range(1, 5)]
+    det = to_supervision(obb)
+    assert len(det) == len(obb.detections)
+    np.testing.assert_allclose(det.data["xyxyxyxy"][0], np.float32(first.box.points), atol=1e-3)
+
+
 def test_obb_and_classify_rows_follow_the_contract() -> None:
     obb = prediction_from_v1("yolov8n-obb", {"success": True, "data": [OBB_ROW]}, None, False)
     (d,) = obb.detections
