@@ -266,7 +266,7 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
 
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), platform.processor())
     versions = {}
-    for pkg in ("onnxruntime", "tritonclient", "nvidia-pytriton", "starlette", "uvicorn", "numpy", "opencv-python-headless", "ultralytics-opencv-headless", "torch"):
+    for pkg in ("onnxruntime", "tritonclient", "nvidia-pytriton", "starlette", "uvicorn", "numpy", "opencv-python-headless", "simplejpeg", "ultralytics-opencv-headless", "torch"):
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

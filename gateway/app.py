@@ -273,7 +273,7 @@ async def _run(
             return
         try:
             prepared[i] = await anyio.to_thread.run_sync(
-                pipeline.prepare, datas[i], info, args.size, rect, settings.max_pixels, stage_ms[i],
+                pipeline.prepare, datas[i], info, args.size, rect, settings.max_pixels, stage_ms[i], settings.fast_jpeg,
                 limiter=state.limiter_threads,
             )
         except GatewayError as exc:

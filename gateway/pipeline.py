@@ -18,7 +18,13 @@ from gateway.triton import ModelInfo
 
 
 def prepare(
-    data: bytes, info: ModelInfo, size: int, rect: bool, max_pixels: int, timings: dict[str, float]
+    data: bytes,
+    info: ModelInfo,
+    size: int,
+    rect: bool,
+    max_pixels: int,
+    timings: dict[str, float],
+    fast_jpeg: bool = True,
 ) -> tuple[NDArray[np.uint8], NDArray[Any], Letterbox]:
     """(decoded BGR image, model input tensor without batch dim, letterbox); fills decode/letterbox ms.
 
@@ -26,7 +32,7 @@ def prepare(
     only records the shapes.
     """
     t0 = time.perf_counter()
-    image = preprocess.decode(data, max_pixels)
+    image = preprocess.decode(data, max_pixels, fast_jpeg)
     t1 = time.perf_counter()
     target = preprocess.target_size(size, info.stride)
     if info.preprocess == "resize_center_crop":

@@ -26,6 +26,7 @@ class Settings:
     model_cache_s: float = 10.0  # how long a model's config from Triton is reused
     workers: int = 4  # threads for decode/letterbox/post-processing
     max_images: int = 8  # image parts per request (they share the max_upload_bytes request limit)
+    fast_jpeg: bool = True  # JPEGs through simplejpeg where its pixels are known to equal OpenCV's; off = OpenCV only
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:

@@ -173,3 +173,36 @@ def test_top5_is_the_five_most_probable_classes_best_first() -> None:
     assert [d["confidence"] for d in top] == [0.3, 0.25, 0.2, 0.15, 0.05]
     assert set(top[0]) == {"name", "class", "confidence"}
     assert len(postprocess.top5(probs[:3], names)) == 3, "fewer than five classes: all of them"
+
+
+@pytest.mark.parametrize(
+    "anchors,conf,iou,classes,agnostic,max_det",
+    [(1500, 0.25, 0.45, None, False, 300), (1500, 0.05, 0.7, None, False, 300), (1500, 0.25, 0.7, (1, 3), False, 300),
+     (1500, 0.1, 0.45, None, True, 300), (1500, 0.1, 0.45, None, False, 17), (12000, 0.02, 0.45, None, False, 300)],
+)  # fmt: skip
+def test_non_max_suppression_matches_ultralytics(
+    anchors: int, conf: float, iou: float, classes: tuple[int, ...] | None, agnostic: bool, max_det: int
+) -> None:
+    """Against Ultralytics' own non_max_suppression (torchvision NMS) on clustered random boxes, with few and with
+    many candidates, class filters, class-agnostic NMS and a detection cap."""
+    torch = pytest.importorskip("torch")
+    from ultralytics.utils.nms import non_max_suppression
+
+    rng = np.random.default_rng(anchors + int(conf * 100))
+    nc = 5
+    centres = rng.uniform(0, 640, (40, 2))[rng.integers(0, 40, anchors)] + rng.normal(0, 12, (anchors, 2))
+    sizes = rng.uniform(20, 160, (anchors, 2))
+    scores = rng.uniform(0, 1, (nc, anchors)) ** 4
+    raw = np.concatenate([centres.T, sizes.T, scores]).astype(np.float32)  # (4 + nc, anchors)
+    want = non_max_suppression(
+        torch.from_numpy(raw[None]), conf, iou, list(classes) if classes else None, agnostic, max_det=max_det, nc=nc
+    )[0].numpy()
+    candidates = int((raw[4:].max(axis=0) > conf).sum())
+    got = postprocess.non_max_suppression(raw, conf, iou, nc, max_det, classes, agnostic)
+    assert len(want) > 10 and candidates > len(want), "some boxes kept, some suppressed"
+    assert np.array_equal(got, want)
+
+
+def test_nms_of_no_boxes_is_empty() -> None:
+    empty = np.zeros((0, 4), np.float32)
+    assert postprocess.nms(empty, np.zeros(0, np.float32), 0.45).tolist() == []
