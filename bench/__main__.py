@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from bench import load, perf_analyzer, report, stack
+from bench import cpu, load, perf_analyzer, report, stack
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = ("gateway", "triton", "onnxruntime", "ultralytics-server")
@@ -118,13 +118,19 @@ def level_row(c: int, summaries: list[dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
-async def measure(call: load.Call, levels: list[int], args: argparse.Namespace) -> list[dict[str, Any]]:
+async def measure(call: load.Call, levels: list[int], args: argparse.Namespace, roles: cpu.Roles | None = None) -> list[dict[str, Any]]:
+    """Closed-loop rows per level; with `roles`, also each process's CPU ms per request over the level's runs."""
     for _ in range(args.warmup):
         await call()
+    roles = roles if roles and cpu.available() else {}
     rows = []
     for c in levels:
+        before = cpu.snapshot(roles)
         runs = [await load.closed_loop(call, c, args.requests, args.seconds) for _ in range(args.repeats)]
-        rows.append(level_row(c, [r.summary() for r in runs]))
+        row = level_row(c, [r.summary() for r in runs])
+        if roles:
+            row["cpu_ms"] = cpu.per_request_ms(before, cpu.snapshot(roles), row["requests"])
+        rows.append(row)
     return rows
 
 
@@ -158,10 +164,16 @@ async def bench_model(model: str, repo: Path, photo: Path, workdir: Path, args: 
         gateway_url, triton_url, key = args.gateway_url, args.triton_url, args.api_key
         bare = "triton" in args.modes or "perf-analyzer" in args.modes
         local = ("gateway" in args.modes and not gateway_url) or (bare and not triton_url)
+        harness: cpu.Roles = {"harness": (os.getpid(), False)}  # the load generator (and, in-process, the model)
+        gateway_roles: cpu.Roles = {}
+        triton_roles: cpu.Roles = {}
         if local:
             triton, gw, local_key = running.enter_context(stack.triton_and_gateway(repo, workdir, args.letterbox))
             if not gateway_url:
                 gateway_url, key = gw.url, local_key
+                gateway_roles["gateway"] = (gw.process.pid, True)
+            if not args.triton_url:
+                triton_roles["triton"] = (triton.process.pid, True)  # tritonserver and its python-backend stubs
             triton_url = triton_url or triton.grpc_url
         if "gateway" in args.modes:
             log(f"{model}: gateway (HTTP upload of a 1080p JPEG, size {args.size})")
@@ -172,7 +184,7 @@ async def bench_model(model: str, repo: Path, photo: Path, workdir: Path, args: 
                     r = await client.post(f"{gateway_url}/v1/predict/{model}", headers={"x-api-key": key}, files=files, data={"size": str(args.size)})
                     return r.status_code, parse_timing(r.headers.get("server-timing", ""))
 
-                out["modes"]["gateway"] = await measure(via_gateway, levels, args)
+                out["modes"]["gateway"] = await measure(via_gateway, levels, args, {**gateway_roles, **triton_roles, **harness})
                 out["bytes_sent"]["gateway"] = len(jpeg)
                 if args.rate:
                     log(f"{model}: gateway open loop at {args.rate}/s")
@@ -191,7 +203,7 @@ async def bench_model(model: str, repo: Path, photo: Path, workdir: Path, args: 
                 await client.infer(model, [inp])
                 return 200, {}
 
-            out["modes"]["triton"] = await measure(via_triton, levels, args)
+            out["modes"]["triton"] = await measure(via_triton, levels, args, {**triton_roles, **harness})
             out["bytes_sent"]["triton"] = int(tensor.nbytes)
             await client.close()
 
@@ -215,7 +227,7 @@ async def bench_model(model: str, repo: Path, photo: Path, workdir: Path, args: 
             await loop.run_in_executor(pool, session.run, None, {"images": x})
             return 200, {}
 
-        out["modes"]["onnxruntime"] = await measure(in_process, levels, args)
+        out["modes"]["onnxruntime"] = await measure(in_process, levels, args, {"harness": (os.getpid(), False)})
         out["bytes_sent"]["onnxruntime"] = 0
         pool.shutdown()
 
@@ -231,7 +243,9 @@ async def bench_model(model: str, repo: Path, photo: Path, workdir: Path, args: 
                     return r.status_code, {}
 
                 ul_levels = [c for c in levels if c <= args.ultralytics_max_concurrency] or levels[:1]
-                out["modes"]["ultralytics-server"] = await measure(via_ultralytics, ul_levels, args)
+                out["modes"]["ultralytics-server"] = await measure(
+                    via_ultralytics, ul_levels, args, {"ultralytics-server": (srv.process.pid, True), "harness": (os.getpid(), False)}
+                )
                 out["bytes_sent"]["ultralytics-server"] = len(jpeg)
                 out["ultralytics_weights"] = weights.name
     return out

@@ -42,6 +42,13 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
                 "goal": f"<= {OVERHEAD_TARGET_MS.get(task, 5.0):g}",
                 "stages_ms": {k: first.get(k) for k in (*OVERHEAD_STAGES, "triton", "total")},
             }
+        if gw and gw[0].get("cpu_ms", {}).get("gateway") is not None:
+            task = {"yolov8n-seg": "segment", "yolov8n-pose": "pose"}.get(m["model"], "detect")
+            r["gateway_process_cpu_ms_per_request"] = {
+                "value": gw[0]["cpu_ms"]["gateway"],
+                "goal": f"<= {OVERHEAD_TARGET_MS.get(task, 5.0):g}",
+                "concurrency": gw[0]["concurrency"],
+            }
         if gw and tr:
             pairs = [(g, _at(tr, g["concurrency"])) for g in gw]
             r["gateway_p99_over_triton_p99"] = {
@@ -83,6 +90,14 @@ def markdown(results: dict[str, Any]) -> str:
         gw = m["modes"].get("gateway")
         if gw:
             lines += ["", "Gateway stages (ms per request, from Server-Timing): " + ", ".join(f"c={r['concurrency']}: " + " ".join(f"{k} {v:.1f}" for k, v in r["stages_ms"].items()) for r in gw[:2])]
+        cpu_rows = [(mode, r) for mode, rows in m["modes"].items() for r in rows if r.get("cpu_ms")]
+        if cpu_rows:
+            roles = list(dict.fromkeys(role for _, r in cpu_rows for role in r["cpu_ms"]))
+            lines += ["", "CPU time per request (ms, all cores, from /proc; `triton` = tritonserver and its python-backend "
+                      "stubs, `harness` = the load generator, and for onnxruntime the model itself):", "",
+                      "| mode | conc. | " + " | ".join(roles) + " |", "|---|---:|" + "---:|" * len(roles)]
+            for mode, r in cpu_rows:
+                lines.append(f"| {mode} | {r['concurrency']} | " + " | ".join(f"{r['cpu_ms'][k]:.1f}" if k in r["cpu_ms"] else "" for k in roles) + " |")
         pa = m["modes"].get("perf-analyzer")
         if pa:
             lines += ["", "Bare Triton as perf_analyzer sees it (ms per request, its CSV columns; the server ones are Triton's own statistics):", "",

@@ -39,6 +39,38 @@ def test_quick_benchmark_runs_and_reports_sane_numbers(tmp_path: Path, repositor
     assert model["open_loop"]["errors"] == 0
     assert model["bytes_sent"]["gateway"] > 0 and model["bytes_sent"]["triton"] > 0
     assert "gateway_vs_onnxruntime_throughput" in results["ratios"]["yolov8n"]
+    # CPU accounting: every role burnt some CPU, and no level burnt more than the cores could give it
+    expected_roles = {"gateway": {"gateway", "triton", "harness"}, "triton": {"triton", "harness"},
+                      "onnxruntime": {"harness"}, "ultralytics-server": {"ultralytics-server", "harness"}}  # fmt: skip
+    for mode, rows in model["modes"].items():
+        for r in rows:
+            assert set(r["cpu_ms"]) == expected_roles[mode], (mode, r)
+            assert all(v > 0 for v in r["cpu_ms"].values()), (mode, r)
+            assert sum(r["cpu_ms"].values()) <= env["cores"] * 1000 / r["throughput_min"] * 1.2, (mode, r)
+    assert model["modes"]["gateway"][0]["cpu_ms"]["triton"] > model["modes"]["gateway"][0]["cpu_ms"]["gateway"] * 0.5
+    assert results["ratios"]["yolov8n"]["gateway_process_cpu_ms_per_request"]["value"] > 0
+    assert "CPU time per request" in (folder / "results.md").read_text()
+
+
+def test_cpu_accounting_counts_a_process_tree() -> None:
+    """A child that burns about 0.4 s of CPU shows up in its parent's tree, and not in the parent alone."""
+    import os
+
+    from bench import cpu
+
+    script = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass\nprint('done', flush=True)\ninput()"
+    child = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "done"
+        me = os.getpid()
+        assert child.pid in cpu.tree(me)
+        with_child, alone = cpu.seconds(me), cpu.seconds(me, children=False)
+        assert 0.35 <= with_child - alone <= 1.0, (with_child, alone)
+        before = cpu.snapshot({"child": (child.pid, True)})
+        assert cpu.per_request_ms({"child": before["child"] - 0.5}, before, 10) == {"child": 50.0}
+    finally:
+        child.kill()
+        child.wait()
 
 
 # perf_analyzer 2.51's -f CSV for one level (microseconds), as written by a run of the perf-analyzer mode here.
