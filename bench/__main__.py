@@ -4,7 +4,9 @@
     python -m bench tools    # installs Triton's perf_analyzer under .triton/perf-analyzer (for --modes ...,perf-analyzer)
 
 Writes results.json, results.md and chart.png under bench/results/<timestamp>/ and prints the folder.
-Loopback only; every level is bounded by --requests and --seconds; warm-up first; --repeats runs per level.
+Loopback only; every level is bounded by --requests and --seconds; warm-up first; --repeats rounds, each of which
+drives every mode at every level in turn (all servers stay up for the whole model), so drift in the machine's speed
+shifts all modes alike. Each level also records the CPU time per request of every process involved (bench/cpu.py).
 The opt-in mode perf-analyzer measures the same bare Triton with Triton's own perf_analyzer (tritonclient 2.51.0
 wheel's binary, installed on first use): same prepared tensor, gRPC, one run per level made of 3 time windows that
 fill --seconds (it counts every request completing in them; --requests does not cap it), with Triton's server-side
@@ -23,6 +25,7 @@ import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,12 @@ from bench import cpu, load, perf_analyzer, report, stack
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = ("gateway", "triton", "onnxruntime", "ultralytics-server")
+DESCRIPTIONS = {
+    "gateway": "HTTP upload of a 1080p JPEG, size {size}",
+    "triton": "prepared uint8 tensor over gRPC, async client",
+    "onnxruntime": "in-process, source.onnx, prepared float32 tensor",
+    "ultralytics-server": "Starlette + YOLO(weights).predict per request",
+}
 OPT_IN_MODES = ("perf-analyzer",)  # needs a tool installed from PyPI and Debian on first use
 
 
@@ -118,19 +127,47 @@ def level_row(c: int, summaries: list[dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
-async def measure(call: load.Call, levels: list[int], args: argparse.Namespace, roles: cpu.Roles | None = None) -> list[dict[str, Any]]:
-    """Closed-loop rows per level; with `roles`, also each process's CPU ms per request over the level's runs."""
-    for _ in range(args.warmup):
-        await call()
-    roles = roles if roles and cpu.available() else {}
-    rows = []
-    for c in levels:
-        before = cpu.snapshot(roles)
-        runs = [await load.closed_loop(call, c, args.requests, args.seconds) for _ in range(args.repeats)]
-        row = level_row(c, [r.summary() for r in runs])
-        if roles:
-            row["cpu_ms"] = cpu.per_request_ms(before, cpu.snapshot(roles), row["requests"])
-        rows.append(row)
+@dataclass
+class Mode:
+    """One way of serving the model, ready to be driven: its request, its levels, the processes whose CPU counts."""
+
+    name: str
+    call: load.Call
+    levels: list[int]
+    roles: cpu.Roles
+
+
+async def measure(modes: list[Mode], args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
+    """Rows per mode and level from --repeats rounds. Each round drives every mode at every level in turn, so a
+    machine whose speed drifts during the run (a shared VM does) shifts all modes alike instead of whichever ran
+    last: the targets are ratios between modes. CPU per request (from /proc) is summed over a level's runs."""
+    for mode in modes:
+        for _ in range(args.warmup):
+            await mode.call()
+    use_cpu = cpu.available()
+    summaries: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    burnt: dict[tuple[str, int], dict[str, float]] = {}
+    for round_ in range(1, args.repeats + 1):
+        log(f"round {round_}/{args.repeats}: " + ", ".join(m.name for m in modes))
+        for mode in modes:
+            for c in mode.levels:
+                before = cpu.snapshot(mode.roles) if use_cpu else {}
+                run = await load.closed_loop(mode.call, c, args.requests, args.seconds)
+                after = cpu.snapshot(mode.roles) if use_cpu else {}
+                summary = run.summary()
+                summaries.setdefault((mode.name, c), []).append(summary)
+                total = burnt.setdefault((mode.name, c), dict.fromkeys(before, 0.0))
+                for role in before:
+                    total[role] += after[role] - before[role]
+                log(f"  {mode.name:<18} c={c:<3} {summary['throughput']:7.2f} img/s  p50 {summary['p50_ms']:7.1f} ms  errors {summary['errors']}")
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for mode in modes:
+        log(f"{mode.name}:")
+        for c in mode.levels:
+            row = level_row(c, summaries[(mode.name, c)])
+            if burnt[(mode.name, c)]:
+                row["cpu_ms"] = cpu.per_request_ms(dict.fromkeys(burnt[(mode.name, c)], 0.0), burnt[(mode.name, c)], row["requests"])
+            rows.setdefault(mode.name, []).append(row)
     return rows
 
 
@@ -159,15 +196,16 @@ async def bench_model(model: str, repo: Path, photo: Path, workdir: Path, args: 
     levels = [int(c) for c in args.concurrency.split(",")]
     out: dict[str, Any] = {"model": model, "modes": {}, "bytes_sent": {}}
     limits = httpx.Limits(max_connections=max(levels) + 4, max_keepalive_connections=max(levels) + 4)
+    files = {"image": ("photo.jpg", jpeg, "image/jpeg")}
+    harness: cpu.Roles = {"harness": (os.getpid(), False)}  # the load generator (and, in-process, the model)
+    modes: dict[str, Mode] = {}
 
-    with contextlib.ExitStack() as running:
+    async with contextlib.AsyncExitStack() as running:
         gateway_url, triton_url, key = args.gateway_url, args.triton_url, args.api_key
-        bare = "triton" in args.modes or "perf-analyzer" in args.modes
-        local = ("gateway" in args.modes and not gateway_url) or (bare and not triton_url)
-        harness: cpu.Roles = {"harness": (os.getpid(), False)}  # the load generator (and, in-process, the model)
         gateway_roles: cpu.Roles = {}
         triton_roles: cpu.Roles = {}
-        if local:
+        bare = "triton" in args.modes or "perf-analyzer" in args.modes
+        if ("gateway" in args.modes and not gateway_url) or (bare and not triton_url):
             triton, gw, local_key = running.enter_context(stack.triton_and_gateway(repo, workdir, args.letterbox))
             if not gateway_url:
                 gateway_url, key = gw.url, local_key
@@ -175,37 +213,66 @@ async def bench_model(model: str, repo: Path, photo: Path, workdir: Path, args: 
             if not args.triton_url:
                 triton_roles["triton"] = (triton.process.pid, True)  # tritonserver and its python-backend stubs
             triton_url = triton_url or triton.grpc_url
+        client = await running.enter_async_context(httpx.AsyncClient(limits=limits, timeout=300))
+
         if "gateway" in args.modes:
-            log(f"{model}: gateway (HTTP upload of a 1080p JPEG, size {args.size})")
-            async with httpx.AsyncClient(limits=limits, timeout=120) as client:
-                files = {"image": ("photo.jpg", jpeg, "image/jpeg")}
+            async def via_gateway() -> tuple[int, dict[str, float]]:
+                r = await client.post(f"{gateway_url}/v1/predict/{model}", headers={"x-api-key": key}, files=files, data={"size": str(args.size)})
+                return r.status_code, parse_timing(r.headers.get("server-timing", ""))
 
-                async def via_gateway() -> tuple[int, dict[str, float]]:
-                    r = await client.post(f"{gateway_url}/v1/predict/{model}", headers={"x-api-key": key}, files=files, data={"size": str(args.size)})
-                    return r.status_code, parse_timing(r.headers.get("server-timing", ""))
-
-                out["modes"]["gateway"] = await measure(via_gateway, levels, args, {**gateway_roles, **triton_roles, **harness})
-                out["bytes_sent"]["gateway"] = len(jpeg)
-                if args.rate:
-                    log(f"{model}: gateway open loop at {args.rate}/s")
-                    run = await load.open_loop(via_gateway, args.rate, args.requests, args.seconds)
-                    out["open_loop"] = {"rate": args.rate, **run.summary()}
-                out["parity"] = await parity(model, repo, photo, client, gateway_url, key, args)
+            modes["gateway"] = Mode("gateway", via_gateway, levels, {**gateway_roles, **triton_roles, **harness})
+            out["bytes_sent"]["gateway"] = len(jpeg)
 
         if "triton" in args.modes:
-            log(f"{model}: triton (prepared uint8 tensor over gRPC, async client)")
-            client = grpcaio.InferenceServerClient(triton_url)
+            grpc_client = grpcaio.InferenceServerClient(triton_url)
+            running.push_async_callback(grpc_client.close)
             tensor = boxed[None]
 
             async def via_triton() -> tuple[int, dict[str, float]]:
                 inp = grpcaio.InferInput("image", list(tensor.shape), "UINT8")
                 inp.set_data_from_numpy(tensor)
-                await client.infer(model, [inp])
+                await grpc_client.infer(model, [inp])
                 return 200, {}
 
-            out["modes"]["triton"] = await measure(via_triton, levels, args, {**triton_roles, **harness})
+            modes["triton"] = Mode("triton", via_triton, levels, {**triton_roles, **harness})
             out["bytes_sent"]["triton"] = int(tensor.nbytes)
-            await client.close()
+
+        if "onnxruntime" in args.modes:
+            session = ort.InferenceSession(str(repo / model / "source.onnx"), providers=["CPUExecutionProvider"])
+            x = np.ascontiguousarray(boxed[..., ::-1].transpose(2, 0, 1)[None]).astype(np.float32) / np.float32(255)
+            pool = running.enter_context(ThreadPoolExecutor(max_workers=max(levels)))
+            loop = asyncio.get_running_loop()
+
+            async def in_process() -> tuple[int, dict[str, float]]:
+                await loop.run_in_executor(pool, session.run, None, {"images": x})
+                return 200, {}
+
+            modes["onnxruntime"] = Mode("onnxruntime", in_process, levels, harness)
+            out["bytes_sent"]["onnxruntime"] = 0
+
+        if "ultralytics-server" in args.modes:
+            weights = weights_for(model, repo)
+            srv = running.enter_context(stack.uvicorn("bench.ultralytics_server:app", workdir, {"BENCH_WEIGHTS": str(weights)}, "/docs-missing"))
+
+            async def via_ultralytics() -> tuple[int, dict[str, float]]:
+                r = await client.post(f"{srv.url}/v1/predict/{model}", files=files, data={"size": str(args.size)})
+                return r.status_code, {}
+
+            ul_levels = [c for c in levels if c <= args.ultralytics_max_concurrency] or levels[:1]
+            modes["ultralytics-server"] = Mode("ultralytics-server", via_ultralytics, ul_levels, {"ultralytics-server": (srv.process.pid, True), **harness})
+            out["bytes_sent"]["ultralytics-server"] = len(jpeg)
+            out["ultralytics_weights"] = weights.name
+
+        for name in modes:
+            log(f"{model}: {name} — {DESCRIPTIONS[name].format(size=args.size)}")
+        out["modes"] = await measure([modes[m] for m in args.modes if m in modes], args)
+
+        if "gateway" in modes:
+            if args.rate:
+                log(f"{model}: gateway open loop at {args.rate}/s")
+                run = await load.open_loop(modes["gateway"].call, args.rate, args.requests, args.seconds)
+                out["open_loop"] = {"rate": args.rate, **run.summary()}
+            out["parity"] = await parity(model, repo, photo, client, gateway_url, key, args)
 
         if pa is not None:
             log(f"{model}: perf-analyzer (Triton's perf_analyzer, the same uint8 tensor over gRPC, {perf_analyzer.window_ms(args.seconds)} ms windows)")
@@ -215,39 +282,6 @@ async def bench_model(model: str, repo: Path, photo: Path, workdir: Path, args: 
                 log(f"{model}: perf-analyzer failed: {exc}")
                 out.setdefault("failures", {})["perf-analyzer"] = str(exc)
             out["bytes_sent"]["perf-analyzer"] = int(boxed.nbytes)
-
-    if "onnxruntime" in args.modes:
-        log(f"{model}: onnxruntime (in-process, source.onnx, prepared float32 tensor)")
-        session = ort.InferenceSession(str(repo / model / "source.onnx"), providers=["CPUExecutionProvider"])
-        x = np.ascontiguousarray(boxed[..., ::-1].transpose(2, 0, 1)[None]).astype(np.float32) / np.float32(255)
-        pool = ThreadPoolExecutor(max_workers=max(levels))
-        loop = asyncio.get_running_loop()
-
-        async def in_process() -> tuple[int, dict[str, float]]:
-            await loop.run_in_executor(pool, session.run, None, {"images": x})
-            return 200, {}
-
-        out["modes"]["onnxruntime"] = await measure(in_process, levels, args, {"harness": (os.getpid(), False)})
-        out["bytes_sent"]["onnxruntime"] = 0
-        pool.shutdown()
-
-    if "ultralytics-server" in args.modes:
-        weights = weights_for(model, repo)
-        log(f"{model}: ultralytics-server (Starlette + YOLO({weights.name}).predict per request)")
-        with stack.uvicorn("bench.ultralytics_server:app", workdir, {"BENCH_WEIGHTS": str(weights)}, "/docs-missing") as srv:
-            async with httpx.AsyncClient(limits=limits, timeout=300) as client:
-                files = {"image": ("photo.jpg", jpeg, "image/jpeg")}
-
-                async def via_ultralytics() -> tuple[int, dict[str, float]]:
-                    r = await client.post(f"{srv.url}/v1/predict/{model}", files=files, data={"size": str(args.size)})
-                    return r.status_code, {}
-
-                ul_levels = [c for c in levels if c <= args.ultralytics_max_concurrency] or levels[:1]
-                out["modes"]["ultralytics-server"] = await measure(
-                    via_ultralytics, ul_levels, args, {"ultralytics-server": (srv.process.pid, True), "harness": (os.getpid(), False)}
-                )
-                out["bytes_sent"]["ultralytics-server"] = len(jpeg)
-                out["ultralytics_weights"] = weights.name
     return out
 
 
@@ -278,7 +312,7 @@ async def parity(model: str, repo: Path, photo: Path, client: Any, url: str, key
 def environment(args: argparse.Namespace) -> dict[str, Any]:
     import importlib.metadata as md
 
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), platform.processor())
+    cpu_name = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), platform.processor())
     versions = {}
     for pkg in ("onnxruntime", "tritonclient", "nvidia-pytriton", "starlette", "uvicorn", "numpy", "opencv-python-headless", "simplejpeg", "ultralytics-opencv-headless", "torch"):
         try:
@@ -286,7 +320,7 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
         except md.PackageNotFoundError:
             pass
     return {
-        "cpu": cpu,
+        "cpu": cpu_name,
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "versions": versions,

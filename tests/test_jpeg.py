@@ -114,13 +114,13 @@ def test_exif_orientation_applied_like_opencv(photo: np.ndarray, orientation: in
 
 @pytest.mark.parametrize("order", ["<", ">"])
 def test_exif_both_byte_orders(photo: np.ndarray, order: str) -> None:
-    ok, encoded = cv2.imencode(".jpg", photo[:120, :80])
+    _, encoded = cv2.imencode(".jpg", photo[:120, :80])
     value = struct.pack(order + "HH", 6, 0)
     check(_with_app1(encoded.tobytes(), b"Exif\x00\x00" + _tiff([(0x0112, 3, 1, value)], order)), fast=True)
 
 
 def test_cases_left_to_opencv(photo: np.ndarray) -> None:
-    ok, encoded = cv2.imencode(".jpg", photo[:120, :80])
+    _, encoded = cv2.imencode(".jpg", photo[:120, :80])
     jpeg = encoded.tobytes()
     rotate = struct.pack("<HH", 6, 0)
     cases = {
