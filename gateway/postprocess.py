@@ -174,40 +174,60 @@ _PAD = 4096
 _BATCH_SIZES = (4, 8, 16, 32, 64)
 
 
-def _closest_pairs(segments: list[NDArray[Any]]) -> list[tuple[int, int]]:
+_BATCH_ELEMENTS = 1 << 20  # distances computed at once in a batch (4 MiB of int32 per temporary)
+
+
+def _closest_pairs(segments: list[NDArray[Any]]) -> tuple[list[int], list[int]]:
     """For each consecutive pair of (K, 2) point arrays, (i, j) of their closest points; ties: first in row-major
-    order (np.argmin), as Ultralytics' min_index. Pairs of short contours (most of them) are batched by size."""
-    out: list[tuple[int, int]] = [(0, 0)] * (len(segments) - 1)
-    buckets: dict[int, list[int]] = {}
-    for k in range(1, len(segments)):
-        longest = max(len(segments[k - 1]), len(segments[k]))
-        size = next((b for b in _BATCH_SIZES if longest <= b), 0)
-        buckets.setdefault(size, []).append(k)
-    for size, pairs in buckets.items():
-        if size == 0:
-            continue
-        a = np.full((len(pairs), size, 2), _PAD, np.int32)
-        b = np.full((len(pairs), size, 2), -_PAD, np.int32)  # a's and b's padding are never close to anything
-        for row, k in enumerate(pairs):
-            a[row, : len(segments[k - 1])] = segments[k - 1]
-            b[row, : len(segments[k])] = segments[k]
-        flat = ((a[:, :, None, :] - b[:, None, :, :]) ** 2).sum(-1).reshape(len(pairs), -1).argmin(axis=1)
-        for row, k in enumerate(pairs):
-            out[k - 1] = (int(flat[row] // size), int(flat[row] % size))
-    for k in buckets.get(0, []):
-        x, y = segments[k - 1], segments[k]
+    order (np.argmin), as Ultralytics' min_index. Pairs of short contours (most of them) are batched by size, with
+    the padded point arrays gathered in one step per batch."""
+    n = len(segments)
+    lens = np.fromiter((len(x) for x in segments), np.int64, n)
+    points = np.concatenate(segments).astype(np.int32)
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    first = np.zeros(n - 1, np.int64)
+    second = np.zeros(n - 1, np.int64)
+    sizes = np.asarray(_BATCH_SIZES)
+    size_a, size_b = np.searchsorted(sizes, lens[:-1]), np.searchsorted(sizes, lens[1:])
+    bucket = size_a * len(sizes) + size_b  # batched by both sizes: little padding when a tiny contour meets a long one
+    too_long = (size_a == len(sizes)) | (size_b == len(sizes))
+    bucket[too_long] = -1
+
+    def padded(ids: NDArray[np.int64], size: int, pad: int) -> NDArray[np.int32]:
+        t = np.arange(size)
+        valid = t < lens[ids][:, None]
+        out = points[np.where(valid, starts[ids][:, None] + t, 0)]
+        out[~valid] = pad
+        return out
+
+    for key in np.unique(bucket[bucket >= 0]).tolist():
+        na, nb = _BATCH_SIZES[key // len(sizes)], _BATCH_SIZES[key % len(sizes)]
+        pairs = np.flatnonzero(bucket == key)
+        step = max(1, _BATCH_ELEMENTS // (na * nb))
+        for c in range(0, len(pairs), step):
+            ks = pairs[c : c + step]
+            a, b = padded(ks, na, _PAD), padded(ks + 1, nb, -_PAD)  # a's and b's padding are never close to anything
+            dx = a[:, :, None, 0] - b[:, None, :, 0]
+            dy = a[:, :, None, 1] - b[:, None, :, 1]
+            flat = (dx * dx + dy * dy).reshape(len(ks), -1).argmin(axis=1)
+            first[ks], second[ks] = flat // nb, flat % nb
+    for k in np.flatnonzero(too_long).tolist():
+        x, y = segments[k], segments[k + 1]
         d = ((x[:, None, :].astype(np.int64) - y[None, :, :]) ** 2).sum(-1)
-        i, j = np.unravel_index(np.argmin(d, axis=None), d.shape)
-        out[k - 1] = (int(i), int(j))
-    return out
+        first[k], second[k] = np.unravel_index(np.argmin(d, axis=None), d.shape)
+    return first.tolist(), second.tolist()
 
 
-def merge_multi_segment(segments: list[NDArray[Any]]) -> list[NDArray[Any]]:
-    """Join several contours into one outline through their closest points (Ultralytics' converter function)."""
+def merge_multi_segment(
+    segments: list[NDArray[Any]], pairs: tuple[list[int], list[int]] | None = None
+) -> list[NDArray[Any]]:
+    """Join several contours into one outline through their closest points (Ultralytics' converter function).
+
+    pairs: `_closest_pairs(segments)` when already computed (for many masks at once)."""
     s: list[NDArray[Any]] = []
     segments = [np.asarray(x).reshape(-1, 2) for x in segments]
     idx_list: list[list[int]] = [[] for _ in segments]
-    for i, (idx1, idx2) in enumerate(_closest_pairs(segments), start=1):
+    for i, (idx1, idx2) in enumerate(zip(*(pairs or _closest_pairs(segments))), start=1):
         idx_list[i - 1].append(idx1)
         idx_list[i].append(idx2)
     last = len(idx_list) - 1
@@ -228,16 +248,76 @@ def merge_multi_segment(segments: list[NDArray[Any]]) -> list[NDArray[Any]]:
     return s
 
 
+def mask_contours(mask: NDArray[np.uint8]) -> list[NDArray[Any]]:
+    """(K, 2) int32 outer contours of a binary mask, in the mask's own pixels (ops.masks2segments' findContours)."""
+    padded = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    return [c.reshape(-1, 2) for c in cv2.findContours(padded, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]]
+
+
+def outlines(contour_sets: list[list[NDArray[Any]]]) -> list[NDArray[Any]]:
+    """One (K, 2) outline per mask, as masks2segments(strategy="all") builds it: a mask's contours joined through
+    their closest points (merge_multi_segment), for all masks at once.
+
+    merge_multi_segment's output is made of runs of each contour, rolled to a start point, maybe reversed, and closed
+    with its first point; here every run is described by numbers (contour, start, direction, first and count of
+    positions) and all runs are gathered from the concatenated points in one indexing step. Equal point for point to
+    Ultralytics' function (tests/test_merge_segments.py).
+    """
+    flat = [c.reshape(-1, 2) for contours in contour_sets for c in contours]
+    if not flat:
+        return [np.zeros((0, 2), np.int32) for _ in contour_sets]
+    first, second = _closest_pairs(flat) if len(flat) > 1 else ([], [])
+    lens = [len(c) for c in flat]
+    # one row per run: contour g, start k, reversed, first position t0, count
+    runs: list[tuple[int, int, bool, int, int]] = []
+    run_counts = []
+    g0 = 0
+    for contours in contour_sets:
+        n = len(contours)
+        before = len(runs)
+        if n == 1:
+            runs.append((g0, 0, False, 0, lens[g0]))  # a single contour is used as found (not closed)
+        elif n > 1:
+            last = g0 + n - 1
+            middle = []
+            for g in range(g0, last + 1):
+                size = lens[g]
+                if g == g0:
+                    runs.append((g, first[g], False, 0, size + 1))
+                elif g == last:
+                    runs.append((g, second[g - 1], False, 0, size + 1))
+                else:
+                    a, b = second[g - 1], first[g]
+                    rev = a > b
+                    d = abs(a - b)
+                    runs.append((g, size - 1 - a if rev else a, rev, 0, d + 1))
+                    middle.append((g, size - 1 - a if rev else a, rev, d, size + 1 - d))
+            runs.extend(reversed(middle))
+        run_counts.append(len(runs) - before)
+        g0 += n
+    table = np.asarray(runs, dtype=np.int64).reshape(-1, 5)
+    g, k, rev, t0, count = table.T
+    size = np.asarray(lens, dtype=np.int64)[g]
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])[g]
+    run_of = np.repeat(np.arange(len(table)), count)
+    t = t0[run_of] + np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
+    u = (k[run_of] + t) % size[run_of]  # position in the rolled, closed contour → position in the (reversed) contour
+    u = np.where(rev[run_of] == 1, size[run_of] - 1 - u, u)
+    points = np.concatenate(flat)[starts[run_of] + u]
+    bounds = np.cumsum([0, *(int(count[a:b].sum()) for a, b in _spans(run_counts))])
+    return [points[bounds[m] : bounds[m + 1]] for m in range(len(contour_sets))]
+
+
+def _spans(counts: list[int]) -> list[tuple[int, int]]:
+    """[(start, end)] of consecutive groups of the given sizes."""
+    ends = np.cumsum(counts).tolist()
+    return [(e - c, e) for c, e in zip(counts, ends)]
+
+
 def mask_polygon(mask: NDArray[np.uint8], x0: int, y0: int) -> F32:
     """(K, 2) float32 outline of a binary mask placed at (x0, y0), as ops.masks2segments(strategy="all")."""
-    padded = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
-    contours = cv2.findContours(padded, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
-    if not contours:
-        return np.zeros((0, 2), np.float32)
-    offset = np.array([x0 - 1, y0 - 1])
-    parts = [c.reshape(-1, 2) + offset for c in contours]
-    merged = np.concatenate(merge_multi_segment(parts)) if len(parts) > 1 else parts[0]
-    return merged.astype(np.float32)
+    (merged,) = outlines([mask_contours(mask)])
+    return (merged + np.array([x0 - 1, y0 - 1])).astype(np.float32)  # (closest points: offset-free distances)
 
 
 def segments(dets: F32, protos: F32, box: Letterbox, nc: int) -> tuple[F32, list[F32]]:
@@ -245,13 +325,18 @@ def segments(dets: F32, protos: F32, box: Letterbox, nc: int) -> tuple[F32, list
 
     dets: (N, 6 + C) with boxes still in letterboxed-input pixels; protos: (C, mh, mw).
     """
-    keep, polygons = [], []
+    keep, contour_sets, origins = [], [], []
     for i, row in enumerate(dets):
         mask, x0, y0 = mask_in_box(row[6:], protos, row[:4], box.input_shape)
         if not mask.any():
             continue
         keep.append(i)
-        polygons.append(scale_xy(mask_polygon(mask, x0, y0), box))
+        contour_sets.append(mask_contours(mask))
+        origins.append((x0 - 1, y0 - 1))
+    polygons = [
+        scale_xy((merged + np.array(origin)).astype(np.float32), box) if len(merged) else np.zeros((0, 2), np.float32)
+        for merged, origin in zip(outlines(contour_sets), origins)
+    ]
     return dets[keep], polygons
 
 

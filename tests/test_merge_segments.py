@@ -28,3 +28,30 @@ def test_merge_multi_segment_equals_ultralytics(seed: int) -> None:
     want = np.concatenate(reference([p.copy() for p in parts]))
     got = np.concatenate(merge_multi_segment([p.copy() for p in parts]))
     assert got.shape == want.shape and (got == want).all()
+
+
+def test_outlines_of_many_masks_at_once_equal_ultralytics() -> None:
+    """All masks' contours merged in one batch (outlines) equal Ultralytics' merge of each mask on its own,
+    including masks with one contour (used as found) and masks without any."""
+    from ultralytics.data.converter import merge_multi_segment as reference
+
+    from gateway.postprocess import outlines
+
+    sets = []
+    for seed in range(40):
+        rng = np.random.default_rng(100 + seed)
+        size = int(rng.integers(20, 160))
+        mask = np.zeros((size, size), np.uint8)
+        for _ in range(int(rng.integers(1, 50))):
+            cv2.ellipse(mask, (int(rng.integers(size)), int(rng.integers(size))), (int(rng.integers(1, 12)), int(rng.integers(1, 12))), float(rng.uniform(0, 180)), 0, 360, 1, -1)
+        sets.append([c.reshape(-1, 2) for c in cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]])
+    sets[3] = []
+    sets[5].append(np.stack([np.arange(400) % 23, np.arange(400) // 23], 1).astype(np.int32))  # a long contour
+    assert sum(len(s) == 1 for s in sets) >= 1 and sum(len(s) > 5 for s in sets) >= 10
+    got = outlines([[c.copy() for c in s] for s in sets])
+    for contours, outline in zip(sets, got):
+        if not contours:
+            assert outline.shape == (0, 2)
+            continue
+        want = contours[0] if len(contours) == 1 else np.concatenate(reference([c.copy() for c in contours]))
+        assert outline.shape == want.shape and (outline == want).all()
