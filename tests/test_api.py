@@ -430,3 +430,23 @@ def test_gateway_runtime_imports_neither_torch_nor_ultralytics() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_readme_documents_every_gateway_setting() -> None:
+    """The README's configuration table names exactly the settings the gateway reads, with their defaults."""
+    import dataclasses
+    import re
+
+    from gateway.settings import PREFIX, Settings
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme.split("## Configuration (gateway)", 1)[1].split("\n## ", 1)[0]
+    documented = dict(re.findall(r"^\| `(GATEWAY_[A-Z_]+)` \| ([^|]+) \|", table, flags=re.M))
+    settings = {PREFIX + f.name.upper(): getattr(Settings(), f.name) for f in dataclasses.fields(Settings)}
+    assert set(documented) == set(settings)
+    for name, default in settings.items():
+        shown = documented[name].strip().strip("`")
+        if isinstance(default, bool):
+            assert shown == str(default).lower(), name
+        elif isinstance(default, (int, float)) and not isinstance(default, bool):
+            assert float(shown) == float(default), name
