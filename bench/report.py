@@ -139,7 +139,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
         ax.set_ylabel("p99 latency (ms)")
         ax.set_yscale("log")
         ax.grid(True, alpha=0.3)
-        ax.legend()
+        ax.legend(loc="best", fontsize=8, framealpha=0.7)
     fig.suptitle(f"{results['environment']['cpu']} ({results['environment']['cores']} cores) — labels: concurrency")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
