@@ -53,7 +53,7 @@ def test_quick_benchmark_runs_and_reports_sane_numbers(tmp_path: Path, repositor
 
 
 def test_cpu_accounting_counts_a_process_tree() -> None:
-    """A child that burns about 0.4 s of CPU shows up in its parent's tree, and not in the parent alone."""
+    """A child that burns about 0.4 s of CPU is counted as such, and in its parent's tree but not the parent alone."""
     import os
 
     from bench import cpu
@@ -64,8 +64,10 @@ def test_cpu_accounting_counts_a_process_tree() -> None:
         assert child.stdout is not None and child.stdout.readline().strip() == "done"
         me = os.getpid()
         assert child.pid in cpu.tree(me)
-        with_child, alone = cpu.seconds(me), cpu.seconds(me, children=False)
-        assert 0.35 <= with_child - alone <= 1.0, (with_child, alone)
+        child_s = cpu.seconds(child.pid)
+        assert 0.35 <= child_s <= 1.0, child_s
+        with_children, alone = cpu.seconds(me), cpu.seconds(me, children=False)  # other children may add to it
+        assert with_children - alone >= child_s - 0.02, (with_children, alone, child_s)
         before = cpu.snapshot({"child": (child.pid, True)})
         assert cpu.per_request_ms({"child": before["child"] - 0.5}, before, 10) == {"child": 50.0}
     finally:
