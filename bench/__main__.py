@@ -166,7 +166,7 @@ async def measure(modes: list[Mode], args: argparse.Namespace) -> dict[str, list
         for c in mode.levels:
             row = level_row(c, summaries[(mode.name, c)])
             if burnt[(mode.name, c)]:
-                row["cpu_ms"] = cpu.per_request_ms(dict.fromkeys(burnt[(mode.name, c)], 0.0), burnt[(mode.name, c)], row["requests"])
+                row["cpu_ms"] = cpu.per_request_ms(burnt[(mode.name, c)], row["requests"])
             rows.setdefault(mode.name, []).append(row)
     return rows
 

@@ -69,8 +69,8 @@ def snapshot(roles: Roles) -> dict[str, float]:
     return {role: seconds(pid, children) for role, (pid, children) in roles.items()}
 
 
-def per_request_ms(before: dict[str, float], after: dict[str, float], requests: int) -> dict[str, float]:
-    """CPU milliseconds per request for each role between two snapshots."""
+def per_request_ms(burnt: dict[str, float], requests: int) -> dict[str, float]:
+    """CPU milliseconds per request for each role, from the CPU seconds it burnt serving `requests`."""
     if not requests:
         return {}
-    return {role: round((after[role] - before[role]) * 1000 / requests, 2) for role in before if role in after}
+    return {role: round(seconds * 1000 / requests, 2) for role, seconds in burnt.items()}

@@ -299,25 +299,25 @@ def outlines(contour_sets: list[list[NDArray[Any]]]) -> list[NDArray[Any]]:
     g, k, rev, t0, count = table.T
     size = np.asarray(lens, dtype=np.int64)[g]
     starts = np.concatenate([[0], np.cumsum(lens)[:-1]])[g]
+    point_bounds = np.concatenate([[0], np.cumsum(count)])  # where each run starts and ends in the output
     run_of = np.repeat(np.arange(len(table)), count)
-    t = t0[run_of] + np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
+    t = t0[run_of] + np.arange(point_bounds[-1]) - np.repeat(point_bounds[:-1], count)
     u = (k[run_of] + t) % size[run_of]  # position in the rolled, closed contour → position in the (reversed) contour
     u = np.where(rev[run_of] == 1, size[run_of] - 1 - u, u)
     points = np.concatenate(flat)[starts[run_of] + u]
-    bounds = np.cumsum([0, *(int(count[a:b].sum()) for a, b in _spans(run_counts))])
+    bounds = point_bounds[np.concatenate([[0], np.cumsum(run_counts)])]  # where each mask's runs start and end
     return [points[bounds[m] : bounds[m + 1]] for m in range(len(contour_sets))]
 
 
-def _spans(counts: list[int]) -> list[tuple[int, int]]:
-    """[(start, end)] of consecutive groups of the given sizes."""
-    ends = np.cumsum(counts).tolist()
-    return [(e - c, e) for c, e in zip(counts, ends)]
+def _placed(outline: NDArray[Any], x0: int, y0: int) -> F32:
+    """An outline in mask pixels (found with a 1-pixel border) moved to the mask's place (x0, y0), as float32."""
+    return (outline + np.array([x0 - 1, y0 - 1])).astype(np.float32)
 
 
 def mask_polygon(mask: NDArray[np.uint8], x0: int, y0: int) -> F32:
     """(K, 2) float32 outline of a binary mask placed at (x0, y0), as ops.masks2segments(strategy="all")."""
-    (merged,) = outlines([mask_contours(mask)])
-    return (merged + np.array([x0 - 1, y0 - 1])).astype(np.float32)  # (closest points: offset-free distances)
+    (merged,) = outlines([mask_contours(mask)])  # (closest points: distances don't depend on the placement)
+    return _placed(merged, x0, y0)
 
 
 def segments(dets: F32, protos: F32, box: Letterbox, nc: int) -> tuple[F32, list[F32]]:
@@ -332,11 +332,8 @@ def segments(dets: F32, protos: F32, box: Letterbox, nc: int) -> tuple[F32, list
             continue
         keep.append(i)
         contour_sets.append(mask_contours(mask))
-        origins.append((x0 - 1, y0 - 1))
-    polygons = [
-        scale_xy((merged + np.array(origin)).astype(np.float32), box) if len(merged) else np.zeros((0, 2), np.float32)
-        for merged, origin in zip(outlines(contour_sets), origins)
-    ]
+        origins.append((x0, y0))
+    polygons = [scale_xy(_placed(merged, x0, y0), box) for merged, (x0, y0) in zip(outlines(contour_sets), origins)]
     return dets[keep], polygons
 
 

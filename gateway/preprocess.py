@@ -76,9 +76,11 @@ def decode(data: bytes, max_pixels: int, fast_jpeg: bool = True) -> NDArray[np.u
         )
     # (only with a readable header: OpenCV applies OPENCV_IO_MAX_IMAGE_PIXELS to the others)
     image = decode_jpeg(data) if fast_jpeg and kind == "JPEG" and size is not None else None
-    if image is None:
+    if image is None and kind == "GIF":
+        image = _decode_gif(data)
+    elif image is None:
         try:
-            image = _decode_gif(data) if kind == "GIF" else cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         except cv2.error:
             image = None
     if image is None or image.size == 0:
@@ -92,10 +94,10 @@ def decode_jpeg(data: bytes) -> NDArray[np.uint8] | None:
     """A JPEG decoded as `cv2.imdecode(data, IMREAD_COLOR)` would, or None where only OpenCV can say.
 
     Same pixels: both are libjpeg-turbo with its defaults (accurate integer DCT, fancy upsampling). Same orientation:
-    OpenCV reads the first APP1 segment as EXIF and applies its Orientation tag; here that segment is read
-    (strictly) and the same flips and transposes are applied. None (→ OpenCV) when the decoder warns (truncated or corrupt
-    data; `strict` turns warnings into errors), for colour spaces simplejpeg doesn't convert (CMYK/YCCK), and when the
-    first APP1 segment is not a readable EXIF block with an Orientation of 1–8 or none.
+    OpenCV reads the first APP1 segment as EXIF and applies its Orientation tag; here that segment is read (strictly)
+    and the same flips and transposes are applied. None (→ OpenCV) when the decoder warns (truncated or corrupt data;
+    `strict` turns warnings into errors), for colour spaces simplejpeg doesn't convert (CMYK/YCCK), and when the first
+    APP1 segment is not a readable EXIF block with an Orientation of 1–8 or none.
     """
     orientation = _exif_orientation(data)
     if orientation is None:

@@ -43,8 +43,11 @@ def test_outlines_of_many_masks_at_once_equal_ultralytics() -> None:
         size = int(rng.integers(20, 160))
         mask = np.zeros((size, size), np.uint8)
         for _ in range(int(rng.integers(1, 50))):
-            cv2.ellipse(mask, (int(rng.integers(size)), int(rng.integers(size))), (int(rng.integers(1, 12)), int(rng.integers(1, 12))), float(rng.uniform(0, 180)), 0, 360, 1, -1)
-        sets.append([c.reshape(-1, 2) for c in cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]])
+            centre = (int(rng.integers(size)), int(rng.integers(size)))
+            axes = (int(rng.integers(1, 12)), int(rng.integers(1, 12)))
+            cv2.ellipse(mask, centre, axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
+        contours = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
+        sets.append([c.reshape(-1, 2) for c in contours])
     sets[3] = []
     sets[5].append(np.stack([np.arange(400) % 23, np.arange(400) // 23], 1).astype(np.int32))  # a long contour
     assert sum(len(s) == 1 for s in sets) >= 1 and sum(len(s) > 5 for s in sets) >= 10
