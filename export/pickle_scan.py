@@ -175,7 +175,10 @@ def _check(ops: list[tuple[pickletools.OpcodeInfo, Any, int | None]], where: str
                     and _PUBLIC_NAME.match(items[1].value) is not None
                 )
                 if not ok:
-                    raise UnsafeCheckpoint(f"{where}: refuses getattr on something other than an Ultralytics layer class")
+                    raise UnsafeCheckpoint(
+                        f"{where}: refuses a getattr other than getattr(<Ultralytics layer class>, '<public name>'); "
+                        "the file was not loaded"
+                    )
                 stack.append(_Attr(f"{items[0]}.{items[1].value}"))
                 return
             stack.append(_OTHER)
@@ -216,6 +219,13 @@ def _check(ops: list[tuple[pickletools.OpcodeInfo, Any, int | None]], where: str
             pop_mark()
             construct(_resolve(module, attr, where), "creation")
             checked += 1
+        elif name == "BINPERSID":
+            # torch's legacy format saves a layer class as the persistent id ("module", cls, file, source), and its
+            # persistent_load returns cls; storages ("storage", ...) come back as opaque values
+            pid = pop()
+            items = pid.items if isinstance(pid, _Tuple) else ()
+            module_class = len(items) > 1 and items[0] == _Str("module") and isinstance(items[1], _Global)
+            stack.append(items[1] if module_class else _OTHER)
         elif name in {"EXT1", "EXT2", "EXT4"}:
             raise UnsafeCheckpoint(f"{where}: refuses copyreg extension codes ({name})")
         elif name == "MARK":
