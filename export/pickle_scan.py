@@ -223,9 +223,9 @@ def _check(ops: list[tuple[pickletools.OpcodeInfo, Any, int | None]], where: str
             # torch's legacy format saves a layer class as the persistent id ("module", cls, file, source), and its
             # persistent_load returns cls; storages ("storage", ...) come back as opaque values
             pid = pop()
-            items = pid.items if isinstance(pid, _Tuple) else ()
-            module_class = len(items) > 1 and items[0] == _Str("module") and isinstance(items[1], _Global)
-            stack.append(items[1] if module_class else _OTHER)
+            pid_items: tuple[Any, ...] = pid.items if isinstance(pid, _Tuple) else ()
+            module_class = len(pid_items) > 1 and pid_items[0] == _Str("module") and isinstance(pid_items[1], _Global)
+            stack.append(pid_items[1] if module_class else _OTHER)
         elif name in {"EXT1", "EXT2", "EXT4"}:
             raise UnsafeCheckpoint(f"{where}: refuses copyreg extension codes ({name})")
         elif name == "MARK":
