@@ -34,7 +34,7 @@ fixtures: install
 	$(PY) -m export fixtures $(EXPORT_ARGS)
 
 serve: install
-	$(PY) -m tritonlocal.serve --host $(HOST) --port $(PORT)
+	$(PY) -m tritonlocal.serve --host $(HOST) --port $(PORT) $(SERVE_ARGS)
 
 test: install $(TEST_TOOLS)
 	$(PY) -m pytest $(PYTEST_ARGS)
