@@ -30,7 +30,7 @@ def _info(model_dir: Path) -> Any:
     from export.triton_config import parse
     from gateway.triton import ModelInfo
 
-    config = MessageToDict(parse((model_dir / "config.pbtxt").read_text()), preserving_proto_field_name=True)  # type: ignore[arg-type]
+    config = MessageToDict(parse((model_dir / "config.pbtxt").read_text()), preserving_proto_field_name=True)
     return ModelInfo.from_config(config)
 
 
