@@ -21,6 +21,7 @@ import importlib
 import io
 import pickletools
 import re
+import tarfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,12 +82,24 @@ def scan_checkpoint(path: Path) -> int:
     checkpoint in a format we can check.
     """
     data = path.read_bytes()
-    if zipfile.is_zipfile(io.BytesIO(data)):
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            pickles = [n for n in archive.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
+    # The format is told the way torch.load tells it (the first bytes), so a file that is a zip to one reader and a
+    # pickle stream to the other is judged by what torch would unpickle.
+    if data[:4] == b"PK\x03\x04":
+        try:
+            archive = zipfile.ZipFile(io.BytesIO(data))
+        except zipfile.BadZipFile as exc:
+            raise UnsafeCheckpoint(f"{path.name}: a broken zip checkpoint ({exc})") from exc
+        with archive:
+            names = archive.namelist()
+            if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
+                raise UnsafeCheckpoint(f"{path.name}: a TorchScript archive (runs its own code), not a checkpoint")
+            pickles = [n for n in names if n == "data.pkl" or n.endswith("/data.pkl")]
             if len(pickles) != 1:
                 raise UnsafeCheckpoint(f"{path.name}: expected one data.pkl in the zip checkpoint, found {len(pickles)}")
             return _scan(archive.read(pickles[0]), f"{path.name}:{pickles[0]}")
+    if tarfile.is_tarfile(io.BytesIO(data)):
+        # torch's oldest format (a tar of pickles) is tried before the legacy stream: refuse rather than guess
+        raise UnsafeCheckpoint(f"{path.name}: a tar checkpoint (torch's oldest format) is not supported")
     stream = io.BytesIO(data)
     checked = 0
     for index in range(_LEGACY_PICKLES):

@@ -250,3 +250,14 @@ def test_export_model_refuses_a_crafted_local_checkpoint(tmp_path: Path) -> None
     )
     assert done.returncode == 2 and "refuses global" in done.stderr and "pass --trust-pickle" in done.stderr
     assert not marker.exists() and not (tmp_path / "repo" / "best").exists()
+
+
+def test_a_legacy_pickle_with_a_zip_appended_is_judged_as_torch_reads_it(tmp_path: Path) -> None:
+    """torch.load picks the format from the first bytes: a zip appended after an evil pickle must not hide it."""
+    marker = tmp_path / "payload-ran"
+    polyglot = tmp_path / "polyglot.pt"
+    polyglot.write_bytes(_model_checkpoint(_OpenFile(marker), legacy=True) + _model_checkpoint(None))
+    assert zipfile.is_zipfile(polyglot)  # Python's zipfile finds the clean archive at the end
+    with pytest.raises(UnsafeCheckpoint, match="open"):
+        scan_checkpoint(polyglot)
+    assert not marker.exists()
