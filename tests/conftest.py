@@ -112,7 +112,8 @@ def trained_repository(request: pytest.FixtureRequest) -> Path | str | None:
 @pytest.fixture(scope="session")
 def triton(repository: Path, trained_repository: Path | str | None) -> Iterator[launcher.TritonServer]:
     extra = [f"--model-repository={trained_repository.resolve()}"] if isinstance(trained_repository, Path) else []
-    server = launcher.start(repository, cache=CACHE / "server", log_path=CACHE / "tritonserver-tests.log", extra_args=extra)
+    log_path = CACHE / "tritonserver-tests.log"
+    server = launcher.start(repository, cache=CACHE / "server", log_path=log_path, extra_args=extra)
     yield server
     server.stop()
 

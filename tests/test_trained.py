@@ -37,7 +37,9 @@ def reference(trained: Path) -> Any:
 
     models: dict[str, Any] = {}
 
-    def predict(model: str, path: Path, size: int, conf: float, iou: float, rect: bool = True, normalize: bool = False) -> Any:
+    def predict(
+        model: str, path: Path, size: int, conf: float, iou: float, rect: bool = True, normalize: bool = False
+    ) -> Any:
         if model not in models:
             models[model] = YOLO(str(trained / model / "source.onnx"))
         return models[model].predict(str(path), imgsz=size, conf=conf, iou=iou, rect=rect, verbose=False)[0]
@@ -60,7 +62,13 @@ def _data(r: requests.Response) -> Any:
     "model,image,size", [(m, i, s) for m, (imgs, sizes, _) in CASES.items() for i in imgs for s in sizes]
 )
 def test_trained_parity_with_ultralytics(
-    request: pytest.FixtureRequest, reference: Any, images: dict[str, Path], model: str, image: str, size: int, mode: str
+    request: pytest.FixtureRequest,
+    reference: Any,
+    images: dict[str, Path],
+    model: str,
+    image: str,
+    size: int,
+    mode: str,
 ) -> None:
     gw: Gateway = request.getfixturevalue("gateway" if mode == "rect" else "gateway_square")
     conf, path = CASES[model][2], images[image]
@@ -85,7 +93,9 @@ def test_trained_several_images_in_both_response_formats(
     imgs, _, conf = CASES[model]
     paths = [images[i] for i in imgs]
     size = 1024 if model == OBB else 640
-    v1 = _data(gateway.predict(model, files=[("image", (p.name, p.read_bytes())) for p in paths], data={"confidence": conf}))
+    v1 = _data(
+        gateway.predict(model, files=[("image", (p.name, p.read_bytes())) for p in paths], data={"confidence": conf})
+    )
     assert [entry["success"] for entry in v1] == [True] * len(paths)
     newer = requests.post(
         f"{gateway.url}/api/models/{model}/predict",

