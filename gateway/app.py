@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from gateway import routes, web
 from gateway.auth import KeyStore
+from gateway.budget import MemoryBudget, default_budget, memory_limit
 from gateway.errors import HANDLERS
 from gateway.metrics import Metrics
 from gateway.observability import RequestContext, configure_logging
@@ -34,6 +35,7 @@ class State:
     limiter: RateLimiter
     limiter_threads: anyio.CapacityLimiter
     metrics: Metrics
+    budget: MemoryBudget
     inflight: int = 0
 
 
@@ -47,7 +49,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         triton = Triton(settings.triton_url, settings.triton_timeout_s, settings.model_cache_s)
         keys = KeyStore(settings.keys_file)
         threads = anyio.CapacityLimiter(settings.workers)
-        app.state.gateway = State(settings, triton, keys, RateLimiter(), threads, meters)
+        budget = MemoryBudget(settings.decode_budget_bytes or default_budget(memory_limit()), settings.decode_budget_wait_s)
+        log.info("memory budget for images in flight: %d MiB", budget.capacity // 2**20)
+        meters.budget_capacity.set(budget.capacity)
+        meters.budget_used.set_function(lambda: budget.used)
+        app.state.gateway = State(settings, triton, keys, RateLimiter(), threads, meters, budget)
         try:
             for model in await triton.ready_models():
                 if model.untrained:

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway import flow, render, responses
+from gateway.budget import Hold
 from gateway.errors import BadRequest, ServiceUnavailable
 from gateway.fetch import fetch_image
 from gateway.forms import FORM_OVERHEAD, api_key, collect, model_from_slug, parse_form, read_body
@@ -21,7 +22,7 @@ from gateway.schemas import Style, parse_args
 from gateway.triton import ModelInfo
 
 if TYPE_CHECKING:
-    from starlette.datastructures import UploadFile
+    from starlette.datastructures import FormData, UploadFile
 
     from gateway.app import State
 
@@ -64,10 +65,9 @@ async def _handle(request: Request, model_id: str | None, style: Style) -> Respo
         raise ServiceUnavailable("The server is busy (too many requests in flight). Retry shortly.", retry_after=1)
     state.inflight += 1
     state.metrics.inflight.inc()
+    hold = Hold(state.budget)
     try:
-        body = await read_body(request, settings.max_upload_bytes + FORM_OVERHEAD)
-        context["bytes"] = len(body)
-        form = await parse_form(request, body, settings.max_images)
+        form = await _read_form(request, state, hold, context)
         try:
             images, fields = collect(request, form, style)
             state.limiter.charge(entry.id, entry.rate, len(images) - 1)  # each image costs one token
@@ -80,12 +80,24 @@ async def _handle(request: Request, model_id: str | None, style: Style) -> Respo
                 info = await state.triton.model(model_id)
             state.metrics.models.add(info.name)
             context["task"] = info.task
-            return await _predict(state, info, images, fields, style, started, context)
+            return await _predict(state, info, images, fields, style, started, context, hold)
         finally:
             await form.close()
     finally:
+        hold.release()
         state.inflight -= 1
         state.metrics.inflight.dec()
+
+
+async def _read_form(request: Request, state: State, hold: Hold, context: dict[str, Any]) -> FormData:
+    """The parsed form; the upload's size is reserved in `hold` before it is read, and the raw body is freed once
+    parsed (the parts are in the form)."""
+    limit = state.settings.max_upload_bytes + FORM_OVERHEAD
+    declared = request.headers.get("content-length", "")
+    await hold.take(min(int(declared), limit) if declared.isdigit() else limit)
+    body = await read_body(request, limit)
+    context["bytes"] = len(body)
+    return await parse_form(request, body, state.settings.max_images)
 
 
 async def _predict(
@@ -96,6 +108,7 @@ async def _predict(
     style: Style,
     started: float,
     context: dict[str, Any],
+    hold: Hold,
 ) -> Response:
     settings = state.settings
     args = parse_args(fields, info.imgsz, style)
@@ -122,7 +135,7 @@ async def _predict(
             )
         ]
         timings["fetch"] = (time.perf_counter() - t0) * 1000
-    outcomes = await flow.run(state, info, datas, args, timings)
+    outcomes = await flow.run(state, info, datas, args, timings, hold)
     failed = [o for o in outcomes if o.error is not None]
     if len(failed) == len(outcomes):  # nothing succeeded: the request fails with the (first) image's own error
         error = failed[0].error
