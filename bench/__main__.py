@@ -191,7 +191,7 @@ async def bench_model(model: str, repo: Path, photo: Path, workdir: Path, args: 
     from gateway import preprocess
 
     jpeg = photo.read_bytes()
-    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    image = np.asarray(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR), np.uint8)
     boxed, _ = preprocess.letterbox(image, args.size, 32, rect=args.letterbox == "rect")
     levels = [int(c) for c in args.concurrency.split(",")]
     out: dict[str, Any] = {"model": model, "modes": {}, "bytes_sent": {}}

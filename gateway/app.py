@@ -77,7 +77,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     ]
     return Starlette(
         routes=table,
-        exception_handlers=HANDLERS,  # type: ignore[arg-type]
+        exception_handlers=HANDLERS,
         middleware=[Middleware(RequestContext, metrics=meters)],
         lifespan=lifespan,
     )

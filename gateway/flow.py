@@ -69,8 +69,8 @@ async def run(
     async with anyio.create_task_group() as group:
         for i in range(len(datas)):
             group.start_soon(prepare, i)
-    for ms in stage_ms:
-        for stage, value in ms.items():
+    for one in stage_ms:
+        for stage, value in one.items():
             timings[stage] = timings.get(stage, 0.0) + value
 
     # same input shape → one Triton request (at most max_batch_size images)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
@@ -34,7 +34,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 async def parse_form(request: Request, body: bytes, max_files: int) -> FormData:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
 
-    async def stream() -> AsyncIterator[bytes]:
+    async def stream() -> AsyncGenerator[bytes, None]:
         yield body
 
     try:

@@ -47,11 +47,12 @@ def prepare(
     t1 = time.perf_counter()
     target = preprocess.target_size(size, info.stride)
     if info.preprocess == "resize_center_crop":
-        tensor, box = preprocess.resize_center_crop(image, target, max_pixels)
+        boxed, box = preprocess.resize_center_crop(image, target, max_pixels)
     else:
-        tensor, box = preprocess.letterbox(image, target, info.stride, rect)
+        boxed, box = preprocess.letterbox(image, target, info.stride, rect)
+    tensor: NDArray[Any] = boxed
     if info.input_format == "float32_nchw_rgb":
-        tensor = np.ascontiguousarray(tensor[..., ::-1].transpose(2, 0, 1)).astype(np.float32) / np.float32(255)
+        tensor = np.ascontiguousarray(boxed[..., ::-1].transpose(2, 0, 1)).astype(np.float32) / np.float32(255)
     t2 = time.perf_counter()
     timings["decode"] = (t1 - t0) * 1000
     timings["letterbox"] = (t2 - t1) * 1000

@@ -37,7 +37,7 @@ def body(info: ModelInfo, args: PredictArgs, outcomes: list[Outcome], style: Sty
         return images_body(info.name, info.task, args, [_image_entry(o) for o in outcomes])
     if len(outcomes) == 1:
         return success(outcomes[0].rows or [])
-    entries = [
+    entries: list[dict[str, Any]] = [
         {"success": True, "message": "Inference complete.", "data": o.rows}
         if o.error is None
         else {"success": False, "message": o.error.message, "status": o.error.status, "data": []}

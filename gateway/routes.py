@@ -147,6 +147,7 @@ async def _predict(
     t3 = time.perf_counter()
     if args.format != "json":
         only = outcomes[0]
+        assert only.image is not None and only.rows is not None  # kept for format=image, and it succeeded
         body = await anyio.to_thread.run_sync(
             render.encode_annotated, only.image, only.rows, info.task, args.format, args.normalize,
             limiter=state.limiter_threads,
