@@ -312,7 +312,7 @@ async def parity(model: str, repo: Path, photo: Path, client: Any, url: str, key
 def environment(args: argparse.Namespace) -> dict[str, Any]:
     import importlib.metadata as md
 
-    cpu_name = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), platform.processor())
+    cpu_name = next((row.split(":", 1)[1].strip() for row in Path("/proc/cpuinfo").read_text().splitlines() if row.startswith("model name")), platform.processor())
     versions = {}
     for pkg in ("onnxruntime", "tritonclient", "nvidia-pytriton", "starlette", "uvicorn", "numpy", "opencv-python-headless", "simplejpeg", "ultralytics-opencv-headless", "torch"):
         try:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.conftest import ALL_MODELS, MODELS, Gateway, start_gateway, stop_gateway
+from tests.conftest import ALL_MODELS, Gateway, start_gateway, stop_gateway
 
 PYTHON_SNIPPET = '''
 import requests
