@@ -17,7 +17,7 @@ from gateway.forms import FORM_OVERHEAD, api_key, collect, model_from_slug, pars
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.openapi import SPEC
 from gateway.responses import json_response
-from gateway.schemas import Style, parse_args
+from gateway.schemas import Style, check_classes, parse_args
 from gateway.triton import ModelInfo
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ async def _handle(request: Request, model_id: str | None, style: Style) -> Respo
     try:
         body = await read_body(request, settings.max_upload_bytes + FORM_OVERHEAD)
         context["bytes"] = len(body)
-        form = await parse_form(request, body, settings.max_images)
+        form = await parse_form(request, body, settings.max_images, "image" if style == "v1" else "file")
         try:
             images, fields = collect(request, form, style)
             state.limiter.charge(entry.id, entry.rate, len(images) - 1)  # each image costs one token
@@ -99,6 +99,8 @@ async def _predict(
 ) -> Response:
     settings = state.settings
     args = parse_args(fields, info.imgsz, style)
+    if info.task != "classify":  # classifiers ignore `classes`, as Ultralytics' do
+        check_classes(args.classes, info.name, len(info.names))
     if uploads and args.url:
         raise BadRequest("Send either image file(s) or a URL, not both.")
     if not uploads and not args.url:
@@ -143,7 +145,7 @@ async def _predict(
     else:
         body, media_type = orjson.dumps(responses.body(info, args, outcomes, style)), "application/json"
     timings["total"] = (time.perf_counter() - started) * 1000
-    return Response(body, media_type=media_type, headers={"Server-Timing": responses.server_timing(timings)})
+    return Response(body, media_type=media_type, headers=responses.headers(info, timings))
 
 
 async def list_models(request: Request) -> Response:
