@@ -92,7 +92,12 @@ def test_openapi_documents_exactly_the_arguments_the_routes_read() -> None:
 def test_openapi_ranges_and_formats_are_the_validators() -> None:
     args = SPEC["paths"]["/v1/predict/{model_id}"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     props = args["properties"]
-    for name, (low, high) in {"size": SIZE_RANGE, "confidence": CONFIDENCE_RANGE, "iou": IOU_RANGE, "max_det": MAX_DET_RANGE}.items():
+    for name, (low, high) in {
+        "size": SIZE_RANGE,
+        "confidence": CONFIDENCE_RANGE,
+        "iou": IOU_RANGE,
+        "max_det": MAX_DET_RANGE,
+    }.items():
         assert (props[name]["minimum"], props[name]["maximum"]) == (low, high), name
     assert set(props["format"]["enum"]) == set(FORMATS)
     assert all(BOOLEAN_HELP in props[name]["description"] for name in ("normalize", "agnostic"))
@@ -110,7 +115,12 @@ def test_readme_argument_tables_are_the_accepted_arguments() -> None:
     section = _section(README, "### Arguments")
     rows = dict(re.findall(r"^\| `(\w+)`\s*\|(.*)$", section, flags=re.M))
     assert set(rows) == set(ARGUMENTS)
-    for name, (low, high) in {"size": SIZE_RANGE, "confidence": CONFIDENCE_RANGE, "iou": IOU_RANGE, "max_det": MAX_DET_RANGE}.items():
+    for name, (low, high) in {
+        "size": SIZE_RANGE,
+        "confidence": CONFIDENCE_RANGE,
+        "iou": IOU_RANGE,
+        "max_det": MAX_DET_RANGE,
+    }.items():
         assert f"{low}–{high}" in rows[name], name
     assert BOOLEAN_HELP in rows["normalize"]
     assert all(f"`{spelling}`" in rows["format"] for spelling in FORMATS)
@@ -174,7 +184,9 @@ def test_readme_benchmark_numbers_are_the_records() -> None:
 
 def _readme_stages() -> tuple[set[str], dict[str, str]]:
     """The stages every successful prediction has, and the extra ones with what they are for."""
-    sentence = _flat(README.split("Successful predictions carry `Server-Timing`", 1)[1].split("Errors and the other", 1)[0])
+    sentence = _flat(
+        README.split("Successful predictions carry `Server-Timing`", 1)[1].split("Errors and the other", 1)[0]
+    )
     always, _, extras = sentence.partition("; also ")
     return set(re.findall(r"`(\w+)`", always)), dict(re.findall(r"`(\w+)` for (?:a |an )?`([^`]+)`", extras))
 
@@ -184,15 +196,34 @@ def test_client_package_needs_only_httpx(tmp_path: Path) -> None:
     import shutil
 
     source = tmp_path / "src"
-    shutil.copytree(ROOT / "yolo_triton_client", source, ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info"))
+    shutil.copytree(
+        ROOT / "yolo_triton_client", source, ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info")
+    )
     target = tmp_path / "site"
     pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index"]
     out = subprocess.run([*pip, "--target", str(target), str(source)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     declared = (ROOT / "yolo_triton_client" / "pyproject.toml").read_text()
     assert re.search(r'^dependencies = \["httpx[^"]*"\]$', declared, flags=re.M)
-    allowed = {"yolo_triton_client", "httpx", "httpcore", "h11", "h2", "hpack", "hyperframe", "anyio", "sniffio",
-               "idna", "certifi", "typing_extensions", "exceptiongroup", "socksio", "brotli", "_brotli", "zstandard"}
+    allowed = {
+        "yolo_triton_client",
+        "httpx",
+        "httpcore",
+        "h11",
+        "h2",
+        "hpack",
+        "hyperframe",
+        "anyio",
+        "sniffio",
+        "idna",
+        "certifi",
+        "typing_extensions",
+        "exceptiongroup",
+        "socksio",
+        "brotli",
+        "_brotli",
+        "zstandard",
+    }
     import httpx
 
     site = str(Path(httpx.__file__).parent.parent)  # where httpx is installed (and, here, everything else too)
@@ -230,7 +261,9 @@ print(sorted({{m.split(".")[0] for m in sys.modules}} - set(sys.stdlib_module_na
 
 def _v2(gw: Gateway, model: str, path: Path, data: dict[str, Any] | None = None) -> requests.Response:
     files = {"file": (path.name, path.read_bytes())}
-    return requests.post(f"{gw.url}/api/models/{model}/predict", headers={"x-api-key": gw.key}, files=files, data=data, timeout=120)
+    return requests.post(
+        f"{gw.url}/api/models/{model}/predict", headers={"x-api-key": gw.key}, files=files, data=data, timeout=120
+    )
 
 
 def _message(r: requests.Response, status: int) -> str:
@@ -248,7 +281,9 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def url_setup(triton: Any, images: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, str]]:
+def url_setup(
+    triton: Any, images: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Gateway, str]]:
     """A gateway that may fetch from 'localhost', and a loopback server with the test images."""
     handler = functools.partial(_Quiet, directory=str(images["bus"].parent))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -259,9 +294,7 @@ def url_setup(triton: Any, images: dict[str, Path], tmp_path_factory: pytest.Tem
     server.shutdown()
 
 
-def test_server_timing_stages_are_the_documented_ones(
-    url_setup: tuple[Gateway, str], images: dict[str, Path]
-) -> None:
+def test_server_timing_stages_are_the_documented_ones(url_setup: tuple[Gateway, str], images: dict[str, Path]) -> None:
     gw, server = url_setup
     always, extras = _readme_stages()
     assert set(extras) == {"fetch", "render"}
@@ -271,7 +304,9 @@ def test_server_timing_stages_are_the_documented_ones(
     assert by_url.status_code == 200, by_url.text
     assert _stages(by_url.headers["server-timing"]) == always | {"fetch"}
     drawn = gw.predict("yolov8n", files={"image": images["bus"].read_bytes()}, data={"format": "png"})
-    assert drawn.headers["content-type"] == "image/png" and _stages(drawn.headers["server-timing"]) == always | {"render"}
+    assert drawn.headers["content-type"] == "image/png" and _stages(drawn.headers["server-timing"]) == always | {
+        "render"
+    }
     # as documented: errors and the other endpoints carry none
     assert "server-timing" not in gw.predict("yolov8n", data={"size": "1"}).headers
     for path in ("/healthz", "/v1/models", "/openapi.json"):

@@ -21,7 +21,9 @@ import httpx
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tritonlocal.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m tritonlocal.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('PORT', '8000')}")
     parser.add_argument("--model", default="yolov8n")
     parser.add_argument("--image", type=Path, default=None, help="default: Ultralytics' bus.jpg")
@@ -51,8 +53,11 @@ def main(argv: list[str] | None = None) -> int:
 
         keys_file = Settings.from_env().keys_file
         entry, key = create_key(keys_file, f"demo-{time.strftime('%Y%m%d-%H%M%S')}")
-        print(f"Created API key {entry.id} in {keys_file} (reuse it with API_KEY=...; revoke with "
-              f"`python -m gateway.keys revoke {entry.id}`):\n\n    {key}\n", file=sys.stderr)
+        print(
+            f"Created API key {entry.id} in {keys_file} (reuse it with API_KEY=...; revoke with "
+            f"`python -m gateway.keys revoke {entry.id}`):\n\n    {key}\n",
+            file=sys.stderr,
+        )
         time.sleep(1.1)  # the gateway re-reads the keys file at most once a second
     out = args.out or Path(f"demo-{args.model}.{'png' if args.format == 'png' else 'jpg'}")
     try:
