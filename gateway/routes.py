@@ -18,7 +18,7 @@ from gateway.forms import FORM_OVERHEAD, api_key, collect, model_from_slug, pars
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.openapi import SPEC
 from gateway.responses import json_response
-from gateway.schemas import Style, parse_args
+from gateway.schemas import Style, check_classes, parse_args
 from gateway.triton import ModelInfo
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ async def _handle(request: Request, model_id: str | None, style: Style) -> Respo
     state.metrics.inflight.inc()
     hold = Hold(state.budget)
     try:
-        form = await _read_form(request, state, hold, context)
+        form = await _read_form(request, state, hold, context, style)
         try:
             images, fields = collect(request, form, style)
             state.limiter.charge(entry.id, entry.rate, len(images) - 1)  # each image costs one token
@@ -89,7 +89,7 @@ async def _handle(request: Request, model_id: str | None, style: Style) -> Respo
         state.metrics.inflight.dec()
 
 
-async def _read_form(request: Request, state: State, hold: Hold, context: dict[str, Any]) -> FormData:
+async def _read_form(request: Request, state: State, hold: Hold, context: dict[str, Any], style: Style) -> FormData:
     """The parsed form; the upload's size is reserved in `hold` before it is read, and the raw body is freed once
     parsed (the parts are in the form)."""
     limit = state.settings.max_upload_bytes + FORM_OVERHEAD
@@ -97,7 +97,7 @@ async def _read_form(request: Request, state: State, hold: Hold, context: dict[s
     await hold.take(min(int(declared), limit) if declared.isdigit() else limit)
     body = await read_body(request, limit)
     context["bytes"] = len(body)
-    return await parse_form(request, body, state.settings.max_images)
+    return await parse_form(request, body, state.settings.max_images, "image" if style == "v1" else "file")
 
 
 async def _predict(
@@ -112,6 +112,8 @@ async def _predict(
 ) -> Response:
     settings = state.settings
     args = parse_args(fields, info.imgsz, style)
+    if info.task != "classify":  # classifiers ignore `classes`, as Ultralytics' do
+        check_classes(args.classes, info.name, len(info.names))
     if uploads and args.url:
         raise BadRequest("Send either image file(s) or a URL, not both.")
     if not uploads and not args.url:
@@ -157,7 +159,7 @@ async def _predict(
     else:
         body, media_type = orjson.dumps(responses.body(info, args, outcomes, style)), "application/json"
     timings["total"] = (time.perf_counter() - started) * 1000
-    return Response(body, media_type=media_type, headers={"Server-Timing": responses.server_timing(timings)})
+    return Response(body, media_type=media_type, headers=responses.headers(info, timings))
 
 
 async def list_models(request: Request) -> Response:
