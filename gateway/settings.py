@@ -26,6 +26,7 @@ class Settings:
     model_cache_s: float = 10.0  # how long a model's config from Triton is reused
     workers: int = 4  # threads for decode/letterbox/post-processing
     max_images: int = 8  # image parts per request (they share the max_upload_bytes request limit)
+    ready_grace_s: float = 60.0  # /readyz stays 200 this long after Triton was last up (rollouts, blips); 0: strict
     fast_jpeg: bool = True  # JPEGs through simplejpeg where its pixels are known to equal OpenCV's; off = OpenCV only
 
     @classmethod
