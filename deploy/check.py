@@ -222,7 +222,9 @@ def size_bytes(value: str) -> int:
     return int(m.group(1)) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[m.group(2)]
 
 
-QUANTITY_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}  # fmt: skip
+QUANTITY_UNITS = {
+    "": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+}  # fmt: skip
 
 
 def quantity_bytes(value: object) -> int:
@@ -378,7 +380,9 @@ def _triton_invariants(docs: list[Doc]) -> list[str]:
             f"({GATEWAY_KEEPALIVE_TIME_MS} ms), or Triton answers GOAWAY too_many_pings"
         )
     if GATEWAY_KEEPALIVE_WITHOUT_CALLS and flag(args, "grpc-keepalive-permit-without-calls") not in ("1", "true"):
-        problems.append("triton: --grpc-keepalive-permit-without-calls=1 is required (the gateway pings idle connections)")
+        problems.append(
+            "triton: --grpc-keepalive-permit-without-calls=1 is required (the gateway pings idle connections)"
+        )
 
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
     shm = next((m for m in triton.get("volumeMounts", []) if m.get("mountPath") == "/dev/shm"), None)
@@ -507,7 +511,9 @@ def _gateway_invariants(docs: list[Doc]) -> list[str]:
                 problems.append(f"{where}: must not publish the gateway's {url_path} (it stays inside the cluster)")
         for url_path in PUBLIC_PATHS:
             if not any(routes(url_path, path, kind) for path, kind in routed):
-                problems.append(f"{where}: {url_path} is served by the gateway but not routed (the ingress answers 404)")
+                problems.append(
+                    f"{where}: {url_path} is served by the gateway but not routed (the ingress answers 404)"
+                )
         body = ingress["metadata"].get("annotations", {}).get("nginx.ingress.kubernetes.io/proxy-body-size")
         limit = int(env.get("GATEWAY_MAX_UPLOAD_BYTES", "0")) + FORM_OVERHEAD
         if body is None or not limit <= size_bytes(body) < limit + 2**20:
@@ -594,8 +600,8 @@ def _rollout_invariants(docs: list[Doc]) -> list[str]:
     deadline = int(spec.get("progressDeadlineSeconds", 600))
     if deadline < startup + min_ready + IMAGE_PULL_S:
         problems.append(
-            f"triton: progressDeadlineSeconds {deadline} must exceed the startup budget ({startup} s) + minReadySeconds "
-            f"({min_ready} s) + {IMAGE_PULL_S} s of image pull, or the first rollout is reported failed"
+            f"triton: progressDeadlineSeconds {deadline} must exceed the startup budget ({startup} s) + "
+            f"minReadySeconds ({min_ready} s) + {IMAGE_PULL_S} s of image pull, or the first rollout is reported failed"
         )
     age = int(flag(args, "grpc-max-connection-age") or 0) + int(flag(args, "grpc-max-connection-age-grace") or 0)
     if age == 0 or min_ready * 1000 < age:
@@ -604,7 +610,11 @@ def _rollout_invariants(docs: list[Doc]) -> list[str]:
             "every gateway must reconnect to the new pod before the old one stops"
         )
     hpa = next(
-        (h for h in of_kind(docs, "HorizontalPodAutoscaler") if h["spec"]["scaleTargetRef"]["name"] == triton["metadata"]["name"]),
+        (
+            h
+            for h in of_kind(docs, "HorizontalPodAutoscaler")
+            if h["spec"]["scaleTargetRef"]["name"] == triton["metadata"]["name"]
+        ),
         None,
     )
     smallest = int(hpa["spec"].get("minReplicas", 1)) if hpa else int(spec.get("replicas", 1))
@@ -631,21 +641,26 @@ def _rollout_invariants(docs: list[Doc]) -> list[str]:
             problems.append(f"{name}: no checksum of a generated Secret in the pod template (every render restarts it)")
         volumes = template["spec"].get("volumes", [])
         empty = {v["name"] for v in volumes if "emptyDir" in v}
-        listed = set(filter(None, annotations.get("cluster-autoscaler.kubernetes.io/safe-to-evict-local-volumes", "").split(",")))
+        listed = set(
+            filter(None, annotations.get("cluster-autoscaler.kubernetes.io/safe-to-evict-local-volumes", "").split(","))
+        )
         if empty - listed:
             problems.append(
                 f"{name}: cluster-autoscaler.kubernetes.io/safe-to-evict-local-volumes must list the emptyDirs "
                 f"{sorted(empty - listed)} (else the autoscaler never drains the node)"
             )
         if listed - {v["name"] for v in volumes if "emptyDir" in v}:
-            problems.append(f"{name}: safe-to-evict-local-volumes names {sorted(listed - empty)}, which are no emptyDirs")
+            problems.append(
+                f"{name}: safe-to-evict-local-volumes names {sorted(listed - empty)}, which are no emptyDirs"
+            )
 
     gateway = one(docs, "Deployment", "gateway")
     gateway_policy = next(
         (
             p
             for p in of_kind(docs, "NetworkPolicy")
-            if gateway is not None and matches(p["spec"].get("podSelector", {}).get("matchLabels", {}), pod_labels(gateway))
+            if gateway is not None
+            and matches(p["spec"].get("podSelector", {}).get("matchLabels", {}), pod_labels(gateway))
         ),
         None,
     )
@@ -654,7 +669,9 @@ def _rollout_invariants(docs: list[Doc]) -> list[str]:
     for test in of_kind(docs, "Pod"):
         if "test" in test["metadata"].get("annotations", {}).get("helm.sh/hook", "") and gateway_policy is not None:
             if not admits(gateway_policy, test["metadata"].get("labels", {}), port):
-                problems.append(f"networkpolicy: the gateway's policy blocks the chart's own test pod {test['metadata']['name']}")
+                problems.append(
+                    f"networkpolicy: the gateway's policy blocks the chart's own test pod {test['metadata']['name']}"
+                )
     return problems
 
 
@@ -664,14 +681,16 @@ def _monitoring_invariants(docs: list[Doc]) -> list[str]:
     monitors = of_kind(docs, "ServiceMonitor")
     monitored = {component(m) for m in monitors}
     if monitors and not {"gateway", "triton"} <= monitored:
-        problems.append(f"servicemonitor: with the Prometheus Operator both gateway and triton need one (have {sorted(monitored)})")
+        problems.append(
+            f"servicemonitor: with the Prometheus Operator both gateway and triton need one (have {sorted(monitored)})"
+        )
     window = adapter_window_s()
     intervals = [duration_s(e["interval"]) for m in monitors for e in m["spec"].get("endpoints", []) if "interval" in e]
     longest = max([ASSUMED_SCRAPE_INTERVAL_S, *intervals])
     if window < 4 * longest:
         problems.append(
-            f"adapter: rate() over {window:.0f} s needs >= 4 scrapes ({4 * longest:.0f} s at a {longest:.0f} s interval), "
-            "else the Triton HPA reads <unknown>"
+            f"adapter: rate() over {window:.0f} s needs >= 4 scrapes ({4 * longest:.0f} s at a {longest:.0f} s "
+            "interval), else the Triton HPA reads <unknown>"
         )
     return problems
 

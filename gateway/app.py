@@ -406,7 +406,8 @@ async def readyz(request: Request) -> Response:
         raise ServiceUnavailable(f"Not ready: {triton.problem} {since}.", 5)
     detail = {"ready": triton.up, "models": list(triton.models), "last_ready_s_ago": last, "problem": triton.problem}
     message = "ready" if triton.up else f"ready (inference server not ready for {last:.0f} s: {triton.problem})"
-    return json_response({"success": True, "message": message, "data": {"models": list(triton.models), "triton": detail}})
+    data = {"models": list(triton.models), "triton": detail}
+    return json_response({"success": True, "message": message, "data": data})
 
 
 def create_app(settings: Settings | None = None) -> Starlette:

@@ -126,7 +126,7 @@ class TritonState:
     problem: str = ""
 
     def ready(self, grace_s: float) -> bool:
-        """Whether this gateway can serve: Triton is up, or was within `grace_s` (a rollout or a blip, not an outage)."""
+        """Whether this gateway can serve: Triton is up, or was within `grace_s` (a rollout or a blip)."""
         return self.up or (self.last_up_s is not None and self.last_up_s <= grace_s)
 
 

@@ -486,7 +486,9 @@ MUTATIONS.update(
             "too_many_pings",
         ),
         "chart version label on the Triton pods": (
-            lambda d: _tdeploy(d)["spec"]["template"]["metadata"]["labels"].update({"helm.sh/chart": "yolo-triton-0.1.0"}),
+            lambda d: _tdeploy(d)["spec"]["template"]["metadata"]["labels"].update(
+                {"helm.sh/chart": "yolo-triton-0.1.0"}
+            ),
             "restarts every pod on a chart bump",
         ),
         "app version label on the gateway pods": (
@@ -587,7 +589,9 @@ def test_invariants_catch_ingress_and_builder_drift(
 # --- what the chart renders -----------------------------------------------------------------------------------------
 
 
-def test_default_triton_builds_tensorrt_plans_from_a_read_only_pvc_before_serving(rendered: dict[str, list[Doc]]) -> None:
+def test_default_triton_builds_tensorrt_plans_from_a_read_only_pvc_before_serving(
+    rendered: dict[str, list[Doc]],
+) -> None:
     """TensorRT is the default: plans are built in an init container, before the pod is ready, never in a request."""
     docs = rendered["default-values.yaml"]
     spec = _tspec(docs)
@@ -786,7 +790,9 @@ def test_single_triton_rollout_surges_and_outlasts_the_gateways_reconnects(rende
     spec = _tdeploy(docs)["spec"]
     assert spec["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
     args = triton_container(docs)["args"]
-    age_s = (int(check.flag(args, "grpc-max-connection-age")) + int(check.flag(args, "grpc-max-connection-age-grace"))) / 1000
+    age_s = (
+        int(check.flag(args, "grpc-max-connection-age")) + int(check.flag(args, "grpc-max-connection-age-grace"))
+    ) / 1000
     assert spec["minReadySeconds"] >= age_s == 90
     pre_stop = triton_container(docs)["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep" and int(pre_stop[1]) >= 5
@@ -839,7 +845,9 @@ def test_rerender_and_chart_bump_leave_pod_templates_unchanged(tmp_path: Path) -
 
     shutil.copytree(CHART, bumped)
     chart_yaml = (bumped / "Chart.yaml").read_text()
-    (bumped / "Chart.yaml").write_text(chart_yaml.replace("version: 0.1.0", "version: 0.2.0").replace('appVersion: "0.1.0"', 'appVersion: "0.2.0"'))
+    (bumped / "Chart.yaml").write_text(
+        chart_yaml.replace("version: 0.1.0", "version: 0.2.0").replace('appVersion: "0.1.0"', 'appVersion: "0.2.0"')
+    )
     later = check.render({}, chart_dir=bumped)
     assert find(later, "Deployment", "triton")["metadata"]["labels"]["helm.sh/chart"] == "yolo-triton-0.2.0"
     assert _pod_templates(later) == _pod_templates(first)
@@ -898,7 +906,8 @@ def test_decode_budget_is_rendered_only_when_set() -> None:
     docs = render_with(gateway={"decodeBudgetBytes": 1536 * 2**20})  # + 512 MiB = the default 2 GiB limit exactly
     assert check.env_of(gateway_container(docs))["GATEWAY_DECODE_BUDGET_BYTES"] == str(1536 * 2**20)
     assert check.invariants(docs) == []
-    bigger = render_with(gateway={"decodeBudgetBytes": 3 * 2**30, "resources": {"requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"cpu": "2", "memory": "3584Mi"}}})  # fmt: skip
+    resources = {"requests": {"cpu": "1", "memory": "3584Mi"}, "limits": {"cpu": "2", "memory": "3584Mi"}}
+    bigger = render_with(gateway={"decodeBudgetBytes": 3 * 2**30, "resources": resources})
     assert check.env_of(gateway_container(bigger))["GATEWAY_DECODE_BUDGET_BYTES"] == str(3 * 2**30)
 
 
@@ -1259,13 +1268,24 @@ def _builder_repository(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     _fake_trtexec(bin_dir, tmp_path / "calls.txt")
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "GPU_NAME": "NVIDIA L4", "TRT_VERSION": "10.11.0.33"}
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "GPU_NAME": "NVIDIA L4",
+        "TRT_VERSION": "10.11.0.33",
+    }
     return source, env
 
 
 def _run_builder(source: Path, output: Path, cache: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(CHART / "files" / "build_engines.py"), f"--source={source}", f"--output={output}", f"--cache={cache}"],
+        [
+            sys.executable,
+            str(CHART / "files" / "build_engines.py"),
+            f"--source={source}",
+            f"--output={output}",
+            f"--cache={cache}",
+        ],
         env=env,
         check=False,
         capture_output=True,

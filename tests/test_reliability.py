@@ -98,8 +98,8 @@ def test_readiness_grace_keeps_a_gateway_ready_through_a_triton_blip() -> None:
 
 
 def test_triton_killed_mid_load_gives_503_then_recovers(repository: Path, tmp_path: Path, images: dict[str, Path]) -> None:
-    """Kill Triton under load: 503s while it is down, no 500 and no hang; after a restart, 200s without a gateway restart.
-    A gateway with GATEWAY_READY_GRACE_S=0 turns NotReady at once; one with the default grace stays ready (so a
+    """Kill Triton under load: 503s while it is down, no 500 and no hang; after a restart, 200s without a gateway
+    restart. A gateway with GATEWAY_READY_GRACE_S=0 turns NotReady at once; one with the default grace stays ready (so a
     Triton blip does not take every gateway out of its Service) and shows Triton's state in /readyz and /metrics."""
     ports = {"http_port": launcher.free_port(), "grpc_port": launcher.free_port(), "metrics_port": launcher.free_port()}
     server = launcher.start(repository, cache=CACHE / "server-fault", log_path=tmp_path / "triton.log", **ports)
