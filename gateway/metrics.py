@@ -33,6 +33,7 @@ class Metrics:
         self.budget_used = Gauge("yolo_memory_budget_used_bytes", "Memory reserved by uploads and images in flight.", registry=r)
         self.budget_capacity = Gauge("yolo_memory_budget_bytes", "The memory budget for images in flight.", registry=r)
         self.rejections = Counter("yolo_rejections", "Requests refused, by reason.", ["reason"], registry=r)
+        self.triton_up = Gauge("yolo_triton_up", "1 if Triton was ready with a model at the last /readyz.", registry=r)
         self.received = Histogram("yolo_request_body_bytes", "Bytes received per prediction request.", buckets=BYTES_BUCKETS, registry=r)
         self.models: set[str] = set()
 

@@ -186,10 +186,17 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    """200 while this gateway can serve: Triton up now or within GATEWAY_READY_GRACE_S (a Triton rollout or blip must
+    not take every gateway out of the Service at once, which turns JSON 503s into the ingress' HTML 503s)."""
     state = _state(request)
-    if not await state.triton.server_ready():
-        raise ServiceUnavailable("Not ready: the inference server is unreachable or still loading models.", 5)
-    models = await state.triton.ready_models()
-    if not models:
-        raise ServiceUnavailable("Not ready: no model is loaded in the inference server.", 5)
-    return json_response({"success": True, "message": "ready", "data": {"models": [m.name for m in models]}})
+    triton = await state.triton.probe()
+    state.metrics.triton_up.set(1 if triton.up else 0)
+    grace = state.settings.ready_grace_s
+    last = None if triton.last_up_s is None else round(triton.last_up_s, 1)
+    if not triton.ready(grace):
+        since = "since this gateway started" if last is None else f"for {last:.0f} s (grace {grace:g} s)"
+        raise ServiceUnavailable(f"Not ready: {triton.problem} {since}.", 5)
+    detail = {"ready": triton.up, "models": list(triton.models), "last_ready_s_ago": last, "problem": triton.problem}
+    message = "ready" if triton.up else f"ready (inference server not ready for {last:.0f} s: {triton.problem})"
+    data = {"models": list(triton.models), "triton": detail}
+    return json_response({"success": True, "message": message, "data": data})
