@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.modelcard import TASKS
 from gateway.schemas import CONFIDENCE_RANGE, IOU_RANGE, SIZE_RANGE
 
 _ERROR = {
@@ -115,7 +116,7 @@ _MODEL = {
     "required": ["id", "task", "names", "default_size", "backend", "untrained"],
     "properties": {
         "id": {"type": "string"},
-        "task": {"enum": ["detect", "segment", "pose", "obb", "classify"]},
+        "task": {"enum": list(TASKS)},
         "names": {"type": "object", "additionalProperties": {"type": "string"}},
         "default_size": {"type": "integer"},
         "stride": {"type": "integer"},

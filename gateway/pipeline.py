@@ -13,6 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from gateway import obb, postprocess, preprocess
+from gateway.modelcard import COMPACT, FLOAT32_NCHW_RGB, RESIZE_CENTER_CROP
 from gateway.preprocess import Letterbox
 from gateway.schemas import PredictArgs
 from gateway.triton import ModelInfo
@@ -45,11 +46,11 @@ def prepare(
     image = preprocess.decode(data, max_pixels, fast_jpeg)
     t1 = time.perf_counter()
     target = preprocess.target_size(size, info.stride)
-    if info.preprocess == "resize_center_crop":
+    if info.preprocess == RESIZE_CENTER_CROP:
         tensor, box = preprocess.resize_center_crop(image, target, max_pixels)
     else:
         tensor, box = preprocess.letterbox(image, target, info.stride, rect)
-    if info.input_format == "float32_nchw_rgb":
+    if info.input_format == FLOAT32_NCHW_RGB:
         tensor = np.ascontiguousarray(tensor[..., ::-1].transpose(2, 0, 1)).astype(np.float32) / np.float32(255)
     t2 = time.perf_counter()
     timings["decode"] = (t1 - t0) * 1000
@@ -72,7 +73,7 @@ def finish(
     if info.task == "classify":
         return postprocess.top5(pred, info.names)
     nc = len(info.names)
-    compact = info.output_layout == "compact"
+    compact = info.output_layout == COMPACT
     rotated = info.task == "obb"
     dets = postprocess.non_max_suppression(
         pred, args.confidence, args.iou, nc, args.max_det, args.classes, args.agnostic, compact, rotated
