@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from gateway import obb, postprocess, preprocess
+from gateway import masks, obb, postprocess, preprocess
 from gateway.modelcard import COMPACT, FLOAT32_NCHW_RGB, RESIZE_CENTER_CROP
 from gateway.preprocess import Letterbox
 from gateway.schemas import PredictArgs
@@ -83,7 +83,7 @@ def finish(
         return postprocess.summary(dets, box, info.names, args.normalize, corners=obb.corners(rboxes))
     polygons = keypoints = None
     if info.task == "segment":
-        dets, polygons = postprocess.segments(dets, outputs[info.outputs[1]], box, nc)
+        dets, polygons = masks.segments(dets, outputs[info.outputs[1]], box, nc)
     elif info.task == "pose" and info.kpt_shape:
         k = dets[:, 6:].reshape(len(dets), *info.kpt_shape).copy()
         keypoints = postprocess.scale_xy(k, box)
