@@ -13,11 +13,11 @@ from numpy.typing import NDArray
 
 from gateway import obb
 from gateway.preprocess import Letterbox
+from gateway.schemas import MAX_DET
 
 F32 = NDArray[np.float32]
 MAX_WH = 7680  # per-class coordinate offset for class-aware NMS (Ultralytics' max_wh)
 MAX_NMS = 30000  # candidate cap before NMS
-MAX_DET = 300
 
 
 def xywh2xyxy(b: F32) -> F32:

@@ -5,19 +5,15 @@ from __future__ import annotations
 
 import io
 import math
-import os
 from dataclasses import dataclass
 
-# OpenCV's own decoder cap, as a second line behind the header check below; must be set before cv2 is imported.
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(2**30))
+import cv2  # OpenCV's own decoder cap, OPENCV_IO_MAX_IMAGE_PIXELS, is set before this in gateway/__init__.py
+import numpy as np
+import simplejpeg
+from numpy.typing import NDArray
+from PIL import Image
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-from numpy.typing import NDArray  # noqa: E402
-import simplejpeg  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from gateway.errors import PayloadTooLarge, UnprocessableImage, UnsupportedMediaType  # noqa: E402
+from gateway.errors import PayloadTooLarge, UnprocessableImage, UnsupportedMediaType
 
 PAD_VALUE = 114
 Image.MAX_IMAGE_PIXELS = None  # Pillow only reads headers (and GIF frames) here; our own max_pixels is the limit

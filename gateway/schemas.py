@@ -12,24 +12,29 @@ from gateway.errors import BadRequest
 SIZE_RANGE = (32, 1280)
 CONFIDENCE_RANGE = (0.01, 1.0)
 IOU_RANGE = (0.0, 0.95)
-MAX_DET_RANGE = (1, 300)
+# Ultralytics' predict defaults, shared with post-processing (postprocess.non_max_suppression).
+CONFIDENCE_DEFAULT = 0.25
+MAX_DET = 300  # the default and the most detections per image
+MAX_DET_RANGE = (1, MAX_DET)
 FORMATS = {"json": "json", "image": "jpeg", "jpeg": "jpeg", "jpg": "jpeg", "png": "png"}
 TRUE = {"true", "1", "yes", "on"}
 FALSE = {"false", "0", "no", "off"}
 
 # The response format a route answers in: v1 = the HUB API, v2 = the newer Ultralytics API.
 Style = Literal["v1", "v2"]
+# NMS IoU default: the HUB's, and that of the newer API (Ultralytics' `YOLO.predict`).
+IOU_DEFAULT: dict[Style, float] = {"v1": 0.45, "v2": 0.7}
 
 
 @dataclass(frozen=True)
 class PredictArgs:
     size: int = 640
-    confidence: float = 0.25
-    iou: float = 0.45
+    confidence: float = CONFIDENCE_DEFAULT
+    iou: float = IOU_DEFAULT["v1"]
     normalize: bool = False
     url: str = ""
     format: str = "json"  # extension to the HUB arguments: "json", or an annotated "jpeg"/"png"
-    max_det: int = 300  # extensions: Ultralytics' max_det, classes and agnostic_nms
+    max_det: int = MAX_DET  # extensions: Ultralytics' max_det, classes and agnostic_nms
     classes: tuple[int, ...] | None = None
     agnostic: bool = False
 
@@ -46,9 +51,8 @@ def _number(name: str, raw: str, kind: type, low: float, high: float) -> Any:
     return value
 
 
-# The newer Ultralytics API's names for the HUB v1 arguments, and its NMS IoU default (that of `YOLO.predict`).
+# The newer Ultralytics API's names for the HUB v1 arguments.
 ALIASES = {"imgsz": "size", "conf": "confidence"}
-IOU_DEFAULT: dict[Style, float] = {"v1": 0.45, "v2": 0.7}
 
 
 def parse_args(fields: Mapping[str, str], default_size: int = 640, style: Style = "v1") -> PredictArgs:
@@ -65,11 +69,11 @@ def parse_args(fields: Mapping[str, str], default_size: int = 640, style: Style 
     size = default_size
     if fields.get("size", "").strip():
         size = _number("size", fields["size"], int, *SIZE_RANGE)
-    confidence = _number("confidence", fields["confidence"], float, *CONFIDENCE_RANGE) if fields.get("confidence", "").strip() else 0.25
+    confidence = _number("confidence", fields["confidence"], float, *CONFIDENCE_RANGE) if fields.get("confidence", "").strip() else CONFIDENCE_DEFAULT
     iou = _number("iou", fields["iou"], float, *IOU_RANGE) if fields.get("iou", "").strip() else IOU_DEFAULT[style]
     normalize = _flag(fields, "normalize")
     agnostic = _flag(fields, "agnostic")
-    max_det = _number("max_det", fields["max_det"], int, *MAX_DET_RANGE) if fields.get("max_det", "").strip() else 300
+    max_det = _number("max_det", fields["max_det"], int, *MAX_DET_RANGE) if fields.get("max_det", "").strip() else MAX_DET
     classes = None
     if fields.get("classes", "").strip():
         try:
