@@ -87,4 +87,5 @@ def test_a_config_the_gateway_cannot_serve_is_refused_naming_the_parameter(key: 
 def test_missing_optional_parameters_take_the_defaults_of_older_exports() -> None:
     card = ModelCard.from_parameters({"task": "classify", "names": '{"0": "tench"}'})
     assert card.preprocess == "resize_center_crop", "a classifier is never letterboxed"
-    assert (card.input_format, card.output_layout, card.outputs, card.stride) == ("uint8_nhwc_bgr", "raw", ("output0",), 32)
+    assert (card.input_format, card.output_layout, card.outputs) == ("uint8_nhwc_bgr", "raw", ("output0",))
+    assert (card.stride, card.imgsz, card.target, card.untrained) == (32, 640, "", False)
