@@ -80,7 +80,7 @@ def closest_pairs(segments: list[NDArray[Any]]) -> tuple[list[int], list[int]]:
     def padded(ids: NDArray[np.int64], size: int, pad: int) -> NDArray[np.int32]:
         t = np.arange(size)
         valid = t < lens[ids][:, None]
-        out = points[np.where(valid, starts[ids][:, None] + t, 0)]
+        out: NDArray[np.int32] = points[np.where(valid, starts[ids][:, None] + t, 0)]
         out[~valid] = pad
         return out
 
@@ -104,7 +104,7 @@ def closest_pairs(segments: list[NDArray[Any]]) -> tuple[list[int], list[int]]:
 
 def mask_contours(mask: NDArray[np.uint8]) -> list[NDArray[Any]]:
     """(K, 2) int32 outer contours of a binary mask, in the mask's own pixels (ops.masks2segments' findContours)."""
-    padded = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    padded = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=(0,))
     return [c.reshape(-1, 2) for c in cv2.findContours(padded, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]]
 
 
@@ -166,7 +166,8 @@ def outlines(contour_sets: list[list[NDArray[Any]]]) -> list[NDArray[Any]]:
 
 def placed(outline: NDArray[Any], x0: int, y0: int) -> F32:
     """An outline in mask pixels (found with a 1-pixel border) moved to the mask's place (x0, y0), as float32."""
-    return (outline + np.array([x0 - 1, y0 - 1])).astype(np.float32)
+    out: F32 = (outline + np.array([x0 - 1, y0 - 1])).astype(np.float32)
+    return out
 
 
 def segments(dets: F32, protos: F32, box: Letterbox, nc: int) -> tuple[F32, list[F32]]:
