@@ -97,6 +97,7 @@ WRAPPED = [
     ("64:ff9b:1::a00:1", False), ("64:ff9b:1:abcd:ef::a9fe:a9fe", False),  # NAT64 local-use, /96 layout
     ("64:ff9b:1::5db8:d822", True),
     ("64:ff9b:1:0:a9:fea9:fe00:0", False), ("64:ff9b:1:0:5d:b8d8:2200:0", True),  # local-use /64 (bits 72-103)
+    ("64:ff9b:1:0:a:0:5d00:0", False),  # 10.0.0.93 as /64; the /96 reading, 93.0.0.0, alone would pass
     ("64:ff9b:1:a9fe:a9:fe00::", False), ("64:ff9b:1:a9:fe:a9fe::", False),  # /48, /56: ambiguous, refused
     ("2002:a9fe:a9fe::", False), ("2002:a00:1::", False), ("2002:a00:1:1::1", False),  # 6to4
     ("2002:5db8:d822::1", True),
