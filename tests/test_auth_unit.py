@@ -52,7 +52,9 @@ def test_unknown_or_malformed_key_is_401(keys: tuple[KeyStore, Path, dict[str, s
 
 
 @pytest.mark.parametrize("key", [None, ""])
-def test_missing_key_is_401_saying_where_to_send_it(keys: tuple[KeyStore, Path, dict[str, str]], key: str | None) -> None:
+def test_missing_key_is_401_saying_where_to_send_it(
+    keys: tuple[KeyStore, Path, dict[str, str]], key: str | None
+) -> None:
     store, _, _ = keys
     with pytest.raises(Unauthorized, match="x-api-key"):
         store.authenticate(key, "yolov8n")

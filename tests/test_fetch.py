@@ -169,7 +169,11 @@ def test_redirect_to_an_invalid_url_is_502(loopback: str, case: int) -> None:
     with pytest.raises(BadGateway, match="redirected to an invalid URL"):
         asyncio.run(
             fetch.fetch_image(
-                f"{loopback}/bad-redirect/{case}", max_bytes=10**7, timeout_s=30, max_redirects=3, allow_hosts=("localhost",)
+                f"{loopback}/bad-redirect/{case}",
+                max_bytes=10**7,
+                timeout_s=30,
+                max_redirects=3,
+                allow_hosts=("localhost",),
             )
         )
 

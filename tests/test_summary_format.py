@@ -153,8 +153,9 @@ def _ultralytics(task: str, raw: np.ndarray, protos: np.ndarray | None, box: Let
 
 def _info(task: str, kpt_shape: tuple[int, int] | None = None) -> ModelInfo:
     outputs = ("output0", "output1") if task == "segment" else ("output0",)
+    names = {0: NAMES[0]} if task == "pose" else NAMES  # a pose model has one class
     return ModelInfo(
-        name=f"test-{task}", task=task, names={0: NAMES[0]} if task == "pose" else NAMES, stride=32, imgsz=640, input_name="images",
+        name=f"test-{task}", task=task, names=names, stride=32, imgsz=640, input_name="images",
         input_format="uint8_nhwc_bgr", outputs=outputs, output_layout="raw", target="python", untrained=False,
         kpt_shape=kpt_shape,
     )  # fmt: skip
@@ -186,10 +187,10 @@ def test_finish_pose_scales_keypoints_back_like_ultralytics(
     rng = np.random.default_rng(7 + size)
     anchors = 1500
     h, w = box.input_shape
-    kpts = np.stack(
-        [rng.uniform(-20, w + 20, (17, anchors)), rng.uniform(-20, h + 20, (17, anchors)), rng.uniform(0, 1, (17, anchors))],
-        axis=1,
-    ).reshape(51, anchors)  # fmt: skip
+    # (17 keypoints × x, y, visibility, anchors), some outside the input: clipping shows
+    x, y = rng.uniform(-20, w + 20, (17, anchors)), rng.uniform(-20, h + 20, (17, anchors))
+    v = rng.uniform(0, 1, (17, anchors))
+    kpts = np.stack([x, y, v], axis=1).reshape(51, anchors)
     raw = _raw(rng, box.input_shape, 1, kpts)
     args = PredictArgs(confidence=0.25, iou=0.45, normalize=normalize)
     want = _ultralytics("pose", raw, None, box, args, 1, (17, 3))
