@@ -232,7 +232,7 @@ def _request_line(gw: Gateway, request_id: str) -> dict[str, Any]:
     """Our JSON access-log line for `request_id` (written just after the response: waited for)."""
     deadline = time.monotonic() + 30
     while True:
-        for line in gw.log_path.read_text(errors="replace").splitlines():
+        for line in gw.log_path.read_text(errors="replace").split("\n"):  # (JSON strings may hold U+2028)
             if line.startswith("{") and request_id in line:
                 record: dict[str, Any] = json.loads(line)
                 if record.get("request_id") == request_id:
