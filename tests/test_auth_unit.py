@@ -24,9 +24,9 @@ def keys(tmp_path: Path) -> tuple[KeyStore, Path, dict[str, str]]:
 
 
 def _other_secret(key: str) -> str:
-    """The same `yk_<id>_` with a different secret of the same length."""
-    prefix, secret = key.rsplit("_", 1)
-    return f"{prefix}_{secret[::-1] if secret[::-1] != secret else 'x' * len(secret)}"
+    """The same `yk_<id>_` with a different secret of the same length (the secret itself may hold '_')."""
+    prefix, secret = key[: key.index("_", 3) + 1], key[key.index("_", 3) + 1 :]
+    return prefix + ("B" if secret[0] == "A" else "A") + secret[1:]
 
 
 def test_valid_key_returns_its_entry(keys: tuple[KeyStore, Path, dict[str, str]]) -> None:

@@ -106,7 +106,7 @@ WRAPPED = [
     ("2001:0:a00:1:8000:63bf:a2ff:5ffe", False),  # server 10.0.0.1
     ("2001:0:5db8:d822:8000:63bf:a2ff:5ffe", True),  # server 93.184.216.34, client 93.0.160.1
     ("2606:2800:220:1:248:1893:25c8:1946", True), ("fd00::a9fe:a9fe", False),  # plain IPv6: its own verdict
-]
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("address,public", WRAPPED)
