@@ -37,7 +37,7 @@ def test_letterbox_is_ultralytics_letterbox_byte_for_byte(h: int, w: int, size: 
     got, box = preprocess.letterbox(image, size, 32, rect)
     assert got.shape == want.shape
     assert np.array_equal(got, want)
-    assert box == Letterbox((h, w), (want.shape[0], want.shape[1]))
+    assert box == Letterbox.between((h, w), (want.shape[0], want.shape[1]))
 
 
 def _content(out: np.ndarray) -> tuple[int, int, int, int]:
@@ -53,7 +53,7 @@ def _content(out: np.ndarray) -> tuple[int, int, int, int]:
 def test_postprocess_takes_off_the_padding_letterbox_put_on(h: int, w: int, size: int, rect: bool) -> None:
     out, box = preprocess.letterbox(_texture(h, w, high=100), size, 32, rect)  # values < 100: never the pad value
     left, top, new_w, new_h = _content(out)
-    gain_x, gain_y, pad_x, pad_y = postprocess._gain_pad(box)
+    (gain_x, gain_y), (pad_x, pad_y) = box.gain, box.pad
     assert (pad_x, pad_y) == (left, top)
     assert (new_w / w, new_h / h) == (gain_x, gain_y)
     # the content's corners go back to the image's corners (up to float32 division)

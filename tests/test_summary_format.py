@@ -16,6 +16,7 @@ from gateway import obb, pipeline, postprocess, preprocess
 from gateway.preprocess import Letterbox
 from gateway.schemas import PredictArgs
 from gateway.triton import ModelInfo
+from tests.reference import mask_polygon
 
 torch = pytest.importorskip("torch")
 from ultralytics.engine.results import Results  # noqa: E402
@@ -50,7 +51,7 @@ def _has_digits_past_3(summary: list[dict[str, Any]]) -> bool:
 def test_box_rows_equal_ultralytics_summary(normalize: bool) -> None:
     dets = _dets(np.random.default_rng(1), 25)
     want = _results(boxes=torch.from_numpy(dets)).summary(normalize=normalize)
-    got = postprocess.summary(dets, Letterbox((H, W), (H, W)), NAMES, normalize)
+    got = postprocess.summary(dets, Letterbox.between((H, W), (H, W)), NAMES, normalize)
     assert len(want) == 25 and _has_digits_past_3(want)
     assert got == want
     if normalize:
@@ -66,7 +67,7 @@ def test_keypoint_rows_equal_ultralytics_summary(normalize: bool, dims: int) -> 
     kpts = np.concatenate([rng.uniform(0, [W, H], (9, 17, 2)), rng.uniform(0, 1, (9, 17, 1))], axis=2)
     kpts = kpts[..., :dims].astype(np.float32)
     want = _results(boxes=torch.from_numpy(dets), keypoints=torch.from_numpy(kpts.copy())).summary(normalize=normalize)
-    got = postprocess.summary(dets, Letterbox((H, W), (H, W)), NAMES, normalize, keypoints=kpts.copy())
+    got = postprocess.summary(dets, Letterbox.between((H, W), (H, W)), NAMES, normalize, keypoints=kpts.copy())
     assert got == want
     assert ("visible" in got[0]["keypoints"]) == (dims == 3)
     if dims == 3:
@@ -85,8 +86,8 @@ def test_segment_rows_equal_ultralytics_summary(normalize: bool) -> None:
             cx, cy, r = rng.uniform(40, W - 40), rng.uniform(40, H - 40), rng.uniform(8, 40)
             m[(xx - cx) ** 2 + ((yy - cy) * 1.3) ** 2 < r * r] = 1
     want = _results(boxes=torch.from_numpy(dets), masks=torch.from_numpy(masks.astype(np.float32))).summary(normalize)
-    box = Letterbox((H, W), (H, W))
-    polygons = [postprocess.scale_xy(postprocess.mask_polygon(m, 0, 0), box) for m in masks]
+    box = Letterbox.between((H, W), (H, W))
+    polygons = [postprocess.scale_xy(mask_polygon(m, 0, 0), box) for m in masks]
     got = postprocess.summary(dets, box, NAMES, normalize, polygons=polygons)
     assert all(len(row["segments"]["x"]) > 8 for row in got)
     assert got == want
@@ -103,7 +104,7 @@ def test_oriented_box_rows_equal_ultralytics_summary(normalize: bool) -> None:
     cls = rng.integers(0, 15, (n, 1)).astype(np.float32)
     want = _results(obb=torch.from_numpy(np.concatenate([xywhr, conf, cls], axis=1))).summary(normalize=normalize)
     dets = np.concatenate([xywhr[:, :4], conf, cls, xywhr[:, 4:]], axis=1)  # our rows: xywh, conf, class, angle
-    got = postprocess.summary(dets, Letterbox((H, W), (H, W)), NAMES, normalize, corners=obb.corners(xywhr))
+    got = postprocess.summary(dets, Letterbox.between((H, W), (H, W)), NAMES, normalize, corners=obb.corners(xywhr))
     assert set(got[0]["box"]) == {f"{a}{i}" for a in "xy" for i in range(1, 5)}
     assert got == want
 
