@@ -43,7 +43,7 @@ def fp16_drift(checkpoint: Path, photo: Path, size: int = 640) -> tuple[int, flo
     """(anchors scoring >= 0.25 in FP32, largest |FP16 - FP32| best-class score among them) for one photo."""
     import cv2
     import torch
-    from ultralytics import YOLO  # type: ignore[attr-defined]
+    from ultralytics import YOLO
     from ultralytics.data.augment import LetterBox
 
     boxed: Any = LetterBox((size, size), auto=True, stride=32)(image=cv2.imread(str(photo)))
@@ -68,7 +68,8 @@ def measure(model_dir: Path, photo: Path, repeats: int) -> dict[str, Any]:
 
     info = _info(model_dir)
     session = ort.InferenceSession(str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
-    _, tensor, box = prepare(photo.read_bytes(), info, info.imgsz, True, 10**9, {})
+    prepared = prepare(photo.read_bytes(), info, info.imgsz, True, 10**9, {})
+    tensor, box = prepared.tensor, prepared.box
     raw = session.run(None, {info.input_name: tensor[None]})
     outputs = {name: value[0] for name, value in zip(info.outputs, raw)}  # one image: the batch axis off
     args = PredictArgs()

@@ -6,15 +6,26 @@ Pure functions, run in a worker thread by the app so the event loop never blocks
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from gateway import obb, postprocess, preprocess
+from gateway import masks, obb, postprocess, preprocess
+from gateway.modelcard import COMPACT, FLOAT32_NCHW_RGB, RESIZE_CENTER_CROP
 from gateway.preprocess import Letterbox
 from gateway.schemas import PredictArgs
 from gateway.triton import ModelInfo
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One image ready for Triton: the decoded image, its model input and how the one maps to the other."""
+
+    image: NDArray[np.uint8] | None  # (H, W, 3) uint8 BGR as decoded; None unless kept (it is the largest array)
+    tensor: NDArray[Any]  # the model input without the batch dimension
+    box: Letterbox
 
 
 def prepare(
@@ -25,8 +36,9 @@ def prepare(
     max_pixels: int,
     timings: dict[str, float],
     fast_jpeg: bool = True,
-) -> tuple[NDArray[np.uint8], NDArray[Any], Letterbox]:
-    """(decoded BGR image, model input tensor without batch dim, letterbox); fills decode/letterbox ms.
+    keep_image: bool = False,
+) -> Prepared:
+    """The decoded image, its model input tensor and the letterbox; fills decode/letterbox ms.
 
     Classifiers are resized and centre-cropped instead of letterboxed (`rect` does not apply); the Letterbox then
     only records the shapes.
@@ -35,16 +47,17 @@ def prepare(
     image = preprocess.decode(data, max_pixels, fast_jpeg)
     t1 = time.perf_counter()
     target = preprocess.target_size(size, info.stride)
-    if info.preprocess == "resize_center_crop":
-        tensor, box = preprocess.resize_center_crop(image, target, max_pixels)
+    if info.preprocess == RESIZE_CENTER_CROP:
+        boxed, box = preprocess.resize_center_crop(image, target, max_pixels)
     else:
-        tensor, box = preprocess.letterbox(image, target, info.stride, rect)
-    if info.input_format == "float32_nchw_rgb":
-        tensor = np.ascontiguousarray(tensor[..., ::-1].transpose(2, 0, 1)).astype(np.float32) / np.float32(255)
+        boxed, box = preprocess.letterbox(image, target, info.stride, rect)
+    tensor: NDArray[Any] = boxed
+    if info.input_format == FLOAT32_NCHW_RGB:
+        tensor = np.ascontiguousarray(boxed[..., ::-1].transpose(2, 0, 1)).astype(np.float32) / np.float32(255)
     t2 = time.perf_counter()
     timings["decode"] = (t1 - t0) * 1000
     timings["letterbox"] = (t2 - t1) * 1000
-    return image, tensor, box
+    return Prepared(image if keep_image else None, tensor, box)
 
 
 def finish(
@@ -62,7 +75,7 @@ def finish(
     if info.task == "classify":
         return postprocess.top5(pred, info.names)
     nc = len(info.names)
-    compact = info.output_layout == "compact"
+    compact = info.output_layout == COMPACT
     rotated = info.task == "obb"
     dets = postprocess.non_max_suppression(
         pred, args.confidence, args.iou, nc, args.max_det, args.classes, args.agnostic, compact, rotated
@@ -72,7 +85,7 @@ def finish(
         return postprocess.summary(dets, box, info.names, args.normalize, corners=obb.corners(rboxes))
     polygons = keypoints = None
     if info.task == "segment":
-        dets, polygons = postprocess.segments(dets, outputs[info.outputs[1]], box, nc)
+        dets, polygons = masks.segments(dets, outputs[info.outputs[1]], box, nc)
     elif info.task == "pose" and info.kpt_shape:
         k = dets[:, 6:].reshape(len(dets), *info.kpt_shape).copy()
         keypoints = postprocess.scale_xy(k, box)

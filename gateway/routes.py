@@ -1,0 +1,202 @@
+"""The HTTP routes: the three prediction routes (one flow, two response formats) and the service routes."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio.to_thread
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway import flow, render, responses
+from gateway.budget import Hold
+from gateway.errors import BadRequest, ServiceUnavailable
+from gateway.fetch import fetch_image
+from gateway.forms import FORM_OVERHEAD, api_key, collect, model_from_slug, parse_form, read_body
+from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from gateway.openapi import SPEC
+from gateway.responses import json_response
+from gateway.schemas import Style, check_classes, parse_args
+from gateway.triton import ModelInfo
+
+if TYPE_CHECKING:
+    from starlette.datastructures import FormData, UploadFile
+
+    from gateway.app import State
+
+
+def _state(request: Request) -> State:
+    state: State = request.app.state.gateway
+    return state
+
+
+async def predict(request: Request) -> Response:
+    """HUB v1: POST /v1/predict/{model_id}."""
+    return await _handle(request, request.path_params["model_id"], "v1")
+
+
+async def predict_platform(request: Request) -> Response:
+    """The newer Ultralytics API: POST /api/models/{owner/project/model}/predict, answered in the `images` format."""
+    return await _handle(request, model_from_slug(request.path_params["slug"]), "v2")
+
+
+async def predict_dedicated(request: Request) -> Response:
+    """POST / with the model in a `model` form field (a HUB model URL or an id), answered in the `images` format."""
+    return await _handle(request, None, "v2")
+
+
+async def _handle(request: Request, model_id: str | None, style: Style) -> Response:
+    state = _state(request)
+    settings = state.settings
+    started = time.perf_counter()
+    context = request.scope.get("state", {}).get("context", {})
+    context["predict"] = True
+    if model_id is not None:
+        context["model"] = model_id[:64]
+    # the key is checked before the body is read; its model scope as soon as the model is known
+    entry = state.keys.authenticate(api_key(request), model_id)
+    context["key_id"] = entry.id
+    state.limiter.check(entry.id, entry.rate)
+    if model_id is not None:
+        info = await state.triton.model(model_id)
+    if state.inflight >= settings.max_inflight:
+        raise ServiceUnavailable("The server is busy (too many requests in flight). Retry shortly.", retry_after=1)
+    state.inflight += 1
+    state.metrics.inflight.inc()
+    hold = Hold(state.budget)
+    try:
+        form = await _read_form(request, state, hold, context, style)
+        try:
+            images, fields = collect(request, form, style)
+            state.limiter.charge(entry.id, entry.rate, len(images) - 1)  # each image costs one token
+            if model_id is None:
+                model_id = model_from_slug(fields.get("model", ""))
+                if not model_id:
+                    raise BadRequest("Missing 'model': send the model id (or its HUB URL) in the 'model' field.")
+                context["model"] = model_id[:64]
+                state.keys.authenticate(api_key(request), model_id)
+                info = await state.triton.model(model_id)
+            state.metrics.models.add(info.name)
+            context["task"] = info.task
+            return await _predict(state, info, images, fields, style, started, context, hold)
+        finally:
+            await form.close()
+    finally:
+        hold.release()
+        state.inflight -= 1
+        state.metrics.inflight.dec()
+
+
+async def _read_form(request: Request, state: State, hold: Hold, context: dict[str, Any], style: Style) -> FormData:
+    """The parsed form; the upload's size is reserved in `hold` before it is read, and the raw body is freed once
+    parsed (the parts are in the form)."""
+    limit = state.settings.max_upload_bytes + FORM_OVERHEAD
+    declared = request.headers.get("content-length", "")
+    await hold.take(min(int(declared), limit) if declared.isdigit() else limit)
+    body = await read_body(request, limit)
+    context["bytes"] = len(body)
+    return await parse_form(request, body, state.settings.max_images, "image" if style == "v1" else "file")
+
+
+async def _predict(
+    state: State,
+    info: ModelInfo,
+    uploads: list[UploadFile],
+    fields: dict[str, str],
+    style: Style,
+    started: float,
+    context: dict[str, Any],
+    hold: Hold,
+) -> Response:
+    settings = state.settings
+    args = parse_args(fields, info.imgsz, style)
+    if info.task != "classify":  # classifiers ignore `classes`, as Ultralytics' do
+        check_classes(args.classes, info.name, len(info.names))
+    if uploads and args.url:
+        raise BadRequest("Send either image file(s) or a URL, not both.")
+    if not uploads and not args.url:
+        raise BadRequest("An image file or URL must be submitted.")
+    if len(uploads) > 1 and args.format != "json":
+        raise BadRequest("An annotated image (format=image/png) is made for one image per request; send one image.")
+
+    timings: dict[str, float] = {}
+    context["timings"] = timings
+    t0 = time.perf_counter()
+    if uploads:
+        datas = [await upload.read() for upload in uploads]
+    else:
+        datas = [
+            await fetch_image(
+                args.url,
+                max_bytes=settings.max_upload_bytes,
+                timeout_s=settings.url_timeout_s,
+                max_redirects=settings.url_max_redirects,
+                allow_hosts=settings.url_allow_hosts,
+            )
+        ]
+        timings["fetch"] = (time.perf_counter() - t0) * 1000
+    outcomes = await flow.run(state, info, datas, args, timings, hold)
+    failed = [o for o in outcomes if o.error is not None]
+    if len(failed) == len(outcomes):  # nothing succeeded: the request fails with the (first) image's own error
+        error = failed[0].error
+        assert error is not None
+        if len(outcomes) > 1:
+            error.message = f"Image 1 of {len(outcomes)}: {error.message}"
+        raise error
+
+    t3 = time.perf_counter()
+    if args.format != "json":
+        only = outcomes[0]
+        assert only.image is not None and only.rows is not None  # kept for format=image, and it succeeded
+        body = await anyio.to_thread.run_sync(
+            render.encode_annotated, only.image, only.rows, info.task, args.format, args.normalize,
+            limiter=state.limiter_threads,
+        )  # fmt: skip
+        media_type = f"image/{args.format}"
+        timings["render"] = (time.perf_counter() - t3) * 1000
+    else:
+        body, media_type = orjson.dumps(responses.body(info, args, outcomes, style)), "application/json"
+    timings["total"] = (time.perf_counter() - started) * 1000
+    return Response(body, media_type=media_type, headers=responses.headers(info, timings))
+
+
+async def list_models(request: Request) -> Response:
+    models = await _state(request).triton.ready_models()
+    data = [m.public() for m in models]
+    return json_response({"success": True, "message": f"{len(models)} model(s) ready.", "data": data})
+
+
+async def get_model(request: Request) -> Response:
+    info = await _state(request).triton.model(request.path_params["model_id"])
+    return json_response({"success": True, "message": "Model ready.", "data": info.public()})
+
+
+async def metrics(request: Request) -> Response:
+    return Response(_state(request).metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
+
+
+async def openapi_json(request: Request) -> Response:
+    return json_response(SPEC)
+
+
+async def healthz(request: Request) -> Response:
+    return json_response({"success": True, "message": "alive", "data": {}})
+
+
+async def readyz(request: Request) -> Response:
+    """200 while this gateway can serve: Triton up now or within GATEWAY_READY_GRACE_S (a Triton rollout or blip must
+    not take every gateway out of the Service at once, which turns JSON 503s into the ingress' HTML 503s)."""
+    state = _state(request)
+    triton = await state.triton.probe()
+    state.metrics.triton_up.set(1 if triton.up else 0)
+    grace = state.settings.ready_grace_s
+    last = None if triton.last_up_s is None else round(triton.last_up_s, 1)
+    if not triton.ready(grace):
+        since = "since this gateway started" if last is None else f"for {last:.0f} s (grace {grace:g} s)"
+        raise ServiceUnavailable(f"Not ready: {triton.problem} {since}.", 5)
+    detail = {"ready": triton.up, "models": list(triton.models), "last_ready_s_ago": last, "problem": triton.problem}
+    message = "ready" if triton.up else f"ready (inference server not ready for {last:.0f} s: {triton.problem})"
+    data = {"models": list(triton.models), "triton": detail}
+    return json_response({"success": True, "message": message, "data": data})
