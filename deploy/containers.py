@@ -131,7 +131,7 @@ class Engine:
         return run(["docker", *args], env=self.env, timeout=timeout, check=check, capture=capture).stdout or ""
 
     def compose(self, *args: str, env: dict[str, str] | None = None, timeout: float = 300) -> str:
-        command = ["docker-compose", "--no-ansi", "-p", PROJECT, "-f", str(COMPOSE_FILE), *args]
+        command = ["docker-compose", "--ansi", "never", "-p", PROJECT, "-f", str(COMPOSE_FILE), *args]
         return run(command, env={**self.env, **(env or {})}, timeout=timeout, capture=True).stdout or ""
 
     def stop(self) -> None:
@@ -241,7 +241,7 @@ def locked() -> Iterator[None]:
 
 def base_image(eng: Engine) -> str:
     """Debian 12 with Python 3.11, made with debootstrap (cached as a tarball), imported into the engine."""
-    recipe = json.dumps([SUITE, BASE_PACKAGES, 1]).encode()
+    recipe = json.dumps([SUITE, BASE_PACKAGES, 2]).encode()  # bump when _debootstrap changes
     tag = f"yolo-triton-base:{SUITE}-{hashlib.sha256(recipe).hexdigest()[:10]}"
     if run(["docker", "image", "inspect", tag], env=eng.env, timeout=30, check=False, capture=True).returncode == 0:
         return tag
@@ -275,8 +275,12 @@ def _debootstrap(tarball: Path) -> None:
         run(["chroot", str(rootfs), "apt-get", "update", "-qq"], timeout=300, env=env, capture=True)
         run(["chroot", str(rootfs), "apt-get", "-y", "-qq", "upgrade"], timeout=600, env=env, capture=True)
         run(["chroot", str(rootfs), "apt-get", "clean"], timeout=60, env=env)
-        for junk in ("var/lib/apt/lists", "usr/share/doc", "usr/share/man", "usr/share/info", "var/cache/debconf"):
-            for child in (rootfs / junk).glob("*"):
+        # Package lists, documentation and message translations (33 MB): nothing in the images reads them.
+        junk = ("var/lib/apt/lists", "usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale")
+        for folder in junk:
+            for child in (rootfs / folder).glob("*"):
+                if child.name == "locale.alias":  # read by glibc's setlocale
+                    continue
                 shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
         (rootfs / "etc/resolv.conf").unlink()  # the engine provides it per container
         partial = tarball.with_suffix(".partial")
@@ -356,16 +360,27 @@ def context(name: str, wheel_dir: Path) -> Path:
     return ctx
 
 
+def image_id(eng: Engine, tag: str) -> str | None:
+    result = run(["docker", "image", "inspect", "--format", "{{.Id}}", tag], env=eng.env, timeout=30, check=False, capture=True)
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
 def build(eng: Engine, tag: str, dockerfile: Path, context: Path, base: str) -> None:
     env_args = ["--build-arg", f"PYTHON_IMAGE={base}", "--build-arg", "PIP_NO_INDEX=1"]
-    log(f"building {tag}")
+    previous = image_id(eng, tag)
+    log(f"building {tag} (log: {CACHE / 'logs' / context.name}.log)")
     # The classic builder: BuildKit would fetch the `# syntax=` frontend from a registry. No network inside.
-    run(
+    result = run(
         ["docker", "build", "--network=none", "--rm", "--force-rm", "--label", LABEL, "-f", str(dockerfile),
          "-t", tag, *env_args, str(context)],
         env={**eng.env, "DOCKER_BUILDKIT": "0"}, timeout=1800, capture=True,
     )  # fmt: skip
-    eng.docker("image", "prune", "--force", "--filter", f"label={LABEL}", check=False)  # the tag's previous image
+    (CACHE / "logs").mkdir(exist_ok=True)
+    (CACHE / "logs" / f"{context.name}.log").write_text(result.stdout or "")
+    if previous and previous != image_id(eng, tag):
+        eng.docker("rmi", previous, check=False)  # the tag's previous image; its build-stage layers stay as cache
+    # Build-stage layers of inputs that changed a week ago or more: the engine's folder does not grow forever.
+    eng.docker("image", "prune", "--force", "--filter", "until=168h", check=False)
 
 
 def image_size(eng: Engine, tag: str) -> int:
