@@ -59,7 +59,12 @@ WHEEL_TAGS = [
     *("--python-version", "3.11", "--implementation", "cp", "--abi", "cp311", "--abi", "abi3", "--abi", "none"),
 ]
 
-PACKAGE_OF = {"dockerd": "docker.io", "docker": "docker.io", "docker-compose": "docker-compose", "debootstrap": "debootstrap"}
+PACKAGE_OF = {
+    "dockerd": "docker.io",
+    "docker": "docker.io",
+    "docker-compose": "docker-compose",
+    "debootstrap": "debootstrap",
+}
 
 
 class StepError(RuntimeError):
@@ -115,7 +120,9 @@ def ensure_commands(*commands: str) -> None:
     missing = sorted({PACKAGE_OF[c] for c in commands if shutil.which(c) is None})
     if missing:
         if os.geteuid() != 0:
-            raise StepError(f"missing {', '.join(missing)}; install them (apt-get install {' '.join(missing)}) or run as root")
+            raise StepError(
+                f"missing {', '.join(missing)}; install them (apt-get install {' '.join(missing)}) or run as root"
+            )
         apt_install(missing)
 
 
@@ -161,7 +168,9 @@ def _alive(pid: int) -> bool:
 def _answers(env: dict[str, str]) -> bool:
     if shutil.which("docker") is None:
         return False
-    result = run(["docker", "version", "--format", "{{.Server.Version}}"], env=env, timeout=20, check=False, capture=True)
+    result = run(
+        ["docker", "version", "--format", "{{.Server.Version}}"], env=env, timeout=20, check=False, capture=True
+    )
     return result.returncode == 0
 
 
@@ -254,6 +263,12 @@ def base_image(eng: Engine) -> str:
         "--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         str(tarball), tag, timeout=600,
     )  # fmt: skip
+    for old in (CACHE / "base").glob("*.tar"):  # an earlier recipe's root filesystem and image
+        if old != tarball:
+            old.unlink()
+    stale = eng.docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", "yolo-triton-base").split()
+    for image in set(stale) - {tag}:
+        eng.docker("rmi", image, check=False)
     return tag
 
 
@@ -268,7 +283,8 @@ def _debootstrap(tarball: Path) -> None:
             timeout=1500, capture=True)  # fmt: skip
         # Security and point-release updates on top of the release itself.
         (rootfs / "etc/apt/sources.list").write_text(
-            f"deb {MIRROR} {SUITE} main\ndeb {MIRROR} {SUITE}-updates main\ndeb {SECURITY_MIRROR} {SUITE}-security main\n"
+            f"deb {MIRROR} {SUITE} main\ndeb {MIRROR} {SUITE}-updates main\n"
+            f"deb {SECURITY_MIRROR} {SUITE}-security main\n"
         )
         shutil.copy("/etc/resolv.conf", rootfs / "etc/resolv.conf")
         env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
@@ -323,7 +339,11 @@ def wheels(name: str, requirements: Sequence[str], no_deps: Sequence[str] = ()) 
     base = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--only-binary=:all:",
             *WHEEL_TAGS, "--dest", str(folder)]  # fmt: skip
     log(f"downloading wheels for {name}")
-    run([*base, "-r", str(folder / "requirements.txt"), "-c", str(folder / "constraints.txt")], timeout=900, capture=True)
+    run(
+        [*base, "-r", str(folder / "requirements.txt"), "-c", str(folder / "constraints.txt")],
+        timeout=900,
+        capture=True,
+    )
     if no_deps:
         run([*base, "--no-deps", *no_deps], timeout=900, capture=True)
     for old in (CACHE / "wheels").glob(f"{name}-*"):
@@ -361,7 +381,9 @@ def context(name: str, wheel_dir: Path) -> Path:
 
 
 def image_id(eng: Engine, tag: str) -> str | None:
-    result = run(["docker", "image", "inspect", "--format", "{{.Id}}", tag], env=eng.env, timeout=30, check=False, capture=True)
+    result = run(
+        ["docker", "image", "inspect", "--format", "{{.Id}}", tag], env=eng.env, timeout=30, check=False, capture=True
+    )
     return result.stdout.strip() if result.returncode == 0 else None
 
 
@@ -439,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("pytest_args", nargs=argparse.REMAINDER, help="(test) more pytest arguments")
     args = parser.parse_args(argv)
     os.environ.setdefault("COMPOSE_DOCKER_CLI_BUILD", "0")
+    # A CI timeout or `kill` still stops the engine this script started (the `finally` below).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         with locked():
             if args.command == "engine-stop":

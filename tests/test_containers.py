@@ -35,7 +35,13 @@ from tests.test_api import CURL_SNIPPET, _check_schema
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 REQUIRED = os.environ.get("YOLO_CONTAINER_TESTS") == "1"
-TASK_MODELS = {"detect": "yolov8n", "segment": "yolov8n-seg", "pose": "yolov8n-pose", "classify": "yolov8n-cls", "obb": "yolov8n-obb"}  # fmt: skip
+TASK_MODELS = {
+    "detect": "yolov8n",
+    "segment": "yolov8n-seg",
+    "pose": "yolov8n-pose",
+    "classify": "yolov8n-cls",
+    "obb": "yolov8n-obb",
+}
 GATEWAY_UID = 10001
 TRITON_UID = 1000
 
@@ -95,7 +101,8 @@ class Stack:
     def keys(self, *args: str) -> subprocess.CompletedProcess[str]:
         """The image's keys tool on the mounted keys folder, as compose's `keys` service runs it."""
         command = [
-            "docker", "run", "--rm", "--network=none", "--read-only", "--cap-drop=ALL", f"--user={GATEWAY_UID}:{GATEWAY_UID}",
+            "docker", "run", "--rm", "--network=none", "--read-only", "--cap-drop=ALL",
+            f"--user={GATEWAY_UID}:{GATEWAY_UID}",
             "-v", f"{self.keys_dir}:/etc/yolo-triton/keys", "-e", "GATEWAY_KEYS_FILE=/etc/yolo-triton/keys/keys.json",
             "--entrypoint", "python", containers.GATEWAY_IMAGE, "-m", "gateway.keys", *args,
         ]  # fmt: skip
@@ -181,7 +188,9 @@ def test_one_request_per_task(stack: Stack, images: dict[str, Path], task: str) 
 
 @pytest.mark.container
 def test_requests_without_a_key_and_with_a_revoked_key_are_refused(stack: Stack, images: dict[str, Path]) -> None:
-    missing = requests.post(f"{stack.url}/v1/predict/yolov8n-cls", files={"image": images["bus"].read_bytes()}, timeout=60)
+    missing = requests.post(
+        f"{stack.url}/v1/predict/yolov8n-cls", files={"image": images["bus"].read_bytes()}, timeout=60
+    )
     assert missing.status_code == 401 and missing.json()["success"] is False
     created = stack.keys("create", "--name", "to-revoke")
     key = created.stdout.strip().splitlines()[-1]
@@ -226,7 +235,8 @@ def test_gateway_runs_as_non_root_on_a_read_only_root_filesystem(stack: Stack) -
     assert info["HostConfig"]["ReadonlyRootfs"] is True and info["HostConfig"]["CapDrop"] == ["ALL"]
     assert docker("exec", stack.gateway, "id", "-u").strip() == str(GATEWAY_UID)
     write = subprocess.run(
-        ["docker", "exec", stack.gateway, "python", "-c", "open('/opt/app/written', 'w')"], capture_output=True, text=True, timeout=60
+        ["docker", "exec", stack.gateway, "python", "-c", "open('/opt/app/written', 'w')"],
+        capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert write.returncode != 0 and "Read-only file system" in write.stderr
     docker("exec", stack.gateway, "python", "-c", "open('/tmp/written', 'w').write('tmpfs is writable')")
@@ -282,7 +292,9 @@ def test_every_chart_image_is_built_here_or_named_upstream() -> None:
     ours = {i for i in images if i.split(":")[0] not in upstream}
     # The gateway image as built here, or pushed to a registry (values files with `registry.example.com/...`).
     names = {(ref.rsplit("/", 1)[-1], tag) for ref, _, tag in (i.rpartition(":") for i in ours)}
-    assert names == {tuple(containers.GATEWAY_IMAGE.split(":"))}, f"chart images neither built here nor upstream: {ours}"
+    assert names == {tuple(containers.GATEWAY_IMAGE.split(":"))}, (
+        f"chart images neither built here nor upstream: {ours}"
+    )
 
 
 @pytest.mark.container
@@ -303,7 +315,10 @@ def test_chart_gateway_spec_runs_the_gateway_image(stack: Stack, chart: list[dic
     assert Path(env["GATEWAY_KEYS_FILE"]).parent == Path(image_env["GATEWAY_KEYS_FILE"]).parent
     assert str(Path(env["GATEWAY_KEYS_FILE"]).parent) in mounts and "/tmp" in mounts
     volumes = {"/tmp": ["--tmpfs", "/tmp"]}
-    volumes[str(Path(env["GATEWAY_KEYS_FILE"]).parent)] = ["-v", f"{stack.keys_dir}:{Path(env['GATEWAY_KEYS_FILE']).parent}:ro"]
+    volumes[str(Path(env["GATEWAY_KEYS_FILE"]).parent)] = [
+        "-v",
+        f"{stack.keys_dir}:{Path(env['GATEWAY_KEYS_FILE']).parent}:ro",
+    ]
     assert set(volumes) == set(mounts)
     name = f"{containers.PROJECT}-chart-gateway"
     docker("rm", "--force", name, check=False)
@@ -339,7 +354,9 @@ def test_chart_triton_spec_agrees_with_the_cpu_triton_image(stack: Stack, chart:
     pod, c = _container(chart, "triton")
     config = _image_config(containers.TRITON_IMAGE)
     assert "command" not in c and c["args"][0] == "tritonserver" and not config["Entrypoint"]
-    assert docker("run", "--rm", "--network=none", "--entrypoint=bash", containers.TRITON_IMAGE, "-c", "command -v tritonserver").strip()
+    assert docker(
+        "run", "--rm", "--network=none", "--entrypoint=bash", containers.TRITON_IMAGE, "-c", "command -v tritonserver"
+    ).strip()
     user = f"{pod['securityContext']['runAsUser']}:{pod['securityContext']['runAsGroup']}"
     assert config["User"] == user == f"{TRITON_UID}:{TRITON_UID}"
     assert set(config["ExposedPorts"]) == {f"{p['containerPort']}/tcp" for p in c["ports"]}
@@ -364,14 +381,21 @@ def test_chart_triton_spec_agrees_with_the_cpu_triton_image(stack: Stack, chart:
 
 
 @pytest.mark.container
-def test_sigterm_lets_in_flight_requests_finish_then_exits(stack: Stack, images: dict[str, Path], tmp_path: Path) -> None:
+def test_sigterm_lets_in_flight_requests_finish_then_exits(
+    stack: Stack, images: dict[str, Path], tmp_path: Path
+) -> None:
     import cv2
 
     big = tmp_path / "big.jpg"  # segmentation of a large photo: long enough to be caught in flight
     bus = cv2.imread(str(images["bus"]))
     cv2.imwrite(str(big), cv2.resize(bus, (bus.shape[1] * 3, bus.shape[0] * 3)))
+
+    def predict() -> tuple[requests.Response, float]:
+        response = stack.post("yolov8n-seg", big, size="1280")
+        return response, time.monotonic()
+
     with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(stack.post, "yolov8n-seg", big, None, size="1280") for _ in range(4)]
+        futures = [pool.submit(predict) for _ in range(4)]
         deadline = time.monotonic() + 30
         while _counter(requests.get(f"{stack.url}/metrics", timeout=10).text, "yolo_requests_in_flight") < 1:
             assert time.monotonic() < deadline, "no request in flight"
@@ -379,20 +403,22 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits(stack: Stack, images:
         stopped: dict[str, float] = {}
 
         def stop() -> None:  # `docker stop`: SIGTERM, then SIGKILL after stop_grace_period (30 s)
-            start = time.monotonic()
+            stopped["at"] = time.monotonic()
             docker("stop", "--time=30", stack.gateway, timeout=60)
-            stopped["after"] = time.monotonic() - start
+            stopped["after"] = time.monotonic() - stopped["at"]
 
         stopper = threading.Thread(target=stop)
         stopper.start()
         results = [f.result(timeout=90) for f in futures]
         stopper.join(90)
-    assert [r.status_code for r in results] == [200] * 4, [r.text[:200] for r in results]
-    assert all(r.json()["data"] for r in results)
+    assert [r.status_code for r, _ in results] == [200] * 4, [r.text[:200] for r, _ in results]
+    assert all(r.json()["data"] for r, _ in results)
+    assert max(done for _, done in results) > stopped["at"], "every request ended before SIGTERM: nothing was in flight"
     state = inspect(stack.gateway)["State"]
     assert state["Status"] == "exited" and state["ExitCode"] == 0 and not state["OOMKilled"], state
     assert stopped["after"] < 25, stopped  # drained and exited by itself, not killed at the deadline
     logs = subprocess.run(["docker", "logs", stack.gateway], capture_output=True, text=True, timeout=60)
+    assert "Waiting for connections to close" in logs.stdout + logs.stderr  # uvicorn saw requests in flight
     assert "Finished server process" in logs.stdout + logs.stderr
 
 
