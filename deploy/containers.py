@@ -109,11 +109,16 @@ def timed(what: str, times: dict[str, float]) -> Iterator[None]:
 # --- the engine ------------------------------------------------------------------------------------------------
 
 
+_apt_updated: list[bool] = []
+
+
 def apt_install(packages: Sequence[str]) -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     log(f"installing with apt: {' '.join(packages)}")
-    run(["apt-get", "update", "-qq"], timeout=300, env=env)
-    run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages], timeout=900, env=env)
+    if not _apt_updated:
+        run(["apt-get", "update", "-qq"], timeout=300, env=env, capture=True)
+        _apt_updated.append(True)
+    run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages], timeout=900, env=env, capture=True)
 
 
 def ensure_commands(*commands: str) -> None:

@@ -196,11 +196,18 @@ def test_requests_without_a_key_and_with_a_revoked_key_are_refused(stack: Stack,
     key = created.stdout.strip().splitlines()[-1]
     key_id = re.search(r"Created key (\S+)", created.stderr)
     assert key_id, created.stderr
-    assert stack.post("yolov8n-cls", images["bus"], key=key).status_code == 200
+
+    def status_becomes(wanted: int) -> requests.Response:
+        deadline = time.monotonic() + 30  # the gateway notices the changed file within about a second
+        while (r := stack.post("yolov8n-cls", images["bus"], key=key)).status_code != wanted:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        return r
+
+    assert status_becomes(200).status_code == 200
     stack.keys("revoke", key_id.group(1), "--yes")
-    deadline = time.monotonic() + 30  # the gateway notices the changed file within about a second
-    while (r := stack.post("yolov8n-cls", images["bus"], key=key)).status_code == 200 and time.monotonic() < deadline:
-        time.sleep(0.5)
+    r = status_becomes(401)
     assert r.status_code == 401, r.text
     assert r.json()["success"] is False and "key" in r.json()["message"].lower()
     assert stack.post("yolov8n-cls", images["bus"]).status_code == 200  # the other key still works
@@ -342,6 +349,23 @@ def test_chart_gateway_spec_runs_the_gateway_image(stack: Stack, chart: list[dic
                     raise AssertionError(docker("logs", name, check=False)) from None
                 time.sleep(1)
         assert docker("exec", name, "id", "-u").strip() == str(GATEWAY_UID)
+        # The preStop hook runs in this image, and so does `helm test`'s pod (pointed at this container).
+        docker("exec", name, *c["lifecycle"]["preStop"]["exec"]["command"], timeout=60)
+        test_pod = next(
+            d for d in chart if d["kind"] == "Pod" and d["metadata"]["annotations"]["helm.sh/hook"] == "test"
+        )
+        (tc,) = test_pod["spec"]["containers"]
+        service = check.one(chart, "Service", "gateway")
+        assert tc["image"] == c["image"] and service is not None
+        address = f"{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
+        script = [a.replace(address, f"{name}:{port}") for a in tc["command"]]
+        assert script != tc["command"], f"the test pod does not call {address}"
+        security = test_pod["spec"]["securityContext"]
+        out = docker(
+            "run", "--rm", f"--network={stack.network}", f"--user={security['runAsUser']}:{security['runAsGroup']}",
+            "--read-only", "--cap-drop=ALL", f"--entrypoint={script[0]}", tc["image"], *script[1:],
+        )  # fmt: skip
+        assert out.startswith("200 "), out
     finally:
         docker("rm", "--force", name, check=False)
 
