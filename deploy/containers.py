@@ -138,6 +138,7 @@ class Engine:
     env: dict[str, str]
     pid: int | None = None
     home: Path = field(default_factory=lambda: CACHE / "docker")
+    process: subprocess.Popen[bytes] | None = None  # when started by this process: reaped after stopping
 
     def docker(self, *args: str, timeout: float = 120, check: bool = True, capture: bool = True) -> str:
         return run(["docker", *args], env=self.env, timeout=timeout, check=check, capture=capture).stdout or ""
@@ -159,6 +160,8 @@ class Engine:
             if _alive(self.pid):
                 log("dockerd still running after 60 s: SIGKILL")
                 os.kill(self.pid, signal.SIGKILL)
+        if self.process is not None:
+            self.process.wait(30)
         self.pid = None
 
 
@@ -214,7 +217,7 @@ def engine(start: bool = True) -> Engine:
         command.append(f"--storage-driver={storage}")
     with open(log_path, "ab") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    started = Engine(own, process.pid, home)
+    started = Engine(own, process.pid, home, process)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if process.poll() is not None:

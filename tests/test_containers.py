@@ -289,7 +289,6 @@ def _image_config(image: str) -> dict[str, Any]:
     return dict(json.loads(docker("image", "inspect", image))[0]["Config"])
 
 
-@pytest.mark.container
 def test_every_chart_image_is_built_here_or_named_upstream() -> None:
     upstream = {"nvcr.io/nvidia/tritonserver", "amazon/aws-cli"}  # the CPU Triton image stands in for the first
     images: set[str] = set()
