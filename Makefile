@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TEST_TOOLS := $(VENV)/.test-tools
 export OPENCV_IO_MAX_IMAGE_PIXELS ?= 1073741824
 
-.PHONY: install export fixtures serve test check key demo bench bench-quick bench-tools deploy-check clean
+.PHONY: install export fixtures serve test check key demo bench bench-quick bench-tools deploy-check images container-test clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 || (echo "installing python3-venv"; apt-get update -qq && apt-get install -y -qq python3-venv)
@@ -64,6 +64,13 @@ bench-tools: install
 
 deploy-check: install
 	$(PY) deploy/check.py
+
+# The gateway and CPU Triton images without a registry; starts (and stops) a Docker engine if none runs. deploy/README.md
+images: install
+	$(PY) deploy/containers.py images
+
+container-test: install $(TEST_TOOLS)
+	$(PY) deploy/containers.py test $(PYTEST_ARGS)
 
 clean:
 	rm -rf .triton .pytest_cache build *.egg-info

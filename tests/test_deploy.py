@@ -1035,13 +1035,14 @@ def test_dockerfile_installs_exactly_the_pyproject_runtime_dependencies() -> Non
 def test_dockerfile_copies_only_the_gateway_package() -> None:
     stages = dockerfile_stages()
     sources = [a.split()[0] for s in stages[1:] for i, a in s if i == "COPY" and not a.startswith("--from")]
-    assert sources == ["pyproject.toml", "gateway/"]
+    # deploy/wheels/ is empty unless an offline build (deploy/containers.py) placed wheels there.
+    assert sources == ["pyproject.toml", "deploy/wheels/", "gateway/"]
     ignore = [
         line
         for line in (DEPLOY / "Dockerfile.dockerignore").read_text().split("\n")
         if line and not line.startswith("#")
     ]
-    assert ignore[0] == "*" and {"!pyproject.toml", "!deploy/runtime_requirements.py", "!gateway/"} <= set(ignore)
+    assert ignore[0] == "*" and {"!pyproject.toml", "!deploy/runtime_requirements.py", "!deploy/wheels/", "!gateway/"} <= set(ignore)
 
 
 def test_dockerfile_runs_as_non_root_with_a_healthcheck() -> None:

@@ -1,0 +1,518 @@
+"""Build the images and run the stack in containers on this machine: `make images`, `make container-test`.
+
+    python deploy/containers.py images           # engine, base image, wheels, then both images; prints sizes, times
+    python deploy/containers.py test [ARGS...]   # images, then `pytest -m container tests/test_containers.py ARGS`
+    python deploy/containers.py up | down        # the CPU stack of deploy/compose.cpu.yaml on 127.0.0.1:$GATEWAY_PORT
+    python deploy/containers.py engine-stop      # stop the engine this script started (after `images` or `up`)
+
+No image registry is needed. The base image is Debian 12 made with `debootstrap` from Debian's mirror and
+`docker import`ed; Python packages are wheels downloaded on the host (pinned to the versions of the environment
+that runs this script) and installed in the image with `--no-index`. Where registries are reachable,
+`docker build -f deploy/Dockerfile .` builds the same gateway image from the public `python` image instead.
+
+When no Docker engine answers, Debian's `docker.io` (and `docker-compose`, `debootstrap`) are installed with apt
+and `dockerd` is started with its own data folder and socket under the cache, without touching the host's
+iptables or IP forwarding, and stopped afterwards by its process id. Everything cached (the root filesystem, the
+wheels, the engine's layers) lives outside the repository in $YOLO_TRITON_CACHE (default /var/cache/yolo-triton)
+and only makes a second run faster; deleting it is always safe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+CACHE = Path(os.environ.get("YOLO_TRITON_CACHE", "/var/cache/yolo-triton"))
+VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+GATEWAY_IMAGE = f"yolo-triton-gateway:{VERSION}"
+TRITON_IMAGE = f"yolo-triton-triton-cpu:{VERSION}"
+COMPOSE_FILE = DEPLOY / "compose.cpu.yaml"
+PROJECT = "yolo-triton-cpu"
+LABEL = "io.yolo-triton.local=1"  # every image built here carries it, so pruning never touches anyone else's
+
+SUITE = "bookworm"
+MIRROR = os.environ.get("YOLO_TRITON_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+SECURITY_MIRROR = os.environ.get("YOLO_TRITON_DEBIAN_SECURITY", "http://deb.debian.org/debian-security")
+# The base both images start from: Debian's Python 3.11 (the gateway's venv), and libpython for Triton's stub.
+BASE_PACKAGES = ("python3", "python3-venv", "python-is-python3", "ca-certificates", "libpython3.11")
+# Wheels for the images' interpreter (Debian 12: CPython 3.11, glibc 2.36), whatever Python runs this script. pip
+# takes a given platform literally (no older glibc implied), so every manylinux tag up to 2.36 is listed.
+MANYLINUX = ["manylinux1", "manylinux2010", "manylinux2014", *(f"manylinux_2_{minor}" for minor in range(5, 37))]
+WHEEL_TAGS = [
+    *(a for tag in MANYLINUX for a in ("--platform", f"{tag}_x86_64")),
+    *("--python-version", "3.11", "--implementation", "cp", "--abi", "cp311", "--abi", "abi3", "--abi", "none"),
+]
+
+PACKAGE_OF = {
+    "dockerd": "docker.io",
+    "docker": "docker.io",
+    "docker-compose": "docker-compose",
+    "debootstrap": "debootstrap",
+}
+
+
+class StepError(RuntimeError):
+    pass
+
+
+def log(message: str) -> None:
+    print(f"[containers] {message}", flush=True)
+
+
+def run(
+    args: Sequence[str],
+    *,
+    timeout: float,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+    capture: bool = False,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """One step with a time bound; on failure the error names the command and shows its output's tail."""
+    try:
+        result = subprocess.run(
+            list(args), env=env, cwd=cwd, text=True, timeout=timeout,
+            stdout=subprocess.PIPE if capture else None, stderr=subprocess.STDOUT if capture else None,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as exc:
+        raise StepError(f"timed out after {timeout:.0f} s: {' '.join(args)}") from exc
+    if check and result.returncode != 0:
+        tail = "\n".join((result.stdout or "").splitlines()[-30:])
+        raise StepError(f"exit {result.returncode}: {' '.join(args)}\n{tail}")
+    return result
+
+
+@contextlib.contextmanager
+def timed(what: str, times: dict[str, float]) -> Iterator[None]:
+    start = time.monotonic()
+    yield
+    times[what] = time.monotonic() - start
+    log(f"{what}: {times[what]:.1f} s")
+
+
+# --- the engine ------------------------------------------------------------------------------------------------
+
+
+_apt_updated: list[bool] = []
+
+
+def apt_install(packages: Sequence[str]) -> None:
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    log(f"installing with apt: {' '.join(packages)}")
+    if not _apt_updated:
+        run(["apt-get", "update", "-qq"], timeout=300, env=env, capture=True)
+        _apt_updated.append(True)
+    run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages], timeout=900, env=env, capture=True)
+
+
+def ensure_commands(*commands: str) -> None:
+    missing = sorted({PACKAGE_OF[c] for c in commands if shutil.which(c) is None})
+    if missing:
+        if os.geteuid() != 0:
+            raise StepError(
+                f"missing {', '.join(missing)}; install them (apt-get install {' '.join(missing)}) or run as root"
+            )
+        apt_install(missing)
+
+
+@dataclass
+class Engine:
+    """A Docker engine to talk to; `pid` is set when this script started it (and so must stop it)."""
+
+    env: dict[str, str]
+    pid: int | None = None
+    home: Path = field(default_factory=lambda: CACHE / "docker")
+    process: subprocess.Popen[bytes] | None = None  # when started by this process: reaped after stopping
+
+    def docker(self, *args: str, timeout: float = 120, check: bool = True, capture: bool = True) -> str:
+        return run(["docker", *args], env=self.env, timeout=timeout, check=check, capture=capture).stdout or ""
+
+    def compose(self, *args: str, env: dict[str, str] | None = None, timeout: float = 300) -> str:
+        command = ["docker-compose", "--ansi", "never", "-p", PROJECT, "-f", str(COMPOSE_FILE), *args]
+        return run(command, env={**self.env, **(env or {})}, timeout=timeout, capture=True).stdout or ""
+
+    def stop(self) -> None:
+        """SIGTERM the dockerd this script started, by its process id; it stops its containerd and containers."""
+        if self.pid is None:
+            return
+        log(f"stopping dockerd (pid {self.pid})")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGTERM)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and _alive(self.pid):
+                time.sleep(0.2)
+            if _alive(self.pid):
+                log("dockerd still running after 60 s: SIGKILL")
+                os.kill(self.pid, signal.SIGKILL)
+        if self.process is not None:
+            self.process.wait(30)
+        self.pid = None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _answers(env: dict[str, str]) -> bool:
+    if shutil.which("docker") is None:
+        return False
+    result = run(
+        ["docker", "version", "--format", "{{.Server.Version}}"], env=env, timeout=20, check=False, capture=True
+    )
+    return result.returncode == 0
+
+
+def engine(start: bool = True) -> Engine:
+    """The engine in DOCKER_HOST or the default socket if one answers, else ours (started when `start`)."""
+    home = CACHE / "docker"
+    own = {**os.environ, "DOCKER_HOST": f"unix://{home / 'docker.sock'}"}
+    pidfile = home / "dockerd.pid"
+    if _answers(own):  # left by an earlier run of this script (e.g. `up`): ours to stop
+        return Engine(own, int(pidfile.read_text()) if pidfile.exists() else None, home)
+    if os.environ.get("DOCKER_HOST") or Path("/var/run/docker.sock").exists():
+        if _answers(dict(os.environ)):
+            return Engine(dict(os.environ), None, home)
+    if not start:
+        raise StepError("no Docker engine answers (run `make images` first)")
+    ensure_commands("dockerd", "docker", "docker-compose")
+    if os.geteuid() != 0:
+        raise StepError("no Docker engine answers and starting dockerd needs root")
+    home.mkdir(parents=True, exist_ok=True)
+    log_path = home / "dockerd.log"
+    # --iptables/--ip-forward/--ip-masq=false: the host's firewall and forwarding stay as they were, containers get
+    # no route off this machine, and published ports go through docker-proxy on the address given (127.0.0.1).
+    command = [
+        "dockerd",
+        f"--data-root={home / 'data'}",
+        f"--exec-root={home / 'run'}",
+        f"--pidfile={pidfile}",
+        f"--host=unix://{home / 'docker.sock'}",
+        "--iptables=false",
+        "--ip-forward=false",
+        "--ip-masq=false",
+        "--bridge=none",
+        "--log-level=warn",
+    ]
+    if storage := os.environ.get("YOLO_TRITON_STORAGE_DRIVER"):  # e.g. vfs where overlayfs is not available
+        command.append(f"--storage-driver={storage}")
+    with open(log_path, "ab") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    started = Engine(own, process.pid, home, process)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
+            raise StepError(f"dockerd exited with {process.returncode}:\n{tail}")
+        if _answers(own):
+            driver = started.docker("info", "--format", "{{.Driver}}").strip()
+            log(f"started dockerd (pid {process.pid}, storage {driver}, data {home / 'data'})")
+            return started
+        time.sleep(0.5)
+    started.stop()
+    raise StepError(f"dockerd did not answer within 90 s; see {log_path}")
+
+
+@contextlib.contextmanager
+def locked() -> Iterator[None]:
+    """One run at a time on this machine: they share the engine, its socket and the image tags."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / "containers.lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log("another run holds the lock; waiting (at most 30 min)")
+            deadline = time.monotonic() + 1800
+            while True:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise StepError("lock still held after 30 min") from None
+                    time.sleep(2)
+        yield
+
+
+# --- the base image --------------------------------------------------------------------------------------------
+
+
+def base_image(eng: Engine) -> str:
+    """Debian 12 with Python 3.11, made with debootstrap (cached as a tarball), imported into the engine."""
+    recipe = json.dumps([SUITE, BASE_PACKAGES, 2]).encode()  # bump when _debootstrap changes
+    tag = f"yolo-triton-base:{SUITE}-{hashlib.sha256(recipe).hexdigest()[:10]}"
+    if run(["docker", "image", "inspect", tag], env=eng.env, timeout=30, check=False, capture=True).returncode == 0:
+        return tag
+    tarball = CACHE / "base" / f"{tag.split(':')[1]}.tar"
+    if not tarball.exists():
+        _debootstrap(tarball)
+    log(f"importing {tarball.name} as {tag}")
+    eng.docker(
+        "import", "--change", 'CMD ["bash"]', "--change", "LABEL " + LABEL,
+        "--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        str(tarball), tag, timeout=600,
+    )  # fmt: skip
+    for old in (CACHE / "base").glob("*.tar"):  # an earlier recipe's root filesystem and image
+        if old != tarball:
+            old.unlink()
+    stale = eng.docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", "yolo-triton-base").split()
+    for image in set(stale) - {tag}:
+        eng.docker("rmi", image, check=False)
+    return tag
+
+
+def _debootstrap(tarball: Path) -> None:
+    ensure_commands("debootstrap")
+    rootfs = tarball.with_suffix(".rootfs")
+    shutil.rmtree(rootfs, ignore_errors=True)
+    rootfs.mkdir(parents=True)
+    log(f"debootstrap {SUITE} from {MIRROR} (a few minutes; cached in {tarball.parent})")
+    try:
+        run(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", SUITE, str(rootfs), MIRROR],
+            timeout=1500, capture=True)  # fmt: skip
+        # Security and point-release updates on top of the release itself.
+        (rootfs / "etc/apt/sources.list").write_text(
+            f"deb {MIRROR} {SUITE} main\ndeb {MIRROR} {SUITE}-updates main\n"
+            f"deb {SECURITY_MIRROR} {SUITE}-security main\n"
+        )
+        shutil.copy("/etc/resolv.conf", rootfs / "etc/resolv.conf")
+        env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+        run(["chroot", str(rootfs), "apt-get", "update", "-qq"], timeout=300, env=env, capture=True)
+        run(["chroot", str(rootfs), "apt-get", "-y", "-qq", "upgrade"], timeout=600, env=env, capture=True)
+        run(["chroot", str(rootfs), "apt-get", "clean"], timeout=60, env=env)
+        # Package lists, documentation and message translations (33 MB): nothing in the images reads them.
+        junk = ("var/lib/apt/lists", "usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale")
+        for folder in junk:
+            for child in (rootfs / folder).glob("*"):
+                if child.name == "locale.alias":  # read by glibc's setlocale
+                    continue
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        (rootfs / "etc/resolv.conf").unlink()  # the engine provides it per container
+        partial = tarball.with_suffix(".partial")
+        run(["tar", "--numeric-owner", "--xattrs", "-C", str(rootfs), "-cf", str(partial), "."], timeout=600)
+        partial.rename(tarball)
+    finally:
+        shutil.rmtree(rootfs, ignore_errors=True)
+
+
+# --- wheels and build contexts ---------------------------------------------------------------------------------
+
+
+def runtime_requirements(extra: str | None = None) -> list[str]:
+    """What the Dockerfiles install (deploy/runtime_requirements.py): the gateway's dependencies, or an extra's."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return list(project["optional-dependencies"][extra] if extra else project["dependencies"])
+
+
+def constraints() -> str:
+    """The versions installed where this script runs (the environment the tests pass in), as pip constraints."""
+    pins = {}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"]
+        if name and name.lower() != "yolo-triton":
+            pins[name.lower()] = f"{name}=={dist.version}"
+    return "\n".join(sorted(pins.values())) + "\n"
+
+
+def wheels(name: str, requirements: Sequence[str], no_deps: Sequence[str] = ()) -> Path:
+    """Download (once) the wheels for one image into CACHE/wheels/<name>-<hash>/."""
+    pins = constraints()
+    key = hashlib.sha256(json.dumps([list(requirements), list(no_deps), pins, WHEEL_TAGS]).encode()).hexdigest()[:12]
+    folder = CACHE / "wheels" / f"{name}-{key}"
+    if (folder / ".complete").exists():
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    (folder / "requirements.txt").write_text("\n".join(requirements) + "\n")
+    (folder / "constraints.txt").write_text(pins)
+    base = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--only-binary=:all:",
+            *WHEEL_TAGS, "--dest", str(folder)]  # fmt: skip
+    log(f"downloading wheels for {name}")
+    run(
+        [*base, "-r", str(folder / "requirements.txt"), "-c", str(folder / "constraints.txt")],
+        timeout=900,
+        capture=True,
+    )
+    if no_deps:
+        run([*base, "--no-deps", *no_deps], timeout=900, capture=True)
+    for old in (CACHE / "wheels").glob(f"{name}-*"):
+        if old != folder:
+            shutil.rmtree(old, ignore_errors=True)
+    (folder / ".complete").write_text("")
+    return folder
+
+
+def _copy_tree(source: Path, target: Path) -> None:
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+
+def _link_wheels(source: Path, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for whl in source.glob("*.whl"):
+        try:
+            os.link(whl, target / whl.name)
+        except OSError:
+            shutil.copy2(whl, target / whl.name)
+
+
+def context(name: str, wheel_dir: Path) -> Path:
+    """What deploy/Dockerfile*.dockerignore let through, plus the wheels in deploy/wheels/. The classic builder reads
+    no per-Dockerfile ignore file, and the repository holds .venv and model caches that must not be sent."""
+    ctx = CACHE / "context" / name
+    shutil.rmtree(ctx, ignore_errors=True)
+    (ctx / "deploy").mkdir(parents=True)
+    shutil.copy2(ROOT / "pyproject.toml", ctx / "pyproject.toml")
+    shutil.copy2(DEPLOY / "runtime_requirements.py", ctx / "deploy" / "runtime_requirements.py")
+    if name == "gateway":
+        _copy_tree(ROOT / "gateway", ctx / "gateway")
+    _link_wheels(wheel_dir, ctx / "deploy" / "wheels")
+    return ctx
+
+
+def image_id(eng: Engine, tag: str) -> str | None:
+    result = run(
+        ["docker", "image", "inspect", "--format", "{{.Id}}", tag], env=eng.env, timeout=30, check=False, capture=True
+    )
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def build(eng: Engine, tag: str, dockerfile: Path, context: Path, base: str) -> None:
+    env_args = ["--build-arg", f"PYTHON_IMAGE={base}", "--build-arg", "PIP_NO_INDEX=1"]
+    previous = image_id(eng, tag)
+    log(f"building {tag} (log: {CACHE / 'logs' / context.name}.log)")
+    # The classic builder: BuildKit would fetch the `# syntax=` frontend from a registry. No network inside.
+    result = run(
+        ["docker", "build", "--network=none", "--rm", "--force-rm", "--label", LABEL, "-f", str(dockerfile),
+         "-t", tag, *env_args, str(context)],
+        env={**eng.env, "DOCKER_BUILDKIT": "0"}, timeout=1800, capture=True,
+    )  # fmt: skip
+    (CACHE / "logs").mkdir(exist_ok=True)
+    (CACHE / "logs" / f"{context.name}.log").write_text(result.stdout or "")
+    if previous and previous != image_id(eng, tag):
+        eng.docker("rmi", previous, check=False)  # the tag's previous image; its build-stage layers stay as cache
+    # Build-stage layers of inputs that changed a week ago or more: the engine's folder does not grow forever.
+    eng.docker("image", "prune", "--force", "--filter", "until=168h", check=False)
+
+
+def image_size(eng: Engine, tag: str) -> int:
+    return int(eng.docker("image", "inspect", "--format", "{{.Size}}", tag).strip())
+
+
+def images(eng: Engine) -> dict[str, float]:
+    times: dict[str, float] = {}
+    with timed("base image", times):
+        base = base_image(eng)
+    with timed("wheels", times):
+        gateway_wheels = wheels("gateway", runtime_requirements())
+        triton = runtime_requirements("triton")
+        pytriton = [r for r in triton if r.lower().startswith("nvidia-pytriton")]  # as the Dockerfile: no deps
+        triton_wheels = wheels("triton", [r for r in triton if r not in pytriton], no_deps=pytriton)
+    with timed(f"build {GATEWAY_IMAGE}", times):
+        build(eng, GATEWAY_IMAGE, DEPLOY / "Dockerfile", context("gateway", gateway_wheels), base)
+    with timed(f"build {TRITON_IMAGE}", times):
+        build(eng, TRITON_IMAGE, DEPLOY / "Dockerfile.triton-cpu", context("triton", triton_wheels), base)
+    for tag in (GATEWAY_IMAGE, TRITON_IMAGE):
+        log(f"{tag}: {image_size(eng, tag) / 1e6:.0f} MB")
+    return times
+
+
+# --- the stack -------------------------------------------------------------------------------------------------
+
+
+def stack_env(repository: Path, keys: Path, port: int) -> dict[str, str]:
+    return {"MODEL_REPOSITORY": str(repository.resolve()), "KEYS_DIR": str(keys.resolve()), "GATEWAY_PORT": str(port)}
+
+
+def up(eng: Engine, repository: Path, keys: Path, port: int, timeout: float = 600) -> None:
+    """Start the CPU stack and wait until the gateway's healthcheck passes (Triton first loads every model)."""
+    env = stack_env(repository, keys, port)
+    down(eng, repository, keys, port)  # leftovers of an interrupted run
+    eng.compose("up", "-d", "--no-build", env=env, timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = eng.docker("inspect", "--format", "{{.State.Health.Status}}", f"{PROJECT}_gateway_1", check=False)
+        if status.strip() == "healthy":
+            return
+        time.sleep(1)
+    raise StepError(f"gateway not healthy within {timeout:.0f} s:\n{eng.compose('logs', '--tail=40', env=env)}")
+
+
+def down(eng: Engine, repository: Path, keys: Path, port: int) -> None:
+    eng.compose("down", "--volumes", "--remove-orphans", "--timeout", "30", env=stack_env(repository, keys, port))
+
+
+# --- commands --------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="deploy/containers.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["images", "test", "up", "down", "engine-stop"])
+    parser.add_argument("pytest_args", nargs=argparse.REMAINDER, help="(test) more pytest arguments")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("COMPOSE_DOCKER_CLI_BUILD", "0")
+    # A CI timeout or `kill` still stops the engine this script started (the `finally` below).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        with locked():
+            if args.command == "engine-stop":
+                engine(start=False).stop()
+                return 0
+            eng = engine()
+            stop_after = eng.pid is not None and args.command in ("images", "test", "down")
+            try:
+                return _command(eng, args.command, args.pytest_args)
+            finally:
+                if stop_after:
+                    eng.stop()
+    except StepError as exc:
+        print(f"[containers] FAILED: {exc}", file=sys.stderr)
+        return 1
+
+
+def _command(eng: Engine, command: str, pytest_args: list[str]) -> int:
+    repository = Path(os.environ.get("MODEL_REPOSITORY", ROOT / "build" / "model_repository"))
+    keys = Path(os.environ.get("KEYS_DIR", ROOT / "data"))
+    port = int(os.environ.get("GATEWAY_PORT", "8000"))
+    if command == "images":
+        times = images(eng)
+        log("times: " + ", ".join(f"{k} {v:.1f} s" for k, v in times.items()))
+        return 0
+    if command == "test":
+        start = time.monotonic()
+        images(eng)
+        env = {**eng.env, "YOLO_CONTAINER_TESTS": "1"}
+        test = [sys.executable, "-m", "pytest", "-m", "container", "tests/test_containers.py", *pytest_args]
+        result = run(test, env=env, cwd=ROOT, timeout=2400, check=False)
+        log(f"container-test: {time.monotonic() - start:.0f} s in all")
+        return result.returncode
+    if command == "up":
+        keys.mkdir(parents=True, exist_ok=True)
+        os.chown(keys, 10001, 10001)  # the gateway's user reads (and the keys tool writes) the keys file
+        up(eng, repository, keys, port)
+        log(f"gateway on http://127.0.0.1:{port} (keys in {keys}); `python deploy/containers.py down` stops it")
+        return 0
+    down(eng, repository, keys, port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
