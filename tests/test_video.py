@@ -399,3 +399,40 @@ def test_each_frame_costs_one_token(video_gateway: tuple[Gateway, Path], videos:
     assert r.status_code == 200 and len(r.json()["data"]) == 10, r.text
     again = send()
     assert again.status_code == 429, "ten frames at 2 per second leave the key in debt for seconds"
+
+
+# --- the Python client ---
+
+
+def test_client_predict_video_whole_and_streamed(
+    gateway: Gateway, videos: dict[str, Path], hostile: dict[str, Path]
+) -> None:
+    import anyio
+
+    from yolo_triton_client import ApiError, AsyncClient, Client
+
+    path = videos["webm"]
+    raw = _post(gateway, "v2", path, model="yolov8n", conf=CONF, vid_stride=2).json()
+    with Client(gateway.url, gateway.key) as client:
+        whole = client.predict_video("yolov8n", path, vid_stride=2, confidence=CONF)
+        streamed = list(client.predict_video("yolov8n", path, vid_stride=2, confidence=CONF, stream=True))
+        frames = client.predict_video("yolov8n", hostile["truncated.avi"], stream=True)
+        got = []
+        with pytest.raises(ApiError) as broken:
+            for frame in frames:
+                got.append(frame)
+    def timeless(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in e.items() if k != "speed"} for e in entries]
+
+    assert timeless([f.raw for f in whole]) == timeless(raw["images"]) and whole.video == raw["metadata"]["video"]
+    assert [(f.frame, f.time, f.rows) for f in streamed] == [(f.frame, f.time, f.rows) for f in whole]
+    assert [f.frame for f in whole] == [1, 3, 5, 7] and whole.frames[1].time == pytest.approx(3 / FPS)
+    assert sum(len(f) for f in whole) > 0 and all(f.shape == (282, 202) for f in whole)
+    assert broken.value.status == 422 and got and "broke off" in str(broken.value)
+
+    async def run() -> list[tuple[int, float | None, Any]]:
+        async with AsyncClient(gateway.url, gateway.key) as aclient:
+            it = await aclient.predict_video("yolov8n", path, vid_stride=2, confidence=CONF, stream=True)
+            return [(f.frame, f.time, f.rows) async for f in it]
+
+    assert anyio.run(run) == [(f.frame, f.time, f.rows) for f in whole]
