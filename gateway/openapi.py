@@ -87,12 +87,14 @@ _PREDICTION = {
     },
 }
 # A video (the only file part): one entry per analysed frame; `frame` is the source frame index, `time` its seconds
+_FRAME_INDEX = {"type": "integer", "minimum": 0, "description": "The frame's index in the video (0-based)"}
+_FRAME_TIME = {"type": ["number", "null"], "description": "Its timestamp in seconds: frame / fps (null: fps unknown)"}
 _FRAME = {
     "type": "object",
     "required": ["frame", "time", "data"],
     "properties": {
-        "frame": {"type": "integer", "minimum": 0},
-        "time": {"type": ["number", "null"]},
+        "frame": _FRAME_INDEX,
+        "time": _FRAME_TIME,
         "data": {"type": "array", "maxItems": 300, "items": _ROW},
     },
 }
@@ -133,8 +135,8 @@ _IMAGE_RESULT = {
                 {"type": "null"},
             ]
         },
-        "frame": _FRAME["properties"]["frame"],  # video frames only
-        "time": _FRAME["properties"]["time"],
+        "frame": _FRAME_INDEX,  # video frames only
+        "time": _FRAME_TIME,
         "error": {
             "type": "object",
             "required": ["status", "message"],

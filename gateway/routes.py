@@ -87,8 +87,6 @@ async def _handle(request: Request, model_id: str | None, style: Style) -> Respo
         container = await video_flow.container_of(images)
         if container is None:
             state.limiter.charge(entry.id, entry.rate, len(images) - 1)  # each image costs one token
-            if video_flow.wants_stream(fields):
-                raise BadRequest("'stream=true' applies to a video upload; an image is answered in one response.")
             if spooled:  # the image parts are read into memory below
                 await hold.take(sum(min(u.size or 0, settings.max_upload_bytes) for u in images))
         if model_id is None:
@@ -149,6 +147,8 @@ async def _predict(
 ) -> Response:
     settings = state.settings
     args = parse_args(fields, info.imgsz, style)
+    if args.stream:
+        raise BadRequest("'stream=true' applies to a video upload; an image is answered in one response.")
     if info.task != "classify":  # classifiers ignore `classes`, as Ultralytics' do
         check_classes(args.classes, info.name, len(info.names))
     if uploads and args.url:

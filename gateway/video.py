@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from gateway import pipeline
-from gateway.errors import BadRequest, PayloadTooLarge, UnprocessableImage
+from gateway.errors import PayloadTooLarge, UnprocessableImage
 from gateway.pipeline import Prepared
 from gateway.settings import Settings
 from gateway.triton import ModelInfo
@@ -29,7 +29,6 @@ SNIFF_BYTES = 64
 _IMAGE_BRANDS = {b"avif", b"avis", b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
 # QuickTime files may open with one of these atoms instead of `ftyp`.
 _QUICKTIME_ATOMS = {b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"}
-VID_STRIDE_RANGE = (1, 1000)
 
 
 def sniff(head: bytes) -> str | None:
@@ -67,20 +66,6 @@ def remove(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
-
-
-def parse_stride(fields: dict[str, str]) -> int:
-    raw = fields.get("vid_stride", "").strip()
-    if not raw:
-        return 1
-    low, high = VID_STRIDE_RANGE
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if not low <= value <= high:
-        raise BadRequest(f"Invalid 'vid_stride' value {raw[:32]!r}: must be an integer from {low} to {high}.")
-    return value
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from starlette.types import Receive, Scope, Send
 from gateway import pipeline, responses, video
 from gateway.budget import Hold
 from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, UnprocessableImage
-from gateway.schemas import FALSE, TRUE, PredictArgs, Style, parse_args
+from gateway.schemas import PredictArgs, Style, parse_args
 from gateway.triton import ModelInfo
 from gateway.video import Frame, Meta, Reader
 
@@ -48,14 +48,6 @@ async def container_of(uploads: list[UploadFile]) -> str | None:
             raise BadRequest("A video must be the only file in its request: send the video alone, one per request.")
         found = found or kind
     return found
-
-
-def wants_stream(fields: dict[str, str]) -> bool:
-    """`stream=true`: answer with NDJSON, one line per frame."""
-    raw = fields.get("stream", "").strip().lower()
-    if raw and raw not in TRUE | FALSE:
-        raise BadRequest(f"Invalid 'stream' value {fields['stream'][:32]!r}: use true or false.")
-    return raw in TRUE
 
 
 @dataclass
@@ -82,12 +74,10 @@ async def respond(
     """The answer to a request whose only file part is a video (see the module docstring)."""
     settings = state.settings
     args = parse_args(fields, info.imgsz, style)
-    stream = wants_stream(fields)
     if args.url:
         raise BadRequest("Send either a file or a URL, not both.")
     if args.format != "json":
         raise BadRequest("An annotated image (format=image/png) is made for one image; a video is answered in JSON.")
-    stride = video.parse_stride(fields)
     size = upload.size if upload.size is not None else settings.max_video_bytes + 1
     if size > settings.max_video_bytes:
         raise video_too_large(settings.max_video_bytes)
@@ -96,13 +86,13 @@ async def respond(
     stack.callback(video.remove, path)
     await upload.close()  # the form's copy (in memory or in TMPDIR) is not needed once spooled
     cap, meta = await anyio.to_thread.run_sync(
-        video.open_video, path, container, stride, settings, limiter=state.limiter_threads
+        video.open_video, path, container, args.vid_stride, settings, limiter=state.limiter_threads
     )
     stack.callback(cap.release)
     reader = Reader(cap, meta)
     frames = _frames(state, info, reader, args, charge)
     stack.push_async_callback(frames.aclose)
-    if stream:
+    if args.stream:
         first = await _first(frames)  # errors before the first frame (e.g. nothing decodable) keep their status
         lines = _lines(first, frames, reader, info, args, style)
         return NdjsonStream(lines, stack.pop_all(), {"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
@@ -232,7 +222,7 @@ def _summary(
     message = error.message if error else f"Inference complete for {len(entries)} frame(s)."
     if style == "v1":
         return {"success": error is None, "message": message, "data": entries, "video": _video(reader)}
-    body = responses.images_body(info.name, info.task, args, entries)
+    body = responses.images_body(info.name, info.task, args, entries, info.stride)
     body["metadata"]["video"] = _video(reader)
     if error is not None:
         body = {"success": False, "message": message, **body}
@@ -251,7 +241,7 @@ def _end_line(
         line["video"] = _video(reader)
     else:
         line["metadata"] = {
-            **responses.images_body(info.name, info.task, args, [])["metadata"],
+            **responses.images_body(info.name, info.task, args, [], info.stride)["metadata"],
             "video": _video(reader),
         }
     return line
