@@ -28,7 +28,8 @@ CONF = 0.1
 
 
 def write_video(path: Path, fourcc: str, frames: int, size: tuple[int, int], photo: str = "bus.jpg") -> Path:
-    """`frames` crops of `size` (w, h) moving across an Ultralytics test photo, at 25 fps."""
+    """`frames` crops of `size` (w, h) moving across an Ultralytics test photo, at 25 fps. fourcc "raw": uncompressed
+    (the only codec here that keeps odd sizes: the others round to even ones)."""
     from ultralytics.utils import ASSETS
 
     image = cv2.imread(str(ASSETS / photo))
@@ -37,7 +38,8 @@ def write_video(path: Path, fourcc: str, frames: int, size: tuple[int, int], pho
     if scale > 1:
         image = cv2.resize(image, None, fx=scale, fy=scale)
     span_x, span_y = image.shape[1] - w, image.shape[0] - h
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), FPS, (w, h))
+    code = 0 if fourcc == "raw" else cv2.VideoWriter_fourcc(*fourcc)
+    writer = cv2.VideoWriter(str(path), code, FPS, (w, h))
     assert writer.isOpened(), f"this OpenCV build can't write {fourcc} to {path.suffix}"
     for i in range(frames):
         x, y = span_x * i // max(frames - 1, 1), span_y * i // max(frames - 1, 1)
@@ -54,6 +56,7 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "avi": write_video(out / "zidane.avi", "MJPG", 10, (330, 186), "zidane.jpg"),
         "webm": write_video(out / "bus.webm", "VP80", 8, (202, 282)),
         "mkv": write_video(out / "zidane.mkv", "MJPG", 4, (300, 170), "zidane.jpg"),
+        "odd": write_video(out / "odd.avi", "raw", 5, (203, 141)),
     }
 
 
@@ -112,6 +115,7 @@ def _frames_match(
         ("yolov8n", "mp4", 1, 320),
         ("yolov8n", "avi", 3, 256),
         ("yolov8n", "mkv", 1, 320),
+        ("yolov8n", "odd", 2, 320),
         ("yolov8n-seg", "webm", 2, 320),
     ],
 )
@@ -421,6 +425,7 @@ def test_client_predict_video_whole_and_streamed(
         with pytest.raises(ApiError) as broken:
             for frame in frames:
                 got.append(frame)
+
     def timeless(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [{k: v for k, v in e.items() if k != "speed"} for e in entries]
 
