@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
@@ -14,6 +14,9 @@ from gateway.schemas import Style
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and the small text fields around the image
 MAX_FIELDS = 16
 MAX_FIELD_BYTES = 4096
+# What parsing a spooled form holds in memory: the parser keeps up to 1 MiB of each file part before it rolls over
+# to a file in TMPDIR (Starlette's MultiPartParser.spool_max_size), plus the chunk being parsed.
+SPOOLED_FORM_BYTES = 2 * 1024 * 1024
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -31,12 +34,37 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def parse_form(request: Request, body: bytes, max_files: int, part: str = "image") -> FormData:
-    """The form in `body`; `part` is the file part's name in this route's API (for the messages)."""
+def is_multipart(request: Request) -> bool:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower() == "multipart/form-data"
+
+
+async def stream_body(request: Request, limit: int) -> AsyncIterator[bytes]:
+    """The request body as it arrives, refusing (413) as soon as it passes `limit` bytes, declared or streamed."""
+    declared = request.headers.get("content-length", "")
+    too_large = f"The request is larger than the {limit // 2**20} MiB video upload limit. Send a smaller video."
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(too_large)
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise PayloadTooLarge(too_large)
+        yield chunk
+
+
+async def parse_form(
+    request: Request, body: bytes | AsyncIterator[bytes], max_files: int, part: str = "image"
+) -> FormData:
+    """The form from the whole body, or (multipart only) from the body as it arrives; `part` is the file part's name
+    in this route's API (for the messages)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
 
     async def stream() -> AsyncGenerator[bytes, None]:
-        yield body
+        if isinstance(body, bytes):
+            yield body
+        else:
+            async for chunk in body:
+                yield chunk
 
     try:
         if content_type == "multipart/form-data":
@@ -49,7 +77,7 @@ async def parse_form(request: Request, body: bytes, max_files: int, part: str = 
             return await form_parser.parse()
     except MultiPartException as exc:
         raise BadRequest(form_message(exc.message, max_files, part)) from None
-    if body.strip():
+    if not isinstance(body, bytes) or body.strip():
         raise BadRequest(f"Unsupported request body: send multipart/form-data (a '{part}' file part) or form fields.")
     return FormData()
 

@@ -15,6 +15,7 @@ from gateway.schemas import (
     IOU_RANGE,
     MAX_DET_RANGE,
     SIZE_RANGE,
+    VID_STRIDE_RANGE,
 )
 
 _ERROR = {
@@ -85,6 +86,39 @@ _PREDICTION = {
         },
     },
 }
+# A video (the only file part): one entry per analysed frame; `frame` is the source frame index, `time` its seconds
+_FRAME_INDEX = {"type": "integer", "minimum": 0, "description": "The frame's index in the video (0-based)"}
+_FRAME_TIME = {"type": ["number", "null"], "description": "Its timestamp in seconds: frame / fps (null: fps unknown)"}
+_FRAME = {
+    "type": "object",
+    "required": ["frame", "time", "data"],
+    "properties": {
+        "frame": _FRAME_INDEX,
+        "time": _FRAME_TIME,
+        "data": {"type": "array", "maxItems": 300, "items": _ROW},
+    },
+}
+_VIDEO_META = {
+    "type": "object",
+    "required": ["container", "width", "height", "fps", "frame_count", "duration", "vid_stride", "frames"],
+    "properties": {
+        "container": {"enum": ["MP4/MOV", "WebM/MKV", "AVI"]},
+        "width": {"type": "integer"},
+        "height": {"type": "integer"},
+        "fps": {"type": ["number", "null"]},
+        "frame_count": {"type": ["integer", "null"]},
+        "duration": {"type": ["number", "null"]},
+        "vid_stride": {"type": "integer"},
+        "frames": {"type": "integer"},
+    },
+}
+_VIDEO = {
+    "type": "object",
+    "required": ["success", "message", "data", "video"],
+    "properties": {"success": {"const": True}, "message": {"type": "string"}, "data": {"type": "array", "items": _FRAME},
+                   "video": _VIDEO_META},
+}
+_NDJSON = {"application/x-ndjson": {"schema": {"type": "string"}}}  # stream=true: one JSON object per line
 _IMAGE_RESULT = {
     "type": "object",
     "required": ["results", "shape", "speed"],
@@ -101,6 +135,8 @@ _IMAGE_RESULT = {
                 {"type": "null"},
             ]
         },
+        "frame": _FRAME_INDEX,  # video frames only
+        "time": _FRAME_TIME,
         "error": {
             "type": "object",
             "required": ["status", "message"],
@@ -117,7 +153,7 @@ _IMAGES = {
             "type": "object",
             "required": ["model", "task", "imgsz", "conf", "iou"],
             "properties": {"model": {"type": "string"}, "task": {"type": "string"}, "imgsz": {"type": "integer"},
-                           "conf": {"type": "number"}, "iou": {"type": "number"}},
+                           "conf": {"type": "number"}, "iou": {"type": "number"}, "video": _VIDEO_META},
         },
         "warning": {"type": "string", "description": "Present while the model serves untrained fixture weights"},
     },
@@ -149,15 +185,17 @@ def _errors(*codes: int) -> dict[str, Any]:
         401: "Missing or invalid API key",
         403: "Key not allowed for this model",
         404: "Unknown model",
-        413: "Upload, URL body or pixel count over the limit",
-        415: "Not a supported image format",
-        422: "Image could not be decoded",
+        413: "Upload, URL body, pixel count, or a video's duration or frame count over the limit",
+        415: "Not a supported image or video format",
+        422: "Image or video could not be decoded (a video that broke off: the frames read come with the error)",
         429: "Rate limit exceeded",
         502: "URL could not be fetched",
         503: "Inference server or model not ready, or the gateway is busy",
         504: "Inference timed out",
     }
-    return {str(c): _json(_ERROR, text[c]) for c in codes}
+    # a video that broke off partway answers 422 with the frames read: `data`/`video` (v1) or `images`/`metadata` (v2)
+    broken = {"type": "object", "required": ["success", "message"], "properties": {"success": {"const": False}}}
+    return {str(c): _json({"anyOf": [_ERROR, broken]} if c == 422 else _ERROR, text[c]) for c in codes}
 
 
 _BOOLEAN = {"type": "boolean", "default": False, "description": f"Also accepted: {BOOLEAN_HELP}"}
@@ -175,6 +213,9 @@ _ARG_SCHEMAS: dict[str, dict[str, Any]] = {
     "classes": {"type": "string", "pattern": "^[0-9]{1,4}(,[0-9]{1,4})*$",
                 "description": "Keep only these class ids, e.g. 0,2,5 (each below the model's class count)"},
     "agnostic": {**_BOOLEAN, "description": f"Class-agnostic NMS. {_BOOLEAN['description']}"},
+    "vid_stride": {"type": "integer", "minimum": VID_STRIDE_RANGE[0], "maximum": VID_STRIDE_RANGE[1], "default": 1,
+                   "description": "A video: analyse every n-th frame, as Ultralytics' vid_stride"},
+    "stream": {**_BOOLEAN, "description": f"A video: answer NDJSON, a line per frame as it is done. {_BOOLEAN['description']}"},
 }
 _ALIAS_SCHEMAS = {alias: {**_ARG_SCHEMAS[name], "description": f"Same as `{name}` (the newer API's name); send one"}
                   for alias, name in ALIASES.items()}
@@ -197,10 +238,13 @@ def _query(args: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _success(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    """A prediction's 200: JSON, or the annotated image for format=image/jpeg/jpg/png."""
+    """A prediction's 200: JSON, the annotated image for format=image/jpeg/jpg/png, or NDJSON for a streamed video."""
     answer = _json(schema, description)
-    answer["content"] |= {"image/jpeg": _IMAGE, "image/png": _IMAGE}
+    answer["content"] |= {"image/jpeg": _IMAGE, "image/png": _IMAGE, **_NDJSON}
     return answer | {"headers": _HEADERS}
+
+
+_V2_OK = "One entry per image (a video: one per frame, or NDJSON lines with stream=true), in order"
 
 
 def _multipart(part: str, args: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -230,7 +274,11 @@ SPEC: dict[str, Any] = {
                 ],
                 "requestBody": _multipart("image", _ARGS),
                 "responses": {
-                    "200": _success(_PREDICTION, "Detections or top-5 classes, as Ultralytics' Results.summary() (several images: one entry each)"),
+                    "200": _success(
+                        {"anyOf": [_PREDICTION, _VIDEO]},
+                        "Detections or top-5 classes, as Ultralytics' Results.summary() (several images: one entry each; "
+                        "a video: one entry per frame, or NDJSON lines with stream=true)",
+                    ),
                     **_errors(*_V2_ERRORS),
                 },
             }
@@ -245,7 +293,7 @@ SPEC: dict[str, Any] = {
                     *_query(_ARGS_V2),
                 ],
                 "requestBody": _multipart("file", _ARGS_V2),
-                "responses": {"200": _success(_IMAGES, "One entry per image, in order"), **_errors(*_V2_ERRORS)},
+                "responses": {"200": _success(_IMAGES, _V2_OK), **_errors(*_V2_ERRORS)},
             }
         },
         "/": {
@@ -254,7 +302,7 @@ SPEC: dict[str, Any] = {
                 "security": [{"apiKey": []}, {"bearer": []}],
                 "parameters": _query(_ARGS_V2 | {"model": _MODEL_FIELD}),
                 "requestBody": _multipart("file", _ARGS_V2, {"model": _MODEL_FIELD}),
-                "responses": {"200": _success(_IMAGES, "One entry per image, in order"), **_errors(*_V2_ERRORS)},
+                "responses": {"200": _success(_IMAGES, _V2_OK), **_errors(*_V2_ERRORS)},
             }
         },
         "/v1/models": {

@@ -46,18 +46,26 @@ def prepare(
     t0 = time.perf_counter()
     image = preprocess.decode(data, max_pixels, fast_jpeg)
     t1 = time.perf_counter()
-    target = preprocess.target_size(size, info.stride)
-    if info.preprocess == RESIZE_CENTER_CROP:
-        boxed, box = preprocess.resize_center_crop(image, target, max_pixels)
-    else:
-        boxed, box = preprocess.letterbox(image, target, info.stride, rect)
-    tensor: NDArray[Any] = boxed
-    if info.input_format == FLOAT32_NCHW_RGB:
-        tensor = np.ascontiguousarray(boxed[..., ::-1].transpose(2, 0, 1)).astype(np.float32) / np.float32(255)
+    tensor, box = model_input(image, info, size, rect, max_pixels)
     t2 = time.perf_counter()
     timings["decode"] = (t1 - t0) * 1000
     timings["letterbox"] = (t2 - t1) * 1000
     return Prepared(image if keep_image else None, tensor, box)
+
+
+def model_input(
+    image: NDArray[np.uint8], info: ModelInfo, size: int, rect: bool, max_pixels: int
+) -> tuple[NDArray[Any], Letterbox]:
+    """The model input for a decoded (H, W, 3) BGR image (an uploaded image or a video frame) and its letterbox."""
+    target = preprocess.target_size(size, info.stride)
+    tensor: NDArray[Any]
+    if info.preprocess == RESIZE_CENTER_CROP:
+        tensor, box = preprocess.resize_center_crop(image, target, max_pixels)
+    else:
+        tensor, box = preprocess.letterbox(image, target, info.stride, rect)
+    if info.input_format == FLOAT32_NCHW_RGB:
+        tensor = np.ascontiguousarray(tensor[..., ::-1].transpose(2, 0, 1)).astype(np.float32) / np.float32(255)
+    return tensor, box
 
 
 def finish(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -10,11 +11,21 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway import flow, render, responses
+from gateway import flow, render, responses, video_flow
 from gateway.budget import Hold
 from gateway.errors import BadRequest, ServiceUnavailable
 from gateway.fetch import fetch_image
-from gateway.forms import FORM_OVERHEAD, api_key, collect, model_from_slug, parse_form, read_body
+from gateway.forms import (
+    FORM_OVERHEAD,
+    SPOOLED_FORM_BYTES,
+    api_key,
+    collect,
+    is_multipart,
+    model_from_slug,
+    parse_form,
+    read_body,
+    stream_body,
+)
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.openapi import SPEC
 from gateway.responses import json_response
@@ -63,41 +74,65 @@ async def _handle(request: Request, model_id: str | None, style: Style) -> Respo
         info = await state.triton.model(model_id)
     if state.inflight >= settings.max_inflight:
         raise ServiceUnavailable("The server is busy (too many requests in flight). Retry shortly.", retry_after=1)
-    state.inflight += 1
-    state.metrics.inflight.inc()
-    hold = Hold(state.budget)
-    try:
-        form = await _read_form(request, state, hold, context, style)
-        try:
-            images, fields = collect(request, form, style)
+    # everything the request holds is released by this stack; a streamed answer takes it and releases it at its end
+    async with contextlib.AsyncExitStack() as held:
+        state.inflight += 1
+        state.metrics.inflight.inc()
+        held.callback(_leave, state)
+        hold = Hold(state.budget)
+        held.callback(hold.release)
+        form, spooled = await _read_form(request, state, hold, context, style)
+        held.push_async_callback(form.close)
+        images, fields = collect(request, form, style)
+        container = await video_flow.container_of(images)
+        if container is None:
             state.limiter.charge(entry.id, entry.rate, len(images) - 1)  # each image costs one token
-            if model_id is None:
-                model_id = model_from_slug(fields.get("model", ""))
-                if not model_id:
-                    raise BadRequest("Missing 'model': send the model id (or its HUB URL) in the 'model' field.")
-                context["model"] = model_id[:64]
-                state.keys.authenticate(api_key(request), model_id)
-                info = await state.triton.model(model_id)
-            state.metrics.models.add(info.name)
-            context["task"] = info.task
-            return await _predict(state, info, images, fields, style, started, context, hold)
-        finally:
-            await form.close()
-    finally:
-        hold.release()
-        state.inflight -= 1
-        state.metrics.inflight.dec()
+            if spooled:  # the image parts are read into memory below
+                await hold.take(sum(min(u.size or 0, settings.max_upload_bytes) for u in images))
+        if model_id is None:
+            model_id = model_from_slug(fields.get("model", ""))
+            if not model_id:
+                raise BadRequest("Missing 'model': send the model id (or its HUB URL) in the 'model' field.")
+            context["model"] = model_id[:64]
+            state.keys.authenticate(api_key(request), model_id)
+            info = await state.triton.model(model_id)
+        state.metrics.models.add(info.name)
+        context["task"] = info.task
+        if container is not None:
+
+            def charge(frames: int) -> None:
+                state.limiter.charge(entry.id, entry.rate, frames)  # each analysed frame costs one token
+
+            return await video_flow.respond(
+                state, info, images[0], container, fields, style, started, context, held, charge
+            )
+        return await _predict(state, info, images, fields, style, started, context, hold)
 
 
-async def _read_form(request: Request, state: State, hold: Hold, context: dict[str, Any], style: Style) -> FormData:
-    """The parsed form; the upload's size is reserved in `hold` before it is read, and the raw body is freed once
-    parsed (the parts are in the form)."""
-    limit = state.settings.max_upload_bytes + FORM_OVERHEAD
+def _leave(state: State) -> None:
+    state.inflight -= 1
+    state.metrics.inflight.dec()
+
+
+async def _read_form(
+    request: Request, state: State, hold: Hold, context: dict[str, Any], style: Style
+) -> tuple[FormData, bool]:
+    """The parsed form, and whether it was spooled. The upload's size is reserved in `hold` before it is read, and
+    the raw body is freed once parsed (the parts are in the form). A multipart body larger than an image's limit
+    (a video) is parsed as it arrives instead, its file parts spooled to TMPDIR, never whole in memory."""
+    settings = state.settings
+    part = "image" if style == "v1" else "file"
+    limit = settings.max_upload_bytes + FORM_OVERHEAD
     declared = request.headers.get("content-length", "")
+    if is_multipart(request) and not (declared.isdigit() and int(declared) <= limit):
+        video_limit = max(settings.max_upload_bytes, settings.max_video_bytes) + FORM_OVERHEAD
+        await hold.take(SPOOLED_FORM_BYTES)
+        context["bytes"] = int(declared) if declared.isdigit() else None
+        return await parse_form(request, stream_body(request, video_limit), settings.max_images, part), True
     await hold.take(min(int(declared), limit) if declared.isdigit() else limit)
     body = await read_body(request, limit)
     context["bytes"] = len(body)
-    return await parse_form(request, body, state.settings.max_images, "image" if style == "v1" else "file")
+    return await parse_form(request, body, settings.max_images, part), False
 
 
 async def _predict(
@@ -112,6 +147,8 @@ async def _predict(
 ) -> Response:
     settings = state.settings
     args = parse_args(fields, info.imgsz, style)
+    if args.stream:
+        raise BadRequest("'stream=true' applies to a video upload; an image is answered in one response.")
     if info.task != "classify":  # classifiers ignore `classes`, as Ultralytics' do
         check_classes(args.classes, info.name, len(info.names))
     if uploads and args.url:
@@ -124,8 +161,8 @@ async def _predict(
     timings: dict[str, float] = {}
     context["timings"] = timings
     t0 = time.perf_counter()
-    if uploads:
-        datas = [await upload.read() for upload in uploads]
+    if uploads:  # one byte more than the limit is enough for flow.run to refuse an image that is too large
+        datas = [await upload.read(settings.max_upload_bytes + 1) for upload in uploads]
     else:
         datas = [
             await fetch_image(

@@ -16,6 +16,7 @@ IOU_RANGE = (0.0, 0.95)
 CONFIDENCE_DEFAULT = 0.25
 MAX_DET = 300  # the default and the most detections per image
 MAX_DET_RANGE = (1, MAX_DET)
+VID_STRIDE_RANGE = (1, 1000)  # a video: every n-th frame is analysed
 FORMATS = {"json": "json", "image": "jpeg", "jpeg": "jpeg", "jpg": "jpeg", "png": "png"}
 # One vocabulary for every yes/no argument, everywhere (README, OpenAPI, messages). "on" is what an HTML checkbox
 # sends, so it stays.
@@ -26,7 +27,9 @@ BOOLEAN_HELP = ", ".join(f"{t}/{f}" for t, f in BOOLEAN_WORDS) + " (any case)"
 
 # Every argument the prediction routes read (`parse_args` reads no other name; the OpenAPI description is built from
 # these, and tests/test_docs.py checks both), and the newer Ultralytics API's names for two of them.
-ARGUMENTS = ("size", "confidence", "iou", "url", "normalize", "format", "max_det", "classes", "agnostic")
+ARGUMENTS = (
+    "size", "confidence", "iou", "url", "normalize", "format", "max_det", "classes", "agnostic", "vid_stride", "stream",
+)  # fmt: skip
 ALIASES = {"imgsz": "size", "conf": "confidence"}
 
 # The response format a route answers in: v1 = the HUB API, v2 = the newer Ultralytics API.
@@ -46,6 +49,8 @@ class PredictArgs:
     max_det: int = MAX_DET  # extensions: Ultralytics' max_det, classes and agnostic_nms
     classes: tuple[int, ...] | None = None
     agnostic: bool = False
+    vid_stride: int = 1  # a video only: every n-th frame (Ultralytics' vid_stride)
+    stream: bool = False  # a video only: answer NDJSON, one line per frame
 
 
 def _given(fields: Mapping[str, str]) -> dict[str, tuple[str, str]]:
@@ -115,6 +120,8 @@ def parse_args(fields: Mapping[str, str], default_size: int = 640, style: Style 
         max_det=_number(given["max_det"], int, *MAX_DET_RANGE) if "max_det" in given else MAX_DET,
         classes=_classes(given["classes"][1]) if "classes" in given else None,
         agnostic=_flag(given.get("agnostic")),
+        vid_stride=_number(given["vid_stride"], int, *VID_STRIDE_RANGE) if "vid_stride" in given else 1,
+        stream=_flag(given.get("stream")),
     )
 
 

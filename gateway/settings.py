@@ -15,6 +15,7 @@ FALSE = frozenset({"0", "false", "no", "off"})
 # Numbers that must be more than 0; every other number must be 0 or more (and finite).
 POSITIVE = frozenset(
     {"max_upload_bytes", "max_pixels", "triton_timeout_s", "max_inflight", "url_timeout_s", "workers", "max_images"}
+    | {"max_video_bytes", "max_video_seconds", "max_video_frames"}
 )
 
 
@@ -36,6 +37,9 @@ class Settings:
     decode_budget_bytes: int = 0  # memory for uploads and decoded images in flight; 0 = from the container's limit
     decode_budget_wait_s: float = 5.0  # how long a request waits for that memory before 503 + Retry-After
     ready_grace_s: float = 60.0  # /readyz stays 200 this long after Triton was last up (rollouts, blips); 0: strict
+    max_video_bytes: int = 100 * 1024 * 1024  # a video part; the request body may be this large (plus form)
+    max_video_seconds: float = 600.0  # a video's duration (every frame is read, even with vid_stride)
+    max_video_frames: int = 3000  # frames analysed per video, after vid_stride
     fast_jpeg: bool = True  # JPEGs through simplejpeg where its pixels are known to equal OpenCV's; off = OpenCV only
 
     def __post_init__(self) -> None:

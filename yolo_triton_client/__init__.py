@@ -20,16 +20,18 @@ from yolo_triton_client.results import (
     Box,
     Classification,
     Detection,
+    FramePrediction,
     Keypoints,
     OrientedBox,
     Polygon,
     Prediction,
     Row,
     Speed,
+    VideoPrediction,
 )
 
 __all__ = [
     "ApiError", "AsyncClient", "AuthError", "Box", "Classification", "Client", "ClientError", "Detection",
-    "InvalidRequest", "Keypoints", "NotFound", "OrientedBox", "Polygon", "Prediction", "RateLimited", "Row", "Speed",
-    "TransportError", "Unavailable", "UpstreamError", "to_supervision",
+    "FramePrediction", "InvalidRequest", "Keypoints", "NotFound", "OrientedBox", "Polygon", "Prediction", "RateLimited",
+    "Row", "Speed", "TransportError", "Unavailable", "UpstreamError", "VideoPrediction", "to_supervision",
 ]  # fmt: skip

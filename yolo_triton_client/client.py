@@ -5,17 +5,26 @@ Usage: `with Client("http://127.0.0.1:8000", "yk_...") as client: client.predict
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Iterable, Sequence
-from typing import Any, Self, TypeAlias
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from typing import Any, Literal, Self, TypeAlias, overload
 from urllib.parse import quote
 
 import anyio
 import anyio.to_thread
 import httpx
 
-from yolo_triton_client.errors import ApiError
-from yolo_triton_client.results import Prediction, prediction_from_v1, predictions_from_batch
+from yolo_triton_client.errors import ApiError, TransportError, api_error
+from yolo_triton_client.results import (
+    FramePrediction,
+    Prediction,
+    VideoPrediction,
+    frame_from_entry,
+    prediction_from_v1,
+    predictions_from_batch,
+    video_from_body,
+)
 from yolo_triton_client.retry import RetryPolicy
 from yolo_triton_client.sources import Source, Upload, is_url, load
 
@@ -64,6 +73,32 @@ def _v1_body(fields: dict[str, str], source: Source, upload: Upload | None) -> t
     if upload is None:
         return {**fields, "url": str(source)}, None
     return fields, _files([upload], "image")
+
+
+def _video_request(
+    model: str, source: Source, v1: dict[str, str], vid_stride: int | None, stream: bool
+) -> tuple[str, dict[str, str], Files]:
+    """The newer API's route (it answers each frame with its shape and speed), its fields and the one `file` part."""
+    if is_url(source) or hasattr(source, "__array_interface__"):
+        raise ValueError("predict_video uploads a video file: pass a path, bytes or a binary file object.")
+    fields = _batch_fields(v1)
+    if vid_stride is not None:
+        fields["vid_stride"] = str(int(vid_stride))
+    if stream:
+        fields["stream"] = "true"
+    return f"/api/models/{quote(model, safe='')}/predict", fields, _files([load(source)], "file")
+
+
+def _frame_or_end(model: str, line: dict[str, Any], normalized: bool) -> FramePrediction | None:
+    """A streamed line as a frame; None for the last line of a video read whole; raises the error that ended it."""
+    if not line.get("done"):
+        return frame_from_entry(model, line, normalized)
+    if not line.get("success"):
+        raise api_error(int(line.get("status") or 0), str(line.get("message") or "The video stream failed."), body=line)
+    return None
+
+
+STREAM_CUT = "The video stream ended before its last line (connection closed)."
 
 
 def _load_all(sources: Sequence[Source]) -> list[Upload]:
@@ -161,6 +196,88 @@ class Client(_Base):
                 return [error]
             return [r for u in uploads for r in self._batch(model, fields, [u], normalized)]
         return predictions_from_batch(model, response.json(), normalized)
+
+    @overload
+    def predict_video(
+        self,
+        model: str,
+        source: Source,
+        *,
+        stream: Literal[False] = False,
+        vid_stride: int | None = None,
+        size: int | None = None,
+        confidence: float | None = None,
+        iou: float | None = None,
+        max_det: int | None = None,
+        classes: Sequence[int] | None = None,
+        agnostic: bool | None = None,
+        normalize: bool | None = None,
+    ) -> VideoPrediction: ...
+    @overload
+    def predict_video(
+        self,
+        model: str,
+        source: Source,
+        *,
+        stream: Literal[True],
+        vid_stride: int | None = None,
+        size: int | None = None,
+        confidence: float | None = None,
+        iou: float | None = None,
+        max_det: int | None = None,
+        classes: Sequence[int] | None = None,
+        agnostic: bool | None = None,
+        normalize: bool | None = None,
+    ) -> Iterator[FramePrediction]: ...
+    def predict_video(
+        self,
+        model: str,
+        source: Source,
+        *,
+        stream: bool = False,
+        vid_stride: int | None = None,
+        size: int | None = None,
+        confidence: float | None = None,
+        iou: float | None = None,
+        max_det: int | None = None,
+        classes: Sequence[int] | None = None,
+        agnostic: bool | None = None,
+        normalize: bool | None = None,
+    ) -> VideoPrediction | Iterator[FramePrediction]:
+        """Predict every `vid_stride`-th frame of a video file (MP4, WebM, MOV, AVI, MKV): a path, bytes or a binary
+        file object. `stream=True` returns an iterator that sends the request when first advanced and gives each
+        frame as the server finishes it; the error that ended a video partway is raised after the frames before it.
+        Defaults are Ultralytics' `YOLO.predict` ones (the newer API's route: iou 0.7)."""
+        v1 = _v1_fields(size, confidence, iou, max_det, classes, agnostic, normalize)
+        path, fields, files = _video_request(model, source, v1, vid_stride, stream)
+        if not stream:
+            return video_from_body(model, self._send("POST", path, fields, files).json(), bool(normalize))
+        return self._frames(model, path, fields, files, bool(normalize))
+
+    def _frames(
+        self, model: str, path: str, fields: dict[str, str], files: Files, normalized: bool
+    ) -> Iterator[FramePrediction]:
+        attempt, started = 0, False
+        while True:
+            try:
+                with self._http.stream("POST", path, data=fields, files=files) as response:
+                    if response.is_success:
+                        for text in response.iter_lines():
+                            if text.strip():
+                                started = True
+                                frame = _frame_or_end(model, json.loads(text), normalized)
+                                if frame is None:
+                                    return
+                                yield frame
+                        raise TransportError(STREAM_CUT)
+                    response.read()
+                    wait = self._retry.after_response(attempt, response)
+            except httpx.HTTPError as exc:
+                if started:  # frames were given already: sending the video again would repeat them
+                    raise TransportError(f"{STREAM_CUT} {type(exc).__name__}: {exc}") from exc
+                wait = self._retry.after_exception(attempt, exc)
+            time.sleep(wait)
+            attempt += 1
 
     def models(self) -> list[dict[str, Any]]:
         """The models the server has ready, as `GET /v1/models` lists them: id, task, names, default_size, ..."""
@@ -265,6 +382,85 @@ class AsyncClient(_Base):
                 return [error]
             return [r for u in uploads for r in await self._batch(model, fields, [u], normalized)]
         return predictions_from_batch(model, response.json(), normalized)
+
+    @overload
+    async def predict_video(
+        self,
+        model: str,
+        source: Source,
+        *,
+        stream: Literal[False] = False,
+        vid_stride: int | None = None,
+        size: int | None = None,
+        confidence: float | None = None,
+        iou: float | None = None,
+        max_det: int | None = None,
+        classes: Sequence[int] | None = None,
+        agnostic: bool | None = None,
+        normalize: bool | None = None,
+    ) -> VideoPrediction: ...
+    @overload
+    async def predict_video(
+        self,
+        model: str,
+        source: Source,
+        *,
+        stream: Literal[True],
+        vid_stride: int | None = None,
+        size: int | None = None,
+        confidence: float | None = None,
+        iou: float | None = None,
+        max_det: int | None = None,
+        classes: Sequence[int] | None = None,
+        agnostic: bool | None = None,
+        normalize: bool | None = None,
+    ) -> AsyncIterator[FramePrediction]: ...
+    async def predict_video(
+        self,
+        model: str,
+        source: Source,
+        *,
+        stream: bool = False,
+        vid_stride: int | None = None,
+        size: int | None = None,
+        confidence: float | None = None,
+        iou: float | None = None,
+        max_det: int | None = None,
+        classes: Sequence[int] | None = None,
+        agnostic: bool | None = None,
+        normalize: bool | None = None,
+    ) -> VideoPrediction | AsyncIterator[FramePrediction]:
+        """As `Client.predict_video`; with `stream=True`, `async for frame in await client.predict_video(...)`."""
+        v1 = _v1_fields(size, confidence, iou, max_det, classes, agnostic, normalize)
+        path, fields, files = await anyio.to_thread.run_sync(_video_request, model, source, v1, vid_stride, stream)
+        if not stream:
+            return video_from_body(model, (await self._send("POST", path, fields, files)).json(), bool(normalize))
+        return self._frames(model, path, fields, files, bool(normalize))
+
+    async def _frames(
+        self, model: str, path: str, fields: dict[str, str], files: Files, normalized: bool
+    ) -> AsyncIterator[FramePrediction]:
+        attempt, started = 0, False
+        while True:
+            try:
+                async with self._http.stream("POST", path, data=fields, files=files) as response:
+                    if response.is_success:
+                        async for text in response.aiter_lines():
+                            if text.strip():
+                                started = True
+                                frame = _frame_or_end(model, json.loads(text), normalized)
+                                if frame is None:
+                                    return
+                                yield frame
+                        raise TransportError(STREAM_CUT)
+                    await response.aread()
+                    wait = self._retry.after_response(attempt, response)
+            except httpx.HTTPError as exc:
+                if started:
+                    raise TransportError(f"{STREAM_CUT} {type(exc).__name__}: {exc}") from exc
+                wait = self._retry.after_exception(attempt, exc)
+            await anyio.sleep(wait)
+            attempt += 1
 
     async def models(self) -> list[dict[str, Any]]:
         data = (await self._send("GET", "/v1/models")).json().get("data")

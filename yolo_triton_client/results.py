@@ -137,6 +137,32 @@ class Prediction:
         return iter(self.rows)
 
 
+@dataclass(frozen=True)
+class FramePrediction(Prediction):
+    """One video frame's result: `frame` is its index in the source video (0-based), `time` its timestamp in
+    seconds (frame / fps; None when the video does not state its frame rate). `raw` is the frame's entry."""
+
+    frame: int = 0
+    time: float | None = None
+
+
+@dataclass(frozen=True)
+class VideoPrediction:
+    """A whole video's result: one FramePrediction per analysed frame, and the video's metadata as the server read
+    it (`container`, `width`, `height`, `fps`, `frame_count`, `duration`, `vid_stride`, `frames`)."""
+
+    model: str
+    frames: list[FramePrediction]
+    video: dict[str, Any]
+    raw: dict[str, Any] = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __iter__(self) -> Iterator[FramePrediction]:
+        return iter(self.frames)
+
+
 def row_task(row: Mapping[str, Any]) -> Task:
     if "keypoints" in row:
         return "pose"
@@ -208,3 +234,28 @@ def predictions_from_batch(model: str, body: dict[str, Any], normalized: bool) -
             )
         )
     return out
+
+
+def frame_from_entry(model: str, entry: dict[str, Any], normalized: bool) -> FramePrediction:
+    """A FramePrediction from one frame's `images` entry (or NDJSON line) of the newer API's answer."""
+    shape = entry.get("shape")
+    speed = entry.get("speed") or {}
+    time = entry.get("time")
+    return FramePrediction(
+        model,
+        [parse_row(r) for r in entry.get("results") or []],
+        entry,
+        (int(shape[0]), int(shape[1])) if shape else None,
+        normalized,
+        Speed(speed.get("preprocess"), speed.get("inference"), speed.get("postprocess")),
+        int(entry.get("frame", 0)),
+        float(time) if time is not None else None,
+    )
+
+
+def video_from_body(model: str, body: dict[str, Any], normalized: bool) -> VideoPrediction:
+    """A VideoPrediction from the newer API's answer to a video: `images` per frame, `metadata.video`."""
+    metadata = body.get("metadata") or {}
+    model = str(metadata.get("model") or model)
+    frames = [frame_from_entry(model, e, normalized) for e in body.get("images") or []]
+    return VideoPrediction(model, frames, dict(metadata.get("video") or {}), body)

@@ -1,5 +1,5 @@
-// The try-it page: send one image to POST /v1/predict/{model}, draw the answer on a canvas over it, show the JSON and
-// the same request as curl and Python. Plain browser JavaScript, no dependencies. The drawing mirrors
+// The try-it page: send one image (or a video, answered frame by frame as NDJSON with stream=true) to
+// POST /v1/predict/{model}, draw the answer on a canvas over it, show the JSON and the same request as curl and Python. Plain browser JavaScript, no dependencies. The drawing mirrors
 // gateway/render.py (Ultralytics' palette, line width, mask alpha, skeleton and keypoint threshold, oriented boxes as
 // polygons, a classifier's top five as text).
 "use strict";
@@ -35,12 +35,17 @@ const els = {
   drop: $("drop"), dropText: $("drop-text"), file: $("file"), url: $("url"), size: $("size"),
   confidence: $("confidence"), iou: $("iou"), run: $("run"), status: $("status"), error: $("error"),
   summary: $("summary"), stage: $("stage"), img: $("preview"), canvas: $("overlay"), json: $("json"),
-  curl: $("curl"), python: $("python"),
+  curl: $("curl"), python: $("python"), video: $("video"), videoArgs: $("video-args"), vidStride: $("vid_stride"),
+  frames: $("frames"), frame: $("frame"), frameLabel: $("frame-label"),
 };
 
 const state = {
   models: new Map(),   // id -> /v1/models entry
   file: null,          // the chosen File, or null when a URL is used
+  isVideo: false,      // the chosen file is a video (told from its first bytes, as the server does)
+  frames: [],          // a video's per-frame answers, in order: {frame, time, data}
+  videoMeta: null,     // the video's metadata from the stream's last line
+  videoPlayable: false,
   objectUrl: null,
   seq: 0,              // the latest request; older answers are dropped
   controller: null,
@@ -134,14 +139,28 @@ function onModelChange() {
 
 // ---------------------------------------------------------------- choosing the image
 
-function useFile(file) {
+/** The video container named by a file's first bytes (MP4/MOV, WebM/MKV, AVI), as gateway/video.py tells it. */
+async function sniffVideo(file) {
+  const b = new Uint8Array(await file.slice(0, 16).arrayBuffer());
+  const ascii = (from, to) => String.fromCharCode(...b.slice(from, to));
+  const box = ascii(4, 8);
+  if (box === "ftyp") return /^(avif|avis|heic|heix|heim|heis|hevc|hevx|mif1|msf1)$/.test(ascii(8, 12)) ? null : "MP4/MOV";
+  if (["moov", "mdat", "wide", "free", "skip", "pnot"].includes(box)) return "MP4/MOV";
+  if (b[0] === 0x1a && b[1] === 0x45 && b[2] === 0xdf && b[3] === 0xa3) return "WebM/MKV";
+  if (ascii(0, 4) === "RIFF" && ascii(8, 12) === "AVI ") return "AVI";
+  return null;
+}
+
+async function useFile(file) {
   if (!file) return;
   state.file = file;
+  state.isVideo = Boolean(await sniffVideo(file));
   els.url.value = "";
-  els.dropText.textContent = `${file.name || "pasted image"} (${Math.max(1, Math.round(file.size / 1024))} KiB) — drop or choose another`;
+  const kind = state.isVideo ? "video" : "image";
+  els.dropText.textContent = `${file.name || "pasted image"} (${Math.max(1, Math.round(file.size / 1024))} KiB ${kind}) — drop or choose another`;
   if (state.objectUrl) URL.revokeObjectURL(state.objectUrl);
   state.objectUrl = URL.createObjectURL(file);
-  showPreview(state.objectUrl);
+  if (state.isVideo) showVideo(state.objectUrl); else showPreview(state.objectUrl);
   renderSnippets();
   if (els.key.value.trim() && els.model.value) run();
 }
@@ -149,6 +168,7 @@ function useFile(file) {
 function useUrl(url) {
   els.url.value = url;
   state.file = null;
+  state.isVideo = false;
   els.file.value = "";
   els.dropText.textContent = "Drop an image here, paste one, or choose a file";
   renderSnippets();
@@ -157,7 +177,12 @@ function useUrl(url) {
 /** Point the preview at `src`; resolves with whether the browser could display it. */
 function showPreview(src) {
   clearCanvas();
+  resetFrames();
   els.stage.classList.remove("empty");
+  els.video.hidden = true;
+  els.video.removeAttribute("src");
+  els.stage.classList.remove("canvas-only");
+  els.img.hidden = false;
   if (els.img.getAttribute("src") === src && els.img.complete) return Promise.resolve(els.img.naturalWidth > 0);
   return new Promise((resolve) => {
     els.img.onload = () => resolve(true);
@@ -189,7 +214,7 @@ function initImageInputs() {
     if (item) { e.preventDefault(); useFile(item.getAsFile()); }
   });
   els.url.addEventListener("input", () => {
-    if (els.url.value.trim()) { state.file = null; els.file.value = ""; }
+    if (els.url.value.trim()) { state.file = null; state.isVideo = false; els.file.value = ""; }
     renderSnippets();
   });
 }
@@ -197,7 +222,9 @@ function initImageInputs() {
 // ---------------------------------------------------------------- the request and its snippets
 
 function args() {
-  return { size: els.size.value.trim(), confidence: els.confidence.value.trim(), iou: els.iou.value.trim() };
+  const a = { size: els.size.value.trim(), confidence: els.confidence.value.trim(), iou: els.iou.value.trim() };
+  if (state.isVideo) Object.assign(a, { vid_stride: els.vidStride.value.trim(), stream: "true" });
+  return a;
 }
 
 function endpoint() {
@@ -217,7 +244,7 @@ const py = (s) => JSON.stringify(String(s));  // a JSON string is a valid Python
 
 function curlSnippet(key) {
   const a = args();
-  const lines = [`curl -X POST ${dq(endpoint())}`, `-H ${dq(`x-api-key: ${key}`)}`];
+  const lines = [`curl${state.isVideo ? " --no-buffer" : ""} -X POST ${dq(endpoint())}`, `-H ${dq(`x-api-key: ${key}`)}`];
   lines.push(state.file ? `-F ${dq(`image=@${state.file.name || "image.jpg"}`)}` : `-F ${dq(`url=${els.url.value.trim() || "https://example.com/photo.jpg"}`)}`);
   for (const [k, v] of Object.entries(a)) if (v) lines.push(`-F ${dq(`${k}=${v}`)}`);
   return lines.join(" \\\n  ") + "\n";
@@ -232,6 +259,21 @@ function pythonSnippet(key) {
     `url = ${py(endpoint())}`,
     `headers = {"x-api-key": ${py(key)}}`,
   ];
+  if (state.file && state.isVideo) {  // NDJSON: one line per frame as the server finishes it
+    return [
+      "import json",
+      "",
+      ...head,
+      `data = {${fields.join(", ")}}`,
+      "",
+      `with open(${py(state.file.name || "video.mp4")}, "rb") as video_file:`,
+      "    files = {\"image\": video_file}",
+      "    response = requests.post(url, headers=headers, files=files, data=data, stream=True)",
+      "    for line in response.iter_lines():",
+      "        print(json.loads(line))",
+      "",
+    ].join("\n");
+  }
   if (state.file) {
     return [
       ...head,
@@ -303,7 +345,9 @@ async function run() {
   const controller = new AbortController();
   state.controller = controller;
   const seq = ++state.seq;
-  const preview = state.file ? showPreview(state.objectUrl) : showPreview(url);
+  const video = state.isVideo;
+  const preview = video ? Promise.resolve(true) : state.file ? showPreview(state.objectUrl) : showPreview(url);
+  if (video) resetFrames();
   clearCanvas();
   setBusy(true);
   setStatus(`POST /v1/predict/${model} …`);
@@ -313,6 +357,7 @@ async function run() {
     response = await fetch(`/v1/predict/${encodeURIComponent(model)}`, {
       method: "POST", headers: { "x-api-key": key }, body: form, signal: controller.signal,
     });
+    if (video && response.ok) { await readVideoStream(response, seq, started, model); return; }
     text = await response.text();
   } catch (err) {
     if (seq !== state.seq) return;
@@ -325,7 +370,7 @@ async function run() {
   const elapsed = performance.now() - started;
   let body = null;
   try { body = JSON.parse(text); } catch (_) { /* shown as text below */ }
-  els.json.textContent = body ? JSON.stringify(body, null, 2) : text;
+  els.json.textContent = body ? formatJson(body) : text;
   setBusy(false);
   if (!response.ok || !body || body.success !== true || !Array.isArray(body.data)) {
     const [title, message] = describeFailure(response, body, text);
@@ -350,6 +395,127 @@ async function run() {
   els.summary.textContent = `${model} (${task}): ${counted} · ${Math.round(elapsed)} ms round trip` +
     (timing ? ` · server ${timing}` : "");
   setStatus(displayed ? "" : "Drawn by the server (format=png): the browser could not display this image itself.");
+}
+
+/** JSON indented by two spaces, but an array of numbers (a mask outline, keypoints) or a flat object (a box) on one
+ * line: a segmentation answer stays readable instead of running to thousands of lines. Still valid JSON. */
+function formatJson(value, indent = "") {
+  const flat = (v) => v === null || typeof v !== "object";
+  if (flat(value)) return JSON.stringify(value);
+  const inner = indent + "  ";
+  if (Array.isArray(value)) {
+    if (!value.length) return "[]";
+    if (value.every(flat)) return "[" + value.map((v) => JSON.stringify(v)).join(", ") + "]";
+    return "[\n" + value.map((v) => inner + formatJson(v, inner)).join(",\n") + "\n" + indent + "]";
+  }
+  const entries = Object.entries(value);
+  if (!entries.length) return "{}";
+  if (entries.length <= 8 && entries.every(([, v]) => flat(v))) {
+    return "{" + entries.map(([k, v]) => `${JSON.stringify(k)}: ${JSON.stringify(v)}`).join(", ") + "}";
+  }
+  return "{\n" + entries.map(([k, v]) => `${inner}${JSON.stringify(k)}: ${formatJson(v, inner)}`).join(",\n") + "\n" + indent + "}";
+}
+
+// ---------------------------------------------------------------- video: NDJSON frames, a slider, the frame drawn
+
+function showVideo(src) {
+  clearCanvas();
+  resetFrames();
+  els.stage.classList.remove("empty");
+  els.img.hidden = true;
+  els.img.removeAttribute("src");
+  els.video.hidden = false;
+  state.videoPlayable = false;
+  els.video.onloadeddata = () => {
+    state.videoPlayable = true;
+    els.stage.classList.remove("canvas-only");
+    showFrame(Number(els.frame.value));
+  };
+  els.video.onerror = () => {  // a codec the browser lacks (MPEG-4 Part 2, MJPEG/AVI): boxes on a plain canvas
+    state.videoPlayable = false;
+    showFrame(Number(els.frame.value));
+  };
+  els.video.src = src;
+}
+
+function resetFrames() {
+  state.frames = [];
+  state.videoMeta = null;
+  els.frames.hidden = true;
+  els.frame.max = "0";
+  els.frame.value = "0";
+  els.frameLabel.textContent = "";
+}
+
+/** Read the NDJSON answer line by line: each frame is listed (and the first drawn) as soon as it arrives. */
+async function readVideoStream(response, seq, started, model) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  const lines = [];
+  let buffered = "", end = null, failure = null;
+  els.frames.hidden = false;
+  const onLine = (text) => {
+    if (!text.trim()) return;
+    lines.push(text);
+    const line = JSON.parse(text);
+    if (line.done) { end = line; state.videoMeta = line.video || null; return; }
+    state.frames.push(line);
+    els.frame.max = String(state.frames.length - 1);
+    if (state.frames.length === 1) showFrame(0);
+    setStatus(`${state.frames.length} frame(s) received…`);
+    if (lines.length % 25 === 0) els.json.textContent = lines.join("\n");
+  };
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (seq !== state.seq) { reader.cancel(); return; }
+      if (done) break;
+      buffered += decoder.decode(value, { stream: true });
+      for (let at = buffered.indexOf("\n"); at >= 0; at = buffered.indexOf("\n")) {
+        onLine(buffered.slice(0, at));
+        buffered = buffered.slice(at + 1);
+      }
+    }
+    onLine(buffered + decoder.decode());
+  } catch (err) {
+    if (seq !== state.seq) return;
+    failure = err.message;
+  }
+  setBusy(false);
+  setStatus("");
+  els.json.textContent = lines.join("\n");
+  if (!end || !end.success) {
+    const title = end ? `${end.status} ${STATUS_TEXT[end.status] || "Error"}` : "The answer broke off";
+    showError(title, end ? end.message : `The video's answer ended before its last line${failure ? `: ${failure}` : "."}`);
+  }
+  const results = state.frames.reduce((n, f) => n + f.data.length, 0);
+  els.summary.textContent = `${model}: ${state.frames.length} frame${state.frames.length === 1 ? "" : "s"} · ` +
+    `${results} result${results === 1 ? "" : "s"} in all · ${Math.round(performance.now() - started)} ms · ` +
+    "move the slider to see each frame";
+  showFrame(Number(els.frame.value));
+}
+
+/** Show frame `i` of the answer: seek the video there and draw its results over it (or on a plain canvas). */
+function showFrame(i) {
+  const f = state.frames[i];
+  if (!f) return;
+  const time = typeof f.time === "number" ? f.time : null;
+  els.frameLabel.textContent = `frame ${f.frame}${time !== null ? ` · ${time.toFixed(2)} s` : ""} · ` +
+    `${f.data.length} result${f.data.length === 1 ? "" : "s"}`;
+  const v = els.video;
+  if (state.videoPlayable) {
+    const fps = f.frame > 0 && time ? f.frame / time : (state.videoMeta && state.videoMeta.fps) || 0;
+    const target = (time || 0) + (fps ? 0.5 / fps : 0.001);  // mid-frame: the browser shows the frame we mean
+    const paint = () => { if (Number(els.frame.value) === i) draw(f.data, v.videoWidth, v.videoHeight, i); };
+    if (Math.abs(v.currentTime - target) < 1e-4) paint();
+    else { v.addEventListener("seeked", paint, { once: true }); v.currentTime = target; }
+    return;
+  }
+  const meta = state.videoMeta;
+  if (v.error && meta && meta.width && meta.height) {
+    els.stage.classList.add("canvas-only");
+    draw(f.data, meta.width, meta.height, i, "#3a3f4b");
+  }
 }
 
 function serverTiming(header) {
@@ -390,11 +556,12 @@ function clearCanvas() {
   const ctx = els.canvas.getContext("2d");
   ctx.clearRect(0, 0, els.canvas.width, els.canvas.height);
   delete els.canvas.dataset.detections;
+  delete els.canvas.dataset.frame;
 }
 
-function sizeCanvas() {
-  els.canvas.width = els.img.naturalWidth;
-  els.canvas.height = els.img.naturalHeight;
+function sizeCanvas(w = els.img.naturalWidth, h = els.img.naturalHeight) {
+  els.canvas.width = w;
+  els.canvas.height = h;
   return els.canvas.getContext("2d");
 }
 
@@ -405,10 +572,12 @@ function textColor(hex) {
   return 0.299 * r + 0.587 * g + 0.114 * b > 150 ? "rgb(104,31,17)" : "#fff";
 }
 
-/** Draw `data` (summary() items in image pixels) over the preview; lowest confidence first so the best is on top. */
-function draw(data) {
-  const ctx = sizeCanvas();
+/** Draw `data` (summary() items in image pixels) over the preview (or a video frame `frame` of w×h pixels, over
+ * `background` when the browser can't show the video); lowest confidence first so the best is on top. */
+function draw(data, width, height, frame, background) {
+  const ctx = sizeCanvas(width, height);
   const w = els.canvas.width, h = els.canvas.height;
+  if (background) { ctx.fillStyle = background; ctx.fillRect(0, 0, w, h); }
   const lw = Math.max(Math.round(((w + h + 3) / 2) * 0.003), 2);  // Ultralytics sums (h, w, 3)
   const items = [...data].reverse();
 
@@ -461,6 +630,7 @@ function draw(data) {
   for (const d of items) if (d.keypoints) drawKeypoints(ctx, d.keypoints, lw);
   drawTop5(ctx, data.filter((d) => !d.box), fontPx, h);
   els.canvas.dataset.detections = String(data.length);
+  if (frame !== undefined) els.canvas.dataset.frame = String(frame); else delete els.canvas.dataset.frame;
 }
 
 /** A classifier's classes, best first, as white lines on a half-transparent band near the top-left corner. */
@@ -511,7 +681,8 @@ function init() {
   initKey();
   initImageInputs();
   els.model.addEventListener("change", onModelChange);
-  for (const el of [els.size, els.confidence, els.iou]) el.addEventListener("input", renderSnippets);
+  for (const el of [els.size, els.confidence, els.iou, els.vidStride]) el.addEventListener("input", renderSnippets);
+  els.frame.addEventListener("input", () => showFrame(Number(els.frame.value)));
   els.form.addEventListener("submit", (e) => { e.preventDefault(); run(); });
   for (const button of document.querySelectorAll("button.copy")) {
     button.addEventListener("click", () => copy(state.snippets[button.dataset.copy], button));
