@@ -11,11 +11,15 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from export import onnx_graph, triton_config
 from export.triton_config import ModelSpec, Serving, Tensor
 from gateway.modelcard import COMPACT, COMPACT_TASKS, FLOAT32_NCHW_RGB, RAW, TASKS, UINT8_NHWC_BGR
 from gateway.modelcard import InputFormat, OutputLayout, Task
+
+if TYPE_CHECKING:
+    from ultralytics import YOLO
 
 PYTHON_BACKEND_MODEL = Path(__file__).parent / "python_backend" / "model.py"
 
@@ -67,7 +71,7 @@ def default_imgsz(yolo: object) -> int:
     return 224 if getattr(yolo, "task", None) == "classify" else 640
 
 
-def export_onnx(yolo: "object", workdir: Path, imgsz: int) -> Path:
+def export_onnx(yolo: YOLO, workdir: Path, imgsz: int) -> Path:
     """Ultralytics' own ONNX export with dynamic batch/height/width; returns the .onnx path."""
     workdir.mkdir(parents=True, exist_ok=True)
     log(f"exporting to ONNX (dynamic batch and image size, imgsz={imgsz}) ...")

@@ -13,8 +13,13 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+    from ultralytics import YOLO
 
 from export.triton_config import Serving
 
@@ -44,7 +49,7 @@ MAX_CANDIDATES = 2000  # anchors over the threshold beyond which the count is "t
 TARGET_TOP1 = (0.3, 0.6)
 
 
-def _calibration_batch(size: int = 640, classify: bool = False) -> "torch.Tensor":  # noqa: F821
+def _calibration_batch(size: int = 640, classify: bool = False) -> "torch.Tensor":
     """Bundled photos and variants as the predictor sees them: letterboxed, or resized and centre-cropped (classify)."""
     import cv2
     import torch
@@ -130,7 +135,7 @@ def export_fixture(
     return export_model(str(pt), repository, serving, model_id, imgsz, fuse, untrained=True, compact=compact)
 
 
-def _tune_class_biases(yolo: "YOLO", seed: int) -> None:  # noqa: F821
+def _tune_class_biases(yolo: "YOLO", seed: int) -> None:
     """Bisect a common classification-bias shift until zidane.jpg gets TARGET_DETECTIONS boxes at confidence 0.25."""
     import cv2
     import torch
@@ -163,7 +168,7 @@ def _tune_class_biases(yolo: "YOLO", seed: int) -> None:  # noqa: F821
     _bisect(count, -10.0, 20.0, TARGET_DETECTIONS, "class biases (detections on zidane.jpg)")
 
 
-def _tune_classifier(yolo: "YOLO") -> None:  # noqa: F821
+def _tune_classifier(yolo: "YOLO") -> None:
     """Bisect a scale of the final linear layer until the peakier of the two photos gets TARGET_TOP1 for its top class.
 
     Scaling weights and bias together scales the logits, so the top probability rises monotonically with the scale.

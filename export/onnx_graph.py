@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import NDArray
 
 FUSED_INPUT = "image"
 
@@ -86,7 +87,7 @@ def compact_output(path: Path, nc: int) -> None:
     onnx.save(model, str(path))
 
 
-def compact_reference(raw: "np.ndarray", nc: int) -> "np.ndarray":
+def compact_reference(raw: NDArray[np.float32], nc: int) -> NDArray[np.float32]:
     """What compact_output computes, in NumPy: (B, 4+nc+extra, A) -> (B, 6+extra, A)."""
     scores = raw[:, 4 : 4 + nc]
     best = scores.max(axis=1, keepdims=True)

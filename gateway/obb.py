@@ -35,14 +35,15 @@ def probiou(obb1: F32, obb2: F32) -> F32:
     a2, b2, c2 = (v[None, :] for v in _covariance(obb2))
     sa, sb, sc = a1 + a2, b1 + b2, c1 + c2
     dy, dx = y1 - y2, x1 - x2
-    det = sa * sb - sc * sc
+    det: F32 = sa * sb - sc * sc
     t1 = ((sa * (dy * dy) + sb * (dx * dx)) / (det + EPS)) * np.float32(0.25)
     t2 = ((sc * (x2 - x1) * dy) / (det + EPS)) * np.float32(0.5)
     own = np.maximum(a1 * b1 - c1 * c1, 0) * np.maximum(a2 * b2 - c2 * c2, 0)
     t3 = np.log(det / (np.float32(4) * np.sqrt(own) + EPS) + EPS) * np.float32(0.5)
     bd = np.clip(t1 + t2 + t3, EPS, np.float32(100))
     hd = np.sqrt(np.float32(1) - np.exp(-bd) + EPS)
-    return (np.float32(1) - hd).astype(np.float32)
+    out: F32 = (np.float32(1) - hd).astype(np.float32)
+    return out
 
 
 def fast_nms(boxes: F32, scores: F32, iou: float, block_elements: int = BLOCK_ELEMENTS) -> NDArray[np.int64]:

@@ -83,7 +83,8 @@ def non_max_suppression(
         kept = obb.fast_nms(boxes, rows[:, 4], iou)[:max_det]
     else:
         kept = nms(rows[:, :4] + offset, rows[:, 4], iou)[:max_det]
-    return rows[kept]
+    out: NDArray[np.float32] = rows[kept]
+    return out
 
 
 def scale_xy(xy: F32, box: Letterbox) -> F32:

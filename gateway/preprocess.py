@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
+from typing import Literal, cast
 
 import cv2  # OpenCV's own decoder cap, OPENCV_IO_MAX_IMAGE_PIXELS, is set before this in gateway/__init__.py
 import numpy as np
@@ -30,6 +31,11 @@ _MAGIC: tuple[tuple[bytes, int, str], ...] = (
     (b"MM\x00*", 0, "TIFF"),
 )
 SUPPORTED = "JPEG, PNG, WebP, BMP, GIF (first frame) or TIFF"
+
+
+def _u8(image: object) -> NDArray[np.uint8]:
+    """OpenCV's result typed as what it is here: OpenCV keeps uint8 images uint8 (its stubs say any number type)."""
+    return cast("NDArray[np.uint8]", image)
 
 
 def sniff(data: bytes) -> str | None:
@@ -76,7 +82,7 @@ def decode(data: bytes, max_pixels: int, fast_jpeg: bool = True) -> NDArray[np.u
         image = _decode_gif(data)
     elif image is None:
         try:
-            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+            image = _u8(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR))
         except cv2.error:
             image = None
     if image is None or image.size == 0:
@@ -127,7 +133,7 @@ def _ifd0_orientation(tiff: bytes) -> int | None:
     the segment), so that only well-formed blocks take the fast path."""
     if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
         return None
-    order = "little" if tiff[:2] == b"II" else "big"
+    order: Literal["little", "big"] = "little" if tiff[:2] == b"II" else "big"
 
     def u(at: int, size: int) -> int:
         return int.from_bytes(tiff[at : at + size], order)
@@ -184,9 +190,9 @@ def _first_app1(data: bytes) -> bytes | None:
 def _orient(image: NDArray[np.uint8], orientation: int) -> NDArray[np.uint8]:
     """OpenCV's ExifTransform (imgcodecs/src/loadsave.cpp) for EXIF Orientation 1–8."""
     if orientation >= 5:
-        image = cv2.transpose(image)
+        image = _u8(cv2.transpose(image))
     flip = {2: 1, 3: -1, 4: 0, 6: 1, 7: -1, 8: 0}.get(orientation)
-    return image if flip is None else cv2.flip(image, flip)
+    return image if flip is None else _u8(cv2.flip(image, flip))
 
 
 def _decode_gif(data: bytes) -> NDArray[np.uint8] | None:
@@ -247,8 +253,8 @@ def letterbox(image: NDArray[np.uint8], size: int, stride: int, rect: bool) -> t
     top, bottom = round(dh2 - 0.1), round(dh2 + 0.1)
     left, right = round(dw2 - 0.1), round(dw2 + 0.1)
     if (w, h) != (new_w, new_h):
-        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    out = cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3)
+        image = _u8(cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR))
+    out = _u8(cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3))
     return out, Letterbox.between((h, w), (out.shape[0], out.shape[1]))
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -34,16 +35,16 @@ class TritonPythonModel:
         # that spinning takes CPU from JPEG decoding and post-processing ("0" turns it off).
         options.add_session_config_entry("session.intra_op.allow_spinning", params.get("intra_op_spinning", "1"))
         available = ort.get_available_providers()
-        providers = ["CPUExecutionProvider"]
+        providers: list[str | tuple[str, dict[str, int]]] = ["CPUExecutionProvider"]
         if args.get("model_instance_kind") == "GPU" and "CUDAExecutionProvider" in available:
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": int(args["model_instance_device_id"])}))
         self.session = ort.InferenceSession(path, options, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
 
-    def execute(self, requests: list) -> list:
+    def execute(self, requests: list[Any]) -> list[Any]:
         arrays = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
-        results: list = [None] * len(requests)
+        results: list[Any] = [None] * len(requests)
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, a in enumerate(arrays):
             by_shape.setdefault(a.shape[1:], []).append(i)
