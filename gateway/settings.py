@@ -27,6 +27,9 @@ class Settings:
     workers: int = 4  # threads for decode/letterbox/post-processing
     max_images: int = 8  # image parts per request (they share the max_upload_bytes request limit)
     fast_jpeg: bool = True  # JPEGs through simplejpeg where its pixels are known to equal OpenCV's; off = OpenCV only
+    redis_url: str = ""  # redis:// or rediss:// (TLS): keys, limits and usage shared by replicas; "" = the keys file
+    redis_password: str = field(default="", repr=False)  # when the URL carries none
+    redis_timeout_s: float = 0.25  # bound on every Redis call in the request path
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
