@@ -53,6 +53,8 @@ class State(Protocol):
 
     async def list_keys(self) -> list[KeyEntry]: ...
 
+    async def get_key(self, key_id: str) -> KeyEntry | None: ...
+
     async def revoke_key(self, key_id: str) -> KeyEntry | None:
         """The revoked entry, or None when there is no such key."""
         ...
@@ -181,7 +183,10 @@ class EmbeddedState:
         return entry, key
 
     async def list_keys(self) -> list[KeyEntry]:
-        return read_entries(self.keys_file)
+        return [replace(e, last_used=self._usage.last_used.get(e.id)) for e in read_entries(self.keys_file)]
+
+    async def get_key(self, key_id: str) -> KeyEntry | None:
+        return next((e for e in await self.list_keys() if e.id == key_id), None)
 
     async def revoke_key(self, key_id: str) -> KeyEntry | None:
         entries = read_entries(self.keys_file)
@@ -190,9 +195,6 @@ class EmbeddedState:
             return None
         write_entries(self.keys_file, [found[0] if e.id == key_id else e for e in entries])
         return found[0]
-
-    def last_used(self, key_id: str) -> str | None:
-        return self._usage.last_used.get(key_id)
 
     async def usage(self, key_id: str, days: int = 7) -> list[dict[str, Any]]:
         return self._usage.rows(key_id, days)
