@@ -6,6 +6,7 @@ Pure functions, run in a worker thread by the app so the event loop never blocks
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,15 @@ from gateway.schemas import PredictArgs
 from gateway.triton import ModelInfo
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """One image ready for Triton: the decoded image, its model input and how the one maps to the other."""
+
+    image: NDArray[np.uint8]  # (H, W, 3) uint8 BGR, as decoded
+    tensor: NDArray[Any]  # the model input without the batch dimension
+    box: Letterbox
+
+
 def prepare(
     data: bytes,
     info: ModelInfo,
@@ -25,8 +35,8 @@ def prepare(
     max_pixels: int,
     timings: dict[str, float],
     fast_jpeg: bool = True,
-) -> tuple[NDArray[np.uint8], NDArray[Any], Letterbox]:
-    """(decoded BGR image, model input tensor without batch dim, letterbox); fills decode/letterbox ms.
+) -> Prepared:
+    """The decoded image, its model input tensor and the letterbox; fills decode/letterbox ms.
 
     Classifiers are resized and centre-cropped instead of letterboxed (`rect` does not apply); the Letterbox then
     only records the shapes.
@@ -44,7 +54,7 @@ def prepare(
     t2 = time.perf_counter()
     timings["decode"] = (t1 - t0) * 1000
     timings["letterbox"] = (t2 - t1) * 1000
-    return image, tensor, box
+    return Prepared(image, tensor, box)
 
 
 def finish(

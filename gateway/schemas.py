@@ -1,11 +1,11 @@
-"""The HUB inference arguments: parsing, validation and the response body."""
+"""The HUB inference arguments: parsing and validation (the answers are shaped in `responses`)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from gateway.errors import BadRequest
 
@@ -16,6 +16,9 @@ MAX_DET_RANGE = (1, 300)
 FORMATS = {"json": "json", "image": "jpeg", "jpeg": "jpeg", "jpg": "jpeg", "png": "png"}
 TRUE = {"true", "1", "yes", "on"}
 FALSE = {"false", "0", "no", "off"}
+
+# The response format a route answers in: v1 = the HUB API, v2 = the newer Ultralytics API.
+Style = Literal["v1", "v2"]
 
 
 @dataclass(frozen=True)
@@ -45,10 +48,10 @@ def _number(name: str, raw: str, kind: type, low: float, high: float) -> Any:
 
 # The newer Ultralytics API's names for the HUB v1 arguments, and its NMS IoU default (that of `YOLO.predict`).
 ALIASES = {"imgsz": "size", "conf": "confidence"}
-IOU_DEFAULT = {"v1": 0.45, "v2": 0.7}
+IOU_DEFAULT: dict[Style, float] = {"v1": 0.45, "v2": 0.7}
 
 
-def parse_args(fields: Mapping[str, str], default_size: int = 640, style: str = "v1") -> PredictArgs:
+def parse_args(fields: Mapping[str, str], default_size: int = 640, style: Style = "v1") -> PredictArgs:
     """PredictArgs from merged query/form fields (form wins; merged by the caller). Unknown fields are ignored.
 
     Both styles accept both spellings (`size`/`imgsz`, `confidence`/`conf`); only the IoU default differs.
@@ -86,23 +89,3 @@ def _flag(fields: Mapping[str, str], name: str) -> bool:
     if raw and raw not in TRUE | FALSE:
         raise BadRequest(f"Invalid '{name}' value {fields[name][:32]!r}: use true or false.")
     return raw in TRUE
-
-
-def success(data: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"success": True, "message": "Inference complete.", "data": data}
-
-
-def images_body(model: str, task: str, args: PredictArgs, images: list[dict[str, Any]]) -> dict[str, Any]:
-    """The newer Ultralytics API's response: one entry per image, and the arguments used."""
-    metadata: dict[str, Any] = {
-        "model": model,
-        "task": task,
-        "imgsz": args.size,
-        "conf": args.confidence,
-        "iou": args.iou,
-        "max_det": args.max_det,
-        "classes": list(args.classes) if args.classes is not None else None,
-        "agnostic": args.agnostic,
-        "normalize": args.normalize,
-    }
-    return {"images": images, "metadata": metadata}

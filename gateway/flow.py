@@ -1,0 +1,131 @@
+"""The asynchronous flow of one prediction request: decode and letterbox every image in worker threads, send
+same-shaped images to Triton as one batch, post-process each. Errors of one image don't fail the others."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+import anyio
+import anyio.to_thread
+import numpy as np
+from numpy.typing import NDArray
+
+from gateway import pipeline
+from gateway.errors import GatewayError, PayloadTooLarge
+from gateway.pipeline import Prepared
+from gateway.schemas import PredictArgs
+from gateway.triton import ModelInfo
+
+if TYPE_CHECKING:
+    from gateway.app import State
+
+T = TypeVar("T")
+
+
+@dataclass
+class Outcome:
+    """One image's result: the summary rows and its shape, or the error that stopped it."""
+
+    rows: list[dict[str, Any]] | None = None
+    shape: tuple[int, int] | None = None
+    image: NDArray[np.uint8] | None = None  # the decoded image, kept only when an annotated image is asked for
+    error: GatewayError | None = None
+    speed: dict[str, float] = field(default_factory=dict)
+
+
+async def run(
+    state: State, info: ModelInfo, datas: list[bytes], args: PredictArgs, timings: dict[str, float]
+) -> list[Outcome]:
+    """Decode and letterbox every image, run same-shaped ones through Triton as one batch, post-process each."""
+    settings = state.settings
+    rect = settings.letterbox == "rect"
+    outcomes = [Outcome() for _ in datas]
+    prepared: list[Prepared | None] = [None] * len(datas)
+    stage_ms: list[dict[str, float]] = [{} for _ in datas]
+
+    async def prepare(i: int) -> None:
+        if len(datas[i]) > settings.max_upload_bytes:
+            limit = settings.max_upload_bytes // 2**20
+            outcomes[i].error = PayloadTooLarge(f"The image is larger than the {limit} MiB upload limit.")
+            return
+        try:
+            prepared[i] = await anyio.to_thread.run_sync(
+                pipeline.prepare, datas[i], info, args.size, rect, settings.max_pixels, stage_ms[i],
+                settings.fast_jpeg, limiter=state.limiter_threads,
+            )  # fmt: skip
+        except GatewayError as exc:
+            outcomes[i].error = exc
+
+    async with anyio.create_task_group() as group:
+        for i in range(len(datas)):
+            group.start_soon(prepare, i)
+    for ms in stage_ms:
+        for stage, value in ms.items():
+            timings[stage] = timings.get(stage, 0.0) + value
+
+    # same input shape → one Triton request (at most max_batch_size images)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, item in enumerate(prepared):
+        if item is not None:
+            groups.setdefault(item.tensor.shape, []).append(i)
+    batch = max(info.max_batch_size, 1)
+    chunks = [ids[j : j + batch] for ids in groups.values() for j in range(0, len(ids), batch)]
+    chunk_ms = [0.0] * len(chunks)
+
+    async def infer(k: int) -> dict[str, NDArray[np.float32]]:
+        start = time.perf_counter()
+        try:
+            return await state.triton.infer_batch(info, [_ready(prepared[i]).tensor for i in chunks[k]])
+        finally:
+            chunk_ms[k] = (time.perf_counter() - start) * 1000
+
+    t1 = time.perf_counter()
+    results = await gather([infer(k) for k in range(len(chunks))])
+    timings["triton"] = (time.perf_counter() - t1) * 1000
+    for ids, result, ms in zip(chunks, results, chunk_ms):
+        per_image = ms / len(ids)  # a batch's inference time, split evenly over its images (as Ultralytics does)
+        if isinstance(result, GatewayError):
+            for i in ids:
+                outcomes[i].error = result
+            continue
+        for k, i in enumerate(ids):
+            item = _ready(prepared[i])
+            start = time.perf_counter()
+            outcomes[i].rows = await anyio.to_thread.run_sync(
+                pipeline.finish, info, {name: out[k] for name, out in result.items()}, item.box, args,
+                limiter=state.limiter_threads,
+            )  # fmt: skip
+            post = (time.perf_counter() - start) * 1000
+            outcomes[i].shape = (int(item.image.shape[0]), int(item.image.shape[1]))
+            outcomes[i].image = item.image if args.format != "json" else None
+            outcomes[i].speed = {
+                "preprocess": stage_ms[i].get("decode", 0.0) + stage_ms[i].get("letterbox", 0.0),
+                "inference": per_image,
+                "postprocess": post,
+            }
+            timings["postprocess"] = timings.get("postprocess", 0.0) + post
+    return outcomes
+
+
+def _ready(item: Prepared | None) -> Prepared:
+    assert item is not None  # only prepared images are grouped into batches
+    return item
+
+
+async def gather(calls: list[Awaitable[T]]) -> list[T | GatewayError]:
+    """Await the calls concurrently; a GatewayError becomes that call's result instead of failing the others."""
+    results: list[T | GatewayError | None] = [None] * len(calls)
+
+    async def one(k: int) -> None:
+        try:
+            results[k] = await calls[k]
+        except GatewayError as exc:
+            results[k] = exc
+
+    async with anyio.create_task_group() as group:
+        for k in range(len(calls)):
+            group.start_soon(one, k)
+    return cast(list[T | GatewayError], results)  # every slot was filled by its task

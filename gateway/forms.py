@@ -1,0 +1,99 @@
+"""The request's inputs: the body (bounded), the form, the API key, the model named in a slug."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
+from starlette.requests import Request
+
+from gateway.errors import BadRequest, PayloadTooLarge
+from gateway.schemas import Style
+
+FORM_OVERHEAD = 64 * 1024  # multipart boundaries and the small text fields around the image
+MAX_FIELDS = 16
+MAX_FIELD_BYTES = 4096
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) as soon as it passes `limit` bytes, declared or streamed."""
+    declared = request.headers.get("content-length", "")
+    too_large = f"The request is larger than the {limit // 2**20} MiB upload limit. Send a smaller image."
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(too_large)
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise PayloadTooLarge(too_large)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def parse_form(request: Request, body: bytes, max_files: int) -> FormData:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield body
+
+    try:
+        if content_type == "multipart/form-data":
+            parser = MultiPartParser(
+                request.headers, stream(), max_files=max_files, max_fields=MAX_FIELDS, max_part_size=MAX_FIELD_BYTES
+            )
+            return await parser.parse()
+        if content_type == "application/x-www-form-urlencoded":
+            form_parser = FormParser(request.headers, stream(), max_fields=MAX_FIELDS, max_part_size=MAX_FIELD_BYTES)
+            return await form_parser.parse()
+    except MultiPartException as exc:
+        message = exc.message
+        if "Too many files" in message:
+            message = f"At most {max_files} image(s) may be sent per request"
+        raise BadRequest(
+            f"Malformed form data: {message}. Send multipart/form-data with 'image' file part(s)."
+        ) from None
+    if body.strip():
+        raise BadRequest("Unsupported request body: send multipart/form-data (an 'image' file part) or form fields.")
+    return FormData()
+
+
+def api_key(request: Request) -> str | None:
+    """The key from `x-api-key`, or from `Authorization: Bearer <key>` (the newer Ultralytics API's header)."""
+    key = request.headers.get("x-api-key")
+    if key:
+        return key
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def model_from_slug(slug: str) -> str:
+    """`alice/project/yolov8n` or `https://hub.ultralytics.com/models/yolov8n` → `yolov8n` (the last segment)."""
+    return slug.strip().rstrip("/").rsplit("/", 1)[-1]
+
+
+def _once(items: list[tuple[str, str]], where: str) -> dict[str, str]:
+    """The arguments as a dict; BadRequest when one is given twice."""
+    out: dict[str, str] = {}
+    for key, value in items:
+        if key in out:
+            raise BadRequest(f"Argument '{key[:32]}' was given more than once in the {where}; send it once.")
+        out[key] = value
+    return out
+
+
+def collect(request: Request, form: FormData, style: Style) -> tuple[list[UploadFile], dict[str, str]]:
+    """The image parts in order, and the arguments (a form field wins over the query parameter of the same name)."""
+    part = "image" if style == "v1" else "file"
+    images: list[UploadFile] = []
+    for key, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            if key not in ("image", "file"):
+                raise BadRequest(f"Unexpected file part '{key[:32]}': send images as '{part}' file parts.")
+            images.append(value)
+    texts = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
+    fields = {**_once(request.query_params.multi_items(), "query string"), **_once(texts, "form")}
+    for name in ("image", "file"):
+        if not images and isinstance(form.get(name), str) and form.get(name):
+            raise BadRequest(f"'{name}' must be a file part (curl: -F \"{name}=@photo.jpg\"), not a text field.")
+    return images, fields

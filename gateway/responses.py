@@ -1,0 +1,71 @@
+"""Every answer the gateway gives to a prediction, in both response formats, shaped in one place.
+
+`v1` is the HUB API (`{"success", "message", "data"}`); `v2` the newer Ultralytics API (`{"images", "metadata"}`).
+The rows themselves are Ultralytics' `Results.summary()`, made by `postprocess.summary`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.responses import Response
+
+from gateway.schemas import PredictArgs, Style
+
+if TYPE_CHECKING:
+    from gateway.flow import Outcome
+    from gateway.triton import ModelInfo
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, headers=headers, media_type="application/json")
+
+
+def server_timing(timings: dict[str, float]) -> str:
+    """The `Server-Timing` header: each stage's milliseconds."""
+    return ", ".join(f"{k};dur={v:.2f}" for k, v in timings.items())
+
+
+def success(data: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"success": True, "message": "Inference complete.", "data": data}
+
+
+def body(info: ModelInfo, args: PredictArgs, outcomes: list[Outcome], style: Style) -> dict[str, Any]:
+    """The JSON body for the outcomes of one request (at least one succeeded)."""
+    if style == "v2":
+        return images_body(info.name, info.task, args, [_image_entry(o) for o in outcomes])
+    if len(outcomes) == 1:
+        return success(outcomes[0].rows or [])
+    entries = [
+        {"success": True, "message": "Inference complete.", "data": o.rows}
+        if o.error is None
+        else {"success": False, "message": o.error.message, "status": o.error.status, "data": []}
+        for o in outcomes
+    ]
+    done = sum(o.error is None for o in outcomes)
+    return {"success": True, "message": f"Inference complete for {done} of {len(outcomes)} images.", "data": entries}
+
+
+def images_body(model: str, task: str, args: PredictArgs, images: list[dict[str, Any]]) -> dict[str, Any]:
+    """The newer Ultralytics API's response: one entry per image, and the arguments used."""
+    metadata: dict[str, Any] = {
+        "model": model,
+        "task": task,
+        "imgsz": args.size,
+        "conf": args.confidence,
+        "iou": args.iou,
+        "max_det": args.max_det,
+        "classes": list(args.classes) if args.classes is not None else None,
+        "agnostic": args.agnostic,
+        "normalize": args.normalize,
+    }
+    return {"images": images, "metadata": metadata}
+
+
+def _image_entry(o: Outcome) -> dict[str, Any]:
+    if o.error is not None:
+        error = {"status": o.error.status, "message": o.error.message}
+        return {"results": [], "shape": None, "speed": None, "error": error}
+    speed = {k: round(v, 3) for k, v in o.speed.items()}
+    return {"results": o.rows, "shape": list(o.shape or ()), "speed": speed}
