@@ -11,7 +11,6 @@ Works the same on either state store (gateway/state.py).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -21,21 +20,11 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.auth import KeyEntry
 from gateway.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
+from gateway.forms import api_key
 from gateway.state import State
 
 MAX_BODY = 4096
 MAX_MODELS = 64
-
-
-def request_key(headers: Mapping[str, str]) -> tuple[str | None, str]:
-    """The key and the header it came in: `x-api-key`, or `Authorization: Bearer <key>` (the newer Ultralytics API)."""
-    key = headers.get("x-api-key")
-    if key:
-        return key, "x-api-key"
-    scheme, _, token = headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip(), "Authorization: Bearer"
-    return None, "x-api-key"
 
 
 def _store(request: Request) -> State:
@@ -45,7 +34,7 @@ def _store(request: Request) -> State:
 
 async def _admin(request: Request) -> State:
     store = _store(request)
-    key, header = request_key(request.headers)
+    key, header = api_key(request)
     entry = await store.authenticate(key, None, header)
     request.scope.setdefault("state", {}).setdefault("context", {})["key_id"] = entry.id
     if not entry.admin:

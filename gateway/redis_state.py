@@ -21,7 +21,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -67,7 +67,7 @@ class StoreDown(Exception):
     """Redis did not answer in time (or refused); callers fall back as the module docstring says."""
 
 
-def _entry_fields(e: KeyEntry) -> dict[str, str]:
+def _entry_fields(e: KeyEntry) -> dict[Any, Any]:
     return {
         "id": e.id, "name": e.name, "hash": e.hash, "created": e.created,
         "models": json.dumps(list(e.models)) if e.models is not None else "",
@@ -75,7 +75,7 @@ def _entry_fields(e: KeyEntry) -> dict[str, str]:
     }
 
 
-def _parse_entry(raw: dict[str, str]) -> KeyEntry | None:
+def _parse_entry(raw: Mapping[Any, Any]) -> KeyEntry | None:
     if not raw.get("hash") or not raw.get("id"):
         return None
     models = json.loads(raw["models"]) if raw.get("models") else None
@@ -253,7 +253,7 @@ class RedisState:
                 await asyncio.sleep(0.5)
             finally:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(pubsub.aclose(), 1.0)
+                    await asyncio.wait_for(pubsub.aclose(), 1.0)  # type: ignore[no-untyped-call]
 
     # -- key management (admin API, CLI) ----------------------------------------------------------------------
 
@@ -277,7 +277,7 @@ class RedisState:
         return _parse_entry(await self._admin_call(lambda: self.redis.hgetall(f"{NS}key:{key_id}")))
 
     async def list_keys(self) -> list[KeyEntry]:
-        ids = sorted(await self._admin_call(lambda: self.redis.smembers(f"{NS}keys")))
+        ids = sorted(str(i) for i in await self._admin_call(lambda: self.redis.smembers(f"{NS}keys")))
         pipe = self.redis.pipeline(transaction=False)
         for key_id in ids:
             pipe.hgetall(f"{NS}key:{key_id}")

@@ -55,9 +55,12 @@ async def _handle(request: Request, model_id: str | None, style: Style) -> Respo
     if model_id is not None:
         context["model"] = model_id[:64]
     # the key is checked before the body is read; its model scope as soon as the model is known
-    entry = state.keys.authenticate(api_key(request), model_id)
+    key, header = api_key(request)
+    entry = await state.store.authenticate(key, model_id, header)
     context["key_id"] = entry.id
-    state.limiter.check(entry.id, entry.rate)
+    quota = await state.store.take(entry)  # one token now; the request's other images once they are counted
+    if quota is not None:
+        context["headers"] = quota.headers()  # X-RateLimit-*, added to the response whatever it is
     if model_id is not None:
         info = await state.triton.model(model_id)
     if state.inflight >= settings.max_inflight:
@@ -70,13 +73,17 @@ async def _handle(request: Request, model_id: str | None, style: Style) -> Respo
         form = await parse_form(request, body, settings.max_images)
         try:
             images, fields = collect(request, form, style)
-            state.limiter.charge(entry.id, entry.rate, len(images) - 1)  # each image costs one token
+            context["images"] = len(images)
+            if len(images) > 1:  # each image costs one token: the extra ones may put the key in debt
+                quota = await state.store.take(entry, len(images) - 1, force=True)
+                if quota is not None:
+                    context["headers"] = quota.headers()
             if model_id is None:
                 model_id = model_from_slug(fields.get("model", ""))
                 if not model_id:
                     raise BadRequest("Missing 'model': send the model id (or its HUB URL) in the 'model' field.")
                 context["model"] = model_id[:64]
-                state.keys.authenticate(api_key(request), model_id)
+                await state.store.authenticate(key, model_id, header)
                 info = await state.triton.model(model_id)
             state.metrics.models.add(info.name)
             context["task"] = info.task

@@ -130,12 +130,12 @@ class UsageBook:
 
     def merge(self, other: UsageBook) -> None:
         """Add `other`'s counts back (a flush that failed)."""
-        for k, row in other.counters.items():
-            mine = self.counters[k]
+        for where, row in other.counters.items():
+            mine = self.counters[where]
             for name, value in row.items():
                 mine[name] = mine.get(name, 0) + value
-        for k, v in other.last_used.items():
-            self.last_used.setdefault(k, v)
+        for key_id, when in other.last_used.items():
+            self.last_used.setdefault(key_id, when)
 
     def rows(self, key_id: str, days: int) -> list[dict[str, Any]]:
         keep = set(_last_days(days))
