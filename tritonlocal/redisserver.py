@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tritonlocal.launcher import _die_with_parent
+
 LOOPBACK = "127.0.0.1"
 
 
@@ -73,7 +75,10 @@ def _spawn(port: int, password: str, folder: Path) -> subprocess.Popen[bytes]:
         "appendonly yes\nappendfsync everysec\nsave 60 1\nlogfile redis.log\ndaemonize no\n"
     )
     config.chmod(0o600)
-    return subprocess.Popen([binary(), str(config)], cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(  # noqa: PLW1509 - preexec only sets the parent-death signal
+        [binary(), str(config)], cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent,
+    )
 
 
 def _wait_ready(server: RedisServer, timeout_s: float = 20.0) -> None:
