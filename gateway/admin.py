@@ -83,7 +83,7 @@ def parse_new_key(raw: bytes) -> tuple[str, list[str] | None, float | None, bool
     if rate is not None and (
         isinstance(rate, bool) or not isinstance(rate, int | float) or not math.isfinite(rate) or not 0 < rate <= 1e6
     ):
-        raise BadRequest("'rate' must be null (unlimited) or a number of images per second above 0, e.g. 10.")
+        raise BadRequest("'rate' must be null (unlimited) or images per second, above 0 and at most 1e6, e.g. 10.")
     admin = body.get("admin", False)
     if not isinstance(admin, bool):
         raise BadRequest("'admin' must be true or false.")

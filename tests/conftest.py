@@ -25,7 +25,7 @@ OBB = ("yolov8n-obb", "yolo11n-obb")  # oriented boxes, rotated NMS
 ALL_MODELS = MODELS + YOLO11 + CLASSIFY + OBB
 sys.path.insert(0, str(ROOT))
 
-from tritonlocal import launcher  # noqa: E402
+from tritonlocal import launcher, redisserver  # noqa: E402
 
 
 def _recipe_hash() -> str:
@@ -138,6 +138,14 @@ def gateway_square(triton: launcher.TritonServer, tmp_path_factory: pytest.TempP
     gw = start_gateway(triton, tmp_path_factory.mktemp("gateway-square"), letterbox="square")
     yield gw
     stop_gateway(gw)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redisserver.RedisServer]:
+    """A real redis-server on loopback with a generated password (Debian's package; `make test` installs it)."""
+    server = redisserver.start(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")
