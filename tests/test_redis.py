@@ -211,10 +211,14 @@ def test_usage_counts_exactly_what_was_sent_through_three_replicas(stack: Stack,
 
 
 @pytest.mark.load
-def test_one_rate_limit_across_three_replicas(stack: Stack, images: dict[str, Path]) -> None:
-    """5 images/s (bucket of 5): 300 requests over about 10 s spread over the three ports."""
+def test_one_rate_limit_across_three_replicas(stack: Stack) -> None:
+    """5 images/s (bucket of 5): 300 requests over about 10 s spread over the three ports.
+
+    The requests carry no image: each still takes its token, then stops at 400 ("send an image") instead of
+    running inference, so on a small shared machine the gateways' CPU does not bunch up the arrivals the limiter
+    sees (tokens that pile up during a stall are capped at the bucket size and lost). Images costing one token each
+    is checked by test_each_image_costs_one_token."""
     _, key = stack.new_key(0, rate=5)
-    tiny = images["tiny"].read_bytes()
     statuses: Counter[int] = Counter()
     problems: list[str] = []
     lock = threading.Lock()
@@ -222,7 +226,7 @@ def test_one_rate_limit_across_three_replicas(stack: Stack, images: dict[str, Pa
 
     def send(i: int) -> None:
         time.sleep(max(0.0, start + i / 30 - time.monotonic()))  # 30 requests per second, open loop
-        r = predict(stack.urls[i % 3], key, tiny)
+        r = requests.post(f"{stack.urls[i % 3]}/v1/predict/yolov8n", headers={"x-api-key": key}, timeout=60)
         missing = [h for h in RATE_HEADERS if h not in r.headers]
         with lock:
             statuses[r.status_code] += 1
@@ -231,67 +235,94 @@ def test_one_rate_limit_across_three_replicas(stack: Stack, images: dict[str, Pa
             if r.status_code == 429 and int(r.headers.get("retry-after", "0")) < 1:
                 problems.append("429 without Retry-After")
 
-    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
         list(pool.map(send, range(300)))
     elapsed = time.monotonic() - start
     ceiling = 5 * elapsed + 5
-    print(f"\n[rate limit] {statuses[200]} accepted in {elapsed:.1f} s (ceiling {ceiling:.0f}), {statuses[429]} refused")
-    assert set(statuses) <= {200, 429}, statuses
+    accepted = statuses[400]
+    print(f"\n[rate limit] {accepted} accepted in {elapsed:.1f} s (ceiling {ceiling:.0f}), {statuses[429]} refused")
+    assert set(statuses) <= {400, 429}, statuses
     assert not problems, problems[:5]
-    assert 0.8 * ceiling <= statuses[200] <= ceiling, (statuses, elapsed)
+    assert 0.8 * ceiling <= accepted <= ceiling, (statuses, elapsed)
+
+
+def test_each_image_costs_one_token(stack: Stack, images: dict[str, Path]) -> None:
+    """A key at 0.1 image/s (one token per 10 s): a request with 3 images is admitted on its one token and puts the
+    key 20 s in debt, which the next request's Retry-After shows (one image would give at most 10 s)."""
+    _, key = stack.new_key(1, rate=0.1)
+    r = predict(stack.urls[1], key, images["tiny"].read_bytes(), count=3)
+    assert r.status_code == 200 and r.headers["x-ratelimit-limit"] == "1" and r.headers["x-ratelimit-remaining"] == "0"
+    r = predict(stack.urls[2], key, images["tiny"].read_bytes())
+    assert r.status_code == 429 and r.headers["x-ratelimit-remaining"] == "0"
+    assert int(r.headers["retry-after"]) > 10, r.headers
 
 
 @pytest.mark.load
 def test_redis_killed_under_load_answers_only_documented_statuses_and_recovers(
     stack: Stack, images: dict[str, Path]
 ) -> None:
-    """SIGKILL Redis while keys are in use: seen keys keep working (200), unseen ones get 503; never another 5xx,
-    never a hang; within 5 s of Redis returning every replica serves every key again."""
-    _, warm = stack.new_key(0, rate=1000)
-    _, cold = stack.new_key(1)  # stored, never used on any replica
+    """SIGKILL Redis while a key is in use: that key keeps working (200) from each replica's cache, keys no replica
+    has seen get 503; never another 5xx, never a hang; within 5 s of Redis returning every replica checks keys in
+    Redis again, without a restart."""
+    warm_id, warm = stack.new_key(0, rate=1000)
+    cold = [stack.new_key(1)[1] for _ in range(12)]  # stored, never used on any replica
     tiny = images["tiny"].read_bytes()
     assert all(predict(url, warm, tiny).status_code == 200 for url in stack.urls)
     time.sleep(1.5)  # Redis writes its append-only file every second
-    seen: dict[str, Counter[int]] = {"warm": Counter(), "cold": Counter()}
+    warm_seen: Counter[int] = Counter()
     stop = threading.Event()
     slow: list[float] = []
 
     def load(i: int) -> None:
         while not stop.is_set():
-            name, key = ("warm", warm) if i % 2 == 0 else ("cold", cold)
             t0 = time.monotonic()
             try:
-                status = predict(stack.urls[i % 3], key, tiny).status_code
-            except requests.RequestException as exc:
+                status = predict(stack.urls[i % 3], warm, tiny).status_code
+            except requests.RequestException:
                 status = -1
-                print(exc)
-            if time.monotonic() - t0 > 5:
+            if time.monotonic() - t0 > 10:
                 slow.append(time.monotonic() - t0)
-            seen[name][status] += 1
+            warm_seen[status] += 1
             time.sleep(0.05)
 
-    threads = [threading.Thread(target=load, args=(i,)) for i in range(6)]
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(3)]
     for t in threads:
         t.start()
     time.sleep(1.0)
     stack.redis.kill()
     try:
-        time.sleep(4.0)
-        during = {name: Counter(c) for name, c in seen.items()}
+        time.sleep(1.0)
+        cold_seen = Counter(probe(stack.urls[i % 3], key) for i, key in enumerate(cold[:9]))
+        time.sleep(1.0)
     finally:
         stack.redis.restart()
     back = time.monotonic()
     recovered: dict[str, float] = {}
-    while len(recovered) < 3 and time.monotonic() - back < 10:
-        for url in stack.urls:
-            if url not in recovered and predict(url, cold, tiny).status_code == 200:
+    while len(recovered) < 3 and time.monotonic() - back < 15:
+        for i, url in enumerate(stack.urls):
+            if url not in recovered and probe(url, cold[9 + i]) == 400:  # a key only Redis knows: checked there again
                 recovered[url] = time.monotonic() - back
         time.sleep(0.05)
+    time.sleep(1.0)
     stop.set()
     for t in threads:
-        t.join(30)
-    print(f"\n[redis killed] during and after: {seen}; recovered in {max(recovered.values(), default=-1):.2f} s")
-    assert set(seen["warm"]) == {200}, seen  # seen in the last minute: served from each replica's cache
-    assert set(seen["cold"]) <= {200, 503} and during["cold"][503] > 0, seen
+        t.join(60)
+    worst = max(recovered.values(), default=-1)
+    print(f"\n[redis killed] warm key: {dict(warm_seen)}, unseen keys while down: {dict(cold_seen)}; "
+          f"every replica back in {worst:.2f} s")
+    assert set(warm_seen) == {200}, warm_seen  # seen in the last minute: served from each replica's cache
+    assert set(cold_seen) == {503}, cold_seen  # can't be checked: 503 with Retry-After, not 401, not 500
     assert not slow, slow
-    assert len(recovered) == 3 and max(recovered.values()) < 5.0, recovered
+    assert len(recovered) == 3 and worst < 5.0, recovered
+    assert all(predict(url, warm, tiny).status_code == 200 for url in stack.urls)
+    # usage counted while Redis was down was kept by each replica and written when it came back: nothing lost
+    sent = sum(warm_seen.values()) + 6
+
+    def counted() -> int:
+        rows = stack.admin("GET", f"/v1/keys/{warm_id}/usage", 0).json()["data"]["usage"]
+        return sum(r["requests"] for r in rows)
+
+    deadline = time.monotonic() + 10
+    while counted() < sent and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert counted() == sent
