@@ -143,22 +143,23 @@ class KeyStore:
 
     path: Path
     recheck_s: float = 1.0
-    miss_recheck_s: float = 0.05  # a miss (a key created a moment ago) re-checks the file at most this often
     _entries: dict[str, KeyEntry] = field(default_factory=dict, init=False)
     _stamp: tuple[int, int] | None = field(default=None, init=False)
     _checked: float = field(default=0.0, init=False)
-    _miss_checked: float = field(default=0.0, init=False)
 
     def entry(self, key_id: str) -> KeyEntry | None:
-        """The entry with this id; on a miss the file is re-checked at once (bounded), so a new key works at once."""
+        """The entry with this id. A miss (maybe a key created a moment ago) stats the file at once, and re-reads it
+        only if it changed: unknown keys cost one stat() each, never a parse, and a new key works on its first use."""
         self._refresh()
         found = self._entries.get(key_id)
-        now = time.monotonic()
-        if found is None and key_id and now - self._miss_checked >= self.miss_recheck_s:
-            self._miss_checked = now
+        if found is None and key_id:
             self._refresh(force=True)
             found = self._entries.get(key_id)
         return found
+
+    def reload(self) -> None:
+        """Re-check the file now (after this process changed it)."""
+        self._refresh(force=True)
 
     def _refresh(self, force: bool = False) -> None:
         now = time.monotonic()

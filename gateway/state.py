@@ -194,6 +194,7 @@ class EmbeddedState:
         if not found:
             return None
         write_entries(self.keys_file, [found[0] if e.id == key_id else e for e in entries])
+        self._keys.reload()  # this process refuses it at once; others re-read the file within a second
         return found[0]
 
     async def usage(self, key_id: str, days: int = 7) -> list[dict[str, Any]]:
