@@ -96,7 +96,7 @@ async def create(request: Request) -> Response:
     async for chunk in request.stream():
         raw += chunk
         if len(raw) > MAX_BODY:
-            raise PayloadTooLarge(f"The body is larger than {MAX_BODY} bytes; a key needs only a name and a few fields.")
+            raise PayloadTooLarge(f"The body is over {MAX_BODY} bytes; a key needs only a name and a few fields.")
     name, models, rate, admin = parse_new_key(raw)
     entry, key = await store.create_key(name, models, rate, admin)
     return _ok({**_public(entry), "key": key}, "Key created. Keep it safe: it is shown only this once.", 201)

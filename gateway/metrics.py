@@ -29,7 +29,7 @@ class Metrics:
         self.requests = Counter("yolo_requests", "Prediction requests.", ["model", "task", "status"], registry=r)
         self.latency = Histogram("yolo_request_duration_seconds", "Whole prediction request.", ["model", "task"], buckets=LATENCY_BUCKETS, registry=r)
         self.stage = Histogram("yolo_stage_duration_seconds", "Time per pipeline stage.", ["stage"], buckets=STAGE_BUCKETS, registry=r)
-        self.images = Counter("yolo_images", "Images predicted in requests answered 200 (per-key usage: admin API).", ["model"], registry=r)
+        self.images = Counter("yolo_images", "Images in requests answered 200.", ["model"], registry=r)
         self.inflight = Gauge("yolo_requests_in_flight", "Prediction requests being processed.", registry=r)
         self.rejections = Counter("yolo_rejections", "Requests refused, by reason.", ["reason"], registry=r)
         self.received = Histogram("yolo_request_body_bytes", "Bytes received per prediction request.", buckets=BYTES_BUCKETS, registry=r)

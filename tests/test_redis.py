@@ -91,7 +91,8 @@ def test_admin_routes_need_a_key_with_the_admin_scope(stack: Stack) -> None:
     r = requests.get(f"{stack.urls[1]}/v1/keys", timeout=10)
     assert r.status_code == 401 and r.json()["success"] is False and "key" in r.json()["message"]
     _, plain = stack.new_key(0)
-    for method, path in (("GET", "/v1/keys"), ("POST", "/v1/keys"), ("DELETE", "/v1/keys/abc"), ("GET", "/v1/keys/abc/usage")):
+    routes = (("GET", "/v1/keys"), ("POST", "/v1/keys"), ("DELETE", "/v1/keys/abc"), ("GET", "/v1/keys/abc/usage"))
+    for method, path in routes:
         r = stack.admin(method, path, 1, key=plain, json={"name": "x"})
         assert r.status_code == 403 and "admin" in r.json()["message"], (method, path, r.text)
     r = stack.admin("POST", "/v1/keys", 2, json={"name": "x", "rate": -1})
