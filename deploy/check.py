@@ -189,6 +189,7 @@ def invariants(docs: list[Doc]) -> list[str]:
     problems += _triton_invariants(docs)
     problems += _gateway_invariants(docs)
     problems += _policy_invariants(docs)
+    problems += _redis_invariants(docs)
     return problems
 
 
@@ -455,6 +456,43 @@ def _policy_invariants(docs: list[Doc]) -> list[str]:
     for deployment, comp in ((gateway, "gateway"), (triton, "triton")):
         if not any(matches(p["spec"].get("selector", {}).get("matchLabels", {}), pod_labels(deployment)) for p in pdbs):
             problems.append(f"pdb: a PodDisruptionBudget must cover the {comp} pods")
+    return problems
+
+
+def _redis_invariants(docs: list[Doc]) -> list[str]:
+    """Redis mode: the gateways get the URL and a password from a Secret (never a literal), may reach Redis, and a
+    Redis deployed here has a password, a PVC and admits only the gateways and the key bootstrap job."""
+    gateway = container(one(docs, "Deployment", "gateway"), "gateway")
+    env = {e["name"]: e for e in (gateway or {}).get("env", [])}
+    if "GATEWAY_REDIS_URL" not in env:
+        return []
+    problems = []
+    if "secretKeyRef" not in env.get("GATEWAY_REDIS_PASSWORD", {}).get("valueFrom", {}):
+        problems.append("gateway: GATEWAY_REDIS_PASSWORD must come from a Secret (secretKeyRef)")
+    egress = [rule for pol in of_kind(docs, "NetworkPolicy") if component(pol) == "gateway"
+              for rule in pol["spec"].get("egress", [])]
+    port = int(str(env["GATEWAY_REDIS_URL"].get("value", "")).rsplit(":", 1)[-1].split("/")[0] or 6379)
+    if not any(p.get("port") == port for rule in egress for p in rule.get("ports", [])):
+        problems.append(f"gateway: no NetworkPolicy egress rule reaches Redis on port {port}")
+    redis = one(docs, "StatefulSet", "redis")
+    if redis is None:
+        return problems
+    spec = redis["spec"]
+    if not spec.get("volumeClaimTemplates"):
+        problems.append("redis: needs a PersistentVolumeClaim (volumeClaimTemplates)")
+    c = spec["template"]["spec"]["containers"][0]
+    if "--requirepass" not in " ".join(c.get("args", [])) or not any(
+        "secretKeyRef" in e.get("valueFrom", {}) for e in c.get("env", [])
+    ):
+        problems.append("redis: must require a password taken from a Secret")
+    policy = one(docs, "NetworkPolicy", "redis")
+    allowed = {"gateway", "redis-bootstrap"}
+    peers = [peer for rule in (policy or {}).get("spec", {}).get("ingress", []) for peer in rule.get("from", [])]
+    if policy is None or not peers or any(
+        peer.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") not in allowed
+        for peer in peers
+    ):
+        problems.append("redis: a NetworkPolicy must admit only the gateway pods (and the key bootstrap job)")
     return problems
 
 
