@@ -327,3 +327,17 @@ def test_redis_killed_under_load_answers_only_documented_statuses_and_recovers(
     while counted() < sent and time.monotonic() < deadline:
         time.sleep(0.2)
     assert counted() == sent
+
+
+def test_make_key_state_redis_creates_an_admin_key_with_a_rate(stack: Stack) -> None:
+    env = {"GATEWAY_REDIS_URL": stack.redis.url_with_password, "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(
+        ["make", "-s", "key", "STATE=redis", "ADMIN=1", "RATE=5/s", "VENV=" + str(Path(sys.executable).parent.parent)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    key = out.stdout.strip().splitlines()[-1]
+    assert key.startswith("yk_") and stack.redis.password not in out.stdout + out.stderr
+    listed = {k["id"]: k for k in stack.admin("GET", "/v1/keys", 1, key=key).json()["data"]}  # works as admin at once
+    entry = listed[key.split("_")[1]]
+    assert entry["admin"] is True and entry["rate"] == 5.0
