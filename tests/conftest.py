@@ -70,6 +70,7 @@ class Gateway:
     keys_file: Path
     process: subprocess.Popen[bytes]
     log_path: Path
+    admin_key: str = ""  # Redis mode: an admin key in Redis (file mode: tests create one in keys_file)
 
     def predict(self, model: str, **kwargs: object) -> requests.Response:
         headers = kwargs.pop("headers", {"x-api-key": self.key})
@@ -146,6 +147,30 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redisserv
     server = redisserver.start(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway_redis(
+    triton: launcher.TritonServer, redis_server: redisserver.RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    """A gateway in Redis mode; its `key` and `admin_key` live in Redis."""
+    import asyncio
+    import dataclasses
+
+    from gateway.redis_state import RedisState
+
+    async def make_keys() -> tuple[str, str]:
+        store = RedisState(redis_server.url, redis_server.password, timeout_s=2.0)
+        try:
+            return (await store.create_key("tests"))[1], (await store.create_key("tests-admin", admin=True))[1]
+        finally:
+            await store.close()
+
+    key, admin = asyncio.run(make_keys())
+    gw = start_gateway(triton, tmp_path_factory.mktemp("gateway-redis"), redis_url=redis_server.url,
+                       redis_password=redis_server.password)
+    yield dataclasses.replace(gw, key=key, admin_key=admin)
+    stop_gateway(gw)
 
 
 @pytest.fixture(scope="session")
