@@ -34,7 +34,7 @@ from gateway.auth import KeyEntry, key_id_of, make_entry, missing_key, verify
 from gateway.errors import ServiceUnavailable, TooManyRequests
 from gateway.ratelimit import Quota, RateLimiter, quota, shape
 from gateway.settings import Settings
-from gateway.state import UsageBook, _last_days, usage_rows
+from gateway.state import UsageBook, last_days, usage_rows
 
 log = logging.getLogger("gateway")
 T = TypeVar("T")
@@ -299,7 +299,7 @@ class RedisState:
     async def usage(self, key_id: str, days: int = 7) -> list[dict[str, Any]]:
         with contextlib.suppress(StoreDown):
             await self.flush()
-        names = _last_days(days)
+        names = last_days(days)
         pipe = self.redis.pipeline(transaction=False)
         for day in names:
             pipe.hgetall(f"{NS}usage:{key_id}:{day}")

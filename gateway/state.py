@@ -138,11 +138,11 @@ class UsageBook:
             self.last_used.setdefault(key_id, when)
 
     def rows(self, key_id: str, days: int) -> list[dict[str, Any]]:
-        keep = set(_last_days(days))
+        keep = set(last_days(days))
         return usage_rows({(d, m): c for (k, d, m), c in self.counters.items() if k == key_id and d in keep})
 
 
-def _last_days(days: int) -> list[str]:
+def last_days(days: int) -> list[str]:
     now = time.time()
     return [time.strftime("%Y-%m-%d", time.gmtime(now - 86400 * i)) for i in range(max(1, days))]
 
