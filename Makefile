@@ -12,14 +12,14 @@ REDIS_IF_NEEDED := $(if $(filter redis,$(STATE)),$(REDIS_TOOLS))
 STATE_ARGS := $(if $(filter redis,$(STATE)),--state redis)
 export OPENCV_IO_MAX_IMAGE_PIXELS ?= 1073741824
 
-.PHONY: install export fixtures serve test key demo bench bench-quick bench-tools deploy-check clean
+.PHONY: install export fixtures serve test check key demo bench bench-quick bench-tools deploy-check clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 || (echo "installing python3-venv"; apt-get update -qq && apt-get install -y -qq python3-venv)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "[install] installing into $(VENV) (first run: a few minutes) ..."
 	@$(PY) -m pip install -q --upgrade pip
-	@$(PY) -m pip install -q -e '.[export,triton,test]'
+	@$(PY) -m pip install -q -e '.[export,triton,test,lint]'
 	@touch $@
 
 install: $(STAMP)
@@ -48,6 +48,13 @@ serve: install $(REDIS_IF_NEEDED)
 
 test: install $(TEST_TOOLS)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The quality gate CI runs before the tests: formatting, lint, strict types.
+CHECKED := gateway export tritonlocal bench yolo_triton_client tests deploy
+check: install
+	$(VENV)/bin/ruff format --check $(CHECKED)
+	$(VENV)/bin/ruff check $(CHECKED)
+	$(VENV)/bin/mypy gateway export tritonlocal bench yolo_triton_client
 
 key: install
 	@$(PY) -m gateway.keys $(STATE_ARGS) create --name "$${NAME:-key-$$(date +%Y%m%d-%H%M%S)}" \

@@ -35,12 +35,13 @@ from numpy.typing import NDArray
 from bench import cpu, load, perf_analyzer, report, stack
 
 ROOT = Path(__file__).resolve().parent.parent
-MODES = ("gateway", "triton", "onnxruntime", "ultralytics-server")
+MODES = ("gateway", "triton", "onnxruntime", "ultralytics-server", "ultralytics-triton")
 DESCRIPTIONS = {
     "gateway": "HTTP upload of a 1080p JPEG, size {size}",
     "triton": "prepared uint8 tensor over gRPC, async client",
     "onnxruntime": "in-process, source.onnx, prepared float32 tensor",
     "ultralytics-server": "Starlette + YOLO(weights).predict per request",
+    "ultralytics-triton": "Starlette + YOLO('grpc://<triton>/<model>-plain').predict per request (Ultralytics' Triton guide)",
 }
 OPT_IN_MODES = ("perf-analyzer",)  # needs a tool installed from PyPI and Debian on first use
 
@@ -90,8 +91,62 @@ def repository(args: argparse.Namespace, models: list[str]) -> Path:
     return repo
 
 
+def peer_repository(repo: Path, models: list[str]) -> Path:
+    """`repo`'s models plus `<model>-plain` for each model, exported the way Ultralytics' Triton guide does it (plain
+    float32 NCHW input, raw output, the checkpoint's metadata in the config's `metadata` parameter, which
+    `YOLO("grpc://...")` reads for names, stride and task). Served by the same Triton as the gateway's models:
+    the plain exports are built once (cached), and the combined repository links to both."""
+    import ast
+    import hashlib
+
+    import onnx
+
+    from export.exporter import export_model
+    from export.triton_config import serving_defaults
+
+    recipe = hashlib.sha256(b"".join(p.read_bytes() for p in sorted((ROOT / "export").rglob("*.py"))))
+    for model in models:
+        recipe.update(weights_for(model, repo).read_bytes()[:1 << 20])
+    plain = ROOT / ".triton" / f"bench-plain-{recipe.hexdigest()[:12]}"
+    for model in models:
+        target = plain / f"{model}-plain"
+        if (target / "config.pbtxt").exists():
+            continue
+        weights = weights_for(model, repo)
+        if weights.suffix != ".pt":
+            raise SystemExit(f"[bench] ultralytics-triton needs {model}'s .pt weights (weights/{model}.pt) to export it plainly")
+        log(f"exporting {model}-plain for the ultralytics-triton mode (float32 input, raw output)")
+        export_model(str(weights), plain, serving_defaults("python"), f"{model}-plain", fuse=False, compact=False)
+        meta = {p.key: p.value for p in onnx.load(str(target / "source.onnx"), load_external_data=False).metadata_props}
+        meta = {k: v for k, v in meta.items() if k in ("stride", "task", "batch", "imgsz", "names", "kpt_shape", "channels")}
+        text = repr(meta)
+        assert ast.literal_eval(text) == meta
+        escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+        with (target / "config.pbtxt").open("a") as config:  # as the guide appends it to its config.pbtxt
+            config.write(f'parameters {{\n  key: "metadata"\n  value {{ string_value: "{escaped}" }}\n}}\n')
+    combined = ROOT / ".triton" / f"bench-combined-{hashlib.sha256(str(repo.resolve()).encode() + plain.name.encode()).hexdigest()[:12]}"
+    combined.mkdir(parents=True, exist_ok=True)
+    for folder in [*(d for d in repo.iterdir() if (d / "config.pbtxt").exists()), *(plain / f"{m}-plain" for m in models)]:
+        link = combined / folder.name
+        if not link.exists():
+            link.symlink_to(folder.resolve(), target_is_directory=True)
+    return combined
+
+
+def task_of(model: str, repo: Path) -> str:
+    import onnx
+
+    meta = onnx.load(str(repo / model / "source.onnx"), load_external_data=False).metadata_props
+    return next((p.value for p in meta if p.key == "task"), "detect")
+
+
 def weights_for(model: str, repo: Path) -> Path:
-    for candidate in (ROOT / "weights" / f"{model}.pt", ROOT / "weights" / "fixtures" / f"{model}.pt"):
+    candidates = (
+        ROOT / "weights" / f"{model}.pt",
+        ROOT / "weights" / "fixtures" / f"{model}.pt",
+        repo.parent / "weights" / f"{model}.pt",  # the tests' fixture cache keeps its checkpoints beside the repository
+    )
+    for candidate in candidates:
         if candidate.exists():
             return candidate
     return repo / model / "source.onnx"
@@ -191,7 +246,7 @@ async def bench_model(model: str, repo: Path, photo: Path, workdir: Path, args: 
     from gateway import preprocess
 
     jpeg = photo.read_bytes()
-    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    image = np.asarray(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR), np.uint8)
     boxed, _ = preprocess.letterbox(image, args.size, 32, rect=args.letterbox == "rect")
     levels = [int(c) for c in args.concurrency.split(",")]
     out: dict[str, Any] = {"model": model, "modes": {}, "bytes_sent": {}}
@@ -205,8 +260,10 @@ async def bench_model(model: str, repo: Path, photo: Path, workdir: Path, args: 
         gateway_roles: cpu.Roles = {}
         triton_roles: cpu.Roles = {}
         bare = "triton" in args.modes or "perf-analyzer" in args.modes
-        if ("gateway" in args.modes and not gateway_url) or (bare and not triton_url):
-            triton, gw, local_key = running.enter_context(stack.triton_and_gateway(repo, workdir, args.letterbox))
+        peer = "ultralytics-triton" in args.modes
+        if ("gateway" in args.modes and not gateway_url) or ((bare or peer) and not triton_url):
+            served = peer_repository(repo, [model]) if peer else repo
+            triton, gw, local_key = running.enter_context(stack.triton_and_gateway(served, workdir, args.letterbox))
             if not gateway_url:
                 gateway_url, key = gw.url, local_key
                 gateway_roles["gateway"] = (gw.process.pid, True)
@@ -263,6 +320,19 @@ async def bench_model(model: str, repo: Path, photo: Path, workdir: Path, args: 
             out["bytes_sent"]["ultralytics-server"] = len(jpeg)
             out["ultralytics_weights"] = weights.name
 
+        if peer:
+            env = {"BENCH_TRITON_MODEL": f"grpc://{triton_url}/{model}-plain", "BENCH_TASK": task_of(model, repo)}
+            peer_srv = running.enter_context(stack.uvicorn("bench.ultralytics_triton_server:app", workdir, env, "/docs-missing"))
+
+            async def via_ultralytics_triton() -> tuple[int, dict[str, float]]:
+                r = await client.post(f"{peer_srv.url}/v1/predict/{model}", files=files, data={"size": str(args.size)})
+                return r.status_code, {}
+
+            peer_levels = [c for c in levels if c <= args.ultralytics_max_concurrency] or levels[:1]
+            peer_roles: cpu.Roles = {"ultralytics-triton": (peer_srv.process.pid, True), **triton_roles, **harness}
+            modes["ultralytics-triton"] = Mode("ultralytics-triton", via_ultralytics_triton, peer_levels, peer_roles)
+            out["bytes_sent"]["ultralytics-triton"] = len(jpeg)
+
         for name in modes:
             log(f"{model}: {name} — {DESCRIPTIONS[name].format(size=args.size)}")
         out["modes"] = await measure([modes[m] for m in args.modes if m in modes], args)
@@ -273,6 +343,8 @@ async def bench_model(model: str, repo: Path, photo: Path, workdir: Path, args: 
                 run = await load.open_loop(modes["gateway"].call, args.rate, args.requests, args.seconds)
                 out["open_loop"] = {"rate": args.rate, **run.summary()}
             out["parity"] = await parity(model, repo, photo, client, gateway_url, key, args)
+        if peer:  # the peer letterboxes to a square (no `rect` for Triton models in Ultralytics' predictor)
+            out["parity_ultralytics_triton"] = await parity(model, repo, photo, client, peer_srv.url, "", args, rect=False)
 
         if pa is not None:
             log(f"{model}: perf-analyzer (Triton's perf_analyzer, the same uint8 tensor over gRPC, {perf_analyzer.window_ms(args.seconds)} ms windows)")
@@ -285,7 +357,9 @@ async def bench_model(model: str, repo: Path, photo: Path, workdir: Path, args: 
     return out
 
 
-async def parity(model: str, repo: Path, photo: Path, client: Any, url: str, key: str, args: argparse.Namespace) -> dict[str, Any]:
+async def parity(
+    model: str, repo: Path, photo: Path, client: Any, url: str, key: str, args: argparse.Namespace, rect: bool | None = None
+) -> dict[str, Any]:
     """Fraction of gateway answers equal to Ultralytics' within the parity tolerances, on a small image set."""
     import cv2
     from ultralytics import YOLO
@@ -297,7 +371,7 @@ async def parity(model: str, repo: Path, photo: Path, client: Any, url: str, key
     cases, matched, failures = 0, 0, []
     for path in (photo, ASSETS / "bus.jpg", ASSETS / "zidane.jpg"):
         r = await client.post(f"{url}/v1/predict/{model}", headers={"x-api-key": key}, files={"image": path.read_bytes()}, data={"size": str(args.size)})
-        want = reference.predict(str(path), imgsz=args.size, conf=0.25, iou=0.45, rect=args.letterbox == "rect", verbose=False)[0].summary()
+        want = reference.predict(str(path), imgsz=args.size, conf=0.25, iou=0.45, rect=args.letterbox == "rect" if rect is None else rect, verbose=False)[0].summary()
         h, w = cv2.imread(str(path)).shape[:2]
         cases += 1
         try:
@@ -312,7 +386,7 @@ async def parity(model: str, repo: Path, photo: Path, client: Any, url: str, key
 def environment(args: argparse.Namespace) -> dict[str, Any]:
     import importlib.metadata as md
 
-    cpu_name = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), platform.processor())
+    cpu_name = next((row.split(":", 1)[1].strip() for row in Path("/proc/cpuinfo").read_text().splitlines() if row.startswith("model name")), platform.processor())
     versions = {}
     for pkg in ("onnxruntime", "tritonclient", "nvidia-pytriton", "starlette", "uvicorn", "numpy", "opencv-python-headless", "simplejpeg", "ultralytics-opencv-headless", "torch"):
         try:

@@ -6,6 +6,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from numpy.typing import NDArray
 
 CONF_TOL = 1e-3
 PIXEL_TOL = 1.0
@@ -25,12 +26,12 @@ def polygon_iou(a: dict[str, list[float]], b: dict[str, list[float]], scale: tup
     f = max(1.0, 1024 / max(span.max(), 1.0))  # fine raster for small polygons
     shape = (int(span[1] * f) + 2, int(span[0] * f) + 2)
 
-    def raster(p: np.ndarray) -> np.ndarray:
+    def raster(p: NDArray[np.float64]) -> NDArray[np.uint8]:
         m = np.zeros(shape, np.uint8)
         if len(p):
             pts = np.round((p - lo) * f * 16).astype(np.int32)
-            cv2.fillPoly(m, [pts], 1, lineType=cv2.LINE_8, shift=4)
-            cv2.polylines(m, [pts], True, 1, thickness=1, lineType=cv2.LINE_8, shift=4)
+            cv2.fillPoly(m, [pts], (1,), lineType=cv2.LINE_8, shift=4)
+            cv2.polylines(m, [pts], True, (1,), thickness=1, lineType=cv2.LINE_8, shift=4)
         return m
 
     ma, mb = raster(pa), raster(pb)

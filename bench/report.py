@@ -59,8 +59,16 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
             r["triton_client_over_perf_analyzer_throughput"] = {
                 str(t["concurrency"]): round(t["throughput"] / p["throughput"], 2) for t in tr if (p := _at(pa, t["concurrency"])) and p["throughput"]
             }
+        peer = modes.get("ultralytics-triton")
+        if gw and peer:  # Ultralytics' own Triton client against the same Triton: the peer users actually pick
+            c = 8 if _at(gw, 8) and _at(peer, 8) else max({x["concurrency"] for x in gw} & {x["concurrency"] for x in peer})
+            g, u = _at(gw, c), _at(peer, c)
+            assert g and u
+            r[f"gateway_vs_ultralytics_triton_throughput_c{c}"] = {"value": round(g["throughput"] / u["throughput"], 3), "goal": ">= 2.0"}
         if "parity" in m:
             r["parity_fraction"] = {"value": m["parity"]["fraction"], "goal": "1.0"}
+        if "parity_ultralytics_triton" in m:
+            r["ultralytics_triton_parity_fraction"] = {"value": m["parity_ultralytics_triton"]["fraction"], "goal": "1.0"}
         out[m["model"]] = r
     return out
 

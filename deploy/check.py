@@ -2,11 +2,13 @@
 
     python deploy/check.py            # exit 0: every values file renders, validates and keeps the invariants
 
-For each values file: `helm lint --strict` (Helm v4 SDK, no binary, no cluster), render, validate every object
+For each values file: `helm lint --strict` (Helm v4 SDK, no binary, no cluster), render (on a cluster with the APIs
+that CLUSTER_APIS names for that file, e.g. the Prometheus Operator's ServiceMonitor), validate every object
 against the Kubernetes 1.29 and 1.33 OpenAPI schemas in strict mode (a missing schema is an error, except for the
 allow-listed CRDs), then check the invariants a later edit must not drop (probes, security contexts, resources,
 GPUs, the headless Triton Service, NetworkPolicies, autoscalers, PDBs, the keys Secret mount, image tags, Triton's
-flags). Prints one summary line per values file and every problem found.
+flags, rollout timing, gRPC keepalive, ingress routes, memory budgets). Prints one summary line per values file and
+every problem found.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import json
+
 import helm_python as helm
 import kubernetes_validate
 import yaml
+from helm_python import _native
 
 DEPLOY = Path(__file__).resolve().parent
 CHART = DEPLOY / "helm" / "yolo-triton"
@@ -31,6 +36,22 @@ KUBE_VERSIONS = ("1.29", "1.33")
 CRD_ALLOWLIST = {("monitoring.coreos.com/v1", "ServiceMonitor")}
 MIN_TRITON_RELEASE = (25, 7)  # the 2025 Triton security fixes
 TRITON_STARTUP_BUDGET_S = 300  # model loading (and engine deserialisation) before liveness applies
+IMAGE_PULL_S = 600  # the ~10 GB Triton image on a new node: a rollout's deadline must leave room for it
+SERVICE_MONITOR = "monitoring.coreos.com/v1/ServiceMonitor"
+# The cluster each ci values file stands for: API versions beyond the built-in ones (what `helm install` would see).
+CLUSTER_APIS: dict[str, tuple[str, ...]] = {"gpu-tensorrt-ingress-values.yaml": (SERVICE_MONITOR,)}
+# gateway/triton.py CHANNEL_ARGS (tests/test_deploy.py checks they agree): the client pings every 60 s, also idle.
+GATEWAY_KEEPALIVE_TIME_MS = 60_000
+GATEWAY_KEEPALIVE_WITHOUT_CALLS = True
+ASSUMED_SCRAPE_INTERVAL_S = 60  # Prometheus' default, where no ServiceMonitor sets one
+DECODE_RESERVE = 512 * 2**20  # the gateway's memory beside its decode budget (GATEWAY_DECODE_BUDGET_BYTES)
+# Paths the gateway serves to clients (one sample per route of gateway/app.py; tests/test_deploy.py derives the
+# routes from the app and checks this list covers them) and the ones that stay inside the cluster.
+PUBLIC_PATHS = (
+    "/v1/predict/yolov8n", "/api/models/acme/shop/yolov8n/predict", "/", "/v1/models", "/v1/models/yolov8n",
+    "/openapi.json", "/static/app.js",
+)  # fmt: skip
+INTERNAL_PATHS = ("/metrics", "/healthz", "/readyz")
 FORM_OVERHEAD = 64 * 1024  # gateway/app.py: multipart boundaries and small fields around the image
 HTTP_RESTRICTED = {"metadata", "inference", "shared-memory", "model-config", "model-repository", "statistics", "trace", "logging"}  # fmt: skip
 GRPC_RESTRICTED = {"shared-memory", "statistics", "trace", "logging"}
@@ -67,10 +88,32 @@ def lint(values: dict[str, Any]) -> list[str]:
     return problems
 
 
-def render(values: dict[str, Any], release: str = RELEASE, namespace: str = NAMESPACE) -> list[Doc]:
+def render_files(
+    values: dict[str, Any],
+    release: str = RELEASE,
+    namespace: str = NAMESPACE,
+    api_versions: Iterable[str] = (),
+    chart_dir: Path = CHART,
+) -> dict[str, str]:
+    """Template path -> rendered text (helm template), NOTES.txt included; `api_versions` as `--api-versions`."""
+    with helm.Chart.load(chart_dir) as chart:
+        if not api_versions:
+            return chart.render(values=values, name=release, namespace=namespace, is_install=True)
+        # helm-python's Chart.render has no api_versions argument; its native call takes the option.
+        opts = {"name": release, "namespace": namespace, "is_install": True, "api_versions": list(api_versions)}
+        raw = _native.call_string("helm_render", chart._raw(), json.dumps(values), json.dumps(opts))
+        return dict(json.loads(raw))
+
+
+def render(
+    values: dict[str, Any],
+    release: str = RELEASE,
+    namespace: str = NAMESPACE,
+    api_versions: Iterable[str] = (),
+    chart_dir: Path = CHART,
+) -> list[Doc]:
     """Every object the chart renders (helm template), hooks included. Raises helm_python errors on bad values."""
-    with helm.Chart.load(CHART) as chart:
-        manifests = chart.render(values=values, name=release, namespace=namespace, is_install=True)
+    manifests = render_files(values, release, namespace, api_versions, chart_dir)
     docs: list[Doc] = []
     for path, text in sorted(manifests.items()):
         if not path.endswith((".yaml", ".yml")):
@@ -179,6 +222,50 @@ def size_bytes(value: str) -> int:
     return int(m.group(1)) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[m.group(2)]
 
 
+QUANTITY_UNITS = {
+    "": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+}  # fmt: skip
+
+
+def quantity_bytes(value: object) -> int:
+    """A Kubernetes memory quantity ('16Gi', '512Mi', 1073741824) in bytes."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([kMGT]i?|)", str(value).strip())
+    if not m or m.group(2) not in QUANTITY_UNITS:
+        raise ValueError(f"not a memory quantity: {value!r}")
+    return int(float(m.group(1)) * QUANTITY_UNITS[m.group(2)])
+
+
+def duration_s(value: str) -> float:
+    """A Prometheus duration ('15s', '1m', '500ms') in seconds."""
+    m = re.fullmatch(r"(\d+)(ms|s|m|h)", value.strip())
+    if not m:
+        raise ValueError(f"not a duration: {value!r}")
+    return int(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+def flag(args: list[str], name: str) -> str | None:
+    """The value of `--name=value` in a command line (the last one wins, as in tritonserver)."""
+    values = [a.split("=", 1)[1] for a in args if a.startswith(f"--{name}=")]
+    return values[-1] if values else None
+
+
+def admits(policy: Doc, labels: dict[str, str], port: int) -> bool:
+    """Whether a NetworkPolicy's ingress rules let a pod with `labels`, in the release's namespace, reach `port`."""
+    for rule in policy["spec"].get("ingress", []):
+        ports = {p.get("port") for p in rule.get("ports", [])}
+        if ports and port not in ports:
+            continue
+        peers = rule.get("from")
+        if not peers:
+            return True
+        for peer in peers:
+            selector = peer.get("podSelector")
+            if "namespaceSelector" not in peer and "ipBlock" not in peer and selector is not None:
+                if matches(selector.get("matchLabels", {}), labels) or selector == {}:
+                    return True
+    return False
+
+
 # --- the invariants -----------------------------------------------------------------------------------------------
 
 
@@ -189,6 +276,8 @@ def invariants(docs: list[Doc]) -> list[str]:
     problems += _triton_invariants(docs)
     problems += _gateway_invariants(docs)
     problems += _policy_invariants(docs)
+    problems += _rollout_invariants(docs)
+    problems += _monitoring_invariants(docs)
     problems += _redis_invariants(docs)
     return problems
 
@@ -280,10 +369,31 @@ def _triton_invariants(docs: list[Doc]) -> list[str]:
         elif res.get("requests", {}).get("nvidia.com/gpu", gpus) != gpus:
             problems.append(f"triton: container {c['name']} nvidia.com/gpu requests must equal limits")
 
+    for c in containers(spec):
+        res = c.get("resources", {})
+        if res.get("requests") != res.get("limits"):
+            problems.append(f"triton: container {c['name']} requests must equal limits (Guaranteed QoS for GPU pods)")
+
+    keepalive = flag(args, "grpc-http2-min-recv-ping-interval-without-data")
+    if keepalive is None or int(keepalive) > GATEWAY_KEEPALIVE_TIME_MS // 2:
+        problems.append(
+            f"triton: --grpc-http2-min-recv-ping-interval-without-data must be <= half the gateway's keepalive "
+            f"({GATEWAY_KEEPALIVE_TIME_MS} ms), or Triton answers GOAWAY too_many_pings"
+        )
+    if GATEWAY_KEEPALIVE_WITHOUT_CALLS and flag(args, "grpc-keepalive-permit-without-calls") not in ("1", "true"):
+        problems.append(
+            "triton: --grpc-keepalive-permit-without-calls=1 is required (the gateway pings idle connections)"
+        )
+
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
     shm = next((m for m in triton.get("volumeMounts", []) if m.get("mountPath") == "/dev/shm"), None)
     if shm is None or volumes.get(shm["name"], {}).get("emptyDir", {}).get("medium") != "Memory":
         problems.append("triton: /dev/shm must be a memory-backed emptyDir (python backend, default 64 MiB)")
+    else:
+        shm_size = volumes[shm["name"]]["emptyDir"].get("sizeLimit")
+        memory = triton.get("resources", {}).get("limits", {}).get("memory")
+        if shm_size is None or memory is None or quantity_bytes(memory) - quantity_bytes(shm_size) < 2 * 2**30:
+            problems.append("triton: the memory limit must exceed /dev/shm's sizeLimit by 2 GiB (it counts against it)")
     models = next((m for m in triton.get("volumeMounts", []) if m.get("mountPath") == "/models"), None)
     if models is None or not models.get("readOnly"):
         problems.append("triton: the model repository must be mounted read-only at /models")
@@ -371,8 +481,20 @@ def _gateway_invariants(docs: list[Doc]) -> list[str]:
             problems.append("gateway: terminationGracePeriodSeconds must exceed preStop + graceful shutdown")
     if not spec.get("topologySpreadConstraints"):
         problems.append("gateway: topologySpreadConstraints are required")
+    triton = one(docs, "Deployment", "triton")
+    if triton is not None and int(deployment["spec"].get("progressDeadlineSeconds", 600)) < int(
+        triton["spec"].get("progressDeadlineSeconds", 600)
+    ):
+        problems.append("gateway: progressDeadlineSeconds must cover Triton's (a gateway is ready once Triton is)")
     if "OPENCV_IO_MAX_IMAGE_PIXELS" not in env:
         problems.append("gateway: OPENCV_IO_MAX_IMAGE_PIXELS must be set")
+    budget = env.get("GATEWAY_DECODE_BUDGET_BYTES")
+    memory = gateway.get("resources", {}).get("limits", {}).get("memory")
+    if budget is not None and memory is not None and int(budget) + DECODE_RESERVE > quantity_bytes(memory):
+        problems.append(
+            f"gateway: GATEWAY_DECODE_BUDGET_BYTES {budget} + 512 MiB exceeds the memory limit {memory} "
+            "(the budget and the limit are derived from each other)"
+        )
 
     for ingress in of_kind(docs, "Ingress"):
         where = f"Ingress/{ingress['metadata']['name']}"
@@ -385,8 +507,14 @@ def _gateway_invariants(docs: list[Doc]) -> list[str]:
             for r in ingress["spec"].get("rules", [])
             for p in r["http"]["paths"]
         ]
-        if any(routes("/metrics", path, kind) for path, kind in routed):
-            problems.append(f"{where}: must not publish the gateway's /metrics (route /v1, /openapi.json, the page)")
+        for url_path in INTERNAL_PATHS:
+            if any(routes(url_path, path, kind) for path, kind in routed):
+                problems.append(f"{where}: must not publish the gateway's {url_path} (it stays inside the cluster)")
+        for url_path in PUBLIC_PATHS:
+            if not any(routes(url_path, path, kind) for path, kind in routed):
+                problems.append(
+                    f"{where}: {url_path} is served by the gateway but not routed (the ingress answers 404)"
+                )
         body = ingress["metadata"].get("annotations", {}).get("nginx.ingress.kubernetes.io/proxy-body-size")
         limit = int(env.get("GATEWAY_MAX_UPLOAD_BYTES", "0")) + FORM_OVERHEAD
         if body is None or not limit <= size_bytes(body) < limit + 2**20:
@@ -459,6 +587,121 @@ def _policy_invariants(docs: list[Doc]) -> list[str]:
     return problems
 
 
+def _rollout_invariants(docs: list[Doc]) -> list[str]:
+    """A rollout that finishes, drops no request, and restarts no pod for a chart bump or a re-render."""
+    problems = []
+    triton = one(docs, "Deployment", "triton")
+    tc = container(triton, "triton")
+    if triton is None or tc is None:
+        return []
+    spec = triton["spec"]
+    args = [str(a) for a in tc.get("args", [])]
+    startup = probe_budget(tc.get("startupProbe") or {})
+    min_ready = int(spec.get("minReadySeconds", 0))
+    deadline = int(spec.get("progressDeadlineSeconds", 600))
+    if deadline < startup + min_ready + IMAGE_PULL_S:
+        problems.append(
+            f"triton: progressDeadlineSeconds {deadline} must exceed the startup budget ({startup} s) + "
+            f"minReadySeconds ({min_ready} s) + {IMAGE_PULL_S} s of image pull, or the first rollout is reported failed"
+        )
+    age = int(flag(args, "grpc-max-connection-age") or 0) + int(flag(args, "grpc-max-connection-age-grace") or 0)
+    if age == 0 or min_ready * 1000 < age:
+        problems.append(
+            f"triton: minReadySeconds ({min_ready}) must cover the gRPC connection age + grace ({age / 1000:.0f} s): "
+            "every gateway must reconnect to the new pod before the old one stops"
+        )
+    hpa = next(
+        (
+            h
+            for h in of_kind(docs, "HorizontalPodAutoscaler")
+            if h["spec"]["scaleTargetRef"]["name"] == triton["metadata"]["name"]
+        ),
+        None,
+    )
+    smallest = int(hpa["spec"].get("minReplicas", 1)) if hpa else int(spec.get("replicas", 1))
+    rolling = spec.get("strategy", {}).get("rollingUpdate", {})
+    if smallest == 1 and (str(rolling.get("maxUnavailable", "25%")) not in ("0", "0%") or not rolling.get("maxSurge")):
+        problems.append("triton: with one replica a rollout must surge (maxSurge >= 1, maxUnavailable 0)")
+    pre_stop = tc.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+    if not pre_stop:
+        problems.append("triton: a preStop sleep is required (DNS and the gateways let go before Triton drains)")
+    elif int(spec["template"]["spec"].get("terminationGracePeriodSeconds", 30)) <= int(pre_stop[-1]) + 30:
+        problems.append("triton: terminationGracePeriodSeconds must exceed preStop + Triton's 30 s exit timeout")
+    if not spec["template"]["spec"].get("topologySpreadConstraints"):
+        problems.append("triton: topologySpreadConstraints are required")
+
+    for deployment in of_kind(docs, "Deployment"):
+        name = deployment["metadata"]["name"]
+        template = deployment["spec"]["template"]
+        labels = template["metadata"].get("labels", {})
+        for key in ("helm.sh/chart", "app.kubernetes.io/version"):
+            if key in labels:
+                problems.append(f"{name}: pod template label {key} restarts every pod on a chart bump")
+        annotations = template["metadata"].get("annotations", {})
+        if any("admin" in k or "secret" in k for k in annotations):
+            problems.append(f"{name}: no checksum of a generated Secret in the pod template (every render restarts it)")
+        volumes = template["spec"].get("volumes", [])
+        empty = {v["name"] for v in volumes if "emptyDir" in v}
+        listed = set(
+            filter(None, annotations.get("cluster-autoscaler.kubernetes.io/safe-to-evict-local-volumes", "").split(","))
+        )
+        if empty - listed:
+            problems.append(
+                f"{name}: cluster-autoscaler.kubernetes.io/safe-to-evict-local-volumes must list the emptyDirs "
+                f"{sorted(empty - listed)} (else the autoscaler never drains the node)"
+            )
+        if listed - {v["name"] for v in volumes if "emptyDir" in v}:
+            problems.append(
+                f"{name}: safe-to-evict-local-volumes names {sorted(listed - empty)}, which are no emptyDirs"
+            )
+
+    gateway = one(docs, "Deployment", "gateway")
+    gateway_policy = next(
+        (
+            p
+            for p in of_kind(docs, "NetworkPolicy")
+            if gateway is not None
+            and matches(p["spec"].get("podSelector", {}).get("matchLabels", {}), pod_labels(gateway))
+        ),
+        None,
+    )
+    gc = container(gateway, "gateway")
+    port = gc["ports"][0]["containerPort"] if gc else 8080
+    for test in of_kind(docs, "Pod"):
+        if "test" in test["metadata"].get("annotations", {}).get("helm.sh/hook", "") and gateway_policy is not None:
+            if not admits(gateway_policy, test["metadata"].get("labels", {}), port):
+                problems.append(
+                    f"networkpolicy: the gateway's policy blocks the chart's own test pod {test['metadata']['name']}"
+                )
+    return problems
+
+
+def _monitoring_invariants(docs: list[Doc]) -> list[str]:
+    """Under the Prometheus Operator both components are scraped; the adapter's rate window fits the scrapes."""
+    problems = []
+    monitors = of_kind(docs, "ServiceMonitor")
+    monitored = {component(m) for m in monitors}
+    if monitors and not {"gateway", "triton"} <= monitored:
+        problems.append(
+            f"servicemonitor: with the Prometheus Operator both gateway and triton need one (have {sorted(monitored)})"
+        )
+    window = adapter_window_s()
+    intervals = [duration_s(e["interval"]) for m in monitors for e in m["spec"].get("endpoints", []) if "interval" in e]
+    longest = max([ASSUMED_SCRAPE_INTERVAL_S, *intervals])
+    if window < 4 * longest:
+        problems.append(
+            f"adapter: rate() over {window:.0f} s needs >= 4 scrapes ({4 * longest:.0f} s at a {longest:.0f} s "
+            "interval), else the Triton HPA reads <unknown>"
+        )
+    return problems
+
+
+def adapter_window_s() -> float:
+    """The shortest rate() window in the adapter's metricsQuery, in seconds."""
+    windows = re.findall(r"\[(\d+[smh])\]", adapter_rule()["metricsQuery"])
+    return min(duration_s(w) for w in windows) if windows else 0.0
+
+
 def _redis_invariants(docs: list[Doc]) -> list[str]:
     """Redis mode: the gateways get the URL and a password from a Secret (never a literal), may reach Redis, and a
     Redis deployed here has a password, a PVC and admits only the gateways and the key bootstrap job."""
@@ -522,7 +765,7 @@ def check_values_file(path: Path) -> Report:
     values = load_values(path)
     report.problems += lint(values)
     try:
-        docs = render(values)
+        docs = render(values, api_versions=CLUSTER_APIS.get(path.name, ()))
     except helm.HelmError as exc:
         report.problems.append(f"render: {exc}")
         return report

@@ -14,6 +14,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from gateway import admin, routes, web
+from gateway.budget import MemoryBudget, default_budget, memory_limit
 from gateway.errors import HANDLERS
 from gateway.metrics import Metrics
 from gateway.observability import RequestContext, configure_logging
@@ -34,6 +35,7 @@ class State:
     store: Store  # keys, rate limits and usage: the keys file or Redis (gateway/state.py)
     limiter_threads: anyio.CapacityLimiter
     metrics: Metrics
+    budget: MemoryBudget
     inflight: int = 0
 
 
@@ -52,7 +54,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         triton = Triton(settings.triton_url, settings.triton_timeout_s, settings.model_cache_s)
         threads = anyio.CapacityLimiter(settings.workers)
-        app.state.gateway = State(settings, triton, store, threads, meters)
+        budget = MemoryBudget(settings.decode_budget_bytes or default_budget(memory_limit()), settings.decode_budget_wait_s)
+        log.info("memory budget for images in flight: %d MiB", budget.capacity // 2**20)
+        meters.budget_capacity.set(budget.capacity)
+        meters.budget_used.set_function(lambda: budget.used)
+        app.state.gateway = State(settings, triton, store, threads, meters, budget)
         await store.start()
         try:
             for model in await triton.ready_models():
@@ -79,7 +85,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     ]
     return Starlette(
         routes=table,
-        exception_handlers=HANDLERS,  # type: ignore[arg-type]
+        exception_handlers=HANDLERS,
         middleware=[Middleware(RequestContext, metrics=meters, usage=record_usage)],
         lifespan=lifespan,
     )

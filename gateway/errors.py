@@ -100,17 +100,20 @@ async def handle_gateway_error(request: Request, exc: Exception) -> Response:
 
 _HTTP_MESSAGES = {
     404: "Not found. Predictions are POSTed to /v1/predict/{model_id}; GET /v1/models lists the models.",
-    405: "Method not allowed for this path (predictions are POST /v1/predict/{model_id}).",
     413: "Request body too large.",
 }
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    headers = dict(exc.headers or {})
     message = _HTTP_MESSAGES.get(exc.status_code, str(exc.detail))
-    if exc.status_code == 400 and exc.detail:
-        message = f"Malformed request body: {exc.detail}."
-    return error_response(exc.status_code, message, dict(exc.headers or {}))
+    if exc.status_code == 405:  # said per route: the methods this path does accept
+        allowed = headers.get("Allow", "")
+        message = f"Method {request.method} is not allowed on {request.url.path[:100]}; this path accepts {allowed}."
+    elif exc.status_code == 400 and exc.detail:
+        message = f"Malformed request body: {str(exc.detail).rstrip('.')}."
+    return error_response(exc.status_code, message, headers)
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:

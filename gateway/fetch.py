@@ -48,7 +48,7 @@ async def _check(url: httpx.URL, allow_hosts: tuple[str, ...], resolve: Resolver
         raise BadRequest("The image URL must not contain a user name or password.")
     port = url.port or (443 if url.scheme == "https" else 80)
     if not _port_allowed(port):
-        raise BadRequest(NOT_ALLOWED)
+        raise BadRequest(f"The image URL's port {port} is not allowed: use 80, 443 or a port from 1024 up.")
     try:
         addresses = await resolve(url.host, port)
     except (OSError, UnicodeError):

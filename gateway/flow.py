@@ -14,6 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from gateway import pipeline
+from gateway.budget import Hold, decode_cost
 from gateway.errors import GatewayError, PayloadTooLarge
 from gateway.pipeline import Prepared
 from gateway.schemas import PredictArgs
@@ -37,9 +38,12 @@ class Outcome:
 
 
 async def run(
-    state: State, info: ModelInfo, datas: list[bytes], args: PredictArgs, timings: dict[str, float]
+    state: State, info: ModelInfo, datas: list[bytes], args: PredictArgs, timings: dict[str, float], hold: Hold
 ) -> list[Outcome]:
-    """Decode and letterbox every image, run same-shaped ones through Triton as one batch, post-process each."""
+    """Decode and letterbox every image, run same-shaped ones through Triton as one batch, post-process each.
+
+    Each image's decoded size is reserved in `hold` before it is decoded; its bytes in `datas` are dropped as soon
+    as it is decoded, and the decoded image itself once letterboxed (unless an annotated image is asked for)."""
     settings = state.settings
     rect = settings.letterbox == "rect"
     outcomes = [Outcome() for _ in datas]
@@ -52,18 +56,21 @@ async def run(
             outcomes[i].error = PayloadTooLarge(f"The image is larger than the {limit} MiB upload limit.")
             return
         try:
+            await hold.take(decode_cost(datas[i], settings.max_pixels))
             prepared[i] = await anyio.to_thread.run_sync(
                 pipeline.prepare, datas[i], info, args.size, rect, settings.max_pixels, stage_ms[i],
-                settings.fast_jpeg, limiter=state.limiter_threads,
+                settings.fast_jpeg, args.format != "json", limiter=state.limiter_threads,
             )  # fmt: skip
         except GatewayError as exc:
             outcomes[i].error = exc
+        finally:
+            datas[i] = b""  # the upload is not needed once decoded (the caller's list is this list)
 
     async with anyio.create_task_group() as group:
         for i in range(len(datas)):
             group.start_soon(prepare, i)
-    for ms in stage_ms:
-        for stage, value in ms.items():
+    for one in stage_ms:
+        for stage, value in one.items():
             timings[stage] = timings.get(stage, 0.0) + value
 
     # same input shape → one Triton request (at most max_batch_size images)
@@ -99,8 +106,8 @@ async def run(
                 limiter=state.limiter_threads,
             )  # fmt: skip
             post = (time.perf_counter() - start) * 1000
-            outcomes[i].shape = (int(item.image.shape[0]), int(item.image.shape[1]))
-            outcomes[i].image = item.image if args.format != "json" else None
+            outcomes[i].shape = item.box.orig_shape
+            outcomes[i].image = item.image
             outcomes[i].speed = {
                 "preprocess": stage_ms[i].get("decode", 0.0) + stage_ms[i].get("letterbox", 0.0),
                 "inference": per_image,

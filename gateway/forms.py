@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
@@ -31,10 +31,11 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def parse_form(request: Request, body: bytes, max_files: int) -> FormData:
+async def parse_form(request: Request, body: bytes, max_files: int, part: str = "image") -> FormData:
+    """The form in `body`; `part` is the file part's name in this route's API (for the messages)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
 
-    async def stream() -> AsyncIterator[bytes]:
+    async def stream() -> AsyncGenerator[bytes, None]:
         yield body
 
     try:
@@ -47,15 +48,24 @@ async def parse_form(request: Request, body: bytes, max_files: int) -> FormData:
             form_parser = FormParser(request.headers, stream(), max_fields=MAX_FIELDS, max_part_size=MAX_FIELD_BYTES)
             return await form_parser.parse()
     except MultiPartException as exc:
-        message = exc.message
-        if "Too many files" in message:
-            message = f"At most {max_files} image(s) may be sent per request"
-        raise BadRequest(
-            f"Malformed form data: {message}. Send multipart/form-data with 'image' file part(s)."
-        ) from None
+        raise BadRequest(form_message(exc.message, max_files, part)) from None
     if body.strip():
-        raise BadRequest("Unsupported request body: send multipart/form-data (an 'image' file part) or form fields.")
+        raise BadRequest(f"Unsupported request body: send multipart/form-data (a '{part}' file part) or form fields.")
     return FormData()
+
+
+def form_message(raw: str, max_files: int, part: str) -> str:
+    """Starlette's form-parser message, said as what to change. Only a body that can't be parsed is "malformed"."""
+    if raw.startswith("Too many files"):
+        return f"At most {max_files} images may be sent per request; send the others in another request."
+    if raw.startswith("Too many fields"):
+        return f"Too many form fields: at most {MAX_FIELDS} are accepted. Send the image part(s) and the arguments only."
+    if "exceeded maximum size" in raw:
+        return (
+            f"A form field is longer than {MAX_FIELD_BYTES // 1024} KiB. Send images as '{part}' file parts "
+            f"(curl: -F \"{part}=@photo.jpg\"), and arguments as short text fields."
+        )
+    return f"Malformed form data: {raw.rstrip('.')}. Send multipart/form-data with '{part}' file part(s)."
 
 
 def api_key(request: Request) -> tuple[str | None, str]:

@@ -31,7 +31,10 @@ class Metrics:
         self.stage = Histogram("yolo_stage_duration_seconds", "Time per pipeline stage.", ["stage"], buckets=STAGE_BUCKETS, registry=r)
         self.images = Counter("yolo_images", "Images in requests answered 200.", ["model"], registry=r)
         self.inflight = Gauge("yolo_requests_in_flight", "Prediction requests being processed.", registry=r)
+        self.budget_used = Gauge("yolo_memory_budget_used_bytes", "Memory reserved by uploads and images in flight.", registry=r)
+        self.budget_capacity = Gauge("yolo_memory_budget_bytes", "The memory budget for images in flight.", registry=r)
         self.rejections = Counter("yolo_rejections", "Requests refused, by reason.", ["reason"], registry=r)
+        self.triton_up = Gauge("yolo_triton_up", "1 if Triton was ready with a model at the last /readyz.", registry=r)
         self.received = Histogram("yolo_request_body_bytes", "Bytes received per prediction request.", buckets=BYTES_BUCKETS, registry=r)
         self.models: set[str] = set()
 

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.schemas import CONFIDENCE_RANGE, IOU_RANGE, SIZE_RANGE
+from gateway.schemas import (
+    ALIASES,
+    ARGUMENTS,
+    BOOLEAN_HELP,
+    CONFIDENCE_RANGE,
+    FORMATS,
+    IOU_DEFAULT,
+    IOU_RANGE,
+    MAX_DET_RANGE,
+    SIZE_RANGE,
+)
 
 _ERROR = {
     "type": "object",
@@ -108,6 +118,7 @@ _IMAGES = {
             "properties": {"model": {"type": "string"}, "task": {"type": "string"}, "imgsz": {"type": "integer"},
                            "conf": {"type": "number"}, "iou": {"type": "number"}},
         },
+        "warning": {"type": "string", "description": "Present while the model serves untrained fixture weights"},
     },
 }
 _MODEL = {
@@ -148,28 +159,55 @@ def _errors(*codes: int) -> dict[str, Any]:
     return {str(c): _json(_ERROR, text[c]) for c in codes}
 
 
-_ARGS = {
-    "size": {"type": "integer", "minimum": SIZE_RANGE[0], "maximum": SIZE_RANGE[1], "default": 640},
+_BOOLEAN = {"type": "boolean", "default": False, "description": f"Also accepted: {BOOLEAN_HELP}"}
+# Every argument `parse_args` reads, keyed as in schemas.ARGUMENTS (a test keeps the two equal)
+_ARG_SCHEMAS: dict[str, dict[str, Any]] = {
+    "size": {"type": "integer", "minimum": SIZE_RANGE[0], "maximum": SIZE_RANGE[1], "default": 640,
+             "description": "Inference size; rounded up to a multiple of the model's stride (32)"},
     "confidence": {"type": "number", "minimum": CONFIDENCE_RANGE[0], "maximum": CONFIDENCE_RANGE[1], "default": 0.25},
-    "iou": {"type": "number", "minimum": IOU_RANGE[0], "maximum": IOU_RANGE[1], "default": 0.45},
-    "url": {"type": "string", "default": ""},
-    "normalize": {"type": "boolean", "default": False},
+    "iou": {"type": "number", "minimum": IOU_RANGE[0], "maximum": IOU_RANGE[1], "default": IOU_DEFAULT["v1"],
+            "description": "NMS IoU threshold"},
+    "url": {"type": "string", "default": "", "description": "A public http(s) image URL, used when no file is sent"},
+    "normalize": {**_BOOLEAN, "description": f"Coordinates divided by the image width/height. {_BOOLEAN['description']}"},
+    "format": {"enum": list(FORMATS), "default": "json", "description": "image/jpeg/jpg or png: the annotated image"},
+    "max_det": {"type": "integer", "minimum": MAX_DET_RANGE[0], "maximum": MAX_DET_RANGE[1], "default": MAX_DET_RANGE[1]},
+    "classes": {"type": "string", "pattern": "^[0-9]{1,4}(,[0-9]{1,4})*$",
+                "description": "Keep only these class ids, e.g. 0,2,5 (each below the model's class count)"},
+    "agnostic": {**_BOOLEAN, "description": f"Class-agnostic NMS. {_BOOLEAN['description']}"},
 }
-# The newer Ultralytics API's argument names (the HUB v1 names are accepted too; IoU defaults to 0.7 there)
-_ARGS_V2 = {
-    "imgsz": _ARGS["size"],
-    "conf": _ARGS["confidence"],
-    "iou": {**_ARGS["iou"], "default": 0.7},
-    "url": _ARGS["url"],
-    "normalize": _ARGS["normalize"],
-}
+_ALIAS_SCHEMAS = {alias: {**_ARG_SCHEMAS[name], "description": f"Same as `{name}` (the newer API's name); send one"}
+                  for alias, name in ALIASES.items()}
+_ARGS = {name: _ARG_SCHEMAS[name] for name in ARGUMENTS} | _ALIAS_SCHEMAS
+# The newer Ultralytics API's routes take the same arguments; only the IoU default differs (that of YOLO.predict)
+_ARGS_V2 = _ARGS | {"iou": {**_ARG_SCHEMAS["iou"], "default": IOU_DEFAULT["v2"]}}
 _V2_ERRORS = (400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 504)
+_HEADERS = {
+    "Server-Timing": {"description": "Milliseconds per stage: decode, letterbox, triton, postprocess, total; "
+                      "fetch for a url, render for an annotated image", "schema": {"type": "string"}},
+    "X-Model-Warning": {"description": "Present while the model serves untrained fixture weights",
+                        "schema": {"type": "string"}},
+}
+_MODEL_FIELD = {"type": "string", "description": "A model id, or a HUB model URL (its last path segment names it)"}
+_IMAGE = {"schema": {"type": "string", "format": "binary"}}
+
+
+def _query(args: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"name": k, "in": "query", "required": False, "schema": v} for k, v in args.items()]
+
+
+def _success(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    """A prediction's 200: JSON, or the annotated image for format=image/jpeg/jpg/png."""
+    answer = _json(schema, description)
+    answer["content"] |= {"image/jpeg": _IMAGE, "image/png": _IMAGE}
+    return answer | {"headers": _HEADERS}
 
 
 def _multipart(part: str, args: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    files = {"type": "array", "maxItems": 8, "items": {"type": "string", "format": "binary"}}
+    description = "Both file part names (image, file) are accepted on every route; at most 8 files in all"
+    files = {"type": "array", "maxItems": 8, "items": {"type": "string", "format": "binary"}, "description": description}
     properties = {part: files, **args, **(extra or {})}
     return {"required": False, "content": {"multipart/form-data": {"schema": {"type": "object", "properties": properties}}}}
+
 
 SPEC: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -187,11 +225,11 @@ SPEC: dict[str, Any] = {
                 "security": [{"apiKey": []}],
                 "parameters": [
                     {"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}},
-                    *({"name": k, "in": "query", "required": False, "schema": v} for k, v in _ARGS.items()),
+                    *_query(_ARGS),
                 ],
                 "requestBody": _multipart("image", _ARGS),
                 "responses": {
-                    "200": _json(_PREDICTION, "Detections or top-5 classes, as Ultralytics' Results.summary() (several images: one entry each)"),
+                    "200": _success(_PREDICTION, "Detections or top-5 classes, as Ultralytics' Results.summary() (several images: one entry each)"),
                     **_errors(*_V2_ERRORS),
                 },
             }
@@ -203,18 +241,19 @@ SPEC: dict[str, Any] = {
                 "security": [{"apiKey": []}, {"bearer": []}],
                 "parameters": [
                     {"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}},
-                    *({"name": k, "in": "query", "required": False, "schema": v} for k, v in _ARGS_V2.items()),
+                    *_query(_ARGS_V2),
                 ],
                 "requestBody": _multipart("file", _ARGS_V2),
-                "responses": {"200": _json(_IMAGES, "One entry per image, in order"), **_errors(*_V2_ERRORS)},
+                "responses": {"200": _success(_IMAGES, "One entry per image, in order"), **_errors(*_V2_ERRORS)},
             }
         },
         "/": {
             "post": {
                 "summary": "Dedicated-API style: the model in a `model` field (an id or a HUB model URL)",
                 "security": [{"apiKey": []}, {"bearer": []}],
-                "requestBody": _multipart("file", _ARGS_V2, {"model": {"type": "string"}}),
-                "responses": {"200": _json(_IMAGES, "One entry per image, in order"), **_errors(*_V2_ERRORS)},
+                "parameters": _query(_ARGS_V2 | {"model": _MODEL_FIELD}),
+                "requestBody": _multipart("file", _ARGS_V2, {"model": _MODEL_FIELD}),
+                "responses": {"200": _success(_IMAGES, "One entry per image, in order"), **_errors(*_V2_ERRORS)},
             }
         },
         "/v1/models": {

@@ -22,7 +22,7 @@ from gateway.triton import ModelInfo
 class Prepared:
     """One image ready for Triton: the decoded image, its model input and how the one maps to the other."""
 
-    image: NDArray[np.uint8]  # (H, W, 3) uint8 BGR, as decoded
+    image: NDArray[np.uint8] | None  # (H, W, 3) uint8 BGR as decoded; None unless kept (it is the largest array)
     tensor: NDArray[Any]  # the model input without the batch dimension
     box: Letterbox
 
@@ -35,6 +35,7 @@ def prepare(
     max_pixels: int,
     timings: dict[str, float],
     fast_jpeg: bool = True,
+    keep_image: bool = False,
 ) -> Prepared:
     """The decoded image, its model input tensor and the letterbox; fills decode/letterbox ms.
 
@@ -46,15 +47,16 @@ def prepare(
     t1 = time.perf_counter()
     target = preprocess.target_size(size, info.stride)
     if info.preprocess == "resize_center_crop":
-        tensor, box = preprocess.resize_center_crop(image, target, max_pixels)
+        boxed, box = preprocess.resize_center_crop(image, target, max_pixels)
     else:
-        tensor, box = preprocess.letterbox(image, target, info.stride, rect)
+        boxed, box = preprocess.letterbox(image, target, info.stride, rect)
+    tensor: NDArray[Any] = boxed
     if info.input_format == "float32_nchw_rgb":
-        tensor = np.ascontiguousarray(tensor[..., ::-1].transpose(2, 0, 1)).astype(np.float32) / np.float32(255)
+        tensor = np.ascontiguousarray(boxed[..., ::-1].transpose(2, 0, 1)).astype(np.float32) / np.float32(255)
     t2 = time.perf_counter()
     timings["decode"] = (t1 - t0) * 1000
     timings["letterbox"] = (t2 - t1) * 1000
-    return Prepared(image, tensor, box)
+    return Prepared(image if keep_image else None, tensor, box)
 
 
 def finish(

@@ -63,7 +63,7 @@ def decode(data: bytes, max_pixels: int, fast_jpeg: bool = True) -> NDArray[np.u
     (CMYK, a warning from the decoder, an EXIF block we can't read the way OpenCV does) goes to OpenCV.
     """
     if not data:
-        raise UnprocessableImage("The image file is empty. Send a JPEG, PNG or WebP image.")
+        raise UnprocessableImage(f"The image file is empty. Send a {SUPPORTED} file.")
     kind = sniff(data)
     if kind is None:
         raise UnsupportedMediaType(f"The file is not a supported image. Send a {SUPPORTED} file.")

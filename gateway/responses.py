@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from starlette.responses import Response
 
+from gateway.preprocess import target_size
 from gateway.schemas import PredictArgs, Style
 
 if TYPE_CHECKING:
@@ -27,6 +28,20 @@ def server_timing(timings: dict[str, float]) -> str:
     return ", ".join(f"{k};dur={v:.2f}" for k, v in timings.items())
 
 
+# Said on every prediction from a model exported without trained weights (the offline fixtures), so that a curl user
+# doesn't take its boxes for real detections: a header in both formats, and `warning` in the newer format's body.
+WARNING_HEADER = "X-Model-Warning"
+UNTRAINED_WARNING = "Untrained fixture weights: results are not real detections."
+
+
+def headers(info: ModelInfo, timings: dict[str, float]) -> dict[str, str]:
+    """A successful prediction's headers: `Server-Timing`, and the warning for untrained models."""
+    out = {"Server-Timing": server_timing(timings)}
+    if info.untrained:
+        out[WARNING_HEADER] = UNTRAINED_WARNING
+    return out
+
+
 def success(data: list[dict[str, Any]]) -> dict[str, Any]:
     return {"success": True, "message": "Inference complete.", "data": data}
 
@@ -34,10 +49,13 @@ def success(data: list[dict[str, Any]]) -> dict[str, Any]:
 def body(info: ModelInfo, args: PredictArgs, outcomes: list[Outcome], style: Style) -> dict[str, Any]:
     """The JSON body for the outcomes of one request (at least one succeeded)."""
     if style == "v2":
-        return images_body(info.name, info.task, args, [_image_entry(o) for o in outcomes])
+        answer = images_body(info.name, info.task, args, [_image_entry(o) for o in outcomes], info.stride)
+        if info.untrained:
+            answer["warning"] = UNTRAINED_WARNING
+        return answer
     if len(outcomes) == 1:
         return success(outcomes[0].rows or [])
-    entries = [
+    entries: list[dict[str, Any]] = [
         {"success": True, "message": "Inference complete.", "data": o.rows}
         if o.error is None
         else {"success": False, "message": o.error.message, "status": o.error.status, "data": []}
@@ -47,12 +65,15 @@ def body(info: ModelInfo, args: PredictArgs, outcomes: list[Outcome], style: Sty
     return {"success": True, "message": f"Inference complete for {done} of {len(outcomes)} images.", "data": entries}
 
 
-def images_body(model: str, task: str, args: PredictArgs, images: list[dict[str, Any]]) -> dict[str, Any]:
-    """The newer Ultralytics API's response: one entry per image, and the arguments used."""
+def images_body(
+    model: str, task: str, args: PredictArgs, images: list[dict[str, Any]], stride: int
+) -> dict[str, Any]:
+    """The newer Ultralytics API's response: one entry per image, and the arguments used (`imgsz` as rounded up to
+    the model's stride, the size the model saw)."""
     metadata: dict[str, Any] = {
         "model": model,
         "task": task,
-        "imgsz": args.size,
+        "imgsz": target_size(args.size, stride),
         "conf": args.confidence,
         "iou": args.iou,
         "max_det": args.max_det,

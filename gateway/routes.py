@@ -11,17 +11,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway import flow, render, responses
+from gateway.budget import Hold
 from gateway.errors import BadRequest, ServiceUnavailable
 from gateway.fetch import fetch_image
 from gateway.forms import FORM_OVERHEAD, api_key, collect, model_from_slug, parse_form, read_body
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.openapi import SPEC
 from gateway.responses import json_response
-from gateway.schemas import Style, parse_args
+from gateway.schemas import Style, check_classes, parse_args
 from gateway.triton import ModelInfo
 
 if TYPE_CHECKING:
-    from starlette.datastructures import UploadFile
+    from starlette.datastructures import FormData, UploadFile
 
     from gateway.app import State
 
@@ -67,10 +68,9 @@ async def _handle(request: Request, model_id: str | None, style: Style) -> Respo
         raise ServiceUnavailable("The server is busy (too many requests in flight). Retry shortly.", retry_after=1)
     state.inflight += 1
     state.metrics.inflight.inc()
+    hold = Hold(state.budget)
     try:
-        body = await read_body(request, settings.max_upload_bytes + FORM_OVERHEAD)
-        context["bytes"] = len(body)
-        form = await parse_form(request, body, settings.max_images)
+        form = await _read_form(request, state, hold, context, style)
         try:
             images, fields = collect(request, form, style)
             context["images"] = len(images)
@@ -87,12 +87,24 @@ async def _handle(request: Request, model_id: str | None, style: Style) -> Respo
                 info = await state.triton.model(model_id)
             state.metrics.models.add(info.name)
             context["task"] = info.task
-            return await _predict(state, info, images, fields, style, started, context)
+            return await _predict(state, info, images, fields, style, started, context, hold)
         finally:
             await form.close()
     finally:
+        hold.release()
         state.inflight -= 1
         state.metrics.inflight.dec()
+
+
+async def _read_form(request: Request, state: State, hold: Hold, context: dict[str, Any], style: Style) -> FormData:
+    """The parsed form; the upload's size is reserved in `hold` before it is read, and the raw body is freed once
+    parsed (the parts are in the form)."""
+    limit = state.settings.max_upload_bytes + FORM_OVERHEAD
+    declared = request.headers.get("content-length", "")
+    await hold.take(min(int(declared), limit) if declared.isdigit() else limit)
+    body = await read_body(request, limit)
+    context["bytes"] = len(body)
+    return await parse_form(request, body, state.settings.max_images, "image" if style == "v1" else "file")
 
 
 async def _predict(
@@ -103,9 +115,12 @@ async def _predict(
     style: Style,
     started: float,
     context: dict[str, Any],
+    hold: Hold,
 ) -> Response:
     settings = state.settings
     args = parse_args(fields, info.imgsz, style)
+    if info.task != "classify":  # classifiers ignore `classes`, as Ultralytics' do
+        check_classes(args.classes, info.name, len(info.names))
     if uploads and args.url:
         raise BadRequest("Send either image file(s) or a URL, not both.")
     if not uploads and not args.url:
@@ -129,7 +144,7 @@ async def _predict(
             )
         ]
         timings["fetch"] = (time.perf_counter() - t0) * 1000
-    outcomes = await flow.run(state, info, datas, args, timings)
+    outcomes = await flow.run(state, info, datas, args, timings, hold)
     failed = [o for o in outcomes if o.error is not None]
     if len(failed) == len(outcomes):  # nothing succeeded: the request fails with the (first) image's own error
         error = failed[0].error
@@ -141,6 +156,7 @@ async def _predict(
     t3 = time.perf_counter()
     if args.format != "json":
         only = outcomes[0]
+        assert only.image is not None and only.rows is not None  # kept for format=image, and it succeeded
         body = await anyio.to_thread.run_sync(
             render.encode_annotated, only.image, only.rows, info.task, args.format, args.normalize,
             limiter=state.limiter_threads,
@@ -150,7 +166,7 @@ async def _predict(
     else:
         body, media_type = orjson.dumps(responses.body(info, args, outcomes, style)), "application/json"
     timings["total"] = (time.perf_counter() - started) * 1000
-    return Response(body, media_type=media_type, headers={"Server-Timing": responses.server_timing(timings)})
+    return Response(body, media_type=media_type, headers=responses.headers(info, timings))
 
 
 async def list_models(request: Request) -> Response:
@@ -177,10 +193,17 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    """200 while this gateway can serve: Triton up now or within GATEWAY_READY_GRACE_S (a Triton rollout or blip must
+    not take every gateway out of the Service at once, which turns JSON 503s into the ingress' HTML 503s)."""
     state = _state(request)
-    if not await state.triton.server_ready():
-        raise ServiceUnavailable("Not ready: the inference server is unreachable or still loading models.", 5)
-    models = await state.triton.ready_models()
-    if not models:
-        raise ServiceUnavailable("Not ready: no model is loaded in the inference server.", 5)
-    return json_response({"success": True, "message": "ready", "data": {"models": [m.name for m in models]}})
+    triton = await state.triton.probe()
+    state.metrics.triton_up.set(1 if triton.up else 0)
+    grace = state.settings.ready_grace_s
+    last = None if triton.last_up_s is None else round(triton.last_up_s, 1)
+    if not triton.ready(grace):
+        since = "since this gateway started" if last is None else f"for {last:.0f} s (grace {grace:g} s)"
+        raise ServiceUnavailable(f"Not ready: {triton.problem} {since}.", 5)
+    detail = {"ready": triton.up, "models": list(triton.models), "last_ready_s_ago": last, "problem": triton.problem}
+    message = "ready" if triton.up else f"ready (inference server not ready for {last:.0f} s: {triton.problem})"
+    data = {"models": list(triton.models), "triton": detail}
+    return json_response({"success": True, "message": message, "data": data})

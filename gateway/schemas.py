@@ -14,11 +14,22 @@ CONFIDENCE_RANGE = (0.01, 1.0)
 IOU_RANGE = (0.0, 0.95)
 MAX_DET_RANGE = (1, 300)
 FORMATS = {"json": "json", "image": "jpeg", "jpeg": "jpeg", "jpg": "jpeg", "png": "png"}
-TRUE = {"true", "1", "yes", "on"}
-FALSE = {"false", "0", "no", "off"}
+# One vocabulary for every yes/no argument, everywhere (README, OpenAPI, messages). "on" is what an HTML checkbox
+# sends, so it stays.
+BOOLEAN_WORDS = (("true", "false"), ("1", "0"), ("yes", "no"), ("on", "off"))
+TRUE = {t for t, _ in BOOLEAN_WORDS}
+FALSE = {f for _, f in BOOLEAN_WORDS}
+BOOLEAN_HELP = ", ".join(f"{t}/{f}" for t, f in BOOLEAN_WORDS) + " (any case)"
+
+# Every argument the prediction routes read (`parse_args` reads no other name; the OpenAPI description is built from
+# these, and tests/test_docs.py checks both), and the newer Ultralytics API's names for two of them.
+ARGUMENTS = ("size", "confidence", "iou", "url", "normalize", "format", "max_det", "classes", "agnostic")
+ALIASES = {"imgsz": "size", "conf": "confidence"}
 
 # The response format a route answers in: v1 = the HUB API, v2 = the newer Ultralytics API.
 Style = Literal["v1", "v2"]
+# The NMS IoU default of each style (v2: that of `YOLO.predict`).
+IOU_DEFAULT: dict[Style, float] = {"v1": 0.45, "v2": 0.7}
 
 
 @dataclass(frozen=True)
@@ -34,10 +45,22 @@ class PredictArgs:
     agnostic: bool = False
 
 
-def _number(name: str, raw: str, kind: type, low: float, high: float) -> Any:
-    text = raw.strip()
+def _given(fields: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    """The non-empty arguments: canonical name → (the name the client sent, its value)."""
+    given = {name: (name, fields.get(name, "")) for name in ARGUMENTS}
+    for alias, name in ALIASES.items():
+        value = fields.get(alias, "")
+        if value.strip():
+            if given[name][1].strip():
+                raise BadRequest(f"Both '{alias}' and '{name}' were given; they are the same argument, send one.")
+            given[name] = (alias, value)
+    return {name: sent for name, sent in given.items() if sent[1].strip()}
+
+
+def _number(sent: tuple[str, str], kind: type, low: float, high: float) -> Any:
+    name, raw = sent
     try:
-        value = kind(text)
+        value = kind(raw.strip())
     except ValueError:
         noun = "an integer" if kind is int else "a number"
         raise BadRequest(f"Invalid '{name}' value {raw[:32]!r}: must be {noun} from {low:g} to {high:g}.") from None
@@ -46,46 +69,57 @@ def _number(name: str, raw: str, kind: type, low: float, high: float) -> Any:
     return value
 
 
-# The newer Ultralytics API's names for the HUB v1 arguments, and its NMS IoU default (that of `YOLO.predict`).
-ALIASES = {"imgsz": "size", "conf": "confidence"}
-IOU_DEFAULT: dict[Style, float] = {"v1": 0.45, "v2": 0.7}
+def _flag(sent: tuple[str, str] | None) -> bool:
+    if sent is None:
+        return False
+    name, raw = sent
+    if raw.strip().lower() not in TRUE | FALSE:
+        raise BadRequest(f"Invalid '{name}' value {raw[:32]!r}: use {BOOLEAN_HELP}.")
+    return raw.strip().lower() in TRUE
+
+
+def _classes(raw: str) -> tuple[int, ...]:
+    try:
+        classes = tuple(sorted({int(c) for c in raw.replace(" ", "").split(",") if c}))
+    except ValueError:
+        classes = ()
+    if not classes or min(classes) < 0:
+        raise BadRequest(f"Invalid 'classes' value {raw[:64]!r}: use class ids like 0,2,5.")
+    return classes
+
+
+def _format(raw: str) -> str:
+    fmt = raw.strip().lower()
+    if fmt not in FORMATS:
+        raise BadRequest(f"Invalid 'format' value {raw[:32]!r}: use json, image (JPEG), jpeg, jpg or png.")
+    return FORMATS[fmt]
 
 
 def parse_args(fields: Mapping[str, str], default_size: int = 640, style: Style = "v1") -> PredictArgs:
     """PredictArgs from merged query/form fields (form wins; merged by the caller). Unknown fields are ignored.
 
-    Both styles accept both spellings (`size`/`imgsz`, `confidence`/`conf`); only the IoU default differs.
+    Both styles accept both spellings (`size`/`imgsz`, `confidence`/`conf`); only the IoU default differs. Messages
+    name the argument as the client spelled it.
     """
-    fields = dict(fields)
-    for alias, name in ALIASES.items():
-        if fields.get(alias, "").strip():
-            if fields.get(name, "").strip():
-                raise BadRequest(f"Both '{alias}' and '{name}' were given; they are the same argument, send one.")
-            fields[name] = fields[alias]
-    size = default_size
-    if fields.get("size", "").strip():
-        size = _number("size", fields["size"], int, *SIZE_RANGE)
-    confidence = _number("confidence", fields["confidence"], float, *CONFIDENCE_RANGE) if fields.get("confidence", "").strip() else 0.25
-    iou = _number("iou", fields["iou"], float, *IOU_RANGE) if fields.get("iou", "").strip() else IOU_DEFAULT[style]
-    normalize = _flag(fields, "normalize")
-    agnostic = _flag(fields, "agnostic")
-    max_det = _number("max_det", fields["max_det"], int, *MAX_DET_RANGE) if fields.get("max_det", "").strip() else 300
-    classes = None
-    if fields.get("classes", "").strip():
-        try:
-            classes = tuple(sorted({int(c) for c in fields["classes"].replace(" ", "").split(",") if c}))
-        except ValueError:
-            classes = ()
-        if not classes or min(classes) < 0:
-            raise BadRequest(f"Invalid 'classes' value {fields['classes'][:64]!r}: use class ids like 0,2,5.")
-    fmt = fields.get("format", "").strip().lower() or "json"
-    if fmt not in FORMATS:
-        raise BadRequest(f"Invalid 'format' value {fields['format'][:32]!r}: use json, image (JPEG) or png.")
-    return PredictArgs(size, confidence, iou, normalize, fields.get("url", "").strip(), FORMATS[fmt], max_det, classes, agnostic)
+    given = _given(fields)
+    return PredictArgs(
+        size=_number(given["size"], int, *SIZE_RANGE) if "size" in given else default_size,
+        confidence=_number(given["confidence"], float, *CONFIDENCE_RANGE) if "confidence" in given else 0.25,
+        iou=_number(given["iou"], float, *IOU_RANGE) if "iou" in given else IOU_DEFAULT[style],
+        normalize=_flag(given.get("normalize")),
+        url=given["url"][1].strip() if "url" in given else "",
+        format=_format(given["format"][1]) if "format" in given else "json",
+        max_det=_number(given["max_det"], int, *MAX_DET_RANGE) if "max_det" in given else MAX_DET_RANGE[1],
+        classes=_classes(given["classes"][1]) if "classes" in given else None,
+        agnostic=_flag(given.get("agnostic")),
+    )
 
 
-def _flag(fields: Mapping[str, str], name: str) -> bool:
-    raw = fields.get(name, "").strip().lower()
-    if raw and raw not in TRUE | FALSE:
-        raise BadRequest(f"Invalid '{name}' value {fields[name][:32]!r}: use true or false.")
-    return raw in TRUE
+def check_classes(classes: tuple[int, ...] | None, model: str, count: int) -> None:
+    """BadRequest when a requested class id is not one of the model's (which would silently find nothing)."""
+    outside = [c for c in classes or () if c >= count]
+    if outside:
+        raise BadRequest(
+            f"Invalid 'classes' value: {','.join(map(str, outside[:8]))} is not a class of model '{model}', "
+            f"whose class ids are 0 to {count - 1} (GET /v1/models/{model} lists their names)."
+        )

@@ -26,6 +26,9 @@ class Settings:
     model_cache_s: float = 10.0  # how long a model's config from Triton is reused
     workers: int = 4  # threads for decode/letterbox/post-processing
     max_images: int = 8  # image parts per request (they share the max_upload_bytes request limit)
+    decode_budget_bytes: int = 0  # memory for uploads and decoded images in flight; 0 = from the container's limit
+    decode_budget_wait_s: float = 5.0  # how long a request waits for that memory before 503 + Retry-After
+    ready_grace_s: float = 60.0  # /readyz stays 200 this long after Triton was last up (rollouts, blips); 0: strict
     fast_jpeg: bool = True  # JPEGs through simplejpeg where its pixels are known to equal OpenCV's; off = OpenCV only
     redis_url: str = ""  # redis:// or rediss:// (TLS): keys, limits and usage shared by replicas; "" = the keys file
     redis_password: str = field(default="", repr=False)  # when the URL carries none

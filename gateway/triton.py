@@ -18,12 +18,15 @@ from gateway.errors import GatewayError, GatewayTimeout, NotFound, ServiceUnavai
 
 # tritonclient's defaults plus a short reconnect backoff (a restarted Triton is used again within ~2 s, not after
 # gRPC's default of up to 2 minutes) and round-robin over every address a `dns:///` name resolves to (headless
-# Service in Kubernetes: one connection per Triton pod instead of pinning all traffic to one).
+# Service in Kubernetes: one connection per Triton pod instead of pinning all traffic to one). Keepalive pings find
+# a vanished Triton pod within ~80 s; Triton must accept them (--grpc-keepalive-permit-without-calls=1 and
+# --grpc-http2-min-recv-ping-interval-without-data <= 30000: tritonlocal/launcher.py and the Helm chart), else it
+# answers GOAWAY ENHANCE_YOUR_CALM too_many_pings. tests/test_deploy.py checks the three agree.
 CHANNEL_ARGS = [
     ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
     ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.initial_reconnect_backoff_ms", 250),
@@ -113,6 +116,20 @@ def to_gateway_error(exc: InferenceServerException, model: str) -> GatewayError:
     return ServiceUnavailable(f"Inference on '{model}' failed in the inference server: {text}", retry_after=1)
 
 
+@dataclass(frozen=True)
+class TritonState:
+    """What one probe learned about Triton (for /readyz and the yolo_triton_up gauge)."""
+
+    up: bool  # Triton answered ready with at least one model
+    models: tuple[str, ...]
+    last_up_s: float | None  # seconds since Triton was last up (a probe or an inference); None: not since the start
+    problem: str = ""
+
+    def ready(self, grace_s: float) -> bool:
+        """Whether this gateway can serve: Triton is up, or was within `grace_s` (a rollout or a blip)."""
+        return self.up or (self.last_up_s is not None and self.last_up_s <= grace_s)
+
+
 @dataclass
 class Triton:
     """One long-lived asyncio gRPC client (one per event loop) and a short-lived cache of model configs."""
@@ -122,6 +139,7 @@ class Triton:
     cache_s: float = 10.0
     client: grpcclient.InferenceServerClient = field(init=False)
     _models: dict[str, tuple[float, ModelInfo]] = field(default_factory=dict, init=False)
+    _last_up: float | None = field(default=None, init=False)  # monotonic time Triton last answered
 
     def __post_init__(self) -> None:
         self.client = grpcclient.InferenceServerClient(self.url, channel_args=CHANNEL_ARGS)
@@ -169,6 +187,25 @@ class Triton:
         except InferenceServerException:
             return False
 
+    async def probe(self) -> TritonState:
+        """Ask Triton whether it is ready and which models it serves; remembers when it last was."""
+        models: tuple[str, ...] = ()
+        problem = ""
+        if not await self.server_ready():
+            problem = "the inference server is unreachable or still loading models"
+        else:
+            try:
+                models = tuple(m.name for m in await self.ready_models())
+            except GatewayError as exc:
+                problem = exc.message
+            if not models and not problem:
+                problem = "no model is loaded in the inference server"
+        now = time.monotonic()
+        if models:
+            self._last_up = now
+        last = None if self._last_up is None else now - self._last_up
+        return TritonState(bool(models), models, last, problem)
+
     async def infer_batch(self, info: ModelInfo, tensors: list[NDArray[Any]]) -> dict[str, NDArray[np.float32]]:
         """Run same-shaped images (model inputs without batch dim) as one request; outputs keep the batch dim."""
         batch = tensors[0][None] if len(tensors) == 1 else np.stack(tensors)
@@ -181,4 +218,5 @@ class Triton:
         except InferenceServerException as exc:
             self._models.pop(info.name, None)
             raise to_gateway_error(exc, info.name) from None
+        self._last_up = time.monotonic()
         return {name: result.as_numpy(name) for name in info.outputs}

@@ -27,7 +27,7 @@ def test_quick_benchmark_runs_and_reports_sane_numbers(tmp_path: Path, repositor
     env = results["environment"]
     assert env["cores"] and env["cpu"] and env["versions"]["onnxruntime"]
     (model,) = results["models"]
-    assert set(model["modes"]) == {"gateway", "triton", "onnxruntime", "ultralytics-server"}
+    assert set(model["modes"]) == {"gateway", "triton", "onnxruntime", "ultralytics-server", "ultralytics-triton"}
     for mode, rows in model["modes"].items():
         assert [r["concurrency"] for r in rows] == [1, 4]
         for r in rows:
@@ -36,12 +36,16 @@ def test_quick_benchmark_runs_and_reports_sane_numbers(tmp_path: Path, repositor
     stages = model["modes"]["gateway"][0]["stages_ms"]
     assert {"decode", "letterbox", "triton", "postprocess", "total"} <= set(stages)
     assert model["parity"]["fraction"] == 1.0, model["parity"]
+    # Ultralytics' own Triton client, served the plain export from the same Triton, answers like Ultralytics too
+    assert model["parity_ultralytics_triton"]["fraction"] == 1.0, model["parity_ultralytics_triton"]
+    assert "gateway_vs_ultralytics_triton_throughput_c4" in results["ratios"]["yolov8n"]
     assert model["open_loop"]["errors"] == 0
     assert model["bytes_sent"]["gateway"] > 0 and model["bytes_sent"]["triton"] > 0
     assert "gateway_vs_onnxruntime_throughput" in results["ratios"]["yolov8n"]
     # CPU accounting: every role burnt some CPU, and no level burnt more than the cores could give it
     expected_roles = {"gateway": {"gateway", "triton", "harness"}, "triton": {"triton", "harness"},
-                      "onnxruntime": {"harness"}, "ultralytics-server": {"ultralytics-server", "harness"}}  # fmt: skip
+                      "onnxruntime": {"harness"}, "ultralytics-server": {"ultralytics-server", "harness"},
+                      "ultralytics-triton": {"ultralytics-triton", "triton", "harness"}}  # fmt: skip
     for mode, rows in model["modes"].items():
         for r in rows:
             assert set(r["cpu_ms"]) == expected_roles[mode], (mode, r)

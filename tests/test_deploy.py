@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import stat
 import subprocess
 import sys
@@ -59,7 +60,11 @@ Doc = dict[str, Any]
 
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, list[Doc]]:
-    return {name: check.render(check.load_values(path)) for name, path in VALUES_FILES.items()}
+    """Each ci values file rendered on the cluster it stands for (check.CLUSTER_APIS), as `make deploy-check` does."""
+    return {
+        name: check.render(check.load_values(path), api_versions=check.CLUSTER_APIS.get(name, ()))
+        for name, path in VALUES_FILES.items()
+    }
 
 
 def find(docs: list[Doc], kind: str, comp: str) -> Doc:
@@ -82,6 +87,10 @@ def gateway_container(docs: list[Doc]) -> Doc:
 
 def render_with(**overrides: Any) -> list[Doc]:
     return check.render(overrides)
+
+
+def notes(values: dict[str, Any], api_versions: tuple[str, ...] = ()) -> str:
+    return check.render_files(values, api_versions=api_versions)["yolo-triton/templates/NOTES.txt"]
 
 
 # --- rendering, lint and schemas ----------------------------------------------------------------------------------
@@ -160,6 +169,9 @@ BAD_VALUES = {
     "gateway without resources limits": {
         "gateway": {"resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": None}}
     },
+    "triton requests apart from limits": {"triton": {"resources": {"requests": {"cpu": "2", "memory": "8Gi"}}}},
+    "negative decode budget": {"gateway": {"decodeBudgetBytes": -1}},
+    "progress deadline under 10 min": {"triton": {"progressDeadlineSeconds": 300}},
 }
 
 
@@ -228,6 +240,16 @@ def test_values_schema_rejects_bad_values(case: str) -> None:
             },
             "terminationGracePeriodSeconds",
         ),
+        ({"gateway": {"decodeBudgetBytes": 2 * 2**30}}, "exceeds gateway.resources.limits.memory"),
+        (
+            {"gateway": {"decodeBudgetBytes": 1536 * 2**20 + 1}},  # 1.5 GiB + 512 MiB is the 2 GiB limit, plus one byte
+            "exceeds gateway.resources.limits.memory",
+        ),
+        ({"triton": {"shmSize": "15Gi"}}, "/dev/shm counts against the memory limit"),
+        ({"triton": {"progressDeadlineSeconds": 1200}}, "progressDeadlineSeconds"),
+        ({"triton": {"extraArgs": ["--grpc-keepalive-permit-without-calls=0"]}}, "may not set"),
+        ({"triton": {"extraArgs": ["--grpc-http2-min-recv-ping-interval-without-data=300000"]}}, "may not set"),
+        ({"models": {"target": "onnxruntime"}}, "engineCache.existingClaim"),
     ],
 )
 def test_chart_refuses_unsafe_combinations(values: dict[str, Any], message: str) -> None:
@@ -413,6 +435,91 @@ MUTATIONS: dict[str, tuple[Callable[[list[Doc]], None], str]] = {
 }
 
 
+def _tdeploy(docs: list[Doc]) -> Doc:
+    return find(docs, "Deployment", "triton")
+
+
+def _gateway_policy(docs: list[Doc]) -> Doc:
+    return next(p for p in check.of_kind(docs, "NetworkPolicy") if check.component(p) == "gateway")
+
+
+def _drop_triton_arg(prefix: str) -> Callable[[list[Doc]], None]:
+    return _set_arg(prefix, None)
+
+
+MUTATIONS.update(
+    {
+        "triton progress deadline the default 600 s": (
+            lambda d: _tdeploy(d)["spec"].update(progressDeadlineSeconds=600),
+            "progressDeadlineSeconds",
+        ),
+        "triton without minReadySeconds": (lambda d: _tdeploy(d)["spec"].pop("minReadySeconds"), "minReadySeconds"),
+        "triton rollout without surge": (
+            lambda d: _tdeploy(d)["spec"]["strategy"]["rollingUpdate"].update(maxSurge=0, maxUnavailable=1),
+            "surge",
+        ),
+        "triton without preStop": (lambda d: triton_container(d).pop("lifecycle"), "preStop"),
+        "triton without topology spread": (
+            lambda d: _tspec(d).pop("topologySpreadConstraints"),
+            "triton: topologySpreadConstraints",
+        ),
+        "triton requests below limits": (
+            lambda d: triton_container(d)["resources"]["requests"].update(memory="8Gi"),
+            "requests must equal limits",
+        ),
+        "builder requests below limits": (
+            lambda d: _tspec(d)["initContainers"][0]["resources"]["requests"].update(cpu="1"),
+            "container build-engines requests must equal limits",
+        ),
+        "/dev/shm as large as the memory limit": (
+            lambda d: next(v for v in _tspec(d)["volumes"] if v["name"] == "dshm")["emptyDir"].update(sizeLimit="16Gi"),
+            "counts against it",
+        ),
+        "Triton refusing idle pings": (
+            _drop_triton_arg("--grpc-keepalive-permit-without-calls"),
+            "--grpc-keepalive-permit-without-calls",
+        ),
+        "Triton's default ping interval": (
+            _set_arg(
+                "--grpc-http2-min-recv-ping-interval-without-data",
+                "--grpc-http2-min-recv-ping-interval-without-data=300000",
+            ),
+            "too_many_pings",
+        ),
+        "chart version label on the Triton pods": (
+            lambda d: _tdeploy(d)["spec"]["template"]["metadata"]["labels"].update(
+                {"helm.sh/chart": "yolo-triton-0.1.0"}
+            ),
+            "restarts every pod on a chart bump",
+        ),
+        "app version label on the gateway pods": (
+            lambda d: find(d, "Deployment", "gateway")["spec"]["template"]["metadata"]["labels"].update(
+                {"app.kubernetes.io/version": "0.1.0"}
+            ),
+            "restarts every pod on a chart bump",
+        ),
+        "admin Secret checksum on the Triton pods": (
+            lambda d: _tdeploy(d)["spec"]["template"]["metadata"]["annotations"].update({"checksum/admin-key": "0f"}),
+            "generated Secret",
+        ),
+        "emptyDir the autoscaler may not evict": (
+            lambda d: _tdeploy(d)["spec"]["template"]["metadata"]["annotations"].update(
+                {"cluster-autoscaler.kubernetes.io/safe-to-evict-local-volumes": "dshm"}
+            ),
+            "safe-to-evict-local-volumes",
+        ),
+        "gateway deadline shorter than Triton's": (
+            lambda d: find(d, "Deployment", "gateway")["spec"].update(progressDeadlineSeconds=600),
+            "gateway: progressDeadlineSeconds",
+        ),
+        "decode budget over the gateway's memory": (
+            lambda d: gateway_container(d)["env"].append({"name": "GATEWAY_DECODE_BUDGET_BYTES", "value": str(2**31)}),
+            "GATEWAY_DECODE_BUDGET_BYTES",
+        ),
+    }
+)
+
+
 @pytest.mark.parametrize("case", sorted(MUTATIONS))
 def test_invariants_catch_a_dropped_safeguard(case: str, rendered: dict[str, list[Doc]]) -> None:
     mutate, expected = MUTATIONS[case]
@@ -445,6 +552,20 @@ def test_invariants_catch_a_dropped_safeguard(case: str, rendered: dict[str, lis
             "/metrics",
         ),
         (
+            "ingress without the newer API",
+            lambda i: i["spec"]["rules"][0]["http"].update(
+                paths=[p for p in i["spec"]["rules"][0]["http"]["paths"] if p["path"] != "/api/models"]
+            ),
+            "/api/models/acme/shop/yolov8n/predict is served by the gateway but not routed",
+        ),
+        (
+            "ingress publishing /readyz",
+            lambda i: i["spec"]["rules"][0]["http"]["paths"].append(
+                {**i["spec"]["rules"][0]["http"]["paths"][0], "path": "/readyz", "pathType": "Exact"}
+            ),
+            "/readyz",
+        ),
+        (
             "ingress publishing /metrics",
             lambda i: i["spec"]["rules"][0]["http"]["paths"].append(
                 {**i["spec"]["rules"][0]["http"]["paths"][0], "path": "/metrics", "pathType": "Exact"}
@@ -457,6 +578,7 @@ def test_invariants_catch_ingress_and_builder_drift(
     case: str, mutate: Any, expected: str, rendered: dict[str, list[Doc]]
 ) -> None:
     docs = copy.deepcopy(rendered["gpu-tensorrt-ingress-values.yaml"])
+    assert check.invariants(docs) == []
     if mutate is None:
         builder = next(c for c in _tspec(docs)["initContainers"] if c["name"] == "build-engines")
         builder["image"] = "nvcr.io/nvidia/tensorrt:25.01-py3"
@@ -468,12 +590,17 @@ def test_invariants_catch_ingress_and_builder_drift(
 # --- what the chart renders -----------------------------------------------------------------------------------------
 
 
-def test_default_triton_serves_onnxruntime_from_a_read_only_pvc(rendered: dict[str, list[Doc]]) -> None:
+def test_default_triton_builds_tensorrt_plans_from_a_read_only_pvc_before_serving(
+    rendered: dict[str, list[Doc]],
+) -> None:
+    """TensorRT is the default: plans are built in an init container, before the pod is ready, never in a request."""
     docs = rendered["default-values.yaml"]
     spec = _tspec(docs)
-    assert "initContainers" not in spec
+    assert [c["name"] for c in spec["initContainers"]] == ["build-engines"]
     source = next(v for v in spec["volumes"] if v["name"] == "source")
     assert source["persistentVolumeClaim"] == {"claimName": "yolo-triton-models", "readOnly": True}
+    served = next(m for m in triton_container(docs)["volumeMounts"] if m["mountPath"] == "/models")
+    assert served["name"] == "built" and served["readOnly"]
     c = triton_container(docs)
     assert c["image"] == "nvcr.io/nvidia/tritonserver:25.08-py3"
     assert c["resources"]["limits"]["nvidia.com/gpu"] == 1 == c["resources"]["requests"]["nvidia.com/gpu"]
@@ -566,7 +693,13 @@ def test_ingress_body_limit_follows_the_gateway_upload_limit() -> None:
         assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"] == expected
         assert ingress["spec"]["tls"] == [{"hosts": ["yolo.example.com"], "secretName": "tls"}]
         published = {(p["path"], p["pathType"]) for p in ingress["spec"]["rules"][0]["http"]["paths"]}
-        assert published == {("/v1", "Prefix"), ("/openapi.json", "Exact"), ("/static", "Prefix"), ("/", "Exact")}
+        assert published == {
+            ("/v1", "Prefix"),
+            ("/api/models", "Prefix"),
+            ("/openapi.json", "Exact"),
+            ("/static", "Prefix"),
+            ("/", "Exact"),
+        }
         assert check.invariants(docs) == []
 
 
@@ -593,6 +726,208 @@ def test_triton_admin_key_is_generated_and_passed_from_a_secret(rendered: dict[s
     assert any(a.endswith(":admin-key=$(TRITON_ADMIN_KEY)") for a in triton_container(docs)["args"])
 
 
+# --- issue 19: first install, rollouts, monitoring ------------------------------------------------------------------
+
+
+def _sample_path(path: str) -> str:
+    """A concrete URL path for a Starlette route template (`{slug:path}` gets several segments)."""
+    path = re.sub(r"\{[a-z_]+:path\}", "acme/shop/yolov8n", path)
+    return re.sub(r"\{[a-z_]+(:[a-z]+)?\}", "yolov8n", path)
+
+
+def _app_paths() -> list[tuple[str, Any]]:
+    """(sample path, route) for every route the gateway app serves, read from the app itself."""
+    from starlette.routing import Mount, Route
+
+    from gateway.app import create_app
+    from gateway.settings import Settings
+
+    out: list[tuple[str, Any]] = []
+    for route in create_app(Settings()).routes:
+        if isinstance(route, Mount):
+            out.append((route.path.rstrip("/") + "/app.js", route))
+        elif isinstance(route, Route):
+            out.append((_sample_path(route.path), route))
+    return out
+
+
+def test_ingress_routes_every_route_the_gateway_serves(rendered: dict[str, list[Doc]]) -> None:
+    """Each route of the app is reachable through the rendered Ingress, except the in-cluster probes and metrics."""
+    from starlette.routing import Match
+
+    app_paths = _app_paths()
+    assert any(p.startswith("/api/models/") for p, _ in app_paths)  # the newer format is one of them
+    ingress = check.of_kind(rendered["gpu-tensorrt-ingress-values.yaml"], "Ingress")[0]
+    routed = [(p["path"], p["pathType"]) for r in ingress["spec"]["rules"] for p in r["http"]["paths"]]
+    for url_path, _ in app_paths:
+        published = any(check.routes(url_path, path, kind) for path, kind in routed)
+        assert published == (url_path not in check.INTERNAL_PATHS), url_path
+    # check.py's own list (what `make deploy-check` tests) has a sample for every route of the app, and no other.
+    for url_path in check.PUBLIC_PATHS + check.INTERNAL_PATHS:
+        scope = {"type": "http", "path": url_path, "method": "GET", "root_path": ""}
+        assert any(route.matches(scope)[0] != Match.NONE for _, route in app_paths), url_path
+    for _, route in app_paths:
+        assert any(
+            route.matches({"type": "http", "path": p, "method": "GET", "root_path": ""})[0] != Match.NONE
+            for p in check.PUBLIC_PATHS + check.INTERNAL_PATHS
+        ), route.path
+
+
+def test_first_rollout_allows_the_image_pull_and_plan_builds(rendered: dict[str, list[Doc]]) -> None:
+    for name, docs in rendered.items():
+        triton = _tdeploy(docs)
+        startup = check.probe_budget(triton_container(docs)["startupProbe"])
+        deadline = triton["spec"]["progressDeadlineSeconds"]
+        assert deadline >= startup + triton["spec"]["minReadySeconds"] + check.IMAGE_PULL_S, name
+        assert find(docs, "Deployment", "gateway")["spec"]["progressDeadlineSeconds"] >= deadline, name
+    # NOTES' `kubectl rollout status` waits as long as the Deployment may take.
+    text = notes({})
+    timeouts = [int(m) for m in re.findall(r"rollout status deploy/\S+ --timeout=(\d+)m", text)]
+    assert len(timeouts) == 2 and all(t * 60 >= 3600 for t in timeouts)
+
+
+def test_single_triton_rollout_surges_and_outlasts_the_gateways_reconnects(rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered["default-values.yaml"]
+    spec = _tdeploy(docs)["spec"]
+    assert spec["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    args = triton_container(docs)["args"]
+    age_s = (
+        int(check.flag(args, "grpc-max-connection-age")) + int(check.flag(args, "grpc-max-connection-age-grace"))
+    ) / 1000
+    assert spec["minReadySeconds"] >= age_s == 90
+    pre_stop = triton_container(docs)["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep" and int(pre_stop[1]) >= 5
+    assert spec["template"]["spec"]["terminationGracePeriodSeconds"] > int(pre_stop[1]) + 30
+    keys = {c["topologyKey"] for c in spec["template"]["spec"]["topologySpreadConstraints"]}
+    assert keys == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+
+
+def test_helm_test_pod_reaches_a_gateway_restricted_to_the_ingress_controller(rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered["gpu-tensorrt-ingress-values.yaml"]
+    policy = _gateway_policy(docs)
+    assert policy["spec"]["ingress"][0]["from"][0]["namespaceSelector"]  # restricted: not an open rule
+    (test_pod,) = check.of_kind(docs, "Pod")
+    assert check.admits(policy, test_pod["metadata"]["labels"], 8080)
+    assert not check.admits(policy, {**test_pod["metadata"]["labels"], "app.kubernetes.io/component": "x"}, 8080)
+    # Prometheus (networkPolicy.metricsFrom) may scrape the gateway's /metrics too.
+    metrics_from = check.load_values(VALUES_FILES["gpu-tensorrt-ingress-values.yaml"])["networkPolicy"]["metricsFrom"]
+    assert all(peer in policy["spec"]["ingress"][0]["from"] for peer in metrics_from)
+
+
+def test_service_monitors_only_where_the_operator_crd_exists() -> None:
+    values = check.load_values(VALUES_FILES["gpu-tensorrt-ingress-values.yaml"])
+    without = check.render(values)
+    assert check.of_kind(without, "ServiceMonitor") == []
+    assert "ServiceMonitor(s) for triton and gateway were asked for but not created" in notes(values)
+    with_crd = check.render(values, api_versions=(check.SERVICE_MONITOR,))
+    monitors = {check.component(m): m for m in check.of_kind(with_crd, "ServiceMonitor")}
+    assert set(monitors) == {"triton", "gateway"}
+    gateway_service = find(with_crd, "Service", "gateway")
+    assert check.matches(monitors["gateway"]["spec"]["selector"]["matchLabels"], gateway_service["metadata"]["labels"])
+    assert monitors["gateway"]["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "15s"}]
+    assert {p["name"] for p in gateway_service["spec"]["ports"]} >= {"http"}
+    assert monitors["gateway"]["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert "asked for but not created" not in notes(values, (check.SERVICE_MONITOR,))
+    assert check.validate(with_crd) == []
+
+
+def _pod_templates(docs: list[Doc]) -> dict[str, Doc]:
+    return {d["metadata"]["name"]: d["spec"]["template"] for d in check.of_kind(docs, "Deployment")}
+
+
+def test_rerender_and_chart_bump_leave_pod_templates_unchanged(tmp_path: Path) -> None:
+    """A GitOps sync (a new render: the admin key is redrawn) or a chart bump must not restart the GPU pods."""
+    first, second = render_with(), render_with()
+    secret = lambda docs: next(d for d in check.of_kind(docs, "Secret") if check.component(d) == "triton")  # noqa: E731
+    assert secret(first)["data"] != secret(second)["data"]  # offline, lookup sees no cluster: a new key each render
+    assert _pod_templates(first) == _pod_templates(second)
+    bumped = tmp_path / "yolo-triton"
+    shutil.copytree(CHART, bumped)
+    chart_yaml = yaml.safe_load((bumped / "Chart.yaml").read_text())
+    chart_yaml.update(version="9.9.9", appVersion="9.9.9")
+    (bumped / "Chart.yaml").write_text(yaml.safe_dump(chart_yaml))
+    later = check.render({}, chart_dir=bumped)
+    assert find(later, "Deployment", "triton")["metadata"]["labels"]["helm.sh/chart"] == "yolo-triton-9.9.9"
+    assert _pod_templates(later) == _pod_templates(first)
+
+
+def test_admin_key_from_an_existing_secret() -> None:
+    docs = render_with(triton={"adminKey": {"existingSecret": "ops-triton-admin", "key": "token"}})
+    assert not [d for d in check.of_kind(docs, "Secret") if check.component(d) == "triton"]
+    env = triton_container(docs)["env"][0]
+    assert env["valueFrom"]["secretKeyRef"] == {"name": "ops-triton-admin", "key": "token"}
+
+
+def test_triton_pods_are_guaranteed_qos_with_room_for_dev_shm(rendered: dict[str, list[Doc]]) -> None:
+    for name, docs in rendered.items():
+        spec = _tspec(docs)
+        for c in check.containers(spec):
+            assert c["resources"]["requests"] == c["resources"]["limits"], (name, c["name"])
+        memory = check.quantity_bytes(triton_container(docs)["resources"]["limits"]["memory"])
+        shm = check.quantity_bytes(next(v for v in spec["volumes"] if v["name"] == "dshm")["emptyDir"]["sizeLimit"])
+        assert memory - shm >= 2 * 2**30, name
+
+
+def test_emptydirs_are_safe_to_evict_for_the_cluster_autoscaler(rendered: dict[str, list[Doc]]) -> None:
+    for name, docs in rendered.items():
+        for deployment in check.of_kind(docs, "Deployment"):
+            template = deployment["spec"]["template"]
+            empty = {v["name"] for v in template["spec"]["volumes"] if "emptyDir" in v}
+            listed = template["metadata"]["annotations"]["cluster-autoscaler.kubernetes.io/safe-to-evict-local-volumes"]
+            assert set(listed.split(",")) == empty, (name, deployment["metadata"]["name"])
+
+
+def test_onnxruntime_keeps_its_engine_cache_on_a_persistent_volume(rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered["onnxruntime-engine-cache-values.yaml"]
+    spec = _tspec(docs)
+    assert "initContainers" not in spec
+    workdir = next(v for v in spec["volumes"] if v["name"] == "workdir")
+    assert workdir == {"name": "workdir", "persistentVolumeClaim": {"claimName": "yolo-ort-cache"}}
+    mount = next(m for m in triton_container(docs)["volumeMounts"] if m["name"] == "workdir")
+    assert mount["mountPath"] == triton_container(docs)["workingDir"] and mount["subPath"] == "onnxruntime-25.08-py3"
+    # Opting out is explicit.
+    ephemeral = render_with(models={"target": "onnxruntime", "onnxruntime": {"engineCache": {"allowEphemeral": True}}})
+    assert "emptyDir" in next(v for v in _tspec(ephemeral)["volumes"] if v["name"] == "workdir")
+
+
+def test_url_allow_hosts_notes_that_the_policy_still_needs_egress() -> None:
+    values = check.load_values(VALUES_FILES["onnxruntime-engine-cache-values.yaml"])
+    text = notes(values)
+    assert "images.internal.example.com" in text and "networkPolicy.gatewayExtraEgress" in text
+    assert "gatewayExtraEgress" not in notes({})
+    comment = (CHART / "values.yaml").read_text().split("urlAllowHosts:")[0].rsplit("\n\n", 1)[-1]
+    assert "also open networkPolicy egress" not in comment
+
+
+def test_decode_budget_is_rendered_only_when_set() -> None:
+    assert "GATEWAY_DECODE_BUDGET_BYTES" not in {e["name"] for e in gateway_container(render_with())["env"]}
+    docs = render_with(gateway={"decodeBudgetBytes": 1536 * 2**20})  # + 512 MiB = the default 2 GiB limit exactly
+    assert check.env_of(gateway_container(docs))["GATEWAY_DECODE_BUDGET_BYTES"] == str(1536 * 2**20)
+    assert check.invariants(docs) == []
+    resources = {"requests": {"cpu": "1", "memory": "3584Mi"}, "limits": {"cpu": "2", "memory": "3584Mi"}}
+    bigger = render_with(gateway={"decodeBudgetBytes": 3 * 2**30, "resources": resources})
+    assert check.env_of(gateway_container(bigger))["GATEWAY_DECODE_BUDGET_BYTES"] == str(3 * 2**30)
+
+
+def test_gateway_keepalive_is_what_triton_accepts_locally_and_in_the_chart(rendered: dict[str, list[Doc]]) -> None:
+    """The client's pings (gateway/triton.py) fit the server flags of `make serve` and of the chart, so Triton never
+    answers GOAWAY ENHANCE_YOUR_CALM too_many_pings."""
+    from gateway.triton import CHANNEL_ARGS
+    from tritonlocal import launcher
+
+    client = dict(CHANNEL_ARGS)
+    interval, idle = client["grpc.keepalive_time_ms"], bool(client["grpc.keepalive_permit_without_calls"])
+    assert (interval, idle) == (check.GATEWAY_KEEPALIVE_TIME_MS, check.GATEWAY_KEEPALIVE_WITHOUT_CALLS)
+    servers = {"launcher": list(launcher.KEEPALIVE_ARGS)}
+    servers.update({name: [str(a) for a in triton_container(docs)["args"]] for name, docs in rendered.items()})
+    for name, args in servers.items():
+        # gRPC timers jitter: the server must accept pings at up to twice the client's rate.
+        assert int(check.flag(args, "grpc-http2-min-recv-ping-interval-without-data") or 300_000) <= interval // 2, name
+        if idle:
+            assert check.flag(args, "grpc-keepalive-permit-without-calls") in ("1", "true"), name
+    assert client["grpc.keepalive_timeout_ms"] <= interval
+
+
 # --- Prometheus Adapter ---------------------------------------------------------------------------------------------
 
 
@@ -613,6 +948,13 @@ def test_adapter_rule_serves_queue_time_per_request_to_the_triton_hpa(rendered: 
         (metric,) = hpa["spec"]["metrics"]
         assert metric["type"] == "Pods" and metric["pods"]["metric"]["name"] == rule["name"]["as"]
         assert metric["pods"]["target"]["type"] == "AverageValue"
+
+
+def test_adapter_rate_window_spans_four_scrapes(rendered: dict[str, list[Doc]]) -> None:
+    """rate() needs two samples; over 1 m with Prometheus' default 1 m scrape the HPA reads <unknown>."""
+    assert check.adapter_window_s() >= 4 * check.ASSUMED_SCRAPE_INTERVAL_S
+    windows = re.findall(r"\[(\w+)\]", check.adapter_rule()["metricsQuery"])
+    assert len(windows) == 2 and len(set(windows)) == 1  # numerator and denominator over the same window
 
 
 # --- the gateway image, without building it ------------------------------------------------------------------------
@@ -914,6 +1256,67 @@ def test_builder_builds_once_per_gpu_and_tensorrt_version(tmp_path: Path) -> Non
     assert "built in" in other_gpu.stderr and "built in" in other_trt.stderr
     assert len(calls.read_text().splitlines()) == 3
     assert len(list((tmp_path / "cache").rglob("*.plan"))) == 3
+
+
+def _builder_repository(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    source = tmp_path / "source"
+    (source / "yolov8n" / "1").mkdir(parents=True)
+    (source / "yolov8n" / "config.pbtxt").write_text(triton_config.render(SPEC, _serving("onnxruntime")))
+    (source / "yolov8n" / "1" / "model.onnx").write_bytes(b"onnx bytes")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _fake_trtexec(bin_dir, tmp_path / "calls.txt")
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "GPU_NAME": "NVIDIA L4",
+        "TRT_VERSION": "10.11.0.33",
+    }
+    return source, env
+
+
+def _run_builder(source: Path, output: Path, cache: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            str(CHART / "files" / "build_engines.py"),
+            f"--source={source}",
+            f"--output={output}",
+            f"--cache={cache}",
+        ],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("broken", ["cache root is a file", "cached plan is a directory"])
+def test_builder_warns_and_builds_when_the_cache_fails(tmp_path: Path, broken: str) -> None:
+    """The cache only saves time: an unusable one is a warning, and the init container still succeeds."""
+    source, env = _builder_repository(tmp_path)
+    cache = tmp_path / "cache"
+    if broken == "cache root is a file":
+        cache.write_text("not a directory")  # mkdir under it fails (NotADirectoryError), like a broken mount
+    else:
+        assert _run_builder(source, tmp_path / "warm", cache, env).returncode == 0
+        (plan,) = cache.rglob("*.plan")
+        plan.unlink()
+        plan.mkdir()  # storing the new plan there fails (IsADirectoryError)
+    result = _run_builder(source, tmp_path / "out", cache, env)
+    assert result.returncode == 0, result.stderr
+    assert "warning: cannot write the plan cache" in result.stderr
+    assert "yolov8n: built in" in result.stderr and "(not cached)" in result.stderr
+    assert (tmp_path / "out" / "yolov8n" / "1" / "model.plan").read_bytes() == b"plan"
+
+
+def test_builder_failed_build_is_an_error(tmp_path: Path) -> None:
+    source, env = _builder_repository(tmp_path)
+    (Path(env["PATH"].split(":")[0]) / "trtexec").write_text("#!/bin/sh\necho 'parse error' >&2\nexit 3\n")
+    result = _run_builder(source, tmp_path / "out", tmp_path / "cache", env)
+    assert result.returncode == 1
+    assert "error: trtexec failed (3)" in result.stderr and "parse error" in result.stderr
 
 
 def test_builder_fails_clearly_without_models(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from gateway import auth
+from gateway.triton import TritonState
 from tests.conftest import CACHE, Gateway, start_gateway, stop_gateway
 from tritonlocal import launcher
 
@@ -87,11 +88,27 @@ def test_inflight_cap_answers_503_at_once_instead_of_queueing(triton: launcher.T
         stop_gateway(gw)
 
 
+def test_readiness_grace_keeps_a_gateway_ready_through_a_triton_blip() -> None:
+    """Ready while Triton is up or was within the grace period; never ready before Triton was first seen."""
+    assert TritonState(True, ("yolov8n",), 0.0).ready(0)
+    assert TritonState(False, (), 30.0, "unreachable").ready(60)
+    assert not TritonState(False, (), 61.0, "unreachable").ready(60)
+    assert not TritonState(False, (), 0.5, "unreachable").ready(0)  # GATEWAY_READY_GRACE_S=0: strict
+    assert not TritonState(False, (), None, "unreachable").ready(3600)  # never reached since the start
+
+
 def test_triton_killed_mid_load_gives_503_then_recovers(repository: Path, tmp_path: Path, images: dict[str, Path]) -> None:
-    """Kill Triton under load: 503s while it is down, no 500 and no hang; after a restart, 200s without a gateway restart."""
+    """Kill Triton under load: 503s while it is down, no 500 and no hang; after a restart, 200s without a gateway
+    restart. A gateway with GATEWAY_READY_GRACE_S=0 turns NotReady at once; one with the default grace stays ready (so a
+    Triton blip does not take every gateway out of its Service) and shows Triton's state in /readyz and /metrics."""
     ports = {"http_port": launcher.free_port(), "grpc_port": launcher.free_port(), "metrics_port": launcher.free_port()}
     server = launcher.start(repository, cache=CACHE / "server-fault", log_path=tmp_path / "triton.log", **ports)
-    gw = start_gateway(server, tmp_path)
+    gw = start_gateway(server, tmp_path, ready_grace_s="0")
+    (tmp_path / "graceful").mkdir()
+    graceful = start_gateway(server, tmp_path / "graceful")
+    before = requests.get(f"{graceful.url}/readyz", timeout=10)
+    assert before.status_code == 200 and before.json()["data"]["triton"]["ready"] is True
+    assert "yolo_triton_up 1.0" in requests.get(f"{graceful.url}/metrics", timeout=10).text
     tiny = images["tiny"].read_bytes()
     results: list[tuple[float, int]] = []
     stop = threading.Event()
@@ -114,17 +131,25 @@ def test_triton_killed_mid_load_gives_503_then_recovers(repository: Path, tmp_pa
         down = [s for t, s in results if t > killed_at + 0.5]
         assert down and set(down) <= {503, 504}, sorted(set(down))
         ready = requests.get(f"{gw.url}/readyz", timeout=10)
-        assert ready.status_code == 503
+        assert ready.status_code == 503 and "not ready" in ready.json()["message"].lower()
+        still = requests.get(f"{graceful.url}/readyz", timeout=10)
+        assert still.status_code == 200, still.text
+        state = still.json()["data"]["triton"]
+        assert state["ready"] is False and state["models"] == [] and 0 < state["last_ready_s_ago"] <= 60
+        assert "not ready" in still.json()["message"] and state["problem"]
+        assert "yolo_triton_up 0.0" in requests.get(f"{graceful.url}/metrics", timeout=10).text
         server = launcher.start(repository, cache=CACHE / "server-fault", log_path=tmp_path / "triton2.log", **ports)
         back_at = time.monotonic()
         while not any(t > back_at and s == 200 for t, s in results):
             assert time.monotonic() - back_at < 10, "gateway did not recover within 10 s of Triton being ready"
             time.sleep(0.2)
+        assert requests.get(f"{gw.url}/readyz", timeout=10).status_code == 200  # ready again with no restart
     finally:
         stop.set()
         for t in threads:
             t.join(60)
         stop_gateway(gw)
+        stop_gateway(graceful)
         server.stop()
     assert not any(t.is_alive() for t in threads), "a request hung"
     statuses = {s for _, s in results}

@@ -23,6 +23,10 @@ from pathlib import Path
 from typing import IO
 
 LOOPBACK = "127.0.0.1"
+# Accept the gateway's keepalive pings (gateway/triton.py CHANNEL_ARGS: every 60 s, also without calls in flight);
+# Triton's defaults (pings only during calls, at most one per 5 min) answer them with GOAWAY too_many_pings.
+# The Helm chart passes the same flags (tests/test_deploy.py checks they agree).
+KEEPALIVE_ARGS = ("--grpc-keepalive-permit-without-calls=1", "--grpc-http2-min-recv-ping-interval-without-data=30000")
 
 
 class TritonStartError(RuntimeError):
@@ -171,6 +175,7 @@ def start(
         f"--metrics-port={ports[2]}",
         "--exit-timeout-secs=10",
         "--log-info=true",
+        *KEEPALIVE_ARGS,
         *(extra_args or []),
     ]
     log_file = None if echo else open(log_path, "wb")  # noqa: SIM115 - closed by TritonServer.stop

@@ -11,7 +11,8 @@ if TYPE_CHECKING:
 
 INSTALL_HINT = (
     "to_supervision needs the optional 'supervision' package (0.30 or newer, which uses the OpenCV already "
-    "installed instead of requiring opencv-python): pip install 'yolo-triton[client-supervision]'"
+    "installed instead of requiring opencv-python): pip install './yolo_triton_client[supervision]' for the client "
+    "alone, or 'yolo-triton[client-supervision]' beside the gateway"
 )
 
 

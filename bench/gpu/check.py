@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 import torch
 
 from bench.gpu import torch_graph
@@ -25,7 +26,7 @@ from bench.gpu import torch_graph
 VARIANTS = (("fp32", False), ("fp16", False), ("fp16", True))
 
 
-def compare(ours: np.ndarray, ref: np.ndarray, conf: float = 0.25) -> dict[str, float]:
+def compare(ours: NDArray[np.float32], ref: NDArray[np.float32], conf: float = 0.25) -> dict[str, float]:
     """Differences over anchors whose reference score clears `conf`. ours, ref: (B, 6, A) compact outputs."""
     keep = ref[:, 4] >= conf
     boxes = np.abs(ours[:, :4] - ref[:, :4]).max(axis=1)[keep]
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", default="1,32,64")
     args = parser.parse_args(argv)
 
-    image = cv2.imread(str(args.photo))
+    image = np.asarray(cv2.imread(str(args.photo)), np.uint8)
     one = preprocess.letterbox(image, 640, 32, rect=True)[0][None]
     rng = np.random.default_rng()
     flipped = np.ascontiguousarray(one[:, :, ::-1])

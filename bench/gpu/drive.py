@@ -70,7 +70,7 @@ async def _run(target: Target, concurrency: int, seconds: float, warmup: int, st
             return r.status_code, parse_timing(r.headers.get("server-timing", ""))
 
     else:
-        image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+        image = np.asarray(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR), np.uint8)
         tensor = preprocess.letterbox(image, target.size, 32, rect=True)[0][None]
         triton = grpcaio.InferenceServerClient(target.triton_url)
         closers.append(triton.close)

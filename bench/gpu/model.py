@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import time
+from typing import Any
 
 import torch
 import triton_python_backend_utils as pb_utils
@@ -55,14 +56,14 @@ class TritonPythonModel:
                 b *= 2
         self.timings = {"batches": 0.0, "images": 0.0, "gather": 0.0, "run": 0.0, "respond": 0.0}
 
-    def execute(self, requests: list) -> list:
+    def execute(self, requests: list[Any]) -> list[Any]:
         t0 = time.perf_counter()
         arrays = [
             torch.from_dlpack(pb_utils.get_input_tensor_by_name(r, self.input_name).to_dlpack()) for r in requests
         ]
         t1 = time.perf_counter()
         run = 0.0
-        results: list = [None] * len(requests)
+        results: list[Any] = [None] * len(requests)
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, a in enumerate(arrays):
             by_shape.setdefault(tuple(a.shape[1:]), []).append(i)
@@ -102,4 +103,4 @@ class TritonPythonModel:
             )
 
     def finalize(self) -> None:
-        self.runner = None  # type: ignore[assignment]
+        self.runner = None

@@ -65,30 +65,30 @@ class Runner:
     max_batch: int
     _pinned: dict[tuple[int, ...], torch.Tensor]
 
-    @torch.inference_mode()
     def __call__(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:
         """Outputs for the concatenation of `parts` (CPU uint8, one per request): CPU float32, (sum n_i, ...) each."""
-        n = sum(p.shape[0] for p in parts)
-        if self.device.type != "cuda":
-            x = torch.cat(parts) if len(parts) > 1 else parts[0]
-        else:
-            shape = (bucket(n, self.max_batch), *parts[0].shape[1:])
-            staging = self._pinned.get(shape)
-            if staging is None:
-                if len(self._pinned) > 32:
-                    self._pinned.clear()
-                staging = self._pinned[shape] = torch.zeros(shape, dtype=torch.uint8).pin_memory()
-            start = 0
-            for p in parts:  # straight into pinned memory: one host copy, then an asynchronous upload
-                staging[start : start + p.shape[0]].copy_(p)
-                start += p.shape[0]
-            x = staging.to(self.device, non_blocking=True)
-        # fp16 is for CUDA; a CPU rehearsal autocasts to bfloat16, the half type CPU kernels have.
-        half = torch.float16 if self.device.type == "cuda" else torch.bfloat16
-        with torch.autocast(self.device.type, dtype=half, enabled=self.precision == "fp16"):
-            out = self.module(x)
-        outs = out if isinstance(out, (list, tuple)) else [out]
-        return [o[:n].float().cpu().contiguous() for o in outs]
+        with torch.inference_mode():
+            n = sum(p.shape[0] for p in parts)
+            if self.device.type != "cuda":
+                x = torch.cat(parts) if len(parts) > 1 else parts[0]
+            else:
+                shape = (bucket(n, self.max_batch), *parts[0].shape[1:])
+                staging = self._pinned.get(shape)
+                if staging is None:
+                    if len(self._pinned) > 32:
+                        self._pinned.clear()
+                    staging = self._pinned[shape] = torch.zeros(shape, dtype=torch.uint8).pin_memory()
+                start = 0
+                for p in parts:  # straight into pinned memory: one host copy, then an asynchronous upload
+                    staging[start : start + p.shape[0]].copy_(p)
+                    start += p.shape[0]
+                x = staging.to(self.device, non_blocking=True)
+            # fp16 is for CUDA; a CPU rehearsal autocasts to bfloat16, the half type CPU kernels have.
+            half = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+            with torch.autocast(self.device.type, dtype=half, enabled=self.precision == "fp16"):
+                out = self.module(x)
+            outs = out if isinstance(out, (list, tuple)) else [out]
+            return [o[:n].float().cpu().contiguous() for o in outs]
 
 
 def load(

@@ -223,8 +223,7 @@ def convert_model(model_dir: Path, out_dir: Path, cache_dir: Path | None) -> str
     (out_dir / "1").mkdir(parents=True)
     target = out_dir / "1" / "model.plan"
     cached = cache_dir / f"{model_dir.name}-{plan_key(onnx, info)}.plan" if cache_dir else None
-    if cached and cached.is_file() and cached.stat().st_size > 0:
-        shutil.copyfile(cached, target)
+    if cached and read_cache(cached, target):
         outcome = "cache hit"
     else:
         started = time.monotonic()
@@ -234,13 +233,45 @@ def convert_model(model_dir: Path, out_dir: Path, cache_dir: Path | None) -> str
             raise BuildError(f"{model_dir.name}: the builder wrote no plan")
         partial.rename(target)
         outcome = f"built in {time.monotonic() - started:.1f} s"
-        if cached:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_name(f".{cached.name}.{os.getpid()}")
-            shutil.copyfile(target, tmp)
-            os.replace(tmp, cached)  # atomic: pods building the same plan at once never see half a file
+        if cached and not write_cache(target, cached):
+            outcome += " (not cached)"
     (out_dir / "config.pbtxt").write_text(config)
     return outcome
+
+
+# The cache only saves time: a cache that cannot be read or written (full, read-only, permissions, a stale NFS
+# handle) is a warning and the plan is built or served without it. Exiting would restart this init container in a
+# loop while it holds the pod's GPUs.
+
+
+def read_cache(cached: Path, target: Path) -> bool:
+    """Copy a cached plan to `target`; False (with a warning on I/O errors) when there is none to use."""
+    try:
+        if not cached.is_file() or cached.stat().st_size == 0:
+            return False
+        shutil.copyfile(cached, target)
+        return True
+    except OSError as exc:
+        log(f"warning: cannot read the plan cache ({exc}); building instead")
+        target.unlink(missing_ok=True)
+        return False
+
+
+def write_cache(plan: Path, cached: Path) -> bool:
+    """Store a built plan in the cache, atomically; False (with a warning) when the cache cannot be written."""
+    tmp = cached.with_name(f".{cached.name}.{os.getpid()}")
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(plan, tmp)
+        os.replace(tmp, cached)  # atomic: pods building the same plan at once never see half a file
+        return True
+    except OSError as exc:
+        log(f"warning: cannot write the plan cache ({exc}); the next pod on this GPU builds again")
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -267,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(out_dir, ignore_errors=True)
             outcome = convert_model(model_dir, out_dir, cache_dir)
             log(f"{model_dir.name}: {outcome}")
-    except BuildError as exc:
+    except (BuildError, OSError) as exc:
+        # A failed build (or an unwritable output) is an error: Triton cannot serve this repository.
         log(f"error: {exc}")
         return 1
     return 0

@@ -27,6 +27,25 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
+{{/* Pod template labels: the selector and managed-by, never the chart or app version, so a chart bump alone
+changes no pod template and restarts no pod (GPU pods rebuild or reload their engines on every restart). */}}
+{{- define "yolo-triton.gatewayPodLabels" -}}
+{{ include "yolo-triton.gatewaySelector" . }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "yolo-triton.tritonPodLabels" -}}
+{{ include "yolo-triton.tritonSelector" . }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* The `helm test` pod: the gateway's NetworkPolicy admits it by these labels. */}}
+{{- define "yolo-triton.testSelector" -}}
+app.kubernetes.io/name: {{ include "yolo-triton.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: test
+{{- end }}
+
 {{- define "yolo-triton.gatewaySelector" -}}
 app.kubernetes.io/name: {{ include "yolo-triton.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
@@ -86,3 +105,25 @@ seccompProfile:
 {{- $bytes := add .Values.gateway.limits.maxUploadBytes 65536 }}
 {{- div (add $bytes 1048575) 1048576 }}
 {{- end }}
+
+{{/* A Kubernetes quantity ("2Gi", "512Mi", "1.5G", "1073741824") in bytes, as an integer string. */}}
+{{- define "yolo-triton.bytes" -}}
+{{- if or (kindIs "float64" .) (kindIs "int64" .) (kindIs "int" .) }}
+{{- . | int64 }}
+{{- else }}
+{{- $q := . | toString | trim }}
+{{- $m := regexFind "^[0-9]+(\\.[0-9]+)?" $q }}
+{{- $unit := trimPrefix $m $q }}
+{{- $units := dict "" 1 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 }}
+{{- if or (not $m) (not (hasKey $units $unit)) }}
+{{- fail (printf "%q is not a memory quantity the chart understands (e.g. 2Gi, 512Mi, 1G, or bytes)" $q) }}
+{{- end }}
+{{- mulf (float64 $m) (index $units $unit) | int64 }}
+{{- end }}
+{{- end }}
+
+{{/* Whether the Prometheus Operator's ServiceMonitor CRD is installed (or passed with `helm template --api-versions`). */}}
+{{- define "yolo-triton.hasServiceMonitor" -}}
+{{- if .Capabilities.APIVersions.Has "monitoring.coreos.com/v1/ServiceMonitor" }}true{{ end }}
+{{- end }}
+

@@ -1,0 +1,169 @@
+"""Memory is bounded by a budget whatever the input: uploads and decoded images reserve their bytes before they are
+held, and wait (bounded) or get 503 when the budget is spent."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from pathlib import Path
+
+import anyio
+import cv2
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.budget import MiB, MemoryBudget, decode_cost, default_budget
+from gateway.errors import ServiceUnavailable
+from tests.conftest import start_gateway, stop_gateway
+from tritonlocal import launcher
+
+
+def test_budget_waits_then_admits_in_arrival_order() -> None:
+    order: list[str] = []
+
+    async def main() -> None:
+        budget = MemoryBudget(100, wait_s=5)
+        assert await budget.acquire(80) == 80
+
+        async def waiter(name: str, size: int) -> None:
+            await budget.acquire(size)
+            order.append(name)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(waiter, "big", 90)
+            await anyio.sleep(0.05)
+            group.start_soon(waiter, "small", 20)  # would fit now, but queues behind the earlier waiter
+            await anyio.sleep(0.05)
+            assert order == [] and budget.used == 80
+            budget.release(80)
+            await anyio.sleep(0.05)
+            assert order == ["big"] and budget.used == 90
+            budget.release(90)
+        assert order == ["big", "small"] and budget.used == 20
+
+    anyio.run(main)
+
+
+def test_budget_gives_up_with_503_after_the_wait_and_lets_the_next_in() -> None:
+    async def main() -> None:
+        budget = MemoryBudget(100, wait_s=0.1)
+        await budget.acquire(60)
+        with pytest.raises(ServiceUnavailable) as info:
+            await budget.acquire(50)
+        assert info.value.status == 503 and info.value.headers["Retry-After"] == "2"
+        assert budget.used == 60 and not budget._waiters
+        assert await budget.acquire(40) == 40
+
+    anyio.run(main)
+
+
+def test_cancelled_waiter_leaves_nothing_reserved() -> None:
+    async def main() -> None:
+        budget = MemoryBudget(100, wait_s=5)
+        await budget.acquire(100)
+        with anyio.move_on_after(0.05):
+            await budget.acquire(50)
+        assert not budget._waiters
+        budget.release(100)
+        assert budget.used == 0
+
+    anyio.run(main)
+
+
+def test_an_image_larger_than_the_budget_runs_alone() -> None:
+    async def main() -> None:
+        budget = MemoryBudget(100, wait_s=0.1)
+        assert await budget.acquire(500) == 100
+        with pytest.raises(ServiceUnavailable):
+            await budget.acquire(1)
+
+    anyio.run(main)
+
+
+def _png(width: int, height: int, mode: str) -> bytes:
+    out = io.BytesIO()
+    Image.new(mode, (width, height)).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_decode_cost_is_read_from_the_header() -> None:
+    assert decode_cost(_png(100, 50, "RGB"), 10**9) == 100 * 50 * (3 + 3)
+    assert decode_cost(_png(100, 50, "RGBA"), 10**9) == 100 * 50 * (3 + 4)
+    assert decode_cost(_png(100, 50, "I;16"), 10**9) == 100 * 50 * (3 + 2)
+    assert decode_cost(_png(100, 50, "RGB"), 1000) == 1000 * 6  # over the pixel cap: refused before decoding
+    assert decode_cost(b"\x89PNG\r\n\x1a\n garbage", 1000) == 1000 * 6  # unreadable header: the worst case
+
+
+def test_default_budget_follows_the_container_limit() -> None:
+    assert default_budget(None) == 2048 * MiB
+    assert default_budget(2048 * MiB) == (2048 - 512) // 2 * MiB
+    assert default_budget(600 * MiB) == 256 * MiB
+
+
+def _rss(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(field)
+
+
+@pytest.mark.load
+def test_concurrent_40_megapixel_pngs_stay_within_the_budget(
+    triton: launcher.TritonServer, tmp_path: Path, images: dict[str, Path]
+) -> None:
+    """16 concurrent 6300x6300 PNGs (~120 MB each decoded; 136 KB each uploaded): every answer is 200, 429 or 503,
+    and the gateway's peak RSS stays under its resident size before the burst + the budget + a stated margin."""
+    budget, margin = 400 * MiB, 150 * MiB  # margin: allocator slack, letterboxed tensors, thread stacks
+    gw = start_gateway(triton, tmp_path, decode_budget_bytes=str(budget), decode_budget_wait_s="3")
+    try:
+        big = np.full((6300, 6300, 3), 90, np.uint8)
+        cv2.rectangle(big, (1000, 1000), (5000, 5000), (200, 40, 40), -1)
+        png = cv2.imencode(".png", big, [cv2.IMWRITE_PNG_COMPRESSION, 9])[1].tobytes()
+        del big
+        assert len(png) < 1_000_000
+        warm = gw.predict("yolov8n", files={"image": ("big.png", png)})  # first-use allocations before the baseline
+        assert warm.status_code == 200, warm.text
+        pid = gw.process.pid
+        before = _rss(pid, "VmRSS")
+        statuses: list[int] = []
+        peak = [before]
+        done = threading.Event()
+
+        def sample() -> None:  # VmHWM would include the warm-up; sample VmRSS instead
+            while not done.is_set():
+                peak[0] = max(peak[0], _rss(pid, "VmRSS"))
+                time.sleep(0.01)
+
+        def send() -> None:
+            r = gw.predict("yolov8n", files={"image": ("big.png", png)})
+            statuses.append(r.status_code)
+            assert r.headers["content-type"].startswith("application/json")
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        threads = [threading.Thread(target=send) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        done.set()
+        sampler.join()
+        assert len(statuses) == 16 and set(statuses) <= {200, 429, 503}, statuses
+        assert 200 in statuses and 503 in statuses, statuses  # some admitted, the rest refused: the budget acted
+        grown = peak[0] - before
+        print(f"\nRSS before {before / MiB:.0f} MiB, peak {peak[0] / MiB:.0f} MiB (+{grown / MiB:.0f}); "
+              f"budget {budget / MiB:.0f} MiB; statuses {sorted(statuses)}")
+        assert grown < budget + margin, f"RSS grew {grown / MiB:.0f} MiB, budget {budget / MiB:.0f} + {margin / MiB:.0f}"
+        with open(images["bus"], "rb") as f:
+            after = gw.predict("yolov8n", files={"image": f})
+        assert after.status_code == 200 and after.json()["data"], after.text
+        text = requests.get(f"{gw.url}/metrics", timeout=10).text
+        gauges = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+        assert gauges["yolo_memory_budget_bytes"] == budget
+        assert gauges["yolo_memory_budget_used_bytes"] == 0  # everything reserved was given back
+    finally:
+        stop_gateway(gw)
