@@ -76,7 +76,8 @@ def repository(args: argparse.Namespace, models: list[str]) -> Path:
     import hashlib
     import shutil
 
-    recipe = hashlib.sha256(b"".join(p.read_bytes() for p in sorted((ROOT / "export").rglob("*.py")))).hexdigest()[:12]
+    sources = sorted([*(ROOT / "export").rglob("*.py"), ROOT / "gateway" / "modelcard.py"])
+    recipe = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:12]
     repo = ROOT / ".triton" / "bench-repository"
     stamp = repo / ".recipe"
     if repo.exists() and (not stamp.exists() or stamp.read_text() != recipe):

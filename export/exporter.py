@@ -14,10 +14,9 @@ from pathlib import Path
 
 from export import onnx_graph, triton_config
 from export.triton_config import ModelSpec, Serving, Tensor
+from gateway.modelcard import COMPACT, COMPACT_TASKS, FLOAT32_NCHW_RGB, RAW, TASKS, UINT8_NHWC_BGR
+from gateway.modelcard import InputFormat, OutputLayout, Task
 
-SUPPORTED_TASKS = ("detect", "segment", "pose", "obb", "classify")
-# Compacting output0 applies to the tasks whose rows are box, class scores, extra; a classifier returns probabilities.
-COMPACT_TASKS = ("detect", "segment", "pose", "obb")
 PYTHON_BACKEND_MODEL = Path(__file__).parent / "python_backend" / "model.py"
 
 
@@ -52,6 +51,11 @@ def load_model(source: str) -> "object":
         ) from exc
 
 
+def supported_task(task: object) -> Task | None:
+    """`task` when this server serves it, else None."""
+    return next((t for t in TASKS if t == task), None)
+
+
 def default_imgsz(yolo: object) -> int:
     """The size the weights were trained at (what Ultralytics' predict uses by default), else 224 for a classifier
     (Ultralytics' ImageNet size) and 640 for the rest."""
@@ -77,19 +81,23 @@ def export_onnx(yolo: "object", workdir: Path, imgsz: int) -> Path:
 
 
 def model_spec(
-    name: str, source_onnx: Path, served_onnx: Path, input_format: str, origin: str, untrained: bool, output_layout: str = "raw"
+    name: str,
+    source_onnx: Path,
+    served_onnx: Path,
+    input_format: InputFormat,
+    origin: str,
+    untrained: bool,
+    output_layout: OutputLayout = RAW,
 ) -> ModelSpec:
     meta = onnx_graph.read_metadata(source_onnx)
-    task = meta.get("task", "")
-    if task not in SUPPORTED_TASKS:
-        raise ExportError(f"task {task!r} is not supported: this server serves {', '.join(SUPPORTED_TASKS)} models")
+    found = meta.get("task", "")
+    task = supported_task(found)
+    if task is None:
+        raise ExportError(f"task {found!r} is not supported: this server serves {', '.join(TASKS)} models")
     names = {int(k): v for k, v in ast.literal_eval(meta["names"]).items()}
     imgsz = ast.literal_eval(meta.get("imgsz", "[640, 640]"))
     inputs, outputs = onnx_graph.io_signature(served_onnx)
     kpt_shape = ast.literal_eval(meta["kpt_shape"]) if "kpt_shape" in meta else None
-    # Classifiers see the image resized on its short side and centre-cropped (Ultralytics' classify_transforms),
-    # detectors see it letterboxed; either way the served input is the uint8 BGR result.
-    preprocess = "resize_center_crop" if task == "classify" else "letterbox"
     return ModelSpec(
         name=name,
         task=task,
@@ -101,7 +109,6 @@ def model_spec(
         input_format=input_format,
         output_layout=output_layout,
         kpt_shape=list(kpt_shape) if kpt_shape else None,
-        preprocess=preprocess,
         source=origin,
         untrained=untrained,
     )
@@ -122,9 +129,10 @@ def export_model(
     imgsz: trace size and the model's default `size`; None: `default_imgsz`.
     """
     yolo = load_model(source)
-    task = getattr(yolo, "task", None)
-    if task not in SUPPORTED_TASKS:
-        raise ExportError(f"{source}: task {task!r} is not supported; use a {', '.join(SUPPORTED_TASKS)} model")
+    found = getattr(yolo, "task", None)
+    task = supported_task(found)
+    if task is None:
+        raise ExportError(f"{source}: task {found!r} is not supported; use a {', '.join(TASKS)} model")
     imgsz = imgsz or default_imgsz(yolo)
     model_id = model_id or Path(source).stem
     if not model_id or "/" in model_id or model_id.startswith("."):
@@ -141,16 +149,16 @@ def export_model(
     if fuse:
         log("fusing preprocessing (uint8 NHWC BGR in; RGB, CHW, /255 inside the graph)")
         onnx_graph.fuse_preprocessing(source_onnx, served_onnx)
-        input_format = "uint8_nhwc_bgr"
+        input_format: InputFormat = UINT8_NHWC_BGR
     else:
         shutil.copy(source_onnx, served_onnx)
-        input_format = "float32_nchw_rgb"
+        input_format = FLOAT32_NCHW_RGB
     nc = len(getattr(yolo, "names", {}) or {})
-    output_layout = "raw"
+    output_layout: OutputLayout = RAW
     if compact and nc > 2 and task in COMPACT_TASKS:  # with one or two classes the compact rows save nothing
         log(f"compacting output0: best score and class instead of {nc} class scores per anchor")
         onnx_graph.compact_output(served_onnx, nc)
-        output_layout = "compact"
+        output_layout = COMPACT
     spec = model_spec(model_id, source_onnx, served_onnx, input_format, Path(source).name, untrained, output_layout)
 
     if serving.target == "python":
@@ -184,10 +192,10 @@ def verify(model_dir: Path, spec: ModelSpec, serving: Serving) -> None:
     served = ort.InferenceSession(str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
     reference = ort.InferenceSession(str(model_dir / "source.onnx"), providers=["CPUExecutionProvider"])
     as_float = (image[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32)) / np.float32(255)
-    feed = image if spec.input_format == "uint8_nhwc_bgr" else as_float
+    feed = image if spec.input_format == UINT8_NHWC_BGR else as_float
     got = served.run(None, {spec.inputs[0].name: feed})
     want = reference.run(None, {reference.get_inputs()[0].name: as_float})
-    if spec.output_layout == "compact":
+    if spec.output_layout == COMPACT:
         want[0] = onnx_graph.compact_reference(want[0], len(spec.names))
     for g, w, t in zip(got, want, spec.outputs):
         diff = float(np.abs(g - w).max())

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from export.triton_config import ModelSpec, Serving
+from gateway.modelcard import UINT8_NHWC_BGR
 
 MIN_SIDE, OPT_SIDE, MAX_SIDE = 32, 640, 1280
 
@@ -22,7 +23,7 @@ class TensorRTUnavailable(RuntimeError):
 
 def profile_shapes(spec: ModelSpec, serving: Serving) -> dict[str, tuple[int, ...]]:
     """min/opt/max input shapes for the optimisation profile, in the served input's layout."""
-    nhwc = spec.input_format == "uint8_nhwc_bgr"
+    nhwc = spec.input_format == UINT8_NHWC_BGR
 
     def shape(batch: int, side: int) -> tuple[int, ...]:
         return (batch, side, side, 3) if nhwc else (batch, 3, side, side)

@@ -1,17 +1,25 @@
 """config.pbtxt for a YOLO model, for each backend target.
 
-Everything the gateway needs to post-process travels in `parameters`, so it reads them back through Triton's
-model-config API and never needs the weights or Ultralytics.
+Everything the gateway needs to post-process travels in `parameters` (the model card, gateway/modelcard.py), so it
+reads them back through Triton's model-config API and never needs the weights or Ultralytics.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from typing import Literal
 
-Target = Literal["python", "onnxruntime", "tensorrt"]
-TARGETS: tuple[Target, ...] = ("python", "onnxruntime", "tensorrt")
+from gateway.modelcard import (
+    RAW,
+    TARGETS,
+    InputFormat,
+    ModelCard,
+    OutputLayout,
+    Target,
+    Task,
+    preprocess_for,
+)
+
+__all__ = ["TARGETS", "MODEL_FILES", "ModelSpec", "Serving", "Target", "Tensor", "parameters", "render", "parse"]
 
 _TRITON_DTYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64"}
 MODEL_FILES: dict[Target, str] = {"python": "model.onnx", "onnxruntime": "model.onnx", "tensorrt": "model.plan"}
@@ -26,22 +34,40 @@ class Tensor:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What the exporter learned about a model; rendered into config.pbtxt."""
+    """What the exporter learned about a model: its tensors, and the model card it writes into config.pbtxt."""
 
     name: str
-    task: str
+    task: Task
     names: dict[int, str]
     stride: int
     imgsz: int
     inputs: list[Tensor]
     outputs: list[Tensor]
-    input_format: str  # "uint8_nhwc_bgr" (fused preprocessing) or "float32_nchw_rgb" (raw Ultralytics graph)
+    input_format: InputFormat
     kpt_shape: list[int] | None = None
-    output_layout: str = "raw"  # "raw": Ultralytics' rows; "compact": box, best score, best class, extra
-    preprocess: str = "letterbox"  # "letterbox" (detect, segment, pose, obb) or "resize_center_crop" (classify)
+    output_layout: OutputLayout = RAW
     source: str = ""
     untrained: bool = False
     extra: dict[str, str] = field(default_factory=dict)
+
+    def card(self, target: Target) -> ModelCard:
+        """The model card the gateway reads back from the config (gateway/triton.py `ModelInfo`)."""
+        kpt = (int(self.kpt_shape[0]), int(self.kpt_shape[1])) if self.kpt_shape else None
+        return ModelCard(
+            task=self.task,
+            names=self.names,
+            stride=self.stride,
+            imgsz=self.imgsz,
+            input_name=self.inputs[0].name,
+            input_format=self.input_format,
+            outputs=tuple(t.name for t in self.outputs),
+            output_layout=self.output_layout,
+            preprocess=preprocess_for(self.task),
+            target=target,
+            source=self.source,
+            untrained=self.untrained,
+            kpt_shape=kpt,
+        )
 
 
 @dataclass(frozen=True)
@@ -94,22 +120,8 @@ def _tensor_block(kind: str, tensors: list[Tensor]) -> str:
 
 
 def parameters(spec: ModelSpec, serving: Serving) -> dict[str, str]:
-    params = {
-        "task": spec.task,
-        "names": json.dumps({str(k): v for k, v in spec.names.items()}, ensure_ascii=False),
-        "stride": str(spec.stride),
-        "imgsz": str(spec.imgsz),
-        "input_name": spec.inputs[0].name,
-        "input_format": spec.input_format,
-        "outputs": json.dumps([t.name for t in spec.outputs]),
-        "output_layout": spec.output_layout,
-        "preprocess": spec.preprocess,
-        "target": serving.target,
-        "source": spec.source,
-        "untrained": "true" if spec.untrained else "false",
-    }
-    if spec.kpt_shape:
-        params["kpt_shape"] = json.dumps(list(spec.kpt_shape))
+    """The config's `parameters`: the model card, then what the python backend's model.py reads, then `extra`."""
+    params = spec.card(serving.target).parameters()
     if serving.target == "python":
         params["onnx_file"] = MODEL_FILES["python"]
         params["intra_op_threads"] = str(serving.intra_op_threads)

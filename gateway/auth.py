@@ -139,12 +139,12 @@ def verify(entry: KeyEntry | None, key: str, model_id: str | None, header: str) 
 
 @dataclass
 class KeyStore:
-    """The keys file, re-read when its mtime/size changes (checked at most every `recheck_s`)."""
+    """The keys file, re-read when it changes: mtime, ctime, size or inode (checked at most every `recheck_s`)."""
 
     path: Path
     recheck_s: float = 1.0
     _entries: dict[str, KeyEntry] = field(default_factory=dict, init=False)
-    _stamp: tuple[int, int] | None = field(default=None, init=False)
+    _stamp: tuple[int, ...] | None = field(default=None, init=False)
     _checked: float = field(default=0.0, init=False)
 
     def entry(self, key_id: str) -> KeyEntry | None:
@@ -168,9 +168,10 @@ class KeyStore:
         self._checked = now
         try:
             st = self.path.stat()
-            stamp = (st.st_mtime_ns, st.st_size)
+            # inode and ctime too: a same-size rewrite within one clock tick (or with its mtime kept) is still seen
+            stamp = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
         except FileNotFoundError:
-            self._entries, self._stamp = {}, (0, 0)
+            self._entries, self._stamp = {}, (0,)
             return
         if stamp != self._stamp:
             try:

@@ -4,7 +4,7 @@ Every hop (first request and each redirect, at most `url_max_redirects`) is chec
 credentials in the URL, default or unprivileged ports, and every address the host resolves to must be public.
 The connection then goes to the address that was checked (Host header and TLS SNI keep the name), so a DNS answer
 that changes between check and connect can't redirect us. Hosts in `url_allow_hosts` skip the address check (tests,
-private deployments).
+private deployments). The request's log record gets the host only: paths and query strings of signed URLs hold tokens.
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ from urllib.parse import urljoin
 import httpx
 
 from gateway.errors import BadGateway, BadRequest, PayloadTooLarge
+from gateway.observability import note
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 NOT_ALLOWED = "The image URL is not allowed: it must be a public http or https address."
+HEADERS = {"Accept": "image/*", "Accept-Encoding": "identity", "User-Agent": "yolo-triton-gateway"}
 
 
 async def system_resolver(host: str, port: int) -> list[str]:
@@ -29,10 +31,59 @@ async def system_resolver(host: str, port: int) -> list[str]:
     return [str(info[4][0]) for info in infos]
 
 
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")  # IPv4-mapped
+_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")  # IPv4-translated (SIIT, RFC 2765)
+_COMPATIBLE = ipaddress.IPv6Network("::/96")  # IPv4-compatible (deprecated, still routed by some stacks)
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # NAT64 well-known prefix (RFC 6052)
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")  # NAT64 local-use prefix (RFC 8215), any RFC 6052 length
+_SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")
+_TEREDO = ipaddress.IPv6Network("2001::/32")
+
+
+def _bits(value: int, start: int, count: int) -> int:
+    """`count` bits of a 128-bit address from bit `start` (0 = most significant)."""
+    return (value >> (128 - start - count)) & ((1 << count) - 1)
+
+
+def _local_nat64(value: int) -> list[ipaddress.IPv4Address]:
+    """Every IPv4 address a 64:ff9b:1::/48 address can carry. The operator picks the prefix length (RFC 6052), which
+    the address doesn't say: the /96 reading always counts, the /64 one (bits 72-103) when its reserved bits 64-71
+    and 104-127 are zero. (The /48 and /56 layouts leave bits 96-127 zero, which the /96 reading sees as 0.0.0.0 and
+    refuses: the safe side of an ambiguous address.)"""
+    out = [ipaddress.IPv4Address(value & 0xFFFFFFFF)]
+    if _bits(value, 64, 8) == 0 and _bits(value, 104, 24) == 0:
+        out.append(ipaddress.IPv4Address(_bits(value, 72, 32)))
+    return out
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address] | None:
+    """The IPv4 address(es) an IPv6 address wraps (mapped, translated, compatible, NAT64, 6to4, Teredo), or None.
+
+    Traffic to such an address ends at the IPv4 inside (a NAT64 gateway on an IPv6-only cluster, a 6to4 or Teredo
+    relay, a dual stack), so that is the address to judge: 64:ff9b::a9fe:a9fe is the metadata service.
+    """
+    value = int(ip)
+    low = ipaddress.IPv4Address(value & 0xFFFFFFFF)
+    if ip in _MAPPED or ip in _TRANSLATED or ip in _COMPATIBLE or ip in _NAT64:
+        return [low]
+    if ip in _NAT64_LOCAL:
+        return _local_nat64(value)
+    if ip in _SIX_TO_FOUR:
+        return [ipaddress.IPv4Address(_bits(value, 16, 32))]
+    if ip in _TEREDO:
+        server, client = ip.teredo or (low, low)
+        return [server, client]
+    return None
+
+
 def is_public(address: str) -> bool:
+    """Whether `address` (an IP literal, maybe with a %zone) is a public unicast address, judging the IPv4 inside any
+    IPv6 wrapper: the wrapper's own verdict from `ipaddress` varies with the Python version and misses most of them."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        inner = embedded_ipv4(ip)
+        if inner is not None:
+            return all(v4.is_global and not v4.is_multicast for v4 in inner)
     return ip.is_global and not ip.is_multicast
 
 
@@ -77,11 +128,25 @@ async def fetch_image(
         raise BadGateway(f"The image URL did not answer within {timeout_s:g} seconds.") from None
 
 
-async def _fetch(raw_url: str, max_bytes: int, max_redirects: int, allow_hosts: tuple[str, ...], resolve: Resolver) -> bytes:
+def _parse(raw: str, base: str = "") -> httpx.URL | None:
+    """`raw` (relative to `base`) as a URL whose host can be read, or None."""
     try:
-        url = httpx.URL(raw_url)
-    except (httpx.InvalidURL, ValueError):
-        raise BadRequest("The image URL is not a valid URL.") from None
+        url = httpx.URL(urljoin(base, raw) if base else raw)
+        url.host  # noqa: B018 -- IDNA decoding happens here: 'xn--a' parses, then fails
+    except (httpx.InvalidURL, ValueError):  # (IDNA and Unicode errors are ValueErrors)
+        return None
+    return url
+
+
+async def _fetch(
+    raw_url: str, max_bytes: int, max_redirects: int, allow_hosts: tuple[str, ...], resolve: Resolver
+) -> bytes:
+    parsed = _parse(raw_url)
+    if parsed is None:
+        raise BadRequest("The image URL is not a valid URL.")
+    url = parsed
+    first_host = url.host
+    note(url_host=first_host[:100])
     async with httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=httpx.Timeout(5.0)) as client:
         for _ in range(max_redirects + 1):
             address = await _check(url, allow_hosts, resolve)
@@ -90,28 +155,35 @@ async def _fetch(raw_url: str, max_bytes: int, max_redirects: int, allow_hosts: 
             request = client.build_request(
                 "GET",
                 url.copy_with(host=address),
-                headers={"Host": host_header, "Accept": "image/*", "Accept-Encoding": "identity", "User-Agent": "yolo-triton-gateway"},
+                headers={"Host": host_header, **HEADERS},
                 extensions=extensions,
             )
             try:
                 response = await client.send(request, stream=True)
             except httpx.HTTPError as exc:
                 raise BadGateway(f"The image URL could not be fetched ({type(exc).__name__}).") from None
+            except (httpx.InvalidURL, ValueError):  # httpx reads a redirect's Location (IDNA errors escape it)
+                raise BadGateway("The image URL redirected to an invalid URL.") from None
             try:
                 if response.is_redirect:
-                    location = response.headers.get("location", "")
-                    url = httpx.URL(urljoin(str(url), location))
+                    parsed = _parse(response.headers.get("location", ""), base=str(url))
+                    if parsed is None:
+                        raise BadGateway("The image URL redirected to an invalid URL.")
+                    url = parsed
+                    if url.host != first_host:
+                        note(url_redirect_host=url.host[:100])
                     continue
                 if response.status_code != 200:
                     raise BadGateway(f"The image URL answered HTTP {response.status_code}, not 200.")
+                too_large = f"The image at the URL is larger than the {max_bytes // 2**20} MiB limit."
                 declared = response.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > max_bytes:
-                    raise PayloadTooLarge(f"The image at the URL is larger than the {max_bytes // 2**20} MiB limit.")
+                    raise PayloadTooLarge(too_large)
                 chunks, total = [], 0
                 async for chunk in response.aiter_bytes():
                     total += len(chunk)
                     if total > max_bytes:
-                        raise PayloadTooLarge(f"The image at the URL is larger than the {max_bytes // 2**20} MiB limit.")
+                        raise PayloadTooLarge(too_large)
                     chunks.append(chunk)
                 return b"".join(chunks)
             except httpx.HTTPError as exc:

@@ -2,7 +2,9 @@
 
 Ports of ultralytics/utils/metrics.py `batch_probiou`, utils/nms.py `TorchNMS.fast_nms` (what
 `non_max_suppression(rotated=True)` calls) and utils/ops.py `xywhr2xyxyxyxy`, in float32 with the same order of
-operations, so that the same boxes survive and the corners come out the same as `Results.obb.xyxyxyxy`.
+operations, so that the same boxes survive and the corners come out the same as `Results.obb.xyxyxyxy`. One limit:
+NumPy's and torch's `exp` may differ in the last float32 place, so a pair of boxes whose overlap lies within about
+1e-7 of the IoU threshold can be kept by one and suppressed by the other (tests/test_nms_edges.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Request ids and one structured (JSON lines) access-log record per request.
 
-The record holds the request id, method, path, model, key id (never the secret), status and latency; image bytes
-and form fields are never logged.
+The record holds the request id, method, path, model, key id (never the secret), status and latency, and for a
+`url` prediction the URL's host (never its path or query string: signed URLs carry tokens there); image bytes and
+form fields are never logged. The libraries' own per-request lines (uvicorn's access log, httpx's "HTTP Request: GET
+<full URL>") are silenced: this record replaces the first, and the second would leak those tokens.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import secrets
 import sys
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 import orjson
@@ -21,6 +24,16 @@ from gateway.metrics import Metrics
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
 access_log = logging.getLogger("gateway.access")
+_context: ContextVar[dict[str, Any] | None] = ContextVar("request_context", default=None)
+# Loggers that write a line per request or per outgoing call with the full URL; raised to WARNING (errors still show).
+QUIET_LOGGERS = ("httpx", "httpcore", "hpack")
+
+
+def note(**fields: Any) -> None:
+    """Add fields to the current request's access-log record (nothing outside a request)."""
+    context = _context.get()
+    if context is not None:
+        context.update(fields)
 
 
 class JsonFormatter(logging.Formatter):
@@ -38,7 +51,11 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: int = logging.INFO) -> None:
-    """JSON lines on stderr for the gateway's loggers (idempotent)."""
+    """JSON lines on stderr for the gateway's loggers, and no per-request lines from libraries (idempotent).
+
+    Runs in `create_app`, after uvicorn's CLI has configured its loggers (`uvicorn gateway.app:create_app --factory`);
+    a caller that configures uvicorn later (`uvicorn.run(app)`) passes `access_log=False` itself.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     for name in ("gateway", "gateway.access"):
@@ -46,6 +63,12 @@ def configure_logging(level: int = logging.INFO) -> None:
         logger.handlers[:] = [handler]
         logger.setLevel(level)
         logger.propagate = False
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
+    uvicorn_access = logging.getLogger("uvicorn.access")  # its line holds the query string (`?url=...` is accepted)
+    uvicorn_access.handlers[:] = []
+    uvicorn_access.propagate = False
+    uvicorn_access.disabled = True
 
 
 class RequestContext:
@@ -69,6 +92,7 @@ class RequestContext:
         scope.setdefault("state", {})["context"] = context
         started = time.perf_counter()
         status = 500
+        token = _context.set(context)
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -82,6 +106,7 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            _context.reset(token)
             elapsed = time.perf_counter() - started
             if self.metrics is not None and context.get("predict"):
                 self.metrics.observe(context, status, elapsed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.modelcard import TASKS
 from gateway.schemas import (
     ALIASES,
     ARGUMENTS,
@@ -126,7 +127,7 @@ _MODEL = {
     "required": ["id", "task", "names", "default_size", "backend", "untrained"],
     "properties": {
         "id": {"type": "string"},
-        "task": {"enum": ["detect", "segment", "pose", "obb", "classify"]},
+        "task": {"enum": list(TASKS)},
         "names": {"type": "object", "additionalProperties": {"type": "string"}},
         "default_size": {"type": "integer"},
         "stride": {"type": "integer"},

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from gateway import obb, postprocess, preprocess
+from gateway import masks, obb, postprocess, preprocess
+from gateway.modelcard import COMPACT, FLOAT32_NCHW_RGB, RESIZE_CENTER_CROP
 from gateway.preprocess import Letterbox
 from gateway.schemas import PredictArgs
 from gateway.triton import ModelInfo
@@ -46,12 +47,12 @@ def prepare(
     image = preprocess.decode(data, max_pixels, fast_jpeg)
     t1 = time.perf_counter()
     target = preprocess.target_size(size, info.stride)
-    if info.preprocess == "resize_center_crop":
+    if info.preprocess == RESIZE_CENTER_CROP:
         boxed, box = preprocess.resize_center_crop(image, target, max_pixels)
     else:
         boxed, box = preprocess.letterbox(image, target, info.stride, rect)
     tensor: NDArray[Any] = boxed
-    if info.input_format == "float32_nchw_rgb":
+    if info.input_format == FLOAT32_NCHW_RGB:
         tensor = np.ascontiguousarray(boxed[..., ::-1].transpose(2, 0, 1)).astype(np.float32) / np.float32(255)
     t2 = time.perf_counter()
     timings["decode"] = (t1 - t0) * 1000
@@ -74,7 +75,7 @@ def finish(
     if info.task == "classify":
         return postprocess.top5(pred, info.names)
     nc = len(info.names)
-    compact = info.output_layout == "compact"
+    compact = info.output_layout == COMPACT
     rotated = info.task == "obb"
     dets = postprocess.non_max_suppression(
         pred, args.confidence, args.iou, nc, args.max_det, args.classes, args.agnostic, compact, rotated
@@ -84,7 +85,7 @@ def finish(
         return postprocess.summary(dets, box, info.names, args.normalize, corners=obb.corners(rboxes))
     polygons = keypoints = None
     if info.task == "segment":
-        dets, polygons = postprocess.segments(dets, outputs[info.outputs[1]], box, nc)
+        dets, polygons = masks.segments(dets, outputs[info.outputs[1]], box, nc)
     elif info.task == "pose" and info.kpt_shape:
         k = dets[:, 6:].reshape(len(dets), *info.kpt_shape).copy()
         keypoints = postprocess.scale_xy(k, box)

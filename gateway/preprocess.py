@@ -5,19 +5,15 @@ from __future__ import annotations
 
 import io
 import math
-import os
 from dataclasses import dataclass
 
-# OpenCV's own decoder cap, as a second line behind the header check below; must be set before cv2 is imported.
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(2**30))
+import cv2  # OpenCV's own decoder cap, OPENCV_IO_MAX_IMAGE_PIXELS, is set before this in gateway/__init__.py
+import numpy as np
+import simplejpeg
+from numpy.typing import NDArray
+from PIL import Image
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-from numpy.typing import NDArray  # noqa: E402
-import simplejpeg  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from gateway.errors import PayloadTooLarge, UnprocessableImage, UnsupportedMediaType  # noqa: E402
+from gateway.errors import PayloadTooLarge, UnprocessableImage, UnsupportedMediaType
 
 PAD_VALUE = 114
 Image.MAX_IMAGE_PIXELS = None  # Pillow only reads headers (and GIF frames) here; our own max_pixels is the limit
@@ -206,10 +202,29 @@ def _decode_gif(data: bytes) -> NDArray[np.uint8] | None:
 
 @dataclass(frozen=True)
 class Letterbox:
-    """What `letterbox` did, for mapping coordinates back. Shapes are (height, width)."""
+    """What `letterbox` did, and what its inverse (postprocess.scale_xy) needs. Shapes are (height, width).
+
+    gain: (x, y) scale from original-image to letterboxed-input pixels; pad: (x, y) pixels added on the left and top.
+    """
 
     orig_shape: tuple[int, int]
     input_shape: tuple[int, int]
+    gain: tuple[float, float]
+    pad: tuple[int, int]
+
+    @classmethod
+    def between(cls, orig_shape: tuple[int, int], input_shape: tuple[int, int]) -> Letterbox:
+        """The letterbox from `orig_shape` to `input_shape` as Ultralytics' ops.scale_boxes infers it from the shapes.
+
+        Its inverse, not `letterbox`'s own scale: for a few rect shapes the two differ by a pixel of the scaled
+        side (1001x2000 at 640: the forward scales the width to 640, Ultralytics maps it back from 639), and
+        results must equal Ultralytics'.
+        """
+        (h0, w0), (h1, w1) = orig_shape, input_shape
+        gain = min(h1 / h0, w1 / w0)
+        new_h, new_w = max(round(h0 * gain), 1), max(round(w0 * gain), 1)
+        pad = (round((w1 - new_w) / 2 - 0.1), round((h1 - new_h) / 2 - 0.1))
+        return cls(orig_shape, input_shape, (new_w / w0, new_h / h0), pad)
 
 
 def target_size(size: int, stride: int) -> int:
@@ -234,7 +249,7 @@ def letterbox(image: NDArray[np.uint8], size: int, stride: int, rect: bool) -> t
     if (w, h) != (new_w, new_h):
         image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     out = cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3)
-    return out, Letterbox((h, w), (out.shape[0], out.shape[1]))
+    return out, Letterbox.between((h, w), (out.shape[0], out.shape[1]))
 
 
 def resize_center_crop(image: NDArray[np.uint8], size: int, max_pixels: int) -> tuple[NDArray[np.uint8], Letterbox]:
@@ -251,8 +266,9 @@ def resize_center_crop(image: NDArray[np.uint8], size: int, max_pixels: int) -> 
     new_short, new_long = size, int(size * long / short)
     new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
     top, left = round((new_h - size) / 2.0), round((new_w - size) / 2.0)  # Python rounds halves to even, as torchvision
+    box = Letterbox.between((h, w), (size, size))  # the shapes; a classifier's results are not mapped back
     if (new_h, new_w) == (h, w):  # torchvision skips the resize
-        return np.ascontiguousarray(image[top : top + size, left : left + size]), Letterbox((h, w), (size, size))
+        return np.ascontiguousarray(image[top : top + size, left : left + size]), box
     # Pillow resamples each channel alike, so the BGR array goes in as is (Ultralytics does the same).
     pil = Image.fromarray(np.ascontiguousarray(image))
     if new_h * new_w <= max_pixels:
@@ -261,4 +277,4 @@ def resize_center_crop(image: NDArray[np.uint8], size: int, max_pixels: int) -> 
         sx, sy = w / new_w, h / new_h
         region = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
         out = np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR, box=region))
-    return np.ascontiguousarray(out), Letterbox((h, w), (size, size))
+    return np.ascontiguousarray(out), box

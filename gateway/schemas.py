@@ -12,7 +12,10 @@ from gateway.errors import BadRequest
 SIZE_RANGE = (32, 1280)
 CONFIDENCE_RANGE = (0.01, 1.0)
 IOU_RANGE = (0.0, 0.95)
-MAX_DET_RANGE = (1, 300)
+# Ultralytics' predict defaults, shared with post-processing (postprocess.non_max_suppression).
+CONFIDENCE_DEFAULT = 0.25
+MAX_DET = 300  # the default and the most detections per image
+MAX_DET_RANGE = (1, MAX_DET)
 FORMATS = {"json": "json", "image": "jpeg", "jpeg": "jpeg", "jpg": "jpeg", "png": "png"}
 # One vocabulary for every yes/no argument, everywhere (README, OpenAPI, messages). "on" is what an HTML checkbox
 # sends, so it stays.
@@ -35,12 +38,12 @@ IOU_DEFAULT: dict[Style, float] = {"v1": 0.45, "v2": 0.7}
 @dataclass(frozen=True)
 class PredictArgs:
     size: int = 640
-    confidence: float = 0.25
-    iou: float = 0.45
+    confidence: float = CONFIDENCE_DEFAULT
+    iou: float = IOU_DEFAULT["v1"]
     normalize: bool = False
     url: str = ""
     format: str = "json"  # extension to the HUB arguments: "json", or an annotated "jpeg"/"png"
-    max_det: int = 300  # extensions: Ultralytics' max_det, classes and agnostic_nms
+    max_det: int = MAX_DET  # extensions: Ultralytics' max_det, classes and agnostic_nms
     classes: tuple[int, ...] | None = None
     agnostic: bool = False
 
@@ -104,12 +107,12 @@ def parse_args(fields: Mapping[str, str], default_size: int = 640, style: Style 
     given = _given(fields)
     return PredictArgs(
         size=_number(given["size"], int, *SIZE_RANGE) if "size" in given else default_size,
-        confidence=_number(given["confidence"], float, *CONFIDENCE_RANGE) if "confidence" in given else 0.25,
+        confidence=_number(given["confidence"], float, *CONFIDENCE_RANGE) if "confidence" in given else CONFIDENCE_DEFAULT,
         iou=_number(given["iou"], float, *IOU_RANGE) if "iou" in given else IOU_DEFAULT[style],
         normalize=_flag(given.get("normalize")),
         url=given["url"][1].strip() if "url" in given else "",
         format=_format(given["format"][1]) if "format" in given else "json",
-        max_det=_number(given["max_det"], int, *MAX_DET_RANGE) if "max_det" in given else MAX_DET_RANGE[1],
+        max_det=_number(given["max_det"], int, *MAX_DET_RANGE) if "max_det" in given else MAX_DET,
         classes=_classes(given["classes"][1]) if "classes" in given else None,
         agnostic=_flag(given.get("agnostic")),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -9,6 +10,12 @@ from pathlib import Path
 from typing import Literal
 
 PREFIX = "GATEWAY_"
+TRUE = frozenset({"1", "true", "yes", "on"})
+FALSE = frozenset({"0", "false", "no", "off"})
+# Numbers that must be more than 0; every other number must be 0 or more (and finite).
+POSITIVE = frozenset(
+    {"max_upload_bytes", "max_pixels", "triton_timeout_s", "max_inflight", "url_timeout_s", "workers", "max_images"}
+)
 
 
 @dataclass(frozen=True)
@@ -34,18 +41,35 @@ class Settings:
     redis_password: str = field(default="", repr=False)  # when the URL carries none
     redis_timeout_s: float = 0.25  # bound on every Redis call in the request path
 
+    def __post_init__(self) -> None:
+        """Refuse values the gateway cannot run with, naming the variable that sets them."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            positive = f.name in POSITIVE
+            if not math.isfinite(value) or value < 0 or (positive and value == 0):
+                bound = "more than 0" if positive else "0 or more"
+                raise ValueError(f"{PREFIX}{f.name.upper()}={value!r}: must be a number {bound}")
+        if self.letterbox not in ("rect", "square"):
+            raise ValueError(f"{PREFIX}LETTERBOX must be 'rect' or 'square', not {self.letterbox!r}")
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
-        """Settings from GATEWAY_* variables, e.g. GATEWAY_TRITON_URL, GATEWAY_MAX_UPLOAD_BYTES."""
+        """Settings from GATEWAY_* variables, e.g. GATEWAY_TRITON_URL, GATEWAY_MAX_UPLOAD_BYTES.
+
+        ValueError, naming the variable, for a value that is not of the setting's kind or out of its range.
+        """
         values: dict[str, object] = {}
+        defaults = cls()
         for f in fields(cls):
             raw = environ.get(PREFIX + f.name.upper())
             if raw is None:
                 continue
-            default = getattr(cls(), f.name)
+            default = getattr(defaults, f.name)
             try:
                 if isinstance(default, bool):
-                    values[f.name] = raw.strip().lower() in {"1", "true", "yes", "on"}
+                    values[f.name] = _flag(raw)
                 elif isinstance(default, int):
                     values[f.name] = int(raw)
                 elif isinstance(default, float):
@@ -58,7 +82,11 @@ class Settings:
                     values[f.name] = raw
             except ValueError as exc:
                 raise ValueError(f"{PREFIX}{f.name.upper()}={raw!r}: {exc}") from exc
-        settings = cls(**values)  # type: ignore[arg-type]
-        if settings.letterbox not in ("rect", "square"):
-            raise ValueError(f"{PREFIX}LETTERBOX must be 'rect' or 'square', not {settings.letterbox!r}")
-        return settings
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def _flag(raw: str) -> bool:
+    text = raw.strip().lower()
+    if text in TRUE | FALSE:
+        return text in TRUE
+    raise ValueError(f"not a boolean: use one of {', '.join(sorted(TRUE))} or {', '.join(sorted(FALSE))}")

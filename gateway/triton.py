@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from numpy.typing import NDArray
 from tritonclient.utils import InferenceServerException
 
 from gateway.errors import GatewayError, GatewayTimeout, NotFound, ServiceUnavailable
+from gateway.modelcard import ModelCard
 
 # tritonclient's defaults plus a short reconnect backoff (a restarted Triton is used again within ~2 s, not after
 # gRPC's default of up to 2 minutes) and round-robin over every address a `dns:///` name resolves to (headless
@@ -35,52 +35,22 @@ CHANNEL_ARGS = [
     ("grpc.lb_policy_name", "round_robin"),
 ]
 MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
-TASKS = ("detect", "segment", "pose", "obb", "classify")
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the gateway needs to pre- and post-process one served model (from its config `parameters`)."""
+@dataclass(frozen=True, kw_only=True)
+class ModelInfo(ModelCard):
+    """One served model: its card (from its config `parameters`), its name and Triton's batch limit."""
 
     name: str
-    task: str
-    names: dict[int, str]
-    stride: int
-    imgsz: int
-    input_name: str
-    input_format: str
-    outputs: tuple[str, ...]
-    output_layout: str
-    target: str
-    untrained: bool
-    kpt_shape: tuple[int, int] | None = None
-    preprocess: str = "letterbox"  # or "resize_center_crop" (classifiers)
     max_batch_size: int = 0
-    source: str = ""
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> ModelInfo:
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
-        if params.get("task") not in TASKS:
-            raise ValueError(f"model {config.get('name')!r} has no supported task parameter (exported by us?)")
-        kpt = json.loads(params["kpt_shape"]) if params.get("kpt_shape") else None
-        return cls(
-            name=config["name"],
-            task=params["task"],
-            names={int(k): v for k, v in json.loads(params["names"]).items()},
-            stride=int(params.get("stride", "32")),
-            imgsz=int(params.get("imgsz", "640")),
-            input_name=params.get("input_name", "image"),
-            input_format=params.get("input_format", "uint8_nhwc_bgr"),
-            outputs=tuple(json.loads(params.get("outputs", '["output0"]'))),
-            output_layout=params.get("output_layout", "raw"),
-            target=params.get("target", ""),
-            untrained=params.get("untrained") == "true",
-            kpt_shape=(int(kpt[0]), int(kpt[1])) if kpt else None,
-            preprocess=params.get("preprocess", "letterbox"),
-            max_batch_size=int(config.get("max_batch_size", 0)),
-            source=params.get("source", ""),
-        )
+        try:
+            return cls.from_parameters(params, name=config["name"], max_batch_size=int(config.get("max_batch_size", 0)))
+        except ValueError as exc:
+            raise ValueError(f"model {config.get('name')!r}: {exc}") from None
 
     def public(self) -> dict[str, Any]:
         """The model as GET /v1/models shows it."""

@@ -35,6 +35,7 @@ def _recipe_hash() -> str:
     h = hashlib.sha256(ultralytics.__version__.encode())
     for name in ("fixtures.py", "exporter.py", "onnx_graph.py", "triton_config.py", "python_backend/model.py"):
         h.update((ROOT / "export" / name).read_bytes())
+    h.update((ROOT / "gateway" / "modelcard.py").read_bytes())  # the config parameters the exporter writes
     return h.hexdigest()[:12]
 
 

@@ -1,4 +1,5 @@
-"""Our merge_multi_segment is Ultralytics' own, point for point, on random multi-contour masks."""
+"""Our merge_multi_segment (tests/reference.py) and its batched form (gateway/masks.py `outlines`) are Ultralytics'
+own, point for point, on random multi-contour masks."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from gateway.postprocess import merge_multi_segment
+from tests.reference import merge_multi_segment
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -35,7 +36,7 @@ def test_outlines_of_many_masks_at_once_equal_ultralytics() -> None:
     including masks with one contour (used as found) and masks without any."""
     from ultralytics.data.converter import merge_multi_segment as reference
 
-    from gateway.postprocess import outlines
+    from gateway.masks import outlines
 
     sets = []
     for seed in range(40):

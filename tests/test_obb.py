@@ -115,7 +115,7 @@ def test_scale_rboxes_matches_scale_boxes_xywh(orig: tuple[int, int], inp: tuple
 
     boxes = _rboxes(np.random.default_rng(4), 50, spread=min(inp))
     boxes[:5, :2] = -30  # past the edge: oriented boxes are not clipped
-    got = postprocess.scale_rboxes(boxes, Letterbox(orig, inp))
+    got = postprocess.scale_rboxes(boxes, Letterbox.between(orig, inp))
     want = scale_boxes(inp, torch.from_numpy(boxes[:, :4].copy()), orig, xywh=True).numpy()
     assert np.abs(got[:, :4] - want).max() <= 1e-3 and np.array_equal(got[:, 4], boxes[:, 4])
     assert (got[:5, :2] < 0).all()
@@ -123,16 +123,16 @@ def test_scale_rboxes_matches_scale_boxes_xywh(orig: tuple[int, int], inp: tuple
 
 def test_summary_of_oriented_boxes_has_four_corners_unclipped() -> None:
     dets = np.array([[50, 40, 80, 20, 0.75, 2, 0.3]], np.float32)
-    rboxes = postprocess.scale_rboxes(dets[:, [0, 1, 2, 3, 6]], Letterbox((100, 200), (100, 200)))
+    rboxes = postprocess.scale_rboxes(dets[:, [0, 1, 2, 3, 6]], Letterbox.between((100, 200), (100, 200)))
     rboxes[0, :2] = [5, 5]  # near the corner: part of the box lies outside the image
     plain = postprocess.summary(
-        dets, Letterbox((100, 200), (100, 200)), {2: "storage tank"}, False, corners=obb.corners(rboxes)
+        dets, Letterbox.between((100, 200), (100, 200)), {2: "storage tank"}, False, corners=obb.corners(rboxes)
     )
     box = plain[0]["box"]
     assert list(box) == ["x1", "y1", "x2", "y2", "x3", "y3", "x4", "y4"]
     assert min(box.values()) < 0 and plain[0]["name"] == "storage tank" and plain[0]["confidence"] == 0.75
     norm = postprocess.summary(
-        dets, Letterbox((100, 200), (100, 200)), {2: "storage tank"}, True, corners=obb.corners(rboxes)
+        dets, Letterbox.between((100, 200), (100, 200)), {2: "storage tank"}, True, corners=obb.corners(rboxes)
     )
     assert norm[0]["box"]["x2"] == pytest.approx(box["x2"] / 200, abs=1e-5) and norm[0]["box"]["y2"] == pytest.approx(
         box["y2"] / 100, abs=1e-5
@@ -142,6 +142,7 @@ def test_summary_of_oriented_boxes_has_four_corners_unclipped() -> None:
 def test_no_candidates_give_no_rows() -> None:
     raw = np.zeros((4 + 3 + 1, 50), np.float32)  # every score 0: nothing passes the confidence threshold
     dets = postprocess.non_max_suppression(raw, 0.25, 0.45, 3, rotated=True)
-    rboxes = postprocess.scale_rboxes(dets[:, [0, 1, 2, 3, -1]], Letterbox((100, 200), (128, 224)))
+    box = Letterbox.between((100, 200), (128, 224))
+    rboxes = postprocess.scale_rboxes(dets[:, [0, 1, 2, 3, -1]], box)
     assert dets.shape == (0, 7) and obb.corners(rboxes).shape == (0, 4, 2)
-    assert postprocess.summary(dets, Letterbox((100, 200), (128, 224)), {}, False, corners=obb.corners(rboxes)) == []
+    assert postprocess.summary(dets, box, {}, False, corners=obb.corners(rboxes)) == []

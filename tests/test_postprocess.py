@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gateway import postprocess, preprocess
+from gateway import masks, postprocess, preprocess
 from gateway.preprocess import Letterbox
+from tests.reference import mask_polygon
 
 
 @pytest.mark.parametrize("h,w", [(1080, 810), (720, 1280), (90, 1500), (20, 20), (1, 3000), (640, 640)])
@@ -20,10 +21,18 @@ def test_letterbox_then_unletterbox_is_identity(h: int, w: int, size: int, rect:
     else:
         assert out.shape[:2] == (size, size)
     # the image corners map back to themselves
-    gain_x, gain_y, pad_x, pad_y = postprocess._gain_pad(box)
+    (gain_x, gain_y), (pad_x, pad_y) = box.gain, box.pad
     corners = np.array([[pad_x, pad_y, pad_x + w * gain_x, pad_y + h * gain_y]], np.float32)
     back = postprocess.scale_boxes(corners, box)
     assert np.allclose(back, [[0, 0, w, h]], atol=1e-3)
+
+
+@pytest.mark.parametrize("h,w", [(1080, 810), (720, 1280), (90, 1500), (1001, 2000), (333, 1)])
+def test_letterbox_pad_is_where_the_image_starts(h: int, w: int) -> None:
+    out, box = preprocess.letterbox(np.full((h, w, 3), 7, np.uint8), 640, 32, rect=True)
+    rows, cols = np.nonzero(out[..., 0] != 114)
+    assert (int(cols.min()), int(rows.min())) == box.pad
+    assert box.gain[0] * w == pytest.approx(cols.max() + 1 - cols.min(), abs=1)
 
 
 def test_letterbox_pads_with_114_and_keeps_content_centred() -> None:
@@ -71,7 +80,7 @@ def test_mask_lies_inside_its_box() -> None:
     protos = rng.normal(size=(32, 40, 40)).astype(np.float32)
     coef = rng.normal(size=32).astype(np.float32)
     xyxy = np.array([17.3, 20.6, 90.2, 121.9], np.float32)
-    mask, x0, y0 = postprocess.mask_in_box(coef, protos, xyxy, (160, 160))
+    mask, x0, y0 = masks.mask_in_box(coef, protos, xyxy, (160, 160))
     assert mask.any()
     ys, xs = np.nonzero(mask)
     assert xs.min() + x0 >= xyxy[0] and xs.max() + x0 < xyxy[2]
@@ -88,7 +97,7 @@ def test_mask_equals_full_upsample_then_crop() -> None:
     full = torch.nn.functional.interpolate(torch.from_numpy(coef @ protos.reshape(32, -1)).view(1, 1, 24, 40), (96, 160), mode="bilinear")[0, 0].numpy()
     cols, rows = np.arange(160), np.arange(96)
     want = (full > 0) & ((cols >= xyxy[0]) & (cols < xyxy[2]))[None, :] & ((rows >= xyxy[1]) & (rows < xyxy[3]))[:, None]
-    mask, x0, y0 = postprocess.mask_in_box(coef, protos, xyxy, (96, 160))
+    mask, x0, y0 = masks.mask_in_box(coef, protos, xyxy, (96, 160))
     got = np.zeros_like(want)
     got[y0 : y0 + mask.shape[0], x0 : x0 + mask.shape[1]] = mask.astype(bool)
     assert (got != want).sum() <= 2  # float summation order may flip a value sitting exactly at 0
@@ -98,13 +107,13 @@ def test_polygon_of_two_blobs_is_one_merged_outline() -> None:
     mask = np.zeros((20, 30), np.uint8)
     mask[2:6, 2:6] = 1
     mask[10:15, 20:28] = 1
-    poly = postprocess.mask_polygon(mask, 100, 200)
+    poly = mask_polygon(mask, 100, 200)
     assert poly.dtype == np.float32 and len(poly) >= 8
     assert poly[:, 0].min() >= 100 and poly[:, 1].min() >= 200 and poly[:, 0].max() <= 128
 
 
 def test_keypoints_and_boxes_are_clipped_to_the_image() -> None:
-    box = Letterbox((100, 200), (320, 640))
+    box = Letterbox.between((100, 200), (320, 640))
     pts = np.array([[[-50.0, -50.0, 0.9], [700.0, 400.0, 0.1]]], np.float32)
     out = postprocess.scale_xy(pts, box)
     assert out[0, 0, :2].tolist() == [0.0, 0.0] and out[0, 1, :2].tolist() == [200.0, 100.0]
@@ -113,7 +122,7 @@ def test_keypoints_and_boxes_are_clipped_to_the_image() -> None:
 
 def test_summary_normalizes_by_image_size() -> None:
     dets = np.array([[20, 10, 200, 100, 0.5, 1]], np.float32)
-    box = Letterbox((100, 200), (320, 640))
+    box = Letterbox.between((100, 200), (320, 640))
     plain = postprocess.summary(dets, box, {1: "bicycle"}, normalize=False)
     norm = postprocess.summary(dets, box, {1: "bicycle"}, normalize=True)
     assert plain[0]["box"] == {"x1": 20.0, "y1": 10.0, "x2": 200.0, "y2": 100.0}
@@ -153,7 +162,7 @@ def test_resize_center_crop_is_ultralytics_classify_transform_bit_for_bit(h: int
     got, box = preprocess.resize_center_crop(image, size, max_pixels=40_000_000)
     assert got.shape == (size, size, 3) and got.flags.c_contiguous
     assert np.array_equal(got, want)
-    assert box == Letterbox((h, w), (size, size))
+    assert box == Letterbox.between((h, w), (size, size))
     # past the pixel budget only the cropped part is resampled: the same picture up to rounding
     bounded, _ = preprocess.resize_center_crop(image, size, max_pixels=0)
     assert bounded.shape == want.shape and np.abs(bounded.astype(int) - want).max() <= 1

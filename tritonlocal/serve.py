@@ -52,7 +52,10 @@ def main(argv: list[str] | None = None) -> int:
 
         app = create_app(replace(settings, triton_url=server.grpc_url))
         print(f"[serve] gateway on http://{args.host}:{args.port}  (try: curl http://{args.host}:{args.port}/v1/models)", flush=True)
-        uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=20)
+        # no access log: the gateway writes its own JSON line per request (uvicorn's holds the query string)
+        uvicorn.run(
+            app, host=args.host, port=args.port, log_level="info", access_log=False, timeout_graceful_shutdown=20
+        )
     finally:
         print("[serve] stopping Triton ...", file=sys.stderr, flush=True)
         server.stop()
