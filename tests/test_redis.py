@@ -341,3 +341,33 @@ def test_make_key_state_redis_creates_an_admin_key_with_a_rate(stack: Stack) -> 
     listed = {k["id"]: k for k in stack.admin("GET", "/v1/keys", 1, key=key).json()["data"]}  # works as admin at once
     entry = listed[key.split("_")[1]]
     assert entry["admin"] is True and entry["rate"] == 5.0
+
+
+@pytest.mark.load
+def test_redis_hung_costs_bounded_time_and_recovers(stack: Stack, images: dict[str, Path]) -> None:
+    """SIGSTOP Redis (it accepts connections but never answers: the slow case): every call is bounded, so a seen key
+    still gets 200 and an unseen one 503, each within a few seconds, never a hang; SIGCONT and all is back."""
+    import signal
+
+    _, warm = stack.new_key(2)
+    cold = [stack.new_key(0)[1] for _ in range(6)]
+    tiny = images["tiny"].read_bytes()
+    assert all(predict(url, warm, tiny).status_code == 200 for url in stack.urls)
+    os.kill(stack.redis.process.pid, signal.SIGSTOP)
+    results: list[tuple[str, int, float]] = []
+    try:
+        time.sleep(1.2)  # every cached entry is now older than the 1 s cache: each check goes to (hung) Redis
+        for i, url in enumerate(stack.urls):
+            for name, call in (("warm", lambda: predict(url, warm, tiny).status_code),
+                               ("cold", lambda: probe(url, cold[i]))):
+                t0 = time.monotonic()
+                results.append((name, call(), time.monotonic() - t0))
+    finally:
+        os.kill(stack.redis.process.pid, signal.SIGCONT)
+    print(f"\n[redis hung] {[(n, s, round(t, 2)) for n, s, t in results]}")
+    assert [(n, s) for n, s, _ in results] == [("warm", 200), ("cold", 503)] * 3
+    assert max(t for _, _, t in results) < 5.0
+    back = time.monotonic()
+    while not all(probe(url, cold[3 + i]) == 400 for i, url in enumerate(stack.urls)):
+        assert time.monotonic() - back < 5.0, "not recovered within 5 s of Redis answering again"
+        time.sleep(0.1)
