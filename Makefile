@@ -6,6 +6,10 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 STAMP := $(VENV)/.installed
 TEST_TOOLS := $(VENV)/.test-tools
+REDIS_TOOLS := $(VENV)/.redis-tools
+# `make serve GATEWAYS=3 STATE=redis`: several gateways sharing keys, limits and usage through one Redis
+REDIS_IF_NEEDED := $(if $(filter redis,$(STATE)),$(REDIS_TOOLS))
+STATE_ARGS := $(if $(filter redis,$(STATE)),--state redis)
 export OPENCV_IO_MAX_IMAGE_PIXELS ?= 1073741824
 
 .PHONY: install export fixtures serve test check key demo bench bench-quick bench-tools deploy-check images container-test clean
@@ -21,10 +25,16 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # The browser test drives Debian's Chromium (Playwright cannot download browsers offline); curl runs the README example.
-$(TEST_TOOLS): $(STAMP)
+$(TEST_TOOLS): $(STAMP) $(REDIS_TOOLS)
 	@command -v chromium >/dev/null && command -v curl >/dev/null || \
 		(echo "[install] installing chromium and curl (apt)"; apt-get update -qq && \
 		 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium curl >/dev/null)
+	@touch $@
+
+# Debian's Redis 7 server (security updates from Debian; the same binary the Redis-mode tests start).
+$(REDIS_TOOLS): $(STAMP)
+	@command -v redis-server >/dev/null || (echo "[install] installing redis-server (apt)"; apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null)
 	@touch $@
 
 export: install
@@ -33,8 +43,8 @@ export: install
 fixtures: install
 	$(PY) -m export fixtures $(EXPORT_ARGS)
 
-serve: install
-	$(PY) -m tritonlocal.serve --host $(HOST) --port $(PORT) $(SERVE_ARGS)
+serve: install $(REDIS_IF_NEEDED)
+	$(PY) -m tritonlocal.serve --host $(HOST) --port $(PORT) $(if $(GATEWAYS),--gateways $(GATEWAYS)) $(STATE_ARGS) $(SERVE_ARGS)
 
 test: install $(TEST_TOOLS)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -47,7 +57,8 @@ check: install
 	$(VENV)/bin/mypy gateway export tritonlocal bench yolo_triton_client
 
 key: install
-	@$(PY) -m gateway.keys create --name "$${NAME:-key-$$(date +%Y%m%d-%H%M%S)}"
+	@$(PY) -m gateway.keys $(STATE_ARGS) create --name "$${NAME:-key-$$(date +%Y%m%d-%H%M%S)}" \
+		$(if $(filter 1 yes true,$(ADMIN)),--admin) $(if $(RATE),--rate $(RATE)) $(if $(MODELS),--models $(MODELS))
 
 demo: install
 	@$(PY) -m tritonlocal.demo --url http://$(HOST):$(PORT) $(DEMO_ARGS)

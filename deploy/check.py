@@ -278,6 +278,7 @@ def invariants(docs: list[Doc]) -> list[str]:
     problems += _policy_invariants(docs)
     problems += _rollout_invariants(docs)
     problems += _monitoring_invariants(docs)
+    problems += _redis_invariants(docs)
     return problems
 
 
@@ -699,6 +700,43 @@ def adapter_window_s() -> float:
     """The shortest rate() window in the adapter's metricsQuery, in seconds."""
     windows = re.findall(r"\[(\d+[smh])\]", adapter_rule()["metricsQuery"])
     return min(duration_s(w) for w in windows) if windows else 0.0
+
+
+def _redis_invariants(docs: list[Doc]) -> list[str]:
+    """Redis mode: the gateways get the URL and a password from a Secret (never a literal), may reach Redis, and a
+    Redis deployed here has a password, a PVC and admits only the gateways and the key bootstrap job."""
+    gateway = container(one(docs, "Deployment", "gateway"), "gateway")
+    env = {e["name"]: e for e in (gateway or {}).get("env", [])}
+    if "GATEWAY_REDIS_URL" not in env:
+        return []
+    problems = []
+    if "secretKeyRef" not in env.get("GATEWAY_REDIS_PASSWORD", {}).get("valueFrom", {}):
+        problems.append("gateway: GATEWAY_REDIS_PASSWORD must come from a Secret (secretKeyRef)")
+    egress = [rule for pol in of_kind(docs, "NetworkPolicy") if component(pol) == "gateway"
+              for rule in pol["spec"].get("egress", [])]
+    port = int(str(env["GATEWAY_REDIS_URL"].get("value", "")).rsplit(":", 1)[-1].split("/")[0] or 6379)
+    if not any(p.get("port") == port for rule in egress for p in rule.get("ports", [])):
+        problems.append(f"gateway: no NetworkPolicy egress rule reaches Redis on port {port}")
+    redis = one(docs, "StatefulSet", "redis")
+    if redis is None:
+        return problems
+    spec = redis["spec"]
+    if not spec.get("volumeClaimTemplates"):
+        problems.append("redis: needs a PersistentVolumeClaim (volumeClaimTemplates)")
+    c = spec["template"]["spec"]["containers"][0]
+    if "--requirepass" not in " ".join(c.get("args", [])) or not any(
+        "secretKeyRef" in e.get("valueFrom", {}) for e in c.get("env", [])
+    ):
+        problems.append("redis: must require a password taken from a Secret")
+    policy = one(docs, "NetworkPolicy", "redis")
+    allowed = {"gateway", "redis-bootstrap"}
+    peers = [peer for rule in (policy or {}).get("spec", {}).get("ingress", []) for peer in rule.get("from", [])]
+    if policy is None or not peers or any(
+        peer.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") not in allowed
+        for peer in peers
+    ):
+        problems.append("redis: a NetworkPolicy must admit only the gateway pods (and the key bootstrap job)")
+    return problems
 
 
 def adapter_rule() -> Doc:

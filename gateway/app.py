@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 from dataclasses import dataclass
 
 import anyio
@@ -12,14 +13,14 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from gateway import routes, web
-from gateway.auth import KeyStore
+from gateway import admin, routes, web
 from gateway.budget import MemoryBudget, default_budget, memory_limit
 from gateway.errors import HANDLERS
 from gateway.metrics import Metrics
 from gateway.observability import RequestContext, configure_logging
-from gateway.ratelimit import RateLimiter
 from gateway.settings import Settings
+from gateway.state import State as Store
+from gateway.state import open_state
 from gateway.triton import Triton
 
 log = logging.getLogger("gateway")
@@ -31,8 +32,7 @@ class State:
 
     settings: Settings
     triton: Triton
-    keys: KeyStore
-    limiter: RateLimiter
+    store: Store  # keys, rate limits and usage: the keys file or Redis (gateway/state.py)
     limiter_threads: anyio.CapacityLimiter
     metrics: Metrics
     budget: MemoryBudget
@@ -43,17 +43,23 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     configure_logging()
     meters = Metrics()
+    store = open_state(settings)
+
+    def record_usage(context: dict[str, Any], status: int, seconds: float) -> None:
+        model = context.get("model", "")  # as in /metrics: only models Triton served, so the counters stay bounded
+        store.record(context["key_id"], model if model in meters.models else "other", context.get("images", 0),
+                     status, seconds)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         triton = Triton(settings.triton_url, settings.triton_timeout_s, settings.model_cache_s)
-        keys = KeyStore(settings.keys_file)
         threads = anyio.CapacityLimiter(settings.workers)
         budget = MemoryBudget(settings.decode_budget_bytes or default_budget(memory_limit()), settings.decode_budget_wait_s)
         log.info("memory budget for images in flight: %d MiB", budget.capacity // 2**20)
         meters.budget_capacity.set(budget.capacity)
         meters.budget_used.set_function(lambda: budget.used)
-        app.state.gateway = State(settings, triton, keys, RateLimiter(), threads, meters, budget)
+        app.state.gateway = State(settings, triton, store, threads, meters, budget)
+        await store.start()
         try:
             for model in await triton.ready_models():
                 if model.untrained:
@@ -61,6 +67,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         except Exception as exc:  # Triton may still be starting; /readyz reports it
             log.warning("inference server not reachable at start-up (%s): %s", settings.triton_url, exc)
         yield
+        await store.close()
         await triton.close()
 
     table = [
@@ -69,6 +76,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/", routes.predict_dedicated, methods=["POST"]),
         Route("/v1/models", routes.list_models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", routes.get_model, methods=["GET"]),
+        *admin.routes(),
         *web.routes(),
         Route("/openapi.json", routes.openapi_json, methods=["GET"]),
         Route("/metrics", routes.metrics, methods=["GET"]),
@@ -78,6 +86,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return Starlette(
         routes=table,
         exception_handlers=HANDLERS,
-        middleware=[Middleware(RequestContext, metrics=meters)],
+        middleware=[Middleware(RequestContext, metrics=meters, usage=record_usage)],
         lifespan=lifespan,
     )

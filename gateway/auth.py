@@ -30,8 +30,10 @@ class KeyEntry:
     hash: str
     created: str
     models: tuple[str, ...] | None = None  # None: every model
-    rate: float | None = None  # requests per second; None: unlimited
+    rate: float | None = None  # images per second; None: unlimited
     revoked: bool = False
+    admin: bool = False  # may manage keys (/v1/keys)
+    last_used: str | None = None  # kept by the state store (usage), not in the keys file
 
     def public(self) -> dict[str, Any]:
         out = asdict(self)
@@ -66,6 +68,7 @@ def read_entries(path: Path) -> list[KeyEntry]:
                 models=tuple(models) if models is not None else None,
                 rate=item.get("rate"),
                 revoked=bool(item.get("revoked", False)),
+                admin=bool(item.get("admin", False)),
             )
         )
     return entries
@@ -74,7 +77,8 @@ def read_entries(path: Path) -> list[KeyEntry]:
 def write_entries(path: Path, entries: list[KeyEntry]) -> None:
     """Atomically replace the keys file (temp file in the same folder + rename), mode 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = {"keys": [{**asdict(e), "models": list(e.models) if e.models is not None else None} for e in entries]}
+    rows = [{**asdict(e), "models": list(e.models) if e.models is not None else None} for e in entries]
+    body = {"keys": [{k: v for k, v in row.items() if k != "last_used"} for row in rows]}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
@@ -88,13 +92,49 @@ def write_entries(path: Path, entries: list[KeyEntry]) -> None:
         raise
 
 
-def create_key(path: Path, name: str, models: list[str] | None = None, rate: float | None = None) -> tuple[KeyEntry, str]:
-    """Add a key to the file; returns (entry, the key itself — shown once, never stored)."""
+def make_entry(
+    name: str, models: list[str] | None = None, rate: float | None = None, admin: bool = False
+) -> tuple[KeyEntry, str]:
+    """A new key's entry and the key itself (shown once, never stored)."""
     key_id, key = new_key()
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    entry = KeyEntry(key_id, name, hash_key(key), created, tuple(models) if models else None, rate)
+    return KeyEntry(key_id, name, hash_key(key), created, tuple(models) if models else None, rate, admin=admin), key
+
+
+def create_key(
+    path: Path, name: str, models: list[str] | None = None, rate: float | None = None, admin: bool = False
+) -> tuple[KeyEntry, str]:
+    """Add a key to the file; returns (entry, the key itself — shown once, never stored)."""
+    entry, key = make_entry(name, models, rate, admin)
     write_entries(path, [*read_entries(path), entry])
     return entry, key
+
+
+def key_id_of(key: str) -> str:
+    """The id part of `yk_<id>_<secret>` ("" when the key does not have that shape)."""
+    if not key.startswith(PREFIX):
+        return ""
+    key_id, sep, secret = key[len(PREFIX) :].partition("_")
+    return key_id if sep and secret and 0 < len(key_id) <= 32 and key_id.isalnum() else ""
+
+
+def missing_key() -> Unauthorized:
+    return Unauthorized("Missing API key. Send it in the 'x-api-key' header (create one with `make key`).")
+
+
+def verify(entry: KeyEntry | None, key: str, model_id: str | None, header: str) -> KeyEntry:
+    """The entry if `key` matches it and may use `model_id` (None: not known yet), else Unauthorized/Forbidden.
+
+    Constant-time in the secret; `header` names where the client sent the key, for the message."""
+    valid = hmac.compare_digest(hash_key(key), entry.hash if entry else _DUMMY_HASH)
+    if entry is None or not valid:
+        raise Unauthorized(f"Invalid API key. Check the '{header}' header; keys look like yk_<id>_<secret>.")
+    if entry.revoked:
+        raise Unauthorized("This API key was revoked. Ask the service's administrator for a new key.")
+    if model_id is not None and entry.models is not None and model_id not in entry.models:
+        allowed = ", ".join(entry.models) or "none"
+        raise Forbidden(f"This API key is not allowed to use model '{model_id[:64]}'. It may use: {allowed}.")
+    return entry
 
 
 @dataclass
@@ -107,9 +147,23 @@ class KeyStore:
     _stamp: tuple[int, ...] | None = field(default=None, init=False)
     _checked: float = field(default=0.0, init=False)
 
-    def _refresh(self) -> None:
+    def entry(self, key_id: str) -> KeyEntry | None:
+        """The entry with this id. A miss (maybe a key created a moment ago) stats the file at once, and re-reads it
+        only if it changed: unknown keys cost one stat() each, never a parse, and a new key works on its first use."""
+        self._refresh()
+        found = self._entries.get(key_id)
+        if found is None and key_id:
+            self._refresh(force=True)
+            found = self._entries.get(key_id)
+        return found
+
+    def reload(self) -> None:
+        """Re-check the file now (after this process changed it)."""
+        self._refresh(force=True)
+
+    def _refresh(self, force: bool = False) -> None:
         now = time.monotonic()
-        if now - self._checked < self.recheck_s and self._stamp is not None:
+        if not force and now - self._checked < self.recheck_s and self._stamp is not None:
             return
         self._checked = now
         try:
@@ -126,18 +180,9 @@ class KeyStore:
                 return  # keep the last good set; a writer is mid-way or the file is broken
             self._stamp = stamp
 
-    def authenticate(self, key: str | None, model_id: str | None) -> KeyEntry:
-        """The key's entry, or Unauthorized/Forbidden (`model_id` None: the model is not known yet, no scope check).
-
-        Constant-time in the secret."""
+    def authenticate(self, key: str | None, model_id: str | None, header: str = "x-api-key") -> KeyEntry:
+        """The key's entry, or Unauthorized/Forbidden (`model_id` None: the model is not known yet, no scope check)."""
         if not key:
-            raise Unauthorized("Missing API key. Send it in the 'x-api-key' header (create one with `make key`).")
-        self._refresh()
-        key_id = key[len(PREFIX) :].split("_", 1)[0] if key.startswith(PREFIX) else ""
-        entry = self._entries.get(key_id)
-        valid = hmac.compare_digest(hash_key(key), entry.hash if entry else _DUMMY_HASH)
-        if entry is None or not valid or entry.revoked:
-            raise Unauthorized("Invalid API key. Check the 'x-api-key' header; keys look like yk_<id>_<secret>.")
-        if model_id is not None and entry.models is not None and model_id not in entry.models:
-            raise Forbidden(f"This API key is not allowed to use model '{model_id[:64]}'.")
-        return entry
+            raise missing_key()
+        key_id = key_id_of(key)
+        return verify(self.entry(key_id) if key_id else None, key, model_id, header)

@@ -96,13 +96,15 @@ def form_message(raw: str, max_files: int, part: str) -> str:
     return f"Malformed form data: {raw.rstrip('.')}. Send multipart/form-data with '{part}' file part(s)."
 
 
-def api_key(request: Request) -> str | None:
-    """The key from `x-api-key`, or from `Authorization: Bearer <key>` (the newer Ultralytics API's header)."""
+def api_key(request: Request) -> tuple[str | None, str]:
+    """The key and the header it came in: `x-api-key`, or `Authorization: Bearer <key>` (the newer Ultralytics API)."""
     key = request.headers.get("x-api-key")
     if key:
-        return key
+        return key, "x-api-key"
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip(), "Authorization: Bearer"
+    return None, "x-api-key"
 
 
 def model_from_slug(slug: str) -> str:

@@ -29,6 +29,7 @@ class Metrics:
         self.requests = Counter("yolo_requests", "Prediction requests.", ["model", "task", "status"], registry=r)
         self.latency = Histogram("yolo_request_duration_seconds", "Whole prediction request.", ["model", "task"], buckets=LATENCY_BUCKETS, registry=r)
         self.stage = Histogram("yolo_stage_duration_seconds", "Time per pipeline stage.", ["stage"], buckets=STAGE_BUCKETS, registry=r)
+        self.images = Counter("yolo_images", "Images in requests answered 200.", ["model"], registry=r)
         self.inflight = Gauge("yolo_requests_in_flight", "Prediction requests being processed.", registry=r)
         self.budget_used = Gauge("yolo_memory_budget_used_bytes", "Memory reserved by uploads and images in flight.", registry=r)
         self.budget_capacity = Gauge("yolo_memory_budget_bytes", "The memory budget for images in flight.", registry=r)
@@ -45,6 +46,7 @@ class Metrics:
         self.requests.labels(label, task, str(status)).inc()
         if status == 200:
             self.latency.labels(label, task).observe(seconds)
+            self.images.labels(label).inc(context.get("images", 0))
         elif status in REASONS:
             self.rejections.labels(REASONS[status]).inc()
         for stage, ms in context.get("timings", {}).items():

@@ -13,6 +13,7 @@ import re
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
@@ -73,9 +74,13 @@ def configure_logging(level: int = logging.INFO) -> None:
 class RequestContext:
     """ASGI middleware: x-request-id on every response, and the access-log record."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics | None = None,
+        usage: Callable[[dict[str, Any], int, float], None] | None = None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        self.usage = usage  # counts a prediction request against its key (the state store)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -94,7 +99,8 @@ class RequestContext:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+                extra = [(k.encode(), v.encode()) for k, v in context.get("headers", {}).items()]
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode()), *extra]
             await send(message)
 
         try:
@@ -104,7 +110,10 @@ class RequestContext:
             elapsed = time.perf_counter() - started
             if self.metrics is not None and context.get("predict"):
                 self.metrics.observe(context, status, elapsed)
+            if self.usage is not None and context.get("predict") and context.get("key_id"):
+                self.usage(context, status, elapsed)
             context.pop("timings", None)
+            context.pop("headers", None)
             context.pop("bytes", None)
             fields = {
                 **context,

@@ -1,4 +1,10 @@
-"""Per-key token buckets (per gateway process: with N replicas a key gets up to N × its rate); one token per image."""
+"""Per-key rate limits as GCRA (generic cell rate algorithm), one token per image.
+
+A key with `rate` r gets a bucket of max(r, 1) tokens refilled at r per second. GCRA keeps one number per key, the
+theoretical arrival time (TAT): the bucket is full when TAT <= now, and taking `cost` tokens moves TAT forward by
+cost / r seconds. The same arithmetic runs in-process here (embedded state) and as a Lua script in Redis
+(gateway/redis_state.py), in integer microseconds so both agree exactly.
+"""
 
 from __future__ import annotations
 
@@ -8,29 +14,75 @@ from dataclasses import dataclass, field
 
 from gateway.errors import TooManyRequests
 
+US = 1_000_000
+
+
+@dataclass(frozen=True)
+class Quota:
+    """What a take left: the bucket size, whole tokens left, seconds until full, and (refused) seconds to wait."""
+
+    limit: float
+    remaining: int
+    reset_s: float
+    retry_after_s: float | None = None
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "X-RateLimit-Limit": f"{self.limit:g}",
+            "X-RateLimit-Remaining": str(max(0, self.remaining)),
+            "X-RateLimit-Reset": str(max(0, math.ceil(self.reset_s))),
+        }
+
+    def refuse(self) -> TooManyRequests:
+        wait = math.ceil(self.retry_after_s or 1.0)
+        exc = TooManyRequests(
+            f"Rate limit of {self.limit:g} images per second exceeded for this key. Retry in {wait} s.", wait
+        )
+        exc.headers.update(self.headers())
+        return exc
+
+
+def shape(rate: float) -> tuple[int, float, int]:
+    """(microseconds per token, bucket size in tokens, a full bucket in microseconds) for `rate` tokens/s."""
+    interval = max(1, round(US / rate))
+    capacity = max(rate, 1.0)
+    return interval, capacity, round(capacity * interval)
+
+
+def quota(allowed: bool, base_us: int, new_us: int, rate: float) -> Quota:
+    """The quota from one GCRA step: `base_us` = max(TAT, now) - now, `new_us` = that plus the cost."""
+    interval, capacity, tolerance = shape(rate)
+    if not allowed:
+        return Quota(capacity, (tolerance - base_us) // interval, base_us / US, (new_us - tolerance) / US)
+    return Quota(capacity, (tolerance - new_us) // interval, new_us / US)
+
+
+def gcra(tat_us: int, now_us: int, rate: float, cost: int, force: bool) -> tuple[bool, int, Quota]:
+    """(allowed, new TAT, quota). `force` takes the tokens even past the limit (extra images of an admitted request).
+
+    Mirrored line by line by redis_state.GCRA_LUA."""
+    interval, _, tolerance = shape(rate)
+    base = max(tat_us, now_us)
+    new_tat = base + cost * interval
+    allowed = force or new_tat - now_us <= tolerance
+    return allowed, new_tat if allowed else tat_us, quota(allowed, base - now_us, new_tat - now_us, rate)
+
 
 @dataclass
 class RateLimiter:
-    _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)  # key id -> (tokens, last refill)
+    """In-process limiter (embedded state, and Redis mode's fallback while Redis is unreachable)."""
 
-    def check(self, key_id: str, rate: float | None) -> None:
-        """Take one token from the key's bucket (capacity = one second of `rate`), or raise TooManyRequests."""
-        if not rate or rate <= 0:
-            return
-        now = time.monotonic()
-        capacity = max(rate, 1.0)
-        tokens, last = self._buckets.get(key_id, (capacity, now))
-        tokens = min(capacity, tokens + (now - last) * rate)
-        if tokens < 1.0:
-            self._buckets[key_id] = (tokens, now)
-            wait = math.ceil((1.0 - tokens) / rate)
-            raise TooManyRequests(f"Rate limit of {rate:g} requests per second exceeded for this key. Retry in {wait} s.", wait)
-        self._buckets[key_id] = (tokens - 1.0, now)
+    _tats: dict[str, int] = field(default_factory=dict)  # key id -> TAT in microseconds
 
-    def charge(self, key_id: str, rate: float | None, tokens: float) -> None:
-        """Take `tokens` more from a bucket that `check` just admitted (extra images of one request), going into
-        debt if needed: the key's next requests then wait until the debt is paid back."""
-        if not rate or rate <= 0 or tokens <= 0 or key_id not in self._buckets:
-            return
-        left, last = self._buckets[key_id]
-        self._buckets[key_id] = (left - tokens, last)
+    def take(self, key_id: str, rate: float | None, cost: int = 1, force: bool = False) -> Quota | None:
+        """Take `cost` tokens; the quota left (None: unlimited key). Raises TooManyRequests (with the headers)."""
+        if not rate or rate <= 0 or cost <= 0:
+            return None
+        now = time.monotonic_ns() // 1000
+        allowed, tat, quota = gcra(self._tats.get(key_id, now), now, rate, cost, force)
+        if not allowed:
+            raise quota.refuse()
+        self._tats[key_id] = tat
+        if len(self._tats) > 100_000:  # forget keys whose buckets are full again (bounded memory)
+            self._tats = {k: v for k, v in self._tats.items() if v > now}
+        return quota

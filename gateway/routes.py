@@ -67,9 +67,12 @@ async def _handle(request: Request, model_id: str | None, style: Style) -> Respo
     if model_id is not None:
         context["model"] = model_id[:64]
     # the key is checked before the body is read; its model scope as soon as the model is known
-    entry = state.keys.authenticate(api_key(request), model_id)
+    key, header = api_key(request)
+    entry = await state.store.authenticate(key, model_id, header)
     context["key_id"] = entry.id
-    state.limiter.check(entry.id, entry.rate)
+    quota = await state.store.take(entry)  # one token now; the request's other images once they are counted
+    if quota is not None:
+        context["headers"] = quota.headers()  # X-RateLimit-*, added to the response whatever it is
     if model_id is not None:
         info = await state.triton.model(model_id)
     if state.inflight >= settings.max_inflight:
@@ -84,9 +87,20 @@ async def _handle(request: Request, model_id: str | None, style: Style) -> Respo
         form, spooled = await _read_form(request, state, hold, context, style)
         held.push_async_callback(form.close)
         images, fields = collect(request, form, style)
+        context["images"] = len(images)
         container = await video_flow.container_of(images)
+
+        async def charge(extra: int) -> None:
+            """Take `extra` more tokens (the request's other images, or a video's other frames); they may put the
+            key in debt, since the request was already admitted."""
+            if extra <= 0:
+                return
+            quota = await state.store.take(entry, extra, force=True)
+            if quota is not None:
+                context["headers"] = quota.headers()
+
         if container is None:
-            state.limiter.charge(entry.id, entry.rate, len(images) - 1)  # each image costs one token
+            await charge(len(images) - 1)  # each image costs one token
             if spooled:  # the image parts are read into memory below
                 await hold.take(sum(min(u.size or 0, settings.max_upload_bytes) for u in images))
         if model_id is None:
@@ -94,17 +108,18 @@ async def _handle(request: Request, model_id: str | None, style: Style) -> Respo
             if not model_id:
                 raise BadRequest("Missing 'model': send the model id (or its HUB URL) in the 'model' field.")
             context["model"] = model_id[:64]
-            state.keys.authenticate(api_key(request), model_id)
+            await state.store.authenticate(key, model_id, header)
             info = await state.triton.model(model_id)
         state.metrics.models.add(info.name)
         context["task"] = info.task
         if container is not None:
 
-            def charge(frames: int) -> None:
-                state.limiter.charge(entry.id, entry.rate, frames)  # each analysed frame costs one token
+            async def charge_frames(frames: int) -> None:
+                context["images"] = context.get("images", 0) + frames  # usage counts a video's analysed frames
+                await charge(frames)  # each analysed frame costs one token
 
             return await video_flow.respond(
-                state, info, images[0], container, fields, style, started, context, held, charge
+                state, info, images[0], container, fields, style, started, context, held, charge_frames
             )
         return await _predict(state, info, images, fields, style, started, context, hold)
 

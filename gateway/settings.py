@@ -41,6 +41,9 @@ class Settings:
     max_video_seconds: float = 600.0  # a video's duration (every frame is read, even with vid_stride)
     max_video_frames: int = 3000  # frames analysed per video, after vid_stride
     fast_jpeg: bool = True  # JPEGs through simplejpeg where its pixels are known to equal OpenCV's; off = OpenCV only
+    redis_url: str = ""  # redis:// or rediss:// (TLS): keys, limits and usage shared by replicas; "" = the keys file
+    redis_password: str = field(default="", repr=False)  # when the URL carries none
+    redis_timeout_s: float = 0.25  # bound on every Redis call in the request path
 
     def __post_init__(self) -> None:
         """Refuse values the gateway cannot run with, naming the variable that sets them."""

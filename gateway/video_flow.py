@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -69,7 +69,7 @@ async def respond(
     started: float,
     context: dict[str, Any],
     stack: contextlib.AsyncExitStack,
-    charge: Callable[[int], None],
+    charge: Callable[[int], Awaitable[None]],
 ) -> Response:
     """The answer to a request whose only file part is a video (see the module docstring)."""
     settings = state.settings
@@ -135,7 +135,7 @@ def _chunk_bytes(meta: Meta, info: ModelInfo, size: int, count: int, max_pixels:
 
 
 async def _frames(
-    state: State, info: ModelInfo, reader: Reader, args: PredictArgs, charge: Callable[[int], None]
+    state: State, info: ModelInfo, reader: Reader, args: PredictArgs, charge: Callable[[int], Awaitable[None]]
 ) -> AsyncGenerator[FrameOutcome, None]:
     """Each analysed frame's outcome in order; raises at the end when the video broke off (UnprocessableImage)."""
     settings = state.settings
@@ -151,7 +151,7 @@ async def _frames(
             )
             if not chunk:
                 break
-            charge(len(chunk) - paid)  # each analysed frame costs one token, like an image
+            await charge(len(chunk) - paid)  # each analysed frame costs one token, like an image
             paid = 0
             outcomes: list[FrameOutcome] = []
             for group in _same_shape(chunk):

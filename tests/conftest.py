@@ -35,7 +35,7 @@ TRAINED = {
 WEIGHTS_CACHE = ROOT / ".triton" / "weights-cache"  # shared with `make serve` in this clone; verified on every use
 sys.path.insert(0, str(ROOT))
 
-from tritonlocal import launcher  # noqa: E402
+from tritonlocal import launcher, redisserver  # noqa: E402
 
 
 def _recipe_hash() -> str:
@@ -143,6 +143,7 @@ class Gateway:
     keys_file: Path
     process: subprocess.Popen[bytes]
     log_path: Path
+    admin_key: str = ""  # Redis mode: an admin key in Redis (file mode: tests create one in keys_file)
 
     def predict(self, model: str, **kwargs: object) -> requests.Response:
         headers = kwargs.pop("headers", {"x-api-key": self.key})
@@ -210,6 +211,38 @@ def gateway(triton: launcher.TritonServer, tmp_path_factory: pytest.TempPathFact
 def gateway_square(triton: launcher.TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     gw = start_gateway(triton, tmp_path_factory.mktemp("gateway-square"), letterbox="square")
     yield gw
+    stop_gateway(gw)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redisserver.RedisServer]:
+    """A real redis-server on loopback with a generated password (Debian's package; `make test` installs it)."""
+    server = redisserver.start(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway_redis(
+    triton: launcher.TritonServer, redis_server: redisserver.RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    """A gateway in Redis mode; its `key` and `admin_key` live in Redis."""
+    import asyncio
+    import dataclasses
+
+    from gateway.redis_state import RedisState
+
+    async def make_keys() -> tuple[str, str]:
+        store = RedisState(redis_server.url, redis_server.password, timeout_s=2.0)
+        try:
+            return (await store.create_key("tests"))[1], (await store.create_key("tests-admin", admin=True))[1]
+        finally:
+            await store.close()
+
+    key, admin = asyncio.run(make_keys())
+    gw = start_gateway(triton, tmp_path_factory.mktemp("gateway-redis"), redis_url=redis_server.url,
+                       redis_password=redis_server.password)
+    yield dataclasses.replace(gw, key=key, admin_key=admin)
     stop_gateway(gw)
 
 

@@ -1373,3 +1373,61 @@ def test_readme_names_only_files_that_exist() -> None:
     } <= paths
     missing = [p for p in paths if not (ROOT / p).exists()]
     assert missing == []
+
+
+def _redis_docs(rendered: dict[str, list[Doc]]) -> list[Doc]:
+    return copy.deepcopy(rendered["redis-values.yaml"])
+
+
+def _redis_container(docs: list[Doc]) -> Doc:
+    return next(d for d in check.of_kind(docs, "StatefulSet") if check.component(d) == "redis")["spec"]["template"][
+        "spec"
+    ]["containers"][0]
+
+
+REDIS_MUTATIONS: dict[str, tuple[Callable[[list[Doc]], Any], str]] = {
+    "password as a literal": (
+        lambda d: next(e for e in gateway_container(d)["env"] if e["name"] == "GATEWAY_REDIS_PASSWORD").update(
+            value="hunter2", valueFrom={}
+        ),
+        "GATEWAY_REDIS_PASSWORD",
+    ),
+    "no egress to Redis": (
+        lambda d: d.remove(next(p for p in check.of_kind(d, "NetworkPolicy") if p["metadata"]["name"].endswith("-redis")
+                                and check.component(p) == "gateway")),
+        "egress rule reaches Redis",
+    ),
+    "Redis without a password": (lambda d: _redis_container(d).update(args=["exec redis-server"]), "password"),
+    "Redis without a PVC": (
+        lambda d: next(s for s in check.of_kind(d, "StatefulSet") if check.component(s) == "redis")["spec"].pop(
+            "volumeClaimTemplates"
+        ),
+        "PersistentVolumeClaim",
+    ),
+    "Redis open to every pod": (
+        lambda d: next(p for p in check.of_kind(d, "NetworkPolicy") if check.component(p) == "redis")["spec"][
+            "ingress"
+        ][0].update({"from": [{"podSelector": {}}]}),
+        "admit only the gateway",
+    ),
+}
+
+
+def test_redis_values_deploy_redis_and_point_every_gateway_at_it(rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered["redis-values.yaml"]
+    env = {e["name"]: e for e in gateway_container(docs)["env"]}
+    assert env["GATEWAY_REDIS_URL"]["value"] == "redis://yolo-triton-redis.yolo.svc.cluster.local:6379/0"
+    assert env["GATEWAY_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "yolo-triton-redis"
+    job = check.of_kind(docs, "Job")[0]
+    assert "import" in job["spec"]["template"]["spec"]["containers"][0]["command"]
+    default_env = {e["name"] for e in gateway_container(rendered["default-values.yaml"])["env"]}
+    assert "GATEWAY_REDIS_URL" not in default_env  # the keys file stays the default
+
+
+@pytest.mark.parametrize("case", sorted(REDIS_MUTATIONS))
+def test_redis_invariants_catch_a_dropped_safeguard(case: str, rendered: dict[str, list[Doc]]) -> None:
+    mutate, expected = REDIS_MUTATIONS[case]
+    docs = _redis_docs(rendered)
+    assert check.invariants(docs) == []
+    mutate(docs)
+    assert any(expected in p for p in check.invariants(docs)), check.invariants(docs)

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -347,3 +348,45 @@ def test_page_shows_url_errors(page: Any, gateway: Gateway) -> None:
     message = page.text_content("#error") or ""
     assert "400" in message and "url" in message.lower(), message
     assert '-F "url=http://127.0.0.1:9/photo.jpg"' in (page.text_content("#curl") or "")
+
+
+def test_page_manages_keys_and_shows_usage_for_an_admin_key(
+    page: Any, gateway: Gateway, images: dict[str, Path]
+) -> None:
+    from gateway.auth import create_key
+
+    page.fill("#api-key", gateway.key)  # not an admin key: told so, nothing listed
+    page.click("#keys-load")
+    page.wait_for_function("() => document.getElementById('keys-status').textContent.includes('403')")
+    assert page.is_hidden("#keys-admin")
+
+    _, admin = create_key(gateway.keys_file, "page-admin", admin=True)
+    page.fill("#api-key", admin)
+    page.click("#keys-load")
+    page.wait_for_selector("#keys-admin:not([hidden])")
+    assert gateway.key.split("_")[1] in (page.text_content("#keys-table") or "")
+
+    page.fill("#new-name", "<b>from-page</b>")  # shown as text, never as HTML
+    page.fill("#new-models", "yolov8n")
+    page.click("#keys-create button[type=submit]")
+    page.wait_for_selector("#keys-new:not([hidden])")
+    new_key = page.text_content("#keys-new-key") or ""
+    new_id = new_key.split("_")[1]
+    assert new_key.startswith("yk_") and page.locator("#keys-table b").count() == 0
+    assert "<b>from-page</b>" in (page.text_content(f"tr[data-key-id='{new_id}']") or "")
+
+    r = gateway.predict("yolov8n", headers={"x-api-key": new_key}, files={"image": images["tiny"].read_bytes()})
+    assert r.status_code == 200
+    time.sleep(0.3)  # counted once the response is sent
+    page.click(f"tr[data-key-id='{new_id}'] button:text('Usage')")
+    page.wait_for_selector("#usage:not([hidden])")
+    cells = page.locator("#usage-table tbody tr").first.locator("td").all_text_contents()
+    assert cells[1:4] == ["yolov8n", "1", "1"], cells
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click(f"tr[data-key-id='{new_id}'] button:text('Revoke')")
+    page.wait_for_function(
+        f"() => document.querySelector(\"tr[data-key-id='{new_id}']\").textContent.includes('revoked')"
+    )
+    r = gateway.predict("yolov8n", headers={"x-api-key": new_key}, files={"image": images["tiny"].read_bytes()})
+    assert r.status_code == 401

@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-export", action="store_true", help="serve the repository as it is")
     parser.add_argument("--models", default="", help="comma-separated model ids (default: python -m export's)")
     parser.add_argument("--offline", action="store_true", help="download no weights (cached pinned files are used)")
+    parser.add_argument("--gateways", type=int, default=1, help="gateway processes, on ports PORT..PORT+N-1")
+    parser.add_argument("--state", choices=("file", "redis"), default="file", help="redis: keys, limits, usage in Redis")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from gateway.settings import Settings
 
     settings = Settings.from_env()
-    if not read_entries(settings.keys_file):
+    if args.state == "file" and not read_entries(settings.keys_file):
         _, key = create_key(settings.keys_file, "development")
         print(f"\nCreated a development API key (stored hashed in {settings.keys_file}):\n\n    {key}\n", flush=True)
 
@@ -43,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     server = launcher.start(args.repository, http_port=args.triton_http_port, grpc_port=args.triton_grpc_port)
     print(f"[serve] Triton ready: gRPC {server.grpc_url}, HTTP {server.http_url} (log: {server.log_path})", flush=True)
     try:
+        if args.gateways > 1 or args.state == "redis":
+            from tritonlocal import stack
+
+            return stack.serve(args.host, args.port, args.gateways, args.state, server)
         import uvicorn
 
         from gateway.app import create_app

@@ -1,0 +1,318 @@
+"""Keys, rate limits and usage in Redis, shared by every gateway replica (selected by GATEWAY_REDIS_URL).
+
+Layout (all under the `yt:` prefix):
+    yt:keys                 set of key ids
+    yt:key:<id>             hash: name, hash (SHA-256 of the key; never the key), created, models, rate, admin,
+                            revoked, last_used
+    yt:rl:<id>              the key's GCRA theoretical arrival time (microseconds, Redis' clock), expires when full
+    yt:usage:<id>:<day>     hash: "<model>|<counter>" -> count (requests, images, status:<code>, lat:<bound ms>)
+    channel yt:keys         a key id, published when that key is created or revoked
+
+Decisions (README, "Scaling out"): every call is bounded (`timeout_s`); a failed call opens a breaker for
+half a second so requests don't queue behind a dead Redis. While Redis is unreachable, a key checked in the last
+`grace_s` seconds keeps working from this replica's cache, an unknown key gets 503 (not 401: we can't tell),
+rate limits fall back to this replica's own buckets, and usage is kept here and written when Redis returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from gateway.auth import KeyEntry, key_id_of, make_entry, missing_key, verify
+from gateway.errors import ServiceUnavailable, TooManyRequests
+from gateway.ratelimit import Quota, RateLimiter, quota, shape
+from gateway.settings import Settings
+from gateway.state import UsageBook, last_days, usage_rows
+
+log = logging.getLogger("gateway")
+T = TypeVar("T")
+NS = "yt:"
+CHANNEL = "yt:keys"
+BREAKER_S = 0.5  # after a failed call, skip Redis this long (then the next call probes it)
+FLUSH_S = 0.5  # usage is written in batches this often
+USAGE_TTL_S = 400 * 86400  # a day's usage is kept about 13 months
+MISS_RATE = 100.0  # lookups per second of key ids this replica has not seen (unknown keys can't hammer Redis)
+
+# Same arithmetic as ratelimit.gcra, on Redis' clock so every replica agrees. KEYS[1]: the bucket;
+# ARGV: microseconds per token, full bucket in microseconds, cost, force (1/0). Returns allowed, base - now, new - now.
+GCRA_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local base = math.max(tat, now)
+local new_tat = base + tonumber(ARGV[3]) * interval
+if ARGV[4] ~= '1' and new_tat - now > tolerance then
+  return {0, base - now, new_tat - now}
+end
+redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.floor((new_tat - now) / 1000) + 1000)
+return {1, base - now, new_tat - now}
+"""
+
+
+class StoreDown(Exception):
+    """Redis did not answer in time (or refused); callers fall back as the module docstring says."""
+
+
+def _entry_fields(e: KeyEntry) -> dict[Any, Any]:
+    return {
+        "id": e.id, "name": e.name, "hash": e.hash, "created": e.created,
+        "models": json.dumps(list(e.models)) if e.models is not None else "",
+        "rate": f"{e.rate:g}" if e.rate else "", "admin": "1" if e.admin else "0", "revoked": "1" if e.revoked else "0",
+    }
+
+
+def _parse_entry(raw: Mapping[Any, Any]) -> KeyEntry | None:
+    if not raw.get("hash") or not raw.get("id"):
+        return None
+    models = json.loads(raw["models"]) if raw.get("models") else None
+    return KeyEntry(
+        id=raw["id"], name=raw.get("name", ""), hash=raw["hash"], created=raw.get("created", ""),
+        models=tuple(models) if models is not None else None, rate=float(raw["rate"]) if raw.get("rate") else None,
+        revoked=raw.get("revoked") == "1", admin=raw.get("admin") == "1", last_used=raw.get("last_used") or None,
+    )
+
+
+@dataclass
+class RedisState:
+    url: str
+    password: str = field(default="", repr=False)
+    timeout_s: float = 0.25
+    cache_s: float = 1.0  # a cached key is re-read after this long: the revocation bound even without pub/sub
+    grace_s: float = 60.0  # while Redis is unreachable, keys checked this recently keep working
+    kind: str = "redis"
+    redis: Redis = field(init=False, repr=False)
+    _cache: dict[str, tuple[KeyEntry | None, float]] = field(default_factory=dict, init=False, repr=False)
+    _misses: RateLimiter = field(default_factory=RateLimiter, init=False, repr=False)
+    _local: RateLimiter = field(default_factory=RateLimiter, init=False, repr=False)
+    _pending: UsageBook = field(default_factory=UsageBook, init=False, repr=False)
+    _down_until: float = field(default=0.0, init=False, repr=False)
+    _down_logged: bool = field(default=False, init=False, repr=False)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False, repr=False)
+    _flush_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.redis = Redis.from_url(
+            self.url,
+            password=self.password or None,
+            decode_responses=True,
+            socket_timeout=self.timeout_s,
+            socket_connect_timeout=self.timeout_s,
+            retry=Retry(NoBackoff(), 1),  # one immediate retry: a pooled connection left dead by a Redis restart
+            max_connections=256,
+        )
+        self._gcra = self.redis.register_script(GCRA_LUA)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RedisState:
+        return cls(settings.redis_url, settings.redis_password, settings.redis_timeout_s)
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the invalidation listener and the usage writer (Redis need not be up yet)."""
+        self._tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._flush_loop())]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        with contextlib.suppress(StoreDown):
+            await self.flush()
+        await self.redis.aclose()
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._call(lambda: self.redis.ping()))
+        except StoreDown:
+            return False
+
+    async def _call(self, make: Callable[[], Awaitable[T]], timeout_s: float | None = None) -> T:
+        """One Redis call, bounded; StoreDown when Redis fails (and for BREAKER_S after, without trying)."""
+        if time.monotonic() < self._down_until:
+            raise StoreDown("breaker open")
+        try:
+            async with asyncio.timeout(timeout_s or self.timeout_s * 2 + 0.1):
+                result = await make()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._down_until = time.monotonic() + BREAKER_S
+            if not self._down_logged:
+                self._down_logged = True
+                log.warning("redis unreachable (%s): %s; serving from this replica's cache", type(exc).__name__, exc)
+            raise StoreDown(str(exc)) from exc
+        if self._down_logged:
+            self._down_logged = False
+            log.warning("redis reachable again")
+        return result
+
+    # -- request path ----------------------------------------------------------------------------------------
+
+    async def authenticate(self, key: str | None, model_id: str | None, header: str = "x-api-key") -> KeyEntry:
+        if not key:
+            raise missing_key()
+        key_id = key_id_of(key)
+        return verify(await self._entry(key_id) if key_id else None, key, model_id, header)
+
+    async def _entry(self, key_id: str) -> KeyEntry | None:
+        now = time.monotonic()
+        cached = self._cache.get(key_id)
+        if cached is not None and now - cached[1] < self.cache_s:
+            return cached[0]
+        if cached is None:
+            try:
+                self._misses.take("miss", MISS_RATE)
+            except TooManyRequests:
+                return None  # too many never-seen ids this second: answered as unknown, without asking Redis
+        try:
+            raw = await self._call(lambda: self.redis.hgetall(f"{NS}key:{key_id}"))
+        except StoreDown:
+            if cached is not None and cached[0] is not None and now - cached[1] < self.grace_s:
+                return cached[0]
+            raise ServiceUnavailable(
+                "The key store is unreachable, so this API key cannot be checked right now. Retry in a few seconds.", 2
+            ) from None
+        entry = _parse_entry(raw)
+        if len(self._cache) > 100_000:
+            self._cache = {k: v for k, v in self._cache.items() if now - v[1] < self.cache_s}
+        self._cache[key_id] = (entry, now)
+        return entry
+
+    async def take(self, entry: KeyEntry, cost: int = 1, force: bool = False) -> Quota | None:
+        if not entry.rate or entry.rate <= 0 or cost <= 0:
+            return None
+        interval, _, tolerance = shape(entry.rate)
+        rate = entry.rate
+        try:
+            allowed, base, new = await self._call(
+                lambda: self._gcra(keys=[f"{NS}rl:{entry.id}"], args=[interval, tolerance, cost, int(force)])
+            )
+        except StoreDown:
+            return self._local.take(entry.id, rate, cost, force)
+        q = quota(bool(allowed), int(base), int(new), rate)
+        if not allowed:
+            raise q.refuse()
+        return q
+
+    def record(self, key_id: str, model: str, images: int, status: int, seconds: float) -> None:
+        self._pending.add(key_id, model, images, status, seconds)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_S)
+            with contextlib.suppress(StoreDown):
+                await self.flush()
+
+    async def flush(self) -> None:
+        """Write the usage counted since the last flush (kept for the next one if Redis fails)."""
+        async with self._flush_lock:
+            book, self._pending = self._pending, UsageBook()
+            if not book.counters and not book.last_used:
+                return
+            pipe = self.redis.pipeline(transaction=False)
+            for (key_id, day, model), counters in book.counters.items():
+                name = f"{NS}usage:{key_id}:{day}"
+                for counter, value in counters.items():
+                    pipe.hincrby(name, f"{model}|{counter}", value)
+                pipe.expire(name, USAGE_TTL_S)
+            for key_id, when in book.last_used.items():
+                pipe.hset(f"{NS}key:{key_id}", "last_used", when)
+            try:
+                await self._call(lambda: pipe.execute(), timeout_s=5.0)
+            except StoreDown:
+                self._pending.merge(book)
+                raise
+
+    async def _listen(self) -> None:
+        """Drop a key from the cache as soon as any replica creates or revokes it (pub/sub); reconnects forever."""
+        while True:
+            pubsub = self.redis.pubsub()
+            try:
+                await asyncio.wait_for(pubsub.subscribe(CHANNEL), 2.0)
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message and message.get("type") == "message":
+                        self._cache.pop(str(message["data"]), None)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - any failure: reconnect; the 1 s cache bounds what we may miss
+                await asyncio.sleep(0.5)
+            finally:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(pubsub.aclose(), 1.0)  # type: ignore[no-untyped-call]
+
+    # -- key management (admin API, CLI) ----------------------------------------------------------------------
+
+    async def create_key(
+        self, name: str, models: list[str] | None = None, rate: float | None = None, admin: bool = False
+    ) -> tuple[KeyEntry, str]:
+        entry, key = make_entry(name, models, rate, admin)
+        await self.put_entry(entry)
+        return entry, key
+
+    async def put_entry(self, entry: KeyEntry) -> None:
+        """Store an entry (create, or import from a keys file) and tell every replica."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(f"{NS}key:{entry.id}", mapping=_entry_fields(entry))
+        pipe.sadd(f"{NS}keys", entry.id)
+        pipe.publish(CHANNEL, entry.id)
+        await self._admin_call(lambda: pipe.execute())
+        self._cache.pop(entry.id, None)
+
+    async def get_key(self, key_id: str) -> KeyEntry | None:
+        return _parse_entry(await self._admin_call(lambda: self.redis.hgetall(f"{NS}key:{key_id}")))
+
+    async def list_keys(self) -> list[KeyEntry]:
+        ids = sorted(str(i) for i in await self._admin_call(lambda: self.redis.smembers(f"{NS}keys")))
+        pipe = self.redis.pipeline(transaction=False)
+        for key_id in ids:
+            pipe.hgetall(f"{NS}key:{key_id}")
+        rows = await self._admin_call(lambda: pipe.execute()) if ids else []
+        entries = [e for e in (_parse_entry(r) for r in rows) if e is not None]
+        return sorted(entries, key=lambda e: (e.created, e.id))
+
+    async def revoke_key(self, key_id: str) -> KeyEntry | None:
+        entry = await self.get_key(key_id)
+        if entry is None:
+            return None
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(f"{NS}key:{key_id}", "revoked", "1")
+        pipe.publish(CHANNEL, key_id)
+        await self._admin_call(lambda: pipe.execute())
+        self._cache.pop(key_id, None)
+        return replace(entry, revoked=True)
+
+    async def usage(self, key_id: str, days: int = 7) -> list[dict[str, Any]]:
+        with contextlib.suppress(StoreDown):
+            await self.flush()
+        names = last_days(days)
+        pipe = self.redis.pipeline(transaction=False)
+        for day in names:
+            pipe.hgetall(f"{NS}usage:{key_id}:{day}")
+        hashes = await self._admin_call(lambda: pipe.execute())
+        counters: dict[tuple[str, str], dict[str, int]] = {}
+        for day, raw in zip(names, hashes):
+            for name, value in raw.items():
+                model, _, counter = name.rpartition("|")
+                counters.setdefault((day, model), {})[counter] = int(value)
+        return usage_rows(counters)
+
+    async def _admin_call(self, make: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await self._call(make, timeout_s=max(2.0, self.timeout_s * 4))
+        except StoreDown:
+            raise ServiceUnavailable("The key store (Redis) is unreachable. Retry in a few seconds.", 2) from None
