@@ -107,7 +107,7 @@ def peer_repository(repo: Path, models: list[str]) -> Path:
 
     recipe = hashlib.sha256(b"".join(p.read_bytes() for p in sorted((ROOT / "export").rglob("*.py"))))
     for model in models:
-        recipe.update(weights_for(model, repo).read_bytes()[:1 << 20])
+        recipe.update(weights_for(model, repo).read_bytes()[: 1 << 20])
     plain = ROOT / ".triton" / f"bench-plain-{recipe.hexdigest()[:12]}"
     for model in models:
         target = plain / f"{model}-plain"
@@ -115,19 +115,30 @@ def peer_repository(repo: Path, models: list[str]) -> Path:
             continue
         weights = weights_for(model, repo)
         if weights.suffix != ".pt":
-            raise SystemExit(f"[bench] ultralytics-triton needs {model}'s .pt weights (weights/{model}.pt) to export it plainly")
+            raise SystemExit(
+                f"[bench] ultralytics-triton needs {model}'s .pt weights (weights/{model}.pt) to export it plainly"
+            )
         log(f"exporting {model}-plain for the ultralytics-triton mode (float32 input, raw output)")
         export_model(str(weights), plain, serving_defaults("python"), f"{model}-plain", fuse=False, compact=False)
         meta = {p.key: p.value for p in onnx.load(str(target / "source.onnx"), load_external_data=False).metadata_props}
-        meta = {k: v for k, v in meta.items() if k in ("stride", "task", "batch", "imgsz", "names", "kpt_shape", "channels")}
+        meta = {
+            k: v for k, v in meta.items() if k in ("stride", "task", "batch", "imgsz", "names", "kpt_shape", "channels")
+        }
         text = repr(meta)
         assert ast.literal_eval(text) == meta
         escaped = text.replace("\\", "\\\\").replace('"', '\\"')
         with (target / "config.pbtxt").open("a") as config:  # as the guide appends it to its config.pbtxt
             config.write(f'parameters {{\n  key: "metadata"\n  value {{ string_value: "{escaped}" }}\n}}\n')
-    combined = ROOT / ".triton" / f"bench-combined-{hashlib.sha256(str(repo.resolve()).encode() + plain.name.encode()).hexdigest()[:12]}"
+    combined = (
+        ROOT
+        / ".triton"
+        / f"bench-combined-{hashlib.sha256(str(repo.resolve()).encode() + plain.name.encode()).hexdigest()[:12]}"
+    )
     combined.mkdir(parents=True, exist_ok=True)
-    for folder in [*(d for d in repo.iterdir() if (d / "config.pbtxt").exists()), *(plain / f"{m}-plain" for m in models)]:
+    for folder in [
+        *(d for d in repo.iterdir() if (d / "config.pbtxt").exists()),
+        *(plain / f"{m}-plain" for m in models),
+    ]:
         link = combined / folder.name
         if not link.exists():
             link.symlink_to(folder.resolve(), target_is_directory=True)
@@ -179,7 +190,9 @@ def level_row(c: int, summaries: list[dict[str, Any]]) -> dict[str, Any]:
         "errors": sum(s["errors"] for s in summaries),
         "statuses": summaries[-1]["statuses"],
     }
-    log(f"  c={c:<3} {row['throughput']:7.2f} img/s  p50 {best['p50_ms']:7.1f} ms  p99 {best['p99_ms']:7.1f} ms  errors {row['errors']}")
+    log(
+        f"  c={c:<3} {row['throughput']:7.2f} img/s  p50 {best['p50_ms']:7.1f} ms  p99 {best['p99_ms']:7.1f} ms  errors {row['errors']}"
+    )
     return row
 
 
@@ -215,7 +228,9 @@ async def measure(modes: list[Mode], args: argparse.Namespace) -> dict[str, list
                 total = burnt.setdefault((mode.name, c), dict.fromkeys(before, 0.0))
                 for role in before:
                     total[role] += after[role] - before[role]
-                log(f"  {mode.name:<18} c={c:<3} {summary['throughput']:7.2f} img/s  p50 {summary['p50_ms']:7.1f} ms  errors {summary['errors']}")
+                log(
+                    f"  {mode.name:<18} c={c:<3} {summary['throughput']:7.2f} img/s  p50 {summary['p50_ms']:7.1f} ms  errors {summary['errors']}"
+                )
     rows: dict[str, list[dict[str, Any]]] = {}
     for mode in modes:
         log(f"{mode.name}:")
@@ -227,18 +242,36 @@ async def measure(modes: list[Mode], args: argparse.Namespace) -> dict[str, list
     return rows
 
 
-def measure_perf_analyzer(tool: perf_analyzer.Tool, model: str, url: str, tensor: NDArray[np.uint8], workdir: Path, levels: list[int], args: argparse.Namespace) -> list[dict[str, Any]]:
+def measure_perf_analyzer(
+    tool: perf_analyzer.Tool,
+    model: str,
+    url: str,
+    tensor: NDArray[np.uint8],
+    workdir: Path,
+    levels: list[int],
+    args: argparse.Namespace,
+) -> list[dict[str, Any]]:
     """Rows like `measure`'s, from one perf_analyzer process per level and repeat. tensor: (H, W, 3) uint8, as sent."""
     data = perf_analyzer.write_input(tensor, workdir / f"perf-analyzer-{model}" / "input")
     if args.warmup:
         perf_analyzer.warm_up(tool, model, url, tensor.shape, data, args.warmup)
     rows = []
     for c in levels:
-        rows.append(level_row(c, [perf_analyzer.level(tool, model, url, tensor.shape, data, c, args.seconds) for _ in range(args.repeats)]))
+        rows.append(
+            level_row(
+                c,
+                [
+                    perf_analyzer.level(tool, model, url, tensor.shape, data, c, args.seconds)
+                    for _ in range(args.repeats)
+                ],
+            )
+        )
     return rows
 
 
-async def bench_model(model: str, repo: Path, photo: Path, workdir: Path, args: argparse.Namespace, pa: perf_analyzer.Tool | None) -> dict[str, Any]:
+async def bench_model(
+    model: str, repo: Path, photo: Path, workdir: Path, args: argparse.Namespace, pa: perf_analyzer.Tool | None
+) -> dict[str, Any]:
     import cv2
     import httpx
     import onnxruntime as ort
@@ -274,8 +307,14 @@ async def bench_model(model: str, repo: Path, photo: Path, workdir: Path, args: 
         client = await running.enter_async_context(httpx.AsyncClient(limits=limits, timeout=300))
 
         if "gateway" in args.modes:
+
             async def via_gateway() -> tuple[int, dict[str, float]]:
-                r = await client.post(f"{gateway_url}/v1/predict/{model}", headers={"x-api-key": key}, files=files, data={"size": str(args.size)})
+                r = await client.post(
+                    f"{gateway_url}/v1/predict/{model}",
+                    headers={"x-api-key": key},
+                    files=files,
+                    data={"size": str(args.size)},
+                )
                 return r.status_code, parse_timing(r.headers.get("server-timing", ""))
 
             modes["gateway"] = Mode("gateway", via_gateway, levels, {**gateway_roles, **triton_roles, **harness})
@@ -310,20 +349,29 @@ async def bench_model(model: str, repo: Path, photo: Path, workdir: Path, args: 
 
         if "ultralytics-server" in args.modes:
             weights = weights_for(model, repo)
-            srv = running.enter_context(stack.uvicorn("bench.ultralytics_server:app", workdir, {"BENCH_WEIGHTS": str(weights)}, "/docs-missing"))
+            srv = running.enter_context(
+                stack.uvicorn("bench.ultralytics_server:app", workdir, {"BENCH_WEIGHTS": str(weights)}, "/docs-missing")
+            )
 
             async def via_ultralytics() -> tuple[int, dict[str, float]]:
                 r = await client.post(f"{srv.url}/v1/predict/{model}", files=files, data={"size": str(args.size)})
                 return r.status_code, {}
 
             ul_levels = [c for c in levels if c <= args.ultralytics_max_concurrency] or levels[:1]
-            modes["ultralytics-server"] = Mode("ultralytics-server", via_ultralytics, ul_levels, {"ultralytics-server": (srv.process.pid, True), **harness})
+            modes["ultralytics-server"] = Mode(
+                "ultralytics-server",
+                via_ultralytics,
+                ul_levels,
+                {"ultralytics-server": (srv.process.pid, True), **harness},
+            )
             out["bytes_sent"]["ultralytics-server"] = len(jpeg)
             out["ultralytics_weights"] = weights.name
 
         if peer:
             env = {"BENCH_TRITON_MODEL": f"grpc://{triton_url}/{model}-plain", "BENCH_TASK": task_of(model, repo)}
-            peer_srv = running.enter_context(stack.uvicorn("bench.ultralytics_triton_server:app", workdir, env, "/docs-missing"))
+            peer_srv = running.enter_context(
+                stack.uvicorn("bench.ultralytics_triton_server:app", workdir, env, "/docs-missing")
+            )
 
             async def via_ultralytics_triton() -> tuple[int, dict[str, float]]:
                 r = await client.post(f"{peer_srv.url}/v1/predict/{model}", files=files, data={"size": str(args.size)})
@@ -345,12 +393,18 @@ async def bench_model(model: str, repo: Path, photo: Path, workdir: Path, args: 
                 out["open_loop"] = {"rate": args.rate, **run.summary()}
             out["parity"] = await parity(model, repo, photo, client, gateway_url, key, args)
         if peer:  # the peer letterboxes to a square (no `rect` for Triton models in Ultralytics' predictor)
-            out["parity_ultralytics_triton"] = await parity(model, repo, photo, client, peer_srv.url, "", args, rect=False)
+            out["parity_ultralytics_triton"] = await parity(
+                model, repo, photo, client, peer_srv.url, "", args, rect=False
+            )
 
         if pa is not None:
-            log(f"{model}: perf-analyzer (Triton's perf_analyzer, the same uint8 tensor over gRPC, {perf_analyzer.window_ms(args.seconds)} ms windows)")
+            log(
+                f"{model}: perf-analyzer (Triton's perf_analyzer, the same uint8 tensor over gRPC, {perf_analyzer.window_ms(args.seconds)} ms windows)"
+            )
             try:
-                out["modes"]["perf-analyzer"] = await asyncio.to_thread(measure_perf_analyzer, pa, model, triton_url, boxed, workdir, levels, args)
+                out["modes"]["perf-analyzer"] = await asyncio.to_thread(
+                    measure_perf_analyzer, pa, model, triton_url, boxed, workdir, levels, args
+                )
             except perf_analyzer.RunError as exc:  # the other modes' results are still worth writing
                 log(f"{model}: perf-analyzer failed: {exc}")
                 out.setdefault("failures", {})["perf-analyzer"] = str(exc)
@@ -359,7 +413,14 @@ async def bench_model(model: str, repo: Path, photo: Path, workdir: Path, args: 
 
 
 async def parity(
-    model: str, repo: Path, photo: Path, client: Any, url: str, key: str, args: argparse.Namespace, rect: bool | None = None
+    model: str,
+    repo: Path,
+    photo: Path,
+    client: Any,
+    url: str,
+    key: str,
+    args: argparse.Namespace,
+    rect: bool | None = None,
 ) -> dict[str, Any]:
     """Fraction of gateway answers equal to Ultralytics' within the parity tolerances, on a small image set."""
     import cv2
@@ -371,8 +432,20 @@ async def parity(
     reference = YOLO(str(repo / model / "source.onnx"))
     cases, matched, failures = 0, 0, []
     for path in (photo, ASSETS / "bus.jpg", ASSETS / "zidane.jpg"):
-        r = await client.post(f"{url}/v1/predict/{model}", headers={"x-api-key": key}, files={"image": path.read_bytes()}, data={"size": str(args.size)})
-        want = reference.predict(str(path), imgsz=args.size, conf=0.25, iou=0.45, rect=args.letterbox == "rect" if rect is None else rect, verbose=False)[0].summary()
+        r = await client.post(
+            f"{url}/v1/predict/{model}",
+            headers={"x-api-key": key},
+            files={"image": path.read_bytes()},
+            data={"size": str(args.size)},
+        )
+        want = reference.predict(
+            str(path),
+            imgsz=args.size,
+            conf=0.25,
+            iou=0.45,
+            rect=args.letterbox == "rect" if rect is None else rect,
+            verbose=False,
+        )[0].summary()
         h, w = cv2.imread(str(path)).shape[:2]
         cases += 1
         try:
@@ -387,9 +460,27 @@ async def parity(
 def environment(args: argparse.Namespace) -> dict[str, Any]:
     import importlib.metadata as md
 
-    cpu_name = next((row.split(":", 1)[1].strip() for row in Path("/proc/cpuinfo").read_text().splitlines() if row.startswith("model name")), platform.processor())
+    cpu_name = next(
+        (
+            row.split(":", 1)[1].strip()
+            for row in Path("/proc/cpuinfo").read_text().splitlines()
+            if row.startswith("model name")
+        ),
+        platform.processor(),
+    )
     versions = {}
-    for pkg in ("onnxruntime", "tritonclient", "nvidia-pytriton", "starlette", "uvicorn", "numpy", "opencv-python-headless", "simplejpeg", "ultralytics-opencv-headless", "torch"):
+    for pkg in (
+        "onnxruntime",
+        "tritonclient",
+        "nvidia-pytriton",
+        "starlette",
+        "uvicorn",
+        "numpy",
+        "opencv-python-headless",
+        "simplejpeg",
+        "ultralytics-opencv-headless",
+        "torch",
+    ):
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -399,7 +490,12 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "versions": versions,
-        "target": args.label or ("remote deployment" if args.gateway_url or args.triton_url else "python (ONNX Runtime in Triton's python backend, CPU)"),
+        "target": args.label
+        or (
+            "remote deployment"
+            if args.gateway_url or args.triton_url
+            else "python (ONNX Runtime in Triton's python backend, CPU)"
+        ),
         "gateway_url": args.gateway_url or "local",
         "triton_url": args.triton_url or "local",
         "letterbox": args.letterbox,
@@ -410,13 +506,22 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("tools", help="install perf_analyzer (tritonclient 2.51.0 wheel's binary, libb64-0d, a CUDA 12 runtime) under .triton/perf-analyzer")
+    sub.add_parser(
+        "tools",
+        help="install perf_analyzer (tritonclient 2.51.0 wheel's binary, libb64-0d, a CUDA 12 runtime) under .triton/perf-analyzer",
+    )
     run = sub.add_parser("run", help="run the benchmark")
     run.add_argument("--quick", action="store_true", help="small, CI-sized run (< 3 minutes here)")
     run.add_argument("--models", default="yolov8n,yolov8n-seg,yolov8n-pose")
-    run.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, from {', '.join(MODES + OPT_IN_MODES)}; default: all but perf-analyzer, which is opt-in (it installs Triton's perf_analyzer on first use)")
+    run.add_argument(
+        "--modes",
+        default=",".join(MODES),
+        help=f"comma-separated, from {', '.join(MODES + OPT_IN_MODES)}; default: all but perf-analyzer, which is opt-in (it installs Triton's perf_analyzer on first use)",
+    )
     run.add_argument("--concurrency", default="1,2,4,8,16,32")
     run.add_argument("--requests", type=int, default=200, help="requests per run (upper bound)")
     run.add_argument("--seconds", type=float, default=20, help="seconds per run (upper bound)")
@@ -425,12 +530,21 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--rate", type=float, default=0, help="also run the gateway open-loop at this many requests/s")
     run.add_argument("--size", type=int, default=640)
     run.add_argument("--letterbox", choices=("rect", "square"), default="rect")
-    run.add_argument("--ultralytics-max-concurrency", type=int, default=8, help="the baseline serialises requests; higher levels only queue")
+    run.add_argument(
+        "--ultralytics-max-concurrency",
+        type=int,
+        default=8,
+        help="the baseline serialises requests; higher levels only queue",
+    )
     run.add_argument("--repository", default="", help="model repository (default: fixture models)")
     run.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    run.add_argument("--gateway-url", default="", help="measure this running gateway instead of a local one (e.g. a GPU deployment)")
+    run.add_argument(
+        "--gateway-url", default="", help="measure this running gateway instead of a local one (e.g. a GPU deployment)"
+    )
     run.add_argument("--api-key", default="", help="key for --gateway-url")
-    run.add_argument("--triton-url", default="", help="measure this running Triton (gRPC host:port) instead of a local one")
+    run.add_argument(
+        "--triton-url", default="", help="measure this running Triton (gRPC host:port) instead of a local one"
+    )
     run.add_argument("--label", default="", help="what is measured, for the report (e.g. 'H100, tensorrt FP16')")
     args = parser.parse_args(argv)
     if args.command == "tools":

@@ -39,7 +39,9 @@ def polygon_iou(a: dict[str, list[float]], b: dict[str, list[float]], scale: tup
     return float(np.logical_and(ma, mb).sum() / union) if union else 1.0
 
 
-def assert_matches(ours: list[dict[str, Any]], ref: list[dict[str, Any]], image_wh: tuple[int, int], normalize: bool) -> None:
+def assert_matches(
+    ours: list[dict[str, Any]], ref: list[dict[str, Any]], image_wh: tuple[int, int], normalize: bool
+) -> None:
     assert ref, "the reference has no detections: this case would compare nothing"
     assert len(ours) == len(ref), f"{len(ours)} detections, Ultralytics has {len(ref)}"
     tol = NORM_TOL if normalize else PIXEL_TOL
@@ -47,7 +49,9 @@ def assert_matches(ours: list[dict[str, Any]], ref: list[dict[str, Any]], image_
     for i, (a, b) in enumerate(zip(ours, ref)):
         where = f"detection {i}"
         assert (a["class"], a["name"]) == (b["class"], b["name"]), f"{where}: class {a['class']} vs {b['class']}"
-        assert abs(a["confidence"] - b["confidence"]) <= CONF_TOL, f"{where}: confidence {a['confidence']} vs {b['confidence']}"
+        assert abs(a["confidence"] - b["confidence"]) <= CONF_TOL, (
+            f"{where}: confidence {a['confidence']} vs {b['confidence']}"
+        )
         if "box" in b:  # x1..y2, or x1..y4 for oriented boxes; classifiers have none
             assert set(a["box"]) == set(b["box"]), f"{where}: box keys {sorted(a['box'])} vs {sorted(b['box'])}"
             for k in b["box"]:

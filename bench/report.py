@@ -24,15 +24,30 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for m in results["models"]:
         modes, r = m["modes"], {}
-        gw, ort, tr, ul, pa = (modes.get(k) for k in ("gateway", "onnxruntime", "triton", "ultralytics-server", "perf-analyzer"))
+        gw, ort, tr, ul, pa = (
+            modes.get(k) for k in ("gateway", "onnxruntime", "triton", "ultralytics-server", "perf-analyzer")
+        )
         if gw and ort:
-            r["gateway_vs_onnxruntime_throughput"] = {"value": round(_best(gw)["throughput"] / _best(ort)["throughput"], 3), "goal": ">= 0.90"}
+            r["gateway_vs_onnxruntime_throughput"] = {
+                "value": round(_best(gw)["throughput"] / _best(ort)["throughput"], 3),
+                "goal": ">= 0.90",
+            }
             g1, o1 = _at(gw, 1), _at(ort, 1)
             if g1 and o1:
-                r["gateway_p50_minus_onnxruntime_p50_ms_c1"] = {"value": round(g1["p50_ms"] - o1["p50_ms"], 2), "goal": "<= 10"}
+                r["gateway_p50_minus_onnxruntime_p50_ms_c1"] = {
+                    "value": round(g1["p50_ms"] - o1["p50_ms"], 2),
+                    "goal": "<= 10",
+                }
         if gw and ul:
-            c = 8 if _at(gw, 8) and _at(ul, 8) else max(set(x["concurrency"] for x in gw) & set(x["concurrency"] for x in ul))
-            r[f"gateway_vs_ultralytics_throughput_c{c}"] = {"value": round(_at(gw, c)["throughput"] / _at(ul, c)["throughput"], 3), "goal": ">= 1.5"}  # type: ignore[index]
+            c = (
+                8
+                if _at(gw, 8) and _at(ul, 8)
+                else max(set(x["concurrency"] for x in gw) & set(x["concurrency"] for x in ul))
+            )
+            r[f"gateway_vs_ultralytics_throughput_c{c}"] = {
+                "value": round(_at(gw, c)["throughput"] / _at(ul, c)["throughput"], 3),
+                "goal": ">= 1.5",
+            }  # type: ignore[index]
         if gw:
             first = gw[0]["stages_ms"]
             task = {"yolov8n-seg": "segment", "yolov8n-pose": "pose"}.get(m["model"], "detect")
@@ -57,18 +72,30 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
         if tr and pa:
             # The two bare-Triton baselines (our async Python client, Triton's perf_analyzer) should agree.
             r["triton_client_over_perf_analyzer_throughput"] = {
-                str(t["concurrency"]): round(t["throughput"] / p["throughput"], 2) for t in tr if (p := _at(pa, t["concurrency"])) and p["throughput"]
+                str(t["concurrency"]): round(t["throughput"] / p["throughput"], 2)
+                for t in tr
+                if (p := _at(pa, t["concurrency"])) and p["throughput"]
             }
         peer = modes.get("ultralytics-triton")
         if gw and peer:  # Ultralytics' own Triton client against the same Triton: the peer users actually pick
-            c = 8 if _at(gw, 8) and _at(peer, 8) else max({x["concurrency"] for x in gw} & {x["concurrency"] for x in peer})
+            c = (
+                8
+                if _at(gw, 8) and _at(peer, 8)
+                else max({x["concurrency"] for x in gw} & {x["concurrency"] for x in peer})
+            )
             g, u = _at(gw, c), _at(peer, c)
             assert g and u
-            r[f"gateway_vs_ultralytics_triton_throughput_c{c}"] = {"value": round(g["throughput"] / u["throughput"], 3), "goal": ">= 2.0"}
+            r[f"gateway_vs_ultralytics_triton_throughput_c{c}"] = {
+                "value": round(g["throughput"] / u["throughput"], 3),
+                "goal": ">= 2.0",
+            }
         if "parity" in m:
             r["parity_fraction"] = {"value": m["parity"]["fraction"], "goal": "1.0"}
         if "parity_ultralytics_triton" in m:
-            r["ultralytics_triton_parity_fraction"] = {"value": m["parity_ultralytics_triton"]["fraction"], "goal": "1.0"}
+            r["ultralytics_triton_parity_fraction"] = {
+                "value": m["parity_ultralytics_triton"]["fraction"],
+                "goal": "1.0",
+            }
         out[m["model"]] = r
     return out
 
@@ -85,7 +112,12 @@ def markdown(results: dict[str, Any]) -> str:
         "",
     ]
     for m in results["models"]:
-        lines += [f"## {m['model']}", "", "| mode | conc. | img/s (median, min–max) | p50 ms | p90 ms | p99 ms | errors | bytes sent/req |", "|---|---:|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            f"## {m['model']}",
+            "",
+            "| mode | conc. | img/s (median, min–max) | p50 ms | p90 ms | p99 ms | errors | bytes sent/req |",
+            "|---|---:|---|---:|---:|---:|---:|---:|",
+        ]
         for mode, rows in m["modes"].items():
             for r in rows:
                 lines.append(
@@ -94,29 +126,61 @@ def markdown(results: dict[str, Any]) -> str:
                 )
         if "open_loop" in m:
             o = m["open_loop"]
-            lines += ["", f"Open loop (gateway) at {o['rate']}/s: {o['throughput']:.2f} img/s served, p50 {o['p50_ms']} ms, p99 {o['p99_ms']} ms, errors {o['errors']}."]
+            lines += [
+                "",
+                f"Open loop (gateway) at {o['rate']}/s: {o['throughput']:.2f} img/s served, p50 {o['p50_ms']} ms, p99 {o['p99_ms']} ms, errors {o['errors']}.",
+            ]
         gw = m["modes"].get("gateway")
         if gw:
-            lines += ["", "Gateway stages (ms per request, from Server-Timing): " + ", ".join(f"c={r['concurrency']}: " + " ".join(f"{k} {v:.1f}" for k, v in r["stages_ms"].items()) for r in gw[:2])]
+            lines += [
+                "",
+                "Gateway stages (ms per request, from Server-Timing): "
+                + ", ".join(
+                    f"c={r['concurrency']}: " + " ".join(f"{k} {v:.1f}" for k, v in r["stages_ms"].items())
+                    for r in gw[:2]
+                ),
+            ]
         cpu_rows = [(mode, r) for mode, rows in m["modes"].items() for r in rows if r.get("cpu_ms")]
         if cpu_rows:
             roles = list(dict.fromkeys(role for _, r in cpu_rows for role in r["cpu_ms"]))
-            lines += ["", "CPU time per request (ms, all cores, from /proc; `triton` = tritonserver and its python-backend "
-                      "stubs, `harness` = the load generator, and for onnxruntime the model itself):", "",
-                      "| mode | conc. | " + " | ".join(roles) + " |", "|---|---:|" + "---:|" * len(roles)]
+            lines += [
+                "",
+                "CPU time per request (ms, all cores, from /proc; `triton` = tritonserver and its python-backend "
+                "stubs, `harness` = the load generator, and for onnxruntime the model itself):",
+                "",
+                "| mode | conc. | " + " | ".join(roles) + " |",
+                "|---|---:|" + "---:|" * len(roles),
+            ]
             for mode, r in cpu_rows:
-                lines.append(f"| {mode} | {r['concurrency']} | " + " | ".join(f"{r['cpu_ms'][k]:.1f}" if k in r["cpu_ms"] else "" for k in roles) + " |")
+                lines.append(
+                    f"| {mode} | {r['concurrency']} | "
+                    + " | ".join(f"{r['cpu_ms'][k]:.1f}" if k in r["cpu_ms"] else "" for k in roles)
+                    + " |"
+                )
         pa = m["modes"].get("perf-analyzer")
         if pa:
-            lines += ["", "Bare Triton as perf_analyzer sees it (ms per request, its CSV columns; the server ones are Triton's own statistics):", "",
-                      "| conc. | " + " | ".join(PERF_ANALYZER_STAGES) + " | Avg latency |", "|---:|" + "---:|" * (len(PERF_ANALYZER_STAGES) + 1)]
+            lines += [
+                "",
+                "Bare Triton as perf_analyzer sees it (ms per request, its CSV columns; the server ones are Triton's own statistics):",
+                "",
+                "| conc. | " + " | ".join(PERF_ANALYZER_STAGES) + " | Avg latency |",
+                "|---:|" + "---:|" * (len(PERF_ANALYZER_STAGES) + 1),
+            ]
             for r in pa:
-                lines.append(f"| {r['concurrency']} | " + " | ".join(f"{r['stages_ms'].get(k, float('nan')):.1f}" for k in PERF_ANALYZER_STAGES.values()) + f" | {r['mean_ms']:.1f} |")
+                lines.append(
+                    f"| {r['concurrency']} | "
+                    + " | ".join(f"{r['stages_ms'].get(k, float('nan')):.1f}" for k in PERF_ANALYZER_STAGES.values())
+                    + f" | {r['mean_ms']:.1f} |"
+                )
         for mode, why in m.get("failures", {}).items():
             lines += ["", f"{mode} failed: {' '.join(why.split())[:400]}"]
         if "parity" in m:
             p = m["parity"]
-            lines += ["", f"Parity with Ultralytics: {p['matched']}/{p['cases']} responses match." + (" Failures: " + "; ".join(p["failures"]) if p["failures"] else "")]
+            lines += [
+                "",
+                f"Parity with Ultralytics: {p['matched']}/{p['cases']} responses match."
+                + (" Failures: " + "; ".join(p["failures"]) if p["failures"] else ""),
+            ]
         lines += ["", "| target | measured | goal |", "|---|---|---|"]
         for name, value in results["ratios"].get(m["model"], {}).items():
             if isinstance(value, dict) and "value" in value:
@@ -141,7 +205,13 @@ def chart(results: dict[str, Any], path: Path) -> None:
             xs, ys = [r["throughput"] for r in rows], [r["p99_ms"] for r in rows]
             ax.plot(xs, ys, marker="o", label=mode)
             for r in rows:
-                ax.annotate(str(r["concurrency"]), (r["throughput"], r["p99_ms"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+                ax.annotate(
+                    str(r["concurrency"]),
+                    (r["throughput"], r["p99_ms"]),
+                    fontsize=7,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
         ax.set_title(m["model"])
         ax.set_xlabel("throughput (images/s)")
         ax.set_ylabel("p99 latency (ms)")

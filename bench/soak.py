@@ -76,13 +76,29 @@ def main(argv: list[str] | None = None) -> int:
 
         key = asyncio.run(keys())
         ports = [redisserver.free_port() for _ in range(3)]
-        env = {**os.environ, "GATEWAY_TRITON_URL": triton.grpc_url, "GATEWAY_REDIS_URL": redis.url,
-               "GATEWAY_REDIS_PASSWORD": redis.password, "GATEWAY_KEYS_FILE": str(work / "unused.json")}
+        env = {
+            **os.environ,
+            "GATEWAY_TRITON_URL": triton.grpc_url,
+            "GATEWAY_REDIS_URL": redis.url,
+            "GATEWAY_REDIS_PASSWORD": redis.password,
+            "GATEWAY_KEYS_FILE": str(work / "unused.json"),
+        }
         for port in ports:
-            cmd = [sys.executable, "-m", "uvicorn", "gateway.app:create_app", "--factory", "--host", "127.0.0.1",
-                   "--port", str(port), "--no-access-log"]
-            gateways.append(subprocess.Popen(cmd, env=env, stdout=(work / f"gw{port}.log").open("wb"),
-                                             stderr=subprocess.STDOUT))
+            cmd = [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "gateway.app:create_app",
+                "--factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--no-access-log",
+            ]
+            gateways.append(
+                subprocess.Popen(cmd, env=env, stdout=(work / f"gw{port}.log").open("wb"), stderr=subprocess.STDOUT)
+            )
         for port in ports:
             for _ in range(300):
                 try:
@@ -106,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
                 k = f"yk_{secrets.token_hex(4)}_{secrets.token_urlsafe(24)}" if kind == "unknown" else key.get(kind, "")
                 files = None if kind == "noimage" else {"image": ("a.jpg", image)}
                 try:
-                    status = session.post(url, headers={"x-api-key": k or key["valid"]}, files=files,
-                                          timeout=60).status_code
+                    status = session.post(
+                        url, headers={"x-api-key": k or key["valid"]}, files=files, timeout=60
+                    ).status_code
                 except requests.RequestException:
                     status = -1
                 statuses[(kind, status)] += 1

@@ -61,7 +61,9 @@ def uvicorn(app: str, workdir: Path, env: dict[str, str], probe: str, factory: b
 
 
 @contextmanager
-def triton_and_gateway(repository: Path, workdir: Path, letterbox: str) -> Iterator[tuple[launcher.TritonServer, Server, str]]:
+def triton_and_gateway(
+    repository: Path, workdir: Path, letterbox: str
+) -> Iterator[tuple[launcher.TritonServer, Server, str]]:
     """(Triton, gateway, API key) on loopback."""
     from gateway.auth import create_key
 

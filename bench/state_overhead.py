@@ -34,8 +34,19 @@ from tritonlocal import launcher, redisserver
 
 
 def _gateway(port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "uvicorn", "gateway.app:create_app", "--factory", "--host", "127.0.0.1",
-           "--port", str(port), "--log-level", "warning"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "gateway.app:create_app",
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
     process = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -90,8 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         base = {"GATEWAY_TRITON_URL": triton.grpc_url, "GATEWAY_KEYS_FILE": str(keys_file)}
         ports = {"file": redisserver.free_port(), "redis": redisserver.free_port()}
         gateways["file"] = _gateway(ports["file"], base, work / "file.log")
-        gateways["redis"] = _gateway(ports["redis"], {**base, "GATEWAY_REDIS_URL": redis.url,
-                                                      "GATEWAY_REDIS_PASSWORD": redis.password}, work / "redis.log")
+        gateways["redis"] = _gateway(
+            ports["redis"],
+            {**base, "GATEWAY_REDIS_URL": redis.url, "GATEWAY_REDIS_PASSWORD": redis.password},
+            work / "redis.log",
+        )
         ok, png = cv2.imencode(".png", np.full((20, 20, 3), 127, np.uint8))
         image = png.tobytes()
         results: dict[tuple[str, str, int], tuple[list[float], float, int]] = {}
@@ -106,8 +120,10 @@ def main(argv: list[str] | None = None) -> int:
                         burnt = cpu.seconds(gateways[mode].pid, children=False) - before
                         lat, total, count = results.get((kind, mode, concurrency), ([], 0.0, 0))
                         results[(kind, mode, concurrency)] = (lat + ms, total + burnt, count + n)
-        print("| request | concurrency | p50 file (ms) | p50 Redis (ms) | p50 added | CPU/request file (ms) "
-              "| CPU/request Redis (ms) | CPU added |")
+        print(
+            "| request | concurrency | p50 file (ms) | p50 Redis (ms) | p50 added | CPU/request file (ms) "
+            "| CPU/request Redis (ms) | CPU added |"
+        )
         print("|---|---|---|---|---|---|---|---|")
         for kind in ("auth", "predict"):
             for concurrency in (1, 8):
@@ -115,10 +131,14 @@ def main(argv: list[str] | None = None) -> int:
                 r_lat, r_cpu, r_n = results[(kind, "redis", concurrency)]
                 pf, pr = statistics.median(f_lat), statistics.median(r_lat)
                 cf, cr = f_cpu / f_n * 1000, r_cpu / r_n * 1000
-                print(f"| {kind} | {concurrency} | {pf:.2f} | {pr:.2f} | {pr - pf:+.2f} | {cf:.2f} | {cr:.2f} "
-                      f"| {cr - cf:+.2f} |")
-        print(f"\n{args.rounds} rounds x {args.requests} auth / {max(10, args.requests // 3)} predict requests per "
-              "mode and concurrency; CPU from /proc (ticks of 10 ms, so small differences are noise)")
+                print(
+                    f"| {kind} | {concurrency} | {pf:.2f} | {pr:.2f} | {pr - pf:+.2f} | {cf:.2f} | {cr:.2f} "
+                    f"| {cr - cf:+.2f} |"
+                )
+        print(
+            f"\n{args.rounds} rounds x {args.requests} auth / {max(10, args.requests // 3)} predict requests per "
+            "mode and concurrency; CPU from /proc (ticks of 10 ms, so small differences are noise)"
+        )
     finally:
         for process in gateways.values():
             process.terminate()

@@ -1,6 +1,6 @@
 """The baseline a user would write instead: a minimal Starlette endpoint calling `YOLO(weights).predict` per request.
 
-    BENCH_WEIGHTS=weights/yolov8n.pt uvicorn bench.ultralytics_server:app --port 8100
+BENCH_WEIGHTS=weights/yolov8n.pt uvicorn bench.ultralytics_server:app --port 8100
 """
 
 from __future__ import annotations

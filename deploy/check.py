@@ -712,8 +712,12 @@ def _redis_invariants(docs: list[Doc]) -> list[str]:
     problems = []
     if "secretKeyRef" not in env.get("GATEWAY_REDIS_PASSWORD", {}).get("valueFrom", {}):
         problems.append("gateway: GATEWAY_REDIS_PASSWORD must come from a Secret (secretKeyRef)")
-    egress = [rule for pol in of_kind(docs, "NetworkPolicy") if component(pol) == "gateway"
-              for rule in pol["spec"].get("egress", [])]
+    egress = [
+        rule
+        for pol in of_kind(docs, "NetworkPolicy")
+        if component(pol) == "gateway"
+        for rule in pol["spec"].get("egress", [])
+    ]
     port = int(str(env["GATEWAY_REDIS_URL"].get("value", "")).rsplit(":", 1)[-1].split("/")[0] or 6379)
     if not any(p.get("port") == port for rule in egress for p in rule.get("ports", [])):
         problems.append(f"gateway: no NetworkPolicy egress rule reaches Redis on port {port}")
@@ -731,9 +735,13 @@ def _redis_invariants(docs: list[Doc]) -> list[str]:
     policy = one(docs, "NetworkPolicy", "redis")
     allowed = {"gateway", "redis-bootstrap"}
     peers = [peer for rule in (policy or {}).get("spec", {}).get("ingress", []) for peer in rule.get("from", [])]
-    if policy is None or not peers or any(
-        peer.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") not in allowed
-        for peer in peers
+    if (
+        policy is None
+        or not peers
+        or any(
+            peer.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") not in allowed
+            for peer in peers
+        )
     ):
         problems.append("redis: a NetworkPolicy must admit only the gateway pods (and the key bootstrap job)")
     return problems

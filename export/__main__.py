@@ -36,21 +36,38 @@ def _serving(args: argparse.Namespace) -> Serving:
 
 def _add_serving_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repository", type=Path, default=Path("model_repository"), help="Triton model repository")
-    p.add_argument("--target", choices=TARGETS, default="python", help="backend (default: python = ONNX Runtime inside Triton's python backend)")
+    p.add_argument(
+        "--target",
+        choices=TARGETS,
+        default="python",
+        help="backend (default: python = ONNX Runtime inside Triton's python backend)",
+    )
     p.add_argument("--max-batch-size", type=int, default=0, help="Triton max_batch_size (default per target)")
     p.add_argument("--instances", type=int, default=0, help="instance_group count (default per target)")
     p.add_argument("--queue-delay-us", type=int, default=None, help="dynamic batcher max_queue_delay_microseconds")
-    p.add_argument("--max-queue-size", type=int, default=0, help="dynamic batcher queue bound; beyond it Triton rejects")
-    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads for the python target (0: all cores)")
     p.add_argument(
-        "--spinning", choices=("on", "off"), default=None,
+        "--max-queue-size", type=int, default=0, help="dynamic batcher queue bound; beyond it Triton rejects"
+    )
+    p.add_argument(
+        "--threads", type=int, default=0, help="ONNX Runtime intra-op threads for the python target (0: all cores)"
+    )
+    p.add_argument(
+        "--spinning",
+        choices=("on", "off"),
+        default=None,
         help="python target: ONNX Runtime's idle intra-op threads spin-wait (default per target)",
     )
     p.add_argument("--fp32", action="store_true", help="TensorRT (engine or ORT accelerator) in FP32 instead of FP16")
-    p.add_argument("--no-fuse", action="store_true", help="serve the raw float32 NCHW graph instead of fusing preprocessing")
-    p.add_argument("--no-compact", action="store_true", help="return every class score per anchor (Ultralytics' raw output0)")
     p.add_argument(
-        "--imgsz", type=int, default=None,
+        "--no-fuse", action="store_true", help="serve the raw float32 NCHW graph instead of fusing preprocessing"
+    )
+    p.add_argument(
+        "--no-compact", action="store_true", help="return every class score per anchor (Ultralytics' raw output0)"
+    )
+    p.add_argument(
+        "--imgsz",
+        type=int,
+        default=None,
         help="export trace size and the model's default `size` (default: the size the weights were trained at, "
         "else 224 for classifiers and 640 for the rest)",
     )
@@ -64,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     one.add_argument("source", help="path/to/weights.pt, yolov8n-seg.pt (downloaded when online) or yolov8n.yaml")
     one.add_argument("--id", dest="model_id", help="model id in the repository and the URL (default: file stem)")
     one.add_argument(
-        "--trust-pickle", action="store_true",
+        "--trust-pickle",
+        action="store_true",
         help="skip the pickle allow-list check of a local .pt (only for checkpoints you made or trust)",
     )
     _add_serving_flags(one)
@@ -81,11 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     df.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated model ids")
     df.add_argument("--force", action="store_true", help="re-export models that are already in the repository")
     df.add_argument(
-        "--offline", action="store_true",
+        "--offline",
+        action="store_true",
         help="download nothing: weights/<id>.pt, pinned files already cached, else fixtures (also YOLO_OFFLINE=1)",
     )
     df.add_argument(
-        "--sources", default=",".join(SOURCES),
+        "--sources",
+        default=",".join(SOURCES),
         help=f"the chain, in order (default {','.join(SOURCES)}); leave out `fixture` to fail instead of serving "
         "untrained weights",
     )
@@ -113,13 +133,23 @@ def main(argv: list[str] | None = None) -> int:
                     checked(Path(args.source), args.source)
                 except WeightsError as exc:
                     raise WeightsError(f"{exc}. If you made this file yourself, pass --trust-pickle") from exc
-            export_model(args.source, args.repository, serving, args.model_id, args.imgsz, fuse=not args.no_fuse, compact=not args.no_compact)
+            export_model(
+                args.source,
+                args.repository,
+                serving,
+                args.model_id,
+                args.imgsz,
+                fuse=not args.no_fuse,
+                compact=not args.no_compact,
+            )
         elif args.command == "fixtures":
             from export.fixtures import export_fixture
 
             for model_id in args.models.split(","):
                 log(f"building fixture model {model_id} (untrained, calibrated on bundled photos) ...")
-                export_fixture(model_id, args.repository, args.cache, serving, args.imgsz, not args.no_fuse, not args.no_compact)
+                export_fixture(
+                    model_id, args.repository, args.cache, serving, args.imgsz, not args.no_fuse, not args.no_compact
+                )
         else:
             _defaults(args, serving)
     except (ExportError, TensorRTUnavailable, WeightsError, ValueError) as exc:

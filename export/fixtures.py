@@ -61,7 +61,12 @@ def _calibration_batch(size: int = 640, classify: bool = False) -> "torch.Tensor
     variants = []
     for im in images:
         h, w = im.shape[:2]
-        variants += [im, im[:, ::-1], im[h // 4 :, w // 4 :], cv2.cvtColor(cv2.cvtColor(im, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)]
+        variants += [
+            im,
+            im[:, ::-1],
+            im[h // 4 :, w // 4 :],
+            cv2.cvtColor(cv2.cvtColor(im, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR),
+        ]
     if classify:
         crop = classify_transforms(size).transforms[:2]
         batch = np.stack([np.asarray(crop[1](crop[0](Image.fromarray(np.ascontiguousarray(v))))) for v in variants])

@@ -66,7 +66,13 @@ def compact_output(path: Path, nc: int) -> None:
     p = "compact_output/"
     rows = out.type.tensor_type.shape.dim[1].dim_value
     constants = {
-        "box_start": 0, "box_end": 4, "cls_start": 4, "cls_end": 4 + nc, "extra_start": 4 + nc, "extra_end": rows, "axis": 1,
+        "box_start": 0,
+        "box_end": 4,
+        "cls_start": 4,
+        "cls_end": 4 + nc,
+        "extra_start": 4 + nc,
+        "extra_end": rows,
+        "axis": 1,
     }
     graph.initializer.extend(numpy_helper.from_array(np.array([v], np.int64), p + k) for k, v in constants.items())
     nodes = [

@@ -29,7 +29,11 @@ def profile_shapes(spec: ModelSpec, serving: Serving) -> dict[str, tuple[int, ..
         return (batch, side, side, 3) if nhwc else (batch, 3, side, side)
 
     opt_batch = max(1, serving.max_batch_size // 2)
-    return {"min": shape(1, MIN_SIDE), "opt": shape(opt_batch, OPT_SIDE), "max": shape(serving.max_batch_size, MAX_SIDE)}
+    return {
+        "min": shape(1, MIN_SIDE),
+        "opt": shape(opt_batch, OPT_SIDE),
+        "max": shape(serving.max_batch_size, MAX_SIDE),
+    }
 
 
 def trtexec_command(onnx: Path, plan: Path, spec: ModelSpec, serving: Serving) -> list[str]:

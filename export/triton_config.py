@@ -110,11 +110,7 @@ def _tensor_block(kind: str, tensors: list[Tensor]) -> str:
     items = []
     for t in tensors:
         items.append(
-            "  {\n"
-            f'    name: "{t.name}"\n'
-            f"    data_type: {_TRITON_DTYPES[t.dtype]}\n"
-            f"    dims: {_dims(t.dims)}\n"
-            "  }"
+            f'  {{\n    name: "{t.name}"\n    data_type: {_TRITON_DTYPES[t.dtype]}\n    dims: {_dims(t.dims)}\n  }}'
         )
     return f"{kind} [\n" + ",\n".join(items) + "\n]\n"
 

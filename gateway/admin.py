@@ -75,7 +75,8 @@ def parse_new_key(raw: bytes) -> tuple[str, list[str] | None, float | None, bool
         raise BadRequest("'name' must be a string of 1 to 64 characters (who or what the key is for).")
     models = body.get("models")
     if models is not None and (
-        not isinstance(models, list) or not 0 < len(models) <= MAX_MODELS
+        not isinstance(models, list)
+        or not 0 < len(models) <= MAX_MODELS
         or not all(isinstance(m, str) and 0 < len(m) <= 64 for m in models)
     ):
         raise BadRequest(f"'models' must be null (every model) or a list of 1 to {MAX_MODELS} model ids.")

@@ -47,14 +47,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     def record_usage(context: dict[str, Any], status: int, seconds: float) -> None:
         model = context.get("model", "")  # as in /metrics: only models Triton served, so the counters stay bounded
-        store.record(context["key_id"], model if model in meters.models else "other", context.get("images", 0),
-                     status, seconds)
+        store.record(
+            context["key_id"], model if model in meters.models else "other", context.get("images", 0), status, seconds
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         triton = Triton(settings.triton_url, settings.triton_timeout_s, settings.model_cache_s)
         threads = anyio.CapacityLimiter(settings.workers)
-        budget = MemoryBudget(settings.decode_budget_bytes or default_budget(memory_limit()), settings.decode_budget_wait_s)
+        budget = MemoryBudget(
+            settings.decode_budget_bytes or default_budget(memory_limit()), settings.decode_budget_wait_s
+        )
         log.info("memory budget for images in flight: %d MiB", budget.capacity // 2**20)
         meters.budget_capacity.set(budget.capacity)
         meters.budget_used.set_function(lambda: budget.used)
@@ -63,7 +66,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             for model in await triton.ready_models():
                 if model.untrained:
-                    log.warning("model %s serves UNTRAINED fixture weights: results are not real detections", model.name)
+                    log.warning(
+                        "model %s serves UNTRAINED fixture weights: results are not real detections", model.name
+                    )
         except Exception as exc:  # Triton may still be starting; /readyz reports it
             log.warning("inference server not reachable at start-up (%s): %s", settings.triton_url, exc)
         yield

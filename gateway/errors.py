@@ -1,17 +1,17 @@
 """Errors the gateway answers with, and the one place that turns them into JSON responses.
 
-    GatewayError
-    ├── BadRequest (400)            bad or out-of-range argument, missing/duplicate image or url
-    ├── Unauthorized (401)          missing, unknown or revoked key
-    ├── Forbidden (403)             key not allowed for this model
-    ├── NotFound (404)              unknown model id or route
-    ├── PayloadTooLarge (413)       upload, URL body or pixel count over the limit
-    ├── UnsupportedMediaType (415)  not an image format we decode
-    ├── UnprocessableImage (422)    an image format we know, but the bytes don't decode
-    ├── TooManyRequests (429)       per-key rate limit
-    ├── BadGateway (502)            the `url` could not be fetched
-    ├── ServiceUnavailable (503)    Triton or the model not ready, or the gateway is full
-    └── GatewayTimeout (504)        inference did not finish in time
+GatewayError
+├── BadRequest (400)            bad or out-of-range argument, missing/duplicate image or url
+├── Unauthorized (401)          missing, unknown or revoked key
+├── Forbidden (403)             key not allowed for this model
+├── NotFound (404)              unknown model id or route
+├── PayloadTooLarge (413)       upload, URL body or pixel count over the limit
+├── UnsupportedMediaType (415)  not an image format we decode
+├── UnprocessableImage (422)    an image format we know, but the bytes don't decode
+├── TooManyRequests (429)       per-key rate limit
+├── BadGateway (502)            the `url` could not be fetched
+├── ServiceUnavailable (503)    Triton or the model not ready, or the gateway is full
+└── GatewayTimeout (504)        inference did not finish in time
 """
 
 from __future__ import annotations

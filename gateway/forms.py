@@ -87,11 +87,13 @@ def form_message(raw: str, max_files: int, part: str) -> str:
     if raw.startswith("Too many files"):
         return f"At most {max_files} images may be sent per request; send the others in another request."
     if raw.startswith("Too many fields"):
-        return f"Too many form fields: at most {MAX_FIELDS} are accepted. Send the image part(s) and the arguments only."
+        return (
+            f"Too many form fields: at most {MAX_FIELDS} are accepted. Send the image part(s) and the arguments only."
+        )
     if "exceeded maximum size" in raw:
         return (
             f"A form field is longer than {MAX_FIELD_BYTES // 1024} KiB. Send images as '{part}' file parts "
-            f"(curl: -F \"{part}=@photo.jpg\"), and arguments as short text fields."
+            f'(curl: -F "{part}=@photo.jpg"), and arguments as short text fields.'
         )
     return f"Malformed form data: {raw.rstrip('.')}. Send multipart/form-data with '{part}' file part(s)."
 

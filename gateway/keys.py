@@ -84,8 +84,11 @@ async def _run(args: argparse.Namespace) -> int:
             models = [m.strip() for m in args.models.split(",") if m.strip()] or None
             entry, key = await store.create_key(args.name, models, args.rate, args.admin)
             scope = " with the admin scope" if entry.admin else ""
-            print(f"Created key {entry.id} ({entry.name}){scope} in {where}. "
-                  "Keep it safe; it is not stored and won't be shown again:", file=sys.stderr)
+            print(
+                f"Created key {entry.id} ({entry.name}){scope} in {where}. "
+                "Keep it safe; it is not stored and won't be shown again:",
+                file=sys.stderr,
+            )
             print(key)
             return 0
         if args.command == "list":
@@ -99,8 +102,11 @@ async def _run(args: argparse.Namespace) -> int:
         if args.command == "usage":
             rows = await store.usage(args.id, args.days)
             if not rows and store.kind == "file":
-                print("note: with the keys file, usage is counted inside the gateway process: "
-                      f"ask it with GET /v1/keys/{args.id}/usage (an admin key).", file=sys.stderr)
+                print(
+                    "note: with the keys file, usage is counted inside the gateway process: "
+                    f"ask it with GET /v1/keys/{args.id}/usage (an admin key).",
+                    file=sys.stderr,
+                )
             _print_usage(rows)
             return 0
         if not args.yes and not _confirmed():
@@ -133,11 +139,20 @@ async def _import(store: Store, where: str, source: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gateway.keys", description="Manage API keys.")
-    parser.add_argument("--file", type=Path, default=None, help="keys file (default: GATEWAY_KEYS_FILE or data/keys.json)")
-    parser.add_argument("--redis", default="", help="Redis URL (default: GATEWAY_REDIS_URL); password in it or in "
-                        "GATEWAY_REDIS_PASSWORD")
-    parser.add_argument("--state", choices=("file", "redis"), default="file",
-                        help="redis: the Redis of `make serve STATE=redis` (data/redis.url)")
+    parser.add_argument(
+        "--file", type=Path, default=None, help="keys file (default: GATEWAY_KEYS_FILE or data/keys.json)"
+    )
+    parser.add_argument(
+        "--redis",
+        default="",
+        help="Redis URL (default: GATEWAY_REDIS_URL); password in it or in GATEWAY_REDIS_PASSWORD",
+    )
+    parser.add_argument(
+        "--state",
+        choices=("file", "redis"),
+        default="file",
+        help="redis: the Redis of `make serve STATE=redis` (data/redis.url)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     create = sub.add_parser("create", help="create a key and print it (shown once)")
     create.add_argument("--name", required=True)

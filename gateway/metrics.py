@@ -15,7 +15,19 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 BYTES_BUCKETS = (1e4, 5e4, 1e5, 2.5e5, 5e5, 1e6, 2.5e6, 5e6, 1e7, 2.5e7)
 STAGES = ("fetch", "decode", "letterbox", "triton", "postprocess", "render")
-REASONS = {401: "auth", 403: "auth", 404: "not_found", 413: "too_large", 415: "bad_input", 422: "bad_input", 400: "bad_input", 429: "rate_limit", 502: "upstream", 503: "overload", 504: "timeout"}
+REASONS = {
+    401: "auth",
+    403: "auth",
+    404: "not_found",
+    413: "too_large",
+    415: "bad_input",
+    422: "bad_input",
+    400: "bad_input",
+    429: "rate_limit",
+    502: "upstream",
+    503: "overload",
+    504: "timeout",
+}
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -27,15 +39,27 @@ class Metrics:
         ProcessCollector(registry=self.registry)
         r = self.registry
         self.requests = Counter("yolo_requests", "Prediction requests.", ["model", "task", "status"], registry=r)
-        self.latency = Histogram("yolo_request_duration_seconds", "Whole prediction request.", ["model", "task"], buckets=LATENCY_BUCKETS, registry=r)
-        self.stage = Histogram("yolo_stage_duration_seconds", "Time per pipeline stage.", ["stage"], buckets=STAGE_BUCKETS, registry=r)
+        self.latency = Histogram(
+            "yolo_request_duration_seconds",
+            "Whole prediction request.",
+            ["model", "task"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stage = Histogram(
+            "yolo_stage_duration_seconds", "Time per pipeline stage.", ["stage"], buckets=STAGE_BUCKETS, registry=r
+        )
         self.images = Counter("yolo_images", "Images in requests answered 200.", ["model"], registry=r)
         self.inflight = Gauge("yolo_requests_in_flight", "Prediction requests being processed.", registry=r)
-        self.budget_used = Gauge("yolo_memory_budget_used_bytes", "Memory reserved by uploads and images in flight.", registry=r)
+        self.budget_used = Gauge(
+            "yolo_memory_budget_used_bytes", "Memory reserved by uploads and images in flight.", registry=r
+        )
         self.budget_capacity = Gauge("yolo_memory_budget_bytes", "The memory budget for images in flight.", registry=r)
         self.rejections = Counter("yolo_rejections", "Requests refused, by reason.", ["reason"], registry=r)
         self.triton_up = Gauge("yolo_triton_up", "1 if Triton was ready with a model at the last /readyz.", registry=r)
-        self.received = Histogram("yolo_request_body_bytes", "Bytes received per prediction request.", buckets=BYTES_BUCKETS, registry=r)
+        self.received = Histogram(
+            "yolo_request_body_bytes", "Bytes received per prediction request.", buckets=BYTES_BUCKETS, registry=r
+        )
         self.models: set[str] = set()
 
     def observe(self, context: dict[str, Any], status: int, seconds: float) -> None:

@@ -75,7 +75,9 @@ class RequestContext:
     """ASGI middleware: x-request-id on every response, and the access-log record."""
 
     def __init__(
-        self, app: ASGIApp, metrics: Metrics | None = None,
+        self,
+        app: ASGIApp,
+        metrics: Metrics | None = None,
         usage: Callable[[dict[str, Any], int, float], None] | None = None,
     ) -> None:
         self.app = app

@@ -115,8 +115,12 @@ _VIDEO_META = {
 _VIDEO = {
     "type": "object",
     "required": ["success", "message", "data", "video"],
-    "properties": {"success": {"const": True}, "message": {"type": "string"}, "data": {"type": "array", "items": _FRAME},
-                   "video": _VIDEO_META},
+    "properties": {
+        "success": {"const": True},
+        "message": {"type": "string"},
+        "data": {"type": "array", "items": _FRAME},
+        "video": _VIDEO_META,
+    },
 }
 _NDJSON = {"application/x-ndjson": {"schema": {"type": "string"}}}  # stream=true: one JSON object per line
 _IMAGE_RESULT = {
@@ -124,13 +128,17 @@ _IMAGE_RESULT = {
     "required": ["results", "shape", "speed"],
     "properties": {
         "results": {"type": "array", "maxItems": 300, "items": _ROW},
-        "shape": {"oneOf": [{"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2}, {"type": "null"}]},
+        "shape": {
+            "oneOf": [{"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2}, {"type": "null"}]
+        },
         "speed": {
             "oneOf": [
                 {
                     "type": "object",
                     "required": ["preprocess", "inference", "postprocess"],
-                    "properties": {k: {"type": "number", "minimum": 0} for k in ("preprocess", "inference", "postprocess")},
+                    "properties": {
+                        k: {"type": "number", "minimum": 0} for k in ("preprocess", "inference", "postprocess")
+                    },
                 },
                 {"type": "null"},
             ]
@@ -152,8 +160,14 @@ _IMAGES = {
         "metadata": {
             "type": "object",
             "required": ["model", "task", "imgsz", "conf", "iou"],
-            "properties": {"model": {"type": "string"}, "task": {"type": "string"}, "imgsz": {"type": "integer"},
-                           "conf": {"type": "number"}, "iou": {"type": "number"}, "video": _VIDEO_META},
+            "properties": {
+                "model": {"type": "string"},
+                "task": {"type": "string"},
+                "imgsz": {"type": "integer"},
+                "conf": {"type": "number"},
+                "iou": {"type": "number"},
+                "video": _VIDEO_META,
+            },
         },
         "warning": {"type": "string", "description": "Present while the model serves untrained fixture weights"},
     },
@@ -201,33 +215,69 @@ def _errors(*codes: int) -> dict[str, Any]:
 _BOOLEAN = {"type": "boolean", "default": False, "description": f"Also accepted: {BOOLEAN_HELP}"}
 # Every argument `parse_args` reads, keyed as in schemas.ARGUMENTS (a test keeps the two equal)
 _ARG_SCHEMAS: dict[str, dict[str, Any]] = {
-    "size": {"type": "integer", "minimum": SIZE_RANGE[0], "maximum": SIZE_RANGE[1], "default": 640,
-             "description": "Inference size; rounded up to a multiple of the model's stride (32)"},
+    "size": {
+        "type": "integer",
+        "minimum": SIZE_RANGE[0],
+        "maximum": SIZE_RANGE[1],
+        "default": 640,
+        "description": "Inference size; rounded up to a multiple of the model's stride (32)",
+    },
     "confidence": {"type": "number", "minimum": CONFIDENCE_RANGE[0], "maximum": CONFIDENCE_RANGE[1], "default": 0.25},
-    "iou": {"type": "number", "minimum": IOU_RANGE[0], "maximum": IOU_RANGE[1], "default": IOU_DEFAULT["v1"],
-            "description": "NMS IoU threshold"},
+    "iou": {
+        "type": "number",
+        "minimum": IOU_RANGE[0],
+        "maximum": IOU_RANGE[1],
+        "default": IOU_DEFAULT["v1"],
+        "description": "NMS IoU threshold",
+    },
     "url": {"type": "string", "default": "", "description": "A public http(s) image URL, used when no file is sent"},
-    "normalize": {**_BOOLEAN, "description": f"Coordinates divided by the image width/height. {_BOOLEAN['description']}"},
+    "normalize": {
+        **_BOOLEAN,
+        "description": f"Coordinates divided by the image width/height. {_BOOLEAN['description']}",
+    },
     "format": {"enum": list(FORMATS), "default": "json", "description": "image/jpeg/jpg or png: the annotated image"},
-    "max_det": {"type": "integer", "minimum": MAX_DET_RANGE[0], "maximum": MAX_DET_RANGE[1], "default": MAX_DET_RANGE[1]},
-    "classes": {"type": "string", "pattern": "^[0-9]{1,4}(,[0-9]{1,4})*$",
-                "description": "Keep only these class ids, e.g. 0,2,5 (each below the model's class count)"},
+    "max_det": {
+        "type": "integer",
+        "minimum": MAX_DET_RANGE[0],
+        "maximum": MAX_DET_RANGE[1],
+        "default": MAX_DET_RANGE[1],
+    },
+    "classes": {
+        "type": "string",
+        "pattern": "^[0-9]{1,4}(,[0-9]{1,4})*$",
+        "description": "Keep only these class ids, e.g. 0,2,5 (each below the model's class count)",
+    },
     "agnostic": {**_BOOLEAN, "description": f"Class-agnostic NMS. {_BOOLEAN['description']}"},
-    "vid_stride": {"type": "integer", "minimum": VID_STRIDE_RANGE[0], "maximum": VID_STRIDE_RANGE[1], "default": 1,
-                   "description": "A video: analyse every n-th frame, as Ultralytics' vid_stride"},
-    "stream": {**_BOOLEAN, "description": f"A video: answer NDJSON, a line per frame as it is done. {_BOOLEAN['description']}"},
+    "vid_stride": {
+        "type": "integer",
+        "minimum": VID_STRIDE_RANGE[0],
+        "maximum": VID_STRIDE_RANGE[1],
+        "default": 1,
+        "description": "A video: analyse every n-th frame, as Ultralytics' vid_stride",
+    },
+    "stream": {
+        **_BOOLEAN,
+        "description": f"A video: answer NDJSON, a line per frame as it is done. {_BOOLEAN['description']}",
+    },
 }
-_ALIAS_SCHEMAS = {alias: {**_ARG_SCHEMAS[name], "description": f"Same as `{name}` (the newer API's name); send one"}
-                  for alias, name in ALIASES.items()}
+_ALIAS_SCHEMAS = {
+    alias: {**_ARG_SCHEMAS[name], "description": f"Same as `{name}` (the newer API's name); send one"}
+    for alias, name in ALIASES.items()
+}
 _ARGS = {name: _ARG_SCHEMAS[name] for name in ARGUMENTS} | _ALIAS_SCHEMAS
 # The newer Ultralytics API's routes take the same arguments; only the IoU default differs (that of YOLO.predict)
 _ARGS_V2 = _ARGS | {"iou": {**_ARG_SCHEMAS["iou"], "default": IOU_DEFAULT["v2"]}}
 _V2_ERRORS = (400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 504)
 _HEADERS = {
-    "Server-Timing": {"description": "Milliseconds per stage: decode, letterbox, triton, postprocess, total; "
-                      "fetch for a url, render for an annotated image", "schema": {"type": "string"}},
-    "X-Model-Warning": {"description": "Present while the model serves untrained fixture weights",
-                        "schema": {"type": "string"}},
+    "Server-Timing": {
+        "description": "Milliseconds per stage: decode, letterbox, triton, postprocess, total; "
+        "fetch for a url, render for an annotated image",
+        "schema": {"type": "string"},
+    },
+    "X-Model-Warning": {
+        "description": "Present while the model serves untrained fixture weights",
+        "schema": {"type": "string"},
+    },
 }
 _MODEL_FIELD = {"type": "string", "description": "A model id, or a HUB model URL (its last path segment names it)"}
 _IMAGE = {"schema": {"type": "string", "format": "binary"}}
@@ -249,14 +299,26 @@ _V2_OK = "One entry per image (a video: one per frame, or NDJSON lines with stre
 
 def _multipart(part: str, args: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
     description = "Both file part names (image, file) are accepted on every route; at most 8 files in all"
-    files = {"type": "array", "maxItems": 8, "items": {"type": "string", "format": "binary"}, "description": description}
+    files = {
+        "type": "array",
+        "maxItems": 8,
+        "items": {"type": "string", "format": "binary"},
+        "description": description,
+    }
     properties = {part: files, **args, **(extra or {})}
-    return {"required": False, "content": {"multipart/form-data": {"schema": {"type": "object", "properties": properties}}}}
+    return {
+        "required": False,
+        "content": {"multipart/form-data": {"schema": {"type": "object", "properties": properties}}},
+    }
 
 
 SPEC: dict[str, Any] = {
     "openapi": "3.1.0",
-    "info": {"title": "YOLO Inference API", "version": "1", "description": "Ultralytics HUB compatible YOLO inference on Triton."},
+    "info": {
+        "title": "YOLO Inference API",
+        "version": "1",
+        "description": "Ultralytics HUB compatible YOLO inference on Triton.",
+    },
     "components": {
         "securitySchemes": {
             "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
@@ -308,18 +370,28 @@ SPEC: dict[str, Any] = {
         "/v1/models": {
             "get": {
                 "summary": "Models ready in the inference server",
-                "responses": {"200": _json({"type": "object", "properties": {"data": {"type": "array", "items": _MODEL}}}, "Models"), **_errors(503)},
+                "responses": {
+                    "200": _json(
+                        {"type": "object", "properties": {"data": {"type": "array", "items": _MODEL}}}, "Models"
+                    ),
+                    **_errors(503),
+                },
             }
         },
         "/v1/models/{model_id}": {
             "get": {
                 "summary": "One model",
                 "parameters": [{"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}}],
-                "responses": {"200": _json({"type": "object", "properties": {"data": _MODEL}}, "The model"), **_errors(404, 503)},
+                "responses": {
+                    "200": _json({"type": "object", "properties": {"data": _MODEL}}, "The model"),
+                    **_errors(404, 503),
+                },
             }
         },
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json({"type": "object"}, "Alive")}}},
-        "/readyz": {"get": {"summary": "Readiness", "responses": {"200": _json({"type": "object"}, "Ready"), **_errors(503)}}},
+        "/readyz": {
+            "get": {"summary": "Readiness", "responses": {"200": _json({"type": "object"}, "Ready"), **_errors(503)}}
+        },
     },
 }
 
@@ -402,8 +474,12 @@ SPEC["paths"]["/v1/keys/{key_id}/usage"] = {
         "security": _ADMIN,
         "parameters": [
             _KEY_ID,
-            {"name": "days", "in": "query", "required": False,
-             "schema": {"type": "integer", "minimum": 1, "maximum": 400, "default": 7}},
+            {
+                "name": "days",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "integer", "minimum": 1, "maximum": 400, "default": 7},
+            },
         ],
         "responses": {
             "200": _ok({"type": "object", "properties": {"usage": {"type": "array", "items": _USAGE_ROW}}}, "Usage"),

@@ -69,9 +69,14 @@ class StoreDown(Exception):
 
 def _entry_fields(e: KeyEntry) -> dict[Any, Any]:
     return {
-        "id": e.id, "name": e.name, "hash": e.hash, "created": e.created,
+        "id": e.id,
+        "name": e.name,
+        "hash": e.hash,
+        "created": e.created,
         "models": json.dumps(list(e.models)) if e.models is not None else "",
-        "rate": f"{e.rate:g}" if e.rate else "", "admin": "1" if e.admin else "0", "revoked": "1" if e.revoked else "0",
+        "rate": f"{e.rate:g}" if e.rate else "",
+        "admin": "1" if e.admin else "0",
+        "revoked": "1" if e.revoked else "0",
     }
 
 
@@ -80,9 +85,15 @@ def _parse_entry(raw: Mapping[Any, Any]) -> KeyEntry | None:
         return None
     models = json.loads(raw["models"]) if raw.get("models") else None
     return KeyEntry(
-        id=raw["id"], name=raw.get("name", ""), hash=raw["hash"], created=raw.get("created", ""),
-        models=tuple(models) if models is not None else None, rate=float(raw["rate"]) if raw.get("rate") else None,
-        revoked=raw.get("revoked") == "1", admin=raw.get("admin") == "1", last_used=raw.get("last_used") or None,
+        id=raw["id"],
+        name=raw.get("name", ""),
+        hash=raw["hash"],
+        created=raw.get("created", ""),
+        models=tuple(models) if models is not None else None,
+        rate=float(raw["rate"]) if raw.get("rate") else None,
+        revoked=raw.get("revoked") == "1",
+        admin=raw.get("admin") == "1",
+        last_used=raw.get("last_used") or None,
     )
 
 

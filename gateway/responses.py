@@ -65,9 +65,7 @@ def body(info: ModelInfo, args: PredictArgs, outcomes: list[Outcome], style: Sty
     return {"success": True, "message": f"Inference complete for {done} of {len(outcomes)} images.", "data": entries}
 
 
-def images_body(
-    model: str, task: str, args: PredictArgs, images: list[dict[str, Any]], stride: int
-) -> dict[str, Any]:
+def images_body(model: str, task: str, args: PredictArgs, images: list[dict[str, Any]], stride: int) -> dict[str, Any]:
     """The newer Ultralytics API's response: one entry per image, and the arguments used (`imgsz` as rounded up to
     the model's stride, the size the model saw)."""
     metadata: dict[str, Any] = {

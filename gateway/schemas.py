@@ -112,7 +112,9 @@ def parse_args(fields: Mapping[str, str], default_size: int = 640, style: Style 
     given = _given(fields)
     return PredictArgs(
         size=_number(given["size"], int, *SIZE_RANGE) if "size" in given else default_size,
-        confidence=_number(given["confidence"], float, *CONFIDENCE_RANGE) if "confidence" in given else CONFIDENCE_DEFAULT,
+        confidence=_number(given["confidence"], float, *CONFIDENCE_RANGE)
+        if "confidence" in given
+        else CONFIDENCE_DEFAULT,
         iou=_number(given["iou"], float, *IOU_RANGE) if "iou" in given else IOU_DEFAULT[style],
         normalize=_flag(given.get("normalize")),
         url=given["url"][1].strip() if "url" in given else "",

@@ -90,15 +90,20 @@ def usage_rows(counters: dict[tuple[str, str], dict[str, int]]) -> list[dict[str
     for (day, model), c in sorted(counters.items(), key=lambda kv: (kv[0][0], kv[0][1]), reverse=True):
         buckets = {k.removeprefix("lat:"): v for k, v in c.items() if k.startswith("lat:")}
         ordered = [(str(b), buckets.get(str(b), 0)) for b in BUCKETS_MS] + [("inf", buckets.get("inf", 0))]
-        rows.append({
-            "day": day,
-            "model": model,
-            "requests": c.get("requests", 0),
-            "images": c.get("images", 0),
-            "errors": {k.removeprefix("status:"): v for k, v in sorted(c.items()) if k.startswith("status:")},
-            "latency_ms": {"buckets": {b: n for b, n in ordered if n}, "p50": _quantile(ordered, 0.5),
-                           "p95": _quantile(ordered, 0.95)},
-        })
+        rows.append(
+            {
+                "day": day,
+                "model": model,
+                "requests": c.get("requests", 0),
+                "images": c.get("images", 0),
+                "errors": {k.removeprefix("status:"): v for k, v in sorted(c.items()) if k.startswith("status:")},
+                "latency_ms": {
+                    "buckets": {b: n for b, n in ordered if n},
+                    "p50": _quantile(ordered, 0.5),
+                    "p95": _quantile(ordered, 0.95),
+                },
+            }
+        )
     return rows
 
 

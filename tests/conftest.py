@@ -171,7 +171,17 @@ def start_gateway(triton: launcher.TritonServer, workdir: Path, **env: str) -> G
     log_path = workdir / "gateway.log"
     log = open(log_path, "wb")  # noqa: SIM115
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "gateway.app:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "gateway.app:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
         cwd=ROOT,
         env=environ,
         stdout=log,
@@ -240,8 +250,12 @@ def gateway_redis(
             await store.close()
 
     key, admin = asyncio.run(make_keys())
-    gw = start_gateway(triton, tmp_path_factory.mktemp("gateway-redis"), redis_url=redis_server.url,
-                       redis_password=redis_server.password)
+    gw = start_gateway(
+        triton,
+        tmp_path_factory.mktemp("gateway-redis"),
+        redis_url=redis_server.url,
+        redis_password=redis_server.password,
+    )
     yield dataclasses.replace(gw, key=key, admin_key=admin)
     stop_gateway(gw)
 

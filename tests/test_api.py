@@ -20,7 +20,7 @@ import requests
 
 from tests.conftest import ALL_MODELS, Gateway, start_gateway, stop_gateway
 
-PYTHON_SNIPPET = '''
+PYTHON_SNIPPET = """
 import requests
 
 # API URL, use actual MODEL_ID
@@ -38,7 +38,7 @@ with open("path/to/image.jpg", "rb") as image_file:
     response = requests.post(url, headers=headers, files=files, data=data)
 
 print(response.json())
-'''
+"""
 
 CURL_SNIPPET = """curl -X POST "https://api.ultralytics.com/v1/predict/MODEL_ID" \\
 -H "x-api-key: API_KEY" \\
@@ -79,7 +79,9 @@ def _error(r: requests.Response, status: int, contains: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("model,task", [("yolov8n", "detect"), ("yolov8n-seg", "segment"), ("yolov8n-pose", "pose")])
-def test_python_snippet_from_the_hub_docs_works_unchanged(gateway: Gateway, images: dict[str, Path], model: str, task: str) -> None:
+def test_python_snippet_from_the_hub_docs_works_unchanged(
+    gateway: Gateway, images: dict[str, Path], model: str, task: str
+) -> None:
     code = (
         PYTHON_SNIPPET.replace("https://api.ultralytics.com", gateway.url)
         .replace("MODEL_ID", model)
@@ -165,7 +167,9 @@ def test_unknown_fields_are_ignored(gateway: Gateway, images: dict[str, Path]) -
         ("normalize", "maybe", "true/false, 1/0, yes/no, on/off"),
     ],
 )
-def test_bad_argument_is_400_naming_it(gateway: Gateway, images: dict[str, Path], field: str, value: str, needle: str) -> None:
+def test_bad_argument_is_400_naming_it(
+    gateway: Gateway, images: dict[str, Path], field: str, value: str, needle: str
+) -> None:
     _error(_post(gateway, "yolov8n", images["bus"], data={field: value}), 400, needle)
     _error(_post(gateway, "yolov8n", images["bus"], params={field: value}), 400, needle)
 
@@ -246,7 +250,12 @@ def test_decompression_bomb_is_refused_before_decoding(gateway: Gateway) -> None
 
 
 def test_service_keeps_serving_after_bad_inputs(gateway: Gateway, images: dict[str, Path]) -> None:
-    for junk in (b"", b"\x89PNG\r\n\x1a\nxx", b"\xff\xd8\xff\xe0" + b"\x00" * 100, np.random.default_rng(0).bytes(5000)):
+    for junk in (
+        b"",
+        b"\x89PNG\r\n\x1a\nxx",
+        b"\xff\xd8\xff\xe0" + b"\x00" * 100,
+        np.random.default_rng(0).bytes(5000),
+    ):
         assert _post(gateway, "yolov8n", junk).status_code in (415, 422)
     assert _post(gateway, "yolov8n", images["bus"]).status_code == 200
 
@@ -356,7 +365,9 @@ def url_gateway(triton: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     stop_gateway(gw)
 
 
-def test_url_image_gives_same_result_as_upload(url_gateway: Gateway, image_server: str, images: dict[str, Path]) -> None:
+def test_url_image_gives_same_result_as_upload(
+    url_gateway: Gateway, image_server: str, images: dict[str, Path]
+) -> None:
     by_url = url_gateway.predict("yolov8n", data={"url": f"{image_server}/bus.jpg"})
     assert by_url.status_code == 200, by_url.text
     assert by_url.json()["data"] == _post(url_gateway, "yolov8n", images["bus"]).json()["data"]
@@ -411,7 +422,13 @@ def test_repeated_argument_is_400(gateway: Gateway, images: dict[str, Path], whe
 
 @pytest.mark.parametrize(
     "field,value,needle",
-    [("max_det", "0", "1 to 300"), ("max_det", "301", "1 to 300"), ("classes", "a,b", "class ids"), ("classes", "-1", "class ids"), ("agnostic", "perhaps", "true/false")],
+    [
+        ("max_det", "0", "1 to 300"),
+        ("max_det", "301", "1 to 300"),
+        ("classes", "a,b", "class ids"),
+        ("classes", "-1", "class ids"),
+        ("agnostic", "perhaps", "true/false"),
+    ],
 )
 def test_bad_nms_control_is_400(gateway: Gateway, images: dict[str, Path], field: str, value: str, needle: str) -> None:
     _error(_post(gateway, "yolov8n", images["bus"], data={field: value}), 400, needle)
@@ -428,7 +445,9 @@ def test_gateway_runtime_imports_neither_torch_nor_ultralytics() -> None:
         "from gateway.app import create_app; create_app()\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'ultralytics', 'onnxruntime')))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
 

@@ -17,7 +17,10 @@ pytestmark = pytest.mark.load
 def test_quick_benchmark_runs_and_reports_sane_numbers(tmp_path: Path, repository: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "bench", "run", "--quick", "--repository", str(repository), "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     folder = Path(out.stdout.strip().splitlines()[-1].removeprefix("results: "))
@@ -104,11 +107,37 @@ def test_perf_analyzer_mode_measures_bare_triton_with_the_prepared_tensor(tmp_pa
     try:
         perf_analyzer.install()
     except perf_analyzer.ToolError as exc:
-        pytest.skip(f"perf_analyzer (tritonclient 2.51.0 wheel, libb64-0d, CUDA 12 runtime) cannot be installed here: {exc}")
+        pytest.skip(
+            f"perf_analyzer (tritonclient 2.51.0 wheel, libb64-0d, CUDA 12 runtime) cannot be installed here: {exc}"
+        )
     out = subprocess.run(
-        [sys.executable, "-m", "bench", "run", "--models", "yolov8n", "--modes", "perf-analyzer", "--concurrency", "1,2",
-         "--seconds", "3", "--repeats", "1", "--warmup", "1", "--repository", str(repository), "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "run",
+            "--models",
+            "yolov8n",
+            "--modes",
+            "perf-analyzer",
+            "--concurrency",
+            "1,2",
+            "--seconds",
+            "3",
+            "--repeats",
+            "1",
+            "--warmup",
+            "1",
+            "--repository",
+            str(repository),
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     folder = Path(out.stdout.strip().splitlines()[-1].removeprefix("results: "))

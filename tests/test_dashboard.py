@@ -20,9 +20,13 @@ def _metric_names(expr: str) -> set[str]:
     return {n for n in re.findall(r"[a-z_][a-z0-9_]*", expr) if n not in FUNCTIONS and ("_" in n)}
 
 
-def test_dashboard_queries_exposed_metrics(gateway: Gateway, triton: launcher.TritonServer, images: dict[str, Path]) -> None:
+def test_dashboard_queries_exposed_metrics(
+    gateway: Gateway, triton: launcher.TritonServer, images: dict[str, Path]
+) -> None:
     assert gateway.predict("yolov8n", files={"image": images["bus"].read_bytes()}).status_code == 200
-    assert gateway.predict("yolov8n", files={"image": b"not an image"}).status_code == 415  # labelled series appear once used
+    assert (
+        gateway.predict("yolov8n", files={"image": b"not an image"}).status_code == 415
+    )  # labelled series appear once used
     exposed = requests.get(f"{gateway.url}/metrics", timeout=5).text
     with urllib.request.urlopen(f"http://127.0.0.1:{triton.metrics_port}/metrics", timeout=5) as r:
         exposed += r.read().decode()

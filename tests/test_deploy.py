@@ -1042,7 +1042,12 @@ def test_dockerfile_copies_only_the_gateway_package() -> None:
         for line in (DEPLOY / "Dockerfile.dockerignore").read_text().split("\n")
         if line and not line.startswith("#")
     ]
-    assert ignore[0] == "*" and {"!pyproject.toml", "!deploy/runtime_requirements.py", "!deploy/wheels/", "!gateway/"} <= set(ignore)
+    assert ignore[0] == "*" and {
+        "!pyproject.toml",
+        "!deploy/runtime_requirements.py",
+        "!deploy/wheels/",
+        "!gateway/",
+    } <= set(ignore)
 
 
 def test_dockerfile_runs_as_non_root_with_a_healthcheck() -> None:
@@ -1393,8 +1398,13 @@ REDIS_MUTATIONS: dict[str, tuple[Callable[[list[Doc]], Any], str]] = {
         "GATEWAY_REDIS_PASSWORD",
     ),
     "no egress to Redis": (
-        lambda d: d.remove(next(p for p in check.of_kind(d, "NetworkPolicy") if p["metadata"]["name"].endswith("-redis")
-                                and check.component(p) == "gateway")),
+        lambda d: d.remove(
+            next(
+                p
+                for p in check.of_kind(d, "NetworkPolicy")
+                if p["metadata"]["name"].endswith("-redis") and check.component(p) == "gateway"
+            )
+        ),
         "egress rule reaches Redis",
     ),
     "Redis without a password": (lambda d: _redis_container(d).update(args=["exec redis-server"]), "password"),

@@ -58,7 +58,16 @@ def test_served_config_in_repository_parses(repository: Path) -> None:
 
 
 def test_names_with_quotes_and_unicode_survive_pbtxt() -> None:
-    spec = ModelSpec("m", "detect", {0: 'a "quoted" name', 1: "café\\n"}, 32, 640, [Tensor("image", "uint8", [-1, -1, 3])], [Tensor("output0", "float32", [6, -1])], "uint8_nhwc_bgr")
+    spec = ModelSpec(
+        "m",
+        "detect",
+        {0: 'a "quoted" name', 1: "café\\n"},
+        32,
+        640,
+        [Tensor("image", "uint8", [-1, -1, 3])],
+        [Tensor("output0", "float32", [6, -1])],
+        "uint8_nhwc_bgr",
+    )
     config = triton_config.parse(triton_config.render(spec, serving_defaults("python")))
     assert json.loads(config.parameters["names"].string_value) == {"0": 'a "quoted" name', "1": "café\\n"}
 
@@ -109,7 +118,9 @@ def test_tensorrt_target_without_tensorrt_says_what_to_do(tmp_path: Path, capsys
 @pytest.mark.gpu
 def test_tensorrt_engine_builds_on_gpu(tmp_path: Path) -> None:
     pytest.importorskip("tensorrt", reason="needs an NVIDIA GPU with TensorRT (not available on this machine)")
-    code = export_main(["model", "yolov8n.yaml", "--target", "tensorrt", "--repository", str(tmp_path), "--max-batch-size", "4"])
+    code = export_main(
+        ["model", "yolov8n.yaml", "--target", "tensorrt", "--repository", str(tmp_path), "--max-batch-size", "4"]
+    )
     assert code == 0 and (tmp_path / "yolov8n" / "1" / "model.plan").stat().st_size > 1_000_000
 
 

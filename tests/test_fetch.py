@@ -40,10 +40,29 @@ def _run(url: str, resolve: fetch.Resolver) -> bytes:
 
 @pytest.mark.parametrize(
     "address",
-    ["10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.169.254", "127.0.0.1", "0.0.0.0", "100.64.0.1",
-     "224.0.0.1", "::1", "fe80::1", "fc00::1", "::ffff:10.0.0.1", "::ffff:169.254.169.254", "ff02::1",
-     # IPv4 inside IPv6 wrappers: NAT64 (an IPv6-only cluster's DNS64 answers these), 6to4, IPv4-compatible
-     "64:ff9b::a9fe:a9fe", "64:ff9b::a00:1", "64:ff9b:1::a00:1", "2002:a9fe:a9fe::", "2002:a00:1::", "::a00:1"],
+    [
+        "10.0.0.1",
+        "172.16.5.4",
+        "192.168.1.1",
+        "169.254.169.254",
+        "127.0.0.1",
+        "0.0.0.0",
+        "100.64.0.1",
+        "224.0.0.1",
+        "::1",
+        "fe80::1",
+        "fc00::1",
+        "::ffff:10.0.0.1",
+        "::ffff:169.254.169.254",
+        "ff02::1",
+        # IPv4 inside IPv6 wrappers: NAT64 (an IPv6-only cluster's DNS64 answers these), 6to4, IPv4-compatible
+        "64:ff9b::a9fe:a9fe",
+        "64:ff9b::a00:1",
+        "64:ff9b:1::a00:1",
+        "2002:a9fe:a9fe::",
+        "2002:a00:1::",
+        "::a00:1",
+    ],
 )
 def test_private_and_special_addresses_are_refused_before_connecting(
     monkeypatch: pytest.MonkeyPatch, address: str
@@ -71,8 +90,13 @@ def test_one_private_address_among_public_ones_is_refused(monkeypatch: pytest.Mo
 
 @pytest.mark.parametrize(
     "url",
-    ["http://10.0.0.1/", "http://169.254.169.254/latest/meta-data/", "http://[fd00::1]/",
-     "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/", "http://[2002:a9fe:a9fe::1]/latest/meta-data/"],
+    [
+        "http://10.0.0.1/",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[fd00::1]/",
+        "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",
+        "http://[2002:a9fe:a9fe::1]/latest/meta-data/",
+    ],
 )
 def test_literal_private_ips_are_refused_with_the_system_resolver(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
     attempts = _never_connect(monkeypatch)

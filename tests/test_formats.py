@@ -43,9 +43,13 @@ def _stats(triton: TritonServer, model: str) -> tuple[int, int]:
     return int(stats["inference_stats"]["success"]["count"]), int(stats["inference_count"])
 
 
-def _v2(gw: Gateway, slug: str, files: Any, data: dict[str, Any] | None = None, bearer: bool = True) -> requests.Response:
+def _v2(
+    gw: Gateway, slug: str, files: Any, data: dict[str, Any] | None = None, bearer: bool = True
+) -> requests.Response:
     headers = {"Authorization": f"Bearer {gw.key}"} if bearer else {"x-api-key": gw.key}
-    return requests.post(f"{gw.url}/api/models/{slug}/predict", headers=headers, files=files, data=data or {}, timeout=120)
+    return requests.post(
+        f"{gw.url}/api/models/{slug}/predict", headers=headers, files=files, data=data or {}, timeout=120
+    )
 
 
 def test_several_images_in_one_v1_request_match_single_requests_and_go_to_triton_as_one_batch(
@@ -99,7 +103,9 @@ def test_when_every_image_fails_the_request_fails_with_the_first_error(gateway: 
 
 def test_annotated_image_needs_exactly_one_image(gateway: Gateway, images: dict[str, Path]) -> None:
     data = images["tiny"].read_bytes()
-    r = gateway.predict("yolov8n", files=[("image", ("a.png", data)), ("image", ("b.png", data))], data={"format": "image"})
+    r = gateway.predict(
+        "yolov8n", files=[("image", ("a.png", data)), ("image", ("b.png", data))], data={"format": "image"}
+    )
     assert r.status_code == 400 and "one image per request" in r.json()["message"]
 
 
@@ -124,7 +130,9 @@ def test_newer_format_matches_ultralytics_with_its_defaults(
         assert_matches(entry["results"], reference(model, path, 0.7), (w, h), normalize=False)
 
 
-def test_dedicated_style_root_route_takes_the_model_field(gateway: Gateway, images: dict[str, Path], reference: Any) -> None:
+def test_dedicated_style_root_route_takes_the_model_field(
+    gateway: Gateway, images: dict[str, Path], reference: Any
+) -> None:
     path = images["zidane"]
     with open(path, "rb") as f:
         r = requests.post(
@@ -143,14 +151,21 @@ def test_newer_format_per_image_error_and_argument_errors(gateway: Gateway, imag
     files = [("file", ("x.txt", b"plain text")), ("file", ("bus.jpg", images["bus"].read_bytes()))]
     body = _v2(gateway, "yolov8n", files).json()
     bad, good = body["images"]
-    assert bad == {"results": [], "shape": None, "speed": None, "error": {"status": 415, "message": bad["error"]["message"]}}
+    assert bad == {
+        "results": [],
+        "shape": None,
+        "speed": None,
+        "error": {"status": 415, "message": bad["error"]["message"]},
+    }
     assert good["results"] and good["shape"] == [1080, 810]
 
     r = _v2(gateway, "yolov8n", [("file", ("bus.jpg", images["bus"].read_bytes()))], {"imgsz": 640, "size": 320})
     assert r.status_code == 400 and "'imgsz' and 'size'" in r.json()["message"]
     r = _v2(gateway, "yolov8n", [("file", ("bus.jpg", images["bus"].read_bytes()))], {"conf": "high"})
     assert r.status_code == 400 and "'conf'" in r.json()["message"]  # named as the client spelled it
-    r = requests.post(f"{gateway.url}/", headers={"x-api-key": gateway.key}, files={"file": images["bus"].open("rb")}, timeout=60)
+    r = requests.post(
+        f"{gateway.url}/", headers={"x-api-key": gateway.key}, files={"file": images["bus"].open("rb")}, timeout=60
+    )
     assert r.status_code == 400 and "'model'" in r.json()["message"]
     r = _v2(gateway, "no-such-model", [("file", ("bus.jpg", images["bus"].read_bytes()))])
     assert r.status_code == 404
@@ -159,7 +174,10 @@ def test_newer_format_per_image_error_and_argument_errors(gateway: Gateway, imag
 def test_bearer_key_is_checked_like_x_api_key(gateway: Gateway, images: dict[str, Path]) -> None:
     files = [("file", ("tiny.png", images["tiny"].read_bytes()))]
     r = requests.post(
-        f"{gateway.url}/api/models/yolov8n/predict", headers={"Authorization": "Bearer yk_nope_nope"}, files=files, timeout=60
+        f"{gateway.url}/api/models/yolov8n/predict",
+        headers={"Authorization": "Bearer yk_nope_nope"},
+        files=files,
+        timeout=60,
     )
     assert r.status_code == 401
     r = requests.post(f"{gateway.url}/api/models/yolov8n/predict", files=files, timeout=60)
@@ -177,7 +195,9 @@ def test_model_scope_is_enforced_when_the_model_comes_from_the_body(gateway: Gat
     files = {"file": ("tiny.png", images["tiny"].read_bytes())}
     r = requests.post(gateway.url, headers={"x-api-key": key}, data={"model": "yolov8n"}, files=files, timeout=60)
     assert r.status_code == 403 and "yolov8n" in r.json()["message"]
-    r = requests.post(gateway.url, headers={"x-api-key": key}, data={"model": "yolov8n-pose", "conf": 0.01}, files=files, timeout=60)
+    r = requests.post(
+        gateway.url, headers={"x-api-key": key}, data={"model": "yolov8n-pose", "conf": 0.01}, files=files, timeout=60
+    )
     assert r.status_code == 200, r.text
 
 

@@ -95,10 +95,15 @@ def test_truncated_jpeg_never_fails_the_server(gateway: Gateway, images: dict[st
         (b"<svg xmlns='http://www.w3.org/2000/svg'></svg>", 415),
         (b"RIFF\x10\x00\x00\x00WEBPVP8 \xff\xff\xff\xff", 422),  # WebP with a bad chunk size
         (b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + b"\x00" * 17, 422),  # PNG with a bad CRC
-        (b"\xff\xd8\xff\xc0\x00\x11\x08\xff\xff\xff\xff\x03" + b"\0" * 50, 413),  # JPEG header claiming 65535x65535: refused by pixel count
+        (
+            b"\xff\xd8\xff\xc0\x00\x11\x08\xff\xff\xff\xff\x03" + b"\0" * 50,
+            413,
+        ),  # JPEG header claiming 65535x65535: refused by pixel count
     ],
 )
-def test_malformed_files_get_4xx_and_the_server_keeps_serving(gateway: Gateway, images: dict[str, Path], blob: bytes, status: int) -> None:
+def test_malformed_files_get_4xx_and_the_server_keeps_serving(
+    gateway: Gateway, images: dict[str, Path], blob: bytes, status: int
+) -> None:
     r = gateway.predict("yolov8n", files={"image": blob})
     assert r.status_code == status, r.text
     assert gateway.predict("yolov8n", files={"image": images["tiny"].read_bytes()}).status_code == 200

@@ -20,7 +20,11 @@ def test_make_key_prints_a_new_key_as_its_last_line(tmp_path: Path) -> None:
     keys = tmp_path / "keys.json"
     out = subprocess.run(
         ["make", "-s", "key", "VENV=" + str(Path(sys.executable).parent.parent)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, env={"GATEWAY_KEYS_FILE": str(keys), "PATH": "/usr/bin:/bin"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"GATEWAY_KEYS_FILE": str(keys), "PATH": "/usr/bin:/bin"},
     )
     assert out.returncode == 0, out.stderr
     key = out.stdout.strip().splitlines()[-1]
@@ -38,7 +42,9 @@ def test_keys_file_holds_hashes_only_and_is_private(tmp_path: Path) -> None:
     assert read_entries(keys)[0].models == ("yolov8n",) and read_entries(keys)[0].rate == 5.0
 
 
-def test_list_never_shows_secrets_and_revoke_needs_confirmation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_list_never_shows_secrets_and_revoke_needs_confirmation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     keys = tmp_path / "keys.json"
     entry, key = create_key(keys, "listed")
     assert keys_main(["--file", str(keys), "list"]) == 0
@@ -54,7 +60,10 @@ def test_list_never_shows_secrets_and_revoke_needs_confirmation(tmp_path: Path, 
 def test_revoked_key_is_refused_within_two_seconds(gateway: Gateway, images: dict[str, Path]) -> None:
     entry, key = create_key(gateway.keys_file, "short-lived")
     deadline = time.monotonic() + 3
-    while gateway.predict("yolov8n", headers={"x-api-key": key}, files={"image": images["tiny"].read_bytes()}).status_code != 200:
+    while (
+        gateway.predict("yolov8n", headers={"x-api-key": key}, files={"image": images["tiny"].read_bytes()}).status_code
+        != 200
+    ):
         assert time.monotonic() < deadline, "a new key was not accepted within 2 s"
         time.sleep(0.2)
     assert keys_main(["--file", str(gateway.keys_file), "revoke", entry.id, "--yes"]) == 0
@@ -130,8 +139,9 @@ def test_admin_api_on_the_keys_file(gateway: Gateway, images: dict[str, Path]) -
     tiny = images["tiny"].read_bytes()
     for count in (1, 2, 0):
         files = [("image", (f"{i}.png", tiny)) for i in range(count)]
-        r = requests.post(f"{gateway.url}/v1/predict/yolov8n", headers={"x-api-key": new["key"]}, files=files or None,
-                          timeout=60)
+        r = requests.post(
+            f"{gateway.url}/v1/predict/yolov8n", headers={"x-api-key": new["key"]}, files=files or None, timeout=60
+        )
         assert r.status_code == (200 if count else 400)
         assert r.headers["x-ratelimit-limit"] == "100" and "x-ratelimit-remaining" in r.headers
     listing = requests.get(base, headers=headers, timeout=10)

@@ -155,9 +155,13 @@ def test_concurrent_40_megapixel_pngs_stay_within_the_budget(
         assert len(statuses) == 16 and set(statuses) <= {200, 429, 503}, statuses
         assert 200 in statuses and 503 in statuses, statuses  # some admitted, the rest refused: the budget acted
         grown = peak[0] - before
-        print(f"\nRSS before {before / MiB:.0f} MiB, peak {peak[0] / MiB:.0f} MiB (+{grown / MiB:.0f}); "
-              f"budget {budget / MiB:.0f} MiB; statuses {sorted(statuses)}")
-        assert grown < budget + margin, f"RSS grew {grown / MiB:.0f} MiB, budget {budget / MiB:.0f} + {margin / MiB:.0f}"
+        print(
+            f"\nRSS before {before / MiB:.0f} MiB, peak {peak[0] / MiB:.0f} MiB (+{grown / MiB:.0f}); "
+            f"budget {budget / MiB:.0f} MiB; statuses {sorted(statuses)}"
+        )
+        assert grown < budget + margin, (
+            f"RSS grew {grown / MiB:.0f} MiB, budget {budget / MiB:.0f} + {margin / MiB:.0f}"
+        )
         with open(images["bus"], "rb") as f:
             after = gw.predict("yolov8n", files={"image": f})
         assert after.status_code == 200 and after.json()["data"], after.text

@@ -20,7 +20,16 @@ def test_merge_multi_segment_equals_ultralytics(seed: int) -> None:
     cv2.circle(mask, (5, 5), 3, 1, -1)
     cv2.circle(mask, (size - 6, size - 6), 3, 1, -1)  # two blobs at least, then random ones (some touching)
     for _ in range(int(rng.integers(0, 60))):
-        cv2.ellipse(mask, (int(rng.integers(size)), int(rng.integers(size))), (int(rng.integers(1, 9)), int(rng.integers(1, 9))), float(rng.uniform(0, 180)), 0, 360, 1, -1)
+        cv2.ellipse(
+            mask,
+            (int(rng.integers(size)), int(rng.integers(size))),
+            (int(rng.integers(1, 9)), int(rng.integers(1, 9))),
+            float(rng.uniform(0, 180)),
+            0,
+            360,
+            1,
+            -1,
+        )
     contours = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
     parts = [c.reshape(-1, 2) for c in contours]
     if seed == 0:  # one very long contour forces the per-pair path

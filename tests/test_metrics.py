@@ -32,11 +32,22 @@ def test_counters_and_histograms_move_after_requests(gateway: Gateway, images: d
     unauth = gateway.predict("yolov8n-pose", headers={}, files={"image": images["tiny"].read_bytes()})
     assert (ok.status_code, bad.status_code, unauth.status_code) == (200, 415, 401)
     after = _scrape(gateway)
-    assert _value(after, "yolo_requests_total", model="yolov8n-pose", task="pose", status="200") == _value(before, "yolo_requests_total", model="yolov8n-pose", task="pose", status="200") + 1
-    assert _value(after, "yolo_rejections_total", reason="bad_input") >= _value(before, "yolo_rejections_total", reason="bad_input") + 1
-    assert _value(after, "yolo_rejections_total", reason="auth") >= _value(before, "yolo_rejections_total", reason="auth") + 1
+    assert (
+        _value(after, "yolo_requests_total", model="yolov8n-pose", task="pose", status="200")
+        == _value(before, "yolo_requests_total", model="yolov8n-pose", task="pose", status="200") + 1
+    )
+    assert (
+        _value(after, "yolo_rejections_total", reason="bad_input")
+        >= _value(before, "yolo_rejections_total", reason="bad_input") + 1
+    )
+    assert (
+        _value(after, "yolo_rejections_total", reason="auth")
+        >= _value(before, "yolo_rejections_total", reason="auth") + 1
+    )
     for stage in ("decode", "letterbox", "triton", "postprocess"):
-        assert _value(after, "yolo_stage_duration_seconds_count", stage=stage) > _value(before, "yolo_stage_duration_seconds_count", stage=stage)
+        assert _value(after, "yolo_stage_duration_seconds_count", stage=stage) > _value(
+            before, "yolo_stage_duration_seconds_count", stage=stage
+        )
     assert _value(after, "yolo_request_duration_seconds_count", model="yolov8n-pose", task="pose") >= 1
     assert _value(after, "yolo_request_body_bytes_sum") > _value(before, "yolo_request_body_bytes_sum")
     assert "yolo_requests_in_flight" in after and "process_resident_memory_bytes" in after

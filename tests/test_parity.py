@@ -23,7 +23,9 @@ def reference(repository: Path) -> Any:
     models = {m: YOLO(str(repository / m / "source.onnx")) for m in ALL_MODELS}
     cache: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
 
-    def predict(model: str, path: Path, size: int, conf: float, iou: float, rect: bool, normalize: bool) -> list[dict[str, Any]]:
+    def predict(
+        model: str, path: Path, size: int, conf: float, iou: float, rect: bool, normalize: bool
+    ) -> list[dict[str, Any]]:
         key = (model, str(path), size, conf, iou, rect, normalize)
         if key not in cache:
             result = models[model].predict(str(path), imgsz=size, conf=conf, iou=iou, rect=rect, verbose=False)[0]
@@ -43,7 +45,13 @@ def _wh(path: Path) -> tuple[int, int]:
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("mode", ["rect", "square"])
 def test_parity_with_ultralytics(
-    request: pytest.FixtureRequest, reference: Any, images: dict[str, Path], model: str, image: str, size: int, mode: str
+    request: pytest.FixtureRequest,
+    reference: Any,
+    images: dict[str, Path],
+    model: str,
+    image: str,
+    size: int,
+    mode: str,
 ) -> None:
     gw: Gateway = request.getfixturevalue("gateway" if mode == "rect" else "gateway_square")
     conf, iou = IMAGES[image], 0.45
@@ -77,12 +85,20 @@ def test_parity_normalized(gateway: Gateway, reference: Any, images: dict[str, P
         ({"max_det": "7"}, {"max_det": 7}),
         ({"classes": "{two}"}, {"classes": "{two}"}),
         ({"agnostic": "true"}, {"agnostic_nms": True}),
-        ({"classes": "{three}", "agnostic": "1", "max_det": "20"}, {"classes": "{three}", "agnostic_nms": True, "max_det": 20}),
+        (
+            {"classes": "{three}", "agnostic": "1", "max_det": "20"},
+            {"classes": "{three}", "agnostic_nms": True, "max_det": 20},
+        ),
     ],
 )
 @pytest.mark.parametrize("model", ["yolov8n", "yolov8n-seg", "yolov8n-obb"])
 def test_nms_controls_match_ultralytics(
-    gateway: Gateway, repository: Path, images: dict[str, Path], model: str, fields: dict[str, str], kwargs: dict[str, Any]
+    gateway: Gateway,
+    repository: Path,
+    images: dict[str, Path],
+    model: str,
+    fields: dict[str, str],
+    kwargs: dict[str, Any],
 ) -> None:
     from ultralytics import YOLO
 
@@ -106,7 +122,13 @@ def test_nms_controls_match_ultralytics(
 @pytest.mark.parametrize("model", YOLO11)
 @pytest.mark.parametrize("mode", ["rect", "square"])
 def test_yolo11_parity_with_ultralytics(
-    request: pytest.FixtureRequest, reference: Any, images: dict[str, Path], model: str, image: str, size: int, mode: str
+    request: pytest.FixtureRequest,
+    reference: Any,
+    images: dict[str, Path],
+    model: str,
+    image: str,
+    size: int,
+    mode: str,
 ) -> None:
     """YOLO11 goes through the same export and post-processing: nothing in the path assumes YOLOv8."""
     gw: Gateway = request.getfixturevalue("gateway" if mode == "rect" else "gateway_square")
@@ -135,7 +157,13 @@ OBB_CASES = {
     "model,image,size", [(m, i, s) for m, (imgs, sizes) in OBB_CASES.items() for i in imgs for s in sizes]
 )
 def test_obb_parity_with_ultralytics(
-    request: pytest.FixtureRequest, reference: Any, images: dict[str, Path], model: str, image: str, size: int, mode: str
+    request: pytest.FixtureRequest,
+    reference: Any,
+    images: dict[str, Path],
+    model: str,
+    image: str,
+    size: int,
+    mode: str,
 ) -> None:
     """Oriented boxes: rotated NMS, xywhr rescaling and the four corners, as Results.summary() gives them."""
     gw: Gateway = request.getfixturevalue("gateway" if mode == "rect" else "gateway_square")
@@ -157,7 +185,13 @@ def test_obb_parity_normalized(gateway: Gateway, reference: Any, images: dict[st
 @pytest.mark.parametrize("image", list(IMAGES))
 @pytest.mark.parametrize("model", CLASSIFY)
 def test_classify_parity_with_ultralytics(
-    gateway: Gateway, gateway_square: Gateway, reference: Any, images: dict[str, Path], model: str, image: str, size: int
+    gateway: Gateway,
+    gateway_square: Gateway,
+    reference: Any,
+    images: dict[str, Path],
+    model: str,
+    image: str,
+    size: int,
 ) -> None:
     """Top five classes after Ultralytics' resize-and-centre-crop; the letterbox mode doesn't apply to classifiers."""
     path = images[image]

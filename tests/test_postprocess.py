@@ -94,9 +94,13 @@ def test_mask_equals_full_upsample_then_crop() -> None:
     protos = rng.normal(size=(32, 24, 40)).astype(np.float32)
     coef = rng.normal(size=32).astype(np.float32)
     xyxy = np.array([5.5, 9.1, 133.7, 80.2], np.float32)
-    full = torch.nn.functional.interpolate(torch.from_numpy(coef @ protos.reshape(32, -1)).view(1, 1, 24, 40), (96, 160), mode="bilinear")[0, 0].numpy()
+    full = torch.nn.functional.interpolate(
+        torch.from_numpy(coef @ protos.reshape(32, -1)).view(1, 1, 24, 40), (96, 160), mode="bilinear"
+    )[0, 0].numpy()
     cols, rows = np.arange(160), np.arange(96)
-    want = (full > 0) & ((cols >= xyxy[0]) & (cols < xyxy[2]))[None, :] & ((rows >= xyxy[1]) & (rows < xyxy[3]))[:, None]
+    want = (
+        (full > 0) & ((cols >= xyxy[0]) & (cols < xyxy[2]))[None, :] & ((rows >= xyxy[1]) & (rows < xyxy[3]))[:, None]
+    )
     mask, x0, y0 = masks.mask_in_box(coef, protos, xyxy, (96, 160))
     got = np.zeros_like(want)
     got[y0 : y0 + mask.shape[0], x0 : x0 + mask.shape[1]] = mask.astype(bool)
@@ -135,10 +139,14 @@ def test_compact_layout_gives_the_same_detections_as_raw() -> None:
 
     rng = np.random.default_rng(5)
     nc, anchors = 80, 3000
-    raw = np.concatenate([
-        rng.uniform(0, 640, (2, anchors)), rng.uniform(5, 200, (2, anchors)),
-        rng.uniform(0, 1, (nc, anchors)) ** 8, rng.normal(size=(32, anchors)),
-    ]).astype(np.float32)
+    raw = np.concatenate(
+        [
+            rng.uniform(0, 640, (2, anchors)),
+            rng.uniform(5, 200, (2, anchors)),
+            rng.uniform(0, 1, (nc, anchors)) ** 8,
+            rng.normal(size=(32, anchors)),
+        ]
+    ).astype(np.float32)
     compact = compact_reference(raw[None], nc)[0]
     for args in [(0.25, 0.45), (0.5, 0.7), (0.05, 0.3)]:
         want = postprocess.non_max_suppression(raw, *args, nc)

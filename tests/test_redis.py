@@ -51,8 +51,15 @@ class Stack:
 
 def cli(redis: redisserver.RedisServer, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "GATEWAY_REDIS_URL": redis.url, "GATEWAY_REDIS_PASSWORD": redis.password}
-    return subprocess.run([sys.executable, "-m", "gateway.keys", *args], cwd=ROOT, env=env, input=stdin,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.keys", *args],
+        cwd=ROOT,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -164,8 +171,10 @@ def test_revoked_key_is_refused_by_every_replica_within_one_second(
     r = requests.post(f"{stack.urls[0]}/v1/predict/yolov8n", headers={"x-api-key": key}, timeout=10)
     assert "revoked" in r.json()["message"]
     with capsys.disabled():
-        print(f"\n[revocation] 20 trials, all 3 replicas refuse within: worst {worst * 1000:.0f} ms, "
-              f"median {sorted(times)[10] * 1000:.0f} ms")
+        print(
+            f"\n[revocation] 20 trials, all 3 replicas refuse within: worst {worst * 1000:.0f} ms, "
+            f"median {sorted(times)[10] * 1000:.0f} ms"
+        )
     assert worst < 1.0
 
 
@@ -309,8 +318,10 @@ def test_redis_killed_under_load_answers_only_documented_statuses_and_recovers(
     for t in threads:
         t.join(60)
     worst = max(recovered.values(), default=-1)
-    print(f"\n[redis killed] warm key: {dict(warm_seen)}, unseen keys while down: {dict(cold_seen)}; "
-          f"every replica back in {worst:.2f} s")
+    print(
+        f"\n[redis killed] warm key: {dict(warm_seen)}, unseen keys while down: {dict(cold_seen)}; "
+        f"every replica back in {worst:.2f} s"
+    )
     assert set(warm_seen) == {200}, warm_seen  # seen in the last minute: served from each replica's cache
     assert set(cold_seen) == {503}, cold_seen  # can't be checked: 503 with Retry-After, not 401, not 500
     assert not slow, slow
@@ -333,7 +344,11 @@ def test_make_key_state_redis_creates_an_admin_key_with_a_rate(stack: Stack) -> 
     env = {"GATEWAY_REDIS_URL": stack.redis.url_with_password, "PATH": "/usr/bin:/bin"}
     out = subprocess.run(
         ["make", "-s", "key", "STATE=redis", "ADMIN=1", "RATE=5/s", "VENV=" + str(Path(sys.executable).parent.parent)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
     assert out.returncode == 0, out.stderr
     key = out.stdout.strip().splitlines()[-1]
@@ -358,8 +373,10 @@ def test_redis_hung_costs_bounded_time_and_recovers(stack: Stack, images: dict[s
     try:
         time.sleep(1.2)  # every cached entry is now older than the 1 s cache: each check goes to (hung) Redis
         for i, url in enumerate(stack.urls):
-            for name, call in (("warm", lambda: predict(url, warm, tiny).status_code),
-                               ("cold", lambda: probe(url, cold[i]))):
+            for name, call in (
+                ("warm", lambda: predict(url, warm, tiny).status_code),
+                ("cold", lambda: probe(url, cold[i])),
+            ):
                 t0 = time.monotonic()
                 results.append((name, call(), time.monotonic() - t0))
     finally:

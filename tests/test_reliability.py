@@ -38,7 +38,9 @@ async def _run(gw: Gateway, cases: list[dict[str, Any]], concurrency: int, timeo
 
         async def one(case: dict[str, Any]) -> httpx.Response:
             async with semaphore:
-                return await client.post(case["path"], headers=case["headers"], files=case.get("files"), data=case.get("data"))
+                return await client.post(
+                    case["path"], headers=case["headers"], files=case.get("files"), data=case.get("data")
+                )
 
         return await asyncio.gather(*(one(c) for c in cases))
 
@@ -51,9 +53,26 @@ def test_load_mix_of_valid_and_invalid_requests(gateway: Gateway, images: dict[s
     want_bus = gateway.predict("yolov8n-pose", files={"image": bus}, data={"size": "256"}).json()
     assert want_tiny["data"] and want_bus["data"]
     kinds = [
-        ({"path": "/v1/predict/yolov8n", "headers": key, "files": {"image": tiny}, "data": {"size": "128", "confidence": "0.05"}}, 200, want_tiny),
-        ({"path": "/v1/predict/yolov8n-pose", "headers": key, "files": {"image": bus}, "data": {"size": "256"}}, 200, want_bus),
-        ({"path": "/v1/predict/yolov8n", "headers": key, "files": {"image": tiny}, "data": {"size": "5000"}}, 400, None),
+        (
+            {
+                "path": "/v1/predict/yolov8n",
+                "headers": key,
+                "files": {"image": tiny},
+                "data": {"size": "128", "confidence": "0.05"},
+            },
+            200,
+            want_tiny,
+        ),
+        (
+            {"path": "/v1/predict/yolov8n-pose", "headers": key, "files": {"image": bus}, "data": {"size": "256"}},
+            200,
+            want_bus,
+        ),
+        (
+            {"path": "/v1/predict/yolov8n", "headers": key, "files": {"image": tiny}, "data": {"size": "5000"}},
+            400,
+            None,
+        ),
         ({"path": "/v1/predict/yolov8n", "headers": key, "files": {"image": b"not an image"}}, 415, None),
         ({"path": "/v1/predict/yolov8n", "headers": {}, "files": {"image": tiny}}, 401, None),
         ({"path": "/v1/predict/missing-model", "headers": key, "files": {"image": tiny}}, 404, None),
@@ -73,11 +92,18 @@ def test_load_mix_of_valid_and_invalid_requests(gateway: Gateway, images: dict[s
     assert rss_after < 1024, f"gateway RSS {rss_after:.0f} MiB (was {rss_before:.0f})"
 
 
-def test_inflight_cap_answers_503_at_once_instead_of_queueing(triton: launcher.TritonServer, tmp_path: Path, images: dict[str, Path]) -> None:
+def test_inflight_cap_answers_503_at_once_instead_of_queueing(
+    triton: launcher.TritonServer, tmp_path: Path, images: dict[str, Path]
+) -> None:
     gw = start_gateway(triton, tmp_path, max_inflight="2")
     try:
         bus = images["bus"].read_bytes()
-        case = {"path": "/v1/predict/yolov8n-seg", "headers": {"x-api-key": gw.key}, "files": {"image": bus}, "data": {"size": "1280"}}
+        case = {
+            "path": "/v1/predict/yolov8n-seg",
+            "headers": {"x-api-key": gw.key},
+            "files": {"image": bus},
+            "data": {"size": "1280"},
+        }
         responses = asyncio.run(_run(gw, [case] * 10, concurrency=10))
         statuses = sorted(r.status_code for r in responses)
         assert set(statuses) <= {200, 503} and statuses.count(200) >= 2 and 503 in statuses
@@ -97,7 +123,9 @@ def test_readiness_grace_keeps_a_gateway_ready_through_a_triton_blip() -> None:
     assert not TritonState(False, (), None, "unreachable").ready(3600)  # never reached since the start
 
 
-def test_triton_killed_mid_load_gives_503_then_recovers(repository: Path, tmp_path: Path, images: dict[str, Path]) -> None:
+def test_triton_killed_mid_load_gives_503_then_recovers(
+    repository: Path, tmp_path: Path, images: dict[str, Path]
+) -> None:
     """Kill Triton under load: 503s while it is down, no 500 and no hang; after a restart, 200s without a gateway
     restart. A gateway with GATEWAY_READY_GRACE_S=0 turns NotReady at once; one with the default grace stays ready (so a
     Triton blip does not take every gateway out of its Service) and shows Triton's state in /readyz and /metrics."""
@@ -116,7 +144,9 @@ def test_triton_killed_mid_load_gives_503_then_recovers(repository: Path, tmp_pa
     def load() -> None:
         with requests.Session() as s:
             while not stop.is_set():
-                r = s.post(f"{gw.url}/v1/predict/yolov8n", headers={"x-api-key": gw.key}, files={"image": tiny}, timeout=35)
+                r = s.post(
+                    f"{gw.url}/v1/predict/yolov8n", headers={"x-api-key": gw.key}, files={"image": tiny}, timeout=35
+                )
                 results.append((time.monotonic(), r.status_code))
 
     threads = [threading.Thread(target=load) for _ in range(4)]
@@ -157,10 +187,17 @@ def test_triton_killed_mid_load_gives_503_then_recovers(repository: Path, tmp_pa
     assert gw.process.returncode is not None
 
 
-def test_sigterm_finishes_requests_in_flight_then_exits_cleanly(triton: launcher.TritonServer, tmp_path: Path, images: dict[str, Path]) -> None:
+def test_sigterm_finishes_requests_in_flight_then_exits_cleanly(
+    triton: launcher.TritonServer, tmp_path: Path, images: dict[str, Path]
+) -> None:
     gw = start_gateway(triton, tmp_path)
     bus = images["bus"].read_bytes()
-    case = {"path": "/v1/predict/yolov8n-seg", "headers": {"x-api-key": gw.key}, "files": {"image": bus}, "data": {"size": "1280"}}
+    case = {
+        "path": "/v1/predict/yolov8n-seg",
+        "headers": {"x-api-key": gw.key},
+        "files": {"image": bus},
+        "data": {"size": "1280"},
+    }
 
     async def scenario() -> list[httpx.Response]:
         task = asyncio.ensure_future(_run(gw, [case] * 3, concurrency=3))
@@ -186,7 +223,7 @@ def test_sigterm_finishes_requests_in_flight_then_exits_cleanly(triton: launcher
 
 def test_upload_over_limit_without_content_length_is_413(gateway: Gateway) -> None:
     def chunks() -> Any:
-        boundary = b"--xyz\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.jpg\"\r\n\r\n\xff\xd8\xff"
+        boundary = b'--xyz\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n\xff\xd8\xff'
         yield boundary
         for _ in range(21):
             yield b"\0" * (1024 * 1024)

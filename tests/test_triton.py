@@ -14,7 +14,9 @@ from tests.conftest import ALL_MODELS
 from tritonlocal import launcher
 
 
-def test_repository_index_lists_every_model_ready(triton: launcher.TritonServer, served_models: tuple[str, ...]) -> None:
+def test_repository_index_lists_every_model_ready(
+    triton: launcher.TritonServer, served_models: tuple[str, ...]
+) -> None:
     req = urllib.request.Request(f"{triton.http_url}/v2/repository/index", data=b"{}", method="POST")
     with urllib.request.urlopen(req, timeout=5) as r:
         index = json.loads(r.read())
@@ -39,7 +41,9 @@ def test_triton_listens_on_loopback_only(triton: launcher.TritonServer) -> None:
 
 
 @pytest.mark.parametrize("model", ALL_MODELS)
-def test_known_tensor_round_trip_matches_onnxruntime(triton: launcher.TritonServer, repository: Path, model: str) -> None:
+def test_known_tensor_round_trip_matches_onnxruntime(
+    triton: launcher.TritonServer, repository: Path, model: str
+) -> None:
     """Garbled inputs (the stub importing a mismatched NumPy) would show up here as a large difference."""
     import onnxruntime as ort
 

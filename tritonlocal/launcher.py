@@ -125,7 +125,10 @@ def server_environment() -> dict[str, str]:
     env["PATH"] = f"{venv_bin}:{env.get('PATH', '')}"
     import pytriton
 
-    libs = [sysconfig.get_config_var("LIBDIR") or "", str(Path(pytriton.__file__).parent.parent / "nvidia_pytriton.libs")]
+    libs = [
+        sysconfig.get_config_var("LIBDIR") or "",
+        str(Path(pytriton.__file__).parent.parent / "nvidia_pytriton.libs"),
+    ]
     existing = env.get("LD_LIBRARY_PATH")
     env["LD_LIBRARY_PATH"] = ":".join([p for p in libs if p] + ([existing] if existing else []))
     env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))

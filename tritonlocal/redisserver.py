@@ -76,7 +76,10 @@ def _spawn(port: int, password: str, folder: Path) -> subprocess.Popen[bytes]:
     )
     config.chmod(0o600)
     return subprocess.Popen(  # noqa: PLW1509 - preexec only sets the parent-death signal
-        [binary(), str(config)], cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [binary(), str(config)],
+        cwd=folder,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         preexec_fn=_die_with_parent,
     )
 

@@ -22,7 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="", help="comma-separated model ids (default: python -m export's)")
     parser.add_argument("--offline", action="store_true", help="download no weights (cached pinned files are used)")
     parser.add_argument("--gateways", type=int, default=1, help="gateway processes, on ports PORT..PORT+N-1")
-    parser.add_argument("--state", choices=("file", "redis"), default="file", help="redis: keys, limits, usage in Redis")
+    parser.add_argument(
+        "--state", choices=("file", "redis"), default="file", help="redis: keys, limits, usage in Redis"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -54,7 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         from gateway.app import create_app
 
         app = create_app(replace(settings, triton_url=server.grpc_url))
-        print(f"[serve] gateway on http://{args.host}:{args.port}  (try: curl http://{args.host}:{args.port}/v1/models)", flush=True)
+        print(
+            f"[serve] gateway on http://{args.host}:{args.port}  (try: curl http://{args.host}:{args.port}/v1/models)",
+            flush=True,
+        )
         # no access log: the gateway writes its own JSON line per request (uvicorn's holds the query string)
         uvicorn.run(
             app, host=args.host, port=args.port, log_level="info", access_log=False, timeout_graceful_shutdown=20

@@ -58,8 +58,19 @@ def run_gateways(host: str, port: int, count: int, triton_url: str, env: dict[st
     environ = {**os.environ, "GATEWAY_TRITON_URL": triton_url, **env}
     try:
         for i in range(count):
-            cmd = [sys.executable, "-m", "uvicorn", "gateway.app:create_app", "--factory", "--host", host,
-                   "--port", str(port + i), "--timeout-graceful-shutdown", "20"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "gateway.app:create_app",
+                "--factory",
+                "--host",
+                host,
+                "--port",
+                str(port + i),
+                "--timeout-graceful-shutdown",
+                "20",
+            ]
             processes.append(subprocess.Popen(cmd, env=environ, preexec_fn=launcher._die_with_parent))  # noqa: PLW1509
         for i in range(count):
             _wait_healthy(f"http://{host}:{port + i}", processes[i])
@@ -105,8 +116,11 @@ def serve(host: str, port: int, gateways: int, state: str, server: launcher.Trit
             env = {"GATEWAY_REDIS_URL": redis.url, "GATEWAY_REDIS_PASSWORD": redis.password}
             ensure_first_key(redis.url, redis.password)
         elif gateways > 1:
-            print("[serve] note: with the keys file each gateway has its own rate-limit buckets and usage counters; "
-                  "STATE=redis shares them", flush=True)
+            print(
+                "[serve] note: with the keys file each gateway has its own rate-limit buckets and usage counters; "
+                "STATE=redis shares them",
+                flush=True,
+            )
         return run_gateways(host, port, gateways, server.grpc_url, env)
     finally:
         if redis is not None:

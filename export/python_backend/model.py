@@ -59,7 +59,9 @@ class TritonPythonModel:
             start = 0
             for i in indices:
                 n = arrays[i].shape[0]
-                tensors = [pb_utils.Tensor(name, out[start : start + n]) for name, out in zip(self.output_names, outputs)]
+                tensors = [
+                    pb_utils.Tensor(name, out[start : start + n]) for name, out in zip(self.output_names, outputs)
+                ]
                 results[i] = pb_utils.InferenceResponse(output_tensors=tensors)
                 start += n
         return results
