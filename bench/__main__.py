@@ -1,7 +1,7 @@
 """Benchmark harness: the gateway beside bare Triton, in-process ONNX Runtime and an Ultralytics server, in one run.
 
     python -m bench run [--quick] [--models yolov8n,yolov8n-seg] [--concurrency 1,2,4,8,16,32] [--rate 5]
-    python -m bench tools    # installs Triton's perf_analyzer under .triton/perf-analyzer (for --modes ...,perf-analyzer)
+    python -m bench tools  # installs Triton's perf_analyzer under .triton/perf-analyzer (for --modes ...,perf-analyzer)
 
 Writes results.json, results.md and chart.png under bench/results/<timestamp>/ and prints the folder.
 Loopback only; every level is bounded by --requests and --seconds; warm-up first; --repeats rounds, each of which
@@ -41,7 +41,9 @@ DESCRIPTIONS = {
     "triton": "prepared uint8 tensor over gRPC, async client",
     "onnxruntime": "in-process, source.onnx, prepared float32 tensor",
     "ultralytics-server": "Starlette + YOLO(weights).predict per request",
-    "ultralytics-triton": "Starlette + YOLO('grpc://<triton>/<model>-plain').predict per request (Ultralytics' Triton guide)",
+    "ultralytics-triton": (
+        "Starlette + YOLO('grpc://<triton>/<model>-plain').predict per request (Ultralytics' Triton guide)"
+    ),
 }
 OPT_IN_MODES = ("perf-analyzer",)  # needs a tool installed from PyPI and Debian on first use
 
@@ -191,7 +193,8 @@ def level_row(c: int, summaries: list[dict[str, Any]]) -> dict[str, Any]:
         "statuses": summaries[-1]["statuses"],
     }
     log(
-        f"  c={c:<3} {row['throughput']:7.2f} img/s  p50 {best['p50_ms']:7.1f} ms  p99 {best['p99_ms']:7.1f} ms  errors {row['errors']}"
+        f"  c={c:<3} {row['throughput']:7.2f} img/s  p50 {best['p50_ms']:7.1f} ms  p99 {best['p99_ms']:7.1f} ms  "
+        f"errors {row['errors']}"
     )
     return row
 
@@ -229,7 +232,8 @@ async def measure(modes: list[Mode], args: argparse.Namespace) -> dict[str, list
                 for role in before:
                     total[role] += after[role] - before[role]
                 log(
-                    f"  {mode.name:<18} c={c:<3} {summary['throughput']:7.2f} img/s  p50 {summary['p50_ms']:7.1f} ms  errors {summary['errors']}"
+                    f"  {mode.name:<18} c={c:<3} {summary['throughput']:7.2f} img/s  p50 {summary['p50_ms']:7.1f} ms  "
+                    f"errors {summary['errors']}"
                 )
     rows: dict[str, list[dict[str, Any]]] = {}
     for mode in modes:
@@ -399,7 +403,8 @@ async def bench_model(
 
         if pa is not None:
             log(
-                f"{model}: perf-analyzer (Triton's perf_analyzer, the same uint8 tensor over gRPC, {perf_analyzer.window_ms(args.seconds)} ms windows)"
+                f"{model}: perf-analyzer (Triton's perf_analyzer, the same uint8 tensor over gRPC, "
+                f"{perf_analyzer.window_ms(args.seconds)} ms windows)"
             )
             try:
                 out["modes"]["perf-analyzer"] = await asyncio.to_thread(
@@ -512,7 +517,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser(
         "tools",
-        help="install perf_analyzer (tritonclient 2.51.0 wheel's binary, libb64-0d, a CUDA 12 runtime) under .triton/perf-analyzer",
+        help="install perf_analyzer (tritonclient 2.51.0 wheel's binary, libb64-0d, a CUDA 12 runtime) "
+        "under .triton/perf-analyzer",
     )
     run = sub.add_parser("run", help="run the benchmark")
     run.add_argument("--quick", action="store_true", help="small, CI-sized run (< 3 minutes here)")
@@ -520,7 +526,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--modes",
         default=",".join(MODES),
-        help=f"comma-separated, from {', '.join(MODES + OPT_IN_MODES)}; default: all but perf-analyzer, which is opt-in (it installs Triton's perf_analyzer on first use)",
+        help=f"comma-separated, from {', '.join(MODES + OPT_IN_MODES)}; default: all but perf-analyzer, "
+        "which is opt-in (it installs Triton's perf_analyzer on first use)",
     )
     run.add_argument("--concurrency", default="1,2,4,8,16,32")
     run.add_argument("--requests", type=int, default=200, help="requests per run (upper bound)")

@@ -1,4 +1,5 @@
-"""A small load generator: closed-loop (fixed concurrency) and open-loop (fixed arrival rate), bounded in count and time.
+"""A small load generator: closed-loop (fixed concurrency) and open-loop (fixed arrival rate), bounded in count
+and time.
 
 Open-loop arrivals are scheduled on a clock, not after the previous answer, so a slow server shows up as latency
 instead of silently lowering the offered load (no coordinated omission).

@@ -162,14 +162,17 @@ def install(home: Path = HOME, say: Callable[[str], None] = print) -> Tool:
 
 
 def write_input(tensor: NDArray[np.uint8], folder: Path, name: str = "image") -> Path:
-    """An --input-data folder: one raw file per input, the batch-1 tensor in row-major order. tensor: (H, W, 3) uint8."""
+    """An --input-data folder: one raw file per input, the batch-1 tensor in row-major order.
+
+    tensor: (H, W, 3) uint8."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / name).write_bytes(np.ascontiguousarray(tensor).tobytes())
     return folder
 
 
 def window_ms(seconds: float) -> int:
-    """Measurement window so that the level's 3 windows fill --seconds (at least 1 s each: shorter ones often count no request)."""
+    """Measurement window so that the level's 3 windows fill --seconds (at least 1 s each: shorter ones often count
+    no request)."""
     return max(1000, round(seconds * 1000 / WINDOWS))
 
 
@@ -197,7 +200,8 @@ def command(
         f"image:{','.join(map(str, shape))}",
         "--input-data",
         str(data),
-        f"--concurrency-range={concurrency}:{concurrency}:1",  # explicit end: sync mode, one thread per request in flight
+        # explicit end: sync mode, one thread per request in flight
+        f"--concurrency-range={concurrency}:{concurrency}:1",
         *bound,
         "-f",
         str(csv_path),

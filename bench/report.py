@@ -123,14 +123,17 @@ def markdown(results: dict[str, Any]) -> str:
         for mode, rows in m["modes"].items():
             for r in rows:
                 lines.append(
-                    f"| {mode} | {r['concurrency']} | {r['throughput']:.2f} ({r['throughput_min']:.2f}–{r['throughput_max']:.2f}) "
-                    f"| {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} | {m['bytes_sent'].get(mode, 0):,} |"
+                    f"| {mode} | {r['concurrency']} "
+                    f"| {r['throughput']:.2f} ({r['throughput_min']:.2f}–{r['throughput_max']:.2f}) "
+                    f"| {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} "
+                    f"| {m['bytes_sent'].get(mode, 0):,} |"
                 )
         if "open_loop" in m:
             o = m["open_loop"]
             lines += [
                 "",
-                f"Open loop (gateway) at {o['rate']}/s: {o['throughput']:.2f} img/s served, p50 {o['p50_ms']} ms, p99 {o['p99_ms']} ms, errors {o['errors']}.",
+                f"Open loop (gateway) at {o['rate']}/s: {o['throughput']:.2f} img/s served, "
+                f"p50 {o['p50_ms']} ms, p99 {o['p99_ms']} ms, errors {o['errors']}.",
             ]
         gw = m["modes"].get("gateway")
         if gw:
@@ -163,7 +166,8 @@ def markdown(results: dict[str, Any]) -> str:
         if pa:
             lines += [
                 "",
-                "Bare Triton as perf_analyzer sees it (ms per request, its CSV columns; the server ones are Triton's own statistics):",
+                "Bare Triton as perf_analyzer sees it (ms per request, its CSV columns; "
+                "the server ones are Triton's own statistics):",
                 "",
                 "| conc. | " + " | ".join(PERF_ANALYZER_STAGES) + " | Avg latency |",
                 "|---:|" + "---:|" * (len(PERF_ANALYZER_STAGES) + 1),

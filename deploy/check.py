@@ -53,7 +53,9 @@ PUBLIC_PATHS = (
 )  # fmt: skip
 INTERNAL_PATHS = ("/metrics", "/healthz", "/readyz")
 FORM_OVERHEAD = 64 * 1024  # gateway/app.py: multipart boundaries and small fields around the image
-HTTP_RESTRICTED = {"metadata", "inference", "shared-memory", "model-config", "model-repository", "statistics", "trace", "logging"}  # fmt: skip
+HTTP_RESTRICTED = {
+    "metadata", "inference", "shared-memory", "model-config", "model-repository", "statistics", "trace", "logging",
+}  # fmt: skip
 GRPC_RESTRICTED = {"shared-memory", "statistics", "trace", "logging"}
 GATEWAY_SETTINGS = (
     "GATEWAY_TRITON_URL", "GATEWAY_KEYS_FILE", "GATEWAY_MAX_UPLOAD_BYTES", "GATEWAY_MAX_PIXELS", "GATEWAY_LETTERBOX",
@@ -446,7 +448,8 @@ def _gateway_invariants(docs: list[Doc]) -> list[str]:
             rf"dns:///{re.escape(name)}\.[a-z0-9-]+\.svc\.[a-z0-9.-]+:8001", env.get("GATEWAY_TRITON_URL", "")
         ):
             problems.append(
-                f"gateway: GATEWAY_TRITON_URL must be dns:///{name}.<namespace>.svc.<domain>:8001 (headless, round-robin)"
+                f"gateway: GATEWAY_TRITON_URL must be dns:///{name}.<namespace>.svc.<domain>:8001 "
+                "(headless, round-robin)"
             )
 
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
@@ -821,7 +824,8 @@ def main() -> int:
         print(f"no values files in {CHART / 'ci'}", file=sys.stderr)
         return 2
     print(
-        f"chart {CHART.relative_to(DEPLOY.parent)}: Helm {helm.helm_sdk_version()}, Kubernetes {' and '.join(KUBE_VERSIONS)} (strict)"
+        f"chart {CHART.relative_to(DEPLOY.parent)}: Helm {helm.helm_sdk_version()}, "
+        f"Kubernetes {' and '.join(KUBE_VERSIONS)} (strict)"
     )
     failed = 0
     for path in files:
@@ -831,7 +835,8 @@ def main() -> int:
         for o in report.objects:
             kinds[o.split("/")[0]] = kinds.get(o.split("/")[0], 0) + 1
         print(
-            f"\n[{status}] {report.values_file}: {len(report.objects)} objects ({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))})"
+            f"\n[{status}] {report.values_file}: {len(report.objects)} objects "
+            f"({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))})"
         )
         for note in report.notes:
             print(f"    {note}")

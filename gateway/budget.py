@@ -68,7 +68,8 @@ class MemoryBudget:
     _waiters: collections.deque[tuple[int, anyio.Event]] = field(default_factory=collections.deque)
 
     async def acquire(self, size: int) -> int:
-        """Reserve `size` bytes (at most the whole budget: one oversized image runs alone); returns what was reserved."""
+        """Reserve `size` bytes (at most the whole budget: one oversized image runs alone); returns what was
+        reserved."""
         size = min(size, self.capacity)
         if not self._waiters and self.used + size <= self.capacity:
             self.used += size

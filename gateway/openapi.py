@@ -338,8 +338,9 @@ SPEC: dict[str, Any] = {
                 "responses": {
                     "200": _success(
                         {"anyOf": [_PREDICTION, _VIDEO]},
-                        "Detections or top-5 classes, as Ultralytics' Results.summary() (several images: one entry each; "
-                        "a video: one entry per frame, or NDJSON lines with stream=true)",
+                        "Detections or top-5 classes, as Ultralytics' Results.summary() "
+                        "(several images: one entry each; a video: one entry per frame, "
+                        "or NDJSON lines with stream=true)",
                     ),
                     **_errors(*_V2_ERRORS),
                 },

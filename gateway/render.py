@@ -179,7 +179,9 @@ def to_pixels(data: list[dict[str, Any]], width: int, height: int) -> list[dict[
 def encode_annotated(
     image: NDArray[np.uint8], data: list[dict[str, Any]], task: str, fmt: str, normalized: bool = False
 ) -> bytes:
-    """The annotated image encoded as JPEG or PNG (`fmt` "png", else JPEG). data: the response's items (normalized or pixels)."""
+    """The annotated image encoded as JPEG or PNG (`fmt` "png", else JPEG).
+
+    data: the response's items (normalized or pixels)."""
     if normalized:
         data = to_pixels(data, image.shape[1], image.shape[0])
     ok, buf = cv2.imencode(".png" if fmt == "png" else ".jpg", annotate(image, data, task))

@@ -443,7 +443,8 @@ def test_gateway_runtime_imports_neither_torch_nor_ultralytics() -> None:
         "import importlib, pkgutil, sys, gateway\n"
         "for m in pkgutil.iter_modules(gateway.__path__): importlib.import_module('gateway.' + m.name)\n"
         "from gateway.app import create_app; create_app()\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'ultralytics', 'onnxruntime')))"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'torchvision', 'ultralytics', 'onnxruntime')))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent

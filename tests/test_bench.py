@@ -65,7 +65,10 @@ def test_cpu_accounting_counts_a_process_tree() -> None:
 
     from bench import cpu
 
-    script = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass\nprint('done', flush=True)\ninput()"
+    script = (
+        "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass\n"
+        "print('done', flush=True)\ninput()"
+    )
     child = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "done"
@@ -83,10 +86,12 @@ def test_cpu_accounting_counts_a_process_tree() -> None:
 
 
 # perf_analyzer 2.51's -f CSV for one level (microseconds), as written by a run of the perf-analyzer mode here.
-PERF_ANALYZER_CSV = """\
-Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,Server Compute Input,Server Compute Infer,Server Compute Output,Client Recv,p50 latency,p90 latency,p95 latency,p99 latency,Avg latency,request/response,response wait
-2,5.12925,146,0,64361,320,309112,3159,3,343849,529555,695794,1074609,375736,149,379577
-"""
+PERF_ANALYZER_CSV = (
+    "Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,Server Compute Input,"
+    "Server Compute Infer,Server Compute Output,Client Recv,p50 latency,p90 latency,p95 latency,p99 latency,"
+    "Avg latency,request/response,response wait\n"
+    "2,5.12925,146,0,64361,320,309112,3159,3,343849,529555,695794,1074609,375736,149,379577\n"
+)
 
 
 def test_perf_analyzer_csv_becomes_a_result_row_in_milliseconds_with_the_server_split() -> None:

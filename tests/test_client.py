@@ -172,7 +172,10 @@ def test_context_manager_closes_the_connection_pool(gateway: Gateway) -> None:
 
 
 def test_importing_the_client_loads_neither_numpy_nor_pillow_nor_opencv() -> None:
-    code = "import sys, yolo_triton_client; print([m for m in ('numpy', 'PIL', 'cv2', 'supervision', 'gateway') if m in sys.modules])"
+    code = (
+        "import sys, yolo_triton_client; "
+        "print([m for m in ('numpy', 'PIL', 'cv2', 'supervision', 'gateway') if m in sys.modules])"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], check=False, cwd=ROOT, capture_output=True, text=True, timeout=60
     )
@@ -444,7 +447,10 @@ def test_to_supervision_keeps_pose_keypoints(gateway: Gateway, images: dict[str,
     ]
 
 
-OBB_ROW = {"name": "plane", "class": 0, "confidence": 0.9, "box": {"x1": 10.0, "y1": 5.0, "x2": 30.0, "y2": 15.0, "x3": 20.0, "y3": 35.0, "x4": 0.0, "y4": 25.0}}  # fmt: skip
+OBB_ROW = {
+    "name": "plane", "class": 0, "confidence": 0.9,
+    "box": {"x1": 10.0, "y1": 5.0, "x2": 30.0, "y2": 15.0, "x3": 20.0, "y3": 35.0, "x4": 0.0, "y4": 25.0},
+}  # fmt: skip
 CLASSIFY_ROWS = [
     {"name": "tabby", "class": 281, "confidence": 0.6},
     {"name": "tiger_cat", "class": 282, "confidence": 0.2},

@@ -935,7 +935,8 @@ def test_adapter_rule_serves_queue_time_per_request_to_the_triton_hpa(rendered: 
     rule = check.adapter_rule()
     query = " ".join(rule["metricsQuery"].split())
     assert re.search(
-        r"rate\(nv_inference_queue_duration_us\{<<\.LabelMatchers>>\}\[\w+\]\)\) / clamp_min\(sum by \(<<\.GroupBy>>\) \(rate\(nv_inference_request_success\{<<\.LabelMatchers>>\}",
+        r"rate\(nv_inference_queue_duration_us\{<<\.LabelMatchers>>\}\[\w+\]\)\) / "
+        r"clamp_min\(sum by \(<<\.GroupBy>>\) \(rate\(nv_inference_request_success\{<<\.LabelMatchers>>\}",
         query,
     )
     assert rule["resources"]["overrides"] == {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}

@@ -47,7 +47,8 @@ def _v1_fields(
 ) -> dict[str, str]:
     """The HUB v1 form fields; None leaves the server's default."""
     values: dict[str, object] = {
-        "size": size, "confidence": confidence, "iou": iou, "max_det": max_det, "agnostic": agnostic, "normalize": normalize,
+        "size": size, "confidence": confidence, "iou": iou, "max_det": max_det,
+        "agnostic": agnostic, "normalize": normalize,
     }  # fmt: skip
     fields = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in values.items() if v is not None}
     if classes is not None:

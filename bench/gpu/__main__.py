@@ -158,15 +158,17 @@ def utilisation_table(results: dict[str, Any]) -> str:
         lines += [
             f"### {m['model']}",
             "",
-            "| mode | conc. | load procs | CPU busy % | GPU util % | GPU MiB | avg batch | queue ms/req | compute ms/batch |",
+            "| mode | conc. | load procs | CPU busy % | GPU util % | GPU MiB | avg batch | queue ms/req "
+            "| compute ms/batch |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for mode, rows in m["modes"].items():
             for r in rows:
                 t = r.get("triton", {})
                 lines.append(
-                    f"| {mode} | {r['concurrency']} | {r.get('processes', '')} | {r.get('cpu_busy_pct', '')} | {r.get('gpu_util_pct', '')} "
-                    f"| {r.get('gpu_mem_mib', '')} | {t.get('average_batch', '')} | {t.get('queue_ms_per_request', '')} | {t.get('compute_ms_per_batch', '')} |"
+                    f"| {mode} | {r['concurrency']} | {r.get('processes', '')} | {r.get('cpu_busy_pct', '')} "
+                    f"| {r.get('gpu_util_pct', '')} | {r.get('gpu_mem_mib', '')} | {t.get('average_batch', '')} "
+                    f"| {t.get('queue_ms_per_request', '')} | {t.get('compute_ms_per_batch', '')} |"
                 )
         lines += ["", "Headline: `" + json.dumps(m.get("headline", {})) + "`", ""]
     return "\n".join(lines)
@@ -218,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "versions": versions(),
             "target": args.label
-            or f"{card.split(',')[0]}: python backend, onnx2torch on CUDA (FP16 autocast; -fp32: IEEE fp32), dynamic batching",
+            or f"{card.split(',')[0]}: python backend, onnx2torch on CUDA (FP16 autocast; -fp32: IEEE fp32), "
+            "dynamic batching",
             "gateway_url": "local",
             "triton_url": "local",
             "letterbox": "rect",
@@ -242,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     triton = start_triton(args.repository, args.work, args.triton_timeout, results["environment"])
     results["environment"]["triton_ready_seconds"] = round(time.perf_counter() - started, 1)
     log(
-        f"triton ready after {results['environment']['triton_ready_seconds']} s; starting {args.gateway_workers} gateway processes"
+        f"triton ready after {results['environment']['triton_ready_seconds']} s; "
+        f"starting {args.gateway_workers} gateway processes"
     )
     gateway = driver = None
     try:
@@ -271,8 +275,10 @@ def main(argv: list[str] | None = None) -> int:
                     entry["modes"].setdefault(mode, []).append(row)
                     t = row["triton"]
                     log(
-                        f"{served} {mode:<11} c={c:<4} {row['throughput']:8.1f} img/s  p50 {row['p50_ms']:7.1f}  p99 {row['p99_ms']:7.1f} ms  "
-                        f"errors {row['errors']}  cpu {row['cpu_busy_pct']}%  gpu {row.get('gpu_util_pct', '-')}%  batch {t.get('average_batch', '-')}"
+                        f"{served} {mode:<11} c={c:<4} {row['throughput']:8.1f} img/s  "
+                        f"p50 {row['p50_ms']:7.1f}  p99 {row['p99_ms']:7.1f} ms  "
+                        f"errors {row['errors']}  cpu {row['cpu_busy_pct']}%  gpu {row.get('gpu_util_pct', '-')}%  "
+                        f"batch {t.get('average_batch', '-')}"
                     )
                     save()
                 if mode == "gateway":
@@ -280,7 +286,9 @@ def main(argv: list[str] | None = None) -> int:
                     entry["parity"] = parity(url, key, model, args.data, reference)
                     entry["parity_fp32"] = parity(url, key, f"{model}-fp32", args.data, reference)
                     log(
-                        f"{model} parity fp16 {entry['parity']['matched']}/{entry['parity']['cases']}, fp32 {entry['parity_fp32']['matched']}/{entry['parity_fp32']['cases']} {entry['parity']['failures'] + entry['parity_fp32']['failures']}"
+                        f"{model} parity fp16 {entry['parity']['matched']}/{entry['parity']['cases']}, "
+                        f"fp32 {entry['parity_fp32']['matched']}/{entry['parity_fp32']['cases']} "
+                        f"{entry['parity']['failures'] + entry['parity_fp32']['failures']}"
                     )
             entry["headline"] = headline(entry)
             log(f"{model} headline {json.dumps(entry['headline'])}")
