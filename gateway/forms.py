@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 from collections.abc import AsyncGenerator, AsyncIterator
 
 from starlette.datastructures import FormData, UploadFile
@@ -53,10 +56,15 @@ async def stream_body(request: Request, limit: int) -> AsyncIterator[bytes]:
 
 
 async def parse_form(
-    request: Request, body: bytes | AsyncIterator[bytes], max_files: int, part: str = "image"
+    request: Request,
+    body: bytes | AsyncIterator[bytes],
+    max_files: int,
+    part: str = "image",
+    max_text: int = MAX_FIELD_BYTES,
 ) -> FormData:
     """The form from the whole body, or (multipart only) from the body as it arrives; `part` is the file part's name
-    in this route's API (for the messages)."""
+    in this route's API (for the messages). Text fields may be `max_text` bytes long while parsing (a base64 `source`
+    may be as long as the upload allows); `collect` then holds every other field to MAX_FIELD_BYTES."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
 
     async def stream() -> AsyncGenerator[bytes, None]:
@@ -69,11 +77,11 @@ async def parse_form(
     try:
         if content_type == "multipart/form-data":
             parser = MultiPartParser(
-                request.headers, stream(), max_files=max_files, max_fields=MAX_FIELDS, max_part_size=MAX_FIELD_BYTES
+                request.headers, stream(), max_files=max_files, max_fields=MAX_FIELDS, max_part_size=max_text
             )
             return await parser.parse()
         if content_type == "application/x-www-form-urlencoded":
-            form_parser = FormParser(request.headers, stream(), max_fields=MAX_FIELDS, max_part_size=MAX_FIELD_BYTES)
+            form_parser = FormParser(request.headers, stream(), max_fields=MAX_FIELDS, max_part_size=max_text)
             return await form_parser.parse()
     except MultiPartException as exc:
         raise BadRequest(form_message(exc.message, max_files, part)) from None
@@ -134,8 +142,46 @@ def collect(request: Request, form: FormData, style: Style) -> tuple[list[Upload
                 raise BadRequest(f"Unexpected file part '{key[:32]}': send images as '{part}' file parts.")
             images.append(value)
     texts = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
+    for key, value in texts:
+        if key != "source" and len(value) > MAX_FIELD_BYTES:
+            raise BadRequest(form_message("Part exceeded maximum size", 0, part))
     fields = {**_once(request.query_params.multi_items(), "query string"), **_once(texts, "form")}
     for name in ("image", "file"):
         if not images and isinstance(form.get(name), str) and form.get(name):
             raise BadRequest(f"'{name}' must be a file part (curl: -F \"{name}=@photo.jpg\"), not a text field.")
     return images, fields
+
+
+SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_url(source: str) -> bool:
+    """`source` names a resource (`scheme://...`) rather than carrying the image in base64."""
+    return bool(SCHEME.match(source))
+
+
+def decode_source(source: str, max_bytes: int) -> bytes:
+    """The image bytes of a base64 `source` (plain, URL-safe, or a `data:image/...;base64,` URI); 400 when it is not
+    base64, 413 past `max_bytes` (checked from its length before decoding)."""
+    text = source.strip()
+    if text.startswith("data:"):
+        header, _, text = text.partition(",")
+        if not header.endswith(";base64"):
+            raise BadRequest("Invalid 'source' value: a data URI must be base64 (data:image/jpeg;base64,...).")
+    text = "".join(text.split()).replace("-", "+").replace("_", "/")
+    if len(text) // 4 * 3 > max_bytes + 2:
+        raise PayloadTooLarge(
+            f"The 'source' image is larger than the {max_bytes // 2**20} MiB upload limit. Send a smaller image."
+        )
+    try:
+        data = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(
+            "Invalid 'source' value: send an http(s) image URL or the image's bytes in base64 (optionally as a "
+            "data:image/...;base64, URI)."
+        ) from None
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(
+            f"The 'source' image is larger than the {max_bytes // 2**20} MiB upload limit. Send a smaller image."
+        )
+    return data

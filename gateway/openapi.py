@@ -10,6 +10,8 @@ from gateway.schemas import (
     ARGUMENTS,
     BOOLEAN_HELP,
     CONFIDENCE_RANGE,
+    DECIMALS,
+    DECIMALS_RANGE,
     FORMATS,
     IOU_DEFAULT,
     IOU_RANGE,
@@ -159,8 +161,12 @@ _IMAGES = {
         "images": {"type": "array", "minItems": 1, "items": _IMAGE_RESULT},
         "metadata": {
             "type": "object",
-            "required": ["model", "task", "imgsz", "conf", "iou"],
+            "required": ["imageCount", "version", "model", "task", "imgsz", "conf", "iou", "decimals"],
             "properties": {
+                "imageCount": {"type": "integer", "description": "Images (or a video's frames) answered"},
+                "functionTimeCall": {"type": "number", "description": "Seconds the request took until its answer"},
+                "version": {"type": "object", "additionalProperties": {"type": "string"}},
+                "decimals": {"type": "integer"},
                 "model": {"type": "string"},
                 "task": {"type": "string"},
                 "imgsz": {"type": "integer"},
@@ -254,6 +260,19 @@ _ARG_SCHEMAS: dict[str, dict[str, Any]] = {
         "maximum": VID_STRIDE_RANGE[1],
         "default": 1,
         "description": "A video: analyse every n-th frame, as Ultralytics' vid_stride",
+    },
+    "decimals": {
+        "type": "integer",
+        "minimum": DECIMALS_RANGE[0],
+        "maximum": DECIMALS_RANGE[1],
+        "default": DECIMALS,
+        "description": "Digits every number of the rows is rounded to (Ultralytics' summary(decimals=...))",
+    },
+    "source": {
+        "type": "string",
+        "default": "",
+        "description": "The newer API's alternative to a file: a public http(s) image URL (the same guard as `url`), "
+        "or the image's bytes in base64, plain or as a data:image/...;base64, URI (within the upload limit)",
     },
     "stream": {
         **_BOOLEAN,

@@ -81,7 +81,7 @@ def finish(
     """
     pred = outputs[info.outputs[0]]
     if info.task == "classify":
-        return postprocess.top5(pred, info.names)
+        return postprocess.top5(pred, info.names, args.decimals)
     nc = len(info.names)
     compact = info.output_layout == COMPACT
     rotated = info.task == "obb"
@@ -90,7 +90,8 @@ def finish(
     )
     if rotated:
         rboxes = postprocess.scale_rboxes(dets[:, [0, 1, 2, 3, -1]], box)
-        return postprocess.summary(dets, box, info.names, args.normalize, corners=obb.corners(rboxes))
+        corners = obb.corners(rboxes)
+        return postprocess.summary(dets, box, info.names, args.normalize, corners=corners, decimals=args.decimals)
     polygons = keypoints = None
     if info.task == "segment":
         dets, polygons = masks.segments(dets, outputs[info.outputs[1]], box, nc)
@@ -99,4 +100,4 @@ def finish(
         keypoints = postprocess.scale_xy(k, box)
     boxes = postprocess.scale_boxes(dets[:, :4], box)
     dets = np.concatenate([boxes, dets[:, 4:6]], axis=1)
-    return postprocess.summary(dets, box, info.names, args.normalize, polygons, keypoints)
+    return postprocess.summary(dets, box, info.names, args.normalize, polygons, keypoints, decimals=args.decimals)

@@ -117,18 +117,19 @@ def scale_rboxes(rboxes: F32, box: Letterbox) -> F32:
     return out
 
 
-def top5(probs: F32, names: dict[int, str]) -> list[dict[str, Any]]:
+def top5(probs: F32, names: dict[int, str], decimals: int = 5) -> list[dict[str, Any]]:
     """Results.summary() of a classifier: the five most probable classes, best first. probs: (nc,) softmax output."""
     best = np.argsort(-probs, kind="stable")[:5]
     return [
-        {"name": names.get(int(c), str(int(c))), "class": int(c), "confidence": round(float(probs[c]), 5)} for c in best
+        {"name": names.get(int(c), str(int(c))), "class": int(c), "confidence": round(float(probs[c]), decimals)}
+        for c in best
     ]
 
 
-def _coords(values: F32, divisor: int) -> list[float]:
-    """Per-point values as Ultralytics' summary writes them: float32 division, then rounded to 5 decimals."""
+def _coords(values: F32, divisor: int, decimals: int) -> list[float]:
+    """Per-point values as Ultralytics' summary writes them: float32 division, then rounded to `decimals`."""
     scaled = values / divisor if divisor != 1 else values
-    return list(scaled.astype(float).round(5).tolist())
+    return list(scaled.astype(float).round(decimals).tolist())
 
 
 def summary(
@@ -139,8 +140,9 @@ def summary(
     polygons: list[F32] | None = None,
     keypoints: F32 | None = None,
     corners: F32 | None = None,
+    decimals: int = 5,
 ) -> list[dict[str, Any]]:
-    """Ultralytics' Results.summary(normalize) for detections with boxes already in original-image pixels.
+    """Ultralytics' Results.summary(normalize, decimals) for detections with boxes already in original-image pixels.
 
     dets: (N, 6+) xyxy, confidence, class; polygons: N × (K, 2); keypoints: (N, kpts, 2 or 3), original pixels.
     corners: (N, 4, 2) oriented-box corners, original pixels; they replace the xyxy box ("x1".."x4", "y1".."y4").
@@ -152,20 +154,23 @@ def summary(
         class_id = int(cls)
         xy = {}
         for j, (x, y) in enumerate(points[i], start=1):
-            xy[f"x{j}"] = round(x / w, 5)
-            xy[f"y{j}"] = round(y / h, 5)
+            xy[f"x{j}"] = round(x / w, decimals)
+            xy[f"y{j}"] = round(y / h, decimals)
         item: dict[str, Any] = {
             "name": names.get(class_id, str(class_id)),
             "class": class_id,
-            "confidence": round(conf, 5),
+            "confidence": round(conf, decimals),
             "box": xy,
         }
         if polygons is not None:
-            item["segments"] = {"x": _coords(polygons[i][:, 0], w), "y": _coords(polygons[i][:, 1], h)}
+            item["segments"] = {
+                "x": _coords(polygons[i][:, 0], w, decimals),
+                "y": _coords(polygons[i][:, 1], h, decimals),
+            }
         if keypoints is not None:
             k = keypoints[i]
-            item["keypoints"] = {"x": _coords(k[:, 0], w), "y": _coords(k[:, 1], h)}
+            item["keypoints"] = {"x": _coords(k[:, 0], w, decimals), "y": _coords(k[:, 1], h, decimals)}
             if k.shape[1] == 3:
-                item["keypoints"]["visible"] = _coords(k[:, 2], 1)
+                item["keypoints"]["visible"] = _coords(k[:, 2], 1, decimals)
         out.append(item)
     return out

@@ -6,6 +6,9 @@ The rows themselves are Ultralytics' `Results.summary()`, made by `postprocess.s
 
 from __future__ import annotations
 
+import importlib.metadata
+import platform
+import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -17,6 +20,19 @@ from gateway.schemas import PredictArgs, Style
 if TYPE_CHECKING:
     from gateway.flow import Outcome
     from gateway.triton import ModelInfo
+
+
+def _version() -> dict[str, str]:
+    """What serves the answer, in the place of the Platform's `version` (which names its torch and Ultralytics: the
+    gateway runs neither; the model's own versions are in `GET /v1/models/{id}`)."""
+    try:
+        gateway = importlib.metadata.version("yolo-triton")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was not installed
+        gateway = "unknown"
+    return {"yolo-triton": gateway, "python": platform.python_version()}
+
+
+VERSION = _version()
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -46,10 +62,13 @@ def success(data: list[dict[str, Any]]) -> dict[str, Any]:
     return {"success": True, "message": "Inference complete.", "data": data}
 
 
-def body(info: ModelInfo, args: PredictArgs, outcomes: list[Outcome], style: Style) -> dict[str, Any]:
+def body(
+    info: ModelInfo, args: PredictArgs, outcomes: list[Outcome], style: Style, started: float | None = None
+) -> dict[str, Any]:
     """The JSON body for the outcomes of one request (at least one succeeded)."""
     if style == "v2":
-        answer = images_body(info.name, info.task, args, [_image_entry(o) for o in outcomes], info.stride)
+        images = [_image_entry(o) for o in outcomes]
+        answer = images_body(info.name, info.task, args, images, info.stride, started)
         if info.untrained:
             answer["warning"] = UNTRAINED_WARNING
         return answer
@@ -65,10 +84,22 @@ def body(info: ModelInfo, args: PredictArgs, outcomes: list[Outcome], style: Sty
     return {"success": True, "message": f"Inference complete for {done} of {len(outcomes)} images.", "data": entries}
 
 
-def images_body(model: str, task: str, args: PredictArgs, images: list[dict[str, Any]], stride: int) -> dict[str, Any]:
+def images_body(
+    model: str,
+    task: str,
+    args: PredictArgs,
+    images: list[dict[str, Any]],
+    stride: int,
+    started: float | None = None,
+) -> dict[str, Any]:
     """The newer Ultralytics API's response: one entry per image, and the arguments used (`imgsz` as rounded up to
-    the model's stride, the size the model saw)."""
-    metadata: dict[str, Any] = {
+    the model's stride, the size the model saw). The Platform's own metadata fields come first: `imageCount`,
+    `functionTimeCall` (seconds since the request started, when `started` is known) and `version`."""
+    metadata: dict[str, Any] = {"imageCount": len(images)}
+    if started is not None:
+        metadata["functionTimeCall"] = round(time.perf_counter() - started, 6)
+    metadata |= {
+        "version": VERSION,
         "model": model,
         "task": task,
         "imgsz": target_size(args.size, stride),
@@ -78,6 +109,7 @@ def images_body(model: str, task: str, args: PredictArgs, images: list[dict[str,
         "classes": list(args.classes) if args.classes is not None else None,
         "agnostic": args.agnostic,
         "normalize": args.normalize,
+        "decimals": args.decimals,
     }
     return {"images": images, "metadata": metadata}
 

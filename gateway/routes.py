@@ -20,6 +20,8 @@ from gateway.forms import (
     SPOOLED_FORM_BYTES,
     api_key,
     collect,
+    decode_source,
+    is_url,
     is_multipart,
     model_from_slug,
     parse_form,
@@ -147,7 +149,8 @@ async def _read_form(
     await hold.take(min(int(declared), limit) if declared.isdigit() else limit)
     body = await read_body(request, limit)
     context["bytes"] = len(body)
-    return await parse_form(request, body, settings.max_images, part), False
+    # a base64 `source` is a text field as long as the body allows (which is bounded and reserved above)
+    return await parse_form(request, body, settings.max_images, part, max_text=limit), False
 
 
 async def _predict(
@@ -166,9 +169,13 @@ async def _predict(
         raise BadRequest("'stream=true' applies to a video upload; an image is answered in one response.")
     if info.task != "classify":  # classifiers ignore `classes`, as Ultralytics' do
         check_classes(args.classes, info.name, len(info.names))
-    if uploads and args.url:
+    if args.source and (uploads or args.url):
+        raise BadRequest("Send one of: image file(s), 'url' or 'source' (a URL or base64 image), not several.")
+    url = args.source if args.source and is_url(args.source) else args.url
+    inline = decode_source(args.source, settings.max_upload_bytes) if args.source and not url else None
+    if uploads and url:
         raise BadRequest("Send either image file(s) or a URL, not both.")
-    if not uploads and not args.url:
+    if not uploads and not url and inline is None:
         raise BadRequest("An image file or URL must be submitted.")
     if len(uploads) > 1 and args.format != "json":
         raise BadRequest("An annotated image (format=image/png) is made for one image per request; send one image.")
@@ -178,10 +185,12 @@ async def _predict(
     t0 = time.perf_counter()
     if uploads:  # one byte more than the limit is enough for flow.run to refuse an image that is too large
         datas = [await upload.read(settings.max_upload_bytes + 1) for upload in uploads]
+    elif inline is not None:
+        datas = [inline]
     else:
         datas = [
             await fetch_image(
-                args.url,
+                url,
                 max_bytes=settings.max_upload_bytes,
                 timeout_s=settings.url_timeout_s,
                 max_redirects=settings.url_max_redirects,
@@ -209,7 +218,7 @@ async def _predict(
         media_type = f"image/{args.format}"
         timings["render"] = (time.perf_counter() - t3) * 1000
     else:
-        body, media_type = orjson.dumps(responses.body(info, args, outcomes, style)), "application/json"
+        body, media_type = orjson.dumps(responses.body(info, args, outcomes, style, started)), "application/json"
     timings["total"] = (time.perf_counter() - started) * 1000
     return Response(body, media_type=media_type, headers=responses.headers(info, timings))
 

@@ -16,6 +16,8 @@ IOU_RANGE = (0.0, 0.95)
 CONFIDENCE_DEFAULT = 0.25
 MAX_DET = 300  # the default and the most detections per image
 MAX_DET_RANGE = (1, MAX_DET)
+DECIMALS = 5  # Results.summary()'s default
+DECIMALS_RANGE = (0, 10)  # the newer Ultralytics API's range
 VID_STRIDE_RANGE = (1, 1000)  # a video: every n-th frame is analysed
 FORMATS = {"json": "json", "image": "jpeg", "jpeg": "jpeg", "jpg": "jpeg", "png": "png"}
 # One vocabulary for every yes/no argument, everywhere (README, OpenAPI, messages). "on" is what an HTML checkbox
@@ -29,6 +31,7 @@ BOOLEAN_HELP = ", ".join(f"{t}/{f}" for t, f in BOOLEAN_WORDS) + " (any case)"
 # these, and tests/test_docs.py checks both), and the newer Ultralytics API's names for two of them.
 ARGUMENTS = (
     "size", "confidence", "iou", "url", "normalize", "format", "max_det", "classes", "agnostic", "vid_stride", "stream",
+    "decimals", "source",
 )  # fmt: skip
 ALIASES = {"imgsz": "size", "conf": "confidence"}
 
@@ -51,6 +54,8 @@ class PredictArgs:
     agnostic: bool = False
     vid_stride: int = 1  # a video only: every n-th frame (Ultralytics' vid_stride)
     stream: bool = False  # a video only: answer NDJSON, one line per frame
+    decimals: int = DECIMALS  # digits the rows' numbers are rounded to (Ultralytics' summary(decimals=...))
+    source: str = ""  # the newer API's alternative to a file: an image URL, or the image's bytes in base64
 
 
 def _given(fields: Mapping[str, str]) -> dict[str, tuple[str, str]]:
@@ -124,6 +129,8 @@ def parse_args(fields: Mapping[str, str], default_size: int = 640, style: Style 
         agnostic=_flag(given.get("agnostic")),
         vid_stride=_number(given["vid_stride"], int, *VID_STRIDE_RANGE) if "vid_stride" in given else 1,
         stream=_flag(given.get("stream")),
+        decimals=_number(given["decimals"], int, *DECIMALS_RANGE) if "decimals" in given else DECIMALS,
+        source=given["source"][1].strip() if "source" in given else "",
     )
 
 

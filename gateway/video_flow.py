@@ -102,12 +102,12 @@ async def respond(
             outcomes.append(outcome)
     except UnprocessableImage as exc:  # broken partway: 422 with what could be read
         entries = [frame_entry(o, style) for o in outcomes]
-        body = _summary(info, args, style, entries, reader, exc)
+        body = _summary(info, args, style, entries, reader, exc, started)
         return responses.json_response(body, exc.status)
     entries = [frame_entry(o, style) for o in outcomes]
     context["frames"] = len(entries)
     timings = {"total": (time.perf_counter() - started) * 1000}
-    body = _summary(info, args, style, entries, reader, None)
+    body = _summary(info, args, style, entries, reader, None, started)
     headers = {"Server-Timing": responses.server_timing(timings)}
     return Response(orjson.dumps(body), media_type="application/json", headers=headers)
 
@@ -216,13 +216,14 @@ def _summary(
     entries: list[dict[str, Any]],
     reader: Reader,
     error: GatewayError | None,
+    started: float | None = None,
 ) -> dict[str, Any]:
     """The whole answer: v1 `{"success", "message", "data": frames, "video"}`; v2 `{"images": frames, "metadata"}`
     with `metadata.video`. A video that broke off gets `"success": false` and the error's message, frames kept."""
     message = error.message if error else f"Inference complete for {len(entries)} frame(s)."
     if style == "v1":
         return {"success": error is None, "message": message, "data": entries, "video": _video(reader)}
-    body = responses.images_body(info.name, info.task, args, entries, info.stride)
+    body = responses.images_body(info.name, info.task, args, entries, info.stride, started)
     body["metadata"]["video"] = _video(reader)
     if error is not None:
         body = {"success": False, "message": message, **body}
@@ -242,6 +243,7 @@ def _end_line(
     else:
         line["metadata"] = {
             **responses.images_body(info.name, info.task, args, [], info.stride)["metadata"],
+            "imageCount": reader.analysed,
             "video": _video(reader),
         }
     return line
