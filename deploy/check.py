@@ -50,6 +50,7 @@ DECODE_RESERVE = 512 * 2**20  # the gateway's memory beside its decode budget (G
 PUBLIC_PATHS = (
     "/v1/predict/yolov8n", "/api/models/acme/shop/yolov8n/predict", "/", "/v1/models", "/v1/models/yolov8n",
     "/openapi.json", "/static/app.js",
+    "/v1/keys", "/v1/keys/0a1b2c3d", "/v1/keys/0a1b2c3d/usage",  # the admin API (keys with the admin scope)
 )  # fmt: skip
 INTERNAL_PATHS = ("/metrics", "/healthz", "/readyz")
 FORM_OVERHEAD = 64 * 1024  # gateway/app.py: multipart boundaries and small fields around the image

@@ -222,19 +222,25 @@ def test_sigterm_finishes_requests_in_flight_then_exits_cleanly(
 
 
 def test_upload_over_limit_without_content_length_is_413(gateway: Gateway) -> None:
-    def chunks() -> Any:
-        boundary = b'--xyz\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n\xff\xd8\xff'
-        yield boundary
-        for _ in range(21):
-            yield b"\0" * (1024 * 1024)
+    head = b'--xyz\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n\xff\xd8\xff'
 
-    r = requests.post(
-        f"{gateway.url}/v1/predict/yolov8n",
-        headers={"x-api-key": gateway.key, "content-type": "multipart/form-data; boundary=xyz"},
-        data=chunks(),
-        timeout=30,
-    )
-    assert r.status_code == 413 and "upload limit" in r.json()["message"]
+    def chunks(mib: int, closed: bool) -> Any:
+        yield head
+        for _ in range(mib):
+            yield b"\0" * (1024 * 1024)
+        if closed:
+            yield b"\r\n--xyz--\r\n"
+
+    def post(body: Any) -> requests.Response:
+        headers = {"x-api-key": gateway.key, "content-type": "multipart/form-data; boundary=xyz"}
+        return requests.post(f"{gateway.url}/v1/predict/yolov8n", headers=headers, data=body, timeout=60)
+
+    # Chunked, so no Content-Length: the body may be a video, so it is cut off at the video limit (100 MiB) ...
+    r = post(chunks(101, closed=False))
+    assert r.status_code == 413 and "upload limit" in r.json()["message"], r.text
+    # ... and an image part over the image limit (20 MiB) is refused as the image it is
+    r = post(chunks(21, closed=True))
+    assert r.status_code == 413 and "upload limit" in r.json()["message"], r.text
     assert gateway.predict("yolov8n", files={"image": b"\x89PNG\r\n\x1a\n"}).status_code == 422  # still serving
 
 
