@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.modelcard import TASKS
+from gateway.openapi_schemas import (
+    ERROR,
+    IMAGES,
+    MODEL,
+    NDJSON,
+    PREDICTION,
+    VIDEO,
+)
 from gateway.schemas import (
     ALIASES,
     ARGUMENTS,
@@ -19,180 +26,6 @@ from gateway.schemas import (
     SIZE_RANGE,
     VID_STRIDE_RANGE,
 )
-
-_ERROR = {
-    "type": "object",
-    "required": ["success", "message", "data"],
-    "properties": {
-        "success": {"const": False},
-        "message": {"type": "string", "minLength": 1},
-        "data": {"type": "object", "maxProperties": 0},
-    },
-}
-_XY = {"type": "array", "items": {"type": "number"}}
-_BOX = {  # detect, segment, pose: corners clipped to the image
-    "type": "object",
-    "required": ["x1", "y1", "x2", "y2"],
-    "properties": {k: {"type": "number", "minimum": 0} for k in ("x1", "y1", "x2", "y2")},
-}
-_ORIENTED_BOX = {  # obb: four corners, not clipped (a rotated box may reach past the image edge)
-    "type": "object",
-    "required": [f"{a}{i}" for i in range(1, 5) for a in "xy"],
-    "properties": {f"{a}{i}": {"type": "number"} for i in range(1, 5) for a in "xy"},
-}
-_DETECTION = {
-    "type": "object",
-    "required": ["name", "class", "confidence", "box"],
-    "properties": {
-        "name": {"type": "string"},
-        "class": {"type": "integer", "minimum": 0},
-        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-        "box": {"anyOf": [_BOX, _ORIENTED_BOX]},
-        "segments": {"type": "object", "required": ["x", "y"], "properties": {"x": _XY, "y": _XY}},
-        "keypoints": {"type": "object", "required": ["x", "y"], "properties": {"x": _XY, "y": _XY, "visible": _XY}},
-    },
-}
-_CLASS = {  # classify: the top five classes, no box
-    "type": "object",
-    "required": ["name", "class", "confidence"],
-    "properties": {
-        "name": {"type": "string"},
-        "class": {"type": "integer", "minimum": 0},
-        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-    },
-    "additionalProperties": False,
-}
-_ROW = {"anyOf": [_DETECTION, _CLASS]}
-# With several image parts, `data` holds one entry per image, each shaped like a one-image response
-_PER_IMAGE = {
-    "type": "object",
-    "required": ["success", "message", "data"],
-    "properties": {
-        "success": {"type": "boolean"},
-        "message": {"type": "string"},
-        "status": {"type": "integer"},
-        "data": {"type": "array", "maxItems": 300, "items": _ROW},
-    },
-}
-_PREDICTION = {
-    "type": "object",
-    "required": ["success", "message", "data"],
-    "properties": {
-        "success": {"const": True},
-        "message": {"type": "string"},
-        "data": {
-            "oneOf": [
-                {"type": "array", "maxItems": 300, "items": _ROW},
-                {"type": "array", "minItems": 2, "maxItems": 8, "items": _PER_IMAGE},
-            ]
-        },
-    },
-}
-# A video (the only file part): one entry per analysed frame; `frame` is the source frame index, `time` its seconds
-_FRAME_INDEX = {"type": "integer", "minimum": 0, "description": "The frame's index in the video (0-based)"}
-_FRAME_TIME = {"type": ["number", "null"], "description": "Its timestamp in seconds: frame / fps (null: fps unknown)"}
-_FRAME = {
-    "type": "object",
-    "required": ["frame", "time", "data"],
-    "properties": {
-        "frame": _FRAME_INDEX,
-        "time": _FRAME_TIME,
-        "data": {"type": "array", "maxItems": 300, "items": _ROW},
-    },
-}
-_VIDEO_META = {
-    "type": "object",
-    "required": ["container", "width", "height", "fps", "frame_count", "duration", "vid_stride", "frames"],
-    "properties": {
-        "container": {"enum": ["MP4/MOV", "WebM/MKV", "AVI"]},
-        "width": {"type": "integer"},
-        "height": {"type": "integer"},
-        "fps": {"type": ["number", "null"]},
-        "frame_count": {"type": ["integer", "null"]},
-        "duration": {"type": ["number", "null"]},
-        "vid_stride": {"type": "integer"},
-        "frames": {"type": "integer"},
-    },
-}
-_VIDEO = {
-    "type": "object",
-    "required": ["success", "message", "data", "video"],
-    "properties": {
-        "success": {"const": True},
-        "message": {"type": "string"},
-        "data": {"type": "array", "items": _FRAME},
-        "video": _VIDEO_META,
-    },
-}
-_NDJSON = {"application/x-ndjson": {"schema": {"type": "string"}}}  # stream=true: one JSON object per line
-_IMAGE_RESULT = {
-    "type": "object",
-    "required": ["results", "shape", "speed"],
-    "properties": {
-        "results": {"type": "array", "maxItems": 300, "items": _ROW},
-        "shape": {
-            "oneOf": [{"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2}, {"type": "null"}]
-        },
-        "speed": {
-            "oneOf": [
-                {
-                    "type": "object",
-                    "required": ["preprocess", "inference", "postprocess"],
-                    "properties": {
-                        k: {"type": "number", "minimum": 0} for k in ("preprocess", "inference", "postprocess")
-                    },
-                },
-                {"type": "null"},
-            ]
-        },
-        "frame": _FRAME_INDEX,  # video frames only
-        "time": _FRAME_TIME,
-        "error": {
-            "type": "object",
-            "required": ["status", "message"],
-            "properties": {"status": {"type": "integer"}, "message": {"type": "string"}},
-        },
-    },
-}
-_IMAGES = {
-    "type": "object",
-    "required": ["images", "metadata"],
-    "properties": {
-        "images": {"type": "array", "minItems": 1, "items": _IMAGE_RESULT},
-        "metadata": {
-            "type": "object",
-            "required": ["imageCount", "version", "model", "task", "imgsz", "conf", "iou", "decimals"],
-            "properties": {
-                "imageCount": {"type": "integer", "description": "Images (or a video's frames) answered"},
-                "functionTimeCall": {"type": "number", "description": "Seconds the request took until its answer"},
-                "version": {"type": "object", "additionalProperties": {"type": "string"}},
-                "decimals": {"type": "integer"},
-                "model": {"type": "string"},
-                "task": {"type": "string"},
-                "imgsz": {"type": "integer"},
-                "conf": {"type": "number"},
-                "iou": {"type": "number"},
-                "video": _VIDEO_META,
-            },
-        },
-        "warning": {"type": "string", "description": "Present while the model serves untrained fixture weights"},
-    },
-}
-_MODEL = {
-    "type": "object",
-    "required": ["id", "task", "names", "default_size", "backend", "untrained"],
-    "properties": {
-        "id": {"type": "string"},
-        "task": {"enum": list(TASKS)},
-        "names": {"type": "object", "additionalProperties": {"type": "string"}},
-        "default_size": {"type": "integer"},
-        "stride": {"type": "integer"},
-        "backend": {"type": "string"},
-        "untrained": {"type": "boolean"},
-        "kpt_shape": {"type": "array", "items": {"type": "integer"}},
-        "warning": {"type": "string"},
-    },
-}
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -215,7 +48,7 @@ def _errors(*codes: int) -> dict[str, Any]:
     }
     # a video that broke off partway answers 422 with the frames read: `data`/`video` (v1) or `images`/`metadata` (v2)
     broken = {"type": "object", "required": ["success", "message"], "properties": {"success": {"const": False}}}
-    return {str(c): _json({"anyOf": [_ERROR, broken]} if c == 422 else _ERROR, text[c]) for c in codes}
+    return {str(c): _json({"anyOf": [ERROR, broken]} if c == 422 else ERROR, text[c]) for c in codes}
 
 
 _BOOLEAN = {"type": "boolean", "default": False, "description": f"Also accepted: {BOOLEAN_HELP}"}
@@ -309,7 +142,7 @@ def _query(args: dict[str, Any]) -> list[dict[str, Any]]:
 def _success(schema: dict[str, Any], description: str) -> dict[str, Any]:
     """A prediction's 200: JSON, the annotated image for format=image/jpeg/jpg/png, or NDJSON for a streamed video."""
     answer = _json(schema, description)
-    answer["content"] |= {"image/jpeg": _IMAGE, "image/png": _IMAGE, **_NDJSON}
+    answer["content"] |= {"image/jpeg": _IMAGE, "image/png": _IMAGE, **NDJSON}
     return answer | {"headers": _HEADERS}
 
 
@@ -356,7 +189,7 @@ SPEC: dict[str, Any] = {
                 "requestBody": _multipart("image", _ARGS),
                 "responses": {
                     "200": _success(
-                        {"anyOf": [_PREDICTION, _VIDEO]},
+                        {"anyOf": [PREDICTION, VIDEO]},
                         "Detections or top-5 classes, as Ultralytics' Results.summary() "
                         "(several images: one entry each; a video: one entry per frame, "
                         "or NDJSON lines with stream=true)",
@@ -375,7 +208,7 @@ SPEC: dict[str, Any] = {
                     *_query(_ARGS_V2),
                 ],
                 "requestBody": _multipart("file", _ARGS_V2),
-                "responses": {"200": _success(_IMAGES, _V2_OK), **_errors(*_V2_ERRORS)},
+                "responses": {"200": _success(IMAGES, _V2_OK), **_errors(*_V2_ERRORS)},
             }
         },
         "/": {
@@ -384,7 +217,7 @@ SPEC: dict[str, Any] = {
                 "security": [{"apiKey": []}, {"bearer": []}],
                 "parameters": _query(_ARGS_V2 | {"model": _MODEL_FIELD}),
                 "requestBody": _multipart("file", _ARGS_V2, {"model": _MODEL_FIELD}),
-                "responses": {"200": _success(_IMAGES, _V2_OK), **_errors(*_V2_ERRORS)},
+                "responses": {"200": _success(IMAGES, _V2_OK), **_errors(*_V2_ERRORS)},
             }
         },
         "/v1/models": {
@@ -392,7 +225,7 @@ SPEC: dict[str, Any] = {
                 "summary": "Models ready in the inference server",
                 "responses": {
                     "200": _json(
-                        {"type": "object", "properties": {"data": {"type": "array", "items": _MODEL}}}, "Models"
+                        {"type": "object", "properties": {"data": {"type": "array", "items": MODEL}}}, "Models"
                     ),
                     **_errors(503),
                 },
@@ -403,7 +236,7 @@ SPEC: dict[str, Any] = {
                 "summary": "One model",
                 "parameters": [{"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}}],
                 "responses": {
-                    "200": _json({"type": "object", "properties": {"data": _MODEL}}, "The model"),
+                    "200": _json({"type": "object", "properties": {"data": MODEL}}, "The model"),
                     **_errors(404, 503),
                 },
             }
@@ -455,10 +288,10 @@ _NEW_KEY = {
 }
 _KEY_ID = {"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _ADMIN_ERRORS = {
-    "400": _json(_ERROR, "Bad body or argument"),
-    "401": _json(_ERROR, "Missing, invalid or revoked API key"),
-    "403": _json(_ERROR, "The key has no admin scope"),
-    "503": _json(_ERROR, "The key store (Redis) is unreachable"),
+    "400": _json(ERROR, "Bad body or argument"),
+    "401": _json(ERROR, "Missing, invalid or revoked API key"),
+    "403": _json(ERROR, "The key has no admin scope"),
+    "503": _json(ERROR, "The key store (Redis) is unreachable"),
 }
 _ADMIN: list[dict[str, list[str]]] = [{"apiKey": []}, {"bearer": []}]
 
@@ -472,7 +305,7 @@ SPEC["paths"]["/v1/keys"] = {
         "summary": "Create an API key (admin); the key is in the answer, once",
         "security": _ADMIN,
         "requestBody": {"required": True, "content": {"application/json": {"schema": _NEW_KEY}}},
-        "responses": {"201": _ok(_KEY, "The new key"), "413": _json(_ERROR, "Body over 4 KiB"), **_ADMIN_ERRORS},
+        "responses": {"201": _ok(_KEY, "The new key"), "413": _json(ERROR, "Body over 4 KiB"), **_ADMIN_ERRORS},
     },
     "get": {
         "summary": "List API keys (admin); never a secret",
@@ -485,7 +318,7 @@ SPEC["paths"]["/v1/keys/{key_id}"] = {
         "summary": "Revoke an API key (admin): every gateway refuses it within a second",
         "security": _ADMIN,
         "parameters": [_KEY_ID],
-        "responses": {"200": _ok(_KEY, "The revoked key"), "404": _json(_ERROR, "No such key"), **_ADMIN_ERRORS},
+        "responses": {"200": _ok(_KEY, "The revoked key"), "404": _json(ERROR, "No such key"), **_ADMIN_ERRORS},
     },
 }
 SPEC["paths"]["/v1/keys/{key_id}/usage"] = {
@@ -503,7 +336,7 @@ SPEC["paths"]["/v1/keys/{key_id}/usage"] = {
         ],
         "responses": {
             "200": _ok({"type": "object", "properties": {"usage": {"type": "array", "items": _USAGE_ROW}}}, "Usage"),
-            "404": _json(_ERROR, "No such key"),
+            "404": _json(ERROR, "No such key"),
             **_ADMIN_ERRORS,
         },
     },
