@@ -59,6 +59,10 @@ WHEEL_TAGS = [
     *("--python-version", "3.11", "--implementation", "cp", "--abi", "cp311", "--abi", "abi3", "--abi", "none"),
 ]
 
+# Dependencies the image's older Python needs that this host's newer one does not (markers `python_full_version <
+# "3.11.3"`), since wheels are downloaded here.
+IMAGE_PYTHON_EXTRAS = ("async-timeout>=4.0.3",)
+
 PACKAGE_OF = {
     "dockerd": "docker.io",
     "docker": "docker.io",
@@ -422,7 +426,9 @@ def images(eng: Engine) -> dict[str, float]:
     with timed("base image", times):
         base = base_image(eng)
     with timed("wheels", times):
-        gateway_wheels = wheels("gateway", runtime_requirements())
+        # pip evaluates environment markers against this interpreter, not the image's (Debian's Python 3.11.2):
+        # what a marker adds only below 3.11.3 must be asked for by name (redis-py's async-timeout)
+        gateway_wheels = wheels("gateway", [*runtime_requirements(), *IMAGE_PYTHON_EXTRAS])
         triton = runtime_requirements("triton")
         pytriton = [r for r in triton if r.lower().startswith("nvidia-pytriton")]  # as the Dockerfile: no deps
         triton_wheels = wheels("triton", [r for r in triton if r not in pytriton], no_deps=pytriton)
