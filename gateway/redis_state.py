@@ -123,6 +123,9 @@ class RedisState:
             socket_timeout=self.timeout_s,
             socket_connect_timeout=self.timeout_s,
             retry=Retry(NoBackoff(), 1),  # one immediate retry: a pooled connection left dead by a Redis restart
+            # a connection idle this long is pinged before use, so the sockets a Redis restart left dead in the pool
+            # of an idle replica are replaced instead of failing its first requests (and opening the breaker)
+            health_check_interval=2,
             max_connections=256,
         )
         self._gcra = self.redis.register_script(GCRA_LUA)
