@@ -17,7 +17,6 @@ import itertools
 import os
 import secrets
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -84,18 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             "GATEWAY_KEYS_FILE": str(work / "unused.json"),
         }
         for port in ports:
-            cmd = [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "gateway.app:create_app",
-                "--factory",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--no-access-log",
-            ]
+            cmd = launcher.gateway_command("127.0.0.1", port, "--no-access-log")
             gateways.append(
                 subprocess.Popen(cmd, env=env, stdout=(work / f"gw{port}.log").open("wb"), stderr=subprocess.STDOUT)
             )

@@ -17,7 +17,6 @@ import concurrent.futures
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -34,19 +33,7 @@ from tritonlocal import launcher, redisserver
 
 
 def _gateway(port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "gateway.app:create_app",
-        "--factory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-    ]
+    cmd = launcher.gateway_command("127.0.0.1", port, "--log-level", "warning")
     process = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -171,17 +171,7 @@ def start_gateway(triton: launcher.TritonServer, workdir: Path, **env: str) -> G
     log_path = workdir / "gateway.log"
     log = open(log_path, "wb")  # noqa: SIM115
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "gateway.app:create_app",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
+        launcher.gateway_command("127.0.0.1", port),
         cwd=ROOT,
         env=environ,
         stdout=log,

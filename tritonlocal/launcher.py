@@ -135,6 +135,22 @@ def server_environment() -> dict[str, str]:
     return env
 
 
+def gateway_command(host: str, port: int, *extra: str) -> list[str]:
+    """The command line that runs the gateway app (uvicorn, app factory) on host:port, plus uvicorn's `extra` flags."""
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "gateway.app:create_app",
+        "--factory",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        *extra,
+    ]
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((LOOPBACK, 0))

@@ -58,19 +58,7 @@ def run_gateways(host: str, port: int, count: int, triton_url: str, env: dict[st
     environ = {**os.environ, "GATEWAY_TRITON_URL": triton_url, **env}
     try:
         for i in range(count):
-            cmd = [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "gateway.app:create_app",
-                "--factory",
-                "--host",
-                host,
-                "--port",
-                str(port + i),
-                "--timeout-graceful-shutdown",
-                "20",
-            ]
+            cmd = launcher.gateway_command(host, port + i, "--timeout-graceful-shutdown", "20")
             processes.append(subprocess.Popen(cmd, env=environ, preexec_fn=launcher._die_with_parent))  # noqa: PLW1509
         for i in range(count):
             _wait_healthy(f"http://{host}:{port + i}", processes[i])
