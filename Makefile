@@ -76,7 +76,8 @@ bench-tools: install
 deploy-check: install
 	$(PY) deploy/check.py
 
-# The gateway and CPU Triton images without a registry; starts (and stops) a Docker engine if none runs. deploy/README.md
+# The gateway, CPU Triton and Redis images without a registry; starts (and stops) a Docker engine if none runs.
+# deploy/README.md
 images: install
 	$(PY) deploy/containers.py images
 

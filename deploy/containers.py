@@ -3,6 +3,8 @@
     python deploy/containers.py images           # engine, base image, wheels, then both images; prints sizes, times
     python deploy/containers.py test [ARGS...]   # images, then `pytest -m container tests/test_containers.py ARGS`
     python deploy/containers.py up | down        # the CPU stack of deploy/compose.cpu.yaml on 127.0.0.1:$GATEWAY_PORT
+    python deploy/containers.py up --redis       # three gateways and one Redis (deploy/compose.redis.yaml) on
+                                                 # 127.0.0.1:$GATEWAY_PORT, +1 and +2; `down --redis` stops it
     python deploy/containers.py engine-stop      # stop the engine this script started (after `images` or `up`)
 
 No image registry is needed. The base image is Debian 12 made with `debootstrap` from Debian's mirror and
@@ -13,8 +15,8 @@ that runs this script) and installed in the image with `--no-index`. Where regis
 When no Docker engine answers, Debian's `docker.io` (and `docker-compose`, `debootstrap`) are installed with apt
 and `dockerd` is started with its own data folder and socket under the cache, without touching the host's
 iptables or IP forwarding, and stopped afterwards by its process id. Everything cached (the root filesystem, the
-wheels, the engine's layers) lives outside the repository in $YOLO_TRITON_CACHE (default /var/cache/yolo-triton)
-and only makes a second run faster; deleting it is always safe.
+wheels, the .deb files, the engine's layers) lives outside the repository in $YOLO_TRITON_CACHE (default
+/var/cache/yolo-triton) and only makes a second run faster; deleting it is always safe.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -42,8 +45,14 @@ CACHE = Path(os.environ.get("YOLO_TRITON_CACHE", "/var/cache/yolo-triton"))
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 GATEWAY_IMAGE = f"yolo-triton-gateway:{VERSION}"
 TRITON_IMAGE = f"yolo-triton-triton-cpu:{VERSION}"
+REDIS_IMAGE = f"yolo-triton-redis:{VERSION}"
 COMPOSE_FILE = DEPLOY / "compose.cpu.yaml"
 PROJECT = "yolo-triton-cpu"
+REDIS_COMPOSE_FILE = DEPLOY / "compose.redis.yaml"
+REDIS_PROJECT = "yolo-triton-redis"
+REDIS_GATEWAYS = ("gateway-1", "gateway-2", "gateway-3")
+# The generated password of the Redis stack (mode 0600), for `down` and for the keys tool by hand.
+REDIS_PASSWORD_FILE = CACHE / "redis-stack.password"
 LABEL = "io.yolo-triton.local=1"  # every image built here carries it, so pruning never touches anyone else's
 
 SUITE = "bookworm"
@@ -58,6 +67,9 @@ WHEEL_TAGS = [
     *(a for tag in MANYLINUX for a in ("--platform", f"{tag}_x86_64")),
     *("--python-version", "3.11", "--implementation", "cp", "--abi", "cp311", "--abi", "abi3", "--abi", "none"),
 ]
+
+# Debian packages the image builds install (they run without network).
+REDIS_DEBS = ("redis-server",)
 
 # Dependencies the image's older Python needs that this host's newer one does not (markers `python_full_version <
 # "3.11.3"`), since wheels are downloaded here.
@@ -147,8 +159,9 @@ class Engine:
     def docker(self, *args: str, timeout: float = 120, check: bool = True, capture: bool = True) -> str:
         return run(["docker", *args], env=self.env, timeout=timeout, check=check, capture=capture).stdout or ""
 
-    def compose(self, *args: str, env: dict[str, str] | None = None, timeout: float = 300) -> str:
-        command = ["docker-compose", "--ansi", "never", "-p", PROJECT, "-f", str(COMPOSE_FILE), *args]
+    def compose(self, *args: str, env: dict[str, str] | None = None, timeout: float = 300, redis: bool = False) -> str:
+        project, path = (REDIS_PROJECT, REDIS_COMPOSE_FILE) if redis else (PROJECT, COMPOSE_FILE)
+        command = ["docker-compose", "--ansi", "never", "-p", project, "-f", str(path), *args]
         return run(command, env={**self.env, **(env or {})}, timeout=timeout, capture=True).stdout or ""
 
     def stop(self) -> None:
@@ -365,30 +378,61 @@ def wheels(name: str, requirements: Sequence[str], no_deps: Sequence[str] = ()) 
     return folder
 
 
+def debs(eng: Engine, base: str, name: str, packages: Sequence[str]) -> Path:
+    """Download (once) `packages` and what they need beyond `base` into CACHE/debs/<name>-<hash>/: apt resolves them
+    inside the base image, in a container on the host's network (the image builds themselves run without one)."""
+    key = hashlib.sha256(json.dumps([base, list(packages)]).encode()).hexdigest()[:12]
+    folder = CACHE / "debs" / f"{name}-{key}"
+    if (folder / ".complete").exists():
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    log(f"downloading Debian packages for {name}: {' '.join(packages)}")
+    script = (
+        "export DEBIAN_FRONTEND=noninteractive && apt-get update -qq && "
+        f"apt-get install -y -qq --download-only --no-install-recommends {' '.join(packages)} && "
+        "cp /var/cache/apt/archives/*.deb /out/"
+    )
+    eng.docker(
+        "run", "--rm", "--network=host", "-v", f"{folder}:/out", "--entrypoint=sh", base, "-c", script, timeout=600
+    )
+    if not list(folder.glob("*.deb")):
+        raise StepError(f"apt downloaded no package for {' '.join(packages)} (all of them already in {base}?)")
+    for old in (CACHE / "debs").glob(f"{name}-*"):
+        if old != folder:
+            shutil.rmtree(old, ignore_errors=True)
+    (folder / ".complete").write_text("")
+    return folder
+
+
 def _copy_tree(source: Path, target: Path) -> None:
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
-def _link_wheels(source: Path, target: Path) -> None:
+def _link_files(source: Path, target: Path, pattern: str) -> None:
     target.mkdir(parents=True, exist_ok=True)
-    for whl in source.glob("*.whl"):
+    for whl in source.glob(pattern):
         try:
             os.link(whl, target / whl.name)
         except OSError:
             shutil.copy2(whl, target / whl.name)
 
 
-def context(name: str, wheel_dir: Path) -> Path:
-    """What deploy/Dockerfile*.dockerignore let through, plus the wheels in deploy/wheels/. The classic builder reads
-    no per-Dockerfile ignore file, and the repository holds .venv and model caches that must not be sent."""
+def context(name: str, wheel_dir: Path | None, deb_dir: Path | None) -> Path:
+    """What deploy/Dockerfile*.dockerignore let through, plus the wheels in deploy/wheels/ and the .deb files in
+    deploy/debs/. The classic builder reads no per-Dockerfile ignore file, and the repository holds .venv and model
+    caches that must not be sent."""
     ctx = CACHE / "context" / name
     shutil.rmtree(ctx, ignore_errors=True)
     (ctx / "deploy").mkdir(parents=True)
-    shutil.copy2(ROOT / "pyproject.toml", ctx / "pyproject.toml")
-    shutil.copy2(DEPLOY / "runtime_requirements.py", ctx / "deploy" / "runtime_requirements.py")
+    if wheel_dir is not None:
+        shutil.copy2(ROOT / "pyproject.toml", ctx / "pyproject.toml")
+        shutil.copy2(DEPLOY / "runtime_requirements.py", ctx / "deploy" / "runtime_requirements.py")
+        _link_files(wheel_dir, ctx / "deploy" / "wheels", "*.whl")
     if name == "gateway":
         _copy_tree(ROOT / "gateway", ctx / "gateway")
-    _link_wheels(wheel_dir, ctx / "deploy" / "wheels")
+    if deb_dir is not None:
+        _link_files(deb_dir, ctx / "deploy" / "debs", "*.deb")
     return ctx
 
 
@@ -399,8 +443,10 @@ def image_id(eng: Engine, tag: str) -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
-def build(eng: Engine, tag: str, dockerfile: Path, context: Path, base: str) -> None:
-    env_args = ["--build-arg", f"PYTHON_IMAGE={base}", "--build-arg", "PIP_NO_INDEX=1"]
+def build(eng: Engine, tag: str, dockerfile: Path, context: Path, base: str, base_arg: str = "PYTHON_IMAGE") -> None:
+    env_args = ["--build-arg", f"{base_arg}={base}"]
+    if base_arg == "PYTHON_IMAGE":
+        env_args += ["--build-arg", "PIP_NO_INDEX=1"]
     previous = image_id(eng, tag)
     log(f"building {tag} (log: {CACHE / 'logs' / context.name}.log)")
     # The classic builder: BuildKit would fetch the `# syntax=` frontend from a registry. No network inside.
@@ -432,11 +478,15 @@ def images(eng: Engine) -> dict[str, float]:
         triton = runtime_requirements("triton")
         pytriton = [r for r in triton if r.lower().startswith("nvidia-pytriton")]  # as the Dockerfile: no deps
         triton_wheels = wheels("triton", [r for r in triton if r not in pytriton], no_deps=pytriton)
+    with timed("debs", times):
+        redis_debs = debs(eng, base, "redis", REDIS_DEBS)
     with timed(f"build {GATEWAY_IMAGE}", times):
-        build(eng, GATEWAY_IMAGE, DEPLOY / "Dockerfile", context("gateway", gateway_wheels), base)
+        build(eng, GATEWAY_IMAGE, DEPLOY / "Dockerfile", context("gateway", gateway_wheels, None), base)
     with timed(f"build {TRITON_IMAGE}", times):
-        build(eng, TRITON_IMAGE, DEPLOY / "Dockerfile.triton-cpu", context("triton", triton_wheels), base)
-    for tag in (GATEWAY_IMAGE, TRITON_IMAGE):
+        build(eng, TRITON_IMAGE, DEPLOY / "Dockerfile.triton-cpu", context("triton", triton_wheels, None), base)
+    with timed(f"build {REDIS_IMAGE}", times):
+        build(eng, REDIS_IMAGE, DEPLOY / "Dockerfile.redis", context("redis", None, redis_debs), base, "BASE_IMAGE")
+    for tag in (GATEWAY_IMAGE, TRITON_IMAGE, REDIS_IMAGE):
         log(f"{tag}: {image_size(eng, tag) / 1e6:.0f} MB")
     return times
 
@@ -444,26 +494,48 @@ def images(eng: Engine) -> dict[str, float]:
 # --- the stack -------------------------------------------------------------------------------------------------
 
 
-def stack_env(repository: Path, keys: Path, port: int) -> dict[str, str]:
-    return {"MODEL_REPOSITORY": str(repository.resolve()), "KEYS_DIR": str(keys.resolve()), "GATEWAY_PORT": str(port)}
+def stack_env(repository: Path, keys: Path, port: int, redis_password: str = "") -> dict[str, str]:
+    env = {"MODEL_REPOSITORY": str(repository.resolve()), "KEYS_DIR": str(keys.resolve()), "GATEWAY_PORT": str(port)}
+    if redis_password:  # the Redis stack: its gateways on `port`, `port` + 1 and `port` + 2
+        env |= {"GATEWAY_PORT_2": str(port + 1), "GATEWAY_PORT_3": str(port + 2), "REDIS_PASSWORD": redis_password}
+    return env
 
 
-def up(eng: Engine, repository: Path, keys: Path, port: int, timeout: float = 600) -> None:
-    """Start the CPU stack and wait until the gateway's healthcheck passes (Triton first loads every model)."""
-    env = stack_env(repository, keys, port)
-    down(eng, repository, keys, port)  # leftovers of an interrupted run
-    eng.compose("up", "-d", "--no-build", env=env, timeout=timeout)
+def up(eng: Engine, repository: Path, keys: Path, port: int, timeout: float = 600, redis: bool = False) -> str:
+    """Start the CPU stack (or the Redis stack: three gateways and Redis, with a new password, returned) and wait
+    until every gateway's healthcheck passes (Triton first loads every model)."""
+    down(eng, repository, keys, port, redis=redis)  # leftovers of an interrupted run
+    password = ""
+    if redis:
+        password = secrets.token_urlsafe(24)  # URL- and shell-safe: it goes into a redis:// URL and a heredoc
+        REDIS_PASSWORD_FILE.parent.mkdir(parents=True, exist_ok=True)
+        REDIS_PASSWORD_FILE.unlink(missing_ok=True)
+        REDIS_PASSWORD_FILE.touch(mode=0o600)
+        REDIS_PASSWORD_FILE.write_text(password + "\n")
+    env = stack_env(repository, keys, port, password)
+    eng.compose("up", "-d", "--no-build", env=env, timeout=timeout, redis=redis)
+    project, services = (REDIS_PROJECT, REDIS_GATEWAYS) if redis else (PROJECT, ("gateway",))
+    waiting = [f"{project}_{service}_1" for service in services]
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = eng.docker("inspect", "--format", "{{.State.Health.Status}}", f"{PROJECT}_gateway_1", check=False)
+    while waiting and time.monotonic() < deadline:
+        status = eng.docker("inspect", "--format", "{{.State.Health.Status}}", waiting[0], check=False)
         if status.strip() == "healthy":
-            return
+            waiting.pop(0)
+            continue
         time.sleep(1)
-    raise StepError(f"gateway not healthy within {timeout:.0f} s:\n{eng.compose('logs', '--tail=40', env=env)}")
+    if waiting:
+        logs = eng.compose("logs", "--tail=40", env=env, redis=redis)
+        raise StepError(f"{', '.join(waiting)} not healthy within {timeout:.0f} s:\n{logs}")
+    return password
 
 
-def down(eng: Engine, repository: Path, keys: Path, port: int) -> None:
-    eng.compose("down", "--volumes", "--remove-orphans", "--timeout", "30", env=stack_env(repository, keys, port))
+def down(eng: Engine, repository: Path, keys: Path, port: int, redis: bool = False) -> None:
+    """Remove the stack's containers, network and volumes (the Redis stack's data too)."""
+    stored = REDIS_PASSWORD_FILE.read_text().strip() if redis and REDIS_PASSWORD_FILE.exists() else ""
+    env = stack_env(repository, keys, port, (stored or "none: only read by `up`") if redis else "")
+    eng.compose("down", "--volumes", "--remove-orphans", "--timeout", "30", env=env, redis=redis)
+    if redis:
+        REDIS_PASSWORD_FILE.unlink(missing_ok=True)
 
 
 # --- commands --------------------------------------------------------------------------------------------------
@@ -472,8 +544,16 @@ def down(eng: Engine, repository: Path, keys: Path, port: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="deploy/containers.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["images", "test", "up", "down", "engine-stop"])
-    parser.add_argument("pytest_args", nargs=argparse.REMAINDER, help="(test) more pytest arguments")
+    parser.add_argument(
+        "pytest_args", nargs=argparse.REMAINDER, help="(test) more pytest arguments; (up, down) --redis"
+    )
     args = parser.parse_args(argv)
+    if (
+        args.command != "test"
+        and args.pytest_args not in ([], ["--redis"])
+        or (args.pytest_args == ["--redis"] and args.command not in ("up", "down"))
+    ):
+        parser.error(f"unexpected arguments for {args.command}: {' '.join(args.pytest_args)}")
     os.environ.setdefault("COMPOSE_DOCKER_CLI_BUILD", "0")
     # A CI timeout or `kill` still stops the engine this script started (the `finally` below).
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -506,17 +586,24 @@ def _command(eng: Engine, command: str, pytest_args: list[str]) -> int:
         start = time.monotonic()
         images(eng)
         env = {**eng.env, "YOLO_CONTAINER_TESTS": "1"}
-        test = [sys.executable, "-m", "pytest", "-m", "container", "tests/test_containers.py", *pytest_args]
+        modules = ["tests/test_containers.py", "tests/test_containers_redis.py"]
+        test = [sys.executable, "-m", "pytest", "-m", "container", *modules, *pytest_args]
         result = run(test, env=env, cwd=ROOT, timeout=2400, check=False)
         log(f"container-test: {time.monotonic() - start:.0f} s in all")
         return result.returncode
+    redis = pytest_args == ["--redis"]
+    if command == "up" and redis:
+        up(eng, repository, keys, port, redis=True)
+        log(f"gateways on http://127.0.0.1:{port}, :{port + 1} and :{port + 2}, sharing keys through Redis;")
+        log(f"password in {REDIS_PASSWORD_FILE}; `python deploy/containers.py down --redis` stops them")
+        return 0
     if command == "up":
         keys.mkdir(parents=True, exist_ok=True)
         os.chown(keys, 10001, 10001)  # the gateway's user reads (and the keys tool writes) the keys file
         up(eng, repository, keys, port)
         log(f"gateway on http://127.0.0.1:{port} (keys in {keys}); `python deploy/containers.py down` stops it")
         return 0
-    down(eng, repository, keys, port)
+    down(eng, repository, keys, port, redis=redis)
     return 0
 
 
