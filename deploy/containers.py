@@ -68,7 +68,8 @@ WHEEL_TAGS = [
     *("--python-version", "3.11", "--implementation", "cp", "--abi", "cp311", "--abi", "abi3", "--abi", "none"),
 ]
 
-# Debian packages the image builds install (they run without network).
+# Debian packages the image builds install (they run without network): `strip` for the build stages, Redis.
+BUILD_DEBS = ("binutils",)
 REDIS_DEBS = ("redis-server",)
 
 # Dependencies the image's older Python needs that this host's newer one does not (markers `python_full_version <
@@ -418,7 +419,7 @@ def _link_files(source: Path, target: Path, pattern: str) -> None:
             shutil.copy2(whl, target / whl.name)
 
 
-def context(name: str, wheel_dir: Path | None, deb_dir: Path | None) -> Path:
+def context(name: str, wheel_dir: Path | None, deb_dir: Path) -> Path:
     """What deploy/Dockerfile*.dockerignore let through, plus the wheels in deploy/wheels/ and the .deb files in
     deploy/debs/. The classic builder reads no per-Dockerfile ignore file, and the repository holds .venv and model
     caches that must not be sent."""
@@ -431,8 +432,7 @@ def context(name: str, wheel_dir: Path | None, deb_dir: Path | None) -> Path:
         _link_files(wheel_dir, ctx / "deploy" / "wheels", "*.whl")
     if name == "gateway":
         _copy_tree(ROOT / "gateway", ctx / "gateway")
-    if deb_dir is not None:
-        _link_files(deb_dir, ctx / "deploy" / "debs", "*.deb")
+    _link_files(deb_dir, ctx / "deploy" / "debs", "*.deb")
     return ctx
 
 
@@ -479,11 +479,11 @@ def images(eng: Engine) -> dict[str, float]:
         pytriton = [r for r in triton if r.lower().startswith("nvidia-pytriton")]  # as the Dockerfile: no deps
         triton_wheels = wheels("triton", [r for r in triton if r not in pytriton], no_deps=pytriton)
     with timed("debs", times):
-        redis_debs = debs(eng, base, "redis", REDIS_DEBS)
+        build_debs, redis_debs = debs(eng, base, "build", BUILD_DEBS), debs(eng, base, "redis", REDIS_DEBS)
     with timed(f"build {GATEWAY_IMAGE}", times):
-        build(eng, GATEWAY_IMAGE, DEPLOY / "Dockerfile", context("gateway", gateway_wheels, None), base)
+        build(eng, GATEWAY_IMAGE, DEPLOY / "Dockerfile", context("gateway", gateway_wheels, build_debs), base)
     with timed(f"build {TRITON_IMAGE}", times):
-        build(eng, TRITON_IMAGE, DEPLOY / "Dockerfile.triton-cpu", context("triton", triton_wheels, None), base)
+        build(eng, TRITON_IMAGE, DEPLOY / "Dockerfile.triton-cpu", context("triton", triton_wheels, build_debs), base)
     with timed(f"build {REDIS_IMAGE}", times):
         build(eng, REDIS_IMAGE, DEPLOY / "Dockerfile.redis", context("redis", None, redis_debs), base, "BASE_IMAGE")
     for tag in (GATEWAY_IMAGE, TRITON_IMAGE, REDIS_IMAGE):

@@ -1036,8 +1036,9 @@ def test_dockerfile_installs_exactly_the_pyproject_runtime_dependencies() -> Non
 def test_dockerfile_copies_only_the_gateway_package() -> None:
     stages = dockerfile_stages()
     sources = [a.split()[0] for s in stages[1:] for i, a in s if i == "COPY" and not a.startswith("--from")]
-    # deploy/wheels/ is empty unless an offline build (deploy/containers.py) placed wheels there.
-    assert sources == ["pyproject.toml", "deploy/wheels/", "gateway/"]
+    # deploy/wheels/ and deploy/debs/ are empty unless an offline build (deploy/containers.py) placed wheels and
+    # Debian packages (binutils, for the build stage only) there.
+    assert sources == ["pyproject.toml", "deploy/wheels/", "deploy/debs/", "gateway/"]
     ignore = [
         line
         for line in (DEPLOY / "Dockerfile.dockerignore").read_text().split("\n")
@@ -1047,6 +1048,7 @@ def test_dockerfile_copies_only_the_gateway_package() -> None:
         "!pyproject.toml",
         "!deploy/runtime_requirements.py",
         "!deploy/wheels/",
+        "!deploy/debs/",
         "!gateway/",
     } <= set(ignore)
 
