@@ -65,6 +65,7 @@ demo: install
 
 bench: install
 	$(PY) -m bench run $(BENCH_ARGS)
+	$(PY) -m bench cost
 
 bench-quick: install
 	$(PY) -m bench run --quick $(BENCH_ARGS)

@@ -117,14 +117,18 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [
             f"## {m['model']}",
             "",
-            "| mode | conc. | img/s (median, min–max) | p50 ms | p90 ms | p99 ms | errors | bytes sent/req |",
-            "|---|---:|---|---:|---:|---:|---:|---:|",
+            "| mode | conc. | img/s (median, min–max) | gateway cores per 1,000 img/s | p50 ms | p90 ms | p99 ms "
+            "| errors | bytes sent/req |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|",
         ]
         for mode, rows in m["modes"].items():
             for r in rows:
+                # a gateway burning x ms of CPU per image needs x cores to serve 1,000 images/s
+                cores = r.get("cpu_ms", {}).get("gateway")
                 lines.append(
                     f"| {mode} | {r['concurrency']} "
                     f"| {r['throughput']:.2f} ({r['throughput_min']:.2f}–{r['throughput_max']:.2f}) "
+                    f"| {'' if cores is None else f'{cores:.1f}'} "
                     f"| {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} "
                     f"| {m['bytes_sent'].get(mode, 0):,} |"
                 )

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         ports = [redisserver.free_port() for _ in range(3)]
         env = {
             **os.environ,
-            "GATEWAY_TRITON_URL": triton.grpc_url,
+            **launcher.gateway_environment(triton),
             "GATEWAY_REDIS_URL": redis.url,
             "GATEWAY_REDIS_PASSWORD": redis.password,
             "GATEWAY_KEYS_FILE": str(work / "unused.json"),

@@ -62,16 +62,21 @@ def uvicorn(app: str, workdir: Path, env: dict[str, str], probe: str, factory: b
 
 @contextmanager
 def triton_and_gateway(
-    repository: Path, workdir: Path, letterbox: str
+    repository: Path, workdir: Path, letterbox: str, shared_memory: bool = True
 ) -> Iterator[tuple[launcher.TritonServer, Server, str]]:
-    """(Triton, gateway, API key) on loopback."""
+    """(Triton, gateway, API key) on loopback; the gateway as `make serve` runs it (shared memory with Triton) unless
+    `shared_memory` is off (tensors in the gRPC messages, as between separate pods)."""
     from gateway.auth import create_key
 
     triton = launcher.start(repository, cache=ROOT / ".triton" / "bench-server", log_path=workdir / "tritonserver.log")
     try:
         keys = workdir / "keys.json"
         _, key = create_key(keys, "bench")
-        env = {"GATEWAY_TRITON_URL": triton.grpc_url, "GATEWAY_KEYS_FILE": str(keys), "GATEWAY_LETTERBOX": letterbox}
+        env = {
+            **launcher.gateway_environment(triton, shared_memory),
+            "GATEWAY_KEYS_FILE": str(keys),
+            "GATEWAY_LETTERBOX": letterbox,
+        }
         with uvicorn("gateway.app:create_app", workdir, env, "/healthz", factory=True) as gw:
             yield triton, gw, key
     finally:

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                 await store.close()
 
         keys = {"file": file_key, "redis": asyncio.run(redis_key())}
-        base = {"GATEWAY_TRITON_URL": triton.grpc_url, "GATEWAY_KEYS_FILE": str(keys_file)}
+        base = {**launcher.gateway_environment(triton), "GATEWAY_KEYS_FILE": str(keys_file)}
         ports = {"file": redisserver.free_port(), "redis": redisserver.free_port()}
         gateways["file"] = _gateway(ports["file"], base, work / "file.log")
         gateways["redis"] = _gateway(

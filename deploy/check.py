@@ -732,10 +732,12 @@ def _redis_invariants(docs: list[Doc]) -> list[str]:
     if not spec.get("volumeClaimTemplates"):
         problems.append("redis: needs a PersistentVolumeClaim (volumeClaimTemplates)")
     c = spec["template"]["spec"]["containers"][0]
-    if "--requirepass" not in " ".join(c.get("args", [])) or not any(
-        "secretKeyRef" in e.get("valueFrom", {}) for e in c.get("env", [])
+    if (
+        "requirepass" not in " ".join(c.get("args", []))
+        or "--requirepass" in " ".join(c.get("args", []))
+        or not any("secretKeyRef" in e.get("valueFrom", {}) for e in c.get("env", []))
     ):
-        problems.append("redis: must require a password taken from a Secret")
+        problems.append("redis: must require a password taken from a Secret, given on standard input (not in argv)")
     policy = one(docs, "NetworkPolicy", "redis")
     allowed = {"gateway", "redis-bootstrap"}
     peers = [peer for rule in (policy or {}).get("spec", {}).get("ingress", []) for peer in rule.get("from", [])]

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 from dataclasses import dataclass
 
-import anyio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
@@ -22,6 +21,7 @@ from gateway.settings import Settings
 from gateway.state import State as Store
 from gateway.state import open_state
 from gateway.triton import Triton
+from gateway.workers import Workers
 
 log = logging.getLogger("gateway")
 
@@ -33,7 +33,7 @@ class State:
     settings: Settings
     triton: Triton
     store: Store  # keys, rate limits and usage: the keys file or Redis (gateway/state.py)
-    limiter_threads: anyio.CapacityLimiter
+    workers: Workers  # threads for decode, letterbox and post-processing
     metrics: Metrics
     budget: MemoryBudget
     inflight: int = 0
@@ -53,8 +53,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        triton = Triton(settings.triton_url, settings.triton_timeout_s, settings.model_cache_s)
-        threads = anyio.CapacityLimiter(settings.workers)
+        triton = Triton(
+            settings.triton_url,
+            settings.triton_timeout_s,
+            settings.model_cache_s,
+            settings.triton_shm_bytes,
+            settings.triton_http_url,
+            lambda transport: meters.triton_requests.labels(transport).inc(),
+        )
+        if triton.shm is not None:
+            meters.shared_memory.set_function(lambda: triton.shm.used_bytes if triton.shm else 0)
+        threads = Workers(settings.workers)
         budget = MemoryBudget(
             settings.decode_budget_bytes or default_budget(memory_limit()), settings.decode_budget_wait_s
         )
@@ -74,6 +83,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         yield
         await store.close()
         await triton.close()
+        threads.close()
 
     table = [
         Route("/v1/predict/{model_id:path}", routes.predict, methods=["POST"]),

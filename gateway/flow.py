@@ -4,12 +4,10 @@ same-shaped images to Triton as one batch, post-process each. Errors of one imag
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.to_thread
 import numpy as np
 from numpy.typing import NDArray
 
@@ -22,8 +20,6 @@ from gateway.triton import ModelInfo
 
 if TYPE_CHECKING:
     from gateway.app import State
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -57,18 +53,21 @@ async def run(
             return
         try:
             await hold.take(decode_cost(datas[i], settings.max_pixels))
-            prepared[i] = await anyio.to_thread.run_sync(
+            prepared[i] = await state.workers.run(
                 pipeline.prepare, datas[i], info, args.size, rect, settings.max_pixels, stage_ms[i],
-                settings.fast_jpeg, args.format != "json", limiter=state.limiter_threads,
+                settings.fast_jpeg, args.format != "json"
             )  # fmt: skip
         except GatewayError as exc:
             outcomes[i].error = exc
         finally:
             datas[i] = b""  # the upload is not needed once decoded (the caller's list is this list)
 
-    async with anyio.create_task_group() as group:
-        for i in range(len(datas)):
-            group.start_soon(prepare, i)
+    if len(datas) == 1:  # the usual request: no task group to run one task
+        await prepare(0)
+    else:
+        async with anyio.create_task_group() as group:
+            for i in range(len(datas)):
+                group.start_soon(prepare, i)
     for one in stage_ms:
         for stage, value in one.items():
             timings[stage] = timings.get(stage, 0.0) + value
@@ -82,57 +81,46 @@ async def run(
     chunks = [ids[j : j + batch] for ids in groups.values() for j in range(0, len(ids), batch)]
     chunk_ms = [0.0] * len(chunks)
 
-    async def infer(k: int) -> dict[str, NDArray[np.float32]]:
+    async def infer_and_finish(k: int) -> None:
+        """One chunk through Triton, then each of its images post-processed while its outputs are valid."""
+        ids = chunks[k]
         start = time.perf_counter()
         try:
-            return await state.triton.infer_batch(info, [_ready(prepared[i]).tensor for i in chunks[k]])
-        finally:
-            chunk_ms[k] = (time.perf_counter() - start) * 1000
-
-    t1 = time.perf_counter()
-    results = await gather([infer(k) for k in range(len(chunks))])
-    timings["triton"] = (time.perf_counter() - t1) * 1000
-    for ids, result, ms in zip(chunks, results, chunk_ms):
-        per_image = ms / len(ids)  # a batch's inference time, split evenly over its images (as Ultralytics does)
-        if isinstance(result, GatewayError):
+            async with state.triton.infer(info, [_ready(prepared[i]).tensor for i in ids]) as result:
+                chunk_ms[k] = (time.perf_counter() - start) * 1000
+                per_image = chunk_ms[k] / len(ids)  # a batch's inference time, split evenly (as Ultralytics does)
+                for n, i in enumerate(ids):
+                    item = _ready(prepared[i])
+                    begin = time.perf_counter()
+                    outcomes[i].rows = await state.workers.run(
+                        pipeline.finish, info, {name: out[n] for name, out in result.items()}, item.box, args
+                    )  # fmt: skip
+                    post = (time.perf_counter() - begin) * 1000
+                    outcomes[i].shape = item.box.orig_shape
+                    outcomes[i].image = item.image
+                    outcomes[i].speed = {
+                        "preprocess": stage_ms[i].get("decode", 0.0) + stage_ms[i].get("letterbox", 0.0),
+                        "inference": per_image,
+                        "postprocess": post,
+                    }
+                    timings["postprocess"] = timings.get("postprocess", 0.0) + post
+        except GatewayError as exc:
+            chunk_ms[k] = chunk_ms[k] or (time.perf_counter() - start) * 1000
             for i in ids:
-                outcomes[i].error = result
-            continue
-        for k, i in enumerate(ids):
-            item = _ready(prepared[i])
-            start = time.perf_counter()
-            outcomes[i].rows = await anyio.to_thread.run_sync(
-                pipeline.finish, info, {name: out[k] for name, out in result.items()}, item.box, args,
-                limiter=state.limiter_threads,
-            )  # fmt: skip
-            post = (time.perf_counter() - start) * 1000
-            outcomes[i].shape = item.box.orig_shape
-            outcomes[i].image = item.image
-            outcomes[i].speed = {
-                "preprocess": stage_ms[i].get("decode", 0.0) + stage_ms[i].get("letterbox", 0.0),
-                "inference": per_image,
-                "postprocess": post,
-            }
-            timings["postprocess"] = timings.get("postprocess", 0.0) + post
+                if outcomes[i].rows is None:
+                    outcomes[i].error = exc
+
+    if len(chunks) == 1:
+        await infer_and_finish(0)
+    elif chunks:
+        async with anyio.create_task_group() as group:
+            for k in range(len(chunks)):
+                group.start_soon(infer_and_finish, k)
+    if chunks:
+        timings["triton"] = max(chunk_ms)  # the chunks run concurrently
     return outcomes
 
 
 def _ready(item: Prepared | None) -> Prepared:
     assert item is not None  # only prepared images are grouped into batches
     return item
-
-
-async def gather(calls: list[Awaitable[T]]) -> list[T | GatewayError]:
-    """Await the calls concurrently; a GatewayError becomes that call's result instead of failing the others."""
-    results: list[T | GatewayError | None] = [None] * len(calls)
-
-    async def one(k: int) -> None:
-        try:
-            results[k] = await calls[k]
-        except GatewayError as exc:
-            results[k] = exc
-
-    async with anyio.create_task_group() as group:
-        for k in range(len(calls)):
-            group.start_soon(one, k)
-    return cast(list[T | GatewayError], results)  # every slot was filled by its task

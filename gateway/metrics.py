@@ -60,6 +60,16 @@ class Metrics:
         self.received = Histogram(
             "yolo_request_body_bytes", "Bytes received per prediction request.", buckets=BYTES_BUCKETS, registry=r
         )
+        self.triton_requests = Counter(
+            "yolo_triton_requests",
+            "Inference requests sent to Triton, by how their tensors travelled: shm (Triton's shared memory, "
+            "GATEWAY_TRITON_SHM_BYTES) or grpc (inside the messages).",
+            ["transport"],
+            registry=r,
+        )
+        self.shared_memory = Gauge(
+            "yolo_triton_shared_memory_bytes", "Shared memory registered with Triton for tensors.", registry=r
+        )
         self.models: set[str] = set()
 
     def observe(self, context: dict[str, Any], status: int, seconds: float) -> None:

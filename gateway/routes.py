@@ -6,7 +6,6 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
-import anyio.to_thread
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
@@ -211,9 +210,8 @@ async def _predict(
     if args.format != "json":
         only = outcomes[0]
         assert only.image is not None and only.rows is not None  # kept for format=image, and it succeeded
-        body = await anyio.to_thread.run_sync(
-            render.encode_annotated, only.image, only.rows, info.task, args.format, args.normalize,
-            limiter=state.limiter_threads,
+        body = await state.workers.run(
+            render.encode_annotated, only.image, only.rows, info.task, args.format, args.normalize
         )  # fmt: skip
         media_type = f"image/{args.format}"
         timings["render"] = (time.perf_counter() - t3) * 1000

@@ -44,6 +44,8 @@ class Settings:
     redis_url: str = ""  # redis:// or rediss:// (TLS): keys, limits and usage shared by replicas; "" = the keys file
     redis_password: str = field(default="", repr=False)  # when the URL carries none
     redis_timeout_s: float = 0.25  # bound on every Redis call in the request path
+    triton_shm_bytes: int = 0  # > 0: tensors through Triton's system shared memory, up to this much (same host only)
+    triton_http_url: str = ""  # with triton_shm_bytes: inference requests to Triton's HTTP port (http://host:port)
 
     def __post_init__(self) -> None:
         """Refuse values the gateway cannot run with, naming the variable that sets them."""

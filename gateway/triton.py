@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,10 +14,14 @@ import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.grpc._client import MAX_GRPC_MESSAGE_SIZE
 from numpy.typing import NDArray
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
 from gateway.errors import GatewayError, GatewayTimeout, NotFound, ServiceUnavailable
 from gateway.modelcard import ModelCard
+from gateway.shm import SharedMemoryPool, Slot, aligned
+from gateway.triton_http import TritonHTTP, TritonHTTPError
+
+log_shm = logging.getLogger("gateway.shm")
 
 # tritonclient's defaults plus a short reconnect backoff (a restarted Triton is used again within ~2 s, not after
 # gRPC's default of up to 2 minutes) and round-robin over every address a `dns:///` name resolves to (headless
@@ -102,19 +109,35 @@ class TritonState:
 
 @dataclass
 class Triton:
-    """One long-lived asyncio gRPC client (one per event loop) and a short-lived cache of model configs."""
+    """One long-lived asyncio gRPC client (one per event loop) and a short-lived cache of model configs; with
+    `shm_bytes`, tensors go through Triton's system shared memory (gateway/shm.py) instead of the gRPC messages."""
 
     url: str
     timeout_s: float
     cache_s: float = 10.0
+    shm_bytes: int = 0
+    http_url: str = ""  # with shm_bytes: inference requests over Triton's HTTP endpoint (gateway/triton_http.py)
+    count: Callable[[str], None] = lambda transport: None  # told "shm" or "grpc" for each inference request sent
     client: grpcclient.InferenceServerClient = field(init=False)
+    shm: SharedMemoryPool | None = field(default=None, init=False)
+    http: TritonHTTP | None = field(default=None, init=False)
     _models: dict[str, tuple[float, ModelInfo]] = field(default_factory=dict, init=False)
     _last_up: float | None = field(default=None, init=False)  # monotonic time Triton last answered
+    # bytes of each output for (model, input shape), learnt from an answer: what to reserve for them in a slot
+    _output_bytes: dict[tuple[str, tuple[int, ...]], dict[str, int]] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.client = grpcclient.InferenceServerClient(self.url, channel_args=CHANNEL_ARGS)
+        if self.shm_bytes:
+            self.shm = SharedMemoryPool(self.client, self.shm_bytes)
+            if self.http_url:
+                self.http = TritonHTTP(self.http_url, self.timeout_s)
 
     async def close(self) -> None:
+        if self.http is not None:
+            await self.http.close()
+        if self.shm is not None:
+            await self.shm.close()
         await self.client.close()
 
     async def model(self, model_id: str) -> ModelInfo:
@@ -176,17 +199,148 @@ class Triton:
         last = None if self._last_up is None else now - self._last_up
         return TritonState(bool(models), models, last, problem)
 
-    async def infer_batch(self, info: ModelInfo, tensors: list[NDArray[Any]]) -> dict[str, NDArray[np.float32]]:
-        """Run same-shaped images (model inputs without batch dim) as one request; outputs keep the batch dim."""
+    @contextlib.asynccontextmanager
+    async def infer(self, info: ModelInfo, tensors: list[NDArray[Any]]) -> AsyncIterator[dict[str, NDArray[Any]]]:
+        """Run same-shaped images (model inputs without batch dim) as one request; the outputs, which keep the batch
+        dim, are valid inside the `async with` block only (they may be views of a shared-memory slot)."""
+        shape = (len(tensors), *tensors[0].shape)
+        key = (info.name, shape)
+        known = self._output_bytes.get(key)
+        slot = None
+        if self.shm is not None:
+            nbytes = aligned(tensors[0].nbytes * len(tensors)) + sum(aligned(n) for n in (known or {}).values())
+            slot = await self.shm.acquire(nbytes)
+        try:
+            if slot is not None:
+                try:
+                    outputs = await self._infer_shared(info, tensors, slot, known)
+                except _SharedMemoryLost as exc:  # Triton restarted, or an output outgrew what was learnt
+                    assert self.shm is not None
+                    log_shm.warning("shared memory: %s; forgetting the regions, this request goes over gRPC", exc)
+                    await self.shm.forget()
+                    self._output_bytes.pop(key, None)
+                    outputs = await self._infer_grpc(info, tensors)
+                else:
+                    self.count("shm")
+            else:
+                outputs = await self._infer_grpc(info, tensors)
+            if known is None and self.shm is not None:
+                if len(self._output_bytes) >= 1024:
+                    self._output_bytes.clear()
+                self._output_bytes[key] = {name: int(out.nbytes) for name, out in outputs.items()}
+            yield outputs
+        finally:
+            if slot is not None:
+                assert self.shm is not None
+                self.shm.release(slot)
+
+    async def _infer_grpc(self, info: ModelInfo, tensors: list[NDArray[Any]]) -> dict[str, NDArray[Any]]:
+        self.count("grpc")
         batch = tensors[0][None] if len(tensors) == 1 else np.stack(tensors)
-        dtype = "UINT8" if batch.dtype == np.uint8 else "FP32"
-        inp = grpcclient.InferInput(info.input_name, list(batch.shape), dtype)
+        inp = grpcclient.InferInput(info.input_name, list(batch.shape), _datatype(batch))
         inp.set_data_from_numpy(batch)
-        outputs = [grpcclient.InferRequestedOutput(name) for name in info.outputs]
+        result = await self._send(info, inp, [grpcclient.InferRequestedOutput(name) for name in info.outputs])
+        return {name: result.as_numpy(name) for name in info.outputs}
+
+    async def _infer_shared(
+        self, info: ModelInfo, tensors: list[NDArray[Any]], slot: Slot, known: dict[str, int] | None
+    ) -> dict[str, NDArray[Any]]:
+        """The input copied into the slot; the outputs written by Triton after it, when their sizes are known."""
+        shape = (len(tensors), *tensors[0].shape)
+        batch: NDArray[Any] = np.ndarray(shape, tensors[0].dtype, buffer=slot.buffer)
+        if len(tensors) == 1:
+            batch[0] = tensors[0]
+        else:
+            np.stack(tensors, out=batch)
+        if known is not None and self.http is not None:
+            return await self._infer_shared_http(info, batch, slot, known)
+        inp = grpcclient.InferInput(info.input_name, list(shape), _datatype(batch))
+        inp.set_shared_memory(slot.name, batch.nbytes)
+        offsets: dict[str, int] = {}
+        requested = []
+        offset = aligned(batch.nbytes)
+        for name in info.outputs:
+            out = grpcclient.InferRequestedOutput(name)
+            if known is not None:
+                out.set_shared_memory(slot.name, known[name], offset)
+                offsets[name] = offset
+                offset += aligned(known[name])
+            requested.append(out)
+        result = await self._send(info, inp, requested)
+        if known is None:
+            return {name: result.as_numpy(name) for name in info.outputs}
+        answer = [(name, result.get_output(name)) for name in info.outputs]
+        return _views(slot, offsets, [(name, meta.datatype, tuple(meta.shape)) for name, meta in answer])
+
+    async def _infer_shared_http(
+        self, info: ModelInfo, batch: NDArray[Any], slot: Slot, known: dict[str, int]
+    ) -> dict[str, NDArray[Any]]:
+        """The same request as JSON over Triton's HTTP endpoint: every tensor is in the slot."""
+        assert self.http is not None
+        offsets: dict[str, int] = {}
+        outputs = []
+        offset = aligned(batch.nbytes)
+        for name in info.outputs:
+            region = {"shared_memory_region": slot.name, "shared_memory_byte_size": known[name]}
+            outputs.append({"name": name, "parameters": {**region, "shared_memory_offset": offset}})
+            offsets[name] = offset
+            offset += aligned(known[name])
+        region = {"shared_memory_region": slot.name, "shared_memory_byte_size": batch.nbytes}
+        request = {
+            "inputs": [
+                {
+                    "name": info.input_name,
+                    "shape": list(batch.shape),
+                    "datatype": _datatype(batch),
+                    "parameters": region,
+                }
+            ],
+            "outputs": outputs,
+        }
+        try:
+            answer = await self.http.infer(info.name, request)
+        except TimeoutError:
+            raise GatewayTimeout(f"Inference on '{info.name}' timed out. Try again, or use a smaller `size`.") from None
+        except TritonHTTPError as exc:
+            if "shared memory" in exc.message.lower():
+                raise _SharedMemoryLost(exc.message) from None
+            self._models.pop(info.name, None)
+            status = "UNAVAILABLE" if exc.status in (0, 502, 503) else None
+            raise to_gateway_error(InferenceServerException(exc.message, status), info.name) from None
+        self._last_up = time.monotonic()
+        try:
+            metas = {out["name"]: (out["datatype"], tuple(out["shape"])) for out in answer["outputs"]}
+            return _views(slot, offsets, [(name, *metas[name]) for name in info.outputs])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ServiceUnavailable(f"Inference on '{info.name}' gave an unexpected answer ({exc}).", 1) from None
+
+    async def _send(
+        self, info: ModelInfo, inp: grpcclient.InferInput, outputs: list[grpcclient.InferRequestedOutput]
+    ) -> grpcclient.InferResult:
         try:
             result = await self.client.infer(info.name, [inp], outputs=outputs, client_timeout=self.timeout_s)
         except InferenceServerException as exc:
+            if "shared memory" in str(exc.message() or exc).lower():
+                raise _SharedMemoryLost(str(exc.message() or exc)) from None
             self._models.pop(info.name, None)
             raise to_gateway_error(exc, info.name) from None
         self._last_up = time.monotonic()
-        return {name: result.as_numpy(name) for name in info.outputs}
+        return result
+
+
+class _SharedMemoryLost(Exception):
+    """Triton refused a request's shared-memory region (it restarted and lost it, or a size no longer fits)."""
+
+
+def _views(slot: Slot, offsets: dict[str, int], outputs: list[tuple[str, str, tuple[int, ...]]]) -> dict[str, Any]:
+    """The outputs Triton wrote into the slot, as arrays viewing it (name, Triton datatype, shape each)."""
+    views = {}
+    for name, datatype, shape in outputs:
+        dtype = np.dtype(triton_to_np_dtype(datatype))
+        count = int(np.prod(shape))
+        views[name] = np.frombuffer(slot.buffer, dtype, count, offsets[name]).reshape(shape)
+    return views
+
+
+def _datatype(batch: NDArray[Any]) -> str:
+    return "UINT8" if batch.dtype == np.uint8 else "FP32"

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.to_thread
 import numpy as np
 import orjson
 from numpy.typing import NDArray
@@ -82,12 +81,10 @@ async def respond(
     if size > settings.max_video_bytes:
         raise video_too_large(settings.max_video_bytes)
     context["video"] = container
-    path = await anyio.to_thread.run_sync(video.spool, upload.file, container, limiter=state.limiter_threads)
+    path = await state.workers.run(video.spool, upload.file, container)
     stack.callback(video.remove, path)
     await upload.close()  # the form's copy (in memory or in TMPDIR) is not needed once spooled
-    cap, meta = await anyio.to_thread.run_sync(
-        video.open_video, path, container, args.vid_stride, settings, limiter=state.limiter_threads
-    )
+    cap, meta = await state.workers.run(video.open_video, path, container, args.vid_stride, settings)
     stack.callback(cap.release)
     reader = Reader(cap, meta)
     frames = _frames(state, info, reader, args, charge)
@@ -146,9 +143,7 @@ async def _frames(
         hold = Hold(state.budget)
         try:
             await hold.take(_chunk_bytes(reader.meta, info, args.size, batch, settings.max_pixels))
-            chunk = await anyio.to_thread.run_sync(
-                video.read_chunk, reader, batch, info, args.size, rect, settings, limiter=state.limiter_threads
-            )
+            chunk = await state.workers.run(video.read_chunk, reader, batch, info, args.size, rect, settings)
             if not chunk:
                 break
             await charge(len(chunk) - paid)  # each analysed frame costs one token, like an image
@@ -156,11 +151,9 @@ async def _frames(
             outcomes: list[FrameOutcome] = []
             for group in _same_shape(chunk):
                 t0 = time.perf_counter()
-                result = await state.triton.infer_batch(info, [f.item.tensor for f in group])
-                per_frame = (time.perf_counter() - t0) * 1000 / len(group)
-                outcomes += await anyio.to_thread.run_sync(
-                    _finish, info, result, group, args, per_frame, limiter=state.limiter_threads
-                )
+                async with state.triton.infer(info, [f.item.tensor for f in group]) as result:
+                    per_frame = (time.perf_counter() - t0) * 1000 / len(group)
+                    outcomes += await state.workers.run(_finish, info, result, group, args, per_frame)
         finally:
             hold.release()
         for outcome in outcomes:

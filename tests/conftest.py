@@ -164,7 +164,7 @@ def start_gateway(triton: launcher.TritonServer, workdir: Path, **env: str) -> G
     port = _free_port()
     environ = {
         **os.environ,
-        "GATEWAY_TRITON_URL": triton.grpc_url,
+        **launcher.gateway_environment(triton),
         "GATEWAY_KEYS_FILE": str(keys_file),
         **{f"GATEWAY_{k.upper()}": v for k, v in env.items()},
     }

@@ -293,6 +293,7 @@ def test_unknown_route_and_wrong_method_are_json(gateway: Gateway) -> None:
 def test_triton_down_is_503_with_retry_after(triton: Any, tmp_path: Path, images: dict[str, Path]) -> None:
     class Dead:
         grpc_url = "127.0.0.1:9"  # discard port: nothing listens
+        http_url = "http://127.0.0.1:9"
 
     gw = start_gateway(Dead(), tmp_path)  # type: ignore[arg-type]
     try:

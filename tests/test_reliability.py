@@ -174,6 +174,13 @@ def test_triton_killed_mid_load_gives_503_then_recovers(
             assert time.monotonic() - back_at < 10, "gateway did not recover within 10 s of Triton being ready"
             time.sleep(0.2)
         assert requests.get(f"{gw.url}/readyz", timeout=10).status_code == 200  # ready again with no restart
+        # the restarted Triton lost the gateway's shared-memory regions: new ones are registered and used again
+        metrics = f"{gw.url}/metrics"
+        shm_before = _shm_requests(requests.get(metrics, timeout=10).text)
+        ok = requests.post(
+            f"{gw.url}/v1/predict/yolov8n", headers={"x-api-key": gw.key}, files={"image": tiny}, timeout=35
+        )
+        assert ok.status_code == 200 and _shm_requests(requests.get(metrics, timeout=10).text) > shm_before
     finally:
         stop.set()
         for t in threads:
@@ -185,6 +192,11 @@ def test_triton_killed_mid_load_gives_503_then_recovers(
     statuses = {s for _, s in results}
     assert statuses <= {200, 503, 504} and 500 not in statuses
     assert gw.process.returncode is not None
+
+
+def _shm_requests(metrics: str) -> float:
+    found = re.search(r'yolo_triton_requests_total\{transport="shm"\} (\S+)', metrics)
+    return float(found[1]) if found else 0.0
 
 
 def test_sigterm_finishes_requests_in_flight_then_exits_cleanly(

@@ -135,6 +135,20 @@ def server_environment() -> dict[str, str]:
     return env
 
 
+# The local stack runs the gateway beside Triton on one host, so tensors go through Triton's system shared memory
+# and inference requests over its HTTP port (gateway/shm.py, gateway/triton_http.py): ~3 ms less gateway CPU per
+# image than gRPC messages (bench/RESULTS.md, "Cost per image"). 256 MiB of /dev/shm covers 64 requests in flight.
+SHARED_MEMORY_BYTES = 256 * 2**20
+
+
+def gateway_environment(server: TritonServer, shared_memory: bool = True) -> dict[str, str]:
+    """GATEWAY_* variables that point a gateway on this host at `server`."""
+    env = {"GATEWAY_TRITON_URL": server.grpc_url}
+    if shared_memory:
+        env |= {"GATEWAY_TRITON_SHM_BYTES": str(SHARED_MEMORY_BYTES), "GATEWAY_TRITON_HTTP_URL": server.http_url}
+    return env
+
+
 def gateway_command(host: str, port: int, *extra: str) -> list[str]:
     """The command line that runs the gateway app (uvicorn, app factory) on host:port, plus uvicorn's `extra` flags."""
     return [

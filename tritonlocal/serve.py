@@ -55,7 +55,15 @@ def main(argv: list[str] | None = None) -> int:
 
         from gateway.app import create_app
 
-        app = create_app(replace(settings, triton_url=server.grpc_url))
+        local = launcher.gateway_environment(server)
+        app = create_app(
+            replace(
+                settings,
+                triton_url=server.grpc_url,
+                triton_shm_bytes=settings.triton_shm_bytes or int(local["GATEWAY_TRITON_SHM_BYTES"]),
+                triton_http_url=settings.triton_http_url or local["GATEWAY_TRITON_HTTP_URL"],
+            )
+        )
         print(
             f"[serve] gateway on http://{args.host}:{args.port}  (try: curl http://{args.host}:{args.port}/v1/models)",
             flush=True,

@@ -52,10 +52,10 @@ def ensure_first_key(redis_url: str, password: str) -> None:
         print(f"\nCreated a development API key (stored hashed in Redis):\n\n    {key}\n", flush=True)
 
 
-def run_gateways(host: str, port: int, count: int, triton_url: str, env: dict[str, str]) -> int:
+def run_gateways(host: str, port: int, count: int, server: launcher.TritonServer, env: dict[str, str]) -> int:
     """Start `count` gateways, wait until all answer, then until one exits or Ctrl-C; stop them all."""
     processes: list[subprocess.Popen[bytes]] = []
-    environ = {**os.environ, "GATEWAY_TRITON_URL": triton_url, **env}
+    environ = {**os.environ, **launcher.gateway_environment(server), **env}
     try:
         for i in range(count):
             cmd = launcher.gateway_command(host, port + i, "--timeout-graceful-shutdown", "20")
@@ -109,7 +109,7 @@ def serve(host: str, port: int, gateways: int, state: str, server: launcher.Trit
                 "STATE=redis shares them",
                 flush=True,
             )
-        return run_gateways(host, port, gateways, server.grpc_url, env)
+        return run_gateways(host, port, gateways, server, env)
     finally:
         if redis is not None:
             print("[serve] stopping Redis ...", file=sys.stderr, flush=True)
