@@ -33,12 +33,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from bench import cpu, load, perf_analyzer, report, stack
+from bench import cost, cpu, load, perf_analyzer, report, stack
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = ("gateway", "triton", "onnxruntime", "ultralytics-server", "ultralytics-triton")
 DESCRIPTIONS = {
-    "gateway": "HTTP upload of a 1080p JPEG, size {size}",
+    "gateway": "HTTP upload of a {upload} JPEG, size {size}",
     "triton": "prepared uint8 tensor over gRPC, async client",
     "onnxruntime": "in-process, source.onnx, prepared float32 tensor",
     "ultralytics-server": "Starlette + YOLO(weights).predict per request",
@@ -51,22 +51,6 @@ OPT_IN_MODES = ("perf-analyzer",)  # needs a tool installed from PyPI and Debian
 
 def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-def photo_1080p(folder: Path) -> Path:
-    """bus.jpg letterboxed onto a 1920x1080 canvas, as a JPEG: the benchmark's input."""
-    import cv2
-    from ultralytics.utils import ASSETS
-
-    bus = cv2.imread(str(ASSETS / "bus.jpg"))
-    scale = 1080 / bus.shape[0]
-    resized = cv2.resize(bus, (round(bus.shape[1] * scale), 1080))
-    canvas = np.full((1080, 1920, 3), 90, np.uint8)
-    x = (1920 - resized.shape[1]) // 2
-    canvas[:, x : x + resized.shape[1]] = resized
-    path = folder / "photo-1080p.jpg"
-    cv2.imwrite(str(path), canvas, [cv2.IMWRITE_JPEG_QUALITY, 90])
-    return path
 
 
 def repository(args: argparse.Namespace, models: list[str]) -> Path:
@@ -388,7 +372,7 @@ async def bench_model(
             out["bytes_sent"]["ultralytics-triton"] = len(jpeg)
 
         for name in modes:
-            log(f"{model}: {name} — {DESCRIPTIONS[name].format(size=args.size)}")
+            log(f"{model}: {name} — {DESCRIPTIONS[name].format(size=args.size, upload=args.upload)}")
         out["modes"] = await measure([modes[m] for m in args.modes if m in modes], args)
 
         if "gateway" in modes:
@@ -506,7 +490,7 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
         "triton_url": args.triton_url or "local",
         "letterbox": args.letterbox,
         "size": args.size,
-        "input": "1920x1080 JPEG (bus.jpg on a 1080p canvas)",
+        "input": f"{'x'.join(map(str, cost.SIZES[args.upload]))} JPEG (bus.jpg on a {args.upload} canvas)",
         "command": " ".join(["python -m bench", *sys.argv[1:]]),
     }
 
@@ -514,8 +498,6 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["cost"]:
-        from bench import cost
-
         return cost.main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -543,6 +525,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--warmup", type=int, default=5)
     run.add_argument("--rate", type=float, default=0, help="also run the gateway open-loop at this many requests/s")
     run.add_argument("--size", type=int, default=640)
+    run.add_argument(
+        "--upload",
+        choices=("1080p", "360p"),
+        default="1080p",
+        help="the JPEG each request sends (1920x1080 or 640x360)",
+    )
     run.add_argument("--letterbox", choices=("rect", "square"), default="rect")
     run.add_argument(
         "--ultralytics-max-concurrency",
@@ -584,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     models = args.models.split(",")
     repo = repository(args, models)
-    photo = photo_1080p(folder)
+    photo = cost.photo(folder, args.upload)
     results: dict[str, Any] = {"environment": environment(args), "models": []}
     if pa is not None:
         results["environment"]["versions"]["perf_analyzer"] = perf_analyzer.version(pa)

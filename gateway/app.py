@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             settings.model_cache_s,
             settings.triton_shm_bytes,
             settings.triton_http_url,
-            lambda transport: meters.triton_requests.labels(transport).inc(),
+            lambda transport: meters.child(meters.triton_requests, transport).inc(),
         )
         if triton.shm is not None:
             meters.shared_memory.set_function(lambda: triton.shm.used_bytes if triton.shm else 0)

@@ -71,21 +71,31 @@ class Metrics:
             "yolo_triton_shared_memory_bytes", "Shared memory registered with Triton for tensors.", registry=r
         )
         self.models: set[str] = set()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}  # labels() looked up once per label set
+
+    def child(self, metric: Any, *values: str) -> Any:
+        """metric.labels(*values), cached: prometheus_client validates and locks on every labels() call, and the
+        label sets are few (bounded, see the module's docstring)."""
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     def observe(self, context: dict[str, Any], status: int, seconds: float) -> None:
         """Record one finished prediction request from its context (filled by the route)."""
         model = context.get("model", "")
         label = model if model in self.models else "other"
         task = context.get("task", "unknown")
-        self.requests.labels(label, task, str(status)).inc()
+        self.child(self.requests, label, task, str(status)).inc()
         if status == 200:
-            self.latency.labels(label, task).observe(seconds)
-            self.images.labels(label).inc(context.get("images", 0))
+            self.child(self.latency, label, task).observe(seconds)
+            self.child(self.images, label).inc(context.get("images", 0))
         elif status in REASONS:
-            self.rejections.labels(REASONS[status]).inc()
+            self.child(self.rejections, REASONS[status]).inc()
         for stage, ms in context.get("timings", {}).items():
             if stage in STAGES:
-                self.stage.labels(stage).observe(ms / 1000)
+                self.child(self.stage, stage).observe(ms / 1000)
         if "bytes" in context:
             self.received.observe(context["bytes"])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Callable
@@ -337,8 +338,7 @@ def _views(slot: Slot, offsets: dict[str, int], outputs: list[tuple[str, str, tu
     views = {}
     for name, datatype, shape in outputs:
         dtype = np.dtype(triton_to_np_dtype(datatype))
-        count = int(np.prod(shape))
-        views[name] = np.frombuffer(slot.buffer, dtype, count, offsets[name]).reshape(shape)
+        views[name] = np.frombuffer(slot.buffer, dtype, math.prod(shape), offsets[name]).reshape(shape)
     return views
 
 

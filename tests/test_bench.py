@@ -59,6 +59,30 @@ def test_quick_benchmark_runs_and_reports_sane_numbers(tmp_path: Path, repositor
     assert "CPU time per request" in (folder / "results.md").read_text()
 
 
+def test_cost_reports_cpu_per_image_split_into_stages_and_fixed(tmp_path: Path, repository: Path) -> None:
+    """`python -m bench cost`: per transport, upload and model, the gateway's CPU per image from /proc, its stages,
+    the fixed rest and its threads; Triton's CPU beside in-process ONNX Runtime on the served graph."""
+    command = [sys.executable, "-m", "bench", "cost", "--models", "yolov8n-pose", "--sizes", "360p", "--requests", "6"]
+    command += ["--warmup", "2", "--repository", str(repository), "--out", str(tmp_path)]
+    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    folder = Path(out.stdout.strip().splitlines()[-1].removeprefix("results: "))
+    report = json.loads((folder / "cost.json").read_text())
+    rows = {row["transport"]: row for row in report["rows"]}
+    assert set(rows) == {"shm", "grpc"}
+    for row in rows.values():
+        assert row["upload"] == "640x360 JPEG" and row["requests"] == 6
+        assert row["cpu_ms"] > 0 and row["triton_cpu_ms"] > 0 and row["threads_ms"]["event loop"] > 0
+        assert all(v > 0 for v in row["stages_ms"].values())
+        assert (
+            row["fixed_ms"] == round(row["cpu_ms"] - sum(row["stages_ms"].values()), 2)
+            or abs(row["fixed_ms"] - (row["cpu_ms"] - sum(row["stages_ms"].values()))) < 0.05
+        )
+    (engine,) = report["in_process"]
+    assert engine["shape"] == [384, 640, 3] and engine["cpu_ms"] > 0
+    assert "gateway cores per 1,000 img/s" in out.stdout and "Triton CPU / request" in out.stdout
+
+
 def test_cpu_accounting_counts_a_process_tree() -> None:
     """A child that burns about 0.4 s of CPU is counted as such, and in its parent's tree but not the parent alone."""
     import os

@@ -86,11 +86,11 @@ def references(model_id: str, out: Path, size: int = 640) -> None:
     from ultralytics import YOLO
     from ultralytics.utils import ASSETS
 
-    from bench.__main__ import photo_1080p
+    from bench.cost import photo
 
     data = out / "data"
     data.mkdir(parents=True, exist_ok=True)
-    images = [photo_1080p(data)]
+    images = [photo(data, "1080p")]
     for name in ("bus.jpg", "zidane.jpg"):
         shutil.copy2(ASSETS / name, data / name)
         images.append(data / name)
