@@ -4,9 +4,9 @@ A hop to a thread and back is on every request's path twice, so it is kept lean:
 `queue.SimpleQueue` (C) to plain threads, which hand the result back with one `call_soon_threadsafe`. anyio's
 `to_thread.run_sync` (a capacity limiter and cancel scopes around each call, each asking for the running task, a
 `getpid()` syscall on Python 3.11) and `loop.run_in_executor` (a concurrent future chained to an asyncio one) cost
-more event-loop CPU per hop (bench/RESULTS.md, "Cost per image"). What anyio's guarantee gave is kept: a caller that is cancelled still waits
-for its call to finish before it leaves, so whatever the call uses (the memory reserved for a decoded image, a
-shared-memory slot) is released only after the thread is done with it.
+more event-loop CPU per hop (bench/RESULTS.md, "Cost per image"). What anyio's guarantee gave is kept: a caller
+that is cancelled still waits for its call to finish before it leaves, so whatever the call uses (the memory
+reserved for a decoded image, a shared-memory slot) is released only after the thread is done with it.
 """
 
 from __future__ import annotations
