@@ -1,10 +1,11 @@
-"""Triton's system shared memory for the tensors, when the gateway and Triton share a host (GATEWAY_TRITON_SHM=1).
+"""Triton's system shared memory for the tensors, when the gateway and Triton share a host and its /dev/shm
+(GATEWAY_TRITON_SHM_BYTES).
 
 Over plain gRPC a 640x384 image (737 KB) and a pose model's raw output (1.1 MB) each cross protobuf, HTTP/2 frames
-and the socket, and copying them into freshly mapped pages costs the gateway 2-4 ms of CPU per request: most of its
-fixed cost. With shared memory the request carries only a region's name and offsets; the gateway copies the
-letterboxed image into the region, Triton reads it and writes the outputs beside it, and post-processing reads
-them in place (bench/RESULTS.md, "Cost per image").
+and the socket, and copying them into freshly mapped pages cost the gateway's gRPC client 2-3.5 ms of CPU per call
+(≈ 1-2 ms per request once everything else was trimmed). With shared memory the request carries only a region's
+name and offsets; the gateway copies the letterboxed image into the region, Triton reads it and writes the outputs
+beside it, and post-processing reads them in place (bench/RESULTS.md, "Cost per image").
 
 A region ("slot") holds one Triton request: its input at offset 0, its outputs after it. Slots are created on demand
 (sizes rounded up to a power of two, 1 MiB at least), registered with Triton once, reused, and bounded in total by

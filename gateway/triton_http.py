@@ -3,7 +3,8 @@
 With the tensors in shared memory (gateway/shm.py) an inference request is ~400 bytes of JSON and its answer ~200.
 gRPC's Python client still costs ≈ 1.2 ms of CPU per call for that (its threads spin while Triton computes); a
 keep-alive HTTP/1.1 connection over loopback costs ≈ 0.4 ms (bench/RESULTS.md, "Cost per image"). This is that
-connection: a small pool of them, each carrying one request at a time, parsed with httptools (uvicorn's own parser).
+connection: a small pool of them, each carrying one request at a time, its answer fed straight from asyncio's
+protocol callbacks into httptools (uvicorn's own parser).
 Everything else (metadata, readiness, shared-memory registration, and inference without shared memory) stays on
 gRPC. A connection that fails, times out or is cancelled mid-exchange is closed, never reused.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote, urlsplit
 
 import httptools
@@ -30,15 +31,32 @@ class TritonHTTPError(Exception):
         self.message = message
 
 
-class _Answer:
-    """httptools callbacks for one response: status, body, whether it is complete."""
+class _Connection(asyncio.Protocol):
+    """One kept-alive connection: the bytes Triton sends go straight into httptools, which completes `waiter`."""
 
     def __init__(self) -> None:
-        self.body = bytearray()
-        self.done = False
-        self.keep_alive = False
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+        self.waiter: asyncio.Future[tuple[int, bytes, bool]] | None = None
         self.parser = httptools.HttpResponseParser(self)
+        self.body = bytearray()
+        self.keep_alive = False
 
+    # asyncio's callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport subclasses
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except (httptools.HttpParserError, TritonHTTPError) as exc:
+            self._fail(exc if isinstance(exc, TritonHTTPError) else TritonHTTPError(0, f"bad answer: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._fail(TritonHTTPError(0, f"Triton closed the connection{f': {exc}' if exc else ''}"))
+
+    # httptools' callbacks
     def on_headers_complete(self) -> None:
         self.keep_alive = self.parser.should_keep_alive()  # only valid while the message is being parsed
 
@@ -48,16 +66,29 @@ class _Answer:
             raise TritonHTTPError(0, f"Triton's answer is larger than {MAX_ANSWER} bytes")
 
     def on_message_complete(self) -> None:
-        self.done = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result((self.parser.get_status_code(), bytes(self.body), self.keep_alive))
 
+    def send(self, message: bytes) -> asyncio.Future[tuple[int, bytes, bool]]:
+        """Write one request; the future completes with (status, body, keep-alive) when its answer has arrived."""
+        assert self.transport is not None
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.body = bytearray()
+        self.keep_alive = False
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport.write(message)
+        return self.waiter
 
-@dataclass(eq=False)
-class _Connection:
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+    def usable(self) -> bool:
+        return not self.lost and self.transport is not None and not self.transport.is_closing()
 
     def close(self) -> None:
-        self.writer.close()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _fail(self, error: TritonHTTPError) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(error)
 
 
 @dataclass
@@ -85,7 +116,7 @@ class TritonHTTP:
         connection = await self._connect()
         try:
             async with asyncio.timeout(self.timeout_s):
-                status, answer, keep_alive = await self._exchange(connection, head + body)
+                status, answer, keep_alive = await connection.send(head + body)
         except BaseException:
             connection.close()
             raise
@@ -109,27 +140,12 @@ class TritonHTTP:
     async def _connect(self) -> _Connection:
         while self._idle:
             connection = self._idle.pop()
-            if not connection.writer.is_closing() and not connection.reader.at_eof():
+            if connection.usable():
                 return connection
             connection.close()
         try:
             async with asyncio.timeout(self.timeout_s):
-                reader, writer = await asyncio.open_connection(self.host, self.port)
+                _, connection = await asyncio.get_running_loop().create_connection(_Connection, self.host, self.port)
         except OSError as exc:
             raise TritonHTTPError(0, f"cannot connect to {self.host}:{self.port}: {exc}") from None
-        return _Connection(reader, writer)
-
-    @staticmethod
-    async def _exchange(connection: _Connection, message: bytes) -> tuple[int, bytes, bool]:
-        answer = _Answer()
-        parser = answer.parser
-        try:
-            connection.writer.write(message)
-            while not answer.done:
-                chunk = await connection.reader.read(65536)
-                if not chunk:
-                    raise TritonHTTPError(0, "Triton closed the connection")
-                parser.feed_data(chunk)
-        except (OSError, httptools.HttpParserError) as exc:
-            raise TritonHTTPError(0, f"connection to Triton failed: {exc}") from None
-        return parser.get_status_code(), bytes(answer.body), answer.keep_alive
+        return connection

@@ -136,7 +136,7 @@ def server_environment() -> dict[str, str]:
 
 
 # The local stack runs the gateway beside Triton on one host, so tensors go through Triton's system shared memory
-# and inference requests over its HTTP port (gateway/shm.py, gateway/triton_http.py): ~3 ms less gateway CPU per
+# and inference requests over its HTTP port (gateway/shm.py, gateway/triton_http.py): 1-2 ms less gateway CPU per
 # image than gRPC messages (bench/RESULTS.md, "Cost per image"). 256 MiB of /dev/shm covers 64 requests in flight.
 SHARED_MEMORY_BYTES = 256 * 2**20
 
