@@ -62,7 +62,7 @@ def test_quick_benchmark_runs_and_reports_sane_numbers(tmp_path: Path, repositor
 def test_cost_reports_cpu_per_image_split_into_stages_and_fixed(tmp_path: Path, repository: Path) -> None:
     """`python -m bench cost`: per transport, upload and model, the gateway's CPU per image from /proc, its stages,
     the fixed rest and its threads; Triton's CPU beside in-process ONNX Runtime on the served graph."""
-    command = [sys.executable, "-m", "bench", "cost", "--models", "yolov8n-pose", "--sizes", "360p", "--requests", "6"]
+    command = [sys.executable, "-m", "bench", "cost", "--models", "yolov8n-pose", "--sizes", "360p", "--requests", "20"]
     command += ["--warmup", "2", "--repository", str(repository), "--out", str(tmp_path)]
     out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -71,8 +71,9 @@ def test_cost_reports_cpu_per_image_split_into_stages_and_fixed(tmp_path: Path, 
     rows = {row["transport"]: row for row in report["rows"]}
     assert set(rows) == {"shm", "grpc"}
     for row in rows.values():
-        assert row["upload"] == "640x360 JPEG" and row["requests"] == 6
-        assert row["cpu_ms"] > 0 and row["triton_cpu_ms"] > 0 and row["threads_ms"]["event loop"] > 0
+        assert row["upload"] == "640x360 JPEG" and row["requests"] == 20
+        # /proc counts in 10 ms ticks: a thread that burnt less than one over the run is left out of `threads_ms`
+        assert row["cpu_ms"] > 0 and row["triton_cpu_ms"] > 0 and sum(row["threads_ms"].values()) > 0
         assert all(v > 0 for v in row["stages_ms"].values())
         assert (
             row["fixed_ms"] == round(row["cpu_ms"] - sum(row["stages_ms"].values()), 2)
