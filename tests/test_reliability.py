@@ -16,6 +16,7 @@ import httpx
 import pytest
 import requests
 
+from bench import cpu
 from gateway import auth
 from gateway.triton import TritonState
 from tests.conftest import CACHE, Gateway, start_gateway, stop_gateway
@@ -130,6 +131,8 @@ def test_triton_killed_mid_load_gives_503_then_recovers(
     restart. A gateway with GATEWAY_READY_GRACE_S=0 turns NotReady at once; one with the default grace stays ready (so a
     Triton blip does not take every gateway out of its Service) and shows Triton's state in /readyz and /metrics."""
     ports = {"http_port": launcher.free_port(), "grpc_port": launcher.free_port(), "metrics_port": launcher.free_port()}
+    regions_before = {p.name for p in SHM.glob(BACKEND_REGIONS)}
+    stubs: list[int] = []
     server = launcher.start(repository, cache=CACHE / "server-fault", log_path=tmp_path / "triton.log", **ports)
     gw = start_gateway(server, tmp_path, ready_grace_s="0")
     (tmp_path / "graceful").mkdir()
@@ -155,6 +158,7 @@ def test_triton_killed_mid_load_gives_503_then_recovers(
             t.start()
         time.sleep(2)
         killed_at = time.monotonic()
+        stubs = [pid for pid in cpu.tree(server.process.pid) if pid != server.process.pid]
         os.kill(server.process.pid, signal.SIGKILL)
         server.process.wait(10)
         time.sleep(3)
@@ -188,10 +192,47 @@ def test_triton_killed_mid_load_gives_503_then_recovers(
         stop_gateway(gw)
         stop_gateway(graceful)
         server.stop()
+        _kill_orphaned_stubs(stubs)  # a SIGKILLed tritonserver leaves its python-backend stubs running
+        _remove_orphaned_regions(regions_before)
     assert not any(t.is_alive() for t in threads), "a request hung"
     statuses = {s for _, s in results}
     assert statuses <= {200, 503, 504} and 500 not in statuses
     assert gw.process.returncode is not None
+
+
+SHM = Path("/dev/shm")
+BACKEND_REGIONS = "triton_python_backend_shm_region_*"
+
+
+def _kill_orphaned_stubs(pids: list[int]) -> None:
+    """SIGKILL the python-backend stubs of the tritonserver this test killed, if still alive (they outlive it, with
+    a few hundred MiB each), by their pids, recorded while their parent was alive."""
+    for pid in pids:
+        try:
+            if b"triton_python_backend_stub" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            continue
+
+
+def _remove_orphaned_regions(before: set[str], wait_s: float = 15) -> None:
+    """A SIGKILLed tritonserver leaves its python-backend stubs' shared-memory files in /dev/shm (5 MiB each, every
+    run): remove the ones this test's servers made, once no process maps them."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        mapped: set[str] = set()
+        for maps in Path("/proc").glob("[0-9]*/maps"):
+            try:
+                mapped.update(re.findall(r"/dev/shm/(triton_python_backend_shm_region_\S+)", maps.read_text()))
+            except OSError:
+                continue
+        made = [p for p in SHM.glob(BACKEND_REGIONS) if p.name not in before]
+        for path in made:
+            if path.name not in mapped:
+                path.unlink(missing_ok=True)
+        if all(p.name not in mapped for p in made) or time.monotonic() > deadline:
+            return
+        time.sleep(0.5)
 
 
 def _shm_requests(metrics: str) -> float:
