@@ -61,8 +61,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             settings.triton_http_url,
             lambda transport: meters.child(meters.triton_requests, transport).inc(),
         )
-        if triton.shm is not None:
-            meters.shared_memory.set_function(lambda: triton.shm.used_bytes if triton.shm else 0)
+        if (pool := triton.shm) is not None:
+            meters.shared_memory.set_function(lambda: pool.used_bytes)
         threads = Workers(settings.workers)
         budget = MemoryBudget(
             settings.decode_budget_bytes or default_budget(memory_limit()), settings.decode_budget_wait_s

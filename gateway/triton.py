@@ -209,7 +209,7 @@ class Triton:
         known = self._output_bytes.get(key)
         slot = None
         if self.shm is not None:
-            nbytes = aligned(tensors[0].nbytes * len(tensors)) + sum(aligned(n) for n in (known or {}).values())
+            _, nbytes = _layout(tensors[0].nbytes * len(tensors), info.outputs, known or {})
             slot = await self.shm.acquire(nbytes)
         try:
             if slot is not None:
@@ -257,15 +257,12 @@ class Triton:
             return await self._infer_shared_http(info, batch, slot, known)
         inp = grpcclient.InferInput(info.input_name, list(shape), _datatype(batch))
         inp.set_shared_memory(slot.name, batch.nbytes)
-        offsets: dict[str, int] = {}
+        offsets, _ = _layout(batch.nbytes, info.outputs, known or {})
         requested = []
-        offset = aligned(batch.nbytes)
         for name in info.outputs:
             out = grpcclient.InferRequestedOutput(name)
             if known is not None:
-                out.set_shared_memory(slot.name, known[name], offset)
-                offsets[name] = offset
-                offset += aligned(known[name])
+                out.set_shared_memory(slot.name, known[name], offsets[name])
             requested.append(out)
         result = await self._send(info, inp, requested)
         if known is None:
@@ -278,14 +275,18 @@ class Triton:
     ) -> dict[str, NDArray[Any]]:
         """The same request as JSON over Triton's HTTP endpoint: every tensor is in the slot."""
         assert self.http is not None
-        offsets: dict[str, int] = {}
-        outputs = []
-        offset = aligned(batch.nbytes)
-        for name in info.outputs:
-            region = {"shared_memory_region": slot.name, "shared_memory_byte_size": known[name]}
-            outputs.append({"name": name, "parameters": {**region, "shared_memory_offset": offset}})
-            offsets[name] = offset
-            offset += aligned(known[name])
+        offsets, _ = _layout(batch.nbytes, info.outputs, known)
+        outputs = [
+            {
+                "name": name,
+                "parameters": {
+                    "shared_memory_region": slot.name,
+                    "shared_memory_byte_size": known[name],
+                    "shared_memory_offset": offsets[name],
+                },
+            }
+            for name in info.outputs
+        ]
         region = {"shared_memory_region": slot.name, "shared_memory_byte_size": batch.nbytes}
         request = {
             "inputs": [
@@ -303,11 +304,8 @@ class Triton:
         except TimeoutError:
             raise GatewayTimeout(f"Inference on '{info.name}' timed out. Try again, or use a smaller `size`.") from None
         except TritonHTTPError as exc:
-            if "shared memory" in exc.message.lower():
-                raise _SharedMemoryLost(exc.message) from None
-            self._models.pop(info.name, None)
             status = "UNAVAILABLE" if exc.status in (0, 502, 503) else None
-            raise to_gateway_error(InferenceServerException(exc.message, status), info.name) from None
+            raise self._refused(info, InferenceServerException(exc.message, status)) from None
         self._last_up = time.monotonic()
         try:
             metas = {out["name"]: (out["datatype"], tuple(out["shape"])) for out in answer["outputs"]}
@@ -321,16 +319,34 @@ class Triton:
         try:
             result = await self.client.infer(info.name, [inp], outputs=outputs, client_timeout=self.timeout_s)
         except InferenceServerException as exc:
-            if "shared memory" in str(exc.message() or exc).lower():
-                raise _SharedMemoryLost(str(exc.message() or exc)) from None
-            self._models.pop(info.name, None)
-            raise to_gateway_error(exc, info.name) from None
+            raise self._refused(info, exc) from None
         self._last_up = time.monotonic()
         return result
+
+    def _refused(self, info: ModelInfo, exc: InferenceServerException) -> Exception:
+        """What to raise for Triton's refusal of an inference, over either transport: a lost shared-memory region is
+        retried by `infer`; anything else is an API error, and the model's config is read again next time."""
+        message = str(exc.message() or exc)
+        if "shared memory" in message.lower():
+            return _SharedMemoryLost(message)
+        self._models.pop(info.name, None)
+        return to_gateway_error(exc, info.name)
 
 
 class _SharedMemoryLost(Exception):
     """Triton refused a request's shared-memory region (it restarted and lost it, or a size no longer fits)."""
+
+
+def _layout(input_bytes: int, names: tuple[str, ...], output_bytes: dict[str, int]) -> tuple[dict[str, int], int]:
+    """Where each output goes in a slot (the input at offset 0, then the outputs whose sizes are known, aligned),
+    and the bytes the whole request needs."""
+    offsets: dict[str, int] = {}
+    end = aligned(input_bytes)
+    for name in names:
+        if name in output_bytes:
+            offsets[name] = end
+            end += aligned(output_bytes[name])
+    return offsets, end
 
 
 def _views(slot: Slot, offsets: dict[str, int], outputs: list[tuple[str, str, tuple[int, ...]]]) -> dict[str, Any]:
