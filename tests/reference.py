@@ -3,12 +3,20 @@ for many masks at once."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from numpy.typing import NDArray
 
 from gateway.masks import closest_pairs, mask_contours, outlines, placed
+
+
+def image_wh(path: Path) -> tuple[int, int]:
+    """(width, height) of the image file as OpenCV reads it (EXIF orientation applied): what the summaries scale to."""
+    h, w = cv2.imread(str(path), cv2.IMREAD_COLOR).shape[:2]
+    return w, h
 
 
 def merge_multi_segment(

@@ -12,13 +12,9 @@ import pytest
 import requests
 
 from bench.parity import assert_matches
+from tests.reference import image_wh
 from tests.conftest import Gateway
 from tritonlocal.launcher import TritonServer
-
-
-def _wh(path: Path) -> tuple[int, int]:
-    h, w = cv2.imread(str(path), cv2.IMREAD_COLOR).shape[:2]
-    return w, h
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +69,7 @@ def test_several_images_in_one_v1_request_match_single_requests_and_go_to_triton
     assert after[0] - before[0] == 2, "3 images of 2 shapes should be 2 Triton requests"
     assert after[1] - before[1] == 3
     for entry, path in zip(body["data"][:2], (bus, images["zidane"])):
-        assert_matches(entry["data"], reference("yolov8n", path, 0.45), _wh(path), normalize=False)
+        assert_matches(entry["data"], reference("yolov8n", path, 0.45), image_wh(path), normalize=False)
     single = gateway.predict("yolov8n", files={"image": ("mirror.png", mirrored)}).json()["data"]
     assert single and body["data"][2]["data"] == single
 
@@ -123,7 +119,7 @@ def test_newer_format_matches_ultralytics_with_its_defaults(
     assert body["metadata"]["model"] == model and body["metadata"]["iou"] == 0.7 and body["metadata"]["imgsz"] == 640
     assert len(body["images"]) == 2
     for entry, path in zip(body["images"], paths):
-        w, h = _wh(path)
+        w, h = image_wh(path)
         assert entry["shape"] == [h, w]
         assert set(entry["speed"]) == {"preprocess", "inference", "postprocess"}
         assert all(v > 0 for v in entry["speed"].values())
@@ -144,7 +140,7 @@ def test_dedicated_style_root_route_takes_the_model_field(
         )
     assert r.status_code == 200, r.text
     (entry,) = r.json()["images"]
-    assert_matches(entry["results"], reference("yolov8n", path, 0.45), _wh(path), normalize=False)
+    assert_matches(entry["results"], reference("yolov8n", path, 0.45), image_wh(path), normalize=False)
 
 
 def test_newer_format_per_image_error_and_argument_errors(gateway: Gateway, images: dict[str, Path]) -> None:

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.reference import image_wh
 from tests.conftest import Gateway
 from bench.parity import assert_matches
 from tests.test_parity import reference  # noqa: F401 - session fixture
@@ -37,11 +38,6 @@ def formats(images: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -
     return {p.stem: p for p in out.iterdir()}
 
 
-def _wh(path: Path) -> tuple[int, int]:
-    h, w = cv2.imread(str(path), cv2.IMREAD_COLOR).shape[:2]
-    return w, h
-
-
 @pytest.mark.parametrize(
     "name", ["cmyk", "16bit", "animated", "gray", "palette", "bus", *[f"exif-{i}" for i in range(1, 9)]]
 )
@@ -51,14 +47,14 @@ def test_format_matches_ultralytics(gateway: Gateway, reference: Any, formats: d
         path = path.with_suffix(".webp")
     r = gateway.predict("yolov8n", files={"image": path.read_bytes()}, data={"confidence": "0.25"})
     assert r.status_code == 200, r.text
-    assert_matches(r.json()["data"], reference("yolov8n", path, 640, 0.25, 0.45, True, False), _wh(path), False)
+    assert_matches(r.json()["data"], reference("yolov8n", path, 640, 0.25, 0.45, True, False), image_wh(path), False)
 
 
 def test_tiff_matches_ultralytics(gateway: Gateway, reference: Any, formats: dict[str, Path]) -> None:
     path = formats["bus"].with_suffix(".tiff")
     r = gateway.predict("yolov8n", files={"image": path.read_bytes()})
     assert r.status_code == 200, r.text
-    assert_matches(r.json()["data"], reference("yolov8n", path, 640, 0.25, 0.45, True, False), _wh(path), False)
+    assert_matches(r.json()["data"], reference("yolov8n", path, 640, 0.25, 0.45, True, False), image_wh(path), False)
 
 
 def test_exif_orientation_changes_the_result_like_ultralytics(gateway: Gateway, formats: dict[str, Path]) -> None:
@@ -71,7 +67,7 @@ def test_animated_gif_uses_its_first_frame(gateway: Gateway, reference: Any, for
     r = gateway.predict("yolov8n", files={"image": formats["animated"].with_suffix(".gif").read_bytes()})
     assert r.status_code == 200, r.text
     first = formats["gif-first-frame"]
-    assert_matches(r.json()["data"], reference("yolov8n", first, 640, 0.25, 0.45, True, False), _wh(first), False)
+    assert_matches(r.json()["data"], reference("yolov8n", first, 640, 0.25, 0.45, True, False), image_wh(first), False)
 
 
 def test_one_pixel_image_is_served(gateway: Gateway) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import cv2
 import pytest
 
+from tests.reference import image_wh
 from tests.conftest import ALL_MODELS, CLASSIFY, MODELS, YOLO11, Gateway
 from bench.parity import assert_matches
 
@@ -35,11 +35,6 @@ def reference(repository: Path) -> Any:
     return predict
 
 
-def _wh(path: Path) -> tuple[int, int]:
-    h, w = cv2.imread(str(path), cv2.IMREAD_COLOR).shape[:2]
-    return w, h
-
-
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("image", list(IMAGES))
 @pytest.mark.parametrize("model", MODELS)
@@ -62,7 +57,7 @@ def test_parity_with_ultralytics(
     body = r.json()
     assert body["success"] is True
     want = reference(model, path, size, conf, iou, mode == "rect", False)
-    assert_matches(body["data"], want, _wh(path), normalize=False)
+    assert_matches(body["data"], want, image_wh(path), normalize=False)
 
 
 @pytest.mark.parametrize("image", ["bus", "zidane", "alpha"])
@@ -75,7 +70,7 @@ def test_parity_normalized(gateway: Gateway, reference: Any, images: dict[str, P
     assert r.status_code == 200, r.text
     data = r.json()["data"]
     want = reference(model, path, 640, conf, 0.45, True, True)
-    assert_matches(data, want, _wh(path), normalize=True)
+    assert_matches(data, want, image_wh(path), normalize=True)
     assert all(0 <= d["box"][k] <= 1 for d in data for k in ("x1", "y1", "x2", "y2"))
 
 
@@ -114,7 +109,7 @@ def test_nms_controls_match_ultralytics(
     want = yolo.predict(str(path), conf=0.1, iou=0.45, verbose=False, **kwargs)[0].summary()
     if "classes" in kwargs:
         assert {d["class"] for d in want} <= set(kwargs["classes"]) and len(want) < len(present)
-    assert_matches(r.json()["data"], want, _wh(path), normalize=False)
+    assert_matches(r.json()["data"], want, image_wh(path), normalize=False)
 
 
 @pytest.mark.parametrize("size", (320, 640))
@@ -136,7 +131,7 @@ def test_yolo11_parity_with_ultralytics(
     r = gw.predict(model, files={"image": path.read_bytes()}, data={"size": size, "confidence": conf})
     assert r.status_code == 200, r.text
     want = reference(model, path, size, conf, 0.45, mode == "rect", False)
-    assert_matches(r.json()["data"], want, _wh(path), normalize=False)
+    assert_matches(r.json()["data"], want, image_wh(path), normalize=False)
 
 
 def _predict(gw: Gateway, model: str, path: Path, **fields: Any) -> list[dict[str, Any]]:
@@ -171,14 +166,14 @@ def test_obb_parity_with_ultralytics(
     data = _predict(gw, model, path, size=size, confidence=conf)
     want = reference(model, path, size, conf, 0.45, mode == "rect", False)
     assert all(set(d["box"]) == {f"{a}{i}" for i in range(1, 5) for a in "xy"} for d in data)
-    assert_matches(data, want, _wh(path), normalize=False)
+    assert_matches(data, want, image_wh(path), normalize=False)
 
 
 @pytest.mark.parametrize("image", ["bus", "zidane"])
 def test_obb_parity_normalized(gateway: Gateway, reference: Any, images: dict[str, Path], image: str) -> None:
     path = images[image]
     data = _predict(gateway, "yolov8n-obb", path, normalize="true")
-    assert_matches(data, reference("yolov8n-obb", path, 640, 0.25, 0.45, True, True), _wh(path), normalize=True)
+    assert_matches(data, reference("yolov8n-obb", path, 640, 0.25, 0.45, True, True), image_wh(path), normalize=True)
 
 
 @pytest.mark.parametrize("size", (224, 160, 500))
@@ -198,7 +193,7 @@ def test_classify_parity_with_ultralytics(
     want = reference(model, path, size, 0.25, 0.45, True, False)
     assert len(want) == 5 and all(set(d) == {"name", "class", "confidence"} for d in want)
     for gw in (gateway, gateway_square):
-        assert_matches(_predict(gw, model, path, size=size), want, _wh(path), normalize=False)
+        assert_matches(_predict(gw, model, path, size=size), want, image_wh(path), normalize=False)
 
 
 def test_classify_ignores_detection_arguments(gateway: Gateway, images: dict[str, Path]) -> None:

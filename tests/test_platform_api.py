@@ -12,11 +12,11 @@ import base64
 from pathlib import Path
 from typing import Any
 
-import cv2
 import pytest
 import requests
 
 from bench.parity import assert_matches
+from tests.reference import image_wh
 from tests.conftest import Gateway
 
 # The documented answer, copied from the page: only its shape (keys and value types) is the expectation here.
@@ -91,11 +91,6 @@ def reference(repository: Path) -> Any:
     return predict
 
 
-def _wh(path: Path) -> tuple[int, int]:
-    h, w = cv2.imread(str(path), cv2.IMREAD_COLOR).shape[:2]
-    return w, h
-
-
 def test_answer_has_the_documented_shape(gateway: Gateway, images: dict[str, Path]) -> None:
     with open(images["bus"], "rb") as f:
         r = _post(gateway, "yolov8n", files={"file": f}, data={"conf": 0.25, "iou": 0.7, "imgsz": 640})
@@ -137,7 +132,7 @@ def test_decimals_round_every_number_as_ultralytics_summary_does(
                 numbers += values
     assert all(round(n, decimals) == n for n in numbers), "a number has more digits than asked for"
     if decimals >= 2:  # at 0 digits the tolerance of the parity check is finer than the rounding itself
-        assert_matches(rows, want, _wh(images["bus"]), normalize=False)
+        assert_matches(rows, want, image_wh(images["bus"]), normalize=False)
     else:
         assert [(a["class"], a["confidence"]) for a in rows] == [(b["class"], b["confidence"]) for b in want]
 

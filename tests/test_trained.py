@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from bench.parity import assert_matches
+from tests.reference import image_wh
 from tests.conftest import TRAINED, Gateway
 
 pytestmark = pytest.mark.trained
@@ -47,11 +48,6 @@ def reference(trained: Path) -> Any:
     return predict
 
 
-def _wh(path: Path) -> tuple[int, int]:
-    h, w = cv2.imread(str(path), cv2.IMREAD_COLOR).shape[:2]
-    return w, h
-
-
 def _data(r: requests.Response) -> Any:
     assert r.status_code == 200, r.text
     return r.json()["data"]
@@ -74,7 +70,7 @@ def test_trained_parity_with_ultralytics(
     conf, path = CASES[model][2], images[image]
     data = _data(gw.predict(model, files={"image": path.read_bytes()}, data={"size": size, "confidence": conf}))
     want = reference(model, path, size, conf, 0.45, mode == "rect").summary()
-    assert_matches(data, want, _wh(path), normalize=False)
+    assert_matches(data, want, image_wh(path), normalize=False)
 
 
 @pytest.mark.parametrize("model", list(TRAINED))
@@ -82,7 +78,9 @@ def test_trained_parity_normalized(gateway: Gateway, reference: Any, images: dic
     conf, path = CASES[model][2], images["bus"]
     data = _data(gateway.predict(model, files={"image": path.read_bytes()}, data={"confidence": conf, "normalize": 1}))
     size = 1024 if model == OBB else 640
-    assert_matches(data, reference(model, path, size, conf, 0.45).summary(normalize=True), _wh(path), normalize=True)
+    assert_matches(
+        data, reference(model, path, size, conf, 0.45).summary(normalize=True), image_wh(path), normalize=True
+    )
 
 
 @pytest.mark.parametrize("model", list(TRAINED))
@@ -108,9 +106,13 @@ def test_trained_several_images_in_both_response_formats(
     body = newer.json()
     assert body["metadata"]["model"] == model and len(body["images"]) == len(paths)
     for path, entry, image in zip(paths, v1, body["images"]):
-        assert_matches(entry["data"], reference(model, path, size, conf, 0.45).summary(), _wh(path), normalize=False)
-        assert_matches(image["results"], reference(model, path, size, conf, 0.7).summary(), _wh(path), normalize=False)
-        assert image["shape"] == [_wh(path)[1], _wh(path)[0]]
+        assert_matches(
+            entry["data"], reference(model, path, size, conf, 0.45).summary(), image_wh(path), normalize=False
+        )
+        assert_matches(
+            image["results"], reference(model, path, size, conf, 0.7).summary(), image_wh(path), normalize=False
+        )
+        assert image["shape"] == [image_wh(path)[1], image_wh(path)[0]]
 
 
 def test_trained_models_are_listed_as_trained(gateway: Gateway) -> None:
