@@ -12,17 +12,28 @@ REDIS_IF_NEEDED := $(if $(filter redis,$(STATE)),$(REDIS_TOOLS))
 STATE_ARGS := $(if $(filter redis,$(STATE)),--state redis)
 export OPENCV_IO_MAX_IMAGE_PIXELS ?= 1073741824
 
-.PHONY: install export fixtures serve test check key demo bench bench-quick bench-tools deploy-check images container-test clean
+LOCK := requirements/lock.txt
 
-$(STAMP): pyproject.toml
+.PHONY: install lock lock-upgrade export fixtures serve test check key demo bench bench-quick bench-tools deploy-check \
+	images container-test clean
+
+# Exactly the lock (versions and hashes), then the project itself; nothing resolves a version here. requirements/
+$(STAMP): pyproject.toml $(LOCK)
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 || (echo "installing python3-venv"; apt-get update -qq && apt-get install -y -qq python3-venv)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@echo "[install] installing into $(VENV) (first run: a few minutes) ..."
-	@$(PY) -m pip install -q --upgrade pip
-	@$(PY) -m pip install -q -e '.[export,triton,test,lint]'
+	@echo "[install] installing $(LOCK) into $(VENV) (first run: a few minutes) ..."
+	@$(PY) requirements/lockfile.py sync
 	@touch $@
 
 install: $(STAMP)
+
+# Re-resolve the lock after changing pyproject.toml (existing pins are kept); lock-upgrade moves every package to its
+# newest allowed release, for a deliberate upgrade followed by `make install check test container-test`.
+lock: install
+	$(PY) requirements/lockfile.py compile
+
+lock-upgrade: install
+	$(PY) requirements/lockfile.py compile --upgrade
 
 # The browser test drives Debian's Chromium (Playwright cannot download browsers offline); curl runs the README example.
 $(TEST_TOOLS): $(STAMP) $(REDIS_TOOLS)
@@ -50,11 +61,12 @@ test: install $(TEST_TOOLS)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The quality gate CI runs before the tests: formatting, lint, strict types.
-CHECKED := gateway export tritonlocal bench yolo_triton_client tests deploy
+CHECKED := gateway export tritonlocal bench yolo_triton_client tests deploy requirements
 check: install
+	$(PY) requirements/lockfile.py check
 	$(VENV)/bin/ruff format --check $(CHECKED)
 	$(VENV)/bin/ruff check $(CHECKED)
-	$(VENV)/bin/mypy gateway export tritonlocal bench yolo_triton_client
+	$(VENV)/bin/mypy gateway export tritonlocal bench yolo_triton_client requirements/lockfile.py
 
 key: install
 	@$(PY) -m gateway.keys $(STATE_ARGS) create --name "$${NAME:-key-$$(date +%Y%m%d-%H%M%S)}" \

@@ -29,8 +29,11 @@ from numpy.typing import NDArray
 
 ROOT = Path(__file__).resolve().parent.parent
 HOME = ROOT / ".triton" / "perf-analyzer"
-TRITONCLIENT = "tritonclient==2.51.0"
-CUDART = "nvidia-cuda-runtime-cu12==12.6.77"  # CUDA 12.6, the toolkit Triton 2.51 (release 24.10) was built with
+# Both pinned with their hashes in requirements/perf-analyzer.txt (`make lock`); the versions are chosen in
+# requirements/lockfile.py: Triton 2.51's client, and CUDA 12.6, the toolkit Triton 2.51 (release 24.10) was built with.
+LOCKED = ROOT / "requirements" / "perf-analyzer.txt"
+TRITONCLIENT = "tritonclient"
+CUDART = "nvidia-cuda-runtime-cu12"
 WINDOWS = 3  # perf_analyzer judges stability over its last 3 windows; it reports their merged numbers
 
 # CSV column (microseconds per request) -> stage name in the result rows (milliseconds).
@@ -93,6 +96,24 @@ def _run(cmd: list[str], say: Callable[[str], None], what: str, hint: str) -> No
         raise ToolError(f"{what} failed ({hint}):\n{(out.stdout + out.stderr).strip()[-1500:]}")
 
 
+def locked(name: str, folder: Path) -> Path:
+    """A requirements file holding only `name`'s entry of the lock (version and hashes), for `pip --require-hashes`."""
+    entry: list[str] = []
+    for line in LOCKED.read_text().splitlines():
+        if line.startswith(f"{name}=="):
+            entry = [line]
+        elif entry and line.startswith("    --hash="):
+            entry.append(line)
+        elif entry:
+            break
+    if not entry:
+        raise ToolError(f"{name} is not in {LOCKED}; run `make lock`")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.txt"
+    path.write_text("\n".join(entry) + "\n")
+    return path
+
+
 def _libb64_present() -> bool:
     out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, check=False)
     return "libb64.so.0d" in out.stdout
@@ -112,7 +133,18 @@ def install(home: Path = HOME, say: Callable[[str], None] = print) -> Tool:
         wheels.mkdir(parents=True, exist_ok=True)
         if not list(wheels.glob("tritonclient-2.51.0-*.whl")):
             _run(
-                [*pip, "download", "-q", "--no-deps", "--only-binary=:all:", TRITONCLIENT, "-d", str(wheels)],
+                [
+                    *pip,
+                    "download",
+                    "-q",
+                    "--no-deps",
+                    "--only-binary=:all:",
+                    "--require-hashes",
+                    "-r",
+                    str(locked(TRITONCLIENT, home)),
+                    "-d",
+                    str(wheels),
+                ],  # fmt: skip
                 say,
                 f"downloading {TRITONCLIENT}",
                 "is PyPI reachable? offline, copy the wheel into " + str(wheels),
@@ -150,7 +182,17 @@ def install(home: Path = HOME, say: Callable[[str], None] = print) -> Tool:
         say(f"installing {CUDART} into {home / 'cuda'} (its own folder, not the venv)")
         part = home / f"cuda.part{os.getpid()}"
         _run(
-            [*pip, "install", "-q", "--no-deps", "--target", str(part), CUDART],
+            [
+                *pip,
+                "install",
+                "-q",
+                "--no-deps",
+                "--require-hashes",
+                "--target",
+                str(part),
+                "-r",
+                str(locked(CUDART, home)),
+            ],  # fmt: skip
             say,
             f"pip install {CUDART}",
             "is PyPI reachable?",

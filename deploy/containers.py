@@ -8,8 +8,9 @@
     python deploy/containers.py engine-stop      # stop the engine this script started (after `images` or `up`)
 
 No image registry is needed. The base image is Debian 12 made with `debootstrap` from Debian's mirror and
-`docker import`ed; Python packages are wheels downloaded on the host (pinned to the versions of the environment
-that runs this script) and installed in the image with `--no-index`. Where registries are reachable,
+`docker import`ed (its Debian point release is recorded in a label and printed); Python packages are the wheels of
+requirements/image-*.txt (subsets of the lock, requirements/lock.txt), downloaded on the host with their hashes
+checked, and installed in the image with `--no-index --require-hashes`. Where registries are reachable,
 `docker build -f deploy/Dockerfile .` builds the same gateway image from the public `python` image instead.
 
 When no Docker engine answers, Debian's `docker.io` (and `docker-compose`, `debootstrap`) are installed with apt
@@ -25,7 +26,6 @@ import argparse
 import contextlib
 import fcntl
 import hashlib
-import importlib.metadata
 import json
 import os
 import secrets
@@ -54,6 +54,7 @@ REDIS_GATEWAYS = ("gateway-1", "gateway-2", "gateway-3")
 # The generated password of the Redis stack (mode 0600), for `down` and for the keys tool by hand.
 REDIS_PASSWORD_FILE = CACHE / "redis-stack.password"
 LABEL = "io.yolo-triton.local=1"  # every image built here carries it, so pruning never touches anyone else's
+DEBIAN_LABEL = "io.yolo-triton.debian"  # the base's Debian point release and archive dates (`debian_release`)
 
 SUITE = "bookworm"
 MIRROR = os.environ.get("YOLO_TRITON_DEBIAN_MIRROR", "http://deb.debian.org/debian")
@@ -71,10 +72,6 @@ WHEEL_TAGS = [
 # Debian packages the image builds install (they run without network): `strip` for the build stages, Redis.
 BUILD_DEBS = ("binutils",)
 REDIS_DEBS = ("redis-server",)
-
-# Dependencies the image's older Python needs that this host's newer one does not (markers `python_full_version <
-# "3.11.3"`), since wheels are downloaded here.
-IMAGE_PYTHON_EXTRAS = ("async-timeout>=4.0.3",)
 
 PACKAGE_OF = {
     "dockerd": "docker.io",
@@ -276,22 +273,25 @@ def locked() -> Iterator[None]:
 
 def base_image(eng: Engine) -> str:
     """Debian 12 with Python 3.11, made with debootstrap (cached as a tarball), imported into the engine."""
-    recipe = json.dumps([SUITE, BASE_PACKAGES, 2]).encode()  # bump when _debootstrap changes
+    recipe = json.dumps([SUITE, BASE_PACKAGES, 3]).encode()  # bump when _debootstrap changes
     tag = f"yolo-triton-base:{SUITE}-{hashlib.sha256(recipe).hexdigest()[:10]}"
     if run(["docker", "image", "inspect", tag], env=eng.env, timeout=30, check=False, capture=True).returncode == 0:
         return tag
     tarball = CACHE / "base" / f"{tag.split(':')[1]}.tar"
-    if not tarball.exists():
+    if not tarball.exists() or not tarball.with_suffix(".release").exists():
         _debootstrap(tarball)
-    log(f"importing {tarball.name} as {tag}")
+    release = tarball.with_suffix(".release").read_text().strip()
+    log(f"importing {tarball.name} as {tag}: {release}")
     eng.docker(
         "import", "--change", 'CMD ["bash"]', "--change", "LABEL " + LABEL,
+        "--change", f"LABEL {DEBIAN_LABEL}={json.dumps(release)}",
         "--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         str(tarball), tag, timeout=600,
     )  # fmt: skip
     for old in (CACHE / "base").glob("*.tar"):  # an earlier recipe's root filesystem and image
         if old != tarball:
             old.unlink()
+            old.with_suffix(".release").unlink(missing_ok=True)
     stale = eng.docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", "yolo-triton-base").split()
     for image in set(stale) - {tag}:
         eng.docker("rmi", image, check=False)
@@ -317,6 +317,9 @@ def _debootstrap(tarball: Path) -> None:
         run(["chroot", str(rootfs), "apt-get", "update", "-qq"], timeout=300, env=env, capture=True)
         run(["chroot", str(rootfs), "apt-get", "-y", "-qq", "upgrade"], timeout=600, env=env, capture=True)
         run(["chroot", str(rootfs), "apt-get", "clean"], timeout=60, env=env)
+        # Debian's mirror keeps only the newest build of each package, so the base can't be pinned to a snapshot
+        # (snapshot.debian.org is not reachable here): what it was built from is recorded instead.
+        tarball.with_suffix(".release").write_text(debian_release(rootfs) + "\n")
         # Package lists, documentation and message translations (33 MB): nothing in the images reads them.
         junk = ("var/lib/apt/lists", "usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale")
         for folder in junk:
@@ -332,46 +335,45 @@ def _debootstrap(tarball: Path) -> None:
         shutil.rmtree(rootfs, ignore_errors=True)
 
 
+def debian_release(rootfs: Path) -> str:
+    """`Debian 12.15; bookworm of <date>, bookworm-updates of <date>, ...`: the point release, and the date of each
+    suite's index that apt read (which archive state the packages came from)."""
+    version = (rootfs / "etc/debian_version").read_text().strip()
+    suites = []
+    for index in sorted((rootfs / "var/lib/apt/lists").glob("*_dists_*_InRelease")):
+        suite = index.name.split("_dists_")[1].removesuffix("_InRelease").replace("_", "/")
+        date = next(
+            (line[5:].strip() for line in index.read_text(errors="replace").splitlines() if line.startswith("Date:")),
+            "?",
+        )
+        suites.append(f"{suite} of {date}")
+    return f"Debian {version}; " + ", ".join(suites)
+
+
 # --- wheels and build contexts ---------------------------------------------------------------------------------
 
 
-def runtime_requirements(extra: str | None = None) -> list[str]:
-    """What the Dockerfiles install (deploy/runtime_requirements.py): the gateway's dependencies, or an extra's."""
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return list(project["optional-dependencies"][extra] if extra else project["dependencies"])
+def image_requirements(name: str) -> Path:
+    """The locked list an image installs (`make lock` writes it: requirements/lockfile.py)."""
+    return ROOT / "requirements" / f"image-{name}.txt"
 
 
-def constraints() -> str:
-    """The versions installed where this script runs (the environment the tests pass in), as pip constraints."""
-    pins = {}
-    for dist in importlib.metadata.distributions():
-        name = dist.metadata["Name"]
-        if name and name.lower() != "yolo-triton":
-            pins[name.lower()] = f"{name}=={dist.version}"
-    return "\n".join(sorted(pins.values())) + "\n"
-
-
-def wheels(name: str, requirements: Sequence[str], no_deps: Sequence[str] = ()) -> Path:
-    """Download (once) the wheels for one image into CACHE/wheels/<name>-<hash>/."""
-    pins = constraints()
-    key = hashlib.sha256(json.dumps([list(requirements), list(no_deps), pins, WHEEL_TAGS]).encode()).hexdigest()[:12]
+def wheels(name: str) -> Path:
+    """Download (once) the wheels of requirements/image-<name>.txt into CACHE/wheels/<name>-<hash>/; pip checks each
+    file against the lock's hashes, and resolves nothing (the list is complete)."""
+    requirements = image_requirements(name)
+    key = hashlib.sha256(json.dumps([requirements.read_text(), WHEEL_TAGS]).encode()).hexdigest()[:12]
     folder = CACHE / "wheels" / f"{name}-{key}"
     if (folder / ".complete").exists():
         return folder
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    (folder / "requirements.txt").write_text("\n".join(requirements) + "\n")
-    (folder / "constraints.txt").write_text(pins)
-    base = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--only-binary=:all:",
-            *WHEEL_TAGS, "--dest", str(folder)]  # fmt: skip
-    log(f"downloading wheels for {name}")
+    log(f"downloading wheels for {name} ({requirements.relative_to(ROOT)})")
     run(
-        [*base, "-r", str(folder / "requirements.txt"), "-c", str(folder / "constraints.txt")],
-        timeout=900,
-        capture=True,
-    )
-    if no_deps:
-        run([*base, "--no-deps", *no_deps], timeout=900, capture=True)
+        [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--only-binary=:all:",
+         "--require-hashes", "--no-deps", *WHEEL_TAGS, "--dest", str(folder), "-r", str(requirements)],
+        timeout=900, capture=True,
+    )  # fmt: skip
     for old in (CACHE / "wheels").glob(f"{name}-*"):
         if old != folder:
             shutil.rmtree(old, ignore_errors=True)
@@ -427,8 +429,8 @@ def context(name: str, wheel_dir: Path | None, deb_dir: Path) -> Path:
     shutil.rmtree(ctx, ignore_errors=True)
     (ctx / "deploy").mkdir(parents=True)
     if wheel_dir is not None:
-        shutil.copy2(ROOT / "pyproject.toml", ctx / "pyproject.toml")
-        shutil.copy2(DEPLOY / "runtime_requirements.py", ctx / "deploy" / "runtime_requirements.py")
+        (ctx / "requirements").mkdir()
+        shutil.copy2(image_requirements(name), ctx / "requirements" / image_requirements(name).name)
         _link_files(wheel_dir, ctx / "deploy" / "wheels", "*.whl")
     if name == "gateway":
         _copy_tree(ROOT / "gateway", ctx / "gateway")
@@ -472,12 +474,7 @@ def images(eng: Engine) -> dict[str, float]:
     with timed("base image", times):
         base = base_image(eng)
     with timed("wheels", times):
-        # pip evaluates environment markers against this interpreter, not the image's (Debian's Python 3.11.2):
-        # what a marker adds only below 3.11.3 must be asked for by name (redis-py's async-timeout)
-        gateway_wheels = wheels("gateway", [*runtime_requirements(), *IMAGE_PYTHON_EXTRAS])
-        triton = runtime_requirements("triton")
-        pytriton = [r for r in triton if r.lower().startswith("nvidia-pytriton")]  # as the Dockerfile: no deps
-        triton_wheels = wheels("triton", [r for r in triton if r not in pytriton], no_deps=pytriton)
+        gateway_wheels, triton_wheels = wheels("gateway"), wheels("triton")
     with timed("debs", times):
         build_debs, redis_debs = debs(eng, base, "build", BUILD_DEBS), debs(eng, base, "redis", REDIS_DEBS)
     with timed(f"build {GATEWAY_IMAGE}", times):

@@ -267,7 +267,7 @@ class RedisState:
                 await asyncio.sleep(0.5)
             finally:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(pubsub.aclose(), 1.0)  # type: ignore[no-untyped-call]
+                    await asyncio.wait_for(pubsub.aclose(), 1.0)
 
     # -- key management (admin API, CLI) ----------------------------------------------------------------------
 

@@ -235,6 +235,29 @@ def test_metrics_count_requests(stack: Stack, images: dict[str, Path]) -> None:
 # --- how the containers run ------------------------------------------------------------------------------------
 
 
+_DISTRIBUTIONS = (
+    "import importlib.metadata as m, json; "
+    "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))"
+)
+
+
+@pytest.mark.container
+@pytest.mark.parametrize("image", ["gateway", "triton"])
+def test_images_hold_exactly_the_locked_packages(engine: Any, image: str) -> None:
+    """Each image's Python packages are its subset of the lock (requirements/image-*.txt), at the lock's versions:
+    nothing more, nothing less, nothing resolved on its own at build time."""
+    lockfile = _load("requirements_lockfile_for_containers", ROOT / "requirements" / "lockfile.py")
+    tag = containers.GATEWAY_IMAGE if image == "gateway" else containers.TRITON_IMAGE
+    out = docker("run", "--rm", "--network=none", "--entrypoint", "python", tag, "-c", _DISTRIBUTIONS)
+    held = {lockfile.normalize(name): version for name, version in json.loads(out).items()}
+    wanted = {name: pin.version for name, pin in lockfile.read_pins(containers.image_requirements(image)).items()}
+    locked = {name: pin.version for name, pin in lockfile.read_pins(lockfile.LOCK).items()}
+    assert held == wanted, {"extra": held.keys() - wanted.keys(), "missing": wanted.keys() - held.keys()}
+    assert all(locked[name] == version for name, version in held.items())
+    label = inspect(tag)["Config"]["Labels"].get(containers.DEBIAN_LABEL, "")
+    assert re.match(r"Debian 12\.\d+; bookworm of ", label), label  # the base records what it was made from
+
+
 @pytest.mark.container
 def test_gateway_runs_as_non_root_on_a_read_only_root_filesystem(stack: Stack) -> None:
     info = inspect(stack.gateway)

@@ -52,7 +52,7 @@ def _load(name: str, path: Path) -> ModuleType:
 
 check = _load("deploy_check", DEPLOY / "check.py")
 build_engines = _load("deploy_build_engines", CHART / "files" / "build_engines.py")
-runtime_requirements = _load("deploy_runtime_requirements", DEPLOY / "runtime_requirements.py")
+lockfile = _load("requirements_lockfile", ROOT / "requirements" / "lockfile.py")
 
 VALUES_FILES = {p.name: p for p in check.values_files()}
 Doc = dict[str, Any]
@@ -996,25 +996,25 @@ def test_dockerfile_is_multi_stage_on_a_pinned_slim_base() -> None:
     assert "pip" not in runs and "apt-get" not in runs
 
 
-def test_dockerfile_installs_exactly_the_pyproject_runtime_dependencies() -> None:
+def test_dockerfile_installs_exactly_the_locked_runtime_dependencies() -> None:
+    """The image installs requirements/image-gateway.txt: the [project] dependencies and what they need, at the
+    lock's versions, every file checked against a locked hash, nothing resolved."""
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert runtime_requirements.runtime_requirements(ROOT / "pyproject.toml") == pyproject["project"]["dependencies"]
-    out = subprocess.run(
-        [sys.executable, str(DEPLOY / "runtime_requirements.py"), str(ROOT / "pyproject.toml")],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert out.stdout.split() == pyproject["project"]["dependencies"]
+    pins = lockfile.read_pins(ROOT / "requirements" / "image-gateway.txt")
+    locked = lockfile.read_pins(lockfile.LOCK)
+    direct = {lockfile.requirement_name(r) for r in pyproject["project"]["dependencies"]}
+    assert direct <= set(pins), direct - set(pins)
+    assert all(pin.version == locked[name].version and pin.hashes <= locked[name].hashes for name, pin in pins.items())
 
     build = dockerfile_stages()[1]
     copies = [a for i, a in build if i == "COPY"]
-    assert "pyproject.toml deploy/runtime_requirements.py ./" in copies
+    assert "requirements/image-gateway.txt requirements.txt" in copies
     installs = [cmd.strip() for i, a in build if i == "RUN" for cmd in a.split("&&") if "pip install" in cmd]
     assert len(installs) == 1, installs
     words = shlex.split(installs[0])
-    assert words[words.index("install") + 1 :] == ["--only-binary=:all:", "-r", "requirements.txt"]
-    assert any("runtime_requirements.py pyproject.toml > requirements.txt" in a for i, a in build if i == "RUN")
+    assert words[words.index("install") + 1 :] == [
+        "--only-binary=:all:", "--require-hashes", "--no-deps", "-r", "requirements.txt"
+    ]  # fmt: skip
     text = " ".join(f"{i} {a}" for stage in dockerfile_stages() for i, a in stage).lower()  # instructions, not comments
     for forbidden in (
         "torch",
@@ -1038,15 +1038,14 @@ def test_dockerfile_copies_only_the_gateway_package() -> None:
     sources = [a.split()[0] for s in stages[1:] for i, a in s if i == "COPY" and not a.startswith("--from")]
     # deploy/wheels/ and deploy/debs/ are empty unless an offline build (deploy/containers.py) placed wheels and
     # Debian packages (binutils, for the build stage only) there.
-    assert sources == ["pyproject.toml", "deploy/wheels/", "deploy/debs/", "gateway/"]
+    assert sources == ["requirements/image-gateway.txt", "deploy/wheels/", "deploy/debs/", "gateway/"]
     ignore = [
         line
         for line in (DEPLOY / "Dockerfile.dockerignore").read_text().split("\n")
         if line and not line.startswith("#")
     ]
     assert ignore[0] == "*" and {
-        "!pyproject.toml",
-        "!deploy/runtime_requirements.py",
+        "!requirements/image-gateway.txt",
         "!deploy/wheels/",
         "!deploy/debs/",
         "!gateway/",
