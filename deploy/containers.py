@@ -347,7 +347,7 @@ def debian_release(rootfs: Path) -> str:
             "?",
         )
         suites.append(f"{suite} of {date}")
-    return f"Debian {version}; " + ", ".join(suites)
+    return f"Debian {version}; " + ", ".join(sorted(suites))  # bookworm, bookworm-security, bookworm-updates
 
 
 # --- wheels and build contexts ---------------------------------------------------------------------------------
