@@ -255,7 +255,9 @@ def test_images_hold_exactly_the_locked_packages(engine: Any, image: str) -> Non
     assert held == wanted, {"extra": held.keys() - wanted.keys(), "missing": wanted.keys() - held.keys()}
     assert all(locked[name] == version for name, version in held.items())
     label = inspect(tag)["Config"]["Labels"].get(containers.DEBIAN_LABEL, "")
-    assert re.match(r"Debian 12\.\d+; .*\bbookworm of \w{3}, \d", label), label  # the base records what it was made from
+    assert re.match(r"Debian 12\.\d+; .*\bbookworm of \w{3}, \d", label), (
+        label
+    )  # the base records what it was made from
 
 
 @pytest.mark.container
