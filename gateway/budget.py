@@ -132,6 +132,12 @@ class Hold:
     async def take(self, size: int) -> None:
         self.held += await self.budget.acquire(size)
 
+    def keep(self, size: int) -> None:
+        """Give back what is held beyond `size` bytes (a body whose parts went to disk as it was parsed)."""
+        if self.held > size:
+            self.budget.release(self.held - size)
+            self.held = size
+
     def release(self) -> None:
         self.budget.release(self.held)
         self.held = 0
