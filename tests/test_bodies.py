@@ -23,6 +23,7 @@ from gateway.budget import Hold, MemoryBudget
 from gateway.errors import TooManyRequests
 from gateway.forms import Pace
 from gateway.ratelimit import KeySlots
+from gateway.settings import Settings
 from tests.conftest import Gateway, start_gateway, stop_gateway
 from tritonlocal import launcher
 
@@ -117,6 +118,21 @@ def test_pace_allows_the_grace_then_the_minimum_rate_up_to_the_total() -> None:
     assert Pace(timeout_s=60, min_rate=0, grace_s=10).allowed_s(0) == 60  # no rate: only the total
 
 
+def test_body_settings_are_checked_and_the_key_cap_follows_the_inflight_cap() -> None:
+    for name, raw, message in (
+        ("GATEWAY_BODY_TIMEOUT_S", "0", "more than 0"),
+        ("GATEWAY_BODY_MIN_RATE", "-1", "0 or more"),
+        ("GATEWAY_BODY_GRACE_S", "nan", "0 or more"),
+        ("GATEWAY_MAX_INFLIGHT_PER_KEY", "-2", "0 or more"),
+    ):
+        with pytest.raises(ValueError, match=name) as caught:
+            Settings.from_env({name: raw})
+        assert message in str(caught.value)
+    assert Settings().per_key_inflight == 32 and Settings().body_timeout_s <= 60
+    assert Settings(max_inflight=1).per_key_inflight == 1
+    assert Settings(max_inflight=64, max_inflight_per_key=100).per_key_inflight == 100
+
+
 def test_key_slots_cap_one_key_and_free_on_release() -> None:
     slots = KeySlots(2)
     slots.take("a")
@@ -205,8 +221,8 @@ def test_slow_uploads_hold_no_slot_and_end_with_408(
     gw = start_gateway(
         triton,
         tmp_path,
-        max_inflight="2",
-        max_inflight_per_key="4",
+        max_inflight="4",
+        max_inflight_per_key="8",
         body_grace_s=str(grace),
         body_timeout_s=str(total),
         body_min_rate="1024",
@@ -217,14 +233,15 @@ def test_slow_uploads_hold_no_slot_and_end_with_408(
         tiny = images["tiny"].read_bytes()
 
         async def scenario() -> tuple[list[tuple[float, bytes]], tuple[float, bytes], dict[str, float], int, float]:
-            # five from one key at 4 bytes/s (the fifth is over its cap of 4), one from another key at 4 KiB/s
-            slow = [asyncio.ensure_future(_slow_upload(port, slow_key, 2**20, 0.5, 2)) for _ in range(5)]
+            # 64 from one key at 4 bytes/s (56 over its cap of 8), one from another key at 4 KiB/s: more bodies are
+            # being read than the gateway has in-flight slots
+            slow = [asyncio.ensure_future(_slow_upload(port, slow_key, 2**20, 0.5, 2)) for _ in range(64)]
             steady = asyncio.ensure_future(_slow_upload(port, gw.key, 2**20, 0.5, 2048))
             deadline = time.monotonic() + 10
-            while sum(t.done() for t in slow) < 1:  # the one over the cap is answered at once
-                assert time.monotonic() < deadline, "no upload was refused for the key's cap"
+            while sum(t.done() for t in slow) < 56:  # those over the cap are answered at once
+                assert time.monotonic() < deadline, f"{sum(t.done() for t in slow)} refused for the key's cap"
                 await asyncio.sleep(0.05)
-            assert sum(not t.done() for t in slow) == 4 and not steady.done()  # well within the grace period
+            assert sum(not t.done() for t in slow) == 8 and not steady.done()  # well within the grace period
             metrics = await asyncio.to_thread(requests.get, f"{gw.url}/metrics", timeout=10)
             gauges = {
                 name: float(value)
@@ -237,16 +254,16 @@ def test_slow_uploads_hold_no_slot_and_end_with_408(
             return list(await asyncio.gather(*slow)), await steady, gauges, other.status_code, other_s
 
         slow, steady, gauges, other_status, other_s = asyncio.run(scenario())
-        print(f"\nanother key's prediction while 4 uploads trickle: {other_status} in {other_s * 1000:.0f} ms")
+        print(f"\nanother key's prediction while 9 uploads trickle: {other_status} in {other_s * 1000:.0f} ms")
         assert other_status == 200 and other_s < 10, (other_status, other_s)
         # the uploads being read held no slot, and only the bytes that had arrived (not the 1 MiB each declared)
         assert gauges["yolo_requests_in_flight"] == 0 and gauges["yolo_memory_budget_used_bytes"] < 64 * 1024, gauges
 
         refused = [a for s, a in slow if _status(a) == 429]
-        assert len(refused) == 1, [a[:60] for _, a in slow]
-        assert "At most 4 requests of one API key" in str(_json_body(refused[0])["message"])
+        assert len(refused) == 56, sorted(_status(a) for _, a in slow)
+        assert all("At most 8 requests of one API key" in str(_json_body(a)["message"]) for a in refused)
         timed_out = [(s, a) for s, a in slow if _status(a) == 408]
-        assert len(timed_out) == 4, [a[:60] for _, a in slow]
+        assert len(timed_out) == 8, sorted(_status(a) for _, a in slow)
         for seconds, answer in timed_out:  # cut off at the grace period: 4 bytes/s is far below 1 KiB/s
             assert grace <= seconds < grace + 10, seconds
             body = _json_body(answer)
@@ -262,7 +279,7 @@ def test_slow_uploads_hold_no_slot_and_end_with_408(
             == 200
         )
         text = requests.get(f"{gw.url}/metrics", timeout=10).text
-        assert 'yolo_rejections_total{reason="slow_body"} 5.0' in text
+        assert 'yolo_rejections_total{reason="slow_body"} 9.0' in text
     finally:
         stop_gateway(gw)
 
