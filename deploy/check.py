@@ -54,6 +54,10 @@ PUBLIC_PATHS = (
 )  # fmt: skip
 INTERNAL_PATHS = ("/metrics", "/healthz", "/readyz")
 FORM_OVERHEAD = 64 * 1024  # gateway/app.py: multipart boundaries and small fields around the image
+# ingress-nginx's upstream-keepalive-timeout: uvicorn's --timeout-keep-alive must be longer, or nginx may send a
+# request on a connection uvicorn is closing (a 502 for a request the gateway never saw).
+INGRESS_UPSTREAM_KEEPALIVE_S = 60
+DECODE_BUDGET_WAIT_S = 5.0  # GATEWAY_DECODE_BUDGET_WAIT_S's default: a request may wait this long for memory
 HTTP_RESTRICTED = {
     "metadata", "inference", "shared-memory", "model-config", "model-repository", "statistics", "trace", "logging",
 }  # fmt: skip
@@ -62,6 +66,7 @@ GATEWAY_SETTINGS = (
     "GATEWAY_TRITON_URL", "GATEWAY_KEYS_FILE", "GATEWAY_MAX_UPLOAD_BYTES", "GATEWAY_MAX_PIXELS", "GATEWAY_LETTERBOX",
     "GATEWAY_TRITON_TIMEOUT_S", "GATEWAY_MAX_INFLIGHT", "GATEWAY_URL_TIMEOUT_S", "GATEWAY_URL_MAX_REDIRECTS",
     "GATEWAY_URL_ALLOW_HOSTS", "GATEWAY_WORKERS", "OPENCV_IO_MAX_IMAGE_PIXELS",
+    "GATEWAY_MAX_INFLIGHT_PER_KEY", "GATEWAY_BODY_TIMEOUT_S", "GATEWAY_BODY_MIN_RATE", "GATEWAY_BODY_GRACE_S",
 )  # fmt: skip
 
 Doc = dict[str, Any]
@@ -483,6 +488,12 @@ def _gateway_invariants(docs: list[Doc]) -> list[str]:
         )
         if int(spec.get("terminationGracePeriodSeconds", 30)) <= pause + graceful:
             problems.append("gateway: terminationGracePeriodSeconds must exceed preStop + graceful shutdown")
+    keep_alive = flag(gateway.get("args", []), "timeout-keep-alive")
+    if keep_alive is None or float(keep_alive) <= INGRESS_UPSTREAM_KEEPALIVE_S:
+        problems.append(
+            f"gateway: --timeout-keep-alive must exceed the ingress' upstream keep-alive "
+            f"({INGRESS_UPSTREAM_KEEPALIVE_S} s), so nginx never reuses a connection uvicorn is closing"
+        )
     if not spec.get("topologySpreadConstraints"):
         problems.append("gateway: topologySpreadConstraints are required")
     triton = one(docs, "Deployment", "triton")
@@ -518,6 +529,22 @@ def _gateway_invariants(docs: list[Doc]) -> list[str]:
             if not any(routes(url_path, path, kind) for path, kind in routed):
                 problems.append(
                     f"{where}: {url_path} is served by the gateway but not routed (the ingress answers 404)"
+                )
+        annotations = ingress["metadata"].get("annotations", {})
+        if annotations.get("nginx.ingress.kubernetes.io/proxy-request-buffering") != "on":
+            problems.append(
+                f'{where}: proxy-request-buffering must be "on": nginx reads a slow client\'s body, then hands it to a '
+                "gateway at cluster speed (the gateway's own body deadline is GATEWAY_BODY_TIMEOUT_S)"
+            )
+        # the gateway answers its own JSON 502/503/504 before nginx gives up: URL fetch, waiting for memory, inference
+        own = sum(float(env.get(k, "0")) for k in ("GATEWAY_URL_TIMEOUT_S", "GATEWAY_TRITON_TIMEOUT_S"))
+        own += float(env.get("GATEWAY_DECODE_BUDGET_WAIT_S", DECODE_BUDGET_WAIT_S))
+        for name in ("proxy-read-timeout", "proxy-send-timeout"):
+            value = annotations.get(f"nginx.ingress.kubernetes.io/{name}", "")
+            if not value.isdigit() or int(value) <= own:
+                problems.append(
+                    f"{where}: {name} {value!r} must exceed the gateway's own deadlines ({own:g} s: URL fetch, "
+                    "memory wait, inference), so clients get the gateway's JSON error, not the ingress' HTML one"
                 )
         body = ingress["metadata"].get("annotations", {}).get("nginx.ingress.kubernetes.io/proxy-body-size")
         limit = int(env.get("GATEWAY_MAX_UPLOAD_BYTES", "0")) + FORM_OVERHEAD

@@ -17,6 +17,7 @@ from gateway.budget import MemoryBudget, default_budget, memory_limit
 from gateway.errors import HANDLERS
 from gateway.metrics import Metrics
 from gateway.observability import RequestContext, configure_logging
+from gateway.ratelimit import KeySlots
 from gateway.settings import Settings
 from gateway.state import State as Store
 from gateway.state import open_state
@@ -36,6 +37,7 @@ class State:
     workers: Workers  # threads for decode, letterbox and post-processing
     metrics: Metrics
     budget: MemoryBudget
+    key_slots: KeySlots  # each key's requests in progress in this process (GATEWAY_MAX_INFLIGHT_PER_KEY)
     inflight: int = 0
 
 
@@ -70,7 +72,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         log.info("memory budget for images in flight: %d MiB", budget.capacity // 2**20)
         meters.budget_capacity.set(budget.capacity)
         meters.budget_used.set_function(lambda: budget.used)
-        app.state.gateway = State(settings, triton, store, threads, meters, budget)
+        slots = KeySlots(settings.per_key_inflight)
+        app.state.gateway = State(settings, triton, store, threads, meters, budget, slots)
         await store.start()
         try:
             for model in await triton.ready_models():

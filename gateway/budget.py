@@ -17,6 +17,7 @@ import simplejpeg
 from PIL import Image
 
 from gateway.errors import ServiceUnavailable
+from gateway.preprocess import JPEG_HEADER_BYTES
 
 MiB = 2**20
 BASELINE = 512 * MiB  # what the gateway process needs besides images: interpreter, OpenCV, gRPC, buffers
@@ -46,9 +47,12 @@ def default_budget(limit: int | None) -> int:
 
 def decode_cost(data: bytes, max_pixels: int) -> int:
     """Bytes that decoding `data` holds at its peak: the BGR output plus the decoder's copy in the file's own layout
-    (e.g. RGBA or 16-bit before conversion, or before an EXIF rotation). Files whose header can't be read are
-    charged as the largest image allowed (OpenCV's own pixel cap refuses larger ones)."""
+    (e.g. RGBA or 16-bit before conversion, or before an EXIF rotation). Files whose header can't be read (a JPEG's
+    in its first JPEG_HEADER_BYTES) are charged as the largest image allowed (OpenCV's own pixel cap refuses larger
+    ones). For a worker thread: a header in 20 MiB of junk takes tens of milliseconds to look for."""
+    header = data
     if data[:2] == b"\xff\xd8":  # JPEG, the usual upload: libjpeg-turbo reads its header 20x faster than Pillow
+        header = data[:JPEG_HEADER_BYTES]
         try:
             height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
         except ValueError:
@@ -57,7 +61,7 @@ def decode_cost(data: bytes, max_pixels: int) -> int:
             bands = {"Gray": 1, "CMYK": 4, "YCCK": 4}.get(colorspace, 3)  # Pillow's L, CMYK (YCCK too) and RGB
             return int(min(width * height, max_pixels) * (3 + bands))
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(header)) as im:
             width, height = im.size
             bands = len(im.getbands())
             sample = 2 if im.mode.startswith("I;16") or im.mode in ("I", "F") else 1
@@ -127,6 +131,12 @@ class Hold:
 
     async def take(self, size: int) -> None:
         self.held += await self.budget.acquire(size)
+
+    def keep(self, size: int) -> None:
+        """Give back what is held beyond `size` bytes (a body whose parts went to disk as it was parsed)."""
+        if self.held > size:
+            self.budget.release(self.held - size)
+            self.held = size
 
     def release(self) -> None:
         self.budget.release(self.held)

@@ -5,6 +5,7 @@ GatewayError
 ├── Unauthorized (401)          missing, unknown or revoked key
 ├── Forbidden (403)             key not allowed for this model
 ├── NotFound (404)              unknown model id or route
+├── RequestTimeout (408)        the request body arrived too slowly (GATEWAY_BODY_TIMEOUT_S, GATEWAY_BODY_MIN_RATE)
 ├── PayloadTooLarge (413)       upload, URL body or pixel count over the limit
 ├── UnsupportedMediaType (415)  not an image format we decode
 ├── UnprocessableImage (422)    an image format we know, but the bytes don't decode
@@ -52,6 +53,14 @@ class Forbidden(GatewayError):
 
 class NotFound(GatewayError):
     status = 404
+
+
+class RequestTimeout(GatewayError):
+    status = 408
+
+    def __init__(self, message: str) -> None:
+        # the rest of the body is not read: the connection is closed rather than drained at the client's pace
+        super().__init__(message, {"Connection": "close"})
 
 
 class PayloadTooLarge(GatewayError):

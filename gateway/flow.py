@@ -52,7 +52,7 @@ async def run(
             outcomes[i].error = PayloadTooLarge(f"The image is larger than the {limit} MiB upload limit.")
             return
         try:
-            await hold.take(decode_cost(datas[i], settings.max_pixels))
+            await hold.take(await state.workers.run(decode_cost, datas[i], settings.max_pixels))
             prepared[i] = await state.workers.run(
                 pipeline.prepare, datas[i], info, args.size, rect, settings.max_pixels, stage_ms[i],
                 settings.fast_jpeg, args.format != "json"

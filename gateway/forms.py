@@ -1,17 +1,23 @@
-"""The request's inputs: the body (bounded), the form, the API key, the model named in a slug."""
+"""The request's inputs: the body (bounded in size and in time), the form, the API key, the model named in a slug."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import re
-from collections.abc import AsyncGenerator, AsyncIterator
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from urllib.parse import parse_qsl
 
+import anyio
+import anyio.lowlevel
 from starlette.datastructures import FormData, UploadFile
-from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from gateway.errors import BadRequest, PayloadTooLarge
+from gateway.budget import Hold
+from gateway.errors import BadRequest, PayloadTooLarge, RequestTimeout
 from gateway.schemas import Style
 
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and the small text fields around the image
@@ -20,74 +26,156 @@ MAX_FIELD_BYTES = 4096
 # What parsing a spooled form holds in memory: the parser keeps up to 1 MiB of each file part before it rolls over
 # to a file in TMPDIR (Starlette's MultiPartParser.spool_max_size), plus the chunk being parsed.
 SPOOLED_FORM_BYTES = 2 * 1024 * 1024
+Charge = Callable[[int], Awaitable[None]]
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) as soon as it passes `limit` bytes, declared or streamed."""
-    declared = request.headers.get("content-length", "")
-    too_large = f"The request is larger than the {limit // 2**20} MiB upload limit. Send a smaller image."
-    if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(too_large)
-    chunks, total = [], 0
-    async for chunk in request.stream():
+@dataclass(frozen=True)
+class Pace:
+    """How fast a request body must arrive (GATEWAY_BODY_TIMEOUT_S, _MIN_RATE, _GRACE_S): all of it within
+    `timeout_s`, and after the first `grace_s` seconds at least `min_rate` bytes for every further second (0: no
+    rate). Counted in seconds spent waiting for the client's bytes, so time the gateway takes between reads (waiting
+    for memory) is never held against the client."""
+
+    timeout_s: float
+    min_rate: float
+    grace_s: float
+
+    def allowed_s(self, received: int) -> float:
+        """Seconds of waiting allowed once `received` bytes have arrived."""
+        if self.min_rate <= 0:
+            return self.timeout_s
+        return min(self.timeout_s, self.grace_s + received / self.min_rate)
+
+
+@dataclass
+class Body:
+    """One request's body as it arrives, under its pace (408) and a size limit (413). `received` counts the bytes
+    read so far, declared or not (the metrics' body size)."""
+
+    request: Request
+    pace: Pace
+    received: int = 0
+    waited_s: float = 0.0
+
+    async def chunks(self, limit: int, too_large: str) -> AsyncIterator[bytes]:
+        """The body's chunks as they arrive; PayloadTooLarge (`too_large`) as soon as it passes `limit` bytes,
+        declared or streamed; RequestTimeout when the client falls behind the pace."""
+        declared = self.request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(too_large)
+        stream = self.request.stream()
+        while True:
+            chunk: bytes | None = None
+            started = time.monotonic()
+            # uvicorn has no deadline for a body: without this, a client sending a byte a minute holds its request
+            with anyio.move_on_after(max(0.0, self.pace.allowed_s(self.received) - self.waited_s)):
+                try:
+                    chunk = await stream.__anext__()
+                except StopAsyncIteration:
+                    return
+            self.waited_s += time.monotonic() - started
+            if chunk is None:
+                raise RequestTimeout(self._too_slow())
+            self.received += len(chunk)
+            if self.received > limit:
+                raise PayloadTooLarge(too_large)
+            yield chunk
+
+    def _too_slow(self) -> str:
+        pace = self.pace
+        rule = f"all of it within {pace.timeout_s:g} s"
+        if pace.min_rate > 0:
+            rule += f", and after the first {pace.grace_s:g} s at least {pace.min_rate:g} bytes per second"
+        return (
+            f"The request body arrived too slowly: {self.received} bytes in {self.waited_s:.0f} s. A body must "
+            f"arrive {rule}. Send it over a faster connection, or send a smaller image (or its URL)."
+        )
+
+
+async def buffer(chunks: AsyncIterator[bytes], limit: int, charge: Charge) -> tuple[list[bytes], bool]:
+    """The body's chunks in memory, each charged before it is kept: all of them and True when the body ends within
+    `limit` bytes; else those read so far (just past `limit`) and False, and the caller goes on reading `chunks`."""
+    kept: list[bytes] = []
+    total = 0
+    async for chunk in chunks:
+        await charge(len(chunk))
+        kept.append(chunk)
         total += len(chunk)
         if total > limit:
-            raise PayloadTooLarge(too_large)
-        chunks.append(chunk)
-    return b"".join(chunks)
+            return kept, False
+    return kept, True
+
+
+async def streamed(kept: list[bytes], rest: AsyncIterator[bytes], hold: Hold) -> AsyncIterator[bytes]:
+    """The chunks already in memory (`kept`, freed as they are parsed), then the rest of the body as it arrives, for
+    a parser that spools file parts to TMPDIR: from then on at most SPOOLED_FORM_BYTES of it are held in memory,
+    so `hold` keeps no more than that, charged as the bytes arrive."""
+    kept.reverse()
+    while kept:
+        yield kept.pop()
+        await anyio.lowlevel.checkpoint()  # 20 MiB in memory is parsed a chunk at a time between other requests
+    hold.keep(SPOOLED_FORM_BYTES)
+    async for chunk in rest:
+        if hold.held < SPOOLED_FORM_BYTES:
+            await hold.take(min(len(chunk), SPOOLED_FORM_BYTES - hold.held))
+        yield chunk
 
 
 def is_multipart(request: Request) -> bool:
     return request.headers.get("content-type", "").split(";")[0].strip().lower() == "multipart/form-data"
 
 
-async def stream_body(request: Request, limit: int) -> AsyncIterator[bytes]:
-    """The request body as it arrives, refusing (413) as soon as it passes `limit` bytes, declared or streamed."""
-    declared = request.headers.get("content-length", "")
-    too_large = f"The request is larger than the {limit // 2**20} MiB video upload limit. Send a smaller video."
-    if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(too_large)
-    total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise PayloadTooLarge(too_large)
-        yield chunk
+def is_urlencoded(request: Request) -> bool:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/x-www-form-urlencoded"
 
 
 async def parse_form(
     request: Request,
-    body: bytes | AsyncIterator[bytes],
+    body: list[bytes] | AsyncIterator[bytes],
     max_files: int,
     part: str = "image",
     max_text: int = MAX_FIELD_BYTES,
 ) -> FormData:
-    """The form from the whole body, or (multipart only) from the body as it arrives; `part` is the file part's name
-    in this route's API (for the messages). Text fields may be `max_text` bytes long while parsing (a base64 `source`
-    may be as long as the upload allows); `collect` then holds every other field to MAX_FIELD_BYTES."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    """The multipart form from the body's chunks in memory (freed as they are parsed) or as they arrive; `part` is
+    the file part's name in this route's API (for the messages). Text fields may be `max_text` bytes long while
+    parsing (a base64 `source` may be as long as the upload allows); `collect` then holds every other field to
+    MAX_FIELD_BYTES. A body of another type is refused unless it is empty (a URL-encoded form goes to
+    `parse_urlencoded`)."""
 
     async def stream() -> AsyncGenerator[bytes, None]:
-        if isinstance(body, bytes):
-            yield body
+        if isinstance(body, list):
+            body.reverse()
+            while body:
+                yield body.pop()
+                await anyio.lowlevel.checkpoint()  # a large body is parsed a chunk at a time between other requests
         else:
             async for chunk in body:
                 yield chunk
 
-    try:
-        if content_type == "multipart/form-data":
-            parser = MultiPartParser(
-                request.headers, stream(), max_files=max_files, max_fields=MAX_FIELDS, max_part_size=max_text
-            )
+    if is_multipart(request):
+        parser = MultiPartParser(
+            request.headers, stream(), max_files=max_files, max_fields=MAX_FIELDS, max_part_size=max_text
+        )
+        try:
             return await parser.parse()
-        if content_type == "application/x-www-form-urlencoded":
-            form_parser = FormParser(request.headers, stream(), max_fields=MAX_FIELDS, max_part_size=max_text)
-            return await form_parser.parse()
-    except MultiPartException as exc:
-        raise BadRequest(form_message(exc.message, max_files, part)) from None
-    if not isinstance(body, bytes) or body.strip():
+        except MultiPartException as exc:
+            raise BadRequest(form_message(exc.message, max_files, part)) from None
+    if not isinstance(body, list) or any(chunk.strip() for chunk in body):
         raise BadRequest(f"Unsupported request body: send multipart/form-data (a '{part}' file part) or form fields.")
     return FormData()
+
+
+def parse_urlencoded(body: list[bytes], max_text: int, part: str) -> FormData:
+    """The fields of an application/x-www-form-urlencoded body, read as Starlette's FormParser reads them. For a
+    worker thread: unquoting a 20 MiB base64 `source` takes about half a second."""
+    try:
+        items = parse_qsl(b"".join(body).decode("latin-1"), keep_blank_values=True, max_num_fields=MAX_FIELDS)
+    except ValueError:
+        raise BadRequest(form_message("Too many fields", 0, part)) from None
+    if any(len(name) + len(value) > max_text for name, value in items):
+        raise BadRequest(form_message("Part exceeded maximum size", 0, part))
+    fields: list[tuple[str, str | UploadFile]] = list(items)
+    return FormData(fields)
 
 
 def form_message(raw: str, max_files: int, part: str) -> str:

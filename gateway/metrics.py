@@ -19,6 +19,7 @@ REASONS = {
     401: "auth",
     403: "auth",
     404: "not_found",
+    408: "slow_body",
     413: "too_large",
     415: "bad_input",
     422: "bad_input",

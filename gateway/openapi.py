@@ -38,10 +38,11 @@ def _errors(*codes: int) -> dict[str, Any]:
         401: "Missing or invalid API key",
         403: "Key not allowed for this model",
         404: "Unknown model",
+        408: "The request body arrived too slowly (the connection is closed)",
         413: "Upload, URL body, pixel count, or a video's duration or frame count over the limit",
         415: "Not a supported image or video format",
         422: "Image or video could not be decoded (a video that broke off: the frames read come with the error)",
-        429: "Rate limit exceeded",
+        429: "Rate limit exceeded, or too many of the key's requests in progress",
         502: "URL could not be fetched",
         503: "Inference server or model not ready, or the gateway is busy",
         504: "Inference timed out",
@@ -119,7 +120,7 @@ _ALIAS_SCHEMAS = {
 _ARGS = {name: _ARG_SCHEMAS[name] for name in ARGUMENTS} | _ALIAS_SCHEMAS
 # The newer Ultralytics API's routes take the same arguments; only the IoU default differs (that of YOLO.predict)
 _ARGS_V2 = _ARGS | {"iou": {**_ARG_SCHEMAS["iou"], "default": IOU_DEFAULT["v2"]}}
-_V2_ERRORS = (400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 504)
+_V2_ERRORS = (400, 401, 403, 404, 408, 413, 415, 422, 429, 502, 503, 504)
 _HEADERS = {
     "Server-Timing": {
         "description": "Milliseconds per stage: decode, letterbox, triton, postprocess, total; "

@@ -31,6 +31,9 @@ _MAGIC: tuple[tuple[bytes, int, str], ...] = (
     (b"MM\x00*", 0, "TIFF"),
 )
 SUPPORTED = "JPEG, PNG, WebP, BMP, GIF (first frame) or TIFF"
+# A JPEG header libjpeg-turbo can't read is read by Pillow from this much of the file at most: Pillow skips junk
+# between markers a byte at a time in Python (1.3 s for 20 MiB of zeros after FF D8; 45 ms for 64 KiB of FF bytes).
+JPEG_HEADER_BYTES = 64 * 1024
 
 
 def _u8(image: object) -> NDArray[np.uint8]:
@@ -49,7 +52,15 @@ def sniff(data: bytes) -> str | None:
 
 
 def declared_pixels(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the image header without decoding pixels, or None when the header can't be read."""
+    """(width, height) from the image header without decoding pixels, or None when the header can't be read (a
+    JPEG's: by libjpeg-turbo, or by Pillow in its first JPEG_HEADER_BYTES)."""
+    if data[:2] == b"\xff\xd8":
+        try:
+            height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+        except ValueError:
+            data = data[:JPEG_HEADER_BYTES]
+        else:
+            return width, height
     try:
         with Image.open(io.BytesIO(data)) as im:
             return im.size

@@ -86,3 +86,31 @@ class RateLimiter:
         if len(self._tats) > 100_000:  # forget keys whose buckets are full again (bounded memory)
             self._tats = {k: v for k, v in self._tats.items() if v > now}
         return quota
+
+
+@dataclass
+class KeySlots:
+    """Each key's prediction requests in progress in this process, at most `limit` at once, from the moment the key
+    is checked (before the body is read) until the answer is sent. Counted per process, like the in-flight slots it
+    protects: each gateway replica holds its own."""
+
+    limit: int
+    _held: dict[str, int] = field(default_factory=dict)
+
+    def take(self, key_id: str) -> None:
+        """One slot for the key, or TooManyRequests (429) naming the cap."""
+        held = self._held.get(key_id, 0)
+        if held >= self.limit:
+            raise TooManyRequests(
+                f"At most {self.limit} requests of one API key are processed at once on this server, and this key has "
+                f"{held} in progress. Wait for one to finish, then retry.",
+                1,
+            )
+        self._held[key_id] = held + 1
+
+    def release(self, key_id: str) -> None:
+        left = self._held.get(key_id, 0) - 1
+        if left > 0:
+            self._held[key_id] = left
+        else:
+            self._held.pop(key_id, None)

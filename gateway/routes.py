@@ -16,16 +16,19 @@ from gateway.errors import BadRequest, ServiceUnavailable
 from gateway.fetch import fetch_image
 from gateway.forms import (
     FORM_OVERHEAD,
-    SPOOLED_FORM_BYTES,
+    Body,
+    Pace,
     api_key,
+    buffer,
     collect,
     decode_source,
-    is_url,
     is_multipart,
+    is_url,
+    is_urlencoded,
     model_from_slug,
     parse_form,
-    read_body,
-    stream_body,
+    parse_urlencoded,
+    streamed,
 )
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.openapi import SPEC
@@ -71,22 +74,25 @@ async def _handle(request: Request, model_id: str | None, style: Style) -> Respo
     key, header = api_key(request)
     entry = await state.store.authenticate(key, model_id, header)
     context["key_id"] = entry.id
-    quota = await state.store.take(entry)  # one token now; the request's other images once they are counted
-    if quota is not None:
-        context["headers"] = quota.headers()  # X-RateLimit-*, added to the response whatever it is
-    if model_id is not None:
-        info = await state.triton.model(model_id)
-    if state.inflight >= settings.max_inflight:
-        raise ServiceUnavailable("The server is busy (too many requests in flight). Retry shortly.", retry_after=1)
     # everything the request holds is released by this stack; a streamed answer takes it and releases it at its end
     async with contextlib.AsyncExitStack() as held:
-        state.inflight += 1
-        state.metrics.inflight.inc()
-        held.callback(_leave, state)
+        state.key_slots.take(entry.id)  # one key's requests in progress, reading or processed, are capped (429)
+        held.callback(state.key_slots.release, entry.id)
+        quota = await state.store.take(entry)  # one token now; the request's other images once they are counted
+        if quota is not None:
+            context["headers"] = quota.headers()  # X-RateLimit-*, added to the response whatever it is
+        if model_id is not None:
+            info = await state.triton.model(model_id)
+        _check_room(state)  # a full gateway refuses before reading a body it could not process
         hold = Hold(state.budget)
         held.callback(hold.release)
         form, spooled = await _read_form(request, state, hold, context, style)
         held.push_async_callback(form.close)
+        # the in-flight slot is taken once the body is in: a client sending slowly holds none
+        _check_room(state)
+        state.inflight += 1
+        state.metrics.inflight.inc()
+        held.callback(_leave, state)
         images, fields = collect(request, form, style)
         context["images"] = len(images)
         container = await video_flow.container_of(images)
@@ -125,6 +131,11 @@ async def _handle(request: Request, model_id: str | None, style: Style) -> Respo
         return await _predict(state, info, images, fields, style, started, context, hold)
 
 
+def _check_room(state: State) -> None:
+    if state.inflight >= state.settings.max_inflight:
+        raise ServiceUnavailable("The server is busy (too many requests in flight). Retry shortly.", retry_after=1)
+
+
 def _leave(state: State) -> None:
     state.inflight -= 1
     state.metrics.inflight.dec()
@@ -133,23 +144,35 @@ def _leave(state: State) -> None:
 async def _read_form(
     request: Request, state: State, hold: Hold, context: dict[str, Any], style: Style
 ) -> tuple[FormData, bool]:
-    """The parsed form, and whether it was spooled. The upload's size is reserved in `hold` before it is read, and
-    the raw body is freed once parsed (the parts are in the form). A multipart body larger than an image's limit
+    """The parsed form, and whether it was spooled. The body is read under its pace (GATEWAY_BODY_*: 408 when the
+    client is too slow), each chunk charged to `hold` as it arrives. A body up to an image's limit is read into
+    memory, declared or chunked, and its text fields may be that long (a base64 `source`); a longer multipart body
     (a video) is parsed as it arrives instead, its file parts spooled to TMPDIR, never whole in memory."""
     settings = state.settings
     part = "image" if style == "v1" else "file"
     limit = settings.max_upload_bytes + FORM_OVERHEAD
-    declared = request.headers.get("content-length", "")
-    if is_multipart(request) and not (declared.isdigit() and int(declared) <= limit):
+    body = Body(request, Pace(settings.body_timeout_s, settings.body_min_rate, settings.body_grace_s))
+    try:
+        if not is_multipart(request):
+            too_large = f"The request is larger than the {limit // 2**20} MiB upload limit. Send a smaller image."
+            whole_body, _ = await buffer(body.chunks(limit, too_large), limit, hold.take)
+            if is_urlencoded(request):
+                return await state.workers.run(parse_urlencoded, whole_body, limit, part), False
+            return await parse_form(request, whole_body, settings.max_images, part), False
         video_limit = max(settings.max_upload_bytes, settings.max_video_bytes) + FORM_OVERHEAD
-        await hold.take(SPOOLED_FORM_BYTES)
-        context["bytes"] = int(declared) if declared.isdigit() else None
-        return await parse_form(request, stream_body(request, video_limit), settings.max_images, part), True
-    await hold.take(min(int(declared), limit) if declared.isdigit() else limit)
-    body = await read_body(request, limit)
-    context["bytes"] = len(body)
-    # a base64 `source` is a text field as long as the body allows (which is bounded and reserved above)
-    return await parse_form(request, body, settings.max_images, part, max_text=limit), False
+        too_large = (
+            f"The request is larger than the {video_limit // 2**20} MiB video upload limit. Send a smaller video."
+        )
+        chunks = body.chunks(video_limit, too_large)
+        kept: list[bytes] = []
+        declared = request.headers.get("content-length", "")
+        if not (declared.isdigit() and int(declared) > limit):  # may be an image: in memory up to an image's limit
+            kept, whole = await buffer(chunks, limit, hold.take)
+            if whole:
+                return await parse_form(request, kept, settings.max_images, part, max_text=limit), False
+        return await parse_form(request, streamed(kept, chunks, hold), settings.max_images, part), True
+    finally:
+        context["bytes"] = body.received
 
 
 async def _predict(
@@ -171,7 +194,9 @@ async def _predict(
     if args.source and (uploads or args.url):
         raise BadRequest("Send one of: image file(s), 'url' or 'source' (a URL or base64 image), not several.")
     url = args.source if args.source and is_url(args.source) else args.url
-    inline = decode_source(args.source, settings.max_upload_bytes) if args.source and not url else None
+    inline = None
+    if args.source and not url:  # base64 of up to the upload limit: decoded off the event loop
+        inline = await state.workers.run(decode_source, args.source, settings.max_upload_bytes)
     if uploads and url:
         raise BadRequest("Send either image file(s) or a URL, not both.")
     if not uploads and not url and inline is None:

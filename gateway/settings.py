@@ -16,6 +16,7 @@ FALSE = frozenset({"0", "false", "no", "off"})
 POSITIVE = frozenset(
     {"max_upload_bytes", "max_pixels", "triton_timeout_s", "max_inflight", "url_timeout_s", "workers", "max_images"}
     | {"max_video_bytes", "max_video_seconds", "max_video_frames"}
+    | {"body_timeout_s"}
 )
 
 
@@ -28,6 +29,10 @@ class Settings:
     letterbox: Literal["rect", "square"] = "rect"  # rect = Ultralytics' predict default; square batches any shape
     triton_timeout_s: float = 30.0
     max_inflight: int = 64  # predictions being processed at once; beyond it 503 + Retry-After
+    max_inflight_per_key: int = 0  # one key's predictions being read or processed at once; 0: half of max_inflight
+    body_timeout_s: float = 60.0  # the whole request body must arrive within this (408 + Connection: close)
+    body_min_rate: float = 1024.0  # bytes/s: after body_grace_s, the body must keep up this average (0: no rate)
+    body_grace_s: float = 10.0  # seconds before body_min_rate applies (slow starts, small bodies)
     url_timeout_s: float = 10.0  # total deadline for fetching `url`
     url_max_redirects: int = 3
     url_allow_hosts: tuple[str, ...] = field(default_factory=tuple)  # hosts exempt from the private-address guard
@@ -59,6 +64,12 @@ class Settings:
                 raise ValueError(f"{PREFIX}{f.name.upper()}={value!r}: must be a number {bound}")
         if self.letterbox not in ("rect", "square"):
             raise ValueError(f"{PREFIX}LETTERBOX must be 'rect' or 'square', not {self.letterbox!r}")
+
+    @property
+    def per_key_inflight(self) -> int:
+        """One key's predictions in progress at once in this process (GATEWAY_MAX_INFLIGHT_PER_KEY, or half of
+        GATEWAY_MAX_INFLIGHT): one key never holds every slot, whatever its rate."""
+        return self.max_inflight_per_key or max(1, self.max_inflight // 2)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:

@@ -306,59 +306,61 @@ def test_rate_limited_request_waits_for_retry_after_then_succeeds(
     assert p.raw["success"] is True and waited >= 1.0, waited
 
 
-def _hold_inflight_slot(gw: Gateway, image: bytes) -> tuple[socket.socket, bytes]:
-    """Start a prediction whose body is not sent yet: the gateway counts it in flight while it waits for the body."""
-    boundary = "holdholdhold"
-    body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="i.png"\r\n'
-        f"Content-Type: image/png\r\n\r\n".encode()
-        + image
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    head = (
-        f"POST /v1/predict/yolov8n HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: {gw.key}\r\nConnection: close\r\n"
-        f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n"
-    )
-    port = int(gw.url.rsplit(":", 1)[1])
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-    sock.sendall(head.encode() + body[:20])
-    return sock, body[20:]
+class _HeldImage(http.server.BaseHTTPRequestHandler):
+    """Serves `image` once `release` is set: a prediction of its URL holds its in-flight slot until then (from
+    the moment `asked` is set)."""
+
+    image = b""
+    asked = threading.Event()
+    release = threading.Event()
+
+    def do_GET(self) -> None:
+        self.asked.set()
+        self.release.wait(30)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.image)))
+        self.end_headers()
+        self.wfile.write(self.image)
+
+    def log_message(self, *args: Any) -> None:
+        pass
 
 
 def test_busy_gateway_503_is_retried_after_retry_after(
     triton: launcher.TritonServer, tmp_path: Path, images: dict[str, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
-    gw = start_gateway(triton, tmp_path, max_inflight="1")
+    # the in-flight slot is taken once a body is in, so it is held by a request whose `url` has not answered yet
+    gw = start_gateway(triton, tmp_path, max_inflight="1", max_inflight_per_key="2", url_allow_hosts="localhost")
     tiny = images["tiny"].read_bytes()
+    _HeldImage.image, _HeldImage.asked, _HeldImage.release = tiny, threading.Event(), threading.Event()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HeldImage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    answers: list[int] = []
+    held = threading.Thread(
+        target=lambda: answers.append(
+            gw.predict("yolov8n", data={"url": f"http://localhost:{server.server_port}/held.png"}).status_code
+        )
+    )
     try:
-        sock, rest = _hold_inflight_slot(gw, tiny)
-        for _ in range(50):  # until the gateway has the held request in flight
-            probe = gw.predict("yolov8n", files={"image": tiny})
-            if probe.status_code == 503:
-                break
-            time.sleep(0.1)
+        held.start()
+        assert _HeldImage.asked.wait(30), "the gateway never fetched the held URL"
+        probe = gw.predict("yolov8n", files={"image": tiny})
         assert probe.status_code == 503 and probe.headers["retry-after"] == "1"
 
-        answers: list[bytes] = []
-
-        def release() -> None:
-            time.sleep(0.5)
-            sock.sendall(rest)
-            answers.append(sock.recv(4096))
-            sock.close()
-
-        releaser = threading.Thread(target=release)
-        releaser.start()
+        release = threading.Timer(0.5, _HeldImage.release.set)
+        release.start()
         with caplog.at_level(logging.INFO, "yolo_triton_client"), _client(gw, retries=3) as client:
             started = time.monotonic()
             p = client.predict("yolov8n", tiny)
             waited = time.monotonic() - started
-        releaser.join(30)
-        assert answers and answers[0].startswith(b"HTTP/1.1 200")
+        held.join(30)
+        assert answers == [200]
         assert p.raw["success"] is True
         logged = _retries_logged(caplog)
         assert logged and "503" in logged[0] and waited >= 1.0, (logged, waited)
     finally:
+        _HeldImage.release.set()
+        server.shutdown()
         stop_gateway(gw)
 
 

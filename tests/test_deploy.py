@@ -516,6 +516,19 @@ MUTATIONS.update(
             lambda d: gateway_container(d)["env"].append({"name": "GATEWAY_DECODE_BUDGET_BYTES", "value": str(2**31)}),
             "GATEWAY_DECODE_BUDGET_BYTES",
         ),
+        "uvicorn keep-alive shorter than the ingress'": (
+            lambda d: gateway_container(d).update(
+                args=[a for a in gateway_container(d)["args"] if not a.startswith("--timeout-keep-alive")]
+                + ["--timeout-keep-alive=5"]
+            ),
+            "--timeout-keep-alive",
+        ),
+        "gateway without a body deadline": (
+            lambda d: gateway_container(d).update(
+                env=[e for e in gateway_container(d)["env"] if e["name"] != "GATEWAY_BODY_TIMEOUT_S"]
+            ),
+            "GATEWAY_BODY_TIMEOUT_S",
+        ),
     }
 )
 
@@ -542,6 +555,18 @@ def test_invariants_catch_a_dropped_safeguard(case: str, rendered: dict[str, lis
             "ingress body limit far above the gateway's",
             lambda i: i["metadata"]["annotations"].update({"nginx.ingress.kubernetes.io/proxy-body-size": "1g"}),
             "proxy-body-size",
+        ),
+        (
+            "ingress streaming bodies to the gateways",
+            lambda i: i["metadata"]["annotations"].update(
+                {"nginx.ingress.kubernetes.io/proxy-request-buffering": "off"}
+            ),
+            "proxy-request-buffering",
+        ),
+        (
+            "ingress giving up before the gateway's own deadline",
+            lambda i: i["metadata"]["annotations"].update({"nginx.ingress.kubernetes.io/proxy-read-timeout": "30"}),
+            "proxy-read-timeout",
         ),
         ("builder on another TensorRT", None, "same TensorRT"),
         (
@@ -679,6 +704,34 @@ def test_keys_secret_is_mounted_as_a_directory_for_rotation(rendered: dict[str, 
     volume = next(v for v in _gspec(docs)["volumes"] if v["name"] == "keys")
     assert volume["secret"]["secretName"] == "yolo-api-keys"
     assert volume["secret"]["defaultMode"] == 0o440  # group-readable: fsGroup 10001, the gateway's group
+
+
+def test_body_deadline_and_ingress_timeouts_agree() -> None:
+    """The gateway's body deadline and per-key cap come from values; the ingress buffers bodies (a slow client holds
+    nginx, not a gateway), waits longer than the gateway's own deadlines, and uvicorn keeps idle connections longer
+    than nginx's upstream keep-alive (60 s)."""
+    from gateway.settings import Settings
+
+    limits = check.load_values(CHART / "values.yaml")["gateway"]["limits"]
+    for body in ({}, {"bodyTimeoutS": 30, "bodyMinRate": 4096, "bodyGraceS": 5, "maxInflightPerKey": 8}):
+        docs = render_with(
+            gateway={"limits": {**limits, **body}},
+            ingress={"enabled": True, "host": "yolo.example.com", "tls": {"secretName": "tls"}},
+        )
+        assert check.invariants(docs) == []
+        env = check.env_of(gateway_container(docs))
+        settings = Settings.from_env({k: v for k, v in env.items() if k.startswith("GATEWAY_")})
+        want = {**limits, **body}
+        assert settings.body_timeout_s == want["bodyTimeoutS"] and settings.body_min_rate == want["bodyMinRate"]
+        assert (
+            settings.body_grace_s == want["bodyGraceS"] and settings.max_inflight_per_key == want["maxInflightPerKey"]
+        )
+        assert settings.body_timeout_s <= 60 and settings.per_key_inflight < settings.max_inflight
+        annotations = check.of_kind(docs, "Ingress")[0]["metadata"]["annotations"]
+        assert annotations["nginx.ingress.kubernetes.io/proxy-request-buffering"] == "on"
+        own = settings.url_timeout_s + settings.triton_timeout_s + settings.decode_budget_wait_s
+        assert int(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"]) > own
+        assert int(check.flag(gateway_container(docs)["args"], "timeout-keep-alive") or 0) > 60
 
 
 def test_ingress_body_limit_follows_the_gateway_upload_limit() -> None:

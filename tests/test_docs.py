@@ -153,6 +153,8 @@ def test_readme_security_limits_are_the_codes() -> None:
         f"{s.max_pixels / 1e6:g} megapixels per image",
         f"at most {MAX_FIELDS} form fields of {MAX_FIELD_BYTES // 1024} KiB and {s.max_images} files",
         f"{s.max_inflight} predictions in flight",
+        f"within {s.body_timeout_s:g} s, and after its first {s.body_grace_s:g} s at {s.body_min_rate / 1024:g} KiB",
+        f"at most {s.per_key_inflight} predictions in progress",
         f"inference deadline {s.triton_timeout_s:g} s",
         "ports 80, 443 or ≥ 1024",
         f"(at most {s.url_max_redirects})",

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.budget import MiB, MemoryBudget, decode_cost, default_budget
 from gateway.errors import ServiceUnavailable
+from gateway.preprocess import declared_pixels
 from tests.conftest import start_gateway, stop_gateway
 from tritonlocal import launcher
 
@@ -109,6 +110,21 @@ def test_decode_cost_of_a_jpeg_is_what_pillow_reads(mode: str) -> None:
     assert decode_cost(data, 10**9) == 123 * 45 * (3 + bands)
     assert decode_cost(data, 1000) == 1000 * (3 + bands)
     assert decode_cost(data[:2] + b"\x00" * 40, 1000) == 1000 * 6  # a JPEG marker and a broken header
+
+
+@pytest.mark.parametrize("junk", [b"\x00", b"\xff"])
+def test_a_header_lost_in_junk_is_looked_for_only_near_the_start(junk: bytes) -> None:
+    """20 MiB of junk after a JPEG marker: Pillow looks for a header a byte at a time in Python (1.3 s for zeros,
+    about 9 s for 0xFF bytes), so it gets only the first JPEG_HEADER_BYTES; the file is charged as the worst case
+    and has no declared size. A generous bound: the whole file took seconds."""
+    data = b"\xff\xd8\xff" + junk * (20 * 2**20)
+    started = time.perf_counter()
+    assert decode_cost(data, 1000) == 1000 * 6
+    assert declared_pixels(data) is None
+    assert time.perf_counter() - started < 2.0
+    out = io.BytesIO()
+    Image.new("RGB", (123, 45)).save(out, "JPEG")
+    assert declared_pixels(out.getvalue() + junk * 2**20) == (123, 45)  # a header at the start is still read
 
 
 def test_default_budget_follows_the_container_limit() -> None:

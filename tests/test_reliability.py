@@ -96,7 +96,7 @@ def test_load_mix_of_valid_and_invalid_requests(gateway: Gateway, images: dict[s
 def test_inflight_cap_answers_503_at_once_instead_of_queueing(
     triton: launcher.TritonServer, tmp_path: Path, images: dict[str, Path]
 ) -> None:
-    gw = start_gateway(triton, tmp_path, max_inflight="2")
+    gw = start_gateway(triton, tmp_path, max_inflight="2", max_inflight_per_key="10")  # one key, the global cap
     try:
         bus = images["bus"].read_bytes()
         case = {
