@@ -30,32 +30,29 @@ def _diag(values: F64) -> F64:
     return out
 
 
+def _variance(x: F64, form: Form, weights: tuple[float, ...], aspect: tuple[float, ...]) -> F64:
+    """(N, 4 * len(weights)) squared standard deviations: each weight times the box size that scales it (xyah: the
+    height, for all but the aspect ratio, whose deviation is the fixed `aspect`; xywh: the width or the height)."""
+    size = x[:, [3, 3, 3, 3] if form == "xyah" else [2, 3, 2, 3]]
+    std = np.concatenate([w * size for w in weights], axis=1)
+    if form == "xyah":
+        std[:, 2::4] = aspect
+    variance: F64 = np.square(std)
+    return variance
+
+
 def initiate(measurement: F32, form: Form) -> tuple[F64, F64]:
     """New tracks: mean (N, 8) with zero velocity, covariance (N, 8, 8). measurement: (N, 4) in `form`."""
     z = np.asarray(measurement, dtype=np.float64)
     mean = np.concatenate([z, np.zeros_like(z)], axis=1)
-    w, h = z[:, 2], z[:, 3]
-    p, v = 2 * STD_POSITION, 10 * STD_VELOCITY
-    if form == "xyah":
-        std = [p * h, p * h, np.full_like(h, 1e-2), p * h, v * h, v * h, np.full_like(h, 1e-5), v * h]
-    else:
-        std = [p * w, p * h, p * w, p * h, v * w, v * h, v * w, v * h]
-    return mean, _diag(np.square(np.stack(std, axis=1)))
+    return mean, _diag(_variance(z, form, (2 * STD_POSITION, 10 * STD_VELOCITY), (1e-2, 1e-5)))
 
 
 def predict(mean: F64, covariance: F64, form: Form) -> tuple[F64, F64]:
     """One frame ahead (Ultralytics' multi_predict). mean: (N, 8); covariance: (N, 8, 8)."""
-    w, h = mean[:, 2], mean[:, 3]
-    p, v = STD_POSITION, STD_VELOCITY
-    if form == "xyah":
-        std_pos = [p * h, p * h, 1e-2 * np.ones_like(h), p * h]
-        std_vel = [v * h, v * h, 1e-5 * np.ones_like(h), v * h]
-    else:
-        std_pos = [p * w, p * h, p * w, p * h]
-        std_vel = [v * w, v * h, v * w, v * h]
-    motion_cov = _diag(np.square(np.r_[std_pos, std_vel]).T)
-    # Ultralytics multiplies by MOTION (np.dot); each entry of those products is a sum of exactly two nonzero terms,
-    # x + v, which any order of summation rounds the same: adding the terms directly is the same bits, 10x faster.
+    motion_cov = _diag(_variance(mean, form, (STD_POSITION, STD_VELOCITY), (1e-2, 1e-5)))
+    # Ultralytics multiplies by the motion matrix (np.dot); each entry of those products is a sum of exactly two
+    # nonzero terms, x + v, which any order of summation rounds alike: adding them directly is the same bits.
     mean = mean.copy()
     mean[:, :4] += mean[:, 4:]
     left = covariance.copy()
@@ -67,10 +64,7 @@ def predict(mean: F64, covariance: F64, form: Form) -> tuple[F64, F64]:
 
 def update(mean: F64, covariance: F64, measurement: F32, form: Form) -> tuple[F64, F64]:
     """Correct (N, 8) means and (N, 8, 8) covariances with (N, 4) measurements in `form` (Ultralytics' update)."""
-    w, h = mean[:, 2], mean[:, 3]
-    p = STD_POSITION
-    std = [p * h, p * h, np.full_like(h, 1e-1), p * h] if form == "xyah" else [p * w, p * h, p * w, p * h]
-    projected_cov = covariance[:, :4, :4] + _diag(np.square(np.stack(std, axis=1)))
+    projected_cov = covariance[:, :4, :4] + _diag(_variance(mean, form, (STD_POSITION,), (1e-1,)))
     gain_t = np.linalg.solve(projected_cov, np.swapaxes(covariance[:, :, :4], 1, 2))  # (N, 4, 8): gain transposed
     innovation = measurement - mean[:, :4]
     new_mean = mean + np.matmul(innovation[:, None, :], gain_t)[:, 0]

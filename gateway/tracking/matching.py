@@ -32,23 +32,26 @@ def iou_cost(a: NDArray[np.floating[Any]], b: NDArray[np.floating[Any]]) -> F32:
         return np.ones((len(a), len(b)), np.float32)
     a32 = np.ascontiguousarray(a, dtype=np.float32)
     b32 = np.ascontiguousarray(b, dtype=np.float32)
-    iou: F32
     if a32.shape[1] == 5:
-        iou = probiou(a32, b32)
-        cost: F32 = np.float32(1) - iou
+        cost: F32 = np.float32(1) - probiou(a32, b32)
         return cost
-    ax1, ay1, ax2, ay2 = a32.T
-    bx1, by1, bx2, by2 = b32.T
-    # np.maximum(., 0) for bbox_ioa's .clip(0): only the sign of a zero may differ, and 1 - IoU is then 1 either way
-    zero = np.float32(0)
-    inter = np.maximum(np.minimum(ax2[:, None], bx2) - np.maximum(ax1[:, None], bx1), zero) * np.maximum(
-        np.minimum(ay2[:, None], by2) - np.maximum(ay1[:, None], by1), zero
-    )
-    area = (bx2 - bx1) * (by2 - by1)
-    area = area + ((ax2 - ax1) * (ay2 - ay1))[:, None] - inter
-    iou = inter / (area + np.float32(EPS))
-    cost = np.float32(1) - iou
-    return cost
+    # bbox_ioa's arithmetic, in place where it can be (same operations, same order: the same float32 results)
+    ax1, ay1, ax2, ay2 = np.ascontiguousarray(a32.T)[:, :, None]
+    bx1, by1, bx2, by2 = np.ascontiguousarray(b32.T)
+    zero = np.float32(0)  # np.maximum(., 0) for .clip(0): only a zero's sign may differ, and 1 - IoU is 1 either way
+    inter: F32 = np.minimum(ax2, bx2)
+    inter -= np.maximum(ax1, bx1)
+    np.maximum(inter, zero, out=inter)
+    high = np.minimum(ay2, by2)
+    high -= np.maximum(ay1, by1)
+    np.maximum(high, zero, out=high)
+    inter *= high
+    union = (bx2 - bx1) * (by2 - by1) + (ax2 - ax1) * (ay2 - ay1)
+    union -= inter
+    union += np.float32(EPS)
+    inter /= union
+    np.subtract(np.float32(1), inter, out=inter)
+    return inter
 
 
 def fuse_score(cost: F32, scores: F32) -> F32:
@@ -67,7 +70,8 @@ def assign(cost: F32, thresh: float) -> tuple[I64, I64, I64]:
     c64 = cost.astype(np.float64)  # lap solves in double, against the double threshold
     r, c = linear_sum_assignment(np.minimum(c64 - thresh, 0.0))
     keep = c64[r, c] < thresh
-    pairs = np.stack([r[keep], c[keep]], axis=1).astype(np.int64)
+    pairs = np.empty((int(keep.sum()), 2), np.int64)
+    pairs[:, 0], pairs[:, 1] = r[keep], c[keep]
     row_free = np.ones(rows, bool)
     col_free = np.ones(cols, bool)
     row_free[pairs[:, 0]] = False
