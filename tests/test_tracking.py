@@ -323,3 +323,14 @@ def test_boxes_of_the_wrong_form_are_refused() -> None:
         tracking.update(tracking.init(obb=True), np.zeros((2, 4), np.float32), np.ones(2), np.zeros(2))
     state, rows = tracking.update(tracking.init(obb=True), np.zeros((0,), np.float32), np.ones(0), np.zeros(0))
     assert len(rows) == 0 and rows.boxes.shape == (0, 5) and state.frame_id == 1
+
+
+def test_bench_track_measures_both_trackers_and_the_state_size() -> None:
+    from bench import tracking as bench_tracking
+
+    rows = bench_tracking.measure(objects=10, frames=20, repeats=1, with_reference=False)
+    assert [r["tracker"] for r in rows] == ["bytetrack", "botsort", "botsort", "botsort"]
+    for r in rows:
+        assert r["detections"] > 5 and r["tracks"] > 5 and r["ours_cpu_ms"] > 0 and r["dumps_loads_ms"] > 0
+    assert rows[0]["bytes"] < rows[2]["bytes"] < rows[3]["bytes"]  # the previous frame dominates BoT-SORT's state
+    assert "| bytetrack |" in bench_tracking.table(rows)
