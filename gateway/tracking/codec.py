@@ -1,12 +1,13 @@
 """A tracker `State` as bytes and back, losslessly (`loads(dumps(s))` tracks exactly as `s` does), for Redis.
 
-Layout: MAGIC, then zlib (level 1) of: a 4-byte little-endian header length, an orjson header (settings, counters,
-row counts, shapes) and the arrays' raw bytes, one column after another for the tracked and lost tracks together:
-the Kalman mean (8 float64), the covariance entries in use, the angle (oriented boxes only), the score (float32),
-the integer columns (int64), then BoT-SORT's previous frame. The covariance keeps only the entries that are not
-zero in some track (of 64 per track, ByteTrack's filter fills 16 and BoT-SORT's, after camera motion, 32), chosen by
-bit pattern so nothing is rounded. The previous frame for camera motion is the grayscale frame at half size
-(W/2 x H/2 bytes before zlib) and its corners: most of a BoT-SORT state's size.
+Layout: MAGIC; the length of the next part (4 bytes, little-endian); zlib (level 1) of a 4-byte header length, an
+orjson header (settings, counters, row counts, shapes) and the arrays' raw bytes, one column after another for the
+tracked and lost tracks together: the Kalman mean (8 float64), the covariance entries in use, the angle (oriented
+boxes only), the score (float32), the integer columns (int64) and BoT-SORT's previous corners; last, BoT-SORT's
+previous frame as a PNG. The covariance keeps the entries that are not zero in some track (of 64 per track,
+ByteTrack's filter fills 16 and BoT-SORT's 32 once the camera turns), chosen by bit pattern so that nothing is
+rounded. The previous frame is the grayscale frame at half size that the next frame's optical flow starts from:
+most of a BoT-SORT state. PNG (level 1) stores it in about 30 % less than zlib, for a few more milliseconds.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import asdict
-from typing import Any
+from typing import Any, cast
 
+import cv2
 import numpy as np
 import orjson
 from numpy.typing import NDArray
@@ -25,7 +27,7 @@ from gateway.tracking.tracker import Config, State
 from gateway.tracking.tracks import ACTIVE, ANGLE, CLS, COV, FRAME, ID, IDX, MEAN, REMOVED, SCORE, START, WIDTH, Tracks
 
 MAGIC = b"YTTRK\x01"  # format version 1
-LEVEL = 1  # zlib: the integer columns and the frame shrink; the float columns hardly do, at any level
+LEVEL = 1  # zlib: the integer columns shrink; the float columns hardly do, at any level
 INTS = [ID, FRAME, START, ACTIVE, CLS, IDX, REMOVED]
 
 
@@ -50,11 +52,14 @@ def dumps(state: State) -> bytes:
     if state.obb:
         parts.append(table[:, ANGLE].astype("<f8"))
     parts += [table[:, SCORE].astype("<f4"), table[:, INTS].astype("<i8")]
+    frame = b""
     if motion is not None:
-        parts += [motion.frame.astype("|u1"), motion.points.astype("<f4")]
+        parts.append(motion.points.astype("<f4"))
+        frame = cv2.imencode(".png", motion.frame, [cv2.IMWRITE_PNG_COMPRESSION, 1])[1].tobytes()
     head = orjson.dumps(header)
     body = b"".join([struct.pack("<I", len(head)), head, *(np.ascontiguousarray(p).tobytes() for p in parts)])
-    return MAGIC + zlib.compress(body, LEVEL)
+    packed = zlib.compress(body, LEVEL)
+    return b"".join([MAGIC, struct.pack("<I", len(packed)), packed, frame])
 
 
 def loads(blob: bytes) -> State:
@@ -62,28 +67,37 @@ def loads(blob: bytes) -> State:
     if not blob.startswith(MAGIC):
         raise ValueError("not a tracker state of this format version")
     try:
+        (size,) = struct.unpack_from("<I", blob, len(MAGIC))
+        start = len(MAGIC) + 4
         inflate = zlib.decompressobj()
-        raw = inflate.decompress(blob[len(MAGIC) :])
+        raw = inflate.decompress(blob[start : start + size])
         if not inflate.eof or inflate.unused_data:
-            raise ValueError("truncated or trailing bytes")
-        (size,) = struct.unpack_from("<I", raw)
-        header: dict[str, Any] = orjson.loads(raw[4 : 4 + size])
-        reader = _Reader(raw, 4 + size)
+            raise ValueError("truncated")
+        (size_head,) = struct.unpack_from("<I", raw)
+        header: dict[str, Any] = orjson.loads(raw[4 : 4 + size_head])
+        reader = _Reader(raw, 4 + size_head)
         n_tracked, n = header["tracked"], header["tracked"] + header["lost"]
         used = np.asarray(header["covariance"], dtype=np.int64)
         table = np.zeros((n, WIDTH))
         table[:, MEAN] = reader.take("<f8", (n, 8))
-        cov = np.zeros((n, 64))
-        cov[:, used] = reader.take("<f8", (n, len(used)))
-        table[:, COV] = cov
+        covariance = np.zeros((n, 64))
+        covariance[:, used] = reader.take("<f8", (n, len(used)))
+        table[:, COV] = covariance
         if header["obb"]:
             table[:, ANGLE] = reader.take("<f8", (n,))
         table[:, SCORE] = reader.take("<f4", (n,))
         table[:, INTS] = reader.take("<i8", (n, len(INTS)))
         motion = None
+        frame = blob[start + size :]
         if header["motion"] is not None:
-            h, w, k = header["motion"]
-            motion = Motion(reader.take("|u1", (h, w)), reader.take("<f4", (k, 1, 2)))
+            height, width, k = header["motion"]
+            points = reader.take("<f4", (k, 1, 2))
+            image = cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_UNCHANGED)
+            if image is None or image.shape != (height, width) or image.dtype != np.uint8:
+                raise ValueError("bad previous frame")
+            motion = Motion(cast("NDArray[np.uint8]", image), points)
+        elif frame:
+            raise ValueError("trailing bytes")
         if reader.offset != len(raw):
             raise ValueError("trailing bytes")
         return State(
@@ -96,7 +110,7 @@ def loads(blob: bytes) -> State:
             lost=Tracks(table[n_tracked:]),
             motion=motion,
         )
-    except (zlib.error, struct.error, orjson.JSONDecodeError, KeyError, TypeError, IndexError, ValueError) as exc:
+    except (ValueError, zlib.error, struct.error, cv2.error, KeyError, TypeError, IndexError) as exc:
         raise ValueError(f"corrupt tracker state: {exc}") from exc
 
 
