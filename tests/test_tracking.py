@@ -2,9 +2,9 @@
 
 The detections are the TUD-Campus and TUD-Stadtmitte ground truth that ships with motmetrics, made detector-like
 deterministically: boxes jittered, 10 % dropped, a fifth of the scores low (the second association), some classes
-switched, false positives added, rows shuffled. BoT-SORT also gets camera frames (a photo panned and turned) so that
+switched, false positives and a few boxes of no height added, rows shuffled. BoT-SORT also gets camera frames (a photo panned and turned) so that
 its camera-motion estimate runs on real pixels. Equal means: the same rows in the same order with the same ids,
-scores, classes and detection indices, and boxes within 1e-3 px (they come out bit-identical).
+scores, classes and detection indices, and boxes within 1e-3 px (here they come out bit-identical).
 """
 
 from __future__ import annotations
@@ -60,6 +60,9 @@ def clip(name: str, obb: bool, seed: int = 1) -> list[Frame]:
         w, h = np.r_[w, rng.uniform(20, 100, k)], np.r_[h, rng.uniform(40, 200, k)]
         score, cls = np.r_[score, rng.uniform(0.1, 0.6, k)], np.r_[cls, rng.integers(0, 3, k)]
         angle = np.r_[angle, rng.uniform(-1, 1, k)]
+        if rng.random() < 0.1:  # a box of no height, confident: both trackers must skip it (and keep the indices)
+            cx, cy, w, h = np.r_[cx, 300], np.r_[cy, 200], np.r_[w, 50], np.r_[h, 0]
+            score, cls, angle, k = np.r_[score, 0.9], np.r_[cls, 0], np.r_[angle, 0], k + 1
         order = rng.permutation(n + k)
         if obb:
             boxes = np.stack([cx, cy, w, h, angle], axis=1)
