@@ -2,9 +2,10 @@
 
 The detections are the TUD-Campus and TUD-Stadtmitte ground truth that ships with motmetrics, made detector-like
 deterministically: boxes jittered, 10 % dropped, a fifth of the scores low (the second association), some classes
-switched, false positives and a few boxes of no height added, rows shuffled. BoT-SORT also gets camera frames (a photo panned and turned) so that
-its camera-motion estimate runs on real pixels. Equal means: the same rows in the same order with the same ids,
-scores, classes and detection indices, and boxes within 1e-3 px (here they come out bit-identical).
+switched, false positives and a few boxes of no height added, rows shuffled. BoT-SORT also gets camera frames (a
+photo panned and turned) so that its camera-motion estimate runs on real pixels. Equal means: the same rows in the
+same order with the same ids, scores, classes and detection indices, and boxes within 1e-3 px (here they come out
+bit-identical).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import struct
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -315,10 +318,21 @@ def test_update_leaves_its_input_state_as_it_was() -> None:
 
 
 def test_loads_refuses_what_dumps_did_not_write() -> None:
+    import orjson
+
+    from gateway.tracking import codec
+
     blob = tracking.dumps(tracking.update(tracking.init(), *clip("TUD-Campus", False)[0])[0])
-    for bad in [b"", b"junk", blob[:-5], blob[:6] + b"\x00" * 40, blob + b"x"]:
+    raw = zlib.decompress(blob[len(codec.MAGIC) + 4 :])
+    (size,) = struct.unpack_from("<I", raw)
+    header = {**orjson.loads(raw[4 : 4 + size]), "tracked": 10**9}  # would ask for 650 GB
+    head = orjson.dumps(header)
+    body = zlib.compress(struct.pack("<I", len(head)) + head + raw[4 + size :])
+    forged = codec.MAGIC + struct.pack("<I", len(body)) + body
+    for bad in [b"", b"junk", blob[:-5], blob[:6] + b"\x00" * 40, blob + b"x", forged]:
         with pytest.raises(ValueError):
             tracking.loads(bad)
+    assert tracking.dumps(tracking.loads(blob)) == blob
 
 
 def test_boxes_of_the_wrong_form_are_refused() -> None:

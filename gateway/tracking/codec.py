@@ -78,6 +78,10 @@ def loads(blob: bytes) -> State:
         reader = _Reader(raw, 4 + size_head)
         n_tracked, n = header["tracked"], header["tracked"] + header["lost"]
         used = np.asarray(header["covariance"], dtype=np.int64)
+        row = 8 * (8 + len(used) + bool(header["obb"]) + len(INTS)) + 4
+        points = 0 if header["motion"] is None else header["motion"][2]
+        if min(n_tracked, n - n_tracked, points) < 0 or 4 + size_head + n * row + 8 * points != len(raw):
+            raise ValueError("sizes do not add up")  # before allocating anything the header asks for
         table = np.zeros((n, WIDTH))
         table[:, MEAN] = reader.take("<f8", (n, 8))
         covariance = np.zeros((n, 64))
