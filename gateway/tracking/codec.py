@@ -23,7 +23,7 @@ import orjson
 from numpy.typing import NDArray
 
 from gateway.tracking.gmc import Motion
-from gateway.tracking.tracker import Config, State
+from gateway.tracking.state import Config, State
 from gateway.tracking.tracks import ACTIVE, ANGLE, CLS, COV, FRAME, ID, IDX, MEAN, REMOVED, SCORE, START, WIDTH, Tracks
 
 MAGIC = b"YTTRK\x01"  # format version 1

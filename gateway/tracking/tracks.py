@@ -3,7 +3,7 @@
 One table rather than a dozen columns because the tracker selects and joins rows many times a frame, and one
 NumPy call per selection is what keeps a frame with 50 objects well under a millisecond. float64 holds every
 column exactly: float32 scores, and integers (ids, frame numbers) far below 2**53. Both are immutable values:
-every operation returns a new table, so a `State` (gateway/tracking/tracker.py) that was read stays valid.
+every operation returns a new table, so a `State` (gateway/tracking/state.py) that was read stays valid.
 """
 
 from __future__ import annotations
