@@ -2,6 +2,7 @@
 
     python -m bench run [--quick] [--models yolov8n,yolov8n-seg] [--concurrency 1,2,4,8,16,32] [--rate 5]
     python -m bench cost [--models ...] [--sizes 1080p,360p]  # gateway CPU per request and its fixed part (c=1)
+    python -m bench track [--objects 50]  # tracking's CPU per frame and state size, beside Ultralytics' trackers
     python -m bench tools  # installs Triton's perf_analyzer under .triton/perf-analyzer (for --modes ...,perf-analyzer)
 
 Writes results.json, results.md and chart.png under bench/results/<timestamp>/ and prints the folder.
@@ -499,11 +500,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["cost"]:
         return cost.main(argv[1:])
+    if argv[:1] == ["track"]:
+        from bench import tracking
+
+        return tracking.main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("cost", help="gateway CPU per request at concurrency 1 and its fixed part (python -m bench cost -h)")
+    sub.add_parser("track", help="tracking's CPU per frame and state size (python -m bench track -h)")
     sub.add_parser(
         "tools",
         help="install perf_analyzer (tritonclient 2.51.0 wheel's binary, libb64-0d, a CUDA 12 runtime) "
