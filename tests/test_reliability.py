@@ -316,7 +316,7 @@ def test_keys_never_appear_in_logs(gateway: Gateway, images: dict[str, Path]) ->
     predicted = [r for r in records if r.get("path") == "/v1/predict/yolov8n" and r.get("status") == 200]
     # other tests share this gateway with keys of their own: every record names a key by its id only
     assert any(r["key_id"] == gateway.key.split("_")[1] for r in predicted)
-    assert all(re.fullmatch(r"[0-9a-f]{8}", r["key_id"]) and r["request_id"] for r in predicted)
+    assert all(re.fullmatch(r"[0-9a-f]{16}", r["key_id"]) and r["request_id"] for r in predicted)
 
 
 def test_request_id_is_returned_and_echoed(gateway: Gateway) -> None:
@@ -337,4 +337,4 @@ def test_interrupted_key_write_leaves_the_file_intact(tmp_path: Path, monkeypatc
     with pytest.raises(OSError):
         auth.create_key(keys, "second")
     assert keys.read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["keys.json"]  # no temp file left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".keys.json.lock", "keys.json"]  # no temp file left behind
