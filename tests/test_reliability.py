@@ -345,6 +345,51 @@ def test_sigterm_finishes_requests_in_flight_then_exits_cleanly(
         requests.get(f"{gw.url}/healthz", timeout=2)
 
 
+def test_sigterm_answers_requests_on_connections_already_accepted(
+    triton: launcher.TritonServer, tmp_path: Path, images: dict[str, Path]
+) -> None:
+    """At SIGTERM the gateway stops accepting, but a connection it already accepted gets its answer even when the
+    request arrives after the signal: a new connection whose request was not sent yet (a busy client) and a kept-alive
+    one between two requests. Both are answered 200 with `Connection: close` (uvicorn alone closed them unanswered:
+    RemoteDisconnected, or a broken pipe); a new connection is refused, and the gateway exits by itself."""
+    import http.client
+
+    gw = start_gateway(triton, tmp_path)
+    host, port = gw.url.removeprefix("http://").split(":")
+    fresh = http.client.HTTPConnection(host, int(port), timeout=30)
+    fresh.connect()
+    kept = http.client.HTTPConnection(host, int(port), timeout=30)
+    kept.request("GET", "/healthz")
+    kept_answer = kept.getresponse()
+    assert kept_answer.status == 200 and kept_answer.getheader("connection") != "close"
+    kept_answer.read()  # `kept` now idles between requests; uvicorn accepted `fresh` before it (one queue, in order)
+    body = b'--xyz\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
+    body += images["tiny"].read_bytes() + b"\r\n--xyz--\r\n"
+    headers = {"x-api-key": gw.key, "content-type": "multipart/form-data; boundary=xyz"}
+    try:
+        gw.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while "Shutting down" not in gw.log_path.read_text():  # uvicorn has stopped accepting and drains
+            assert time.monotonic() < deadline, "the gateway did not start shutting down"
+            time.sleep(0.02)
+        answers = []
+        for connection in (fresh, kept):
+            try:
+                connection.request("POST", "/v1/predict/yolov8n", body, headers)
+                answer = connection.getresponse()
+                answers.append((answer.status, answer.getheader("connection"), json.loads(answer.read())["success"]))
+            except (OSError, http.client.HTTPException) as exc:
+                answers.append((type(exc).__name__, None, None))
+        assert answers == [(200, "close", True), (200, "close", True)], answers
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"{gw.url}/healthz", timeout=5)
+        assert gw.process.wait(30) in (0, -signal.SIGTERM)
+    finally:
+        fresh.close()
+        kept.close()
+        stop_gateway(gw)
+
+
 def test_upload_over_limit_without_content_length_is_413(gateway: Gateway) -> None:
     head = b'--xyz\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n\xff\xd8\xff'
 
