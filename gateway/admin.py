@@ -5,12 +5,13 @@
     DELETE /v1/keys/{id}          revoke (every replica refuses it within a second)
     GET    /v1/keys/{id}/usage    per day and model: requests, images, errors by status, latency p50/p95
 
-Works the same on either state store (gateway/state.py).
+Works the same on either state store (gateway/state.py). A key creates keys only within its own scope: no model it
+may not use, no rate above its own (403 otherwise), so a narrowly scoped admin key cannot mint a wider one.
 """
 
 from __future__ import annotations
 
-import math
+import re
 from typing import Any
 
 import orjson
@@ -18,13 +19,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.auth import KeyEntry
+from gateway.auth import KEY_ID, KeyEntry
 from gateway.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
 from gateway.forms import api_key
+from gateway.ratelimit import MAX_RATE, MIN_RATE, check_rate
 from gateway.state import State
 
 MAX_BODY = 4096
 MAX_MODELS = 64
+MAX_DAYS = 400  # usage is kept about 13 months
+DAYS = re.compile(r"[0-9]{1,3}")  # ASCII digits only: `str.isdigit` also takes '²', which int() refuses
 
 
 def _store(request: Request) -> State:
@@ -32,14 +36,15 @@ def _store(request: Request) -> State:
     return store
 
 
-async def _admin(request: Request) -> State:
+async def _admin(request: Request) -> tuple[State, KeyEntry]:
+    """The store and the caller's key, which must have the admin scope."""
     store = _store(request)
     key, header = api_key(request)
     entry = await store.authenticate(key, None, header)
     request.scope.setdefault("state", {}).setdefault("context", {})["key_id"] = entry.id
     if not entry.admin:
         raise Forbidden("This API key may not manage keys: it needs the admin scope (`make key ADMIN=1`).")
-    return store
+    return store, entry
 
 
 def _ok(data: Any, message: str, status: int = 200) -> Response:
@@ -53,7 +58,7 @@ def _public(entry: KeyEntry) -> dict[str, Any]:
 
 def _key_id(request: Request) -> str:
     key_id = str(request.path_params["key_id"])
-    if not (0 < len(key_id) <= 32 and key_id.isalnum() and key_id.isascii()):
+    if not KEY_ID.fullmatch(key_id):
         raise NotFound(f"No key with id '{key_id[:32]}'. GET /v1/keys lists the keys.")
     return key_id
 
@@ -71,46 +76,69 @@ def parse_new_key(raw: bytes) -> tuple[str, list[str] | None, float | None, bool
     if unknown:
         raise BadRequest(f"Unknown field '{str(unknown[0])[:32]}'. {hint}")
     name = body.get("name")
-    if not isinstance(name, str) or not 0 < len(name.strip()) <= 64:
-        raise BadRequest("'name' must be a string of 1 to 64 characters (who or what the key is for).")
+    if not isinstance(name, str) or not 0 < len(name.strip()) <= 64 or not name.isprintable():
+        raise BadRequest(
+            "'name' must be a string of 1 to 64 printable characters (who or what the key is for; "
+            "no control characters)."
+        )
     models = body.get("models")
     if models is not None and (
         not isinstance(models, list)
         or not 0 < len(models) <= MAX_MODELS
-        or not all(isinstance(m, str) and 0 < len(m) <= 64 for m in models)
+        or not all(isinstance(m, str) and 0 < len(m) <= 64 and m.isprintable() for m in models)
     ):
         raise BadRequest(f"'models' must be null (every model) or a list of 1 to {MAX_MODELS} model ids.")
     rate = body.get("rate")
-    if rate is not None and (
-        isinstance(rate, bool) or not isinstance(rate, int | float) or not math.isfinite(rate) or not 0 < rate <= 1e6
-    ):
-        raise BadRequest("'rate' must be null (unlimited) or images per second, above 0 and at most 1e6, e.g. 10.")
+    if rate is not None:
+        try:
+            rate = check_rate(rate)
+        except ValueError:
+            raise BadRequest(
+                f"'rate' must be null (unlimited) or images per second from {MIN_RATE:g} to {MAX_RATE:g}, e.g. 10."
+            ) from None
     admin = body.get("admin", False)
     if not isinstance(admin, bool):
         raise BadRequest("'admin' must be true or false.")
-    return name.strip(), models, float(rate) if rate is not None else None, admin
+    return name.strip(), models, rate, admin
+
+
+def check_within(caller: KeyEntry, models: list[str] | None, rate: float | None) -> None:
+    """Forbidden unless a key with `models` and `rate` is no wider than the caller's own key."""
+    if caller.models is not None:
+        outside = sorted(set(models or ()) - set(caller.models)) if models is not None else ["every model"]
+        if outside:
+            raise Forbidden(
+                f"This API key may only use {', '.join(caller.models) or 'no model'}, so the keys it creates may not "
+                f"use {outside[0][:64]}: set 'models' to some of those."
+            )
+    if caller.rate is not None and (rate is None or rate > caller.rate):
+        raise Forbidden(
+            f"This API key is limited to {caller.rate:g} images per second, so the keys it creates must set 'rate' "
+            "to at most that."
+        )
 
 
 async def create(request: Request) -> Response:
-    store = await _admin(request)
+    store, caller = await _admin(request)
     raw = b""
     async for chunk in request.stream():
         raw += chunk
         if len(raw) > MAX_BODY:
             raise PayloadTooLarge(f"The body is over {MAX_BODY} bytes; a key needs only a name and a few fields.")
     name, models, rate, admin = parse_new_key(raw)
+    check_within(caller, models, rate)
     entry, key = await store.create_key(name, models, rate, admin)
     return _ok({**_public(entry), "key": key}, "Key created. Keep it safe: it is shown only this once.", 201)
 
 
 async def list_keys(request: Request) -> Response:
-    store = await _admin(request)
+    store, _ = await _admin(request)
     entries = await store.list_keys()
     return _ok([_public(e) for e in entries], f"{len(entries)} key(s).")
 
 
 async def revoke(request: Request) -> Response:
-    store = await _admin(request)
+    store, _ = await _admin(request)
     key_id = _key_id(request)
     entry = await store.revoke_key(key_id)
     if entry is None:
@@ -119,15 +147,16 @@ async def revoke(request: Request) -> Response:
 
 
 async def usage(request: Request) -> Response:
-    store = await _admin(request)
+    store, _ = await _admin(request)
     key_id = _key_id(request)
     days_text = request.query_params.get("days", "7")
-    if not days_text.isdigit() or not 1 <= int(days_text) <= 400:
-        raise BadRequest("'days' must be a whole number from 1 to 400 (default 7).")
+    if not DAYS.fullmatch(days_text) or not 1 <= int(days_text) <= MAX_DAYS:
+        raise BadRequest(f"'days' must be a whole number from 1 to {MAX_DAYS} in ASCII digits (default 7).")
+    days = int(days_text)
     if await store.get_key(key_id) is None:
         raise NotFound(f"No key with id '{key_id}'. GET /v1/keys lists the keys.")
-    rows = await store.usage(key_id, int(days_text))
-    return _ok({"key_id": key_id, "days": int(days_text), "usage": rows}, f"Usage of key {key_id}.")
+    rows = await store.usage(key_id, days)
+    return _ok({"key_id": key_id, "days": days, "usage": rows}, f"Usage of key {key_id}.")
 
 
 def routes() -> list[BaseRoute]:

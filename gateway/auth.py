@@ -1,18 +1,28 @@
 """API keys: a JSON file of hashed keys, re-read when it changes, checked in constant time.
 
 A key reads `yk_<id>_<secret>`: the id is safe to log and finds the entry; only SHA-256(key) is stored. Keys are
-192-bit random, so a fast hash is enough (no KDF needed for high-entropy secrets).
+192-bit random, so a fast hash is enough (no KDF needed for high-entropy secrets). Ids are 64-bit random (16 hex
+digits; keys made before were 32-bit, 8 digits, and keep working), and a new id that is already taken is never
+stored over the existing key (`KeyIdTaken`; the creators draw another).
+
+Every change to the keys file is one read-modify-write under an exclusive `flock` of a lock file beside it
+(`update_entries`), so the keys CLI and any number of gateway processes sharing the file never undo each other's
+changes (a revocation lost that way would let a revoked key work again).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +30,13 @@ from typing import Any
 from gateway.errors import Forbidden, Unauthorized
 
 PREFIX = "yk_"
+ID_BYTES = 8  # 64-bit ids: among a million keys, two share an id with odds of 1 in 37 million (refused, not stored)
+KEY_ID = re.compile(r"[0-9A-Za-z]{1,32}")  # ids as they appear in keys (ASCII only: `str.isalnum` takes any script)
 _DUMMY_HASH = hashlib.sha256(b"no such key").hexdigest()
+
+
+class KeyIdTaken(Exception):
+    """A new key's id is already in the store (drawn twice by chance): the new key was not stored."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +64,7 @@ def hash_key(key: str) -> str:
 
 def new_key() -> tuple[str, str]:
     """(key id, full key)."""
-    key_id = secrets.token_hex(4)
+    key_id = secrets.token_hex(ID_BYTES)
     return key_id, f"{PREFIX}{key_id}_{secrets.token_urlsafe(24)}"
 
 
@@ -101,13 +117,55 @@ def make_entry(
     return KeyEntry(key_id, name, hash_key(key), created, tuple(models) if models else None, rate, admin=admin), key
 
 
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold the exclusive lock for changing the keys file at `path` (blocks while another process holds it).
+
+    The lock is a separate file (`.<name>.lock`, mode 0600, kept): the keys file itself is replaced on every write,
+    so a lock on it would guard an inode that the next writer no longer opens."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def update_entries(path: Path, change: Callable[[list[KeyEntry]], list[KeyEntry]]) -> list[KeyEntry]:
+    """Read the keys file, apply `change` and write the result (when it differs), all under the file's lock; the
+    entries now in the file."""
+    with locked(path):
+        before = read_entries(path)
+        entries = change(before)
+        if entries != before:
+            write_entries(path, entries)
+    return entries
+
+
+def add_entry(path: Path, entry: KeyEntry) -> None:
+    """Append `entry` to the keys file; KeyIdTaken (and the file untouched) when its id is already there."""
+
+    def added(entries: list[KeyEntry]) -> list[KeyEntry]:
+        if any(e.id == entry.id for e in entries):
+            raise KeyIdTaken(entry.id)
+        return [*entries, entry]
+
+    update_entries(path, added)
+
+
 def create_key(
     path: Path, name: str, models: list[str] | None = None, rate: float | None = None, admin: bool = False
 ) -> tuple[KeyEntry, str]:
     """Add a key to the file; returns (entry, the key itself — shown once, never stored)."""
-    entry, key = make_entry(name, models, rate, admin)
-    write_entries(path, [*read_entries(path), entry])
-    return entry, key
+    for _ in range(3):  # a taken id means the draw repeated an existing one: draw again, never overwrite
+        entry, key = make_entry(name, models, rate, admin)
+        try:
+            add_entry(path, entry)
+        except KeyIdTaken:
+            continue
+        return entry, key
+    raise KeyIdTaken("three new key ids in a row were already taken: is the random source broken?")
 
 
 def key_id_of(key: str) -> str:
@@ -115,7 +173,7 @@ def key_id_of(key: str) -> str:
     if not key.startswith(PREFIX):
         return ""
     key_id, sep, secret = key[len(PREFIX) :].partition("_")
-    return key_id if sep and secret and 0 < len(key_id) <= 32 and key_id.isalnum() else ""
+    return key_id if sep and secret and KEY_ID.fullmatch(key_id) else ""
 
 
 def missing_key() -> Unauthorized:

@@ -38,6 +38,20 @@ _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # NAT64 well-known prefix (RFC 6
 _NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")  # NAT64 local-use prefix (RFC 8215), any RFC 6052 length
 _SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")
 _TEREDO = ipaddress.IPv6Network("2001::/32")
+# Where public IPv6 addresses are: IANA's IPv6 address space registry allocates only 2000::/3 as global unicast. The
+# rest is reserved, and `ipaddress` calls some of it global: site-local fec0::/10 (deprecated, RFC 3879), the SRv6
+# SIDs 5f00::/16 (RFC 9602), the dummy prefix 100:0:0:1::/64 (RFC 9780). (The IPv4 wrappers are judged before this.)
+_GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")
+# Rows of IANA's special-purpose address registries that are not globally reachable but that `ipaddress.is_global`
+# of Python 3.11 (or later) calls global; tests/test_fetch.py checks every row of both registries against is_public.
+_NOT_GLOBAL: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
+    # IETF protocol assignments (3.11 knows only .0/29 and .170/31 in it). The block's anycast services (.9 PCP,
+    # .10 TURN) are globally reachable but never image servers: refused with the block, whatever the Python version.
+    ipaddress.IPv4Network("192.0.0.0/24"),
+    ipaddress.IPv4Network("192.88.99.0/24"),  # the deprecated 6to4 relay anycast (RFC 7526), 6a44 relay (RFC 6751)
+    ipaddress.IPv6Network("2001::/23"),  # IETF protocol assignments, as above (newer Pythons carve services out)
+    ipaddress.IPv6Network("3fff::/20"),  # documentation (RFC 9637), beside 2001:db8::/32
+)
 
 
 def _bits(value: int, start: int, count: int) -> int:
@@ -83,8 +97,15 @@ def is_public(address: str) -> bool:
     if isinstance(ip, ipaddress.IPv6Address):
         inner = embedded_ipv4(ip)
         if inner is not None:
-            return all(v4.is_global and not v4.is_multicast for v4 in inner)
-    return ip.is_global and not ip.is_multicast
+            return all(_global(v4) for v4 in inner)
+        if ip not in _GLOBAL_UNICAST:
+            return False
+    return _global(ip)
+
+
+def _global(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """`ipaddress`'s copy of IANA's registries (is_global), with the rows it lacks, and never multicast."""
+    return ip.is_global and not ip.is_multicast and not any(ip in net for net in _NOT_GLOBAL)
 
 
 def _port_allowed(port: int) -> bool:

@@ -2,6 +2,9 @@
 
 Works against either state store: the keys file (default), or Redis with `--redis URL`, GATEWAY_REDIS_URL, or
 `--state redis` (the Redis that `make serve STATE=redis` started; its URL is in data/redis.url).
+
+What the stores hold is printed with every non-printable character escaped (`\x1b`, `\u202e`): a key's name comes
+from whoever created it, and raw terminal escape sequences in it would otherwise drive the administrator's terminal.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 
 from gateway.auth import KeyEntry, read_entries
 from gateway.errors import GatewayError
+from gateway.ratelimit import check_rate
 from gateway.settings import Settings
 from gateway.state import EmbeddedState
 from gateway.state import State as Store
@@ -23,10 +27,27 @@ REDIS_URL_FILE = Path("data/redis.url")  # written (mode 0600) by `make serve ST
 
 
 def _rate(text: str) -> float:
-    value = float(text.removesuffix("/s"))
-    if value <= 0:
-        raise argparse.ArgumentTypeError("rate must be positive, e.g. 10/s")
-    return value
+    try:
+        return check_rate(float(text.removesuffix("/s")))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}/s") from None
+
+
+def _name(text: str) -> str:
+    if not 0 < len(text.strip()) <= 64 or not text.isprintable():
+        raise argparse.ArgumentTypeError("a name is 1 to 64 printable characters (no control characters)")
+    return text.strip()
+
+
+def _days(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 400):
+        raise argparse.ArgumentTypeError(f"{text!r}: days is a whole number from 1 to 400")
+    return int(text)
+
+
+def shown(text: str) -> str:
+    """`text` with each non-printable character (ESC, other controls, bidi overrides, newlines) as its escape."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _open(args: argparse.Namespace) -> tuple[Store, str]:
@@ -56,13 +77,13 @@ def _confirmed() -> bool:
 
 
 def _print_keys(entries: list[KeyEntry]) -> None:
-    print(f"{'ID':10} {'NAME':20} {'CREATED':21} {'MODELS':20} {'RATE':8} {'SCOPE':6} {'LAST USED':21} STATUS")
+    print(f"{'ID':16} {'NAME':20} {'CREATED':21} {'MODELS':20} {'RATE':8} {'SCOPE':6} {'LAST USED':21} STATUS")
     for e in entries:
-        models = ",".join(e.models) if e.models is not None else "*"
+        models = shown(",".join(e.models)) if e.models is not None else "*"
         rate = f"{e.rate:g}/s" if e.rate else "-"
         print(
-            f"{e.id:10} {e.name[:20]:20} {e.created:21} {models[:20]:20} {rate:8} {'admin' if e.admin else '-':6} "
-            f"{e.last_used or '-':21} {'revoked' if e.revoked else 'active'}"
+            f"{shown(e.id):16} {shown(e.name)[:20]:20} {shown(e.created):21} {models[:20]:20} {rate:8} "
+            f"{'admin' if e.admin else '-':6} {shown(e.last_used or '-'):21} {'revoked' if e.revoked else 'active'}"
         )
 
 
@@ -72,7 +93,7 @@ def _print_usage(rows: list[dict[str, Any]]) -> None:
         errors = " ".join(f"{status}:{n}" for status, n in r["errors"].items()) or "-"
         p50, p95 = (r["latency_ms"][q] for q in ("p50", "p95"))
         print(
-            f"{r['day']:11} {r['model'][:20]:20} {r['requests']:>9} {r['images']:>8} "
+            f"{r['day']:11} {shown(r['model'])[:20]:20} {r['requests']:>9} {r['images']:>8} "
             f"{p50 if p50 is not None else '-':>7} {p95 if p95 is not None else '-':>7} {errors}"
         )
 
@@ -85,7 +106,7 @@ async def _run(args: argparse.Namespace) -> int:
             entry, key = await store.create_key(args.name, models, args.rate, args.admin)
             scope = " with the admin scope" if entry.admin else ""
             print(
-                f"Created key {entry.id} ({entry.name}){scope} in {where}. "
+                f"Created key {entry.id} ({shown(entry.name)}){scope} in {shown(where)}. "
                 "Keep it safe; it is not stored and won't be shown again:",
                 file=sys.stderr,
             )
@@ -155,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     create = sub.add_parser("create", help="create a key and print it (shown once)")
-    create.add_argument("--name", required=True)
+    create.add_argument("--name", required=True, type=_name)
     create.add_argument("--models", default="", help="comma-separated model ids this key may use (default: all)")
     create.add_argument("--rate", type=_rate, default=None, help="images per second, e.g. 10/s (default: unlimited)")
     create.add_argument("--admin", action="store_true", help="may manage keys through the admin API (/v1/keys)")
@@ -165,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     revoke.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     usage = sub.add_parser("usage", help="a key's usage per day and model")
     usage.add_argument("id")
-    usage.add_argument("--days", type=int, default=7)
+    usage.add_argument("--days", type=_days, default=7)
     imp = sub.add_parser("import", help="copy a keys file into Redis (with --redis or --state redis)")
     imp.add_argument("source", type=Path, nargs="?", default=None, help="default: GATEWAY_KEYS_FILE or data/keys.json")
     args = parser.parse_args(argv)

@@ -25,6 +25,7 @@ from gateway.metrics import Metrics
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
 access_log = logging.getLogger("gateway.access")
 _context: ContextVar[dict[str, Any] | None] = ContextVar("request_context", default=None)
+_client: ContextVar[str] = ContextVar("client_address", default="")  # not logged: only budgets per client use it
 # Loggers that write a line per request or per outgoing call with the full URL; raised to WARNING (errors still show).
 QUIET_LOGGERS = ("httpx", "httpcore", "hpack")
 
@@ -34,6 +35,11 @@ def note(**fields: Any) -> None:
     context = _context.get()
     if context is not None:
         context.update(fields)
+
+
+def client_address() -> str:
+    """The current request's client address as uvicorn reports it ("" outside a request or when unknown)."""
+    return _client.get()
 
 
 class JsonFormatter(logging.Formatter):
@@ -95,6 +101,8 @@ class RequestContext:
         started = time.perf_counter()
         status = 500
         token = _context.set(context)
+        client = scope.get("client")
+        client_token = _client.set(str(client[0]) if client else "")
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -109,6 +117,7 @@ class RequestContext:
             await self.app(scope, receive, send_with_id)
         finally:
             _context.reset(token)
+            _client.reset(client_token)
             elapsed = time.perf_counter() - started
             if self.metrics is not None and context.get("predict"):
                 self.metrics.observe(context, status, elapsed)

@@ -12,6 +12,7 @@ from gateway.openapi_schemas import (
     PREDICTION,
     VIDEO,
 )
+from gateway.ratelimit import MAX_RATE, MIN_RATE
 from gateway.schemas import (
     ALIASES,
     ARGUMENTS,
@@ -283,7 +284,7 @@ _NEW_KEY = {
     "properties": {
         "name": {"type": "string", "minLength": 1, "maxLength": 64},
         "models": {"anyOf": [{"type": "array", "items": {"type": "string"}, "minItems": 1}, {"type": "null"}]},
-        "rate": {"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "null"}]},
+        "rate": {"anyOf": [{"type": "number", "minimum": MIN_RATE, "maximum": MAX_RATE}, {"type": "null"}]},
         "admin": {"type": "boolean", "default": False},
     },
 }
@@ -291,7 +292,7 @@ _KEY_ID = {"name": "key_id", "in": "path", "required": True, "schema": {"type": 
 _ADMIN_ERRORS = {
     "400": _json(ERROR, "Bad body or argument"),
     "401": _json(ERROR, "Missing, invalid or revoked API key"),
-    "403": _json(ERROR, "The key has no admin scope"),
+    "403": _json(ERROR, "The key has no admin scope, or the new key would be wider than the key's own scope"),
     "503": _json(ERROR, "The key store (Redis) is unreachable"),
 }
 _ADMIN: list[dict[str, list[str]]] = [{"apiKey": []}, {"bearer": []}]

@@ -15,6 +15,18 @@ from dataclasses import dataclass, field
 from gateway.errors import TooManyRequests
 
 US = 1_000_000
+# A key's rate, in images per second. Below MIN_RATE (one image per ~17 min) a token's interval in microseconds stops
+# being a number GCRA can use (1e-300/s breaks the Lua script, 1e-320/s overflows to infinity); MAX_RATE is far above
+# what one gateway serves. The admin API and the CLI refuse rates outside; `shape` clamps any stored before the check.
+MIN_RATE = 0.001
+MAX_RATE = 1e6
+
+
+def check_rate(rate: float) -> float:
+    """`rate` as a float, or ValueError saying the allowed range."""
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not MIN_RATE <= rate <= MAX_RATE:
+        raise ValueError(f"a rate is images per second from {MIN_RATE:g} to {MAX_RATE:g}, e.g. 10")
+    return float(rate)
 
 
 @dataclass(frozen=True)
@@ -43,7 +55,9 @@ class Quota:
 
 
 def shape(rate: float) -> tuple[int, float, int]:
-    """(microseconds per token, bucket size in tokens, a full bucket in microseconds) for `rate` tokens/s."""
+    """(microseconds per token, bucket size in tokens, a full bucket in microseconds) for `rate` tokens/s (clamped
+    to [MIN_RATE, MAX_RATE]; NaN as MIN_RATE: a key stored before rates were checked still gets a usable bucket)."""
+    rate = min(rate, MAX_RATE) if rate >= MIN_RATE else MIN_RATE  # NaN compares False: the strictest rate
     interval = max(1, round(US / rate))
     capacity = max(rate, 1.0)
     return interval, capacity, round(capacity * interval)

@@ -12,12 +12,20 @@ Decisions (README, "Scaling out"): every call is bounded (`timeout_s`); a failed
 half a second so requests don't queue behind a dead Redis. While Redis is unreachable, a key checked in the last
 `grace_s` seconds keeps working from this replica's cache, an unknown key gets 503 (not 401: we can't tell),
 rate limits fall back to this replica's own buckets, and usage is kept here and written when Redis returns.
+
+Key ids nobody created (a flood of random ones) must neither hammer Redis nor crowd out real keys. Each replica
+keeps the set of every key id in Redis (loaded when its listener subscribes, kept current by the channel, ~100 bytes
+per key): a key whose id is in it is looked up at once. Any other id is looked up only within a budget of
+MISS_RATE per second per replica and MISS_RATE_PER_CLIENT per client address (per /64 for IPv6); past either, the
+answer is 503 with Retry-After (not 401: without asking Redis we can't tell a key created a moment ago on another
+replica from a made-up one). A 401 is only ever given for an id Redis itself said it does not hold.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import time
@@ -26,12 +34,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
-from redis.retry import Retry
+from redis.exceptions import RedisError, ResponseError
 
-from gateway.auth import KeyEntry, key_id_of, make_entry, missing_key, verify
+from gateway.auth import KeyEntry, KeyIdTaken, key_id_of, make_entry, missing_key, verify
 from gateway.errors import ServiceUnavailable, TooManyRequests
+from gateway.observability import client_address
 from gateway.ratelimit import Quota, RateLimiter, quota, shape
 from gateway.settings import Settings
 from gateway.state import UsageBook, last_days, usage_rows
@@ -43,7 +52,8 @@ CHANNEL = "yt:keys"
 BREAKER_S = 0.5  # after a failed call, skip Redis this long (then the next call probes it)
 FLUSH_S = 0.5  # usage is written in batches this often
 USAGE_TTL_S = 400 * 86400  # a day's usage is kept about 13 months
-MISS_RATE = 100.0  # lookups per second of key ids this replica has not seen (unknown keys can't hammer Redis)
+MISS_RATE = 100.0  # look-ups per second of key ids not in this replica's set of known ids (bounds what a flood costs)
+MISS_RATE_PER_CLIENT = 10.0  # ... and per client address, so one flooding client leaves the rest of that budget
 
 # Same arithmetic as ratelimit.gcra, on Redis' clock so every replica agrees. KEYS[1]: the bucket;
 # ARGV: microseconds per token, full bucket in microseconds, cost, force (1/0). Returns allowed, base - now, new - now.
@@ -61,6 +71,20 @@ end
 redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.floor((new_tat - now) / 1000) + 1000)
 return {1, base - now, new_tat - now}
 """
+
+# Store a new key unless its id is taken (KEYS: the key's hash, the id set; ARGV: id, then field, value pairs).
+CREATE_LUA = (
+    """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('PUBLISH', '%s', ARGV[1])
+return 1
+"""
+    % CHANNEL
+)
 
 
 class StoreDown(Exception):
@@ -107,6 +131,7 @@ class RedisState:
     kind: str = "redis"
     redis: Redis = field(init=False, repr=False)
     _cache: dict[str, tuple[KeyEntry | None, float]] = field(default_factory=dict, init=False, repr=False)
+    _known: set[str] | None = field(default=None, init=False, repr=False)  # every id in Redis; None: not loaded yet
     _misses: RateLimiter = field(default_factory=RateLimiter, init=False, repr=False)
     _local: RateLimiter = field(default_factory=RateLimiter, init=False, repr=False)
     _pending: UsageBook = field(default_factory=UsageBook, init=False, repr=False)
@@ -129,6 +154,7 @@ class RedisState:
             max_connections=256,
         )
         self._gcra = self.redis.register_script(GCRA_LUA)
+        self._create = self.redis.register_script(CREATE_LUA)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisState:
@@ -163,6 +189,8 @@ class RedisState:
         try:
             async with asyncio.timeout(timeout_s or self.timeout_s * 2 + 0.1):
                 result = await make()
+        except ResponseError as exc:  # Redis answered, refusing this command only: no reason to stop using it
+            raise StoreDown(str(exc)) from exc
         except (RedisError, OSError, TimeoutError) as exc:
             self._down_until = time.monotonic() + BREAKER_S
             if not self._down_logged:
@@ -187,11 +215,8 @@ class RedisState:
         cached = self._cache.get(key_id)
         if cached is not None and now - cached[1] < self.cache_s:
             return cached[0]
-        if cached is None:
-            try:
-                self._misses.take("miss", MISS_RATE)
-            except TooManyRequests:
-                return None  # too many never-seen ids this second: answered as unknown, without asking Redis
+        if self._known is None or key_id not in self._known:
+            self._admit_unknown()
         try:
             raw = await self._call(lambda: self.redis.hgetall(f"{NS}key:{key_id}"))
         except StoreDown:
@@ -201,10 +226,24 @@ class RedisState:
                 "The key store is unreachable, so this API key cannot be checked right now. Retry in a few seconds.", 2
             ) from None
         entry = _parse_entry(raw)
+        if entry is not None and self._known is not None:
+            self._known.add(key_id)  # created while the channel was away: known from now on
         if len(self._cache) > 100_000:
             self._cache = {k: v for k, v in self._cache.items() if now - v[1] < self.cache_s}
         self._cache[key_id] = (entry, now)
         return entry
+
+    def _admit_unknown(self) -> None:
+        """Spend one look-up of an id this replica does not know, or ServiceUnavailable when the budgets are spent."""
+        try:
+            self._misses.take(f"client:{_client_bucket(client_address())}", MISS_RATE_PER_CLIENT)
+            self._misses.take("replica", MISS_RATE)
+        except TooManyRequests:
+            raise ServiceUnavailable(
+                "Too many unknown API keys were sent to this gateway in the last second, so this key can't be checked "
+                "right now. Retry in a second.",
+                1,
+            ) from None
 
     async def take(self, entry: KeyEntry, cost: int = 1, force: bool = False) -> Quota | None:
         if not entry.rate or entry.rate <= 0 or cost <= 0:
@@ -252,15 +291,20 @@ class RedisState:
                 raise
 
     async def _listen(self) -> None:
-        """Drop a key from the cache as soon as any replica creates or revokes it (pub/sub); reconnects forever."""
+        """Drop a key from the cache as soon as any replica creates or revokes it (pub/sub), and keep the set of known
+        ids (loaded after each subscription, so no creation falls between the two); reconnects forever."""
         while True:
             pubsub = self.redis.pubsub()
             try:
                 await asyncio.wait_for(pubsub.subscribe(CHANNEL), 2.0)
+                self._known = await asyncio.wait_for(self._known_ids(), 30.0)
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message and message.get("type") == "message":
-                        self._cache.pop(str(message["data"]), None)
+                        key_id = str(message["data"])
+                        self._cache.pop(key_id, None)
+                        if self._known is not None:
+                            self._known.add(key_id)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - any failure: reconnect; the 1 s cache bounds what we may miss
@@ -269,17 +313,26 @@ class RedisState:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(pubsub.aclose(), 1.0)
 
+    async def _known_ids(self) -> set[str]:
+        """Every key id in Redis (SSCAN in pages: a large set never blocks Redis for long)."""
+        return {str(key_id) async for key_id in self.redis.sscan_iter(f"{NS}keys", count=1000)}
+
     # -- key management (admin API, CLI) ----------------------------------------------------------------------
 
     async def create_key(
         self, name: str, models: list[str] | None = None, rate: float | None = None, admin: bool = False
     ) -> tuple[KeyEntry, str]:
-        entry, key = make_entry(name, models, rate, admin)
-        await self.put_entry(entry)
-        return entry, key
+        for _ in range(3):  # a taken id means the draw repeated an existing one: draw again, never overwrite
+            entry, key = make_entry(name, models, rate, admin)
+            fields = [item for pair in _entry_fields(entry).items() for item in pair]
+            keys = [f"{NS}key:{entry.id}", f"{NS}keys"]
+            if await self._admin_call(lambda: self._create(keys=keys, args=[entry.id, *fields])):
+                self._cache.pop(entry.id, None)
+                return entry, key
+        raise KeyIdTaken("three new key ids in a row were already taken: is the random source broken?")
 
     async def put_entry(self, entry: KeyEntry) -> None:
-        """Store an entry (create, or import from a keys file) and tell every replica."""
+        """Store an entry as it is (import from a keys file, which skips ids already there) and tell every replica."""
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(f"{NS}key:{entry.id}", mapping=_entry_fields(entry))
         pipe.sadd(f"{NS}keys", entry.id)
@@ -330,3 +383,15 @@ class RedisState:
             return await self._call(make, timeout_s=max(2.0, self.timeout_s * 4))
         except StoreDown:
             raise ServiceUnavailable("The key store (Redis) is unreachable. Retry in a few seconds.", 2) from None
+
+
+def _client_bucket(address: str) -> str:
+    """The budget a client address draws from: the address itself, or its /64 for IPv6 (one host holds a whole /64,
+    so per-address budgets alone would give it 2^64 of them)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ip.ipv4_mapped or ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)

@@ -11,13 +11,14 @@ API and the `keys` CLI call the key-management methods. `open_state(settings)` p
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from gateway.auth import KeyEntry, KeyStore, make_entry, read_entries, write_entries
+from gateway.auth import KeyEntry, KeyStore, create_key, read_entries, update_entries
 from gateway.metrics import LATENCY_BUCKETS
 from gateway.ratelimit import Quota, RateLimiter
 from gateway.settings import Settings
@@ -183,9 +184,8 @@ class EmbeddedState:
     async def create_key(
         self, name: str, models: list[str] | None = None, rate: float | None = None, admin: bool = False
     ) -> tuple[KeyEntry, str]:
-        entry, key = make_entry(name, models, rate, admin)
-        write_entries(self.keys_file, [*read_entries(self.keys_file), entry])
-        return entry, key
+        # in a thread: the file's lock may be held for a moment by the CLI or another gateway process
+        return await asyncio.to_thread(create_key, self.keys_file, name, models, rate, admin)
 
     async def list_keys(self) -> list[KeyEntry]:
         return [replace(e, last_used=self._usage.last_used.get(e.id)) for e in read_entries(self.keys_file)]
@@ -194,16 +194,19 @@ class EmbeddedState:
         return next((e for e in await self.list_keys() if e.id == key_id), None)
 
     async def revoke_key(self, key_id: str) -> KeyEntry | None:
-        entries = read_entries(self.keys_file)
-        found = [replace(e, revoked=True) for e in entries if e.id == key_id]
-        if not found:
-            return None
-        write_entries(self.keys_file, [found[0] if e.id == key_id else e for e in entries])
-        self._keys.reload()  # this process refuses it at once; others re-read the file within a second
-        return found[0]
+        entries = await asyncio.to_thread(revoke_in_file, self.keys_file, key_id)
+        found = next((e for e in entries if e.id == key_id), None)
+        if found is not None:
+            self._keys.reload()  # this process refuses it at once; others re-read the file within a second
+        return found
 
     async def usage(self, key_id: str, days: int = 7) -> list[dict[str, Any]]:
         return self._usage.rows(key_id, days)
+
+
+def revoke_in_file(path: Path, key_id: str) -> list[KeyEntry]:
+    """Mark the key revoked in the keys file (under its lock); the entries now in the file (unchanged without it)."""
+    return update_entries(path, lambda entries: [replace(e, revoked=True) if e.id == key_id else e for e in entries])
 
 
 def open_state(settings: Settings) -> State:

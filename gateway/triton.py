@@ -43,6 +43,8 @@ CHANNEL_ARGS = [
     ("grpc.lb_policy_name", "round_robin"),
 ]
 MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+METADATA_TIMEOUT_S = 5.0  # a model's config, the repository index: small answers, so this only bounds a hung Triton
+READY_TIMEOUT_S = 2.0  # the readiness probe
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,6 +94,18 @@ def to_gateway_error(exc: InferenceServerException, model: str) -> GatewayError:
     if "not ready" in lowered or "UNAVAILABLE" in status or "connect" in lowered:
         return ServiceUnavailable(f"Model '{model}' is not ready (inference server unavailable). Retry shortly.", 5)
     return ServiceUnavailable(f"Inference on '{model}' failed in the inference server: {text}", retry_after=1)
+
+
+def _metadata_error(exc: InferenceServerException, model: str) -> GatewayError:
+    """As to_gateway_error, but a question about models that got no answer in time is a 503 (Triton overloaded or
+    hung), not the 504 that means an inference ran past its deadline."""
+    error = to_gateway_error(exc, model)
+    if isinstance(error, GatewayTimeout):
+        return ServiceUnavailable(
+            f"The inference server did not answer within {METADATA_TIMEOUT_S:g} s (overloaded or stuck). Retry soon.",
+            5,
+        )
+    return error
 
 
 @dataclass(frozen=True)
@@ -149,9 +163,9 @@ class Triton:
         if cached and time.monotonic() - cached[0] < self.cache_s:
             return cached[1]
         try:
-            config = await self.client.get_model_config(model_id, as_json=True, client_timeout=5)
+            config = await self.client.get_model_config(model_id, as_json=True, client_timeout=METADATA_TIMEOUT_S)
         except InferenceServerException as exc:
-            raise to_gateway_error(exc, model_id) from None
+            raise _metadata_error(exc, model_id) from None
         try:
             info = ModelInfo.from_config(config["config"])
         except (KeyError, ValueError) as exc:
@@ -162,9 +176,9 @@ class Triton:
     async def ready_models(self) -> list[ModelInfo]:
         """Models Triton reports READY, with their info (skips models we can't describe)."""
         try:
-            index = await self.client.get_model_repository_index(as_json=True, client_timeout=5)
+            index = await self.client.get_model_repository_index(as_json=True, client_timeout=METADATA_TIMEOUT_S)
         except InferenceServerException as exc:
-            raise to_gateway_error(exc, "*") from None
+            raise _metadata_error(exc, "*") from None
         out = []
         for entry in index.get("models", []):
             if entry.get("state") != "READY":
@@ -177,7 +191,7 @@ class Triton:
 
     async def server_ready(self) -> bool:
         try:
-            return bool(await self.client.is_server_ready(client_timeout=2))
+            return bool(await self.client.is_server_ready(client_timeout=READY_TIMEOUT_S))
         except InferenceServerException:
             return False
 
@@ -203,28 +217,34 @@ class Triton:
     @contextlib.asynccontextmanager
     async def infer(self, info: ModelInfo, tensors: list[NDArray[Any]]) -> AsyncIterator[dict[str, NDArray[Any]]]:
         """Run same-shaped images (model inputs without batch dim) as one request; the outputs, which keep the batch
-        dim, are valid inside the `async with` block only (they may be views of a shared-memory slot)."""
+        dim, are valid inside the `async with` block only (they may be views of a shared-memory slot).
+
+        One deadline, `timeout_s` from now, bounds every call to Triton this makes (setting up a shared-memory slot,
+        then the inference): a hung Triton gives 504 at the deadline, not later."""
+        deadline = time.monotonic() + self.timeout_s
         shape = (len(tensors), *tensors[0].shape)
         key = (info.name, shape)
         known = self._output_bytes.get(key)
         slot = None
         if self.shm is not None:
             _, nbytes = _layout(tensors[0].nbytes * len(tensors), info.outputs, known or {})
-            slot = await self.shm.acquire(nbytes)
+            slot = await self.shm.acquire(nbytes, timeout_s=self.timeout_s)
+        answered = False  # Triton finished with the slot: it may be reused (else Triton may still write into it)
         try:
             if slot is not None:
                 try:
-                    outputs = await self._infer_shared(info, tensors, slot, known)
+                    outputs = await self._infer_shared(info, tensors, slot, known, deadline)
                 except _SharedMemoryLost as exc:  # Triton restarted, or an output outgrew what was learnt
                     assert self.shm is not None
                     log_shm.warning("shared memory: %s; forgetting the regions, this request goes over gRPC", exc)
                     await self.shm.forget()
                     self._output_bytes.pop(key, None)
-                    outputs = await self._infer_grpc(info, tensors)
+                    outputs = await self._infer_grpc(info, tensors, deadline)
                 else:
                     self.count("shm")
             else:
-                outputs = await self._infer_grpc(info, tensors)
+                outputs = await self._infer_grpc(info, tensors, deadline)
+            answered = True
             if known is None and self.shm is not None:
                 if len(self._output_bytes) >= 1024:
                     self._output_bytes.clear()
@@ -233,18 +253,28 @@ class Triton:
         finally:
             if slot is not None:
                 assert self.shm is not None
-                self.shm.release(slot)
+                self.shm.release(slot, reuse=answered)
 
-    async def _infer_grpc(self, info: ModelInfo, tensors: list[NDArray[Any]]) -> dict[str, NDArray[Any]]:
+    def _left(self, info: ModelInfo, deadline: float) -> float:
+        """Seconds left before the request's deadline, or GatewayTimeout when none."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise GatewayTimeout(f"Inference on '{info.name}' timed out. Try again, or use a smaller `size`.")
+        return left
+
+    async def _infer_grpc(
+        self, info: ModelInfo, tensors: list[NDArray[Any]], deadline: float
+    ) -> dict[str, NDArray[Any]]:
         self.count("grpc")
         batch = tensors[0][None] if len(tensors) == 1 else np.stack(tensors)
         inp = grpcclient.InferInput(info.input_name, list(batch.shape), _datatype(batch))
         inp.set_data_from_numpy(batch)
-        result = await self._send(info, inp, [grpcclient.InferRequestedOutput(name) for name in info.outputs])
+        outputs = [grpcclient.InferRequestedOutput(name) for name in info.outputs]
+        result = await self._send(info, inp, outputs, deadline)
         return {name: result.as_numpy(name) for name in info.outputs}
 
     async def _infer_shared(
-        self, info: ModelInfo, tensors: list[NDArray[Any]], slot: Slot, known: dict[str, int] | None
+        self, info: ModelInfo, tensors: list[NDArray[Any]], slot: Slot, known: dict[str, int] | None, deadline: float
     ) -> dict[str, NDArray[Any]]:
         """The input copied into the slot; the outputs written by Triton after it, when their sizes are known."""
         shape = (len(tensors), *tensors[0].shape)
@@ -254,7 +284,7 @@ class Triton:
         else:
             np.stack(tensors, out=batch)
         if known is not None and self.http is not None:
-            return await self._infer_shared_http(info, batch, slot, known)
+            return await self._infer_shared_http(info, batch, slot, known, deadline)
         inp = grpcclient.InferInput(info.input_name, list(shape), _datatype(batch))
         inp.set_shared_memory(slot.name, batch.nbytes)
         offsets, _ = _layout(batch.nbytes, info.outputs, known or {})
@@ -264,14 +294,14 @@ class Triton:
             if known is not None:
                 out.set_shared_memory(slot.name, known[name], offsets[name])
             requested.append(out)
-        result = await self._send(info, inp, requested)
+        result = await self._send(info, inp, requested, deadline)
         if known is None:
             return {name: result.as_numpy(name) for name in info.outputs}
         answer = [(name, result.get_output(name)) for name in info.outputs]
         return _views(slot, offsets, [(name, meta.datatype, tuple(meta.shape)) for name, meta in answer])
 
     async def _infer_shared_http(
-        self, info: ModelInfo, batch: NDArray[Any], slot: Slot, known: dict[str, int]
+        self, info: ModelInfo, batch: NDArray[Any], slot: Slot, known: dict[str, int], deadline: float
     ) -> dict[str, NDArray[Any]]:
         """The same request as JSON over Triton's HTTP endpoint: every tensor is in the slot."""
         assert self.http is not None
@@ -300,7 +330,7 @@ class Triton:
             "outputs": outputs,
         }
         try:
-            answer = await self.http.infer(info.name, request)
+            answer = await self.http.infer(info.name, request, self._left(info, deadline))
         except TimeoutError:
             raise GatewayTimeout(f"Inference on '{info.name}' timed out. Try again, or use a smaller `size`.") from None
         except TritonHTTPError as exc:
@@ -314,10 +344,15 @@ class Triton:
             raise ServiceUnavailable(f"Inference on '{info.name}' gave an unexpected answer ({exc}).", 1) from None
 
     async def _send(
-        self, info: ModelInfo, inp: grpcclient.InferInput, outputs: list[grpcclient.InferRequestedOutput]
+        self,
+        info: ModelInfo,
+        inp: grpcclient.InferInput,
+        outputs: list[grpcclient.InferRequestedOutput],
+        deadline: float,
     ) -> grpcclient.InferResult:
+        left = self._left(info, deadline)
         try:
-            result = await self.client.infer(info.name, [inp], outputs=outputs, client_timeout=self.timeout_s)
+            result = await self.client.infer(info.name, [inp], outputs=outputs, client_timeout=left)
         except InferenceServerException as exc:
             raise self._refused(info, exc) from None
         self._last_up = time.monotonic()

@@ -106,16 +106,20 @@ class TritonHTTP:
             raise ValueError(f"GATEWAY_TRITON_HTTP_URL={self.url!r}: expected http://host:port")
         self.host, self.port = parts.hostname, parts.port
 
-    async def infer(self, model: str, request: dict[str, Any]) -> dict[str, Any]:
-        """Triton's JSON answer; TritonHTTPError for an error status or a failed connection, TimeoutError."""
+    async def infer(self, model: str, request: dict[str, Any], timeout_s: float | None = None) -> dict[str, Any]:
+        """Triton's JSON answer within `timeout_s` (default: the client's), connecting included; TritonHTTPError for an
+        error status or a failed connection, TimeoutError."""
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
         body = orjson.dumps(request)
         head = (
             f"POST /v2/models/{quote(model, safe='')}/infer HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
         ).encode()
-        connection = await self._connect()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        connection = await self._connect(timeout_s)
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with asyncio.timeout_at(deadline):
                 status, answer, keep_alive = await connection.send(head + body)
         except BaseException:
             connection.close()
@@ -137,14 +141,14 @@ class TritonHTTP:
             connection.close()
         self._idle.clear()
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self, timeout_s: float) -> _Connection:
         while self._idle:
             connection = self._idle.pop()
             if connection.usable():
                 return connection
             connection.close()
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with asyncio.timeout(timeout_s):
                 _, connection = await asyncio.get_running_loop().create_connection(_Connection, self.host, self.port)
         except OSError as exc:
             raise TritonHTTPError(0, f"cannot connect to {self.host}:{self.port}: {exc}") from None

@@ -336,7 +336,8 @@ def test_chart_gateway_spec_runs_the_gateway_image(stack: Stack, chart: list[dic
     pod, c = _container(chart, "gateway")
     assert c["image"] == containers.GATEWAY_IMAGE and "command" not in c
     config = _image_config(c["image"])
-    assert config["Entrypoint"] == ["uvicorn", "gateway.app:create_app", "--factory"] and config["Cmd"] == c["args"]
+    entrypoint = ["uvicorn", "gateway.app:create_app", "--factory", "--http=gateway.server:DrainingProtocol"]
+    assert config["Entrypoint"] == entrypoint and config["Cmd"] == c["args"]
     user = f"{pod['securityContext']['runAsUser']}:{pod['securityContext']['runAsGroup']}"
     assert config["User"] == user == f"{GATEWAY_UID}:{GATEWAY_UID}"
     port = c["ports"][0]["containerPort"]

@@ -1123,7 +1123,10 @@ def test_dockerfile_entrypoint_starts_the_same_app_as_make_serve(rendered: dict[
     runtime = dockerfile_stages()[-1]
     entrypoint = json.loads(next(a for i, a in runtime if i == "ENTRYPOINT"))
     cmd = json.loads(next(a for i, a in runtime if i == "CMD"))
-    assert entrypoint == ["uvicorn", "gateway.app:create_app", "--factory"]
+    assert entrypoint == ["uvicorn", "gateway.app:create_app", "--factory", "--http=gateway.server:DrainingProtocol"]
+    from tritonlocal import launcher
+
+    assert entrypoint[3:] == launcher.gateway_command("127.0.0.1", 8080)[-1:]  # as `make serve` and the tests run it
     serve = (ROOT / "tritonlocal" / "serve.py").read_text()
     assert "from gateway.app import create_app" in serve  # what `make serve` runs
     module, _, attr = entrypoint[1].partition(":")

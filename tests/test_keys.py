@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import subprocess
 import sys
 import time
@@ -13,7 +15,8 @@ import requests
 
 from gateway.auth import create_key, read_entries
 from gateway.keys import main as keys_main
-from tests.conftest import ROOT, Gateway
+from tests.conftest import ROOT, Gateway, start_gateway, stop_gateway
+from tritonlocal import launcher
 
 
 def test_make_key_prints_a_new_key_as_its_last_line(tmp_path: Path) -> None:
@@ -153,3 +156,169 @@ def test_admin_api_on_the_keys_file(gateway: Gateway, images: dict[str, Path]) -
     r = requests.post(f"{gateway.url}/v1/predict/yolov8n", headers={"x-api-key": new["key"]}, timeout=10)
     assert r.status_code == 401 and "revoked" in r.json()["message"]
     assert requests.delete(f"{base}/nosuchid", headers=headers, timeout=10).status_code == 404
+
+
+def test_cli_revocations_and_gateway_creations_at_once_lose_nothing(gateway: Gateway) -> None:
+    """The CLI (separate processes) revokes keys while the gateway creates keys through the admin API, all on one
+    keys file: every revocation and every new key is in the file afterwards, and the gateway refuses the revoked
+    keys. Without the file lock, each writer's read-modify-write undid the others' (revoked keys worked again)."""
+    import concurrent.futures
+
+    _, admin = create_key(gateway.keys_file, "race-admin", admin=True)
+    victims = [create_key(gateway.keys_file, f"race-victim-{i}") for i in range(10)]
+
+    def revoke(key_id: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "gateway.keys", "--file", str(gateway.keys_file), "revoke", key_id, "--yes"]
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+    def create(i: int) -> requests.Response:
+        body = {"name": f"race-new-{i}"}
+        return requests.post(f"{gateway.url}/v1/keys", headers={"x-api-key": admin}, json=body, timeout=60)
+
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        revokes = [pool.submit(revoke, entry.id) for entry, _ in victims]
+        creates = [pool.submit(create, i) for i in range(30)]
+        revoked = [f.result() for f in revokes]
+        created = [f.result() for f in creates]
+    assert all(out.returncode == 0 for out in revoked), [out.stderr for out in revoked if out.returncode]
+    assert all(r.status_code == 201 for r in created), [r.text for r in created if r.status_code != 201]
+    stored = {e.id: e for e in read_entries(gateway.keys_file)}
+    lost = [entry.id for entry, _ in victims if not stored[entry.id].revoked]
+    missing = [r.json()["data"]["id"] for r in created if r.json()["data"]["id"] not in stored]
+    assert not lost and not missing, f"revocations undone: {lost}; created keys gone: {missing}"
+    deadline = time.monotonic() + 5  # the gateway re-reads the file within a second
+    for _, key in victims:
+        while (
+            requests.post(f"{gateway.url}/v1/predict/yolov8n", headers={"x-api-key": key}, timeout=10).status_code
+            != 401
+        ):
+            assert time.monotonic() < deadline, "a revoked key is still accepted"
+            time.sleep(0.1)
+
+
+def test_admin_usage_days_takes_ascii_digits_only(gateway: Gateway) -> None:
+    _, admin = create_key(gateway.keys_file, "days-admin", admin=True)
+    entry, _ = create_key(gateway.keys_file, "days-target")
+    url, headers = f"{gateway.url}/v1/keys/{entry.id}/usage", {"x-api-key": admin}
+    for days in ("²", "٣", "0", "401", "-1", "1e2", "", " 7"):
+        r = requests.get(url, params={"days": days}, headers=headers, timeout=10)
+        assert r.status_code == 400 and "'days'" in r.json()["message"] and r.json()["success"] is False, (days, r.text)
+    r = requests.get(url, params={"days": "400"}, headers=headers, timeout=10)
+    assert r.status_code == 200 and r.json()["data"]["days"] == 400
+
+
+def test_an_admin_key_creates_keys_only_within_its_own_scope(gateway: Gateway) -> None:
+    _, narrow = create_key(gateway.keys_file, "narrow-admin", ["yolov8n", "yolov8n-seg"], rate=5.0, admin=True)
+    base, headers = f"{gateway.url}/v1/keys", {"x-api-key": narrow}
+    wider = [
+        ({"name": "all-models", "rate": 5}, "models"),  # null models = every model
+        ({"name": "other-model", "models": ["yolov8n", "yolov8n-pose"], "rate": 5}, "yolov8n-pose"),
+        ({"name": "unlimited", "models": ["yolov8n"]}, "rate"),  # null rate = unlimited
+        ({"name": "faster", "models": ["yolov8n"], "rate": 6}, "rate"),
+        ({"name": "admin-wider", "models": ["yolov8n"], "rate": 10, "admin": True}, "rate"),
+    ]
+    for body, named in wider:
+        r = requests.post(base, headers=headers, json=body, timeout=10)
+        assert r.status_code == 403 and named in r.json()["message"], (body, r.text)
+    names = {e.name for e in read_entries(gateway.keys_file)}
+    assert not names & {str(body["name"]) for body, _ in wider}, "a refused key was stored"
+    r = requests.post(
+        base, headers=headers, json={"name": "within", "models": ["yolov8n-seg"], "rate": 2.5}, timeout=10
+    )
+    assert r.status_code == 201 and r.json()["data"]["models"] == ["yolov8n-seg"] and r.json()["data"]["rate"] == 2.5
+    _, full = create_key(gateway.keys_file, "full-admin", admin=True)  # unscoped: may create anything
+    r = requests.post(base, headers={"x-api-key": full}, json={"name": "anything", "admin": True}, timeout=10)
+    assert r.status_code == 201, r.text
+
+
+@pytest.mark.parametrize("rate", [1e-300, 5e-324, 0.0005, 1e7, -1, 0])
+def test_rates_outside_the_sane_range_are_refused_by_the_api_and_the_cli(
+    gateway: Gateway, tmp_path: Path, rate: float, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, admin = create_key(gateway.keys_file, "rate-admin", admin=True)
+    r = requests.post(
+        f"{gateway.url}/v1/keys", headers={"x-api-key": admin}, json={"name": "odd-rate", "rate": rate}, timeout=10
+    )
+    assert r.status_code == 400 and "'rate'" in r.json()["message"] and "0.001" in r.json()["message"], r.text
+    keys = tmp_path / "keys.json"
+    with pytest.raises(SystemExit) as exited:
+        keys_main(["--file", str(keys), "create", "--name", "odd", f"--rate={rate!r}/s"])
+    assert exited.value.code == 2 and "0.001" in capsys.readouterr().err
+    assert not read_entries(keys)
+
+
+def test_a_key_stored_with_a_degenerate_rate_is_limited_not_a_500(
+    triton: launcher.TritonServer, tmp_path: Path, images: dict[str, Path]
+) -> None:
+    """Keys written before rates were checked (1e-320/s overflowed the token interval to infinity: a 500 on every
+    request) are limited at the slowest allowed rate instead."""
+    from gateway.auth import write_entries
+
+    keys = tmp_path / "keys.json"
+    entry, key = create_key(keys, "degenerate")
+    write_entries(keys, [dataclasses.replace(entry, rate=1e-320)])
+    gw = start_gateway(triton, tmp_path)  # its own keys file, so no other test's writer races this one
+    try:
+        files = {"image": images["tiny"].read_bytes()}
+        first = gw.predict("yolov8n", headers={"x-api-key": key}, files=files)
+        assert first.status_code == 200, first.text
+        second = gw.predict("yolov8n", headers={"x-api-key": key}, files=files)
+        assert second.status_code == 429 and int(second.headers["retry-after"]) > 900, second.headers
+    finally:
+        stop_gateway(gw)
+
+
+def test_new_key_ids_are_64_bit_and_old_32_bit_ids_keep_working(tmp_path: Path) -> None:
+    from gateway.auth import KeyEntry, KeyStore, hash_key, write_entries
+
+    keys = tmp_path / "keys.json"
+    entry, key = create_key(keys, "new")
+    assert re.fullmatch(r"[0-9a-f]{16}", entry.id) and key.startswith(f"yk_{entry.id}_")
+    old_key = "yk_0badf00d_" + "s" * 32  # as `make key` wrote them before: 8 hex digits
+    old = KeyEntry("0badf00d", "old", hash_key(old_key), "2024-01-01T00:00:00Z")
+    write_entries(keys, [old, *read_entries(keys)])
+    store = KeyStore(keys, recheck_s=0)
+    assert store.authenticate(old_key, "yolov8n").name == "old" and store.authenticate(key, None).name == "new"
+
+
+def test_a_taken_key_id_is_never_stored_over_the_existing_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway import auth
+
+    keys = tmp_path / "keys.json"
+    first, first_key = create_key(keys, "first")
+    before = keys.read_bytes()
+    taken = auth.make_entry("second")[0]
+    with pytest.raises(auth.KeyIdTaken):
+        auth.add_entry(keys, dataclasses.replace(taken, id=first.id))
+    assert keys.read_bytes() == before
+    draws = iter([(first.id, f"yk_{first.id}_collides"), ("c0ffee0000000001", "yk_c0ffee0000000001_fresh")])
+    monkeypatch.setattr(auth, "new_key", lambda: next(draws))
+    second, second_key = create_key(keys, "second")  # the repeated id is drawn again, not stored over `first`
+    assert second.id == "c0ffee0000000001" and second_key.endswith("_fresh")
+    stored = {e.id: e for e in read_entries(keys)}
+    assert stored[first.id].name == "first" and stored[first.id].hash == auth.hash_key(first_key)
+
+
+def test_the_cli_escapes_terminal_sequences_in_names(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Names come from whoever created the key (the admin API, an edited file): the CLI shows escapes, never sends
+    ESC, other control characters or bidi overrides to the administrator's terminal."""
+    from gateway.auth import write_entries
+
+    keys = tmp_path / "keys.json"
+    entry, _ = create_key(keys, "placeholder", ["yolov8n"])
+    hostile = "\x1b[2J\u202eev\x07"  # clear the screen, right-to-left override, bell
+    write_entries(keys, [dataclasses.replace(entry, name=hostile, models=("m\x1b[31m",))])
+    assert keys_main(["--file", str(keys), "list"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\u202e" not in out and "\x07" not in out and "\r" not in out
+    assert "\\x1b[2J\\u202eev\\x07" in out and "m\\x1b[31m" in out and entry.id in out
+    with pytest.raises(SystemExit):
+        keys_main(["--file", str(keys), "create", "--name", "bad\x1b[31m"])
+    assert "printable" in capsys.readouterr().err
+
+
+def test_the_admin_api_refuses_names_with_control_characters(gateway: Gateway) -> None:
+    _, admin = create_key(gateway.keys_file, "names-admin", admin=True)
+    for name in ("\x1b[2Jwipe", "tab\there", "rtl\u202e"):
+        r = requests.post(f"{gateway.url}/v1/keys", headers={"x-api-key": admin}, json={"name": name}, timeout=10)
+        assert r.status_code == 400 and "'name'" in r.json()["message"], (name, r.text)

@@ -7,8 +7,10 @@ costs only the documented statuses and heals without a gateway restart.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import os
+import secrets
 import subprocess
 import sys
 import threading
@@ -388,3 +390,150 @@ def test_redis_hung_costs_bounded_time_and_recovers(stack: Stack, images: dict[s
     while not all(probe(url, cold[3 + i]) == 400 for i, url in enumerate(stack.urls)):
         assert time.monotonic() - back < 5.0, "not recovered within 5 s of Redis answering again"
         time.sleep(0.1)
+
+
+async def _status(url: str, key: str, source: str) -> tuple[int, str]:
+    """(status, Retry-After) of a key check (no image) sent from the loopback address `source`."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port), local_addr=(source, 0))
+    try:
+        writer.write(
+            f"POST /v1/predict/yolov8n HTTP/1.1\r\nHost: x\r\nx-api-key: {key}\r\nContent-Length: 0\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower()
+    finally:
+        writer.close()
+    retry = next((line.split(":", 1)[1].strip() for line in head.split("\r\n") if line.startswith("retry-after:")), "")
+    return int(head.split(" ", 2)[1]), retry
+
+
+async def _flood(url: str, source: str, until: float, seen: Counter[int]) -> None:
+    """Random, well-formed key ids over one kept-alive connection from `source`, as fast as the gateway answers."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port), local_addr=(source, 0))
+    try:
+        while time.monotonic() < until:
+            key = f"yk_{secrets.token_hex(8)}_{secrets.token_urlsafe(24)}"
+            head_lines = f"POST /v1/predict/yolov8n HTTP/1.1\r\nHost: x\r\nx-api-key: {key}\r\nContent-Length: 0"
+            writer.write(f"{head_lines}\r\n\r\n".encode())
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(int(h.split(b":")[1]) for h in head.lower().split(b"\r\n") if h.startswith(b"content-length"))
+            await reader.readexactly(length)
+            seen[int(head.split(b" ", 2)[1])] += 1
+    finally:
+        writer.close()
+
+
+@pytest.mark.load
+def test_a_flood_of_random_key_ids_never_turns_a_valid_key_into_401(stack: Stack) -> None:
+    """Random key ids flood replica 1 from 127.0.0.2 while keys it has never seen (created on replica 0) are checked
+    from the same address: each is accepted (its id is known to every replica), never 401. The flood's own look-ups
+    are bounded (most of it is answered 503 without asking Redis), and other addresses keep their own budgets: an
+    unknown id from 127.0.1.x is still looked up and gets the true answer, 401."""
+    fresh = [stack.new_key(0)[1] for _ in range(20)]
+    url = stack.urls[1]
+
+    async def scenario() -> tuple[Counter[int], list[tuple[int, str]], list[tuple[int, str]], float]:
+        flood: Counter[int] = Counter()
+        start = time.monotonic()
+        until = start + 4.0
+        floods = [asyncio.create_task(_flood(url, "127.0.0.2", until, flood)) for _ in range(8)]
+        while sum(flood.values()) < 200:  # the flood is well under way before the first check
+            assert time.monotonic() < until, f"the flood did not start: {flood}"
+            await asyncio.sleep(0.05)
+        valid, other = [], []
+        for i, key in enumerate(fresh):
+            valid.append(await _status(url, key, "127.0.0.2"))
+            made_up = f"yk_{secrets.token_hex(8)}_{secrets.token_urlsafe(24)}"
+            other.append(await _status(url, made_up, f"127.0.1.{i + 1}"))
+        await asyncio.gather(*floods)
+        return flood, valid, other, time.monotonic() - start
+
+    flood, valid, other, elapsed = asyncio.run(scenario())
+    print(f"\n[key flood] {sum(flood.values()) / elapsed:.0f} random ids/s: {dict(flood)}; fresh keys {Counter(valid)}")
+    assert [status for status, _ in valid] == [400] * len(fresh), valid  # accepted; never 401
+    assert set(flood) == {401, 503} and flood[503] > flood[401], flood  # look-ups bounded; the rest 503, not 401
+    assert flood[401] <= 10 * elapsed + 30, flood  # ~10 look-ups per second for one address (+ the bucket)
+    assert [status for status, _ in other] == [401] * len(fresh), other  # other addresses: their own budgets
+    assert stack.admin("GET", "/v1/keys", 1).status_code == 200  # Redis itself was never cut off
+
+
+def test_a_flooding_client_gets_503_with_retry_after_not_401(stack: Stack) -> None:
+    """Past its budget of look-ups, an address's unknown ids are answered 503 with Retry-After: without asking Redis,
+    a key created a moment ago on another replica can't be told from a made-up one."""
+
+    async def burst() -> list[tuple[int, str]]:
+        keys = [f"yk_{secrets.token_hex(8)}_{secrets.token_urlsafe(24)}" for _ in range(40)]
+        return list(await asyncio.gather(*(_status(stack.urls[2], key, "127.0.0.4") for key in keys)))
+
+    answers = asyncio.run(burst())
+    statuses = Counter(status for status, _ in answers)
+    assert set(statuses) == {401, 503} and statuses[503] >= 20, statuses
+    assert all(retry == "1" for status, retry in answers if status == 503), answers
+
+
+def test_a_taken_key_id_is_never_stored_over_an_existing_key_in_redis(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway import auth
+    from gateway.redis_state import RedisState
+
+    taken_id, taken_key = stack.new_key(0)
+    draws = iter([(taken_id, f"yk_{taken_id}_collides"), (f"c0ffee{secrets.token_hex(5)}", "yk_unused_fresh")])
+    monkeypatch.setattr(auth, "new_key", lambda: next(draws))
+
+    async def create() -> auth.KeyEntry:
+        store = RedisState(stack.redis.url, stack.redis.password, timeout_s=2.0)
+        try:
+            return (await store.create_key("second"))[0]
+        finally:
+            await store.close()
+
+    second = asyncio.run(create())
+    assert second.id != taken_id and second.id.startswith("c0ffee")
+    assert probe(stack.urls[1], taken_key) == 400  # the existing key is intact: same hash, still accepted
+
+
+def test_a_32_bit_key_id_from_an_older_release_keeps_working(stack: Stack) -> None:
+    from gateway.auth import KeyEntry, hash_key
+    from gateway.redis_state import RedisState
+
+    key_id = secrets.token_hex(4)
+    key = f"yk_{key_id}_{secrets.token_urlsafe(24)}"
+
+    async def put() -> None:
+        store = RedisState(stack.redis.url, stack.redis.password, timeout_s=2.0)
+        try:
+            await store.put_entry(KeyEntry(key_id, "old", hash_key(key), "2024-01-01T00:00:00Z"))
+        finally:
+            await store.close()
+
+    asyncio.run(put())
+    assert [probe(url, key) for url in stack.urls] == [400, 400, 400]
+
+
+def test_a_key_stored_with_a_degenerate_rate_is_limited_and_leaves_redis_in_use(
+    stack: Stack, images: dict[str, Path]
+) -> None:
+    """A key written with rate 1e-300 (accepted before rates were checked) broke the GCRA script, and the script's
+    error opened the Redis breaker for every key of the replica. It is now limited at the slowest allowed rate."""
+    import redis
+
+    key_id, key = stack.new_key(0)
+    client = redis.Redis(port=stack.redis.port, password=stack.redis.password, decode_responses=True)
+    try:
+        client.hset(f"yt:key:{key_id}", "rate", "1e-300")
+        client.publish("yt:keys", key_id)
+    finally:
+        client.close()
+    tiny = images["tiny"].read_bytes()
+    deadline = time.monotonic() + 5
+    while (r := predict(stack.urls[1], key, tiny)).headers.get("x-ratelimit-limit") != "1":
+        assert time.monotonic() < deadline, r.headers  # every replica re-reads the key within a second
+        time.sleep(0.1)
+    assert r.status_code in (200, 429), r.text
+    refused = [predict(url, key, tiny) for url in stack.urls]
+    assert all(x.status_code == 429 and int(x.headers["retry-after"]) > 900 for x in refused), refused  # one bucket
+    cold = stack.new_key(2)[1]  # a key only Redis knows: checked there, so the replica is not cut off from Redis
+    assert probe(stack.urls[1], cold) == 400

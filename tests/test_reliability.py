@@ -240,6 +240,77 @@ def _shm_requests(metrics: str) -> float:
     return float(found[1]) if found else 0.0
 
 
+def test_stopped_triton_answers_within_the_deadline_and_recovers(
+    repository: Path, tmp_path: Path, images: dict[str, Path]
+) -> None:
+    """SIGSTOP Triton (connections accepted, nothing answered): requests that need new shared-memory slots (whose
+    registration had no deadline and hung for a minute), one that reuses a slot, and the model list each get 504/503
+    within their deadline (3 s inference, 5 s metadata) plus a margin, never later; /readyz says not ready. After
+    SIGCONT the same requests are answered 200 with the answers they had before (no slot Triton may still have been
+    writing into is reused)."""
+    import concurrent.futures
+
+    single = tmp_path / "repository"
+    single.mkdir()
+    (single / "yolov8n").symlink_to(repository / "yolov8n")  # one model: Triton starts in seconds
+    server = launcher.start(single, cache=CACHE / "server-stopped", log_path=tmp_path / "triton.log")
+    gw = start_gateway(server, tmp_path, triton_timeout_s="3")
+    bus = images["bus"].read_bytes()
+
+    def predict(size: int, count: int = 1) -> tuple[int | str, float, dict[str, Any] | None]:
+        files = [("image", (f"{i}.jpg", bus)) for i in range(count)]
+        started = time.monotonic()
+        try:
+            r = requests.post(
+                f"{gw.url}/v1/predict/yolov8n", headers={"x-api-key": gw.key}, files=files, data={"size": str(size)},
+                timeout=60,
+            )  # fmt: skip
+        except requests.RequestException as exc:
+            return type(exc).__name__, time.monotonic() - started, None
+        return r.status_code, time.monotonic() - started, r.json()
+
+    try:
+        before = {size: predict(size) for size in (320, 640)}  # slots for these sizes exist (and are idle) now
+        assert all(status == 200 and body and body["data"] for status, _, body in before.values()), before
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            with concurrent.futures.ThreadPoolExecutor(4) as pool:
+                # batches of 2 and 3 images at 1280 need slots larger than any made so far: new registrations
+                hung = [pool.submit(predict, 1280, 2), pool.submit(predict, 1280, 3), pool.submit(predict, 640)]
+                models = pool.submit(requests.get, f"{gw.url}/v1/models", timeout=60)
+                answers = [f.result() for f in hung]
+                listed = models.result()
+            ready = requests.get(f"{gw.url}/readyz", timeout=30)
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        print(f"\n[triton stopped] {[(s, round(t, 1)) for s, t, _ in answers]}, model list {listed.status_code}")
+        for status, took, _ in answers:
+            assert status in (503, 504) and 3.0 <= took <= 3.0 + 7.0, answers
+        assert listed.status_code == 503 and listed.elapsed.total_seconds() <= 5.0 + 7.0, listed.text
+        assert "did not answer" in listed.json()["message"] and int(listed.headers["retry-after"]) >= 1
+        assert ready.json()["data"]["triton"]["ready"] is False
+        back = time.monotonic()
+
+        def answered(size: int, count: int = 1) -> dict[str, Any]:
+            """The first 200 (Triton may first run the requests it queued while stopped: 504s until then)."""
+            while True:
+                status, _, body = predict(size, count)
+                if status == 200 and body is not None:
+                    return body
+                assert status == 504 and time.monotonic() - back < 60, (status, body)
+                time.sleep(0.2)
+
+        answered(320)
+        assert time.monotonic() - back < 10, "no 200 within 10 s of Triton answering again"
+        for size, (_, _, body) in before.items():
+            assert body is not None and answered(size)["data"] == body["data"], size
+        assert len(answered(1280, 3)["data"]) == 3  # a new slot is registered and used
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+        stop_gateway(gw)
+        server.stop()
+
+
 def test_sigterm_finishes_requests_in_flight_then_exits_cleanly(
     triton: launcher.TritonServer, tmp_path: Path, images: dict[str, Path]
 ) -> None:
@@ -272,6 +343,51 @@ def test_sigterm_finishes_requests_in_flight_then_exits_cleanly(
     assert "Finished server process" in gw.log_path.read_text()
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{gw.url}/healthz", timeout=2)
+
+
+def test_sigterm_answers_requests_on_connections_already_accepted(
+    triton: launcher.TritonServer, tmp_path: Path, images: dict[str, Path]
+) -> None:
+    """At SIGTERM the gateway stops accepting, but a connection it already accepted gets its answer even when the
+    request arrives after the signal: a new connection whose request was not sent yet (a busy client) and a kept-alive
+    one between two requests. Both are answered 200 with `Connection: close` (uvicorn alone closed them unanswered:
+    RemoteDisconnected, or a broken pipe); a new connection is refused, and the gateway exits by itself."""
+    import http.client
+
+    gw = start_gateway(triton, tmp_path)
+    host, port = gw.url.removeprefix("http://").split(":")
+    fresh = http.client.HTTPConnection(host, int(port), timeout=30)
+    fresh.connect()
+    kept = http.client.HTTPConnection(host, int(port), timeout=30)
+    kept.request("GET", "/healthz")
+    kept_answer = kept.getresponse()
+    assert kept_answer.status == 200 and kept_answer.getheader("connection") != "close"
+    kept_answer.read()  # `kept` now idles between requests; uvicorn accepted `fresh` before it (one queue, in order)
+    body = b'--xyz\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
+    body += images["tiny"].read_bytes() + b"\r\n--xyz--\r\n"
+    headers = {"x-api-key": gw.key, "content-type": "multipart/form-data; boundary=xyz"}
+    try:
+        gw.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while "Shutting down" not in gw.log_path.read_text():  # uvicorn has stopped accepting and drains
+            assert time.monotonic() < deadline, "the gateway did not start shutting down"
+            time.sleep(0.02)
+        answers = []
+        for connection in (fresh, kept):
+            try:
+                connection.request("POST", "/v1/predict/yolov8n", body, headers)
+                answer = connection.getresponse()
+                answers.append((answer.status, answer.getheader("connection"), json.loads(answer.read())["success"]))
+            except (OSError, http.client.HTTPException) as exc:
+                answers.append((type(exc).__name__, None, None))
+        assert answers == [(200, "close", True), (200, "close", True)], answers
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"{gw.url}/healthz", timeout=5)
+        assert gw.process.wait(30) in (0, -signal.SIGTERM)
+    finally:
+        fresh.close()
+        kept.close()
+        stop_gateway(gw)
 
 
 def test_upload_over_limit_without_content_length_is_413(gateway: Gateway) -> None:
@@ -316,7 +432,7 @@ def test_keys_never_appear_in_logs(gateway: Gateway, images: dict[str, Path]) ->
     predicted = [r for r in records if r.get("path") == "/v1/predict/yolov8n" and r.get("status") == 200]
     # other tests share this gateway with keys of their own: every record names a key by its id only
     assert any(r["key_id"] == gateway.key.split("_")[1] for r in predicted)
-    assert all(re.fullmatch(r"[0-9a-f]{8}", r["key_id"]) and r["request_id"] for r in predicted)
+    assert all(re.fullmatch(r"[0-9a-f]{16}", r["key_id"]) and r["request_id"] for r in predicted)
 
 
 def test_request_id_is_returned_and_echoed(gateway: Gateway) -> None:
@@ -337,4 +453,4 @@ def test_interrupted_key_write_leaves_the_file_intact(tmp_path: Path, monkeypatc
     with pytest.raises(OSError):
         auth.create_key(keys, "second")
     assert keys.read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["keys.json"]  # no temp file left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".keys.json.lock", "keys.json"]  # no temp file left behind

@@ -162,3 +162,64 @@ def test_a_cancelled_caller_waits_for_its_worker_call_to_end() -> None:
     finally:
         workers.close()
     assert not any(t.is_alive() for t in workers.threads)
+
+
+class _Triton:
+    """Triton's shared-memory calls as the pool sees them (tritonclient's signature): answered at once, or never
+    (`hung`, like a SIGSTOPped server); records what was asked."""
+
+    def __init__(self) -> None:
+        self.hung = False
+        self.registered: set[str] = set()
+        self.unregistered: list[str] = []
+
+    async def _wait(self) -> None:
+        if self.hung:
+            await asyncio.Event().wait()
+
+    async def register_system_shared_memory(
+        self,
+        name: str,
+        key: str,
+        byte_size: int,
+        offset: int = 0,
+        headers: object = None,
+        client_timeout: object = None,
+    ) -> None:
+        await self._wait()
+        self.registered.add(name)
+
+    async def unregister_system_shared_memory(
+        self, name: str = "", headers: object = None, client_timeout: object = None
+    ) -> None:
+        await self._wait()
+        self.registered.discard(name)
+        self.unregistered.append(name)
+
+
+def test_pool_calls_to_a_hung_triton_end_at_the_deadline_and_are_cleaned_up_later(tmp_path: Path) -> None:
+    """A registration Triton never answers ends at the caller's deadline (the request goes over gRPC); the region,
+    which Triton may have mapped, is counted and unregistered once Triton answers again. A slot whose request did not
+    complete is never handed out again."""
+    triton = _Triton()
+    pool = SharedMemoryPool(triton, limit_bytes=8 * 2**20, folder=tmp_path)
+
+    async def run() -> None:
+        triton.hung = True
+        started = time.monotonic()
+        assert await pool.acquire(1000, timeout_s=0.5) is None
+        assert 0.5 <= time.monotonic() - started < 0.5 + 3.0
+        assert pool.used_bytes == 2**20 and not any(tmp_path.iterdir())  # counted until Triton lets go; unlinked
+        triton.hung = False
+        slot = await pool.acquire(1000)
+        assert slot is not None and slot.name in triton.registered
+        assert triton.unregistered and pool.used_bytes == 2**20  # the orphan first, then the new slot
+        pool.release(slot, reuse=False)  # its request timed out: Triton may still write into it
+        again = await pool.acquire(1000)
+        assert again is not None and again is not slot and slot.name in triton.unregistered
+        pool.release(again)
+        assert await pool.acquire(1000) is again  # a completed request's slot is reused
+        await pool.close()
+        assert not triton.registered
+
+    asyncio.run(run())

@@ -150,7 +150,8 @@ def gateway_environment(server: TritonServer, shared_memory: bool = True) -> dic
 
 
 def gateway_command(host: str, port: int, *extra: str) -> list[str]:
-    """The command line that runs the gateway app (uvicorn, app factory) on host:port, plus uvicorn's `extra` flags."""
+    """The command line that runs the gateway app (uvicorn, app factory) on host:port, plus uvicorn's `extra` flags;
+    with the image's protocol (deploy/Dockerfile), which drains connections at shutdown (gateway/server.py)."""
     return [
         sys.executable,
         "-m",
@@ -162,6 +163,7 @@ def gateway_command(host: str, port: int, *extra: str) -> list[str]:
         "--port",
         str(port),
         *extra,
+        "--http=gateway.server:DrainingProtocol",
     ]
 
 

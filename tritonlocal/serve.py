@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         import uvicorn
 
         from gateway.app import create_app
+        from gateway.server import DrainingProtocol
 
         local = launcher.gateway_environment(server)
         app = create_app(
@@ -70,7 +71,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         # no access log: the gateway writes its own JSON line per request (uvicorn's holds the query string)
         uvicorn.run(
-            app, host=args.host, port=args.port, log_level="info", access_log=False, timeout_graceful_shutdown=20
+            app,
+            host=args.host,
+            port=args.port,
+            log_level="info",
+            access_log=False,
+            timeout_graceful_shutdown=20,
+            http=DrainingProtocol,
         )
     finally:
         print("[serve] stopping Triton ...", file=sys.stderr, flush=True)
