@@ -450,7 +450,7 @@ def broken(reader: Reader) -> UnprocessableImage | None:
     if reader.analysed == 0:
         return UnprocessableImage(
             f"The {meta.container} video contains no frame that could be decoded. Send a video with at least one "
-            "frame in a supported codec (H.264, HEVC, VP8/VP9, AV1, MPEG-4, MJPEG)."
+            "frame in a supported codec (H.264, HEVC, VP8, VP9, MPEG-4, MJPEG)."
         )
     expected = meta.frames * meta.vid_stride
     if meta.frames and reader.analysed < meta.frames and expected - reader.grabbed > max(2, expected // 100):
