@@ -184,7 +184,7 @@ def scan(path: str, container: str, settings: Settings, control: Control) -> Sca
                 "MPEG-4 or MJPEG video (e.g. re-encode it: ffmpeg -i in.mov -c:v libx264 out.mp4)."
             )
         width, height = _int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), _int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
-        largest = Header(width, height, HELD[codec])
+        largest = Header(width, height, 0)  # frames held: what the headers say, else the codec's most (below)
         check_pixels(width, height, settings.max_pixels)
         ok, extradata = cap.retrieve(None, int(cap.get(cv2.CAP_PROP_CODEC_EXTRADATA_INDEX)))
         if ok and extradata is not None:
@@ -217,6 +217,8 @@ def scan(path: str, container: str, settings: Settings, control: Control) -> Sca
                 f"The {container} video's codec is not one the server decodes. Send H.264, HEVC, VP8, VP9, MPEG-4 "
                 "or MJPEG video."
             )
+        if not largest.held:
+            largest = Header(largest.width, largest.height, HELD[codec])
         return Scan(codec, packets, largest, seekable)
     finally:
         cap.release()

@@ -131,3 +131,17 @@ def test_any_bytes_give_a_list_never_an_exception(codec: str, data: bytes) -> No
         found = video_headers.headers(codec, packet, 100)
         assert all(h.width >= 0 and h.height >= 0 for h in found)
     assert isinstance(video_headers.extradata_headers(codec, b"\x01" + data), list)
+
+
+def test_scan_reserves_the_references_the_stream_declares(tmp_path: Path) -> None:
+    """`video.scan` sizes the decoder's memory from the SPS (3 references: 4 frames of 64x48), not from the most
+    an H.264 decoder may hold (17)."""
+    import time
+
+    from gateway import video
+    from gateway.settings import Settings
+
+    path = encode(tmp_path / "refs.mkv", "libx264", (64, 48), x264opts="ref=3:bframes=0")
+    found = video.scan(str(path), "WebM/MKV", Settings(), video.Control(time.monotonic() + 60, 60, ""))
+    assert found.largest == Header(64, 48, 4) and found.packets == 6
+    assert found.decoder_bytes(Settings().max_pixels) == 64 * 48 * 3 * 4
