@@ -67,6 +67,7 @@ GATEWAY_SETTINGS = (
     "GATEWAY_TRITON_TIMEOUT_S", "GATEWAY_MAX_INFLIGHT", "GATEWAY_URL_TIMEOUT_S", "GATEWAY_URL_MAX_REDIRECTS",
     "GATEWAY_URL_ALLOW_HOSTS", "GATEWAY_WORKERS", "OPENCV_IO_MAX_IMAGE_PIXELS",
     "GATEWAY_MAX_INFLIGHT_PER_KEY", "GATEWAY_BODY_TIMEOUT_S", "GATEWAY_BODY_MIN_RATE", "GATEWAY_BODY_GRACE_S",
+    "GATEWAY_MAX_VIDEO_BYTES", "GATEWAY_VIDEO_WORKERS",
 )  # fmt: skip
 
 Doc = dict[str, Any]
@@ -427,6 +428,13 @@ def _triton_invariants(docs: list[Doc]) -> list[str]:
     return problems
 
 
+def _body_limit(env: dict[str, str]) -> int:
+    """The largest request body the gateway accepts: its image or video upload limit, the larger, + the form."""
+    return (
+        max(int(env.get("GATEWAY_MAX_UPLOAD_BYTES", "0")), int(env.get("GATEWAY_MAX_VIDEO_BYTES", "0"))) + FORM_OVERHEAD
+    )
+
+
 def _gateway_invariants(docs: list[Doc]) -> list[str]:
     problems = []
     deployment = one(docs, "Deployment", "gateway")
@@ -469,10 +477,23 @@ def _gateway_invariants(docs: list[Doc]) -> list[str]:
         problems.append(
             "gateway: the keys Secret must be mounted read-only as a directory (no subPath, so updates arrive)"
         )
-    if not any(m.get("mountPath") == "/tmp" for m in gateway.get("volumeMounts", [])):
+    tmp = next((m for m in gateway.get("volumeMounts", []) if m.get("mountPath") == "/tmp"), None)
+    if tmp is None:
         problems.append(
             "gateway: /tmp must be a writable volume (uploads spool there; the root filesystem is read-only)"
         )
+    elif (size := volumes.get(tmp["name"], {}).get("emptyDir", {}).get("sizeLimit")) is not None:
+        # every request in flight may spool its body, and each video worker one more video while it copies it
+        video = int(env.get("GATEWAY_MAX_VIDEO_BYTES", "0"))
+        needed = (
+            int(env.get("GATEWAY_MAX_INFLIGHT", "0")) * _body_limit(env)
+            + int(env.get("GATEWAY_VIDEO_WORKERS", "1")) * video
+        )
+        if quantity_bytes(size) < needed:
+            problems.append(
+                f"gateway: /tmp's sizeLimit {size} is less than the uploads in flight may spool ({needed} bytes: "
+                "GATEWAY_MAX_INFLIGHT bodies and a video per video worker); the kubelet evicts a pod past it"
+            )
 
     pre_stop = gateway.get("lifecycle", {}).get("preStop", {})
     sleep = pre_stop.get("exec", {}).get("command", []) or []
@@ -547,7 +568,7 @@ def _gateway_invariants(docs: list[Doc]) -> list[str]:
                     "memory wait, inference), so clients get the gateway's JSON error, not the ingress' HTML one"
                 )
         body = ingress["metadata"].get("annotations", {}).get("nginx.ingress.kubernetes.io/proxy-body-size")
-        limit = int(env.get("GATEWAY_MAX_UPLOAD_BYTES", "0")) + FORM_OVERHEAD
+        limit = _body_limit(env)
         if body is None or not limit <= size_bytes(body) < limit + 2**20:
             problems.append(
                 f"{where}: proxy-body-size {body!r} must match the gateway's limit ({limit} bytes, rounded up to MiB)"
@@ -831,6 +852,7 @@ def summary(docs: list[Doc]) -> list[str]:
         env = env_of(gc)
         notes.append(
             f"gateway {gc['image']}, upload {int(env['GATEWAY_MAX_UPLOAD_BYTES']) // 2**20} MiB, "
+            f"video {int(env.get('GATEWAY_MAX_VIDEO_BYTES', '0')) // 2**20} MiB, "
             f"letterbox {env['GATEWAY_LETTERBOX']}, triton {env['GATEWAY_TRITON_URL']}"
         )
     hpas = of_kind(docs, "HorizontalPodAutoscaler")

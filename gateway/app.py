@@ -12,7 +12,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from gateway import admin, routes, web
+from gateway import admin, routes, video, web
 from gateway.budget import MemoryBudget, default_budget, memory_limit
 from gateway.errors import HANDLERS
 from gateway.metrics import Metrics
@@ -25,6 +25,9 @@ from gateway.triton import Triton
 from gateway.workers import Workers
 
 log = logging.getLogger("gateway")
+VIDEO_NICE = (
+    10  # the video threads' niceness above the process's (a tenth of an image thread's CPU share when both run)
+)
 
 
 @dataclass
@@ -39,6 +42,7 @@ class State:
     budget: MemoryBudget
     key_slots: KeySlots  # each key's requests in progress in this process (GATEWAY_MAX_INFLIGHT_PER_KEY)
     inflight: int = 0
+    video_workers: Workers | None = None  # threads for video decoding (GATEWAY_VIDEO_WORKERS); None: `workers`
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -66,6 +70,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         if (pool := triton.shm) is not None:
             meters.shared_memory.set_function(lambda: pool.used_bytes)
         threads = Workers(settings.workers)
+        # lower CPU priority: a decoding video takes the CPU the images leave, not the other way round
+        video_threads = Workers(settings.video_workers, nice=VIDEO_NICE, name="video")
+        if removed := video.sweep():
+            log.warning("removed %d video file(s) a previous gateway process left in the temporary folder", removed)
         budget = MemoryBudget(
             settings.decode_budget_bytes or default_budget(memory_limit()), settings.decode_budget_wait_s
         )
@@ -73,7 +81,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         meters.budget_capacity.set(budget.capacity)
         meters.budget_used.set_function(lambda: budget.used)
         slots = KeySlots(settings.per_key_inflight)
-        app.state.gateway = State(settings, triton, store, threads, meters, budget, slots)
+        app.state.gateway = State(settings, triton, store, threads, meters, budget, slots, video_workers=video_threads)
         await store.start()
         try:
             for model in await triton.ready_models():
@@ -86,6 +94,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         yield
         await store.close()
         await triton.close()
+        video_threads.close()
         threads.close()
 
     table = [

@@ -17,6 +17,7 @@ POSITIVE = frozenset(
     {"max_upload_bytes", "max_pixels", "triton_timeout_s", "max_inflight", "url_timeout_s", "workers", "max_images"}
     | {"max_video_bytes", "max_video_seconds", "max_video_frames"}
     | {"body_timeout_s"}
+    | {"video_workers", "video_timeout_s", "video_stream_timeout_s", "max_video_decoded_frames"}
 )
 
 
@@ -45,6 +46,10 @@ class Settings:
     max_video_bytes: int = 100 * 1024 * 1024  # a video part; the request body may be this large (plus form)
     max_video_seconds: float = 600.0  # a video's duration (every frame is read, even with vid_stride)
     max_video_frames: int = 3000  # frames analysed per video, after vid_stride
+    max_video_decoded_frames: int = 18000  # frames decoded per video, skipped ones too (10 min at 30 fps)
+    video_timeout_s: float = 25.0  # a non-streamed video answer ends this long after the upload (partial: 413)
+    video_stream_timeout_s: float = 600.0  # the same bound for a streamed (NDJSON) answer
+    video_workers: int = 1  # threads decoding videos (one FFmpeg thread each), apart from the `workers` of images
     fast_jpeg: bool = True  # JPEGs through simplejpeg where its pixels are known to equal OpenCV's; off = OpenCV only
     redis_url: str = ""  # redis:// or rediss:// (TLS): keys, limits and usage shared by replicas; "" = the keys file
     redis_password: str = field(default="", repr=False)  # when the URL carries none

@@ -1,11 +1,17 @@
 """Video files: recognised by their bytes, opened with OpenCV's FFmpeg backend, read frame by frame exactly as
 Ultralytics' `LoadImagesAndVideos` reads them, and checked against the limits before any frame is decoded.
 
-Synchronous functions, run in a worker thread by `video_flow`.
+Before the decoder sees a frame, `scan` reads every packet without decoding it (OpenCV's raw mode) and checks the
+size that packet's own headers declare (gateway/video_headers.py): a container's width and height are only a hint,
+the decoder allocates what the bitstream says. Reading then stops at a per-request budget of time (`Control`), and
+within a second of the client leaving.
+
+Synchronous functions, run in the video worker threads by `video_flow`.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -18,13 +24,25 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from gateway import pipeline
-from gateway.errors import PayloadTooLarge, UnprocessableImage
+from gateway import pipeline, video_headers
+from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, UnprocessableImage, UnsupportedMediaType
 from gateway.pipeline import Prepared
 from gateway.settings import Settings
 from gateway.triton import ModelInfo
+from gateway.video_headers import CODECS, HELD, MJPEG, RAW, Header
+
+log = logging.getLogger("gateway")
 
 SNIFF_BYTES = 64
+PREFIX = "gateway-video-"  # our spooled videos in TMPDIR: gateway-video-<pid>-<random>.<ext>
+# One FFmpeg decoding thread per video (its default is one per CPU): a video then uses at most the core of the video
+# worker that reads it, whatever its codec. Decoding is bit-exact whatever the thread count (the parity tests).
+DECODER_PARAMS = [cv2.CAP_PROP_N_THREADS, 1]
+SLICE_S = 0.25  # a worker call reads frames for at most this long, so videos take turns and stop promptly
+SKIPPED_PER_TOKEN = 10  # frames decoded only to be skipped (vid_stride) cost a token per 10: see video_flow.charge
+# A seek (CAP_PROP_POS_FRAMES) goes 16 frames back and decodes forward: worth it for strides past about twice that.
+SEEK_STRIDE = 32
+SEEK_DECODES = 17
 # ISO-BMFF brands of still images (HEIC, AVIF): the same `ftyp` box as MP4/MOV, but not videos.
 _IMAGE_BRANDS = {b"avif", b"avis", b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
 # QuickTime files may open with one of these atoms instead of `ftyp`.
@@ -50,7 +68,7 @@ SUFFIX = {"MP4/MOV": ".mp4", "WebM/MKV": ".mkv", "AVI": ".avi"}  # FFmpeg probes
 def spool(source: IO[bytes], container: str) -> str:
     """Copy the upload to a named temporary file (in TMPDIR) for FFmpeg, which reads files by name; returns its path.
     The caller deletes it (`remove`)."""
-    fd, path = tempfile.mkstemp(prefix="gateway-video-", suffix=SUFFIX[container])
+    fd, path = tempfile.mkstemp(prefix=f"{PREFIX}{os.getpid()}-", suffix=SUFFIX[container])
     try:
         with os.fdopen(fd, "wb") as out:
             source.seek(0)
@@ -66,6 +84,165 @@ def remove(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def sweep(folder: str | None = None) -> int:
+    """Remove the videos a previous gateway process left in TMPDIR when it died mid-request; the count removed.
+
+    Only our own files (`PREFIX`), and only those of no living process: the process id in the name is ours (a
+    restarted container reuses its ids, and this process has spooled nothing yet) or no longer runs. Files of other
+    gateway processes sharing the folder (`uvicorn --workers`) are kept. Names without a process id are from earlier
+    versions of the gateway, which left them the same way."""
+    folder = folder or tempfile.gettempdir()
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        if not entry.name.startswith(PREFIX) or not entry.is_file(follow_symlinks=False):
+            continue
+        owner = entry.name[len(PREFIX) :].split("-", 1)[0]
+        if owner.isdigit() and int(owner) != os.getpid() and _alive(int(owner)):
+            continue
+        try:
+            os.unlink(entry.path)
+            removed += 1
+        except OSError as exc:
+            log.warning("could not remove a left-over video %s: %s", entry.path, exc)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+@dataclass
+class Control:
+    """When work on one video stops, read between frames by the worker threads and the flow: at `deadline`
+    (time.monotonic()), the budget of `seconds` that `setting` sets, or as soon as `cancelled` is set (the client
+    left, or the request ended). Cooperative: nothing is interrupted mid-frame or mid-batch."""
+
+    deadline: float
+    seconds: float
+    setting: str
+    cancelled: bool = False
+
+    def expired(self) -> bool:
+        return self.cancelled or time.monotonic() >= self.deadline
+
+    def time_limit(self, analysed: int, decoded: int) -> PayloadTooLarge:
+        """The error that ends a video whose time ran out, naming the limit and how to stay under it."""
+        streamed = self.setting == "GATEWAY_VIDEO_STREAM_TIMEOUT_S"
+        advice = "send it in parts" if streamed else "send stream=true (frames are then sent as they are done) or parts"
+        return PayloadTooLarge(
+            f"The video was not done within the {self.seconds:g} s a {'streamed' if streamed else 'non-streamed'} "
+            f"answer may take ({self.setting}): {analysed} frame(s) analysed ({decoded} decoded), and they are in "
+            f"this answer. For a longer video, {advice}."
+        )
+
+
+@dataclass(frozen=True)
+class Scan:
+    """What the packets of a video's stream declare, read without decoding: its codec, its packet count (one coded
+    frame each) and the largest frame size any packet (or the codec configuration) declares, with the frames of that
+    size its decoder may hold."""
+
+    codec: str
+    packets: int
+    largest: Header
+    # every packet a key frame (MJPEG, uncompressed) at the timestamp of its index: OpenCV's seek then lands on the
+    # frame sequential reading would, so frames skipped by vid_stride need not be decoded
+    seekable: bool = False
+
+    def decoder_bytes(self, max_pixels: int) -> int:
+        """The decoder's memory at its peak: `held` frames of the largest size (the limit when none is declared), at
+        most 3 bytes a pixel (4:4:4, or 10-bit 4:2:0)."""
+        return (self.largest.pixels or max_pixels) * 3 * self.largest.held
+
+
+def scan(path: str, container: str, settings: Settings, control: Control) -> Scan:
+    """Read every packet of the video stream without decoding it, and refuse the video before a frame is decoded
+    when a packet declares a frame over the pixel limit (413), when it has more frames to decode than a request may
+    (413), or when its codec is not one whose frame sizes can be checked (415)."""
+    cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG, [cv2.CAP_PROP_FORMAT, -1])  # raw mode: packets, never decoded
+    try:
+        if not cap.isOpened():
+            raise _unopenable(container)
+        tag = int(cap.get(cv2.CAP_PROP_FOURCC)) & 0xFFFFFFFF
+        codec = CODECS.get(tag.to_bytes(4, "little"))
+        if codec is None:
+            name = tag.to_bytes(4, "little").decode("latin-1").strip("\0") or "unknown"
+            raise UnsupportedMediaType(
+                f"The {container} video's codec ({name}) is not one the server decodes. Send H.264, HEVC, VP8, VP9, "
+                "MPEG-4 or MJPEG video (e.g. re-encode it: ffmpeg -i in.mov -c:v libx264 out.mp4)."
+            )
+        width, height = _int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), _int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        largest = Header(width, height, 0)  # frames held: what the headers say, else the codec's most (below)
+        check_pixels(width, height, settings.max_pixels)
+        ok, extradata = cap.retrieve(None, int(cap.get(cv2.CAP_PROP_CODEC_EXTRADATA_INDEX)))
+        if ok and extradata is not None:
+            for header in video_headers.extradata_headers(codec, bytes(np.asarray(extradata).ravel())):
+                largest = _bigger(largest, header, settings.max_pixels, None)
+        packets, sizes, seekable = 0, set(), codec in (MJPEG, RAW)
+        while cap.grab():
+            if packets % 64 == 0 and control.expired():
+                raise control.time_limit(0, 0)
+            if packets >= settings.max_video_decoded_frames:
+                limit = settings.max_video_decoded_frames
+                raise PayloadTooLarge(
+                    f"The video has more than {limit} frames; the limit is {limit} frames decoded per request "
+                    "(GATEWAY_MAX_VIDEO_DECODED_FRAMES), and every frame is decoded whatever vid_stride (as Ultralytics"
+                    " reads a video). Trim the video or send it in parts."
+                )
+            ok, packet = cap.retrieve()
+            data = bytes(np.asarray(packet).ravel()) if ok and packet is not None else b""
+            for header in video_headers.headers(codec, data, height):
+                largest = _bigger(largest, header, settings.max_pixels, packets)
+            if codec == RAW:
+                sizes.add(len(data))
+            seekable = (
+                seekable and cap.get(cv2.CAP_PROP_LRF_HAS_KEY_FRAME) == 1 and cap.get(cv2.CAP_PROP_PTS) == packets
+            )
+            packets += 1
+        if codec == RAW and not all(width * height <= size <= width * height * 8 for size in sizes):
+            # fourcc 0 is also what OpenCV reports for decoders without a code: only uncompressed frames pass
+            raise UnsupportedMediaType(
+                f"The {container} video's codec is not one the server decodes. Send H.264, HEVC, VP8, VP9, MPEG-4 "
+                "or MJPEG video."
+            )
+        if not largest.held:
+            largest = Header(largest.width, largest.height, HELD[codec])
+        return Scan(codec, packets, largest, seekable)
+    finally:
+        cap.release()
+
+
+def _bigger(largest: Header, header: Header, max_pixels: int, packet: int | None) -> Header:
+    """The larger of two declared sizes (the most frames held of either), refusing one over the pixel limit."""
+    if header.pixels > max_pixels:
+        where = "Its codec configuration declares frames" if packet is None else f"Frame {packet} of the video is"
+        raise PayloadTooLarge(
+            f"{where} {header.width}x{header.height} = {header.pixels / 1e6:.1f} megapixels (the container says "
+            f"{largest.width}x{largest.height}); the limit is {max_pixels / 1e6:g} megapixels per frame "
+            "(GATEWAY_MAX_PIXELS), checked before decoding. Scale the video down and try again."
+        )
+    if header.pixels > largest.pixels:
+        return Header(header.width, header.height, max(header.held, largest.held))
+    return Header(largest.width, largest.height, max(header.held, largest.held))
+
+
+def _unopenable(container: str) -> UnprocessableImage:
+    return UnprocessableImage(
+        f"The {container} video could not be opened: the file is truncated or damaged (an MP4 needs its index, "
+        "written at the end), or its codec is not supported. Send a complete MP4, WebM, MOV, AVI or MKV file."
+    )
 
 
 @dataclass(frozen=True)
@@ -97,15 +274,16 @@ class Meta:
         }
 
 
-def open_video(path: str, container: str, vid_stride: int, settings: Settings) -> tuple[cv2.VideoCapture, Meta]:
-    """The capture and its declared properties, refused (413) when they pass a limit; nothing is decoded here."""
-    cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
+def open_video(
+    path: str, container: str, vid_stride: int, settings: Settings, control: Control
+) -> tuple[cv2.VideoCapture, Meta, Scan]:
+    """The capture, its declared properties and what its packets declare (`scan`), refused (413, 415) when they pass
+    a limit and (400) when `vid_stride` leaves no frame to analyse; nothing is decoded here."""
+    found = scan(path, container, settings, control)
+    cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG, DECODER_PARAMS)
     if not cap.isOpened():
         cap.release()
-        raise UnprocessableImage(
-            f"The {container} video could not be opened: the file is truncated or damaged (an MP4 needs its index, "
-            "written at the end), or its codec is not supported. Send a complete MP4, WebM, MOV, AVI or MKV file."
-        )
+        raise _unopenable(container)
     count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
     fps = cap.get(cv2.CAP_PROP_FPS)
     meta = Meta(
@@ -125,10 +303,16 @@ def open_video(path: str, container: str, vid_stride: int, settings: Settings) -
             )
         if meta.frames > settings.max_video_frames:
             raise frame_limit(meta.frames, settings.max_video_frames, vid_stride)
+        frames = meta.declared_frames or found.packets
+        if frames and vid_stride > frames:  # Ultralytics analyses frames vid_stride-1, 2*vid_stride-1, ...: none
+            raise BadRequest(
+                f"vid_stride={vid_stride} is more than the video's {frames} frames, so no frame would be analysed "
+                f"(every vid_stride-th frame is). Send a vid_stride of at most {frames}."
+            )
     except BaseException:
         cap.release()
         raise
-    return cap, meta
+    return cap, meta, found
 
 
 def _int(value: float) -> int:
@@ -139,7 +323,7 @@ def check_pixels(width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise PayloadTooLarge(
             f"The video's frames are {width}x{height} = {width * height / 1e6:.1f} megapixels; the limit is "
-            f"{max_pixels / 1e6:g} megapixels per frame. Scale the video down and try again."
+            f"{max_pixels / 1e6:g} megapixels per frame (GATEWAY_MAX_PIXELS). Scale the video down and try again."
         )
 
 
@@ -153,14 +337,26 @@ def frame_limit(frames: int, limit: int, vid_stride: int) -> PayloadTooLarge:
 
 @dataclass
 class Reader:
-    """Reading position in one video: source frames grabbed so far and frames analysed."""
+    """Reading position in one video: source frames grabbed (decoded) so far, frames analysed, grabs made towards
+    the next analysed frame, and the error that stopped reading early (a limit), if any."""
 
     cap: cv2.VideoCapture
     meta: Meta
+    control: Control
+    seek: bool = False  # skip frames by seeking (`Scan.seekable`, and a vid_stride past SEEK_STRIDE)
+    decoded: int = 0  # frames the decoder decoded: every grab, about SEEK_DECODES a seek
     grabbed: int = 0
     analysed: int = 0
+    toward: int = 0
     ended: bool = False
+    out_of_time: bool = False  # `control` expired before the video was read whole
+    stopped: GatewayError | None = None
     frame_ms: list[float] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> int:
+        """Frames decoded only to be skipped (vid_stride), so far."""
+        return self.decoded - self.analysed
 
     def time(self, index: int) -> float | None:
         return round(index / self.meta.fps, 6) if self.meta.fps else None
@@ -179,23 +375,52 @@ class Frame:
 def read_chunk(reader: Reader, count: int, info: ModelInfo, size: int, rect: bool, settings: Settings) -> list[Frame]:
     """Up to `count` next frames, decoded and made model inputs, as Ultralytics' loader reads them: `vid_stride`
     grabs then one retrieve per frame (source frames n-1, 2n-1, ...), stopping after the declared frames / stride
-    (when declared) or when a grab or retrieve fails (`reader.ended`). Past the frame limit: PayloadTooLarge."""
+    (when declared) or when a grab or retrieve fails (`reader.ended`). Past the frame limit: PayloadTooLarge.
+
+    Every grab decodes (OpenCV's FFmpeg backend), skipped frames too: Ultralytics' frames are those of a decoder
+    that saw every packet. Where every frame is a key frame (`Reader.seek`) a seek gives the same frame for less.
+    Returns after SLICE_S even with fewer frames (the grabs made so far count towards the
+    next frame), and ends reading (`reader.out_of_time`) once `reader.control` expires."""
     out: list[Frame] = []
     meta, cap = reader.meta, reader.cap
+    began = time.monotonic()
+    t0 = time.perf_counter()
     while len(out) < count and not reader.ended:
         if meta.frames and reader.analysed >= meta.frames:
             reader.ended = True
             break
-        t0 = time.perf_counter()
-        ok = False
-        for _ in range(meta.vid_stride):
-            ok = cap.grab()
-            if not ok:
-                break
-            reader.grabbed += 1
-        retrieved: Any = None
-        if ok:
+        if reader.control.expired():
+            reader.out_of_time = reader.ended = True
+            break
+        try:
+            if reader.seek:
+                target = reader.grabbed + meta.vid_stride - 1
+                if not cap.set(cv2.CAP_PROP_POS_FRAMES, target) or not cap.grab():
+                    reader.ended = True
+                    break
+                reader.decoded += min(meta.vid_stride, SEEK_DECODES)
+                reader.grabbed = target + 1
+                reader.toward = meta.vid_stride
+            elif reader.toward < meta.vid_stride:
+                if not cap.grab():
+                    reader.ended = True
+                    break
+                reader.decoded += 1
+                reader.grabbed += 1
+                reader.toward += 1
+                if reader.toward < meta.vid_stride:
+                    if time.monotonic() - began > SLICE_S:
+                        break
+                    continue
+            reader.toward = 0
             ok, retrieved = cap.retrieve()
+        except cv2.error:  # e.g. a frame size that changes midway: OpenCV's reader (Ultralytics' too) fails on it
+            reader.stopped = UnprocessableImage(
+                f"Frame {max(reader.grabbed - 1, 0)} of the {meta.container} video could not be decoded into an "
+                "image (its frame size changes midway, or the data is damaged). Re-encode the video at one frame size."
+            )
+            reader.ended = True
+            break
         if not ok or retrieved is None:
             reader.ended = True
             break
@@ -213,6 +438,9 @@ def read_chunk(reader: Reader, count: int, info: ModelInfo, size: int, rect: boo
         tensor, box = pipeline.model_input(image, info, size, rect, settings.max_pixels)
         reader.analysed += 1
         out.append(Frame(index, seconds, Prepared(None, tensor, box), (time.perf_counter() - t0) * 1000))
+        t0 = time.perf_counter()
+        if time.monotonic() - began > SLICE_S:
+            break
     return out
 
 
@@ -224,7 +452,7 @@ def broken(reader: Reader) -> UnprocessableImage | None:
     if reader.analysed == 0:
         return UnprocessableImage(
             f"The {meta.container} video contains no frame that could be decoded. Send a video with at least one "
-            "frame in a supported codec (H.264, HEVC, VP8/VP9, AV1, MPEG-4, MJPEG)."
+            "frame in a supported codec (H.264, HEVC, VP8, VP9, MPEG-4, MJPEG)."
         )
     expected = meta.frames * meta.vid_stride
     if meta.frames and reader.analysed < meta.frames and expected - reader.grabbed > max(2, expected // 100):

@@ -3,16 +3,20 @@ post-process frames a chunk at a time (up to the model's max_batch_size frames o
 answering with one JSON body or, with `stream=true`, one NDJSON line per frame as soon as it is done.
 
 Everything the request holds (temporary file, capture, in-flight slot, memory reservations) lives in one
-AsyncExitStack; a streamed answer takes the stack with it and closes it when the stream ends or the client leaves.
+AsyncExitStack, which the answer takes with it and closes when it is sent, fails or the client leaves. Both answers
+do their work inside the response, watching the connection: a client that leaves stops the decoding within a frame.
+Videos are read in their own worker threads (GATEWAY_VIDEO_WORKERS), so they queue behind each other, not in front
+of images, and within a time budget (GATEWAY_VIDEO_TIMEOUT_S, or GATEWAY_VIDEO_STREAM_TIMEOUT_S when streamed).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import numpy as np
@@ -24,15 +28,16 @@ from starlette.types import Receive, Scope, Send
 
 from gateway import pipeline, responses, video
 from gateway.budget import Hold
-from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, UnprocessableImage
+from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, UnprocessableImage, error_response
 from gateway.schemas import PredictArgs, Style, parse_args
 from gateway.triton import ModelInfo
-from gateway.video import Frame, Meta, Reader
+from gateway.video import Control, Frame, Reader, Scan
 
 if TYPE_CHECKING:
     from gateway.app import State
 
 NDJSON = "application/x-ndjson"
+T = TypeVar("T")
 
 
 async def container_of(uploads: list[UploadFile]) -> str | None:
@@ -73,40 +78,53 @@ async def respond(
     """The answer to a request whose only file part is a video (see the module docstring)."""
     settings = state.settings
     args = parse_args(fields, info.imgsz, style)
-    if args.url:
-        raise BadRequest("Send either a file or a URL, not both.")
+    if args.url or args.source:
+        raise BadRequest("Send one of: a video file, 'url' or 'source' (a URL or base64 image), not several.")
     if args.format != "json":
         raise BadRequest("An annotated image (format=image/png) is made for one image; a video is answered in JSON.")
     size = upload.size if upload.size is not None else settings.max_video_bytes + 1
     if size > settings.max_video_bytes:
         raise video_too_large(settings.max_video_bytes)
     context["video"] = container
-    path = await state.workers.run(video.spool, upload.file, container)
+    # the time budget starts once the upload is here (the body's own deadline covers the upload)
+    seconds = settings.video_stream_timeout_s if args.stream else settings.video_timeout_s
+    setting = "GATEWAY_VIDEO_STREAM_TIMEOUT_S" if args.stream else "GATEWAY_VIDEO_TIMEOUT_S"
+    control = video.Control(time.monotonic() + seconds, seconds, setting)
+    stack.callback(setattr, control, "cancelled", True)  # whatever ends the request stops the thread's work
+    pool = state.video_workers or state.workers
+    path = await pool.run(video.spool, upload.file, container)
     stack.callback(video.remove, path)
     await upload.close()  # the form's copy (in memory or in TMPDIR) is not needed once spooled
-    cap, meta = await state.workers.run(video.open_video, path, container, args.vid_stride, settings)
+    cap, meta, found = await pool.run(video.open_video, path, container, args.vid_stride, settings, control)
     stack.callback(cap.release)
-    reader = Reader(cap, meta)
-    frames = _frames(state, info, reader, args, charge)
+    decoder = Hold(state.budget)  # the decoder's frames, held from the first frame to the last
+    stack.callback(decoder.release)
+    await decoder.take(found.decoder_bytes(settings.max_pixels))
+    reader = Reader(cap, meta, control, seek=found.seekable and args.vid_stride >= video.SEEK_STRIDE)
+    frames = _frames(state, info, reader, found, args, charge)
     stack.push_async_callback(frames.aclose)
+    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
     if args.stream:
-        first = await _first(frames)  # errors before the first frame (e.g. nothing decodable) keep their status
-        lines = _lines(first, frames, reader, info, args, style)
-        return NdjsonStream(lines, stack.pop_all(), {"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
-    outcomes: list[FrameOutcome] = []
-    try:
-        async for outcome in frames:
-            outcomes.append(outcome)
-    except UnprocessableImage as exc:  # broken partway: 422 with what could be read
+        return NdjsonStream(frames, reader, info, args, style, control, stack.pop_all(), headers)
+
+    async def answer() -> Response:
+        outcomes: list[FrameOutcome] = []
+        error: GatewayError | None = None
+        try:
+            async for outcome in frames:
+                outcomes.append(outcome)
+        except (UnprocessableImage, PayloadTooLarge) as exc:  # broken partway or a limit: with what was read
+            error = exc
         entries = [frame_entry(o, style) for o in outcomes]
-        body = _summary(info, args, style, entries, reader, exc, started)
-        return responses.json_response(body, exc.status)
-    entries = [frame_entry(o, style) for o in outcomes]
-    context["frames"] = len(entries)
-    timings = {"total": (time.perf_counter() - started) * 1000}
-    body = _summary(info, args, style, entries, reader, None, started)
-    headers = {"Server-Timing": responses.server_timing(timings)}
-    return Response(orjson.dumps(body), media_type="application/json", headers=headers)
+        context["frames"] = len(entries)
+        body = _summary(info, args, style, entries, reader, error, started)
+        if error is not None:
+            return responses.json_response(body, error.status)
+        timings = {"total": (time.perf_counter() - started) * 1000}
+        headers = {"Server-Timing": responses.server_timing(timings)}
+        return Response(orjson.dumps(body), media_type="application/json", headers=headers)
+
+    return WholeAnswer(answer, control, stack.pop_all())
 
 
 def video_too_large(limit: int) -> GatewayError:
@@ -116,49 +134,58 @@ def video_too_large(limit: int) -> GatewayError:
     )
 
 
-async def _first(frames: AsyncGenerator[FrameOutcome, None]) -> FrameOutcome | None:
-    try:
-        return await frames.__anext__()
-    except StopAsyncIteration:
-        return None
-
-
-def _chunk_bytes(meta: Meta, info: ModelInfo, size: int, count: int, max_pixels: int) -> int:
-    """Memory one chunk holds at its peak: the decoded frame and FFmpeg's own copy, and `count` model inputs."""
-    pixels = meta.width * meta.height if meta.width and meta.height else max_pixels
+def _chunk_bytes(found: Scan, info: ModelInfo, size: int, count: int, max_pixels: int) -> int:
+    """Memory one chunk holds at its peak besides the decoder's frames (`Scan.decoder_bytes`): the decoded frame in
+    BGR and its copy, and `count` model inputs. The largest frame any packet declares, not the container's size."""
+    pixels = found.largest.pixels or max_pixels
     side = size + info.stride  # the letterboxed input is at most size², rounded up to the stride
     item = 4 if info.input_format == "float32_nchw_rgb" else 1
     return pixels * 3 * 2 + count * side * side * 3 * item
 
 
 async def _frames(
-    state: State, info: ModelInfo, reader: Reader, args: PredictArgs, charge: Callable[[int], Awaitable[None]]
+    state: State,
+    info: ModelInfo,
+    reader: Reader,
+    found: Scan,
+    args: PredictArgs,
+    charge: Callable[[int], Awaitable[None]],
 ) -> AsyncGenerator[FrameOutcome, None]:
-    """Each analysed frame's outcome in order; raises at the end when the video broke off (UnprocessableImage)."""
+    """Each analysed frame's outcome in order; raises at the end when a limit stopped reading (PayloadTooLarge) or
+    the video broke off (UnprocessableImage)."""
     settings = state.settings
+    pool = state.video_workers or state.workers
     rect = settings.letterbox == "rect"
     batch = max(info.max_batch_size, 1)
     paid = 1  # the request's own token (taken by the rate limiter's check) pays for the first frame
+    delivered = 0
     while not reader.ended:
         hold = Hold(state.budget)
+        outcomes: list[FrameOutcome] = []
         try:
-            await hold.take(_chunk_bytes(reader.meta, info, args.size, batch, settings.max_pixels))
-            chunk = await state.workers.run(video.read_chunk, reader, batch, info, args.size, rect, settings)
-            if not chunk:
-                break
-            await charge(len(chunk) - paid)  # each analysed frame costs one token, like an image
-            paid = 0
-            outcomes: list[FrameOutcome] = []
+            await hold.take(_chunk_bytes(found, info, args.size, batch, settings.max_pixels))
+            chunk = await pool.run(video.read_chunk, reader, batch, info, args.size, rect, settings)
+            # each analysed frame costs one token, like an image; frames decoded only to be skipped, one per ten
+            owed = reader.analysed + reader.skipped // video.SKIPPED_PER_TOKEN
+            await charge(owed - paid)
+            paid = max(paid, owed)
             for group in _same_shape(chunk):
+                if reader.control.expired():  # checked between batches too: inference is most of a frame's time
+                    reader.out_of_time = reader.ended = True
+                    break
                 t0 = time.perf_counter()
                 async with state.triton.infer(info, [f.item.tensor for f in group]) as result:
                     per_frame = (time.perf_counter() - t0) * 1000 / len(group)
-                    outcomes += await state.workers.run(_finish, info, result, group, args, per_frame)
+                    outcomes += await pool.run(_finish, info, result, group, args, per_frame)
         finally:
             hold.release()
+        delivered += len(outcomes)
         for outcome in outcomes:
             yield outcome
-    error = video.broken(reader)
+    if reader.out_of_time:
+        reader.analysed = delivered  # frames read but not inferred when the time ran out are not in the answer
+        raise reader.control.time_limit(delivered, reader.decoded)
+    error = reader.stopped or video.broken(reader)
     if error is not None:
         raise error
 
@@ -261,21 +288,103 @@ async def _lines(
     yield orjson.dumps(_end_line(info, args, style, reader, error)) + b"\n"
 
 
-class NdjsonStream(StreamingResponse):
-    """Newline-delimited JSON; when the stream ends, fails or the client disconnects, the frame generator is closed
-    (no more frames are read or inferred) and then everything the request held is released."""
+async def _watching(receive: Receive, control: Control, work: Callable[[], Awaitable[T]]) -> T:
+    """`work()`, while the connection is watched: a client that disconnects sets `control.cancelled`, and the work
+    ends early, within a frame or a Triton batch (the caller then answers `_gone()`). Starlette does not cancel a
+    handler whose client left; after the body, the next ASGI message is the disconnect. Cooperative rather than a
+    task cancellation: the gRPC client re-raises a cancellation as one of its own, which cancel scopes then take
+    for someone else's (and the request would end in a 500)."""
 
-    def __init__(
-        self, lines: AsyncGenerator[bytes, None], held: contextlib.AsyncExitStack, headers: dict[str, str]
-    ) -> None:
-        super().__init__(lines, media_type=NDJSON, headers=headers)
-        self._lines = lines
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        control.cancelled = True
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        return await work()
+    finally:
+        watcher.cancel()
+
+
+class WholeAnswer(Response):
+    """The JSON answer to a video, made inside the response, where the connection can be watched (`_watching`).
+    Errors before the answer is sent keep their own status; a client that left gets `_gone()`."""
+
+    def __init__(self, make: Callable[[], Awaitable[Response]], control: Control, held: contextlib.AsyncExitStack):
+        super().__init__(media_type="application/json")
+        self._make = make
+        self._control = control
         self._held = held
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            response = await _watching(receive, self._control, self._make)
+            await (_gone() if self._control.cancelled else response)(scope, receive, send)
         finally:
+            self._control.cancelled = True
             with anyio.CancelScope(shield=True):
-                await self._lines.aclose()
                 await self._held.aclose()
+
+
+class NdjsonStream(StreamingResponse):
+    """Newline-delimited JSON, one line per frame. The first frame is awaited before the status line (errors before
+    it keep their status); when the stream ends, fails or the client disconnects, the frame generator is closed (no
+    more frames are read or inferred) and then everything the request held is released."""
+
+    def __init__(
+        self,
+        frames: AsyncGenerator[FrameOutcome, None],
+        reader: Reader,
+        info: ModelInfo,
+        args: PredictArgs,
+        style: Style,
+        control: Control,
+        held: contextlib.AsyncExitStack,
+        headers: dict[str, str],
+    ) -> None:
+        super().__init__(_nothing(), media_type=NDJSON, headers=headers)
+        self._frames = frames
+        self._lines: AsyncGenerator[bytes, None] | None = None
+        self._reader, self._info, self._args, self._style = reader, info, args, style
+        self._control = control
+        self._held = held
+
+    async def _first(self) -> FrameOutcome | None:
+        try:
+            return await self._frames.__anext__()
+        except StopAsyncIteration:
+            return None
+
+    async def _send_lines(self, send: Send) -> None:
+        try:
+            await self.stream_response(send)
+        except OSError:  # the client left while a line was sent (ASGI 2.4 servers raise)
+            self._control.cancelled = True
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            first = await _watching(receive, self._control, self._first)
+            if self._control.cancelled:
+                await _gone()(scope, receive, send)
+                return
+            self._lines = _lines(first, self._frames, self._reader, self._info, self._args, self._style)
+            self.body_iterator = self._lines
+            await _watching(receive, self._control, lambda: self._send_lines(send))
+        finally:
+            self._control.cancelled = True
+            with anyio.CancelScope(shield=True):
+                if self._lines is not None:
+                    await self._lines.aclose()
+                await self._held.aclose()
+
+
+def _gone() -> Response:
+    """What a request whose client left is answered, for the access log and the metrics (nginx's 499): the server
+    drops messages to a closed connection."""
+    return error_response(499, "The client closed the connection before the answer was ready.")
+
+
+async def _nothing() -> AsyncGenerator[bytes, None]:
+    return
+    yield b""

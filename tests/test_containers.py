@@ -232,6 +232,35 @@ def test_metrics_count_requests(stack: Stack, images: dict[str, Path]) -> None:
     assert count() == before + 1
 
 
+@pytest.mark.container
+def test_a_60_mib_video_passes_through_the_stack(stack: Stack, tmp_path: Path) -> None:
+    """A video three times the image limit (60 MiB of MJPEG; the images' limit is 20 MiB, the videos' 100 MiB) goes
+    through the gateway container: streamed into its tmpfs /tmp on a read-only root, copied for FFmpeg, scanned and
+    decoded by the image's OpenCV, every fifth frame inferred; its files are gone from /tmp afterwards."""
+    import cv2
+    import numpy as np
+
+    from tests.test_video import write_avi
+
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (720, 1280, 3), np.uint8)  # noise: JPEG keeps it large
+    packets: list[bytes] = []
+    while sum(map(len, packets)) < 60 * 2**20:
+        ok, jpeg = cv2.imencode(".jpg", np.roll(frame, len(packets) * 8, axis=1), [cv2.IMWRITE_JPEG_QUALITY, 95])
+        assert ok
+        packets.append(bytes(jpeg))
+    video = write_avi(tmp_path / "sixty.avi", packets, 1280, 720)
+    assert 60 * 2**20 <= video.stat().st_size < 100 * 2**20
+    r = stack.post("yolov8n", video, vid_stride="5")
+    assert r.status_code == 200, r.text[:500]
+    body = r.json()
+    assert body["success"] is True and body["video"]["container"] == "AVI"
+    assert [f["frame"] for f in body["data"]] == [5 * k + 4 for k in range(len(packets) // 5)]
+    assert (body["video"]["width"], body["video"]["height"]) == (1280, 720)
+    left = docker("exec", stack.gateway, "ls", "-A", "/tmp").split()
+    assert not [name for name in left if name.startswith("gateway-video-")], left
+
+
 # --- how the containers run ------------------------------------------------------------------------------------
 
 

@@ -529,6 +529,12 @@ MUTATIONS.update(
             ),
             "GATEWAY_BODY_TIMEOUT_S",
         ),
+        "gateway /tmp sized for images only": (  # the size before videos: 64 bodies of 21 MiB + 64 MiB
+            lambda d: next(v for v in _gspec(d)["volumes"] if v["name"] == "tmp")["emptyDir"].update(
+                sizeLimit="1408Mi"
+            ),
+            "/tmp's sizeLimit",
+        ),
     }
 )
 
@@ -734,26 +740,42 @@ def test_body_deadline_and_ingress_timeouts_agree() -> None:
         assert int(check.flag(gateway_container(docs)["args"], "timeout-keep-alive") or 0) > 60
 
 
-def test_ingress_body_limit_follows_the_gateway_upload_limit() -> None:
-    for upload, expected in ((20 * 2**20, "21m"), (50 * 2**20, "51m"), (10_000_000, "10m")):
-        docs = render_with(
-            gateway={
-                "limits": {**check.load_values(CHART / "values.yaml")["gateway"]["limits"], "maxUploadBytes": upload}
-            },
-            ingress={"enabled": True, "host": "yolo.example.com", "tls": {"secretName": "tls"}},
-        )
-        ingress = check.of_kind(docs, "Ingress")[0]
-        assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"] == expected
-        assert ingress["spec"]["tls"] == [{"hosts": ["yolo.example.com"], "secretName": "tls"}]
-        published = {(p["path"], p["pathType"]) for p in ingress["spec"]["rules"][0]["http"]["paths"]}
-        assert published == {
-            ("/v1", "Prefix"),
-            ("/api/models", "Prefix"),
-            ("/openapi.json", "Exact"),
-            ("/static", "Prefix"),
-            ("/", "Exact"),
-        }
-        assert check.invariants(docs) == []
+@pytest.mark.parametrize(
+    ("upload", "video", "workers", "body", "tmp_mib"),
+    [
+        (20 * 2**20, 100 * 2**20, 1, "101m", 64 * 101 + 101 + 64),  # the defaults: a video's 100 MiB decides
+        (20 * 2**20, 20 * 2**20, 1, "21m", 64 * 21 + 21 + 64),  # videos kept at the image size
+        (50 * 2**20, 30 * 2**20, 2, "51m", 64 * 51 + 2 * 31 + 64),  # images larger than videos
+        (10_000_000, 60 * 2**20, 1, "61m", 64 * 61 + 61 + 64),
+    ],
+)
+def test_ingress_body_limit_and_tmp_follow_the_gateway_upload_and_video_limits(
+    upload: int, video: int, workers: int, body: str, tmp_mib: int
+) -> None:
+    """The ingress lets through every body the gateway accepts (a video's up to GATEWAY_MAX_VIDEO_BYTES), and the
+    gateway's /tmp holds what its requests in flight may spool: each its body, and a video per video worker."""
+    limits = check.load_values(CHART / "values.yaml")["gateway"]["limits"]
+    docs = render_with(
+        gateway={"limits": {**limits, "maxUploadBytes": upload, "maxVideoBytes": video}, "videoWorkers": workers},
+        ingress={"enabled": True, "host": "yolo.example.com", "tls": {"secretName": "tls"}},
+    )
+    ingress = check.of_kind(docs, "Ingress")[0]
+    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"] == body
+    assert ingress["spec"]["tls"] == [{"hosts": ["yolo.example.com"], "secretName": "tls"}]
+    published = {(p["path"], p["pathType"]) for p in ingress["spec"]["rules"][0]["http"]["paths"]}
+    assert published == {
+        ("/v1", "Prefix"),
+        ("/api/models", "Prefix"),
+        ("/openapi.json", "Exact"),
+        ("/static", "Prefix"),
+        ("/", "Exact"),
+    }
+    env = check.env_of(gateway_container(docs))
+    assert env["GATEWAY_MAX_UPLOAD_BYTES"] == str(upload) and env["GATEWAY_MAX_VIDEO_BYTES"] == str(video)
+    assert env["GATEWAY_VIDEO_WORKERS"] == str(workers)
+    tmp = next(v for v in _gspec(docs)["volumes"] if v["name"] == "tmp")
+    assert tmp["emptyDir"] == {"sizeLimit": f"{tmp_mib}Mi"}
+    assert check.invariants(docs) == []
 
 
 def test_network_policies_admit_only_the_gateway_to_triton(rendered: dict[str, list[Doc]]) -> None:

@@ -100,10 +100,25 @@ seccompProfile:
   type: RuntimeDefault
 {{- end }}
 
-{{/* Request body limit at the ingress: the gateway's (upload + 64 KiB of form), rounded up to whole MiB. */}}
+{{/* The largest request body the gateway accepts: its image or its video limit, the larger, + 64 KiB of form. */}}
+{{- define "yolo-triton.maxBodyBytes" -}}
+{{- $l := .Values.gateway.limits }}
+{{- add (max ($l.maxUploadBytes | int64) ($l.maxVideoBytes | int64)) 65536 }}
+{{- end }}
+
+{{/* Request body limit at the ingress: the gateway's largest body, rounded up to whole MiB. */}}
 {{- define "yolo-triton.ingressBodyMiB" -}}
-{{- $bytes := add .Values.gateway.limits.maxUploadBytes 65536 }}
+{{- $bytes := include "yolo-triton.maxBodyBytes" . | int64 }}
 {{- div (add $bytes 1048575) 1048576 }}
+{{- end }}
+
+{{/* The gateway's /tmp in MiB: every request in flight may spool its body there (multipart parts over 1 MiB), and
+each video worker copies one video beside its upload while it spools it (gateway/video.py), + 64 MiB of slack. */}}
+{{- define "yolo-triton.gatewayTmpMiB" -}}
+{{- $l := .Values.gateway.limits }}
+{{- $body := add (div (include "yolo-triton.maxBodyBytes" . | int64) 1048576) 1 }}
+{{- $video := add (div ($l.maxVideoBytes | int64) 1048576) 1 }}
+{{- add (mul $body ($l.maxInflight | int64)) (mul $video (.Values.gateway.videoWorkers | int64)) 64 }}
 {{- end }}
 
 {{/* A Kubernetes quantity ("2Gi", "512Mi", "1.5G", "1073741824") in bytes, as an integer string. */}}
