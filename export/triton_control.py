@@ -8,7 +8,8 @@ set. Over gRPC Triton expects the key in the header `triton-grpc-protocol-<name>
 `admin-key` header is refused with "expecting header 'triton-grpc-protocol-admin-key'"); over HTTP in `<name>`.
 
 `url` is the gateway's GATEWAY_TRITON_URL: `host:port`, or `dns:///name:port` for a Kubernetes headless Service,
-whose name resolves to every Triton pod's address: each of them is an endpoint, asked on its own.
+whose name resolves to every Triton pod's address: each of them is an endpoint, asked on its own. Several such
+addresses may be given, separated by commas (Tritons that are not behind one name).
 """
 
 from __future__ import annotations
@@ -46,22 +47,11 @@ class TritonFleet:
 
     async def endpoints(self) -> list[str]:
         """Every Triton behind `url` (`host:port` each), resolved now: replicas come and go."""
-        target = self.url.removeprefix("dns:///").removeprefix("dns:")
-        host, _, port = target.rpartition(":")
-        host = host.strip("[]")
-        if not host or not port.isdigit():
-            return [self.url]
-        try:
-            infos = await asyncio.to_thread(socket.getaddrinfo, host, int(port), type=socket.SOCK_STREAM)
-        except OSError as exc:
-            log.warning("cannot resolve the Triton address %s: %s", self.url, exc)
-            return []
-        found = []
-        for family, *_, address in infos:
-            ip = str(address[0])
-            endpoint = f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}"
-            if endpoint not in found:
-                found.append(endpoint)
+        found: list[str] = []
+        for url in (u.strip() for u in self.url.split(",") if u.strip()):
+            for endpoint in await _resolve(url):
+                if endpoint not in found:
+                    found.append(endpoint)
         return found
 
     def client(self, endpoint: str) -> grpcclient.InferenceServerClient:
@@ -103,3 +93,21 @@ class TritonFleet:
             except InferenceServerException as exc:
                 problems.append(f"Triton at {endpoint} could not unload {name}: {exc.message()}")
         return problems
+
+
+async def _resolve(url: str) -> list[str]:
+    target = url.removeprefix("dns:///").removeprefix("dns:")
+    host, _, port = target.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        return [url]
+    try:
+        infos = await asyncio.to_thread(socket.getaddrinfo, host, int(port), type=socket.SOCK_STREAM)
+    except OSError as exc:
+        log.warning("cannot resolve the Triton address %s: %s", url, exc)
+        return []
+    found = []
+    for family, *_, address in infos:
+        ip = str(address[0])
+        found.append(f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}")
+    return found
