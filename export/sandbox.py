@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent  # the project: the child imports `export` from here
+FOLDER_PREFIX = "yt-export-"
 RESULT = "result.json"
 RESULT_MAX_BYTES = 4 * 2**20
 LOG = "log.txt"
@@ -92,15 +93,35 @@ class SandboxFailed(Exception):
 
 @contextlib.contextmanager
 def private_folder(base: Path | None = None) -> Iterator[Path]:
-    """A new folder only this user can enter, removed with everything in it afterwards."""
+    """A new folder only this user can enter, removed with everything in it afterwards. Its name carries this
+    process's id, so that `sweep` can remove what a killed worker left behind."""
     if base is not None:
         base.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix="yt-export-", dir=base))
+    path = Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-", dir=base))
     try:
         path.chmod(0o700)
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def sweep(base: Path | None = None) -> list[Path]:
+    """Remove the private folders of worker processes that are gone (killed before they could); those removed."""
+    removed = []
+    for path in Path(base or tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*-*"):
+        pid = path.name[len(FOLDER_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit() or not path.is_dir() or path.is_symlink() or path.stat().st_uid != os.getuid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # its worker is alive (or the pid was reused by a live process: left for next time)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
 
 
 def child_environment(folder: Path) -> dict[str, str]:

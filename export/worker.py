@@ -130,6 +130,8 @@ class Worker:
         """Work until `stop` is set; then the versions in progress are abandoned (their sandboxes killed) and resumed
         by the next worker once their leases expire."""
         log.info("export worker %s: repository %s, models dir %s", self.name, self.repository, self.models_dir)
+        for folder in await asyncio.to_thread(sandbox.sweep):
+            log.info("removed %s, left behind by a worker that was killed", folder)
         try:
             while not stop.is_set():
                 try:
@@ -298,8 +300,8 @@ class Worker:
             raise StageFailed(f"the uploaded file is missing ({v.upload}); upload it again") from None
         if size > limit:
             raise StageFailed(
-                f"the file is {_mib(size)}; the limit is {_mib(limit)} (GATEWAY_MAX_MODEL_BYTES): upload a smaller "
-                "checkpoint (a trained YOLOv8/YOLO11 .pt is 5-140 MiB)"
+                f"the file is {size} bytes; the limit is {limit} bytes ({_mib(limit)}, GATEWAY_MAX_MODEL_BYTES): "
+                "upload a smaller checkpoint (a trained YOLOv8/YOLO11 .pt is 5-140 MiB)"
             )
         if size != v.size:
             raise StageFailed(f"the stored upload is {size} bytes, {v.size} were uploaded; upload it again")
