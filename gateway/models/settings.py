@@ -1,9 +1,10 @@
 """Settings of the model registry and the export worker, read once from the same GATEWAY_* environment as the
 gateway's (`ModelSettings.from_env`); to be folded into gateway/settings.py with the models API.
 
-Memory and CPU defaults are sized from a measured yolov8n export in the sandbox (README, "Your own models"): peak
-address space about 4 GiB (torch and ONNX Runtime map far more than they touch), resident about 0.9 GiB, about 10
-CPU-seconds; the limits leave room for larger YOLO checkpoints (an x-scale model exports in a few CPU-minutes).
+The sandbox's limits are sized from a measured yolov8n export (`python -m bench.upload`, 2 cores): peak address space
+3.9 GiB (torch's CUDA build maps about 3.4 GiB of libraries before it does anything; below 4 GiB the import itself
+fails), peak resident 1.05 GiB, 9-10 CPU-seconds. The defaults leave twice the address space and ~90 times the CPU
+for the largest YOLOv8/YOLO11 checkpoints (an x-scale model has ~25 times the parameters of an n-scale one).
 """
 
 from __future__ import annotations
