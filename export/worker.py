@@ -613,7 +613,9 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m export worker`: settings from GATEWAY_* (the gateway's Triton URL and Redis; the models settings)."""
     parser = argparse.ArgumentParser(prog="python -m export worker", description=__doc__.split("\n\n")[0])
     parser.add_argument("--repository", type=Path, default=Path("model_repository"), help="Triton model repository")
-    parser.add_argument("--triton-url", default="", help="default: GATEWAY_TRITON_URL")
+    parser.add_argument(
+        "--triton-url", default="", help="default: GATEWAY_TRITON_URL (several Tritons: comma-separated)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from export.gateway_parts import Settings

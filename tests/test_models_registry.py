@@ -21,6 +21,7 @@ from gateway.models import (
     ModelNotFound,
     ModelSettings,
     Registry,
+    RegistryError,
     check_model_id,
     open_registry,
     parse_triton_name,
@@ -137,6 +138,10 @@ async def test_versions_are_numbered_and_queued(registry: Registry, clock: Clock
     assert await registry.get("other") is None
     with pytest.raises(InvalidModelId):
         await add(registry, "a--v1")
+    with pytest.raises(RegistryError, match="imgsz must be from 32 to 1280, not 2048"):
+        await add(registry, imgsz=2048)
+    with pytest.raises(RegistryError, match="sha256 must be 64 lowercase hex digits"):
+        await registry.add_version("parts", sha256="abc", size=1, filename="x.pt", upload="uploads/parts/abc.pt")
 
 
 async def test_claim_takes_the_oldest_and_one_version_per_model(registry: Registry, clock: Clock) -> None:

@@ -233,6 +233,7 @@ def test_uploads_that_are_not_served_fail_at_checking_with_the_reason(stack: Sta
             )
         )[1],
         "world": stack.upload("world", tmp_path / "world.pt"),
+        "half": stack.upload("half", tmp_path / "world.pt", half=True),
     }
     reasons = {}
     for model_id, v in versions.items():
@@ -247,7 +248,8 @@ def test_uploads_that_are_not_served_fail_at_checking_with_the_reason(stack: Sta
         "smaller checkpoint (a trained YOLOv8/YOLO11 .pt is 5-140 MiB)"
     )
     assert "a YOLO-World (open-vocabulary) model (WorldModel) is not served" in reasons["world"]
-    assert not any(name.startswith(("evil", "big", "world")) for name in stack.states())
+    assert reasons["half"].startswith("half precision (FP16) needs a GPU target")
+    assert not any(name.startswith(("evil", "big", "world", "half")) for name in stack.states())
 
 
 def test_an_uploaded_checkpoint_serves_what_ultralytics_answers(stack: Stack, images: dict[str, Path]) -> None:

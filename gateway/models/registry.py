@@ -33,6 +33,7 @@ from gateway.models.record import (
 )
 
 Change = Callable[[ModelRecord | None], ModelRecord | None]
+IMGSZ_RANGE = (32, 1280)  # the `size` range requests may ask for (gateway/schemas.py SIZE_RANGE)
 
 
 def worker_id() -> str:
@@ -100,6 +101,8 @@ class Registry(ABC):
             raise RegistryError(f"sha256 must be 64 lowercase hex digits, not {sha256[:80]!r}")
         if size <= 0:
             raise RegistryError("the upload is empty")
+        if imgsz is not None and not IMGSZ_RANGE[0] <= imgsz <= IMGSZ_RANGE[1]:
+            raise RegistryError(f"imgsz must be from {IMGSZ_RANGE[0]} to {IMGSZ_RANGE[1]}, not {imgsz}")
         added: list[Version] = []
 
         def change(record: ModelRecord | None) -> ModelRecord:
