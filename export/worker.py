@@ -24,10 +24,10 @@ and Triton, and never touches the alias: the serving version keeps serving. Whil
 lease (a third of GATEWAY_EXPORT_LEASE_S) and writes the stage's progress; a worker that stops is replaced by the
 next claim after its lease expires (gateway/models/registry.py `claim`).
 
-Reconcile: each Triton has every `ready` version loaded (a Triton that restarted or joined loads what is current)
-and no other uploaded version; replaced versions are retired when their time comes; deleted models are unloaded,
-their files removed, then their records; beyond GATEWAY_MAX_LOADED_UPLOADS loaded versions, the least recently used
-serving ones are unloaded (`unloaded`; a request queues them to load again).
+Reconcile (export/reconcile.py): each Triton has every `ready` version loaded (a Triton that restarted or joined
+loads what is current) and no other uploaded version; replaced versions are retired when their time comes; deleted
+models are unloaded, their files removed, then their records; beyond GATEWAY_MAX_LOADED_UPLOADS loaded versions, the
+least recently used serving ones are unloaded (`unloaded`; a request queues them to load again).
 """
 
 from __future__ import annotations
@@ -35,14 +35,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
-import re
 import shutil
 import signal
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,29 +47,25 @@ from typing import Any
 
 from export import sandbox
 from export.sandbox import Limits, SandboxFailed, private_folder
+from export.places import OutsideModelsDir, Places, checkpoint_name, place, remove, sha256
+from export.reconcile import Reconciler
 from export.triton_control import TritonControlError, TritonFleet
 from export.verify import triton_problems
 from gateway.models import (
     Claim,
     LeaseLost,
-    ModelRecord,
     ModelSettings,
     Registry,
     RegistryError,
     Version,
     open_registry,
-    parse_triton_name,
     worker_id,
 )
-from gateway.models.record import ACTIVE, EXPORT_STAGES, STAGES, Stage, Status
+from gateway.models.record import EXPORT_STAGES, STAGES, Stage
 
 log = logging.getLogger("export.worker")
 LOAD_STAGES: frozenset[Stage] = frozenset({"loading"})
-READY: tuple[Status] = ("ready",)
 TASKS = ("detect", "segment", "pose", "obb", "classify")
-LRU_UNLOAD_DELAY_S = 3.0  # gateways cache an alias about a second: unload after they stopped sending to it
-LOAD_RETRY_S = 30.0  # a Triton that failed to load a ready version is asked again this often
-SAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]+")
 # The loading stage's check through one Triton: (Triton client, version name, version dir) -> (problems, rows)
 ServedCheck = Callable[[Any, str, Path], Awaitable[tuple[list[str], int]]]
 
@@ -111,9 +104,13 @@ class Worker:
     check_served: ServedCheck = triton_problems  # the loading stage's comparison (tests inject failures here)
     _exports: set[asyncio.Task[None]] = field(default_factory=set, init=False, repr=False)
     _loads: set[asyncio.Task[None]] = field(default_factory=set, init=False, repr=False)
-    _pending_unloads: dict[str, float] = field(default_factory=dict, init=False, repr=False)
     _children: set[int] = field(default_factory=set, init=False, repr=False)
-    _load_retry: dict[tuple[str, str], float] = field(default_factory=dict, init=False, repr=False)
+    places: Places = field(init=False)
+    reconciler: Reconciler = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.places = Places(self.repository, self.settings.models_dir)
+        self.reconciler = Reconciler(self.registry, self.settings, self.places, self.fleet)
 
     @property
     def models_dir(self) -> Path:
@@ -155,7 +152,7 @@ class Worker:
 
     async def step(self) -> None:
         """One round: reconcile Triton with the registry, then start what there is room for."""
-        await self.reconcile()
+        await self.reconciler.reconcile()
         while len(self._exports) < self.settings.export_concurrency:
             claim = await self.registry.claim(
                 self.name, self.settings.export_lease_s, EXPORT_STAGES, self.settings.export_attempts
@@ -198,7 +195,7 @@ class Worker:
                 log.info("%s: %s done in %.1f s", v.triton, stage, took)
             record = await self.registry.ready(job.model_id, v.number, self.name, self.settings.retire_grace_s)
             log.info("%s: ready; model %s now serves version %s", v.triton, job.model_id, record.serving)
-            await asyncio.to_thread(self._tidy_after_ready, job.name)
+            await asyncio.to_thread(self.places.tidy_after_ready, job.name)
         except StageFailed as exc:
             log.warning("%s: failed during %s: %s", v.triton, job.stage, exc.reason)
             await self._undo(job)
@@ -284,11 +281,10 @@ class Worker:
         return outcome.result
 
     def _upload(self, v: Version) -> Path:
-        root = self.models_dir.resolve()
-        path = (root / v.upload).resolve()
-        if root not in path.parents:
-            raise StageFailed(f"the upload path {v.upload!r} is outside the models folder")
-        return path
+        try:
+            return self.places.upload(v)
+        except OutsideModelsDir as exc:
+            raise StageFailed(str(exc)) from None
 
     async def _checking(self, job: Job) -> None:
         v = job.version
@@ -306,7 +302,7 @@ class Worker:
         if size != v.size:
             raise StageFailed(f"the stored upload is {size} bytes, {v.size} were uploaded; upload it again")
         job.progress = 0.05
-        digest = await asyncio.to_thread(_sha256, path)
+        digest = await asyncio.to_thread(sha256, path)
         if digest != v.sha256:
             raise StageFailed(f"the stored upload's sha256 is {digest}, the upload's was {v.sha256}; upload it again")
         if v.half:
@@ -315,7 +311,7 @@ class Worker:
                 "upload again without half"
             )
         with private_folder() as folder:
-            copy = folder / _checkpoint_name(v)
+            copy = folder / checkpoint_name(v)
             await asyncio.to_thread(shutil.copyfile, path, copy)
             found = await self._sandboxed(job, "check", {"path": str(copy)}, folder)
         task, names, imgsz = _described(found)
@@ -336,7 +332,7 @@ class Worker:
         v = job.version
         path = self._upload(v)
         with private_folder() as folder:
-            copy = folder / _checkpoint_name(v)
+            copy = folder / checkpoint_name(v)
             await asyncio.to_thread(shutil.copyfile, path, copy)
             await self._sandboxed(job, "export", {"path": str(copy), "name": v.triton, "imgsz": v.imgsz}, folder)
             await asyncio.to_thread(self._keep_export, folder / "out" / v.triton, v)
@@ -355,11 +351,10 @@ class Worker:
                 f"the exported model card ({info.name}, {info.task}, {len(info.names)} classes) does not match the "
                 f"checked checkpoint ({v.triton}, {v.task}, {len(v.names)} classes)"
             )
-        staging = self.models_dir / "staging" / v.triton
-        _place(out, staging)
+        place(out, self.places.staging(v.triton))
 
     async def _verifying(self, job: Job) -> None:
-        staging = self.models_dir / "staging" / job.name
+        staging = self.places.staging(job.name)
         if not (staging / "config.pbtxt").exists():
             raise StageFailed("its export is gone from staging/ (removed by hand?); upload it again")
         with private_folder() as folder:
@@ -373,15 +368,15 @@ class Worker:
 
     async def _loading(self, job: Job) -> None:
         name = job.name
-        target = self.repository / name
+        target = self.places.served(name)
         if not target.exists():
             source = next(
-                (d for d in (self.models_dir / "staging" / name, self.models_dir / "versions" / name) if d.exists()),
+                (d for d in (self.places.staging(name), self.places.versions(name)) if d.exists()),
                 None,
             )
             if source is None:
                 raise StageFailed("its exported files are gone (neither in staging/ nor versions/); upload it again")
-            await asyncio.to_thread(_place, source, target, False)
+            await asyncio.to_thread(place, source, target, False)
         endpoints = await self.fleet.endpoints()
         if not endpoints:
             raise StageFailed(f"no Triton answers at {self.fleet.url}")
@@ -426,129 +421,9 @@ class Worker:
                     log.warning("%s", problem)
         reload = job.stage == "loading" and not v.rollback and v.loaded_at is not None
         if not reload:
-            await asyncio.to_thread(self._remove_from_repository, name, v.rollback)
+            await asyncio.to_thread(self.places.out_of_repository, name, v.rollback)
         if not v.rollback:
-            await asyncio.to_thread(_remove, self.models_dir / "staging" / name)
-
-    def _remove_from_repository(self, name: str, keep: bool) -> None:
-        target = self.repository / name
-        if not target.exists():
-            return
-        kept = self.models_dir / "versions" / name
-        if keep and not kept.exists():
-            _place(target, kept, move=True)
-        else:
-            _remove(target)
-
-    def _tidy_after_ready(self, name: str) -> None:
-        for leftover in (self.models_dir / "staging" / name, self.models_dir / "versions" / name):
-            _remove(leftover)
-
-    # --- reconcile -----------------------------------------------------------------------------------------------
-
-    async def reconcile(self) -> None:
-        """Make every Triton and the files agree with the registry (idempotent; safe with several workers)."""
-        records = await self.registry.list()
-        t = self.registry.clock()
-        endpoints = await self.fleet.endpoints()
-        indexes: dict[str, dict[str, str]] = {}
-        for endpoint in endpoints:
-            try:
-                indexes[endpoint] = await self.fleet.index(endpoint)
-            except TritonControlError as exc:
-                log.warning("%s", exc)
-        known: dict[str, tuple[ModelRecord, Version]] = {}
-        for record in records:
-            if record.deleted:
-                if not any(v.status in ACTIVE and v.lease and v.lease.until > t for v in record.versions):
-                    await self._remove_model(record)
-                continue
-            for v in record.versions:
-                known[v.triton] = (record, v)
-                if v.status == "ready" and v.retire_at is not None and v.retire_at <= t and v.number != record.serving:
-                    await self._retire(record, v)
-                    continue
-                if v.status == "retired" and (self.repository / v.triton).exists():
-                    loaded = any(index.get(v.triton) == "READY" for index in indexes.values())
-                    if not loaded:
-                        await asyncio.to_thread(self._remove_from_repository, v.triton, True)
-        await self._lru(records, t)
-        for endpoint, index in indexes.items():
-            for name, state in index.items():
-                if parse_triton_name(name) is None:
-                    continue  # a built-in model
-                entry = known.get(name)
-                wanted = entry is not None and entry[1].status == "ready" and name not in self._pending_unloads
-                busy = entry is not None and entry[1].status in ACTIVE or name in self._pending_unloads
-                if wanted and state != "READY" and (self.repository / name).exists():
-                    await self._load_missing(name, endpoint)
-                elif not wanted and not busy and state == "READY":
-                    log.info("%s: loaded on Triton at %s but not wanted: unloading it", name, endpoint)
-                    for problem in await self.fleet.unload(name, [endpoint]):
-                        log.warning("%s", problem)
-            for name, (_, v) in known.items():
-                if v.status == "ready" and name not in index and (self.repository / name).exists():
-                    await self._load_missing(name, endpoint)  # the index lists the repository: rare
-        now = time.monotonic()
-        for name, when in list(self._pending_unloads.items()):
-            if when <= now:
-                del self._pending_unloads[name]
-                entry = known.get(name)
-                if entry is not None and entry[1].status == "unloaded":
-                    for problem in await self.fleet.unload(name):
-                        log.warning("%s", problem)
-
-    async def _load_missing(self, name: str, endpoint: str) -> None:
-        """A ready version a Triton does not serve (it restarted or joined): load it there, retrying a failure only
-        every LOAD_RETRY_S."""
-        if self._load_retry.get((endpoint, name), 0.0) > time.monotonic():
-            return
-        log.info("%s: not loaded on Triton at %s: loading it", name, endpoint)
-        try:
-            await self.fleet.load(name, [endpoint])
-            self._load_retry.pop((endpoint, name), None)
-        except TritonControlError as exc:
-            log.warning("%s", exc)
-            self._load_retry[(endpoint, name)] = time.monotonic() + LOAD_RETRY_S
-
-    async def _retire(self, record: ModelRecord, v: Version) -> None:
-        log.info(
-            "%s: replaced %.0f s ago: unloading and moving it to versions/", v.triton, self.settings.retire_grace_s
-        )
-        for problem in await self.fleet.unload(v.triton):
-            log.warning("%s", problem)
-        if await self.registry.set_status(record.id, v.number, "retired", expect=READY, message="replaced"):
-            await asyncio.to_thread(self._remove_from_repository, v.triton, True)
-
-    async def _lru(self, records: list[ModelRecord], t: float) -> None:
-        cap = self.settings.max_loaded_uploads
-        if not cap:
-            return
-        loaded = []
-        for record in records:
-            v = record.serving_version
-            if not record.deleted and v is not None and v.status == "ready":
-                loaded.append((max(record.last_used or 0.0, v.loaded_at or 0.0), record, v))
-        for _, record, v in sorted(loaded, key=lambda e: e[0])[: max(0, len(loaded) - cap)]:
-            if await self.registry.set_status(
-                record.id, v.number, "unloaded", expect=READY, message="unloaded: not used recently"
-            ):
-                log.info("%s: least recently used of %d loaded uploads (cap %d): unloading", v.triton, len(loaded), cap)
-                self._pending_unloads[v.triton] = time.monotonic() + LRU_UNLOAD_DELAY_S
-
-    async def _remove_model(self, record: ModelRecord) -> None:
-        log.info("model %s was deleted: unloading its versions and removing its files", record.id)
-        for v in record.versions:
-            for problem in await self.fleet.unload(v.triton):
-                log.warning("%s", problem)
-        await asyncio.to_thread(self._remove_files, record)
-        await self.registry.purge(record.id)
-
-    def _remove_files(self, record: ModelRecord) -> None:
-        for v in record.versions:
-            for folder in (self.repository, self.models_dir / "staging", self.models_dir / "versions"):
-                _remove(folder / v.triton)
-        _remove(self.models_dir / "uploads" / record.id)
+            await asyncio.to_thread(remove, self.places.staging(name))
 
 
 def _described(found: dict[str, Any]) -> tuple[str, dict[int, str], int]:
@@ -567,37 +442,6 @@ def _described(found: dict[str, Any]) -> tuple[str, dict[int, str], int]:
 def _differs(where: str, problems: list[str]) -> str:
     more = f" (and {len(problems) - 4} more)" if len(problems) > 4 else ""
     return f"its answers through {where} differ from the checkpoint's own: " + "; ".join(problems[:4]) + more
-
-
-def _checkpoint_name(v: Version) -> str:
-    """The file name the export records as its source (the uploader's, made safe)."""
-    stem = SAFE_FILENAME.sub("_", Path(v.filename).stem)[:80].strip("._") or f"v{v.number}"
-    return f"{stem}.pt"
-
-
-def _place(source: Path, target: Path, move: bool = False) -> None:
-    """Put `source` at `target` atomically: copied (or moved) to a hidden name beside it, then renamed."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    hidden = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
-    if move:
-        shutil.move(str(source), hidden)
-    else:
-        shutil.copytree(source, hidden, symlinks=True)
-    _remove(target)
-    os.replace(hidden, target)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _mib(n: int) -> str:
@@ -654,7 +498,7 @@ async def report_confinement(worker: Worker) -> dict[str, Any]:
             log.error("the export sandbox does not start: %s\n%s", exc.reason, exc.log_tail)
             raise
         finally:
-            _remove(outside)
+            remove(outside)
     result = found.result
     confinement = result.get("confinement", {})
     log.info(

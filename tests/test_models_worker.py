@@ -356,6 +356,10 @@ def test_a_rollback_serves_the_previous_version_again_on_every_triton(stack: Sta
     assert stack.get("fruit").serving == 1  # type: ignore[union-attr]
     stack.wait("fruit", 2, ("retired",))
     stack.wait_state("fruit--v2", lambda s: s != "READY")
+    deadline = time.monotonic() + 30
+    while (stack.repository / "fruit--v2").exists():  # moved to versions/ just after the status is written
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
     second = launcher.start(
         stack.repository, cache=CACHE / "server", log_path=stack.models_dir / "triton2.log", admin_key=ADMIN_KEY
     )
