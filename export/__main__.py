@@ -1,4 +1,4 @@
-"""CLI: `python -m export {model,fixtures,defaults}` (also installed as `yolo-triton-export`)."""
+"""CLI: `python -m export {model,fixtures,defaults,worker}` (also installed as `yolo-triton-export`)."""
 
 from __future__ import annotations
 
@@ -74,6 +74,11 @@ def _add_serving_flags(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["worker"]:
+        from export.worker import main as worker_main
+
+        return worker_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -113,6 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     df.add_argument("--weights-cache", type=Path, default=WEIGHTS_CACHE, help="downloaded checkpoints (re-verified)")
     df.add_argument("--fixture-cache", type=Path, default=FIXTURE_DIR, help="where fixture .pt files are cached")
     _add_serving_flags(df)
+
+    sub.add_parser(
+        "worker",
+        add_help=False,
+        help="the export worker: uploaded checkpoints to verified, served versions (python -m export worker --help)",
+    )
 
     args = parser.parse_args(argv)
     if args.command == "defaults":

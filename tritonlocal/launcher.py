@@ -4,10 +4,18 @@ The `nvidia-pytriton` wheel ships Triton 2.51 with the python backend. We run it
 repository, the way the official container would, with two environment fixes found on this kind of machine:
 the python-backend stub must see this virtual environment's `bin/` first on PATH (else it imports a mismatched
 NumPy and tensors arrive garbled), and LD_LIBRARY_PATH must hold this interpreter's `lib/` and the wheel's libs.
+
+Model control is explicit (issue #27): Triton loads everything in the repository at start (`--load-model=*`), then
+only what the export worker asks it to load or unload (export/triton_control.py). Measured on Triton 2.51 here:
+with `--strict-readiness=true`, /v2/health/ready answers 400 while any model loads and stays 400 after a failed load
+or an unload, so readiness is not strict (the gateway judges it from the READY models); with `--exit-on-error=true`
+one broken model directory stops Triton at start, so errors don't stop it (that model is UNAVAILABLE, the rest load).
+With `admin_key`, the repository API (load, unload, index) needs the `admin-key` header, over HTTP and gRPC.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -33,6 +41,22 @@ class TritonStartError(RuntimeError):
     pass
 
 
+def control_args(admin_key: str = "") -> list[str]:
+    """Explicit model control, everything in the repository loaded at start; a failed load stops nothing."""
+    args = [
+        "--model-control-mode=explicit",
+        "--load-model=*",
+        "--strict-readiness=false",
+        "--exit-on-error=false",
+    ]
+    if admin_key:
+        args += [
+            f"--http-restricted-api=model-repository:admin-key={admin_key}",
+            f"--grpc-restricted-protocol=model-repository:admin-key={admin_key}",
+        ]
+    return args
+
+
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM when the process that started it dies, however it dies (uvicorn re-raises
     SIGTERM after draining, which ends `make serve` without running its `finally`; a SIGKILL runs nothing)."""
@@ -53,6 +77,7 @@ class TritonServer:
     metrics_port: int
     log_path: Path
     _log_file: IO[bytes] | None = field(default=None, repr=False)
+    admin_key: str = field(default="", repr=False)
 
     @property
     def grpc_url(self) -> str:
@@ -67,6 +92,22 @@ class TritonServer:
             with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=2) as r:
                 return bool(r.status == 200)
         except (urllib.error.URLError, OSError):
+            return False
+
+    def model_states(self) -> dict[str, str]:
+        """Model name → state in the repository index ("READY", "UNAVAILABLE", "LOADING"; "" before a first load)."""
+        headers = {"admin-key": self.admin_key} if self.admin_key else {}
+        request = urllib.request.Request(f"{self.http_url}/v2/repository/index", b"{}", headers, method="POST")
+        with urllib.request.urlopen(request, timeout=5) as r:
+            return {m["name"]: m.get("state", "") for m in json.loads(r.read())}
+
+    def started(self) -> bool:
+        """Up, and done with the loads it started with (none LOADING)."""
+        if not self.ready():
+            return False
+        try:
+            return all(state != "LOADING" for state in self.model_states().values())
+        except (urllib.error.URLError, OSError, ValueError):
             return False
 
     def log_tail(self, lines: int = 40) -> str:
@@ -184,8 +225,10 @@ def start(
     timeout: float = 600.0,
     echo: bool = False,
     extra_args: list[str] | None = None,
+    admin_key: str = "",
 ) -> TritonServer:
-    """Start tritonserver on loopback and return once `/v2/health/ready` answers 200 (all models loaded)."""
+    """Start tritonserver on loopback and return once it answers and has loaded (or failed to load) every model in
+    the repository. admin_key: restrict the repository API to callers that send it (header `admin-key`)."""
     repository = repository.resolve()
     if not repository.is_dir() or not any(repository.glob("*/config.pbtxt")):
         raise TritonStartError(f"{repository} holds no models (no */config.pbtxt); run `make export` first")
@@ -198,8 +241,7 @@ def start(
         str(pytriton_root() / "bin" / "tritonserver"),
         f"--model-repository={repository}",
         f"--backend-directory={backends}",
-        "--model-control-mode=none",
-        "--strict-readiness=true",
+        *control_args(admin_key),
         f"--http-address={LOOPBACK}",
         f"--http-port={ports[0]}",
         f"--grpc-address={LOOPBACK}",
@@ -222,14 +264,14 @@ def start(
         start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop Triton ourselves
         preexec_fn=_die_with_parent,
     )
-    server = TritonServer(process, ports[0], ports[1], ports[2], log_path, log_file)
+    server = TritonServer(process, ports[0], ports[1], ports[2], log_path, log_file, admin_key)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             tail = server.log_tail()
             server.stop()
             raise TritonStartError(f"tritonserver exited with code {process.returncode}:\n{tail}")
-        if server.ready():
+        if server.started():
             return server
         time.sleep(0.2)
     tail = server.log_tail()

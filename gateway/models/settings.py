@@ -1,0 +1,73 @@
+"""Settings of the model registry and the export worker, read once from the same GATEWAY_* environment as the
+gateway's (`ModelSettings.from_env`); to be folded into gateway/settings.py with the models API.
+
+The sandbox's limits are sized from a measured yolov8n export (`python -m bench.upload`, 2 cores): peak address space
+3.9 GiB (torch's CUDA build maps about 3.4 GiB of libraries before it does anything; below 4 GiB the import itself
+fails), peak resident 1.05 GiB, 9-10 CPU-seconds. The defaults leave twice the address space and ~90 times the CPU
+for the largest YOLOv8/YOLO11 checkpoints (an x-scale model has ~25 times the parameters of an n-scale one).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+PREFIX = "GATEWAY_"
+POSITIVE = frozenset(
+    {"max_model_bytes", "export_concurrency", "export_cpu_s", "export_memory_bytes", "export_timeout_s"}
+    | {"export_lease_s", "export_attempts", "models_poll_s", "triton_load_timeout_s"}
+)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    models_file: Path = Path("data/models.json")  # the registry without Redis (GATEWAY_REDIS_URL empty)
+    models_dir: Path = Path("data/models")  # uploads/, staging/, versions/ (on the chart: the shared volume)
+    max_model_bytes: int = 512 * 2**20  # an uploaded .pt
+    export_concurrency: int = 1  # exports at once per worker; more uploads wait queued (inference keeps its CPUs)
+    export_cpu_s: int = 900  # CPU-seconds of one sandboxed step (RLIMIT_CPU; all its threads together)
+    export_memory_bytes: int = 8 * 2**30  # address space of one sandboxed step (RLIMIT_AS)
+    export_timeout_s: float = 900.0  # wall-clock limit of one sandboxed step; its process group is killed after
+    export_lease_s: float = 30.0  # a worker renews its lease every third of this; a dead worker's version is resumed
+    export_attempts: int = 2  # claims of one version (the first and one resume) before it fails
+    retire_grace_s: float = 60.0  # the replaced version stays loaded this long (> Triton timeout, video budget)
+    max_loaded_uploads: int = 8  # uploaded versions loaded in Triton at once; least recently used unloaded; 0: no cap
+    models_poll_s: float = 1.0  # how often the worker looks for work and reconciles Triton with the registry
+    triton_admin_key: str = ""  # the `admin-key` header for Triton's repository API when it is restricted
+    triton_load_timeout_s: float = 300.0  # one model load in Triton (python backend: its instances start)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            positive = f.name in POSITIVE
+            if not math.isfinite(value) or value < 0 or (positive and value == 0):
+                bound = "more than 0" if positive else "0 or more"
+                raise ValueError(f"{PREFIX}{f.name.upper()}={value!r}: must be a number {bound}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> ModelSettings:
+        """From GATEWAY_MODELS_FILE, GATEWAY_MAX_MODEL_BYTES, ...; ValueError naming the variable of a bad value."""
+        values: dict[str, object] = {}
+        defaults = cls()
+        for f in fields(cls):
+            raw = environ.get(PREFIX + f.name.upper())
+            if raw is None:
+                continue
+            default = getattr(defaults, f.name)
+            try:
+                if isinstance(default, int):
+                    values[f.name] = int(raw)
+                elif isinstance(default, float):
+                    values[f.name] = float(raw)
+                elif isinstance(default, Path):
+                    values[f.name] = Path(raw)
+                else:
+                    values[f.name] = raw
+            except ValueError as exc:
+                raise ValueError(f"{PREFIX}{f.name.upper()}={raw!r}: {exc}") from exc
+        return cls(**values)  # type: ignore[arg-type]
