@@ -13,9 +13,8 @@ from pathlib import Path
 
 import httpx
 
+from bench.models import ROOT
 from tritonlocal import launcher
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass

@@ -23,6 +23,7 @@ from gateway.auth import KEY_ID, KeyEntry
 from gateway.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
 from gateway.forms import api_key
 from gateway.ratelimit import MAX_RATE, MIN_RATE, check_rate
+from gateway.services import services_of
 from gateway.state import State
 
 MAX_BODY = 4096
@@ -31,14 +32,9 @@ MAX_DAYS = 400  # usage is kept about 13 months
 DAYS = re.compile(r"[0-9]{1,3}")  # ASCII digits only: `str.isdigit` also takes '²', which int() refuses
 
 
-def _store(request: Request) -> State:
-    store: State = request.app.state.gateway.store
-    return store
-
-
 async def _admin(request: Request) -> tuple[State, KeyEntry]:
     """The store and the caller's key, which must have the admin scope."""
-    store = _store(request)
+    store = services_of(request).store
     key, header = api_key(request)
     entry = await store.authenticate(key, None, header)
     request.scope.setdefault("state", {}).setdefault("context", {})["key_id"] = entry.id

@@ -1,4 +1,4 @@
-"""The Starlette application: the state shared by requests, its lifespan, and the routing table."""
+"""The Starlette application: its lifespan (which creates the services requests share), and the routing table."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
-from dataclasses import dataclass
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -19,7 +18,7 @@ from gateway.metrics import Metrics
 from gateway.observability import RequestContext, configure_logging
 from gateway.ratelimit import KeySlots
 from gateway.settings import Settings
-from gateway.state import State as Store
+from gateway.services import Services
 from gateway.state import open_state
 from gateway.triton import Triton
 from gateway.workers import Workers
@@ -28,21 +27,6 @@ log = logging.getLogger("gateway")
 VIDEO_NICE = (
     10  # the video threads' niceness above the process's (a tenth of an image thread's CPU share when both run)
 )
-
-
-@dataclass
-class State:
-    """What requests share, created in the lifespan (one per event loop)."""
-
-    settings: Settings
-    triton: Triton
-    store: Store  # keys, rate limits and usage: the keys file or Redis (gateway/state.py)
-    workers: Workers  # threads for decode, letterbox and post-processing
-    metrics: Metrics
-    budget: MemoryBudget
-    key_slots: KeySlots  # each key's requests in progress in this process (GATEWAY_MAX_INFLIGHT_PER_KEY)
-    inflight: int = 0
-    video_workers: Workers | None = None  # threads for video decoding (GATEWAY_VIDEO_WORKERS); None: `workers`
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -81,7 +65,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         meters.budget_capacity.set(budget.capacity)
         meters.budget_used.set_function(lambda: budget.used)
         slots = KeySlots(settings.per_key_inflight)
-        app.state.gateway = State(settings, triton, store, threads, meters, budget, slots, video_workers=video_threads)
+        app.state.services = Services(
+            settings, triton, store, threads, meters, budget, slots, video_workers=video_threads
+        )
         await store.start()
         try:
             for model in await triton.ready_models():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import numpy as np
@@ -18,8 +18,7 @@ from gateway.pipeline import Prepared
 from gateway.schemas import PredictArgs
 from gateway.triton import ModelInfo
 
-if TYPE_CHECKING:
-    from gateway.app import State
+from gateway.services import Services
 
 
 @dataclass
@@ -34,7 +33,7 @@ class Outcome:
 
 
 async def run(
-    state: State, info: ModelInfo, datas: list[bytes], args: PredictArgs, timings: dict[str, float], hold: Hold
+    state: Services, info: ModelInfo, datas: list[bytes], args: PredictArgs, timings: dict[str, float], hold: Hold
 ) -> list[Outcome]:
     """Decode and letterbox every image, run same-shaped ones through Triton as one batch, post-process each.
 

@@ -43,7 +43,7 @@ from gateway.errors import ServiceUnavailable, TooManyRequests
 from gateway.observability import client_address
 from gateway.ratelimit import Quota, RateLimiter, quota, shape
 from gateway.settings import Settings
-from gateway.state import UsageBook, last_days, usage_rows
+from gateway.usage import UsageBook, last_days, usage_rows
 
 log = logging.getLogger("gateway")
 T = TypeVar("T")

@@ -34,17 +34,11 @@ from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.openapi import SPEC
 from gateway.responses import json_response
 from gateway.schemas import Style, check_classes, parse_args
+from gateway.services import Services, services_of
 from gateway.triton import ModelInfo
 
 if TYPE_CHECKING:
     from starlette.datastructures import FormData, UploadFile
-
-    from gateway.app import State
-
-
-def _state(request: Request) -> State:
-    state: State = request.app.state.gateway
-    return state
 
 
 async def predict(request: Request) -> Response:
@@ -63,7 +57,7 @@ async def predict_dedicated(request: Request) -> Response:
 
 
 async def _handle(request: Request, model_id: str | None, style: Style) -> Response:
-    state = _state(request)
+    state = services_of(request)
     settings = state.settings
     started = time.perf_counter()
     context = request.scope.get("state", {}).get("context", {})
@@ -131,18 +125,18 @@ async def _handle(request: Request, model_id: str | None, style: Style) -> Respo
         return await _predict(state, info, images, fields, style, started, context, hold)
 
 
-def _check_room(state: State) -> None:
+def _check_room(state: Services) -> None:
     if state.inflight >= state.settings.max_inflight:
         raise ServiceUnavailable("The server is busy (too many requests in flight). Retry shortly.", retry_after=1)
 
 
-def _leave(state: State) -> None:
+def _leave(state: Services) -> None:
     state.inflight -= 1
     state.metrics.inflight.dec()
 
 
 async def _read_form(
-    request: Request, state: State, hold: Hold, context: dict[str, Any], style: Style
+    request: Request, state: Services, hold: Hold, context: dict[str, Any], style: Style
 ) -> tuple[FormData, bool]:
     """The parsed form, and whether it was spooled. The body is read under its pace (GATEWAY_BODY_*: 408 when the
     client is too slow), each chunk charged to `hold` as it arrives. A body up to an image's limit is read into
@@ -176,7 +170,7 @@ async def _read_form(
 
 
 async def _predict(
-    state: State,
+    state: Services,
     info: ModelInfo,
     uploads: list[UploadFile],
     fields: dict[str, str],
@@ -247,18 +241,18 @@ async def _predict(
 
 
 async def list_models(request: Request) -> Response:
-    models = await _state(request).triton.ready_models()
+    models = await services_of(request).triton.ready_models()
     data = [m.public() for m in models]
     return json_response({"success": True, "message": f"{len(models)} model(s) ready.", "data": data})
 
 
 async def get_model(request: Request) -> Response:
-    info = await _state(request).triton.model(request.path_params["model_id"])
+    info = await services_of(request).triton.model(request.path_params["model_id"])
     return json_response({"success": True, "message": "Model ready.", "data": info.public()})
 
 
 async def metrics(request: Request) -> Response:
-    return Response(_state(request).metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
+    return Response(services_of(request).metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
 
 async def openapi_json(request: Request) -> Response:
@@ -272,7 +266,7 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     """200 while this gateway can serve: Triton up now or within GATEWAY_READY_GRACE_S (a Triton rollout or blip must
     not take every gateway out of the Service at once, which turns JSON 503s into the ingress' HTML 503s)."""
-    state = _state(request)
+    state = services_of(request)
     triton = await state.triton.probe()
     state.metrics.triton_up.set(1 if triton.up else 0)
     grace = state.settings.ready_grace_s

@@ -16,7 +16,7 @@ import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import numpy as np
@@ -30,11 +30,9 @@ from gateway import pipeline, responses, video
 from gateway.budget import Hold
 from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, UnprocessableImage, error_response
 from gateway.schemas import PredictArgs, Style, parse_args
+from gateway.services import Services
 from gateway.triton import ModelInfo
 from gateway.video import Control, Frame, Reader, Scan
-
-if TYPE_CHECKING:
-    from gateway.app import State
 
 NDJSON = "application/x-ndjson"
 T = TypeVar("T")
@@ -64,7 +62,7 @@ class FrameOutcome:
 
 
 async def respond(
-    state: State,
+    state: Services,
     info: ModelInfo,
     upload: UploadFile,
     container: str,
@@ -144,7 +142,7 @@ def _chunk_bytes(found: Scan, info: ModelInfo, size: int, count: int, max_pixels
 
 
 async def _frames(
-    state: State,
+    state: Services,
     info: ModelInfo,
     reader: Reader,
     found: Scan,

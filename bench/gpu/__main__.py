@@ -26,9 +26,8 @@ import httpx
 
 from bench import report
 from bench.gpu.drive import Driver, Target, parity
+from bench.models import ROOT
 from tritonlocal import launcher
-
-ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def log(message: str) -> None:

@@ -1,0 +1,162 @@
+"""The packages' import graph, read from the source with `ast`: no import circles in gateway/ and bench/.
+
+Every import counts: module-level, inside functions, and under `if TYPE_CHECKING:`.
+
+    python tests/test_layers.py [ROOT]    # prints each package's modules, floors and circles (ROOT: another checkout)
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("gateway", "bench")
+
+
+def modules(root: Path, packages: Iterable[str] = PACKAGES) -> dict[str, Path]:
+    """Dotted module name -> its file, for every .py file of `packages` under `root` (a package as its __init__)."""
+    found = {}
+    for package in packages:
+        for path in sorted((root / package).rglob("*.py")):
+            parts = list(path.relative_to(root).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            found[".".join(parts)] = path
+    return found
+
+
+def _imported(module: str, path: Path, node: ast.Import | ast.ImportFrom, known: dict[str, Path]) -> set[str]:
+    """The known modules one import statement names (`from package import module` names the module)."""
+    if isinstance(node, ast.Import):
+        names = [alias.name for alias in node.names]
+    else:
+        base = node.module or ""
+        if node.level:
+            here = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+            here = here[: len(here) - (node.level - 1)]
+            base = ".".join([*here, *([node.module] if node.module else [])])
+        names = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names]
+    out = set()
+    for name in names:
+        parts = name.split(".")
+        while parts and ".".join(parts) not in known:  # `import a.b.c` where c is a name: the module a.b
+            parts.pop()
+        if parts:
+            out.add(".".join(parts))
+    return out
+
+
+def graph(root: Path = ROOT, packages: Iterable[str] = PACKAGES) -> dict[str, set[str]]:
+    """Module -> the modules of `packages` it imports (itself and its own parent packages left out: Python imports a
+    module's parents before it whatever it says)."""
+    known = modules(root, packages)
+    edges: dict[str, set[str]] = {}
+    for module, path in known.items():
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                targets |= _imported(module, path, node, known)
+        edges[module] = {t for t in targets if t != module and not module.startswith(t + ".")}
+    return edges
+
+
+def circles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for start in sorted(edges):
+        if start in index:
+            continue
+        work = [(start, iter(sorted(edges[start])))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, targets = work[-1]
+            advanced = False
+            for target in targets:
+                if target not in index:
+                    index[target] = low[target] = len(index)
+                    stack.append(target)
+                    on_stack.add(target)
+                    work.append((target, iter(sorted(edges[target]))))
+                    advanced = True
+                    break
+                if target in on_stack:
+                    low[node] = min(low[node], index[target])
+            if advanced:
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def floors(edges: dict[str, set[str]]) -> dict[str, int]:
+    """Each module's floor: 1 for a module that imports none of the others, else one more than the highest floor it
+    imports (a circle counts as one module, on one floor)."""
+    component = {m: m for m in edges}
+    for circle in circles(edges):
+        for member in circle:
+            component[member] = circle[0]
+    members: dict[str, list[str]] = {}
+    for module, head in component.items():
+        members.setdefault(head, []).append(module)
+    floor: dict[str, int] = {}
+
+    def of(head: str) -> int:
+        if head not in floor:
+            below = {component[t] for m in members[head] for t in edges[m]} - {head}
+            floor[head] = 1 + max((of(b) for b in sorted(below)), default=0)
+        return floor[head]
+
+    return {m: of(component[m]) for m in edges}
+
+
+def test_no_import_circles() -> None:
+    """A circle means no module of it can be read, tested or replaced without the others."""
+    assert circles(graph()) == []
+
+
+def test_the_graph_sees_every_kind_of_import(tmp_path: Path) -> None:
+    """Function-local and TYPE_CHECKING imports count, `from package import module` names the module, and relative
+    imports resolve: a circle made of each is found."""
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "a.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.sub import b\n")
+    (package / "sub" / "b.py").write_text("def f():\n    from .. import c\n")
+    (package / "c.py").write_text("import pkg.a\n")
+    (package / "d.py").write_text("from pkg import sub\nimport os\n")
+    edges = graph(tmp_path, ["pkg"])
+    assert edges["pkg.a"] == {"pkg.sub.b"} and edges["pkg.sub.b"] == {"pkg.c"} and edges["pkg.c"] == {"pkg.a"}
+    assert edges["pkg.d"] == {"pkg.sub"}
+    assert circles(edges) == [["pkg.a", "pkg.c", "pkg.sub.b"]]
+    assert floors(edges)["pkg.d"] == 2 and floors(edges)["pkg.a"] == 1
+
+
+if __name__ == "__main__":
+    root = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else ROOT
+    edges = graph(root)
+    level = floors(edges)
+    for package in PACKAGES:
+        names = [m for m in edges if m.split(".")[0] == package]
+        inside = [c for c in circles(edges) if c[0].split(".")[0] == package]
+        print(f"{package}: {len(names)} modules, {max(level[m] for m in names)} floors, {len(inside)} circles {inside}")
