@@ -33,7 +33,7 @@ def _info(model_dir: Path) -> Any:
     from google.protobuf.json_format import MessageToDict
 
     from export.triton_config import parse
-    from gateway.triton import ModelInfo
+    from gateway.modelcard import ModelInfo
 
     config = MessageToDict(parse((model_dir / "config.pbtxt").read_text()), preserving_proto_field_name=True)
     return ModelInfo.from_config(config)

@@ -15,6 +15,7 @@ from gateway import admin, routes, video, web
 from gateway.budget import MemoryBudget, default_budget, memory_limit
 from gateway.errors import HANDLERS
 from gateway.metrics import Metrics
+from gateway.modelcard import UNTRAINED_WARNING
 from gateway.observability import RequestContext, configure_logging
 from gateway.ratelimit import KeySlots
 from gateway.settings import Settings
@@ -72,9 +73,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             for model in await triton.ready_models():
                 if model.untrained:
-                    log.warning(
-                        "model %s serves UNTRAINED fixture weights: results are not real detections", model.name
-                    )
+                    log.warning("model %s: %s", model.name, UNTRAINED_WARNING)
         except Exception as exc:  # Triton may still be starting; /readyz reports it
             log.warning("inference server not reachable at start-up (%s): %s", settings.triton_url, exc)
         yield

@@ -12,11 +12,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from gateway import pipeline
-from gateway.budget import Hold, decode_cost
+from gateway.budget import Hold
 from gateway.errors import GatewayError, PayloadTooLarge
 from gateway.pipeline import Prepared
+from gateway.preprocess import decode_cost
 from gateway.schemas import PredictArgs
-from gateway.triton import ModelInfo
+from gateway.modelcard import ModelInfo
 
 from gateway.services import Services
 

@@ -16,7 +16,7 @@ from gateway import masks, obb, postprocess, preprocess
 from gateway.modelcard import COMPACT, FLOAT32_NCHW_RGB, RESIZE_CENTER_CROP
 from gateway.preprocess import Letterbox
 from gateway.schemas import PredictArgs
-from gateway.triton import ModelInfo
+from gateway.modelcard import ModelInfo
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,32 @@ def declared_pixels(data: bytes) -> tuple[int, int] | None:
         return None
 
 
+def decode_cost(data: bytes, max_pixels: int) -> int:
+    """Bytes that decoding `data` holds at its peak: the BGR output plus the decoder's copy in the file's own layout
+    (e.g. RGBA or 16-bit before conversion, or before an EXIF rotation). Files whose header can't be read (a JPEG's
+    in its first JPEG_HEADER_BYTES) are charged as the largest image allowed (OpenCV's own pixel cap refuses larger
+    ones). For a worker thread: a header in 20 MiB of junk takes tens of milliseconds to look for."""
+    header = data
+    if data[:2] == b"\xff\xd8":  # JPEG, the usual upload: libjpeg-turbo reads its header 20x faster than Pillow
+        header = data[:JPEG_HEADER_BYTES]
+        try:
+            height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+        except ValueError:
+            pass
+        else:
+            bands = {"Gray": 1, "CMYK": 4, "YCCK": 4}.get(colorspace, 3)  # Pillow's L, CMYK (YCCK too) and RGB
+            return int(min(width * height, max_pixels) * (3 + bands))
+    try:
+        with Image.open(io.BytesIO(header)) as im:
+            width, height = im.size
+            bands = len(im.getbands())
+            sample = 2 if im.mode.startswith("I;16") or im.mode in ("I", "F") else 1
+    except Exception:  # Pillow raises many types for bad headers
+        return max_pixels * 6
+    pixels = min(width * height, max_pixels)  # larger ones are refused before decoding
+    return pixels * (3 + bands * sample)
+
+
 def decode(data: bytes, max_pixels: int, fast_jpeg: bool = True) -> NDArray[np.uint8]:
     """(H, W, 3) uint8 BGR, as `cv2.imread(path, IMREAD_COLOR)`: EXIF orientation applied, gray/alpha/16-bit to BGR8.
 

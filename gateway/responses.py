@@ -17,9 +17,10 @@ from starlette.responses import Response
 from gateway.preprocess import target_size
 from gateway.schemas import PredictArgs, Style
 
+from gateway.modelcard import UNTRAINED_WARNING, ModelInfo
+
 if TYPE_CHECKING:
     from gateway.flow import Outcome
-    from gateway.triton import ModelInfo
 
 
 def _version() -> dict[str, str]:
@@ -44,10 +45,8 @@ def server_timing(timings: dict[str, float]) -> str:
     return ", ".join(f"{k};dur={v:.2f}" for k, v in timings.items())
 
 
-# Said on every prediction from a model exported without trained weights (the offline fixtures), so that a curl user
-# doesn't take its boxes for real detections: a header in both formats, and `warning` in the newer format's body.
+# The header that carries a model's UNTRAINED_WARNING on every prediction, in both formats.
 WARNING_HEADER = "X-Model-Warning"
-UNTRAINED_WARNING = "Untrained fixture weights: results are not real detections."
 
 
 def headers(info: ModelInfo, timings: dict[str, float]) -> dict[str, str]:

@@ -35,7 +35,7 @@ from gateway.openapi import SPEC
 from gateway.responses import json_response
 from gateway.schemas import Style, check_classes, parse_args
 from gateway.services import Services, services_of
-from gateway.triton import ModelInfo
+from gateway.modelcard import ModelInfo
 
 if TYPE_CHECKING:
     from starlette.datastructures import FormData, UploadFile

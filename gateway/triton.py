@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
 from gateway.errors import GatewayError, GatewayTimeout, NotFound, ServiceUnavailable
-from gateway.modelcard import ModelCard
+from gateway.modelcard import ModelInfo
 from gateway.shm import SharedMemoryPool, Slot, aligned
 from gateway.triton_http import TritonHTTP, TritonHTTPError
 
@@ -45,39 +45,6 @@ CHANNEL_ARGS = [
 MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 METADATA_TIMEOUT_S = 5.0  # a model's config, the repository index: small answers, so this only bounds a hung Triton
 READY_TIMEOUT_S = 2.0  # the readiness probe
-
-
-@dataclass(frozen=True, kw_only=True)
-class ModelInfo(ModelCard):
-    """One served model: its card (from its config `parameters`), its name and Triton's batch limit."""
-
-    name: str
-    max_batch_size: int = 0
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> ModelInfo:
-        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
-        try:
-            return cls.from_parameters(params, name=config["name"], max_batch_size=int(config.get("max_batch_size", 0)))
-        except ValueError as exc:
-            raise ValueError(f"model {config.get('name')!r}: {exc}") from None
-
-    def public(self) -> dict[str, Any]:
-        """The model as GET /v1/models shows it."""
-        out: dict[str, Any] = {
-            "id": self.name,
-            "task": self.task,
-            "names": {str(k): v for k, v in self.names.items()},
-            "default_size": self.imgsz,
-            "stride": self.stride,
-            "backend": self.target,
-            "untrained": self.untrained,
-        }
-        if self.kpt_shape:
-            out["kpt_shape"] = list(self.kpt_shape)
-        if self.untrained:
-            out["warning"] = "Untrained fixture weights: results are not real detections."
-        return out
 
 
 def to_gateway_error(exc: InferenceServerException, model: str) -> GatewayError:

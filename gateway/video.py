@@ -28,7 +28,7 @@ from gateway import pipeline, video_headers
 from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, UnprocessableImage, UnsupportedMediaType
 from gateway.pipeline import Prepared
 from gateway.settings import Settings
-from gateway.triton import ModelInfo
+from gateway.modelcard import ModelInfo
 from gateway.video_headers import CODECS, HELD, MJPEG, RAW, Header
 
 log = logging.getLogger("gateway")

@@ -31,7 +31,7 @@ from gateway.budget import Hold
 from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, UnprocessableImage, error_response
 from gateway.schemas import PredictArgs, Style, parse_args
 from gateway.services import Services
-from gateway.triton import ModelInfo
+from gateway.modelcard import ModelInfo
 from gateway.video import Control, Frame, Reader, Scan
 
 NDJSON = "application/x-ndjson"

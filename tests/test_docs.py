@@ -19,7 +19,8 @@ import requests
 from gateway import errors, fetch, preprocess
 from gateway.forms import FORM_OVERHEAD, MAX_FIELD_BYTES, MAX_FIELDS
 from gateway.openapi import SPEC
-from gateway.responses import UNTRAINED_WARNING, WARNING_HEADER
+from gateway.modelcard import UNTRAINED_WARNING
+from gateway.responses import WARNING_HEADER
 from gateway.schemas import (
     ALIASES,
     ARGUMENTS,

@@ -15,7 +15,7 @@ import pytest
 from gateway import obb, pipeline, postprocess, preprocess
 from gateway.preprocess import Letterbox
 from gateway.schemas import PredictArgs
-from gateway.triton import ModelInfo
+from gateway.modelcard import ModelInfo
 from tests.reference import mask_polygon
 
 torch = pytest.importorskip("torch")
