@@ -28,6 +28,10 @@ import yaml
 from helm_python import _native
 
 DEPLOY = Path(__file__).resolve().parent
+sys.path.insert(0, str(DEPLOY.parent))  # the gateway of this checkout, whose limits the chart must let through
+
+from gateway.settings import FORM_OVERHEAD  # noqa: E402
+
 CHART = DEPLOY / "helm" / "yolo-triton"
 ADAPTER_VALUES = DEPLOY / "prometheus-adapter" / "values.yaml"
 RELEASE, NAMESPACE = "yolo-triton", "yolo"
@@ -53,7 +57,6 @@ PUBLIC_PATHS = (
     "/v1/keys", "/v1/keys/0a1b2c3d", "/v1/keys/0a1b2c3d/usage",  # the admin API (keys with the admin scope)
 )  # fmt: skip
 INTERNAL_PATHS = ("/metrics", "/healthz", "/readyz")
-FORM_OVERHEAD = 64 * 1024  # gateway/app.py: multipart boundaries and small fields around the image
 # ingress-nginx's upstream-keepalive-timeout: uvicorn's --timeout-keep-alive must be longer, or nginx may send a
 # request on a connection uvicorn is closing (a 502 for a request the gateway never saw).
 INGRESS_UPSTREAM_KEEPALIVE_S = 60

@@ -20,11 +20,13 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from gateway.auth import KEY_ID, KeyEntry
-from gateway.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
+from gateway.errors import BadRequest, Forbidden, NotFound, ok_response
 from gateway.forms import api_key
 from gateway.ratelimit import MAX_RATE, MIN_RATE, check_rate
+from gateway.observability import record_of
 from gateway.services import services_of
 from gateway.state import State
+from gateway.streams import read_capped
 
 MAX_BODY = 4096
 MAX_MODELS = 64
@@ -37,15 +39,10 @@ async def _admin(request: Request) -> tuple[State, KeyEntry]:
     store = services_of(request).store
     key, header = api_key(request)
     entry = await store.authenticate(key, None, header)
-    request.scope.setdefault("state", {}).setdefault("context", {})["key_id"] = entry.id
+    record_of(request).key_id = entry.id
     if not entry.admin:
         raise Forbidden("This API key may not manage keys: it needs the admin scope (`make key ADMIN=1`).")
     return store, entry
-
-
-def _ok(data: Any, message: str, status: int = 200) -> Response:
-    body = orjson.dumps({"success": True, "message": message, "data": data})
-    return Response(body, status_code=status, media_type="application/json")
 
 
 def _public(entry: KeyEntry) -> dict[str, Any]:
@@ -116,21 +113,18 @@ def check_within(caller: KeyEntry, models: list[str] | None, rate: float | None)
 
 async def create(request: Request) -> Response:
     store, caller = await _admin(request)
-    raw = b""
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_BODY:
-            raise PayloadTooLarge(f"The body is over {MAX_BODY} bytes; a key needs only a name and a few fields.")
+    too_large = f"The body is over {MAX_BODY} bytes; a key needs only a name and a few fields."
+    raw = await read_capped(request.stream(), MAX_BODY, too_large, request.headers.get("content-length"))
     name, models, rate, admin = parse_new_key(raw)
     check_within(caller, models, rate)
     entry, key = await store.create_key(name, models, rate, admin)
-    return _ok({**_public(entry), "key": key}, "Key created. Keep it safe: it is shown only this once.", 201)
+    return ok_response({**_public(entry), "key": key}, "Key created. Keep it safe: it is shown only this once.", 201)
 
 
 async def list_keys(request: Request) -> Response:
     store, _ = await _admin(request)
     entries = await store.list_keys()
-    return _ok([_public(e) for e in entries], f"{len(entries)} key(s).")
+    return ok_response([_public(e) for e in entries], f"{len(entries)} key(s).")
 
 
 async def revoke(request: Request) -> Response:
@@ -139,7 +133,7 @@ async def revoke(request: Request) -> Response:
     entry = await store.revoke_key(key_id)
     if entry is None:
         raise NotFound(f"No key with id '{key_id}'. GET /v1/keys lists the keys.")
-    return _ok(_public(entry), f"Key {key_id} revoked; every gateway refuses it within a second.")
+    return ok_response(_public(entry), f"Key {key_id} revoked; every gateway refuses it within a second.")
 
 
 async def usage(request: Request) -> Response:
@@ -152,7 +146,7 @@ async def usage(request: Request) -> Response:
     if await store.get_key(key_id) is None:
         raise NotFound(f"No key with id '{key_id}'. GET /v1/keys lists the keys.")
     rows = await store.usage(key_id, days)
-    return _ok({"key_id": key_id, "days": days, "usage": rows}, f"Usage of key {key_id}.")
+    return ok_response({"key_id": key_id, "days": days, "usage": rows}, f"Usage of key {key_id}.")
 
 
 def routes() -> list[BaseRoute]:

@@ -1,16 +1,20 @@
-"""Fetch an image from a user-supplied `url` without becoming a proxy into private networks (SSRF guard).
+"""Where an image's bytes come from when they are not uploaded: a `url`, fetched without becoming a proxy into
+private networks (SSRF guard), or a base64 `source`.
 
 Every hop (first request and each redirect, at most `url_max_redirects`) is checked: http/https only, no
 credentials in the URL, default or unprivileged ports, and every address the host resolves to must be public.
 The connection then goes to the address that was checked (Host header and TLS SNI keep the name), so a DNS answer
 that changes between check and connect can't redirect us. Hosts in `url_allow_hosts` skip the address check (tests,
-private deployments). The request's log record gets the host only: paths and query strings of signed URLs hold tokens.
+private deployments). The request's record gets the host only: paths and query strings of signed URLs hold tokens.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import ipaddress
+import re
 import socket
 from collections.abc import Awaitable, Callable
 from urllib.parse import urljoin
@@ -18,7 +22,8 @@ from urllib.parse import urljoin
 import httpx
 
 from gateway.errors import BadGateway, BadRequest, PayloadTooLarge
-from gateway.observability import note
+from gateway.observability import RequestRecord
+from gateway.streams import read_capped
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 NOT_ALLOWED = "The image URL is not allowed: it must be a public http or https address."
@@ -140,11 +145,13 @@ async def fetch_image(
     max_redirects: int,
     allow_hosts: tuple[str, ...] = (),
     resolve: Resolver = system_resolver,
+    record: RequestRecord | None = None,
 ) -> bytes:
-    """The body of `raw_url` (following checked redirects), at most `max_bytes`, within `timeout_s` in total."""
+    """The body of `raw_url` (following checked redirects), at most `max_bytes`, within `timeout_s` in total. The
+    hosts it was fetched from go into `record`."""
     try:
         async with asyncio.timeout(timeout_s):
-            return await _fetch(raw_url, max_bytes, max_redirects, allow_hosts, resolve)
+            return await _fetch(raw_url, max_bytes, max_redirects, allow_hosts, resolve, record)
     except TimeoutError:
         raise BadGateway(f"The image URL did not answer within {timeout_s:g} seconds.") from None
 
@@ -160,14 +167,20 @@ def _parse(raw: str, base: str = "") -> httpx.URL | None:
 
 
 async def _fetch(
-    raw_url: str, max_bytes: int, max_redirects: int, allow_hosts: tuple[str, ...], resolve: Resolver
+    raw_url: str,
+    max_bytes: int,
+    max_redirects: int,
+    allow_hosts: tuple[str, ...],
+    resolve: Resolver,
+    record: RequestRecord | None,
 ) -> bytes:
     parsed = _parse(raw_url)
     if parsed is None:
         raise BadRequest("The image URL is not a valid URL.")
     url = parsed
     first_host = url.host
-    note(url_host=first_host[:100])
+    if record is not None:
+        record.url_host = first_host[:100]
     async with httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=httpx.Timeout(5.0)) as client:
         for _ in range(max_redirects + 1):
             address = await _check(url, allow_hosts, resolve)
@@ -191,24 +204,51 @@ async def _fetch(
                     if parsed is None:
                         raise BadGateway("The image URL redirected to an invalid URL.")
                     url = parsed
-                    if url.host != first_host:
-                        note(url_redirect_host=url.host[:100])
+                    if url.host != first_host and record is not None:
+                        record.url_redirect_host = url.host[:100]
                     continue
                 if response.status_code != 200:
                     raise BadGateway(f"The image URL answered HTTP {response.status_code}, not 200.")
                 too_large = f"The image at the URL is larger than the {max_bytes // 2**20} MiB limit."
                 declared = response.headers.get("content-length")
-                if declared and declared.isdigit() and int(declared) > max_bytes:
-                    raise PayloadTooLarge(too_large)
-                chunks, total = [], 0
-                async for chunk in response.aiter_bytes():
-                    total += len(chunk)
-                    if total > max_bytes:
-                        raise PayloadTooLarge(too_large)
-                    chunks.append(chunk)
-                return b"".join(chunks)
+                return await read_capped(response.aiter_bytes(), max_bytes, too_large, declared)
             except httpx.HTTPError as exc:
                 raise BadGateway(f"The image URL could not be fetched ({type(exc).__name__}).") from None
             finally:
                 await response.aclose()
     raise BadGateway(f"The image URL redirected more than {max_redirects} times.")
+
+
+SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_url(source: str) -> bool:
+    """`source` names a resource (`scheme://...`) rather than carrying the image in base64."""
+    return bool(SCHEME.match(source))
+
+
+def decode_source(source: str, max_bytes: int) -> bytes:
+    """The image bytes of a base64 `source` (plain, URL-safe, or a `data:image/...;base64,` URI); 400 when it is not
+    base64, 413 past `max_bytes` (checked from its length before decoding)."""
+    text = source.strip()
+    if text.startswith("data:"):
+        header, _, text = text.partition(",")
+        if not header.endswith(";base64"):
+            raise BadRequest("Invalid 'source' value: a data URI must be base64 (data:image/jpeg;base64,...).")
+    text = "".join(text.split()).replace("-", "+").replace("_", "/")
+    if len(text) // 4 * 3 > max_bytes + 2:
+        raise PayloadTooLarge(
+            f"The 'source' image is larger than the {max_bytes // 2**20} MiB upload limit. Send a smaller image."
+        )
+    try:
+        data = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(
+            "Invalid 'source' value: send an http(s) image URL or the image's bytes in base64 (optionally as a "
+            "data:image/...;base64, URI)."
+        ) from None
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(
+            f"The 'source' image is larger than the {max_bytes // 2**20} MiB upload limit. Send a smaller image."
+        )
+    return data

@@ -1,46 +1,103 @@
-"""The asynchronous flow of one prediction request: decode and letterbox every image in worker threads, send
-same-shaped images to Triton as one batch, post-process each. Errors of one image don't fail the others."""
+"""The asynchronous flow of a prediction request for images: read them (uploaded, inline in base64, or fetched from
+a URL), decode and letterbox every image in worker threads, send same-shaped images to Triton as one batch,
+post-process each, and answer (JSON, or an annotated image). Errors of one image don't fail the others."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Any
 
 import anyio
-import numpy as np
-from numpy.typing import NDArray
+import orjson
+from starlette.datastructures import UploadFile
+from starlette.responses import Response
 
-from gateway import pipeline
-from gateway.budget import Hold
-from gateway.errors import GatewayError, PayloadTooLarge
+from gateway import pipeline, render, responses
+from gateway.errors import BadRequest, GatewayError, PayloadTooLarge
+from gateway.fetch import decode_source, fetch_image, is_url
 from gateway.pipeline import Prepared
 from gateway.preprocess import decode_cost
-from gateway.schemas import PredictArgs
 from gateway.modelcard import ModelInfo
-
-from gateway.services import Services
-
-
-@dataclass
-class Outcome:
-    """One image's result: the summary rows and its shape, or the error that stopped it."""
-
-    rows: list[dict[str, Any]] | None = None
-    shape: tuple[int, int] | None = None
-    image: NDArray[np.uint8] | None = None  # the decoded image, kept only when an annotated image is asked for
-    error: GatewayError | None = None
-    speed: dict[str, float] = field(default_factory=dict)
+from gateway.responses import Outcome
+from gateway.schemas import PredictArgs, check_classes, parse_args
+from gateway.services import Prediction
 
 
-async def run(
-    state: Services, info: ModelInfo, datas: list[bytes], args: PredictArgs, timings: dict[str, float], hold: Hold
-) -> list[Outcome]:
+async def respond(
+    prediction: Prediction, info: ModelInfo, uploads: list[UploadFile], fields: dict[str, str]
+) -> Response:
+    """The answer to a request for images (uploaded, or the `url` or `source` argument)."""
+    services = prediction.services
+    settings = services.settings
+    timings = prediction.record.timings
+    args = parse_args(fields, info.imgsz, prediction.style)
+    if args.stream:
+        raise BadRequest("'stream=true' applies to a video upload; an image is answered in one response.")
+    if info.task != "classify":  # classifiers ignore `classes`, as Ultralytics' do
+        check_classes(args.classes, info.name, len(info.names))
+    if args.source and (uploads or args.url):
+        raise BadRequest("Send one of: image file(s), 'url' or 'source' (a URL or base64 image), not several.")
+    url = args.source if args.source and is_url(args.source) else args.url
+    inline = None
+    if args.source and not url:  # base64 of up to the upload limit: decoded off the event loop
+        inline = await services.workers.run(decode_source, args.source, settings.max_upload_bytes)
+    if uploads and url:
+        raise BadRequest("Send either image file(s) or a URL, not both.")
+    if not uploads and not url and inline is None:
+        raise BadRequest("An image file or URL must be submitted.")
+    if len(uploads) > 1 and args.format != "json":
+        raise BadRequest("An annotated image (format=image/png) is made for one image per request; send one image.")
+
+    t0 = time.perf_counter()
+    if uploads:  # one byte more than the limit is enough for `run` to refuse an image that is too large
+        datas = [await upload.read(settings.max_upload_bytes + 1) for upload in uploads]
+    elif inline is not None:
+        datas = [inline]
+    else:
+        datas = [
+            await fetch_image(
+                url,
+                max_bytes=settings.max_upload_bytes,
+                timeout_s=settings.url_timeout_s,
+                max_redirects=settings.url_max_redirects,
+                allow_hosts=settings.url_allow_hosts,
+                record=prediction.record,
+            )
+        ]
+        timings["fetch"] = (time.perf_counter() - t0) * 1000
+    outcomes = await run(prediction, info, datas, args)
+    failed = [o for o in outcomes if o.error is not None]
+    if len(failed) == len(outcomes):  # nothing succeeded: the request fails with the (first) image's own error
+        error = failed[0].error
+        assert error is not None
+        if len(outcomes) > 1:
+            error.message = f"Image 1 of {len(outcomes)}: {error.message}"
+        raise error
+
+    t3 = time.perf_counter()
+    if args.format != "json":
+        only = outcomes[0]
+        assert only.image is not None and only.rows is not None  # kept for format=image, and it succeeded
+        body = await services.workers.run(
+            render.encode_annotated, only.image, only.rows, info.task, args.format, args.normalize
+        )  # fmt: skip
+        media_type = f"image/{args.format}"
+        timings["render"] = (time.perf_counter() - t3) * 1000
+    else:
+        answer = responses.body(info, args, outcomes, prediction.style, prediction.started)
+        body, media_type = orjson.dumps(answer), "application/json"
+    timings["total"] = (time.perf_counter() - prediction.started) * 1000
+    return Response(body, media_type=media_type, headers=responses.headers(info, timings))
+
+
+async def run(prediction: Prediction, info: ModelInfo, datas: list[bytes], args: PredictArgs) -> list[Outcome]:
     """Decode and letterbox every image, run same-shaped ones through Triton as one batch, post-process each.
 
-    Each image's decoded size is reserved in `hold` before it is decoded; its bytes in `datas` are dropped as soon
-    as it is decoded, and the decoded image itself once letterboxed (unless an annotated image is asked for)."""
-    settings = state.settings
+    Each image's decoded size is reserved in the request's hold before it is decoded; its bytes in `datas` are
+    dropped as soon as it is decoded, and the decoded image itself once letterboxed (unless an annotated image is
+    asked for). Stage times add up in the request's record."""
+    services = prediction.services
+    timings = prediction.record.timings
+    settings = services.settings
     rect = settings.letterbox == "rect"
     outcomes = [Outcome() for _ in datas]
     prepared: list[Prepared | None] = [None] * len(datas)
@@ -52,8 +109,8 @@ async def run(
             outcomes[i].error = PayloadTooLarge(f"The image is larger than the {limit} MiB upload limit.")
             return
         try:
-            await hold.take(await state.workers.run(decode_cost, datas[i], settings.max_pixels))
-            prepared[i] = await state.workers.run(
+            await prediction.hold.take(await services.workers.run(decode_cost, datas[i], settings.max_pixels))
+            prepared[i] = await services.workers.run(
                 pipeline.prepare, datas[i], info, args.size, rect, settings.max_pixels, stage_ms[i],
                 settings.fast_jpeg, args.format != "json"
             )  # fmt: skip
@@ -86,13 +143,13 @@ async def run(
         ids = chunks[k]
         start = time.perf_counter()
         try:
-            async with state.triton.infer(info, [_ready(prepared[i]).tensor for i in ids]) as result:
+            async with services.triton.infer(info, [_ready(prepared[i]).tensor for i in ids]) as result:
                 chunk_ms[k] = (time.perf_counter() - start) * 1000
                 per_image = chunk_ms[k] / len(ids)  # a batch's inference time, split evenly (as Ultralytics does)
                 for n, i in enumerate(ids):
                     item = _ready(prepared[i])
                     begin = time.perf_counter()
-                    outcomes[i].rows = await state.workers.run(
+                    outcomes[i].rows = await services.workers.run(
                         pipeline.finish, info, {name: out[n] for name, out in result.items()}, item.box, args
                     )  # fmt: skip
                     post = (time.perf_counter() - begin) * 1000

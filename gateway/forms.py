@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -17,10 +14,10 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from gateway.budget import Hold
-from gateway.errors import BadRequest, PayloadTooLarge, RequestTimeout
+from gateway.errors import BadRequest, RequestTimeout
 from gateway.schemas import Style
+from gateway.streams import capped
 
-FORM_OVERHEAD = 64 * 1024  # multipart boundaries and the small text fields around the image
 MAX_FIELDS = 16
 MAX_FIELD_BYTES = 4096
 # What parsing a spooled form holds in memory: the parser keeps up to 1 MiB of each file part before it rolls over
@@ -57,12 +54,12 @@ class Body:
     received: int = 0
     waited_s: float = 0.0
 
-    async def chunks(self, limit: int, too_large: str) -> AsyncIterator[bytes]:
+    def chunks(self, limit: int, too_large: str) -> AsyncIterator[bytes]:
         """The body's chunks as they arrive; PayloadTooLarge (`too_large`) as soon as it passes `limit` bytes,
         declared or streamed; RequestTimeout when the client falls behind the pace."""
-        declared = self.request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(too_large)
+        return capped(self._paced(), limit, too_large, self.request.headers.get("content-length"))
+
+    async def _paced(self) -> AsyncIterator[bytes]:
         stream = self.request.stream()
         while True:
             chunk: bytes | None = None
@@ -77,8 +74,6 @@ class Body:
             if chunk is None:
                 raise RequestTimeout(self._too_slow())
             self.received += len(chunk)
-            if self.received > limit:
-                raise PayloadTooLarge(too_large)
             yield chunk
 
     def _too_slow(self) -> str:
@@ -238,38 +233,3 @@ def collect(request: Request, form: FormData, style: Style) -> tuple[list[Upload
         if not images and isinstance(form.get(name), str) and form.get(name):
             raise BadRequest(f"'{name}' must be a file part (curl: -F \"{name}=@photo.jpg\"), not a text field.")
     return images, fields
-
-
-SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-def is_url(source: str) -> bool:
-    """`source` names a resource (`scheme://...`) rather than carrying the image in base64."""
-    return bool(SCHEME.match(source))
-
-
-def decode_source(source: str, max_bytes: int) -> bytes:
-    """The image bytes of a base64 `source` (plain, URL-safe, or a `data:image/...;base64,` URI); 400 when it is not
-    base64, 413 past `max_bytes` (checked from its length before decoding)."""
-    text = source.strip()
-    if text.startswith("data:"):
-        header, _, text = text.partition(",")
-        if not header.endswith(";base64"):
-            raise BadRequest("Invalid 'source' value: a data URI must be base64 (data:image/jpeg;base64,...).")
-    text = "".join(text.split()).replace("-", "+").replace("_", "/")
-    if len(text) // 4 * 3 > max_bytes + 2:
-        raise PayloadTooLarge(
-            f"The 'source' image is larger than the {max_bytes // 2**20} MiB upload limit. Send a smaller image."
-        )
-    try:
-        data = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
-    except (binascii.Error, ValueError):
-        raise BadRequest(
-            "Invalid 'source' value: send an http(s) image URL or the image's bytes in base64 (optionally as a "
-            "data:image/...;base64, URI)."
-        ) from None
-    if len(data) > max_bytes:
-        raise PayloadTooLarge(
-            f"The 'source' image is larger than the {max_bytes // 2**20} MiB upload limit. Send a smaller image."
-        )
-    return data

@@ -15,8 +15,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import anyio
 import numpy as np
@@ -28,10 +27,11 @@ from starlette.types import Receive, Scope, Send
 
 from gateway import pipeline, responses, video
 from gateway.budget import Hold
-from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, UnprocessableImage, error_response
-from gateway.schemas import PredictArgs, Style, parse_args
-from gateway.services import Services
+from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, UnprocessableImage, error_response, json_response
 from gateway.modelcard import ModelInfo
+from gateway.responses import FrameOutcome
+from gateway.schemas import PredictArgs, Style, parse_args
+from gateway.services import Prediction, Services
 from gateway.video import Control, Frame, Reader, Scan
 
 NDJSON = "application/x-ndjson"
@@ -52,29 +52,12 @@ async def container_of(uploads: list[UploadFile]) -> str | None:
     return found
 
 
-@dataclass
-class FrameOutcome:
-    index: int
-    time: float | None
-    rows: list[dict[str, Any]]
-    shape: tuple[int, int]
-    speed: dict[str, float]
-
-
 async def respond(
-    state: Services,
-    info: ModelInfo,
-    upload: UploadFile,
-    container: str,
-    fields: dict[str, str],
-    style: Style,
-    started: float,
-    context: dict[str, Any],
-    stack: contextlib.AsyncExitStack,
-    charge: Callable[[int], Awaitable[None]],
+    prediction: Prediction, info: ModelInfo, upload: UploadFile, container: str, fields: dict[str, str]
 ) -> Response:
     """The answer to a request whose only file part is a video (see the module docstring)."""
-    settings = state.settings
+    services, stack, style, started = prediction.services, prediction.held, prediction.style, prediction.started
+    settings = services.settings
     args = parse_args(fields, info.imgsz, style)
     if args.url or args.source:
         raise BadRequest("Send one of: a video file, 'url' or 'source' (a URL or base64 image), not several.")
@@ -83,23 +66,23 @@ async def respond(
     size = upload.size if upload.size is not None else settings.max_video_bytes + 1
     if size > settings.max_video_bytes:
         raise video_too_large(settings.max_video_bytes)
-    context["video"] = container
+    prediction.record.video = container
     # the time budget starts once the upload is here (the body's own deadline covers the upload)
     seconds = settings.video_stream_timeout_s if args.stream else settings.video_timeout_s
     setting = "GATEWAY_VIDEO_STREAM_TIMEOUT_S" if args.stream else "GATEWAY_VIDEO_TIMEOUT_S"
     control = video.Control(time.monotonic() + seconds, seconds, setting)
     stack.callback(setattr, control, "cancelled", True)  # whatever ends the request stops the thread's work
-    pool = state.video_workers or state.workers
+    pool = services.video_workers or services.workers
     path = await pool.run(video.spool, upload.file, container)
     stack.callback(video.remove, path)
     await upload.close()  # the form's copy (in memory or in TMPDIR) is not needed once spooled
     cap, meta, found = await pool.run(video.open_video, path, container, args.vid_stride, settings, control)
     stack.callback(cap.release)
-    decoder = Hold(state.budget)  # the decoder's frames, held from the first frame to the last
+    decoder = Hold(services.budget)  # the decoder's frames, held from the first frame to the last
     stack.callback(decoder.release)
     await decoder.take(found.decoder_bytes(settings.max_pixels))
     reader = Reader(cap, meta, control, seek=found.seekable and args.vid_stride >= video.SEEK_STRIDE)
-    frames = _frames(state, info, reader, found, args, charge)
+    frames = _frames(services, info, reader, found, args, prediction.charge_frames)
     stack.push_async_callback(frames.aclose)
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
     if args.stream:
@@ -113,11 +96,11 @@ async def respond(
                 outcomes.append(outcome)
         except (UnprocessableImage, PayloadTooLarge) as exc:  # broken partway or a limit: with what was read
             error = exc
-        entries = [frame_entry(o, style) for o in outcomes]
-        context["frames"] = len(entries)
-        body = _summary(info, args, style, entries, reader, error, started)
+        entries = [responses.frame_entry(o, style) for o in outcomes]
+        prediction.record.frames = len(entries)
+        body = responses.video_body(info, args, style, entries, reader, error, started)
         if error is not None:
-            return responses.json_response(body, error.status)
+            return json_response(body, error.status)
         timings = {"total": (time.perf_counter() - started) * 1000}
         headers = {"Server-Timing": responses.server_timing(timings)}
         return Response(orjson.dumps(body), media_type="application/json", headers=headers)
@@ -142,7 +125,7 @@ def _chunk_bytes(found: Scan, info: ModelInfo, size: int, count: int, max_pixels
 
 
 async def _frames(
-    state: Services,
+    services: Services,
     info: ModelInfo,
     reader: Reader,
     found: Scan,
@@ -151,14 +134,14 @@ async def _frames(
 ) -> AsyncGenerator[FrameOutcome, None]:
     """Each analysed frame's outcome in order; raises at the end when a limit stopped reading (PayloadTooLarge) or
     the video broke off (UnprocessableImage)."""
-    settings = state.settings
-    pool = state.video_workers or state.workers
+    settings = services.settings
+    pool = services.video_workers or services.workers
     rect = settings.letterbox == "rect"
     batch = max(info.max_batch_size, 1)
     paid = 1  # the request's own token (taken by the rate limiter's check) pays for the first frame
     delivered = 0
     while not reader.ended:
-        hold = Hold(state.budget)
+        hold = Hold(services.budget)
         outcomes: list[FrameOutcome] = []
         try:
             await hold.take(_chunk_bytes(found, info, args.size, batch, settings.max_pixels))
@@ -172,7 +155,7 @@ async def _frames(
                     reader.out_of_time = reader.ended = True
                     break
                 t0 = time.perf_counter()
-                async with state.triton.infer(info, [f.item.tensor for f in group]) as result:
+                async with services.triton.infer(info, [f.item.tensor for f in group]) as result:
                     per_frame = (time.perf_counter() - t0) * 1000 / len(group)
                     outcomes += await pool.run(_finish, info, result, group, args, per_frame)
         finally:
@@ -215,58 +198,6 @@ def _finish(
     return out
 
 
-def frame_entry(o: FrameOutcome, style: Style) -> dict[str, Any]:
-    """One frame's entry: v1 `{"frame", "time", "data"}`; v2 an `images` entry with `frame` and `time`."""
-    if style == "v1":
-        return {"frame": o.index, "time": o.time, "data": o.rows}
-    speed = {k: round(v, 3) for k, v in o.speed.items()}
-    return {"frame": o.index, "time": o.time, "results": o.rows, "shape": list(o.shape), "speed": speed}
-
-
-def _video(reader: Reader) -> dict[str, Any]:
-    return {**reader.meta.public(), "frames": reader.analysed}
-
-
-def _summary(
-    info: ModelInfo,
-    args: PredictArgs,
-    style: Style,
-    entries: list[dict[str, Any]],
-    reader: Reader,
-    error: GatewayError | None,
-    started: float | None = None,
-) -> dict[str, Any]:
-    """The whole answer: v1 `{"success", "message", "data": frames, "video"}`; v2 `{"images": frames, "metadata"}`
-    with `metadata.video`. A video that broke off gets `"success": false` and the error's message, frames kept."""
-    message = error.message if error else f"Inference complete for {len(entries)} frame(s)."
-    if style == "v1":
-        return {"success": error is None, "message": message, "data": entries, "video": _video(reader)}
-    body = responses.images_body(info.name, info.task, args, entries, info.stride, started)
-    body["metadata"]["video"] = _video(reader)
-    if error is not None:
-        body = {"success": False, "message": message, **body}
-    return body
-
-
-def _end_line(
-    info: ModelInfo, args: PredictArgs, style: Style, reader: Reader, error: GatewayError | None
-) -> dict[str, Any]:
-    """The stream's last line: `done`, and whether the video was read whole (`success`) or the error that ended it."""
-    line: dict[str, Any] = {"done": True, "success": error is None}
-    if error is not None:
-        line["status"] = error.status
-    line["message"] = error.message if error else f"Inference complete for {reader.analysed} frame(s)."
-    if style == "v1":
-        line["video"] = _video(reader)
-    else:
-        line["metadata"] = {
-            **responses.images_body(info.name, info.task, args, [], info.stride)["metadata"],
-            "imageCount": reader.analysed,
-            "video": _video(reader),
-        }
-    return line
-
-
 async def _lines(
     first: FrameOutcome | None,
     frames: AsyncIterator[FrameOutcome],
@@ -277,13 +208,13 @@ async def _lines(
 ) -> AsyncGenerator[bytes, None]:
     error: GatewayError | None = None
     if first is not None:
-        yield orjson.dumps(frame_entry(first, style)) + b"\n"
+        yield orjson.dumps(responses.frame_entry(first, style)) + b"\n"
         try:
             async for outcome in frames:
-                yield orjson.dumps(frame_entry(outcome, style)) + b"\n"
+                yield orjson.dumps(responses.frame_entry(outcome, style)) + b"\n"
         except GatewayError as exc:  # the status line is sent: the error is the last line instead
             error = exc
-    yield orjson.dumps(_end_line(info, args, style, reader, error)) + b"\n"
+    yield orjson.dumps(responses.end_line(info, args, style, reader, error)) + b"\n"
 
 
 async def _watching(receive: Receive, control: Control, work: Callable[[], Awaitable[T]]) -> T:

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from gateway import errors, fetch, preprocess
-from gateway.forms import FORM_OVERHEAD, MAX_FIELD_BYTES, MAX_FIELDS
+from gateway.forms import MAX_FIELD_BYTES, MAX_FIELDS
 from gateway.openapi import SPEC
 from gateway.modelcard import UNTRAINED_WARNING
 from gateway.responses import WARNING_HEADER
@@ -33,7 +33,7 @@ from gateway.schemas import (
     SIZE_RANGE,
     parse_args,
 )
-from gateway.settings import Settings
+from gateway.settings import FORM_OVERHEAD, Settings
 from tests.conftest import Gateway, start_gateway, stop_gateway
 
 ROOT = Path(__file__).resolve().parent.parent

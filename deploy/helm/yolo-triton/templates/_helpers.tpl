@@ -100,7 +100,8 @@ seccompProfile:
   type: RuntimeDefault
 {{- end }}
 
-{{/* The largest request body the gateway accepts: its image or its video limit, the larger, + 64 KiB of form. */}}
+{{/* The largest request body the gateway accepts: its image or its video limit, the larger, + 64 KiB of form
+(FORM_OVERHEAD in gateway/settings.py; deploy/check.py checks the ingress limit against it). */}}
 {{- define "yolo-triton.maxBodyBytes" -}}
 {{- $l := .Values.gateway.limits }}
 {{- add (max ($l.maxUploadBytes | int64) ($l.maxVideoBytes | int64)) 65536 }}
