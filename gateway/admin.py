@@ -25,7 +25,7 @@ from gateway.forms import api_key
 from gateway.ratelimit import MAX_RATE, MIN_RATE, check_rate
 from gateway.observability import record_of
 from gateway.services import services_of
-from gateway.state import State
+from gateway.state import Store
 from gateway.streams import read_capped
 
 MAX_BODY = 4096
@@ -34,7 +34,7 @@ MAX_DAYS = 400  # usage is kept about 13 months
 DAYS = re.compile(r"[0-9]{1,3}")  # ASCII digits only: `str.isdigit` also takes '²', which int() refuses
 
 
-async def _admin(request: Request) -> tuple[State, KeyEntry]:
+async def _admin(request: Request) -> tuple[Store, KeyEntry]:
     """The store and the caller's key, which must have the admin scope."""
     store = services_of(request).store
     key, header = api_key(request)

@@ -15,14 +15,14 @@ from gateway.metrics import Metrics
 from gateway.observability import RequestContext, configure_logging
 from gateway.services import finished, open_services
 from gateway.settings import Settings
-from gateway.state import open_state
+from gateway.state import open_store
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     configure_logging()
     metrics = Metrics()
-    store = open_state(settings)
+    store = open_store(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -196,7 +196,7 @@ def verify(entry: KeyEntry | None, key: str, model_id: str | None, header: str) 
 
 
 @dataclass
-class KeyStore:
+class KeysFile:
     """The keys file, re-read when it changes: mtime, ctime, size or inode (checked at most every `recheck_s`)."""
 
     path: Path

@@ -99,7 +99,7 @@ class Hold:
     budget: MemoryBudget
     held: int = 0
 
-    async def take(self, size: int) -> None:
+    async def reserve(self, size: int) -> None:
         self.held += await self.budget.acquire(size)
 
     def keep(self, size: int) -> None:

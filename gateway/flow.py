@@ -109,7 +109,7 @@ async def run(prediction: Prediction, info: ModelInfo, datas: list[bytes], args:
             outcomes[i].error = PayloadTooLarge(f"The image is larger than the {limit} MiB upload limit.")
             return
         try:
-            await prediction.hold.take(await services.workers.run(decode_cost, datas[i], settings.max_pixels))
+            await prediction.hold.reserve(await services.workers.run(decode_cost, datas[i], settings.max_pixels))
             prepared[i] = await services.workers.run(
                 pipeline.prepare, datas[i], info, args.size, rect, settings.max_pixels, stage_ms[i],
                 settings.fast_jpeg, args.format != "json"

@@ -112,7 +112,7 @@ async def streamed(kept: list[bytes], rest: AsyncIterator[bytes], hold: Hold) ->
     hold.keep(SPOOLED_FORM_BYTES)
     async for chunk in rest:
         if hold.held < SPOOLED_FORM_BYTES:
-            await hold.take(min(len(chunk), SPOOLED_FORM_BYTES - hold.held))
+            await hold.reserve(min(len(chunk), SPOOLED_FORM_BYTES - hold.held))
         yield chunk
 
 
@@ -217,7 +217,7 @@ def _once(items: list[tuple[str, str]], where: str) -> dict[str, str]:
 
 def collect(request: Request, form: FormData, style: Style) -> tuple[list[UploadFile], dict[str, str]]:
     """The image parts in order, and the arguments (a form field wins over the query parameter of the same name)."""
-    part = "image" if style == "v1" else "file"
+    part = "image" if style == "hub" else "file"
     images: list[UploadFile] = []
     for key, value in form.multi_items():
         if isinstance(value, UploadFile):

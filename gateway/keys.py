@@ -19,8 +19,8 @@ from gateway.auth import KeyEntry, read_entries
 from gateway.errors import GatewayError
 from gateway.ratelimit import check_rate
 from gateway.settings import Settings
-from gateway.state import EmbeddedState
-from gateway.state import State as Store
+from gateway.state import FileStore
+from gateway.state import Store
 
 CONFIRM = "Are you sure you want to delete this access key?"
 REDIS_URL_FILE = Path("data/redis.url")  # written (mode 0600) by `make serve STATE=redis`
@@ -59,12 +59,12 @@ def _open(args: argparse.Namespace) -> tuple[Store, str]:
             raise SystemExit(f"error: no {REDIS_URL_FILE}: start the stack with `make serve STATE=redis` first")
         url = REDIS_URL_FILE.read_text().strip()
     if url:
-        from gateway.redis_state import RedisState
+        from gateway.redis_state import RedisStore
 
         where = url.split("@")[-1]  # never print the password
-        return RedisState(url, settings.redis_password, timeout_s=2.0), f"Redis at {where}"
+        return RedisStore(url, settings.redis_password, timeout_s=2.0), f"Redis at {where}"
     path = args.file or settings.keys_file
-    return EmbeddedState(path), str(path)
+    return FileStore(path), str(path)
 
 
 def _confirmed() -> bool:
@@ -145,9 +145,9 @@ async def _run(args: argparse.Namespace) -> int:
 
 async def _import(store: Store, where: str, source: Path) -> int:
     """Copy every key of a keys file (hashes, scopes, revocations) into Redis; ids already there are kept."""
-    from gateway.redis_state import RedisState
+    from gateway.redis_state import RedisStore
 
-    if not isinstance(store, RedisState):
+    if not isinstance(store, RedisStore):
         print("error: import copies a keys file into Redis: give --redis URL or --state redis", file=sys.stderr)
         return 2
     existing = {e.id for e in await store.list_keys()}

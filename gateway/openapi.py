@@ -48,7 +48,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         503: "Inference server or model not ready, or the gateway is busy",
         504: "Inference timed out",
     }
-    # a video that broke off partway answers 422 with the frames read: `data`/`video` (v1) or `images`/`metadata` (v2)
+    # a video that broke off partway answers 422 with the frames read: `data`/`video` (HUB) or `images`/`metadata`
     broken = {"type": "object", "required": ["success", "message"], "properties": {"success": {"const": False}}}
     return {str(c): _json({"anyOf": [ERROR, broken]} if c == 422 else ERROR, text[c]) for c in codes}
 
@@ -68,7 +68,7 @@ _ARG_SCHEMAS: dict[str, dict[str, Any]] = {
         "type": "number",
         "minimum": IOU_RANGE[0],
         "maximum": IOU_RANGE[1],
-        "default": IOU_DEFAULT["v1"],
+        "default": IOU_DEFAULT["hub"],
         "description": "NMS IoU threshold",
     },
     "url": {"type": "string", "default": "", "description": "A public http(s) image URL, used when no file is sent"},
@@ -120,7 +120,7 @@ _ALIAS_SCHEMAS = {
 }
 _ARGS = {name: _ARG_SCHEMAS[name] for name in ARGUMENTS} | _ALIAS_SCHEMAS
 # The newer Ultralytics API's routes take the same arguments; only the IoU default differs (that of YOLO.predict)
-_ARGS_V2 = _ARGS | {"iou": {**_ARG_SCHEMAS["iou"], "default": IOU_DEFAULT["v2"]}}
+_ARGS_V2 = _ARGS | {"iou": {**_ARG_SCHEMAS["iou"], "default": IOU_DEFAULT["platform"]}}
 _V2_ERRORS = (400, 401, 403, 404, 408, 413, 415, 422, 429, 502, 503, 504)
 _HEADERS = {
     "Server-Timing": {

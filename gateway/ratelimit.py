@@ -88,7 +88,7 @@ class RateLimiter:
 
     _tats: dict[str, int] = field(default_factory=dict)  # key id -> TAT in microseconds
 
-    def take(self, key_id: str, rate: float | None, cost: int = 1, force: bool = False) -> Quota | None:
+    def spend(self, key_id: str, rate: float | None, cost: int = 1, force: bool = False) -> Quota | None:
         """Take `cost` tokens; the quota left (None: unlimited key). Raises TooManyRequests (with the headers)."""
         if not rate or rate <= 0 or cost <= 0:
             return None
@@ -111,7 +111,7 @@ class KeySlots:
     limit: int
     _held: dict[str, int] = field(default_factory=dict)
 
-    def take(self, key_id: str) -> None:
+    def claim(self, key_id: str) -> None:
         """One slot for the key, or TooManyRequests (429) naming the cap."""
         held = self._held.get(key_id, 0)
         if held >= self.limit:

@@ -122,7 +122,7 @@ def _parse_entry(raw: Mapping[Any, Any]) -> KeyEntry | None:
 
 
 @dataclass
-class RedisState:
+class RedisStore:
     url: str
     password: str = field(default="", repr=False)
     timeout_s: float = 0.25
@@ -157,7 +157,7 @@ class RedisState:
         self._create = self.redis.register_script(CREATE_LUA)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RedisState:
+    def from_settings(cls, settings: Settings) -> RedisStore:
         return cls(settings.redis_url, settings.redis_password, settings.redis_timeout_s)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -236,8 +236,8 @@ class RedisState:
     def _admit_unknown(self) -> None:
         """Spend one look-up of an id this replica does not know, or ServiceUnavailable when the budgets are spent."""
         try:
-            self._misses.take(f"client:{_client_bucket(client_address())}", MISS_RATE_PER_CLIENT)
-            self._misses.take("replica", MISS_RATE)
+            self._misses.spend(f"client:{_client_bucket(client_address())}", MISS_RATE_PER_CLIENT)
+            self._misses.spend("replica", MISS_RATE)
         except TooManyRequests:
             raise ServiceUnavailable(
                 "Too many unknown API keys were sent to this gateway in the last second, so this key can't be checked "
@@ -245,7 +245,7 @@ class RedisState:
                 1,
             ) from None
 
-    async def take(self, entry: KeyEntry, cost: int = 1, force: bool = False) -> Quota | None:
+    async def spend(self, entry: KeyEntry, cost: int = 1, force: bool = False) -> Quota | None:
         if not entry.rate or entry.rate <= 0 or cost <= 0:
             return None
         interval, _, tolerance = shape(entry.rate)
@@ -255,7 +255,7 @@ class RedisState:
                 lambda: self._gcra(keys=[f"{NS}rl:{entry.id}"], args=[interval, tolerance, cost, int(force)])
             )
         except StoreDown:
-            return self._local.take(entry.id, rate, cost, force)
+            return self._local.spend(entry.id, rate, cost, force)
         q = quota(bool(allowed), int(base), int(new), rate)
         if not allowed:
             raise q.refuse()

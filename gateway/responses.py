@@ -79,7 +79,7 @@ def body(
     info: ModelInfo, args: PredictArgs, outcomes: list[Outcome], style: Style, started: float | None = None
 ) -> dict[str, Any]:
     """The JSON body for the outcomes of one request (at least one succeeded)."""
-    if style == "v2":
+    if style == "platform":
         answer = images_body(info, args, [_image_entry(o) for o in outcomes], started)
         if info.untrained:
             answer["warning"] = UNTRAINED_WARNING
@@ -134,7 +134,7 @@ def _speed(speed: dict[str, float]) -> dict[str, float]:
 
 def frame_entry(o: FrameOutcome, style: Style) -> dict[str, Any]:
     """One frame's entry: hub `{"frame", "time", "data"}`; platform an `images` entry with `frame` and `time`."""
-    if style == "v1":
+    if style == "hub":
         return {"frame": o.index, "time": o.time, "data": o.rows}
     return {"frame": o.index, "time": o.time, "results": o.rows, "shape": list(o.shape), "speed": _speed(o.speed)}
 
@@ -156,7 +156,7 @@ def video_body(
     frames, "metadata"}` with `metadata.video`. A video that broke off gets `"success": false` and the error's
     message, frames kept."""
     message = error.message if error else f"Inference complete for {len(entries)} frame(s)."
-    if style == "v1":
+    if style == "hub":
         return {**envelope(message, entries, error is None), "video": _video(reader)}
     body = images_body(info, args, entries, started)
     body["metadata"]["video"] = _video(reader)
@@ -174,7 +174,7 @@ def end_line(
     if error is not None:
         line["status"] = error.status
     line["message"] = error.message if error else f"Inference complete for {reader.analysed} frame(s)."
-    if style == "v1":
+    if style == "hub":
         line["video"] = _video(reader)
     else:
         line["metadata"] = {

@@ -34,17 +34,17 @@ from gateway.services import Prediction, services_of
 
 async def predict(request: Request) -> Response:
     """HUB v1: POST /v1/predict/{model_id}."""
-    return await _handle(request, request.path_params["model_id"], "v1")
+    return await _handle(request, request.path_params["model_id"], "hub")
 
 
 async def predict_platform(request: Request) -> Response:
     """The newer Ultralytics API: POST /api/models/{owner/project/model}/predict, answered in the `images` format."""
-    return await _handle(request, model_from_slug(request.path_params["slug"]), "v2")
+    return await _handle(request, model_from_slug(request.path_params["slug"]), "platform")
 
 
 async def predict_dedicated(request: Request) -> Response:
     """POST / with the model in a `model` form field (a HUB model URL or an id), answered in the `images` format."""
-    return await _handle(request, None, "v2")
+    return await _handle(request, None, "platform")
 
 
 async def _handle(request: Request, model_id: str | None, style: Style) -> Response:
@@ -62,9 +62,9 @@ async def _handle(request: Request, model_id: str | None, style: Style) -> Respo
     record.key_id = entry.id
     # everything the request holds is released by this stack; a streamed answer takes it and releases it at its end
     async with contextlib.AsyncExitStack() as held:
-        services.key_slots.take(entry.id)  # one key's requests in progress, reading or processed, are capped (429)
+        services.key_slots.claim(entry.id)  # one key's requests in progress, reading or processed, are capped (429)
         held.callback(services.key_slots.release, entry.id)
-        quota = await services.store.take(entry)  # one token now; the request's other images once they are counted
+        quota = await services.store.spend(entry)  # one token now; the request's other images once they are counted
         if quota is not None:
             record.headers = quota.headers()  # X-RateLimit-*, added to the response whatever it is
         if model_id is not None:
@@ -83,7 +83,7 @@ async def _handle(request: Request, model_id: str | None, style: Style) -> Respo
         if container is None:
             await prediction.charge(len(uploads) - 1)  # each image costs one token
             if spooled:  # the image parts are read into memory by the flow
-                await hold.take(sum(min(u.size or 0, services.settings.max_upload_bytes) for u in uploads))
+                await hold.reserve(sum(min(u.size or 0, services.settings.max_upload_bytes) for u in uploads))
         if model_id is None:
             model_id = model_from_slug(fields.get("model", ""))
             if not model_id:
@@ -106,13 +106,13 @@ async def _read_form(request: Request, prediction: Prediction) -> tuple[FormData
     memory."""
     services, hold = prediction.services, prediction.hold
     settings = services.settings
-    part = "image" if prediction.style == "v1" else "file"
+    part = "image" if prediction.style == "hub" else "file"
     limit = settings.body_limit
     body = Body(request, Pace(settings.body_timeout_s, settings.body_min_rate, settings.body_grace_s))
     try:
         if not is_multipart(request):
             too_large = f"The request is larger than the {limit // 2**20} MiB upload limit. Send a smaller image."
-            whole_body, _ = await buffer(body.chunks(limit, too_large), limit, hold.take)
+            whole_body, _ = await buffer(body.chunks(limit, too_large), limit, hold.reserve)
             if is_urlencoded(request):
                 return await services.workers.run(parse_urlencoded, whole_body, limit, part), False
             return await parse_form(request, whole_body, settings.max_images, part), False
@@ -124,7 +124,7 @@ async def _read_form(request: Request, prediction: Prediction) -> tuple[FormData
         kept: list[bytes] = []
         declared = request.headers.get("content-length", "")
         if not (declared.isdigit() and int(declared) > limit):  # may be an image: in memory up to an image's limit
-            kept, whole = await buffer(chunks, limit, hold.take)
+            kept, whole = await buffer(chunks, limit, hold.reserve)
             if whole:
                 return await parse_form(request, kept, settings.max_images, part, max_text=limit), False
         return await parse_form(request, streamed(kept, chunks, hold), settings.max_images, part), True

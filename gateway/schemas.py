@@ -35,17 +35,17 @@ ARGUMENTS = (
 )  # fmt: skip
 ALIASES = {"imgsz": "size", "conf": "confidence"}
 
-# The response format a route answers in: v1 = the HUB API, v2 = the newer Ultralytics API.
-Style = Literal["v1", "v2"]
-# The NMS IoU default of each style (v2: that of `YOLO.predict`).
-IOU_DEFAULT: dict[Style, float] = {"v1": 0.45, "v2": 0.7}
+# The response format a route answers in: the HUB API's (/v1/predict) or the newer Ultralytics Platform API's.
+Style = Literal["hub", "platform"]
+# The NMS IoU default of each style (platform: that of `YOLO.predict`).
+IOU_DEFAULT: dict[Style, float] = {"hub": 0.45, "platform": 0.7}
 
 
 @dataclass(frozen=True)
 class PredictArgs:
     size: int = 640
     confidence: float = CONFIDENCE_DEFAULT
-    iou: float = IOU_DEFAULT["v1"]
+    iou: float = IOU_DEFAULT["hub"]
     normalize: bool = False
     url: str = ""
     format: str = "json"  # extension to the HUB arguments: "json", or an annotated "jpeg"/"png"
@@ -108,7 +108,7 @@ def _format(raw: str) -> str:
     return FORMATS[fmt]
 
 
-def parse_args(fields: Mapping[str, str], default_size: int = 640, style: Style = "v1") -> PredictArgs:
+def parse_args(fields: Mapping[str, str], default_size: int = 640, style: Style = "hub") -> PredictArgs:
     """PredictArgs from merged query/form fields (form wins; merged by the caller). Unknown fields are ignored.
 
     Both styles accept both spellings (`size`/`imgsz`, `confidence`/`conf`); only the IoU default differs. Messages

@@ -20,7 +20,7 @@ from gateway.observability import RequestRecord
 from gateway.ratelimit import KeySlots
 from gateway.schemas import Style
 from gateway.settings import Settings
-from gateway.state import State as Store
+from gateway.state import Store
 from gateway.triton import Triton
 from gateway.workers import Workers
 
@@ -137,7 +137,7 @@ class Prediction:
         debt, since the request was already admitted."""
         if extra <= 0:
             return
-        quota = await self.services.store.take(self.entry, extra, force=True)
+        quota = await self.services.store.spend(self.entry, extra, force=True)
         if quota is not None:
             self.record.headers = quota.headers()
 

@@ -1,12 +1,12 @@
-"""Shared state of the gateway: API keys, rate limits and usage, behind one interface with two implementations.
+"""The key store: API keys, rate limits and usage, behind one interface (`Store`) with two implementations.
 
-- `EmbeddedState` (default): the hashed keys file (gateway/auth.py), in-process GCRA buckets, usage counted in
+- `FileStore` (default): the hashed keys file (gateway/auth.py), in-process GCRA buckets, usage counted in
   the process. Right for one gateway process.
-- `RedisState` (gateway/redis_state.py, when GATEWAY_REDIS_URL is set): keys, limits and usage in Redis, shared
+- `RedisStore` (gateway/redis_state.py, when GATEWAY_REDIS_URL is set): keys, limits and usage in Redis, shared
   by every gateway replica.
 
-Nothing else in the gateway knows which one is in use: routes call `authenticate`, `take` and `record`, the admin
-API and the `keys` CLI call the key-management methods. `open_state(settings)` picks the implementation.
+Nothing else in the gateway knows which one is in use: routes call `authenticate`, `spend` and `record`, the admin
+API and the `keys` CLI call the key-management methods. `open_store(settings)` picks the implementation.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from gateway.auth import KeyEntry, KeyStore, create_key, read_entries, update_entries
+from gateway.auth import KeyEntry, KeysFile, create_key, read_entries, update_entries
 from gateway.ratelimit import Quota, RateLimiter
 from gateway.settings import Settings
 from gateway.usage import UsageBook
 
 
-class State(Protocol):
+class Store(Protocol):
     """What the gateway needs from its state store (see the module docstring)."""
 
     kind: str
@@ -35,7 +35,7 @@ class State(Protocol):
         """The key's entry, or Unauthorized (401) / Forbidden (403) / ServiceUnavailable (503, store unreachable)."""
         ...
 
-    async def take(self, entry: KeyEntry, cost: int = 1, force: bool = False) -> Quota | None:
+    async def spend(self, entry: KeyEntry, cost: int = 1, force: bool = False) -> Quota | None:
         """Take `cost` tokens from the key's limit (None: unlimited), or raise TooManyRequests. `force`: go into
         debt instead of refusing (extra images of a request that was admitted)."""
         ...
@@ -62,17 +62,17 @@ class State(Protocol):
 
 
 @dataclass
-class EmbeddedState:
+class FileStore:
     """The default: the keys file, in-process buckets, usage in memory (since the process started)."""
 
     keys_file: Path
     kind: str = "file"
-    _keys: KeyStore = field(init=False)
+    _keys: KeysFile = field(init=False)
     _limiter: RateLimiter = field(default_factory=RateLimiter, init=False)
     _usage: UsageBook = field(default_factory=UsageBook, init=False)
 
     def __post_init__(self) -> None:
-        self._keys = KeyStore(self.keys_file)
+        self._keys = KeysFile(self.keys_file)
 
     async def start(self) -> None:
         return None
@@ -83,8 +83,8 @@ class EmbeddedState:
     async def authenticate(self, key: str | None, model_id: str | None, header: str = "x-api-key") -> KeyEntry:
         return self._keys.authenticate(key, model_id, header)
 
-    async def take(self, entry: KeyEntry, cost: int = 1, force: bool = False) -> Quota | None:
-        return self._limiter.take(entry.id, entry.rate, cost, force)
+    async def spend(self, entry: KeyEntry, cost: int = 1, force: bool = False) -> Quota | None:
+        return self._limiter.spend(entry.id, entry.rate, cost, force)
 
     def record(self, key_id: str, model: str, images: int, status: int, seconds: float) -> None:
         self._usage.add(key_id, model, images, status, seconds)
@@ -117,10 +117,10 @@ def revoke_in_file(path: Path, key_id: str) -> list[KeyEntry]:
     return update_entries(path, lambda entries: [replace(e, revoked=True) if e.id == key_id else e for e in entries])
 
 
-def open_state(settings: Settings) -> State:
+def open_store(settings: Settings) -> Store:
     """Redis when GATEWAY_REDIS_URL is set, else the keys file."""
     if settings.redis_url:
-        from gateway.redis_state import RedisState
+        from gateway.redis_state import RedisStore
 
-        return RedisState.from_settings(settings)
-    return EmbeddedState(settings.keys_file)
+        return RedisStore.from_settings(settings)
+    return FileStore(settings.keys_file)

@@ -76,7 +76,7 @@ def _metadata_error(exc: InferenceServerException, model: str) -> GatewayError:
 
 
 @dataclass(frozen=True)
-class TritonState:
+class TritonHealth:
     """What one probe learned about Triton (for /readyz and the yolo_triton_up gauge)."""
 
     up: bool  # Triton answered ready with at least one model
@@ -162,7 +162,7 @@ class Triton:
         except InferenceServerException:
             return False
 
-    async def probe(self) -> TritonState:
+    async def probe(self) -> TritonHealth:
         """Ask Triton whether it is ready and which models it serves; remembers when it last was."""
         models: tuple[str, ...] = ()
         problem = ""
@@ -179,7 +179,7 @@ class Triton:
         if models:
             self._last_up = now
         last = None if self._last_up is None else now - self._last_up
-        return TritonState(bool(models), models, last, problem)
+        return TritonHealth(bool(models), models, last, problem)
 
     @contextlib.asynccontextmanager
     async def infer(self, info: ModelInfo, tensors: list[NDArray[Any]]) -> AsyncIterator[dict[str, NDArray[Any]]]:

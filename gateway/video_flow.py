@@ -80,7 +80,7 @@ async def respond(
     stack.callback(cap.release)
     decoder = Hold(services.budget)  # the decoder's frames, held from the first frame to the last
     stack.callback(decoder.release)
-    await decoder.take(found.decoder_bytes(settings.max_pixels))
+    await decoder.reserve(found.decoder_bytes(settings.max_pixels))
     reader = Reader(cap, meta, control, seek=found.seekable and args.vid_stride >= video.SEEK_STRIDE)
     frames = _frames(services, info, reader, found, args, prediction.charge_frames)
     stack.push_async_callback(frames.aclose)
@@ -144,7 +144,7 @@ async def _frames(
         hold = Hold(services.budget)
         outcomes: list[FrameOutcome] = []
         try:
-            await hold.take(_chunk_bytes(found, info, args.size, batch, settings.max_pixels))
+            await hold.reserve(_chunk_bytes(found, info, args.size, batch, settings.max_pixels))
             chunk = await pool.run(video.read_chunk, reader, batch, info, args.size, rect, settings)
             # each analysed frame costs one token, like an image; frames decoded only to be skipped, one per ten
             owed = reader.analysed + reader.skipped // video.SKIPPED_PER_TOKEN

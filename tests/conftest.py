@@ -230,10 +230,10 @@ def gateway_redis(
     import asyncio
     import dataclasses
 
-    from gateway.redis_state import RedisState
+    from gateway.redis_state import RedisStore
 
     async def make_keys() -> tuple[str, str]:
-        store = RedisState(redis_server.url, redis_server.password, timeout_s=2.0)
+        store = RedisStore(redis_server.url, redis_server.password, timeout_s=2.0)
         try:
             return (await store.create_key("tests"))[1], (await store.create_key("tests-admin", admin=True))[1]
         finally:

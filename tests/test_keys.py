@@ -269,7 +269,7 @@ def test_a_key_stored_with_a_degenerate_rate_is_limited_not_a_500(
 
 
 def test_new_key_ids_are_64_bit_and_old_32_bit_ids_keep_working(tmp_path: Path) -> None:
-    from gateway.auth import KeyEntry, KeyStore, hash_key, write_entries
+    from gateway.auth import KeyEntry, KeysFile, hash_key, write_entries
 
     keys = tmp_path / "keys.json"
     entry, key = create_key(keys, "new")
@@ -277,7 +277,7 @@ def test_new_key_ids_are_64_bit_and_old_32_bit_ids_keep_working(tmp_path: Path) 
     old_key = "yk_0badf00d_" + "s" * 32  # as `make key` wrote them before: 8 hex digits
     old = KeyEntry("0badf00d", "old", hash_key(old_key), "2024-01-01T00:00:00Z")
     write_entries(keys, [old, *read_entries(keys)])
-    store = KeyStore(keys, recheck_s=0)
+    store = KeysFile(keys, recheck_s=0)
     assert store.authenticate(old_key, "yolov8n").name == "old" and store.authenticate(key, None).name == "new"
 
 

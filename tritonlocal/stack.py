@@ -36,10 +36,10 @@ def ensure_first_key(redis_url: str, password: str) -> None:
     """Like the keys file: an empty Redis gets a development key, printed once."""
     import asyncio
 
-    from gateway.redis_state import RedisState
+    from gateway.redis_state import RedisStore
 
     async def run() -> str | None:
-        store = RedisState(redis_url, password, timeout_s=2.0)
+        store = RedisStore(redis_url, password, timeout_s=2.0)
         try:
             if await store.list_keys():
                 return None
