@@ -30,6 +30,7 @@ from typing import Any
 from gateway.errors import Forbidden, Unauthorized
 
 PREFIX = "yk_"
+DRAWS = 3  # new ids drawn for one key before giving up (`drafts`)
 ID_BYTES = 8  # 64-bit ids: among a million keys, two share an id with odds of 1 in 37 million (refused, not stored)
 KEY_ID = re.compile(r"[0-9A-Za-z]{1,32}")  # ids as they appear in keys (ASCII only: `str.isalnum` takes any script)
 _DUMMY_HASH = hashlib.sha256(b"no such key").hexdigest()
@@ -117,6 +118,19 @@ def make_entry(
     return KeyEntry(key_id, name, hash_key(key), created, tuple(models) if models else None, rate, admin=admin), key
 
 
+def drafts(
+    name: str, models: list[str] | None = None, rate: float | None = None, admin: bool = False
+) -> Iterator[tuple[KeyEntry, str]]:
+    """New keys for a creator to store, one after another while it finds their ids taken (a draw that repeated an
+    existing id: never stored over it); after DRAWS, the creator raises `ids_taken()`."""
+    for _ in range(DRAWS):
+        yield make_entry(name, models, rate, admin)
+
+
+def ids_taken() -> KeyIdTaken:
+    return KeyIdTaken(f"{DRAWS} new key ids in a row were already taken: is the random source broken?")
+
+
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
     """Hold the exclusive lock for changing the keys file at `path` (blocks while another process holds it).
@@ -158,14 +172,11 @@ def create_key(
     path: Path, name: str, models: list[str] | None = None, rate: float | None = None, admin: bool = False
 ) -> tuple[KeyEntry, str]:
     """Add a key to the file; returns (entry, the key itself — shown once, never stored)."""
-    for _ in range(3):  # a taken id means the draw repeated an existing one: draw again, never overwrite
-        entry, key = make_entry(name, models, rate, admin)
-        try:
+    for entry, key in drafts(name, models, rate, admin):
+        with contextlib.suppress(KeyIdTaken):
             add_entry(path, entry)
-        except KeyIdTaken:
-            continue
-        return entry, key
-    raise KeyIdTaken("three new key ids in a row were already taken: is the random source broken?")
+            return entry, key
+    raise ids_taken()
 
 
 def key_id_of(key: str) -> str:

@@ -38,7 +38,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
-from gateway.auth import KeyEntry, KeyIdTaken, key_id_of, make_entry, missing_key, verify
+from gateway.auth import KeyEntry, drafts, ids_taken, key_id_of, missing_key, verify
 from gateway.errors import ServiceUnavailable, TooManyRequests
 from gateway.observability import client_address
 from gateway.ratelimit import Quota, RateLimiter, quota, shape
@@ -322,14 +322,13 @@ class RedisStore:
     async def create_key(
         self, name: str, models: list[str] | None = None, rate: float | None = None, admin: bool = False
     ) -> tuple[KeyEntry, str]:
-        for _ in range(3):  # a taken id means the draw repeated an existing one: draw again, never overwrite
-            entry, key = make_entry(name, models, rate, admin)
+        for entry, key in drafts(name, models, rate, admin):
             fields = [item for pair in _entry_fields(entry).items() for item in pair]
             keys = [f"{NS}key:{entry.id}", f"{NS}keys"]
             if await self._admin_call(lambda: self._create(keys=keys, args=[entry.id, *fields])):
                 self._cache.pop(entry.id, None)
                 return entry, key
-        raise KeyIdTaken("three new key ids in a row were already taken: is the random source broken?")
+        raise ids_taken()
 
     async def put_entry(self, entry: KeyEntry) -> None:
         """Store an entry as it is (import from a keys file, which skips ids already there) and tell every replica."""
