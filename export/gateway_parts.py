@@ -14,7 +14,7 @@ from gateway.modelcard import COMPACT, RESIZE_CENTER_CROP, UINT8_NHWC_BGR, Model
 from gateway.pipeline import finish, model_input, prepare
 from gateway.schemas import PredictArgs
 from gateway.settings import Settings
-from gateway.triton import Triton
+from gateway.triton.client import Triton
 
 __all__ = [
     "COMPACT",

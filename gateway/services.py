@@ -21,7 +21,7 @@ from gateway.ratelimit import KeySlots
 from gateway.schemas import Style
 from gateway.settings import Settings
 from gateway.state import Store
-from gateway.triton import Triton
+from gateway.triton.client import Triton
 from gateway.workers import Workers
 
 log = logging.getLogger("gateway")

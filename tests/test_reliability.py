@@ -18,7 +18,7 @@ import requests
 
 from bench import cpu
 from gateway import auth
-from gateway.triton import TritonHealth
+from gateway.triton.client import TritonHealth
 from tests.conftest import CACHE, Gateway, start_gateway, stop_gateway
 from tritonlocal import launcher
 

@@ -19,8 +19,8 @@ import pytest
 import requests
 from tritonclient.grpc import aio as grpcaio
 
-from gateway.shm import FOLDER, SharedMemoryPool
-from gateway.triton_http import TritonHTTP, TritonHTTPError
+from gateway.triton.shm import FOLDER, SharedMemoryPool
+from gateway.triton.http import TritonHTTP, TritonHTTPError
 from gateway.workers import Workers
 from tests.conftest import Gateway, start_gateway, stop_gateway
 from tritonlocal import launcher

@@ -19,8 +19,8 @@ from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
 from gateway.errors import GatewayError, GatewayTimeout, NotFound, ServiceUnavailable
 from gateway.modelcard import ModelInfo
-from gateway.shm import SharedMemoryPool, Slot, aligned
-from gateway.triton_http import TritonHTTP, TritonHTTPError
+from gateway.triton.shm import SharedMemoryPool, Slot, aligned
+from gateway.triton.http import TritonHTTP, TritonHTTPError
 
 log_shm = logging.getLogger("gateway.shm")
 
