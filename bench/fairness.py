@@ -28,7 +28,7 @@ from pathlib import Path
 import requests
 
 from bench.models import ROOT
-from gateway.auth import create_key
+from gateway.keys.auth import create_key
 from tritonlocal import launcher
 
 BOUNDARY = "fairnessboundary"

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 import requests
 
-from gateway.redis_state import RedisStore
+from gateway.keys.redis_store import RedisStore
 from tritonlocal import launcher, redisserver
 
 

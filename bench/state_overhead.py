@@ -27,8 +27,8 @@ import numpy as np
 import requests
 
 from bench import cpu
-from gateway.auth import create_key
-from gateway.redis_state import RedisStore
+from gateway.keys.auth import create_key
+from gateway.keys.redis_store import RedisStore
 from tritonlocal import launcher, redisserver
 
 

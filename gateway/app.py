@@ -15,7 +15,7 @@ from gateway.metrics import Metrics
 from gateway.observability import RequestContext, configure_logging
 from gateway.services import finished, open_services
 from gateway.settings import Settings
-from gateway.state import open_store
+from gateway.keys.store import open_store
 
 
 def create_app(settings: Settings | None = None) -> Starlette:

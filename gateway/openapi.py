@@ -12,7 +12,7 @@ from gateway.openapi_schemas import (
     PREDICTION,
     VIDEO,
 )
-from gateway.ratelimit import MAX_RATE, MIN_RATE
+from gateway.keys.ratelimit import MAX_RATE, MIN_RATE
 from gateway.schemas import (
     ALIASES,
     ARGUMENTS,

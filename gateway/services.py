@@ -11,16 +11,16 @@ from dataclasses import dataclass
 from starlette.requests import HTTPConnection
 
 from gateway import video
-from gateway.auth import KeyEntry
+from gateway.keys.auth import KeyEntry
 from gateway.budget import Hold, MemoryBudget, default_budget, memory_limit
 from gateway.errors import ServiceUnavailable
 from gateway.metrics import Metrics
 from gateway.modelcard import UNTRAINED_WARNING
 from gateway.observability import RequestRecord
-from gateway.ratelimit import KeySlots
+from gateway.keys.ratelimit import KeySlots
 from gateway.schemas import Style
 from gateway.settings import Settings
-from gateway.state import Store
+from gateway.keys.store import Store
 from gateway.triton.client import Triton
 from gateway.workers import Workers
 

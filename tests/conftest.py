@@ -157,7 +157,7 @@ def _free_port() -> int:
 
 
 def start_gateway(triton: launcher.TritonServer, workdir: Path, **env: str) -> Gateway:
-    from gateway.auth import create_key
+    from gateway.keys.auth import create_key
 
     keys_file = workdir / "keys.json"
     _, key = create_key(keys_file, "tests")
@@ -230,7 +230,7 @@ def gateway_redis(
     import asyncio
     import dataclasses
 
-    from gateway.redis_state import RedisStore
+    from gateway.keys.redis_store import RedisStore
 
     async def make_keys() -> tuple[str, str]:
         store = RedisStore(redis_server.url, redis_server.password, timeout_s=2.0)

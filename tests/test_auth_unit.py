@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.auth import KeysFile, create_key, read_entries, write_entries
+from gateway.keys.auth import KeysFile, create_key, read_entries, write_entries
 from gateway.errors import Forbidden, Unauthorized
 
 

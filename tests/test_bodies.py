@@ -18,11 +18,11 @@ import anyio
 import pytest
 import requests
 
-from gateway.auth import create_key
+from gateway.keys.auth import create_key
 from gateway.budget import Hold, MemoryBudget
 from gateway.errors import TooManyRequests
 from gateway.forms import Pace
-from gateway.ratelimit import KeySlots
+from gateway.keys.ratelimit import KeySlots
 from gateway.settings import Settings
 from tests.conftest import Gateway, start_gateway, stop_gateway
 from tritonlocal import launcher

@@ -15,7 +15,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from gateway.auth import create_key
+from gateway.keys.auth import create_key
 from gateway.openapi import SPEC
 from tests.conftest import MODELS, Gateway
 

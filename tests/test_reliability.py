@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from bench import cpu
-from gateway import auth
+from gateway.keys import auth
 from gateway.triton.client import TritonHealth
 from tests.conftest import CACHE, Gateway, start_gateway, stop_gateway
 from tritonlocal import launcher

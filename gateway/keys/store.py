@@ -16,10 +16,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from gateway.auth import KeyEntry, KeysFile, create_key, read_entries, update_entries
-from gateway.ratelimit import Quota, RateLimiter
+from gateway.keys.auth import KeyEntry, KeysFile, create_key, read_entries, update_entries
+from gateway.keys.ratelimit import Quota, RateLimiter
 from gateway.settings import Settings
-from gateway.usage import UsageBook
+from gateway.keys.usage import UsageBook
 
 
 class Store(Protocol):
@@ -120,7 +120,7 @@ def revoke_in_file(path: Path, key_id: str) -> list[KeyEntry]:
 def open_store(settings: Settings) -> Store:
     """Redis when GATEWAY_REDIS_URL is set, else the keys file."""
     if settings.redis_url:
-        from gateway.redis_state import RedisStore
+        from gateway.keys.redis_store import RedisStore
 
         return RedisStore.from_settings(settings)
     return FileStore(settings.keys_file)

@@ -15,12 +15,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.auth import KeyEntry, read_entries
+from gateway.keys.auth import KeyEntry, read_entries
 from gateway.errors import GatewayError
-from gateway.ratelimit import check_rate
+from gateway.keys.ratelimit import check_rate
 from gateway.settings import Settings
-from gateway.state import FileStore
-from gateway.state import Store
+from gateway.keys.store import FileStore
+from gateway.keys.store import Store
 
 CONFIRM = "Are you sure you want to delete this access key?"
 REDIS_URL_FILE = Path("data/redis.url")  # written (mode 0600) by `make serve STATE=redis`
@@ -59,7 +59,7 @@ def _open(args: argparse.Namespace) -> tuple[Store, str]:
             raise SystemExit(f"error: no {REDIS_URL_FILE}: start the stack with `make serve STATE=redis` first")
         url = REDIS_URL_FILE.read_text().strip()
     if url:
-        from gateway.redis_state import RedisStore
+        from gateway.keys.redis_store import RedisStore
 
         where = url.split("@")[-1]  # never print the password
         return RedisStore(url, settings.redis_password, timeout_s=2.0), f"Redis at {where}"
@@ -145,7 +145,7 @@ async def _run(args: argparse.Namespace) -> int:
 
 async def _import(store: Store, where: str, source: Path) -> int:
     """Copy every key of a keys file (hashes, scopes, revocations) into Redis; ids already there are kept."""
-    from gateway.redis_state import RedisStore
+    from gateway.keys.redis_store import RedisStore
 
     if not isinstance(store, RedisStore):
         print("error: import copies a keys file into Redis: give --redis URL or --state redis", file=sys.stderr)
