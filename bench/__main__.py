@@ -154,7 +154,7 @@ async def bench_model(
     import onnxruntime as ort
     import tritonclient.grpc.aio as grpcaio
 
-    from gateway import preprocess
+    from gateway.vision import preprocess
 
     jpeg = photo.read_bytes()
     image = np.asarray(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR), np.uint8)

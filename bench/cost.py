@@ -112,7 +112,7 @@ def in_process(repo: Path, model: str, size: str, runs: int) -> dict[str, Any]:
     import cv2
     import onnxruntime as ort
 
-    from gateway import preprocess
+    from gateway.vision import preprocess
 
     config = (repo / model / "config.pbtxt").read_text()
     params = dict(re.findall(r'key: "(\w+)"\s*value \{ string_value: "([^"]*)" \}', config))

@@ -63,7 +63,7 @@ def fp16_drift(checkpoint: Path, photo: Path, size: int = 640) -> tuple[int, flo
 def measure(model_dir: Path, photo: Path, repeats: int) -> dict[str, Any]:
     import onnxruntime as ort
 
-    from gateway.pipeline import finish, prepare
+    from gateway.vision.pipeline import finish, prepare
     from gateway.schemas import PredictArgs
 
     info = _info(model_dir)

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from gateway.modelcard import COMPACT, RESIZE_CENTER_CROP, UINT8_NHWC_BGR, ModelInfo
-from gateway.pipeline import finish, model_input, prepare
 from gateway.schemas import PredictArgs
 from gateway.settings import Settings
 from gateway.triton.client import Triton
+from gateway.vision.pipeline import finish, model_input, prepare
 
 __all__ = [
     "COMPACT",

@@ -19,13 +19,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.keys.auth import KEY_ID, KeyEntry
 from gateway.errors import BadRequest, Forbidden, NotFound, ok_response
 from gateway.forms import api_key
+from gateway.keys.auth import KEY_ID, KeyEntry
 from gateway.keys.ratelimit import MAX_RATE, MIN_RATE, check_rate
+from gateway.keys.store import Store
 from gateway.observability import record_of
 from gateway.services import services_of
-from gateway.keys.store import Store
 from gateway.streams import read_capped
 
 MAX_BODY = 4096

@@ -11,11 +11,11 @@ from starlette.routing import Route
 
 from gateway import admin, routes, web
 from gateway.errors import HANDLERS
+from gateway.keys.store import open_store
 from gateway.metrics import Metrics
 from gateway.observability import RequestContext, configure_logging
 from gateway.services import finished, open_services
 from gateway.settings import Settings
-from gateway.keys.store import open_store
 
 
 def create_app(settings: Settings | None = None) -> Starlette:

@@ -11,15 +11,16 @@ import orjson
 from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
-from gateway import pipeline, render, responses
+from gateway import responses
 from gateway.errors import BadRequest, GatewayError, PayloadTooLarge
 from gateway.fetch import decode_source, fetch_image, is_url
-from gateway.pipeline import Prepared
-from gateway.preprocess import decode_cost
 from gateway.modelcard import ModelInfo
 from gateway.responses import Outcome
 from gateway.schemas import PredictArgs, check_classes, parse_args
 from gateway.services import Prediction
+from gateway.vision import pipeline, render
+from gateway.vision.pipeline import Prepared
+from gateway.vision.preprocess import decode_cost
 
 
 async def respond(

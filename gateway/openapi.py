@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.keys.ratelimit import MAX_RATE, MIN_RATE
 from gateway.openapi_schemas import (
     ERROR,
     IMAGES,
@@ -12,7 +13,6 @@ from gateway.openapi_schemas import (
     PREDICTION,
     VIDEO,
 )
-from gateway.keys.ratelimit import MAX_RATE, MIN_RATE
 from gateway.schemas import (
     ALIASES,
     ARGUMENTS,

@@ -18,9 +18,9 @@ from numpy.typing import NDArray
 
 from gateway.errors import GatewayError, envelope
 from gateway.modelcard import UNTRAINED_WARNING, ModelInfo
-from gateway.preprocess import target_size
 from gateway.schemas import PredictArgs, Style
-from gateway.video import Reader
+from gateway.vision.preprocess import target_size
+from gateway.vision.videoreader import Reader
 
 DONE = "Inference complete."
 # The header that carries a model's UNTRAINED_WARNING on every prediction, in both formats.

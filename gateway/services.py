@@ -10,18 +10,18 @@ from dataclasses import dataclass
 
 from starlette.requests import HTTPConnection
 
-from gateway import video
-from gateway.keys.auth import KeyEntry
 from gateway.budget import Hold, MemoryBudget, default_budget, memory_limit
 from gateway.errors import ServiceUnavailable
+from gateway.keys.auth import KeyEntry
+from gateway.keys.ratelimit import KeySlots
+from gateway.keys.store import Store
 from gateway.metrics import Metrics
 from gateway.modelcard import UNTRAINED_WARNING
 from gateway.observability import RequestRecord
-from gateway.keys.ratelimit import KeySlots
 from gateway.schemas import Style
 from gateway.settings import Settings
-from gateway.keys.store import Store
 from gateway.triton.client import Triton
+from gateway.vision import videofile
 from gateway.workers import Workers
 
 log = logging.getLogger("gateway")
@@ -76,7 +76,7 @@ async def open_services(settings: Settings, metrics: Metrics, store: Store) -> A
     threads = Workers(settings.workers)
     # lower CPU priority: a decoding video takes the CPU the images leave, not the other way round
     video_threads = Workers(settings.video_workers, nice=VIDEO_NICE, name="video")
-    if removed := video.sweep():
+    if removed := videofile.sweep():
         log.warning("removed %d video file(s) a previous gateway process left in the temporary folder", removed)
     budget = MemoryBudget(settings.decode_budget_bytes or default_budget(memory_limit()), settings.decode_budget_wait_s)
     log.info("memory budget for images in flight: %d MiB", budget.capacity // 2**20)

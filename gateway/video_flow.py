@@ -25,14 +25,16 @@ from starlette.datastructures import UploadFile
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from gateway import pipeline, responses, video
+from gateway import responses
 from gateway.budget import Hold
 from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, UnprocessableImage, error_response, json_response
 from gateway.modelcard import ModelInfo
 from gateway.responses import FrameOutcome
 from gateway.schemas import PredictArgs, Style, parse_args
 from gateway.services import Prediction, Services
-from gateway.video import Control, Frame, Reader, Scan
+from gateway.vision import pipeline, videofile, videoreader
+from gateway.vision.videofile import Control, Scan
+from gateway.vision.videoreader import Frame, Reader
 
 NDJSON = "application/x-ndjson"
 T = TypeVar("T")
@@ -43,9 +45,9 @@ async def container_of(uploads: list[UploadFile]) -> str | None:
     is no video. A video must be the only file part of its request."""
     found = None
     for upload in uploads:
-        head = await upload.read(video.SNIFF_BYTES)
+        head = await upload.read(videofile.SNIFF_BYTES)
         await upload.seek(0)
-        kind = video.sniff(head)
+        kind = videofile.sniff(head)
         if kind is not None and len(uploads) > 1:
             raise BadRequest("A video must be the only file in its request: send the video alone, one per request.")
         found = found or kind
@@ -70,18 +72,18 @@ async def respond(
     # the time budget starts once the upload is here (the body's own deadline covers the upload)
     seconds = settings.video_stream_timeout_s if args.stream else settings.video_timeout_s
     setting = "GATEWAY_VIDEO_STREAM_TIMEOUT_S" if args.stream else "GATEWAY_VIDEO_TIMEOUT_S"
-    control = video.Control(time.monotonic() + seconds, seconds, setting)
+    control = Control(time.monotonic() + seconds, seconds, setting)
     stack.callback(setattr, control, "cancelled", True)  # whatever ends the request stops the thread's work
     pool = services.video_workers or services.workers
-    path = await pool.run(video.spool, upload.file, container)
-    stack.callback(video.remove, path)
+    path = await pool.run(videofile.spool, upload.file, container)
+    stack.callback(videofile.remove, path)
     await upload.close()  # the form's copy (in memory or in TMPDIR) is not needed once spooled
-    cap, meta, found = await pool.run(video.open_video, path, container, args.vid_stride, settings, control)
+    cap, meta, found = await pool.run(videofile.open_video, path, container, args.vid_stride, settings, control)
     stack.callback(cap.release)
     decoder = Hold(services.budget)  # the decoder's frames, held from the first frame to the last
     stack.callback(decoder.release)
     await decoder.reserve(found.decoder_bytes(settings.max_pixels))
-    reader = Reader(cap, meta, control, seek=found.seekable and args.vid_stride >= video.SEEK_STRIDE)
+    reader = Reader(cap, meta, control, seek=found.seekable and args.vid_stride >= videoreader.SEEK_STRIDE)
     frames = _frames(services, info, reader, found, args, prediction.charge_frames)
     stack.push_async_callback(frames.aclose)
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
@@ -145,9 +147,9 @@ async def _frames(
         outcomes: list[FrameOutcome] = []
         try:
             await hold.reserve(_chunk_bytes(found, info, args.size, batch, settings.max_pixels))
-            chunk = await pool.run(video.read_chunk, reader, batch, info, args.size, rect, settings)
+            chunk = await pool.run(videoreader.read_chunk, reader, batch, info, args.size, rect, settings)
             # each analysed frame costs one token, like an image; frames decoded only to be skipped, one per ten
-            owed = reader.analysed + reader.skipped // video.SKIPPED_PER_TOKEN
+            owed = reader.analysed + reader.skipped // videoreader.SKIPPED_PER_TOKEN
             await charge(owed - paid)
             paid = max(paid, owed)
             for group in _same_shape(chunk):
@@ -166,7 +168,7 @@ async def _frames(
     if reader.out_of_time:
         reader.analysed = delivered  # frames read but not inferred when the time ran out are not in the answer
         raise reader.control.time_limit(delivered, reader.decoded)
-    error = reader.stopped or video.broken(reader)
+    error = reader.stopped or videoreader.broken(reader)
     if error is not None:
         raise error
 

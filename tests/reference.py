@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from gateway.masks import closest_pairs, mask_contours, outlines, placed
+from gateway.vision.masks import closest_pairs, mask_contours, outlines, placed
 
 
 def image_wh(path: Path) -> tuple[int, int]:

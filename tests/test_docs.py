@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import requests
 
-from gateway import errors, fetch, preprocess
+from gateway import errors, fetch
+from gateway.vision import preprocess
 from gateway.forms import MAX_FIELD_BYTES, MAX_FIELDS
 from gateway.openapi import SPEC
 from gateway.modelcard import UNTRAINED_WARNING

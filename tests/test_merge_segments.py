@@ -45,7 +45,7 @@ def test_outlines_of_many_masks_at_once_equal_ultralytics() -> None:
     including masks with one contour (used as found) and masks without any."""
     from ultralytics.data.converter import merge_multi_segment as reference
 
-    from gateway.masks import outlines
+    from gateway.vision.masks import outlines
 
     sets = []
     for seed in range(40):

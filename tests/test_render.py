@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from gateway import render
+from gateway.vision import render
 
 H, W = 240, 320
 

@@ -207,7 +207,7 @@ def test_video_parity_per_frame_with_ultralytics(
 
 
 def test_only_intra_coded_videos_with_regular_timestamps_are_sought(videos: dict[str, Path]) -> None:
-    from gateway import video
+    from gateway.vision import videofile as video
     from gateway.settings import Settings
 
     def seekable(name: str, container: str) -> bool:

@@ -52,7 +52,7 @@ async def _run(target: Target, concurrency: int, seconds: float, warmup: int, st
     import tritonclient.grpc.aio as grpcaio
 
     from bench.load import parse_timing
-    from gateway import preprocess
+    from gateway.vision import preprocess
 
     jpeg = target.photo.read_bytes()
     closers = []

@@ -15,12 +15,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.keys.auth import KeyEntry, read_entries
 from gateway.errors import GatewayError
+from gateway.keys.auth import KeyEntry, read_entries
 from gateway.keys.ratelimit import check_rate
+from gateway.keys.store import FileStore, Store
 from gateway.settings import Settings
-from gateway.keys.store import FileStore
-from gateway.keys.store import Store
 
 CONFIRM = "Are you sure you want to delete this access key?"
 REDIS_URL_FILE = Path("data/redis.url")  # written (mode 0600) by `make serve STATE=redis`

@@ -38,12 +38,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
-from gateway.keys.auth import KeyEntry, drafts, ids_taken, key_id_of, missing_key, verify
 from gateway.errors import ServiceUnavailable, TooManyRequests
-from gateway.observability import client_address
+from gateway.keys.auth import KeyEntry, drafts, ids_taken, key_id_of, missing_key, verify
 from gateway.keys.ratelimit import Quota, RateLimiter, quota, shape
-from gateway.settings import Settings
 from gateway.keys.usage import UsageBook, last_days, usage_rows
+from gateway.observability import client_address
+from gateway.settings import Settings
 
 log = logging.getLogger("gateway")
 T = TypeVar("T")

@@ -18,8 +18,8 @@ from typing import Any, Protocol
 
 from gateway.keys.auth import KeyEntry, KeysFile, create_key, read_entries, update_entries
 from gateway.keys.ratelimit import Quota, RateLimiter
-from gateway.settings import Settings
 from gateway.keys.usage import UsageBook
+from gateway.settings import Settings
 
 
 class Store(Protocol):

@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.optimize import linear_sum_assignment
 
-from gateway.obb import probiou
+from gateway.vision.obb import probiou
 
 F32 = NDArray[np.float32]
 I64 = NDArray[np.int64]

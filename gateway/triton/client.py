@@ -13,14 +13,14 @@ from typing import Any
 
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
-from tritonclient.grpc._client import MAX_GRPC_MESSAGE_SIZE
 from numpy.typing import NDArray
+from tritonclient.grpc._client import MAX_GRPC_MESSAGE_SIZE
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
 from gateway.errors import GatewayError, GatewayTimeout, NotFound, ServiceUnavailable
 from gateway.modelcard import ModelInfo
-from gateway.triton.shm import SharedMemoryPool, Slot, aligned
 from gateway.triton.http import TritonHTTP, TritonHTTPError
+from gateway.triton.shm import SharedMemoryPool, Slot, aligned
 
 log_shm = logging.getLogger("gateway.shm")
 

@@ -12,11 +12,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from gateway import masks, obb, postprocess, preprocess
-from gateway.modelcard import COMPACT, FLOAT32_NCHW_RGB, RESIZE_CENTER_CROP
-from gateway.preprocess import Letterbox
+from gateway.modelcard import COMPACT, FLOAT32_NCHW_RGB, RESIZE_CENTER_CROP, ModelInfo
 from gateway.schemas import PredictArgs
-from gateway.modelcard import ModelInfo
+from gateway.vision import masks, obb, postprocess, preprocess
+from gateway.vision.preprocess import Letterbox
 
 
 @dataclass(frozen=True)

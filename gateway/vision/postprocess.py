@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from gateway import obb
-from gateway.preprocess import Letterbox
 from gateway.schemas import MAX_DET
+from gateway.vision import obb
+from gateway.vision.preprocess import Letterbox
 
 F32 = NDArray[np.float32]
 MAX_WH = 7680  # per-class coordinate offset for class-aware NMS (Ultralytics' max_wh)

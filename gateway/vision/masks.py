@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from gateway.postprocess import scale_xy
-from gateway.preprocess import Letterbox
+from gateway.vision.postprocess import scale_xy
+from gateway.vision.preprocess import Letterbox
 
 F32 = NDArray[np.float32]
 
