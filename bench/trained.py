@@ -64,7 +64,7 @@ def measure(model_dir: Path, photo: Path, repeats: int) -> dict[str, Any]:
     import onnxruntime as ort
 
     from gateway.vision.pipeline import finish, prepare
-    from gateway.schemas import PredictArgs
+    from gateway.arguments import PredictArgs
 
     info = _info(model_dir)
     session = ort.InferenceSession(str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])

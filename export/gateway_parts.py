@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from gateway.arguments import PredictArgs
 from gateway.modelcard import COMPACT, RESIZE_CENTER_CROP, UINT8_NHWC_BGR, ModelInfo
-from gateway.schemas import PredictArgs
 from gateway.settings import Settings
 from gateway.triton.client import Triton
 from gateway.vision.pipeline import finish, model_input, prepare

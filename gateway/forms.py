@@ -13,9 +13,9 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
+from gateway.arguments import Style
 from gateway.budget import Hold
 from gateway.errors import BadRequest, RequestTimeout
-from gateway.schemas import Style
 from gateway.streams import capped
 
 MAX_FIELDS = 16

@@ -4,16 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.keys.ratelimit import MAX_RATE, MIN_RATE
-from gateway.openapi_schemas import (
-    ERROR,
-    IMAGES,
-    MODEL,
-    NDJSON,
-    PREDICTION,
-    VIDEO,
-)
-from gateway.schemas import (
+from gateway.arguments import (
     ALIASES,
     ARGUMENTS,
     BOOLEAN_HELP,
@@ -26,6 +17,15 @@ from gateway.schemas import (
     MAX_DET_RANGE,
     SIZE_RANGE,
     VID_STRIDE_RANGE,
+)
+from gateway.keys.ratelimit import MAX_RATE, MIN_RATE
+from gateway.openapi_schemas import (
+    ERROR,
+    IMAGES,
+    MODEL,
+    NDJSON,
+    PREDICTION,
+    VIDEO,
 )
 
 
@@ -54,7 +54,7 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 
 _BOOLEAN = {"type": "boolean", "default": False, "description": f"Also accepted: {BOOLEAN_HELP}"}
-# Every argument `parse_args` reads, keyed as in schemas.ARGUMENTS (a test keeps the two equal)
+# Every argument `parse_args` reads, keyed as in arguments.ARGUMENTS (a test keeps the two equal)
 _ARG_SCHEMAS: dict[str, dict[str, Any]] = {
     "size": {
         "type": "integer",

@@ -9,7 +9,7 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway import flow, video_flow
+from gateway.arguments import Style
 from gateway.budget import Hold
 from gateway.errors import BadRequest, ServiceUnavailable, json_response, ok_response
 from gateway.forms import (
@@ -28,7 +28,7 @@ from gateway.forms import (
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.observability import record_of
 from gateway.openapi import SPEC
-from gateway.schemas import Style
+from gateway.predict import images, video
 from gateway.services import Prediction, services_of
 
 
@@ -79,7 +79,7 @@ async def _handle(request: Request, model_id: str | None, style: Style) -> Respo
         held.callback(services.leave)
         uploads, fields = collect(request, form, style)
         record.images = len(uploads)
-        container = await video_flow.container_of(uploads)
+        container = await video.container_of(uploads)
         if container is None:
             await prediction.charge(len(uploads) - 1)  # each image costs one token
             if spooled:  # the image parts are read into memory by the flow
@@ -94,8 +94,8 @@ async def _handle(request: Request, model_id: str | None, style: Style) -> Respo
         services.metrics.models.add(info.name)
         record.task = info.task
         if container is not None:
-            return await video_flow.respond(prediction, info, uploads[0], container, fields)
-        return await flow.respond(prediction, info, uploads, fields)
+            return await video.respond(prediction, info, uploads[0], container, fields)
+        return await images.respond(prediction, info, uploads, fields)
 
 
 async def _read_form(request: Request, prediction: Prediction) -> tuple[FormData, bool]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from starlette.requests import HTTPConnection
 
+from gateway.arguments import Style
 from gateway.budget import Hold, MemoryBudget, default_budget, memory_limit
 from gateway.errors import ServiceUnavailable
 from gateway.keys.auth import KeyEntry
@@ -18,7 +19,6 @@ from gateway.keys.store import Store
 from gateway.metrics import Metrics
 from gateway.modelcard import UNTRAINED_WARNING
 from gateway.observability import RequestRecord
-from gateway.schemas import Style
 from gateway.settings import Settings
 from gateway.triton.client import Triton
 from gateway.vision import videofile

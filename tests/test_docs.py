@@ -16,13 +16,14 @@ from typing import Any
 import pytest
 import requests
 
-from gateway import errors, fetch
+from gateway import errors
+from gateway.predict import fetch
 from gateway.vision import preprocess
 from gateway.forms import MAX_FIELD_BYTES, MAX_FIELDS
 from gateway.openapi import SPEC
 from gateway.modelcard import UNTRAINED_WARNING
-from gateway.responses import WARNING_HEADER
-from gateway.schemas import (
+from gateway.predict.responses import WARNING_HEADER
+from gateway.arguments import (
     ALIASES,
     ARGUMENTS,
     BOOLEAN_HELP,

@@ -14,7 +14,7 @@ import pytest
 
 from gateway.vision import obb, pipeline, postprocess, preprocess
 from gateway.vision.preprocess import Letterbox
-from gateway.schemas import PredictArgs
+from gateway.arguments import PredictArgs
 from gateway.modelcard import ModelInfo
 from tests.reference import mask_polygon
 

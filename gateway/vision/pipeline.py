@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from gateway.arguments import PredictArgs
 from gateway.modelcard import COMPACT, FLOAT32_NCHW_RGB, RESIZE_CENTER_CROP, ModelInfo
-from gateway.schemas import PredictArgs
 from gateway.vision import masks, obb, postprocess, preprocess
 from gateway.vision.preprocess import Letterbox
 

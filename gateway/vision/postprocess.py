@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from gateway.schemas import MAX_DET
+from gateway.arguments import MAX_DET
 from gateway.vision import obb
 from gateway.vision.preprocess import Letterbox
 

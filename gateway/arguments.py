@@ -1,4 +1,5 @@
-"""The HUB inference arguments: parsing and validation (the answers are shaped in `responses`)."""
+"""The prediction arguments: their names, ranges and defaults, parsing and validation (the answers are shaped in
+gateway/predict/responses.py)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 `hub` is the HUB API (`{"success", "message", "data"}`); `platform` the newer Ultralytics API (`{"images",
 "metadata"}`). The rows themselves are Ultralytics' `Results.summary()`, made by `postprocess.summary`. The flows
-(`flow` for images, `video_flow` for videos) produce the outcomes; this module only shapes them.
+(images.py and video.py in this package) produce the outcomes; this module only shapes them.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from gateway.arguments import PredictArgs, Style
 from gateway.errors import GatewayError, envelope
 from gateway.modelcard import UNTRAINED_WARNING, ModelInfo
-from gateway.schemas import PredictArgs, Style
 from gateway.vision.preprocess import target_size
 from gateway.vision.videoreader import Reader
 

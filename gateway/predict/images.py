@@ -11,12 +11,12 @@ import orjson
 from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
-from gateway import responses
+from gateway.arguments import PredictArgs, check_classes, parse_args
 from gateway.errors import BadRequest, GatewayError, PayloadTooLarge
-from gateway.fetch import decode_source, fetch_image, is_url
 from gateway.modelcard import ModelInfo
-from gateway.responses import Outcome
-from gateway.schemas import PredictArgs, check_classes, parse_args
+from gateway.predict import responses
+from gateway.predict.fetch import decode_source, fetch_image, is_url
+from gateway.predict.responses import Outcome
 from gateway.services import Prediction
 from gateway.vision import pipeline, render
 from gateway.vision.pipeline import Prepared

@@ -25,12 +25,12 @@ from starlette.datastructures import UploadFile
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from gateway import responses
+from gateway.arguments import PredictArgs, Style, parse_args
 from gateway.budget import Hold
 from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, UnprocessableImage, error_response, json_response
 from gateway.modelcard import ModelInfo
-from gateway.responses import FrameOutcome
-from gateway.schemas import PredictArgs, Style, parse_args
+from gateway.predict import responses
+from gateway.predict.responses import FrameOutcome
 from gateway.services import Prediction, Services
 from gateway.vision import pipeline, videofile, videoreader
 from gateway.vision.videofile import Control, Scan
