@@ -9,7 +9,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from gateway import admin, routes, web
+from gateway.api import admin, routes, web
 from gateway.errors import HANDLERS
 from gateway.keys.store import open_store
 from gateway.metrics import Metrics

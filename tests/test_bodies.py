@@ -21,7 +21,7 @@ import requests
 from gateway.keys.auth import create_key
 from gateway.budget import Hold, MemoryBudget
 from gateway.errors import TooManyRequests
-from gateway.forms import Pace
+from gateway.api.forms import Pace
 from gateway.keys.ratelimit import KeySlots
 from gateway.settings import Settings
 from tests.conftest import Gateway, start_gateway, stop_gateway

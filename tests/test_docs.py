@@ -19,8 +19,8 @@ import requests
 from gateway import errors
 from gateway.predict import fetch
 from gateway.vision import preprocess
-from gateway.forms import MAX_FIELD_BYTES, MAX_FIELDS
-from gateway.openapi import SPEC
+from gateway.api.forms import MAX_FIELD_BYTES, MAX_FIELDS
+from gateway.api.openapi import SPEC
 from gateway.modelcard import UNTRAINED_WARNING
 from gateway.predict.responses import WARNING_HEADER
 from gateway.arguments import (

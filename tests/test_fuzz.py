@@ -16,7 +16,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from gateway.keys.auth import create_key
-from gateway.openapi import SPEC
+from gateway.api.openapi import SPEC
 from tests.conftest import MODELS, Gateway
 
 schema = schemathesis.openapi.from_dict(SPEC)

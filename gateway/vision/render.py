@@ -2,7 +2,7 @@
 classifier's top five drawn over the input (OpenCV only).
 
 The drawing follows Ultralytics' `Results.plot()` (same palette, line width, mask alpha, skeleton and keypoint
-threshold) and is what the try-it page at `/` draws on its canvas (gateway/static/app.js mirrors these constants).
+threshold) and is what the try-it page at `/` draws on its canvas (gateway/api/static/app.js mirrors these constants).
 """
 
 from __future__ import annotations

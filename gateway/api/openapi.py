@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.api.openapi_schemas import (
+    ERROR,
+    IMAGES,
+    MODEL,
+    NDJSON,
+    PREDICTION,
+    VIDEO,
+)
 from gateway.arguments import (
     ALIASES,
     ARGUMENTS,
@@ -19,14 +27,6 @@ from gateway.arguments import (
     VID_STRIDE_RANGE,
 )
 from gateway.keys.ratelimit import MAX_RATE, MIN_RATE
-from gateway.openapi_schemas import (
-    ERROR,
-    IMAGES,
-    MODEL,
-    NDJSON,
-    PREDICTION,
-    VIDEO,
-)
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:

@@ -9,10 +9,7 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.arguments import Style
-from gateway.budget import Hold
-from gateway.errors import BadRequest, ServiceUnavailable, json_response, ok_response
-from gateway.forms import (
+from gateway.api.forms import (
     Body,
     Pace,
     api_key,
@@ -25,9 +22,12 @@ from gateway.forms import (
     parse_urlencoded,
     streamed,
 )
+from gateway.api.openapi import SPEC
+from gateway.arguments import Style
+from gateway.budget import Hold
+from gateway.errors import BadRequest, ServiceUnavailable, json_response, ok_response
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.observability import record_of
-from gateway.openapi import SPEC
 from gateway.predict import images, video
 from gateway.services import Prediction, services_of
 

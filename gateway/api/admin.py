@@ -19,8 +19,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from gateway.api.forms import api_key
 from gateway.errors import BadRequest, Forbidden, NotFound, ok_response
-from gateway.forms import api_key
 from gateway.keys.auth import KEY_ID, KeyEntry
 from gateway.keys.ratelimit import MAX_RATE, MIN_RATE, check_rate
 from gateway.keys.store import Store
