@@ -1,8 +1,8 @@
 """The gateway's parts that the export worker uses, imported here only.
 
 The worker checks a version through the gateway's own pre- and post-processing and Triton client, so that what it
-verifies is what requests will get. Gateway modules are being moved into layered folders (issue #30): this module is
-the one place to rename them in.
+verifies is what requests will get. Gateway modules live in layered folders (README.md, "Layout"): this module is
+the one place outside the gateway that names them.
 """
 
 from __future__ import annotations

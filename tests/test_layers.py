@@ -1,6 +1,10 @@
-"""The packages' import graph, read from the source with `ast`: no import circles in gateway/ and bench/.
+"""The packages' import graph, read from the source with `ast`: gateway/ and bench/ in layers, each importing only
+the layers below it, with no import circles, and no module of the gateway over MAX_LINES lines.
 
-Every import counts: module-level, inside functions, and under `if TYPE_CHECKING:`.
+Every import counts: module-level, inside functions, and under `if TYPE_CHECKING:`. LAYERS is the table README.md's
+Layout section documents: top to bottom, each layer a list of units (a package folder, or a module); a module may
+import its own unit and any unit of a lower layer, nothing else. A module that is in no unit fails the test: a new
+module is placed in the table when it is written.
 
     python tests/test_layers.py [ROOT]    # prints each package's modules, floors and circles (ROOT: another checkout)
 """
@@ -14,6 +18,27 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("gateway", "bench")
+MAX_LINES = 400  # a gateway module past this holds a second noun (STYLE.md 1)
+LAYERS: tuple[tuple[str, ...], ...] = (
+    # bench/ sits on the gateway: its entry points, their commands, the harness, the tools, what it measures
+    ("bench.__main__", "bench.gpu.__main__"),
+    ("bench.cost", "bench.tracking", "bench.fairness", "bench.soak", "bench.state_overhead", "bench.trained",
+     "bench.wire_format", "bench.ultralytics_server", "bench.ultralytics_triton_server", "bench.upload",
+     "bench.gpu.prepare", "bench.gpu.check"),
+    ("bench.stack", "bench.report", "bench.gpu.drive", "bench.gpu.model", "bench.gpu.torch_graph"),
+    ("bench.load", "bench.cpu", "bench.parity", "bench.perf_analyzer"),
+    ("bench.models", "bench", "bench.gpu"),
+    # the gateway, top to bottom
+    ("gateway.app", "gateway.server"),  # wiring; uvicorn's protocol
+    ("gateway.api",),  # HTTP: routes, forms, admin, OpenAPI, the page
+    ("gateway.predict",),  # one prediction request: images, videos, answers, URL fetch
+    ("gateway.services",),  # what requests share; one admitted prediction
+    ("gateway.tracking",),  # tracks from detections (uses vision's rotated IoU)
+    ("gateway.vision", "gateway.keys", "gateway.models"),  # pixels and arrays; keys, limits, usage; the model registry
+    ("gateway.triton", "gateway.arguments", "gateway.budget", "gateway.metrics", "gateway.streams"),
+    ("gateway.modelcard", "gateway.errors", "gateway.settings", "gateway.workers", "gateway.observability"),
+    ("gateway",),  # the package: environment set before any module loads
+)  # fmt: skip
 
 
 def modules(root: Path, packages: Iterable[str] = PACKAGES) -> dict[str, Path]:
@@ -129,9 +154,57 @@ def floors(edges: dict[str, set[str]]) -> dict[str, int]:
     return {m: of(component[m]) for m in edges}
 
 
+def unit_of(module: str) -> tuple[int, str] | None:
+    """The layer (0: the top) and unit of a module: the longest unit naming it or a package above it (a top-level
+    package names only its own __init__, so a new module is never placed by default); None when there is none."""
+    found = None
+    for layer, units in enumerate(LAYERS):
+        for unit in units:
+            inside = module == unit or (unit not in PACKAGES and module.startswith(unit + "."))
+            if inside and (found is None or len(unit) > len(found[1])):
+                found = (layer, unit)
+    return found
+
+
+def upward(edges: dict[str, set[str]]) -> list[str]:
+    """Every import that is not of the module's own unit nor of a lower layer, said as `a (layer) -> b (layer)`; and
+    every module that is in no unit."""
+    problems = [f"{m}: in no unit of LAYERS (place it)" for m in sorted(edges) if unit_of(m) is None]
+    for module in sorted(edges):
+        here = unit_of(module)
+        for target in sorted(edges[module]):
+            there = unit_of(target)
+            if here is None or there is None or here[1] == there[1] or there[0] > here[0]:
+                continue
+            problems.append(f"{module} (layer {here[0]}: {here[1]}) imports {target} (layer {there[0]}: {there[1]})")
+    return problems
+
+
 def test_no_import_circles() -> None:
     """A circle means no module of it can be read, tested or replaced without the others."""
     assert circles(graph()) == []
+
+
+def test_each_layer_imports_only_the_layers_below() -> None:
+    assert upward(graph()) == []
+
+
+def test_no_gateway_module_is_over_the_line_limit() -> None:
+    long = {
+        str(p.relative_to(ROOT)): n
+        for p in (ROOT / "gateway").rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
+    assert long == {}, f"over {MAX_LINES} lines: find the second noun in each and give it a module"
+
+
+def test_the_layer_check_refuses_an_upward_import_and_an_unplaced_module() -> None:
+    edges = {"gateway.vision.render": {"gateway.api.routes"}, "gateway.api.routes": {"gateway.errors"},
+             "gateway.errors": set(), "gateway.newthing": set()}  # fmt: skip
+    assert upward(edges) == [
+        "gateway.newthing: in no unit of LAYERS (place it)",
+        "gateway.vision.render (layer 10: gateway.vision) imports gateway.api.routes (layer 6: gateway.api)",
+    ]
 
 
 def test_the_graph_sees_every_kind_of_import(tmp_path: Path) -> None:
