@@ -3,7 +3,7 @@
     python -m bench.trained --fixtures .triton/test-cache/repository-<hash> --trained model_repository
 
 For each task it runs the served ONNX graph (ONNX Runtime, CPU) on Ultralytics' bus.jpg and zidane.jpg, then times
-the gateway's own post-processing (`gateway.pipeline.finish`, median of repeats) on those outputs.
+the gateway's own post-processing (`gateway.vision.pipeline.finish`, median of repeats) on those outputs.
 
     python -m bench.trained --fp16 fixture=.triton/test-cache/weights/yolov8n.pt --fp16 trained=weights/yolov8n.pt
 

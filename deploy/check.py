@@ -44,7 +44,7 @@ IMAGE_PULL_S = 600  # the ~10 GB Triton image on a new node: a rollout's deadlin
 SERVICE_MONITOR = "monitoring.coreos.com/v1/ServiceMonitor"
 # The cluster each ci values file stands for: API versions beyond the built-in ones (what `helm install` would see).
 CLUSTER_APIS: dict[str, tuple[str, ...]] = {"gpu-tensorrt-ingress-values.yaml": (SERVICE_MONITOR,)}
-# gateway/triton.py CHANNEL_ARGS (tests/test_deploy.py checks they agree): the client pings every 60 s, also idle.
+# gateway/triton/client.py CHANNEL_ARGS (tests/test_deploy.py checks they agree): the client pings every 60 s, idle too.
 GATEWAY_KEEPALIVE_TIME_MS = 60_000
 GATEWAY_KEEPALIVE_WITHOUT_CALLS = True
 ASSUMED_SCRAPE_INTERVAL_S = 60  # Prometheus' default, where no ServiceMonitor sets one

@@ -36,7 +36,7 @@ class Services:
 
     settings: Settings
     triton: Triton
-    store: Store  # keys, rate limits and usage: the keys file or Redis (gateway/state.py)
+    store: Store  # keys, rate limits and usage: the keys file or Redis (gateway/keys/store.py)
     workers: Workers  # threads for decode, letterbox and post-processing
     metrics: Metrics
     budget: MemoryBudget

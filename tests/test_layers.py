@@ -12,6 +12,7 @@ module is placed in the table when it is written.
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -196,6 +197,26 @@ def test_no_gateway_module_is_over_the_line_limit() -> None:
         if (n := len(p.read_text().splitlines())) > MAX_LINES
     }
     assert long == {}, f"over {MAX_LINES} lines: find the second noun in each and give it a module"
+
+
+def test_the_readme_layout_says_the_layers_and_what_lives_in_each_unit() -> None:
+    """README.md's Layout block gives the gateway's layers in the table's order, and one line to each of its folders
+    and modules (`  api/  ...`, `  app.py  ...`); every package folder of the gateway is in the table."""
+    readme = (ROOT / "README.md").read_text()
+    layout = readme.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    table = [[_shown(u) for u in layer] for layer in LAYERS if layer[0].startswith("gateway.")]
+    said = " ".join(layout.split("Top to bottom:", 1)[1].split("\n  app.py", 1)[0].split())
+    assert [group.split(", ") for group in said.split(" · ")] == table
+    for name in (name for layer in table for name in layer):
+        assert re.search(rf"^  {re.escape(name)} +\S", layout, re.M), f"README's Layout has no line for {name}"
+    folders = {f"{p.name}/" for p in (ROOT / "gateway").iterdir() if (p / "__init__.py").exists()}
+    assert folders <= {name for layer in table for name in layer}, "a gateway folder is missing from LAYERS"
+
+
+def _shown(unit: str) -> str:
+    """A unit as the README names it: `api/` for a folder, `app.py` for a module."""
+    name = unit.removeprefix("gateway.")
+    return f"{name}/" if (ROOT / "gateway" / name).is_dir() else f"{name}.py"
 
 
 def test_the_layer_check_refuses_an_upward_import_and_an_unplaced_module() -> None:

@@ -1,5 +1,5 @@
-"""Our merge_multi_segment (tests/reference.py) and its batched form (gateway/masks.py `outlines`) are Ultralytics'
-own, point for point, on random multi-contour masks."""
+"""Our merge_multi_segment (tests/reference.py) and its batched form (gateway/vision/masks.py `outlines`) are
+Ultralytics' own, point for point, on random multi-contour masks."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Oriented boxes (gateway/obb.py and rotated NMS) against Ultralytics' own torch functions on random inputs."""
+"""Oriented boxes (gateway/vision/obb.py and rotated NMS) against Ultralytics' own torch functions on random inputs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The annotated-image drawing (gateway/render.py): pure functions on synthetic images, no server."""
+"""The annotated-image drawing (gateway/vision/render.py): pure functions on synthetic images, no server."""
 
 from __future__ import annotations
 

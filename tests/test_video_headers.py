@@ -1,4 +1,4 @@
-"""The frame sizes a video's packets declare (gateway/video_headers.py), read from real encodes: each codec the
+"""The frame sizes a video's packets declare (gateway/vision/video_headers.py), read from real encodes: each codec the
 gateway accepts, written with PyAV (FFmpeg's own encoders) in the containers it comes in, then read packet by packet
 with OpenCV's raw mode as `video.scan` reads it, and compared with what the decoder then makes of it."""
 

@@ -5,7 +5,7 @@
     DELETE /v1/keys/{id}          revoke (every replica refuses it within a second)
     GET    /v1/keys/{id}/usage    per day and model: requests, images, errors by status, latency p50/p95
 
-Works the same on either state store (gateway/state.py). A key creates keys only within its own scope: no model it
+Works the same on either state store (gateway/keys/store.py). A key creates keys only within its own scope: no model it
 may not use, no rate above its own (403 otherwise), so a narrowly scoped admin key cannot mint a wider one.
 """
 

@@ -250,7 +250,7 @@ SPEC: dict[str, Any] = {
     },
 }
 
-# The admin API (gateway/admin.py): keys with the `admin` scope manage keys and read their usage.
+# The admin API (gateway/api/admin.py): keys with the `admin` scope manage keys and read their usage.
 _KEY = {
     "type": "object",
     "required": ["id", "name", "created", "models", "rate", "revoked", "admin"],

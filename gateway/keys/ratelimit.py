@@ -3,7 +3,7 @@
 A key with `rate` r gets a bucket of max(r, 1) tokens refilled at r per second. GCRA keeps one number per key, the
 theoretical arrival time (TAT): the bucket is full when TAT <= now, and taking `cost` tokens moves TAT forward by
 cost / r seconds. The same arithmetic runs in-process here (embedded state) and as a Lua script in Redis
-(gateway/redis_state.py), in integer microseconds so both agree exactly.
+(gateway/keys/redis_store.py), in integer microseconds so both agree exactly.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def quota(allowed: bool, base_us: int, new_us: int, rate: float) -> Quota:
 def gcra(tat_us: int, now_us: int, rate: float, cost: int, force: bool) -> tuple[bool, int, Quota]:
     """(allowed, new TAT, quota). `force` takes the tokens even past the limit (extra images of an admitted request).
 
-    Mirrored line by line by redis_state.GCRA_LUA."""
+    Mirrored line by line by redis_store.GCRA_LUA."""
     interval, _, tolerance = shape(rate)
     base = max(tat_us, now_us)
     new_tat = base + cost * interval

@@ -1,8 +1,8 @@
 """The key store: API keys, rate limits and usage, behind one interface (`Store`) with two implementations.
 
-- `FileStore` (default): the hashed keys file (gateway/auth.py), in-process GCRA buckets, usage counted in
+- `FileStore` (default): the hashed keys file (gateway/keys/auth.py), in-process GCRA buckets, usage counted in
   the process. Right for one gateway process.
-- `RedisStore` (gateway/redis_state.py, when GATEWAY_REDIS_URL is set): keys, limits and usage in Redis, shared
+- `RedisStore` (gateway/keys/redis_store.py, when GATEWAY_REDIS_URL is set): keys, limits and usage in Redis, shared
   by every gateway replica.
 
 Nothing else in the gateway knows which one is in use: routes call `authenticate`, `spend` and `record`, the admin

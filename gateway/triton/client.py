@@ -92,13 +92,13 @@ class TritonHealth:
 @dataclass
 class Triton:
     """One long-lived asyncio gRPC client (one per event loop) and a short-lived cache of model configs; with
-    `shm_bytes`, tensors go through Triton's system shared memory (gateway/shm.py) instead of the gRPC messages."""
+    `shm_bytes`, tensors go through Triton's system shared memory (shm.py) instead of the gRPC messages."""
 
     url: str
     timeout_s: float
     cache_s: float = 10.0
     shm_bytes: int = 0
-    http_url: str = ""  # with shm_bytes: inference requests over Triton's HTTP endpoint (gateway/triton_http.py)
+    http_url: str = ""  # with shm_bytes: inference requests over Triton's HTTP endpoint (gateway/triton/http.py)
     count: Callable[[str], None] = lambda transport: None  # told "shm" or "grpc" for each inference request sent
     client: grpcclient.InferenceServerClient = field(init=False)
     shm: SharedMemoryPool | None = field(default=None, init=False)

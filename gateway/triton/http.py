@@ -1,6 +1,6 @@
 """Inference requests to Triton's HTTP endpoint when the tensors are in shared memory (GATEWAY_TRITON_HTTP_URL).
 
-With the tensors in shared memory (gateway/shm.py) an inference request is ~400 bytes of JSON and its answer ~200.
+With the tensors in shared memory (shm.py) an inference request is ~400 bytes of JSON and its answer ~200.
 gRPC's Python client still costs ≈ 1.2 ms of CPU per call for that (its threads spin while Triton computes); a
 keep-alive HTTP/1.1 connection over loopback costs ≈ 0.4 ms (bench/RESULTS.md, "Cost per image"). This is that
 connection: a small pool of them, each carrying one request at a time, its answer fed straight from asyncio's

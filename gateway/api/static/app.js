@@ -1,7 +1,7 @@
 // The try-it page: send one image (or a video, answered frame by frame as NDJSON with stream=true) to
 // POST /v1/predict/{model}, draw the answer on a canvas over it, show the JSON and the same request as curl and Python. Plain browser JavaScript, no dependencies. The drawing mirrors
-// gateway/render.py (Ultralytics' palette, line width, mask alpha, skeleton and keypoint threshold, oriented boxes as
-// polygons, a classifier's top five as text).
+// gateway/vision/render.py (Ultralytics' palette, line width, mask alpha, skeleton and keypoint threshold, oriented
+// boxes as polygons, a classifier's top five as text).
 "use strict";
 
 const STORE_KEY = "yolo-triton.api-key";
@@ -139,7 +139,8 @@ function onModelChange() {
 
 // ---------------------------------------------------------------- choosing the image
 
-/** The video container named by a file's first bytes (MP4/MOV, WebM/MKV, AVI), as gateway/video.py tells it. */
+/** The video container named by a file's first bytes (MP4/MOV, WebM/MKV, AVI), as gateway/vision/videofile.py tells
+ * it. */
 async function sniffVideo(file) {
   const b = new Uint8Array(await file.slice(0, 16).arrayBuffer());
   const ascii = (from, to) => String.fromCharCode(...b.slice(from, to));
@@ -550,7 +551,7 @@ async function showServerRendering(form, key, model, count, seq) {
   }
 }
 
-// ---------------------------------------------------------------- drawing (mirrors gateway/render.py)
+// ---------------------------------------------------------------- drawing (mirrors gateway/vision/render.py)
 
 function clearCanvas() {
   const ctx = els.canvas.getContext("2d");
