@@ -205,6 +205,7 @@ def test_the_readme_layout_says_the_layers_and_what_lives_in_each_unit() -> None
     readme = (ROOT / "README.md").read_text()
     layout = readme.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
     table = [[_shown(u) for u in layer] for layer in LAYERS if layer[0].startswith("gateway.")]
+    assert "Top to bottom:" in layout, "README's Layout does not say the gateway's layers (`Top to bottom: ...`)"
     said = " ".join(layout.split("Top to bottom:", 1)[1].split("\n  app.py", 1)[0].split())
     assert [group.split(", ") for group in said.split(" · ")] == table
     for name in (name for layer in table for name in layer):
