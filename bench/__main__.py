@@ -34,9 +34,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from bench import cost, cpu, load, perf_analyzer, report, stack
+from bench import cost, cpu, load, models, perf_analyzer, report, stack
+from bench.load import parse_timing
+from bench.models import DEFAULT_MODELS, ROOT, SIZES, log
 
-ROOT = Path(__file__).resolve().parent.parent
 MODES = ("gateway", "triton", "onnxruntime", "ultralytics-server", "ultralytics-triton")
 DESCRIPTIONS = {
     "gateway": "HTTP upload of a {upload} JPEG, size {size}",
@@ -48,120 +49,6 @@ DESCRIPTIONS = {
     ),
 }
 OPT_IN_MODES = ("perf-analyzer",)  # needs a tool installed from PyPI and Debian on first use
-
-
-def log(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-def repository(args: argparse.Namespace, models: list[str]) -> Path:
-    """The model repository to serve: --repository if given, else the fixture models (built once, cached)."""
-    if args.repository:
-        return Path(args.repository)
-    from export.fixtures import export_fixture
-    from export.triton_config import serving_defaults
-
-    import hashlib
-    import shutil
-
-    sources = sorted([*(ROOT / "export").rglob("*.py"), ROOT / "gateway" / "modelcard.py"])
-    recipe = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:12]
-    repo = ROOT / ".triton" / "bench-repository"
-    stamp = repo / ".recipe"
-    if repo.exists() and (not stamp.exists() or stamp.read_text() != recipe):
-        log("the exporter changed since the cached benchmark models were built: rebuilding them")
-        shutil.rmtree(repo)
-    repo.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(recipe)
-    for model in models:
-        if not (repo / model / "config.pbtxt").exists():
-            log(f"building fixture model {model} for the benchmark")
-            export_fixture(model, repo, ROOT / "weights" / "fixtures", serving_defaults("python"))
-    return repo
-
-
-def peer_repository(repo: Path, models: list[str]) -> Path:
-    """`repo`'s models plus `<model>-plain` for each model, exported the way Ultralytics' Triton guide does it (plain
-    float32 NCHW input, raw output, the checkpoint's metadata in the config's `metadata` parameter, which
-    `YOLO("grpc://...")` reads for names, stride and task). Served by the same Triton as the gateway's models:
-    the plain exports are built once (cached), and the combined repository links to both."""
-    import ast
-    import hashlib
-
-    import onnx
-
-    from export.exporter import export_model
-    from export.triton_config import serving_defaults
-
-    recipe = hashlib.sha256(b"".join(p.read_bytes() for p in sorted((ROOT / "export").rglob("*.py"))))
-    for model in models:
-        recipe.update(weights_for(model, repo).read_bytes()[: 1 << 20])
-    plain = ROOT / ".triton" / f"bench-plain-{recipe.hexdigest()[:12]}"
-    for model in models:
-        target = plain / f"{model}-plain"
-        if (target / "config.pbtxt").exists():
-            continue
-        weights = weights_for(model, repo)
-        if weights.suffix != ".pt":
-            raise SystemExit(
-                f"[bench] ultralytics-triton needs {model}'s .pt weights (weights/{model}.pt) to export it plainly"
-            )
-        log(f"exporting {model}-plain for the ultralytics-triton mode (float32 input, raw output)")
-        export_model(str(weights), plain, serving_defaults("python"), f"{model}-plain", fuse=False, compact=False)
-        meta = {p.key: p.value for p in onnx.load(str(target / "source.onnx"), load_external_data=False).metadata_props}
-        meta = {
-            k: v for k, v in meta.items() if k in ("stride", "task", "batch", "imgsz", "names", "kpt_shape", "channels")
-        }
-        text = repr(meta)
-        assert ast.literal_eval(text) == meta
-        escaped = text.replace("\\", "\\\\").replace('"', '\\"')
-        with (target / "config.pbtxt").open("a") as config:  # as the guide appends it to its config.pbtxt
-            config.write(f'parameters {{\n  key: "metadata"\n  value {{ string_value: "{escaped}" }}\n}}\n')
-    combined = (
-        ROOT
-        / ".triton"
-        / f"bench-combined-{hashlib.sha256(str(repo.resolve()).encode() + plain.name.encode()).hexdigest()[:12]}"
-    )
-    combined.mkdir(parents=True, exist_ok=True)
-    for folder in [
-        *(d for d in repo.iterdir() if (d / "config.pbtxt").exists()),
-        *(plain / f"{m}-plain" for m in models),
-    ]:
-        link = combined / folder.name
-        if not link.exists():
-            link.symlink_to(folder.resolve(), target_is_directory=True)
-    return combined
-
-
-def task_of(model: str, repo: Path) -> str:
-    import onnx
-
-    meta = onnx.load(str(repo / model / "source.onnx"), load_external_data=False).metadata_props
-    return next((p.value for p in meta if p.key == "task"), "detect")
-
-
-def weights_for(model: str, repo: Path) -> Path:
-    candidates = (
-        ROOT / "weights" / f"{model}.pt",
-        ROOT / "weights" / "fixtures" / f"{model}.pt",
-        repo.parent / "weights" / f"{model}.pt",  # the tests' fixture cache keeps its checkpoints beside the repository
-    )
-    for candidate in candidates:
-        if candidate.exists():
-            return candidate
-    return repo / model / "source.onnx"
-
-
-def parse_timing(header: str) -> dict[str, float]:
-    out = {}
-    for part in header.split(","):
-        name, _, dur = part.strip().partition(";dur=")
-        if dur:
-            out[name] = float(dur)
-    if "total" in out:
-        model_free = sum(out.get(k, 0.0) for k in ("decode", "letterbox", "triton", "postprocess"))
-        out["json_and_http"] = max(0.0, out["total"] - model_free)
-    return out
 
 
 def level_row(c: int, summaries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -267,7 +154,7 @@ async def bench_model(
     import onnxruntime as ort
     import tritonclient.grpc.aio as grpcaio
 
-    from gateway import preprocess
+    from gateway.vision import preprocess
 
     jpeg = photo.read_bytes()
     image = np.asarray(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR), np.uint8)
@@ -286,7 +173,7 @@ async def bench_model(
         bare = "triton" in args.modes or "perf-analyzer" in args.modes
         peer = "ultralytics-triton" in args.modes
         if ("gateway" in args.modes and not gateway_url) or ((bare or peer) and not triton_url):
-            served = peer_repository(repo, [model]) if peer else repo
+            served = models.peer_repository(repo, [model]) if peer else repo
             triton, gw, local_key = running.enter_context(stack.triton_and_gateway(served, workdir, args.letterbox))
             if not gateway_url:
                 gateway_url, key = gw.url, local_key
@@ -338,7 +225,7 @@ async def bench_model(
             out["bytes_sent"]["onnxruntime"] = 0
 
         if "ultralytics-server" in args.modes:
-            weights = weights_for(model, repo)
+            weights = models.weights_for(model, repo)
             srv = running.enter_context(
                 stack.uvicorn("bench.ultralytics_server:app", workdir, {"BENCH_WEIGHTS": str(weights)}, "/docs-missing")
             )
@@ -358,7 +245,10 @@ async def bench_model(
             out["ultralytics_weights"] = weights.name
 
         if peer:
-            env = {"BENCH_TRITON_MODEL": f"grpc://{triton_url}/{model}-plain", "BENCH_TASK": task_of(model, repo)}
+            env = {
+                "BENCH_TRITON_MODEL": f"grpc://{triton_url}/{model}-plain",
+                "BENCH_TASK": models.task_of(model, repo),
+            }
             peer_srv = running.enter_context(
                 stack.uvicorn("bench.ultralytics_triton_server:app", workdir, env, "/docs-missing")
             )
@@ -491,7 +381,7 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
         "triton_url": args.triton_url or "local",
         "letterbox": args.letterbox,
         "size": args.size,
-        "input": f"{'x'.join(map(str, cost.SIZES[args.upload]))} JPEG (bus.jpg on a {args.upload} canvas)",
+        "input": f"{'x'.join(map(str, SIZES[args.upload]))} JPEG (bus.jpg on a {args.upload} canvas)",
         "command": " ".join(["python -m bench", *sys.argv[1:]]),
     }
 
@@ -517,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     run = sub.add_parser("run", help="run the benchmark")
     run.add_argument("--quick", action="store_true", help="small, CI-sized run (< 3 minutes here)")
-    run.add_argument("--models", default="yolov8n,yolov8n-seg,yolov8n-pose")
+    run.add_argument("--models", default=DEFAULT_MODELS)
     run.add_argument(
         "--modes",
         default=",".join(MODES),
@@ -576,14 +466,14 @@ def main(argv: list[str] | None = None) -> int:
 
     folder = args.out / time.strftime("%Y%m%d-%H%M%S")
     folder.mkdir(parents=True, exist_ok=True)
-    models = args.models.split(",")
-    repo = repository(args, models)
-    photo = cost.photo(folder, args.upload)
+    names = args.models.split(",")
+    repo = models.repository(args, names)
+    photo = models.photo(folder, args.upload)
     results: dict[str, Any] = {"environment": environment(args), "models": []}
     if pa is not None:
         results["environment"]["versions"]["perf_analyzer"] = perf_analyzer.version(pa)
     started = time.perf_counter()
-    for model in models:
+    for model in names:
         results["models"].append(asyncio.run(bench_model(model, repo, photo, folder, args, pa)))
     results["environment"]["wall_seconds"] = round(time.perf_counter() - started, 1)
     results["ratios"] = report.ratios(results)

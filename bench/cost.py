@@ -26,10 +26,10 @@ import httpx
 import numpy as np
 
 from bench import cpu, stack
+from bench.load import parse_timing
+from bench.models import DEFAULT_MODELS, ROOT, SIZES, photo, repository
 
-ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("decode", "letterbox", "postprocess")
-SIZES = {"1080p": (1920, 1080), "360p": (640, 360)}
 TRANSPORTS = {
     "shm": "shared memory + Triton's HTTP port (one host: make serve)",
     "grpc": "in the gRPC messages (separate pods: the chart)",
@@ -38,23 +38,6 @@ TRANSPORTS = {
 
 def log(message: str) -> None:
     print(f"[bench cost] {message}", file=sys.stderr, flush=True)
-
-
-def photo(folder: Path, name: str) -> Path:
-    """bus.jpg letterboxed onto a canvas of the named size, as a JPEG (quality 90)."""
-    import cv2
-    from ultralytics.utils import ASSETS
-
-    width, height = SIZES[name]
-    bus = cv2.imread(str(ASSETS / "bus.jpg"))
-    scale = height / bus.shape[0]
-    resized = cv2.resize(bus, (round(bus.shape[1] * scale), height), interpolation=cv2.INTER_AREA)
-    canvas = np.full((height, width, 3), 90, np.uint8)
-    x = (width - resized.shape[1]) // 2
-    canvas[:, x : x + resized.shape[1]] = resized
-    path = folder / f"photo-{name}.jpg"
-    cv2.imwrite(str(path), canvas, [cv2.IMWRITE_JPEG_QUALITY, 90])
-    return path
 
 
 def threads(pid: int) -> dict[str, float]:
@@ -89,10 +72,9 @@ def measure(
             )
             if r.status_code != 200 or not r.json()["data"]:
                 raise SystemExit(f"[bench cost] {model}: {r.status_code} {r.text[:300]} (expected detections)")
-            for part in r.headers["server-timing"].split(","):
-                name, _, dur = part.strip().partition(";dur=")
+            for name, ms in parse_timing(r.headers["server-timing"]).items():
                 if name in stages:
-                    stages[name].append(float(dur))
+                    stages[name].append(ms)
 
         for _ in range(warmup):
             one()
@@ -130,7 +112,7 @@ def in_process(repo: Path, model: str, size: str, runs: int) -> dict[str, Any]:
     import cv2
     import onnxruntime as ort
 
-    from gateway import preprocess
+    from gateway.vision import preprocess
 
     config = (repo / model / "config.pbtxt").read_text()
     params = dict(re.findall(r'key: "(\w+)"\s*value \{ string_value: "([^"]*)" \}', config))
@@ -191,7 +173,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench cost", description=__doc__)
-    parser.add_argument("--models", default="yolov8n,yolov8n-seg,yolov8n-pose")
+    parser.add_argument("--models", default=DEFAULT_MODELS)
     parser.add_argument("--sizes", default="1080p,360p", help=f"uploads, from {', '.join(SIZES)}")
     parser.add_argument("--transports", default="shm,grpc", help=f"from {', '.join(TRANSPORTS)}")
     parser.add_argument("--requests", type=int, default=100)
@@ -199,8 +181,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repository", default="", help="model repository (default: the benchmark's fixture models)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
-    from bench.__main__ import repository
-
     models = args.models.split(",")
     folder = args.out / ("cost-" + time.strftime("%Y%m%d-%H%M%S"))
     folder.mkdir(parents=True, exist_ok=True)

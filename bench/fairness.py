@@ -27,10 +27,10 @@ from pathlib import Path
 
 import requests
 
-from gateway.auth import create_key
+from bench.models import ROOT
+from gateway.keys.auth import create_key
 from tritonlocal import launcher
 
-ROOT = Path(__file__).resolve().parent.parent
 BOUNDARY = "fairnessboundary"
 
 

@@ -19,6 +19,20 @@ from typing import Any
 Call = Callable[[], Awaitable[tuple[int, dict[str, float]]]]
 
 
+def parse_timing(header: str) -> dict[str, float]:
+    """The gateway's `Server-Timing` header as stage -> ms, plus `json_and_http` (the total less the model-free
+    stages)."""
+    out = {}
+    for part in header.split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        if dur:
+            out[name] = float(dur)
+    if "total" in out:
+        model_free = sum(out.get(k, 0.0) for k in ("decode", "letterbox", "triton", "postprocess"))
+        out["json_and_http"] = max(0.0, out["total"] - model_free)
+    return out
+
+
 @dataclass
 class Run:
     """What one measured run saw."""

@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.models import ROOT
+
 HOME = ROOT / ".triton" / "perf-analyzer"
 # Both pinned with their hashes in requirements/perf-analyzer.txt (`make lock`); the versions are chosen in
 # requirements/lockfile.py: Triton 2.51's client, and CUDA 12.6, the toolkit Triton 2.51 (release 24.10) was built with.

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 import requests
 
-from gateway.redis_state import RedisState
+from gateway.keys.redis_store import RedisStore
 from tritonlocal import launcher, redisserver
 
 
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
 
         async def keys() -> dict[str, str]:
-            store = RedisState(redis.url, redis.password, timeout_s=2.0)
+            store = RedisStore(redis.url, redis.password, timeout_s=2.0)
             try:
                 made = {
                     "valid": (await store.create_key("soak"))[1],

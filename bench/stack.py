@@ -13,9 +13,8 @@ from pathlib import Path
 
 import httpx
 
+from bench.models import ROOT
 from tritonlocal import launcher
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -66,7 +65,7 @@ def triton_and_gateway(
 ) -> Iterator[tuple[launcher.TritonServer, Server, str]]:
     """(Triton, gateway, API key) on loopback; the gateway as `make serve` runs it (shared memory with Triton) unless
     `shared_memory` is off (tensors in the gRPC messages, as between separate pods)."""
-    from gateway.auth import create_key
+    from gateway.keys.auth import create_key
 
     triton = launcher.start(repository, cache=ROOT / ".triton" / "bench-server", log_path=workdir / "tritonserver.log")
     try:

@@ -27,8 +27,8 @@ import numpy as np
 import requests
 
 from bench import cpu
-from gateway.auth import create_key
-from gateway.redis_state import RedisState
+from gateway.keys.auth import create_key
+from gateway.keys.redis_store import RedisStore
 from tritonlocal import launcher, redisserver
 
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         file_key = create_key(keys_file, "bench", rate=1e6)[1]
 
         async def redis_key() -> str:
-            store = RedisState(redis.url, redis.password, timeout_s=2.0)
+            store = RedisStore(redis.url, redis.password, timeout_s=2.0)
             try:
                 return (await store.create_key("bench", rate=1e6))[1]
             finally:

@@ -3,7 +3,7 @@
     python -m bench.trained --fixtures .triton/test-cache/repository-<hash> --trained model_repository
 
 For each task it runs the served ONNX graph (ONNX Runtime, CPU) on Ultralytics' bus.jpg and zidane.jpg, then times
-the gateway's own post-processing (`gateway.pipeline.finish`, median of repeats) on those outputs.
+the gateway's own post-processing (`gateway.vision.pipeline.finish`, median of repeats) on those outputs.
 
     python -m bench.trained --fp16 fixture=.triton/test-cache/weights/yolov8n.pt --fp16 trained=weights/yolov8n.pt
 
@@ -33,7 +33,7 @@ def _info(model_dir: Path) -> Any:
     from google.protobuf.json_format import MessageToDict
 
     from export.triton_config import parse
-    from gateway.triton import ModelInfo
+    from gateway.modelcard import ModelInfo
 
     config = MessageToDict(parse((model_dir / "config.pbtxt").read_text()), preserving_proto_field_name=True)
     return ModelInfo.from_config(config)
@@ -63,8 +63,8 @@ def fp16_drift(checkpoint: Path, photo: Path, size: int = 640) -> tuple[int, flo
 def measure(model_dir: Path, photo: Path, repeats: int) -> dict[str, Any]:
     import onnxruntime as ort
 
-    from gateway.pipeline import finish, prepare
-    from gateway.schemas import PredictArgs
+    from gateway.vision.pipeline import finish, prepare
+    from gateway.arguments import PredictArgs
 
     info = _info(model_dir)
     session = ort.InferenceSession(str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])

@@ -30,7 +30,7 @@ def main() -> None:
     from export.exporter import export_model
     from export.fixtures import build_fixture
     from export.triton_config import serving_defaults
-    from gateway import preprocess
+    from gateway.vision import preprocess
     from tritonlocal import launcher
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -28,6 +28,10 @@ import yaml
 from helm_python import _native
 
 DEPLOY = Path(__file__).resolve().parent
+sys.path.insert(0, str(DEPLOY.parent))  # the gateway of this checkout, whose limits the chart must let through
+
+from gateway.settings import FORM_OVERHEAD  # noqa: E402
+
 CHART = DEPLOY / "helm" / "yolo-triton"
 ADAPTER_VALUES = DEPLOY / "prometheus-adapter" / "values.yaml"
 RELEASE, NAMESPACE = "yolo-triton", "yolo"
@@ -40,7 +44,7 @@ IMAGE_PULL_S = 600  # the ~10 GB Triton image on a new node: a rollout's deadlin
 SERVICE_MONITOR = "monitoring.coreos.com/v1/ServiceMonitor"
 # The cluster each ci values file stands for: API versions beyond the built-in ones (what `helm install` would see).
 CLUSTER_APIS: dict[str, tuple[str, ...]] = {"gpu-tensorrt-ingress-values.yaml": (SERVICE_MONITOR,)}
-# gateway/triton.py CHANNEL_ARGS (tests/test_deploy.py checks they agree): the client pings every 60 s, also idle.
+# gateway/triton/client.py CHANNEL_ARGS (tests/test_deploy.py checks they agree): the client pings every 60 s, idle too.
 GATEWAY_KEEPALIVE_TIME_MS = 60_000
 GATEWAY_KEEPALIVE_WITHOUT_CALLS = True
 ASSUMED_SCRAPE_INTERVAL_S = 60  # Prometheus' default, where no ServiceMonitor sets one
@@ -53,7 +57,6 @@ PUBLIC_PATHS = (
     "/v1/keys", "/v1/keys/0a1b2c3d", "/v1/keys/0a1b2c3d/usage",  # the admin API (keys with the admin scope)
 )  # fmt: skip
 INTERNAL_PATHS = ("/metrics", "/healthz", "/readyz")
-FORM_OVERHEAD = 64 * 1024  # gateway/app.py: multipart boundaries and small fields around the image
 # ingress-nginx's upstream-keepalive-timeout: uvicorn's --timeout-keep-alive must be longer, or nginx may send a
 # request on a connection uvicorn is closing (a 502 for a request the gateway never saw).
 INGRESS_UPSTREAM_KEEPALIVE_S = 60

@@ -1,8 +1,8 @@
 """The gateway's parts that the export worker uses, imported here only.
 
 The worker checks a version through the gateway's own pre- and post-processing and Triton client, so that what it
-verifies is what requests will get. Gateway modules are being moved into layered folders (issue #30): this module is
-the one place to rename them in.
+verifies is what requests will get. Gateway modules live in layered folders (README.md, "Layout"): this module is
+the one place outside the gateway that names them.
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gateway.modelcard import COMPACT, RESIZE_CENTER_CROP, UINT8_NHWC_BGR
-from gateway.pipeline import finish, model_input, prepare
-from gateway.schemas import PredictArgs
+from gateway.arguments import PredictArgs
+from gateway.modelcard import COMPACT, RESIZE_CENTER_CROP, UINT8_NHWC_BGR, ModelInfo
 from gateway.settings import Settings
-from gateway.triton import ModelInfo, Triton
+from gateway.triton.client import Triton
+from gateway.vision.pipeline import finish, model_input, prepare
 
 __all__ = [
     "COMPACT",

@@ -23,7 +23,7 @@ from typing import Any
 
 from export.sandbox import PROGRESS
 
-# The model classes and heads we export and post-process (gateway/postprocess.py), by class name.
+# The model classes and heads we export and post-process (gateway/vision/postprocess.py), by class name.
 SERVED = {
     "DetectionModel": ("detect", "Detect"),
     "SegmentationModel": ("segment", "Segment"),

@@ -51,7 +51,7 @@ class ModelSpec:
     extra: dict[str, str] = field(default_factory=dict)
 
     def card(self, target: Target) -> ModelCard:
-        """The model card the gateway reads back from the config (gateway/triton.py `ModelInfo`)."""
+        """The model card the gateway reads back from the config (`ModelInfo`, gateway/modelcard.py)."""
         kpt = (int(self.kpt_shape[0]), int(self.kpt_shape[1])) if self.kpt_shape else None
         return ModelCard(
             task=self.task,

@@ -1,101 +1,34 @@
-"""The Starlette application: the state shared by requests, its lifespan, and the routing table."""
+"""The Starlette application, wired: the routing table, the middleware and the lifespan that opens the services."""
 
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import AsyncIterator
-from typing import Any
-from dataclasses import dataclass
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from gateway import admin, routes, video, web
-from gateway.budget import MemoryBudget, default_budget, memory_limit
+from gateway.api import admin, routes, web
 from gateway.errors import HANDLERS
+from gateway.keys.store import open_store
 from gateway.metrics import Metrics
 from gateway.observability import RequestContext, configure_logging
-from gateway.ratelimit import KeySlots
+from gateway.services import finished, open_services
 from gateway.settings import Settings
-from gateway.state import State as Store
-from gateway.state import open_state
-from gateway.triton import Triton
-from gateway.workers import Workers
-
-log = logging.getLogger("gateway")
-VIDEO_NICE = (
-    10  # the video threads' niceness above the process's (a tenth of an image thread's CPU share when both run)
-)
-
-
-@dataclass
-class State:
-    """What requests share, created in the lifespan (one per event loop)."""
-
-    settings: Settings
-    triton: Triton
-    store: Store  # keys, rate limits and usage: the keys file or Redis (gateway/state.py)
-    workers: Workers  # threads for decode, letterbox and post-processing
-    metrics: Metrics
-    budget: MemoryBudget
-    key_slots: KeySlots  # each key's requests in progress in this process (GATEWAY_MAX_INFLIGHT_PER_KEY)
-    inflight: int = 0
-    video_workers: Workers | None = None  # threads for video decoding (GATEWAY_VIDEO_WORKERS); None: `workers`
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     configure_logging()
-    meters = Metrics()
-    store = open_state(settings)
-
-    def record_usage(context: dict[str, Any], status: int, seconds: float) -> None:
-        model = context.get("model", "")  # as in /metrics: only models Triton served, so the counters stay bounded
-        store.record(
-            context["key_id"], model if model in meters.models else "other", context.get("images", 0), status, seconds
-        )
+    metrics = Metrics()
+    store = open_store(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        triton = Triton(
-            settings.triton_url,
-            settings.triton_timeout_s,
-            settings.model_cache_s,
-            settings.triton_shm_bytes,
-            settings.triton_http_url,
-            lambda transport: meters.child(meters.triton_requests, transport).inc(),
-        )
-        if (pool := triton.shm) is not None:
-            meters.shared_memory.set_function(lambda: pool.used_bytes)
-        threads = Workers(settings.workers)
-        # lower CPU priority: a decoding video takes the CPU the images leave, not the other way round
-        video_threads = Workers(settings.video_workers, nice=VIDEO_NICE, name="video")
-        if removed := video.sweep():
-            log.warning("removed %d video file(s) a previous gateway process left in the temporary folder", removed)
-        budget = MemoryBudget(
-            settings.decode_budget_bytes or default_budget(memory_limit()), settings.decode_budget_wait_s
-        )
-        log.info("memory budget for images in flight: %d MiB", budget.capacity // 2**20)
-        meters.budget_capacity.set(budget.capacity)
-        meters.budget_used.set_function(lambda: budget.used)
-        slots = KeySlots(settings.per_key_inflight)
-        app.state.gateway = State(settings, triton, store, threads, meters, budget, slots, video_workers=video_threads)
-        await store.start()
-        try:
-            for model in await triton.ready_models():
-                if model.untrained:
-                    log.warning(
-                        "model %s serves UNTRAINED fixture weights: results are not real detections", model.name
-                    )
-        except Exception as exc:  # Triton may still be starting; /readyz reports it
-            log.warning("inference server not reachable at start-up (%s): %s", settings.triton_url, exc)
-        yield
-        await store.close()
-        await triton.close()
-        video_threads.close()
-        threads.close()
+        async with open_services(settings, metrics, store) as services:
+            app.state.services = services
+            yield
 
     table = [
         Route("/v1/predict/{model_id:path}", routes.predict, methods=["POST"]),
@@ -113,6 +46,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return Starlette(
         routes=table,
         exception_handlers=HANDLERS,
-        middleware=[Middleware(RequestContext, metrics=meters, usage=record_usage)],
+        middleware=[Middleware(RequestContext, finished=finished(metrics, store))],
         lifespan=lifespan,
     )

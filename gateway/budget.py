@@ -2,22 +2,18 @@
 they hold them, and wait a bounded time — then 503 — when the budget is spent.
 
 The request count alone bounds nothing: a 136 KB PNG can declare 40 megapixels, 120 MB once decoded. Its header
-says so before any pixel is decoded, so the decoded size is reserved from the header (`decode_cost`).
+says so before any pixel is decoded, so the decoded size is reserved from the header (preprocess.decode_cost).
 """
 
 from __future__ import annotations
 
 import collections
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
-import simplejpeg
-from PIL import Image
 
 from gateway.errors import ServiceUnavailable
-from gateway.preprocess import JPEG_HEADER_BYTES
 
 MiB = 2**20
 BASELINE = 512 * MiB  # what the gateway process needs besides images: interpreter, OpenCV, gRPC, buffers
@@ -43,32 +39,6 @@ def default_budget(limit: int | None) -> int:
     if limit is None:
         return WITHOUT_LIMIT
     return max((limit - BASELINE) // 2, 256 * MiB)
-
-
-def decode_cost(data: bytes, max_pixels: int) -> int:
-    """Bytes that decoding `data` holds at its peak: the BGR output plus the decoder's copy in the file's own layout
-    (e.g. RGBA or 16-bit before conversion, or before an EXIF rotation). Files whose header can't be read (a JPEG's
-    in its first JPEG_HEADER_BYTES) are charged as the largest image allowed (OpenCV's own pixel cap refuses larger
-    ones). For a worker thread: a header in 20 MiB of junk takes tens of milliseconds to look for."""
-    header = data
-    if data[:2] == b"\xff\xd8":  # JPEG, the usual upload: libjpeg-turbo reads its header 20x faster than Pillow
-        header = data[:JPEG_HEADER_BYTES]
-        try:
-            height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
-        except ValueError:
-            pass
-        else:
-            bands = {"Gray": 1, "CMYK": 4, "YCCK": 4}.get(colorspace, 3)  # Pillow's L, CMYK (YCCK too) and RGB
-            return int(min(width * height, max_pixels) * (3 + bands))
-    try:
-        with Image.open(io.BytesIO(header)) as im:
-            width, height = im.size
-            bands = len(im.getbands())
-            sample = 2 if im.mode.startswith("I;16") or im.mode in ("I", "F") else 1
-    except Exception:  # Pillow raises many types for bad headers
-        return max_pixels * 6
-    pixels = min(width * height, max_pixels)  # larger ones are refused before decoding
-    return pixels * (3 + bands * sample)
 
 
 @dataclass
@@ -129,7 +99,7 @@ class Hold:
     budget: MemoryBudget
     held: int = 0
 
-    async def take(self, size: int) -> None:
+    async def reserve(self, size: int) -> None:
         self.held += await self.budget.acquire(size)
 
     def keep(self, size: int) -> None:

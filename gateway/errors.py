@@ -1,4 +1,5 @@
-"""Errors the gateway answers with, and the one place that turns them into JSON responses.
+"""Errors the gateway answers with, and the one place that turns them into JSON responses; the HUB API's
+envelope (`{"success", "message", "data"}`) that errors and other answers share.
 
 GatewayError
 ├── BadRequest (400)            bad or out-of-range argument, missing/duplicate image or url
@@ -97,9 +98,22 @@ class GatewayTimeout(GatewayError):
     status = 504
 
 
+def envelope(message: str, data: object, success: bool = True) -> dict[str, object]:
+    """The HUB API's answer: `{"success", "message", "data"}`."""
+    return {"success": success, "message": message, "data": data}
+
+
+def json_response(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, headers=headers, media_type="application/json")
+
+
+def ok_response(data: object, message: str, status: int = 200) -> Response:
+    """A successful answer in the envelope."""
+    return json_response(envelope(message, data), status)
+
+
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    body = orjson.dumps({"success": False, "message": message, "data": {}})
-    return Response(body, status_code=status, headers=headers, media_type="application/json")
+    return json_response(envelope(message, {}, success=False), status, headers)
 
 
 async def handle_gateway_error(request: Request, exc: Exception) -> Response:

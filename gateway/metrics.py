@@ -8,8 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+
+from gateway.observability import RequestRecord
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 30)
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -83,22 +92,29 @@ class Metrics:
             found = self._children[key] = metric.labels(*values)
         return found
 
-    def observe(self, context: dict[str, Any], status: int, seconds: float) -> None:
-        """Record one finished prediction request from its context (filled by the route)."""
-        model = context.get("model", "")
-        label = model if model in self.models else "other"
-        task = context.get("task", "unknown")
+    def label(self, model: str | None) -> str:
+        """The label of a model: its id once Triton has served it, else "other" (so label sets stay bounded)."""
+        return model if model is not None and model in self.models else "other"
+
+    def count_triton(self, transport: str) -> None:
+        """One inference request sent to Triton, its tensors travelling by `transport` ("shm" or "grpc")."""
+        self.child(self.triton_requests, transport).inc()
+
+    def observe(self, record: RequestRecord, status: int, seconds: float) -> None:
+        """Record one finished prediction request."""
+        label = self.label(record.model)
+        task = record.task or "unknown"
         self.child(self.requests, label, task, str(status)).inc()
         if status == 200:
             self.child(self.latency, label, task).observe(seconds)
-            self.child(self.images, label).inc(context.get("images", 0))
+            self.child(self.images, label).inc(record.images or 0)
         elif status in REASONS:
             self.child(self.rejections, REASONS[status]).inc()
-        for stage, ms in context.get("timings", {}).items():
+        for stage, ms in record.timings.items():
             if stage in STAGES:
                 self.child(self.stage, stage).observe(ms / 1000)
-        if "bytes" in context:
-            self.received.observe(context["bytes"])
+        if record.body_bytes is not None:
+            self.received.observe(record.body_bytes)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,8 +1,10 @@
-"""The model card: what the exporter writes into a model's config.pbtxt `parameters` and the gateway reads back.
+"""The model card: what the exporter writes into a model's config.pbtxt `parameters` and the gateway reads back
+(`ModelInfo`: the card of a model Triton serves, with its name and batch limit).
 
-The exporter (export/triton_config.py) and the gateway (gateway/triton.py) both use this module, so every name and
-value of the contract is written once. It needs only the standard library (the gateway imports neither torch nor
-Ultralytics). Adding a task starts here: `Task`, and what `preprocess_for` and `COMPACT_TASKS` say about it.
+The exporter (export/triton_config.py) and the gateway both use this module, so every name and value of the
+contract is written once, with what the gateway says of a model exported without trained weights. It needs only the
+standard library (the gateway imports neither torch nor Ultralytics). Adding a task starts here: `Task`, and what
+`preprocess_for` and `COMPACT_TASKS` say about it.
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ def preprocess_for(task: Task) -> Preprocess:
 
 
 Card = TypeVar("Card", bound="ModelCard")
+# Said wherever a model exported without trained weights (the offline fixtures) is served, so that nobody takes its
+# boxes for real detections: in GET /v1/models, on every prediction (a header, and the newer format's `warning`),
+# and in the gateway's log at start-up.
+UNTRAINED_WARNING = "Untrained fixture weights: results are not real detections."
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,6 +118,39 @@ class ModelCard:
             kpt_shape=(int(kpt[0]), int(kpt[1])) if kpt else None,
             **extra,
         )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelInfo(ModelCard):
+    """One served model: its card (from its config `parameters`), its name and Triton's batch limit."""
+
+    name: str
+    max_batch_size: int = 0
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> ModelInfo:
+        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        try:
+            return cls.from_parameters(params, name=config["name"], max_batch_size=int(config.get("max_batch_size", 0)))
+        except ValueError as exc:
+            raise ValueError(f"model {config.get('name')!r}: {exc}") from None
+
+    def public(self) -> dict[str, Any]:
+        """The model as GET /v1/models shows it."""
+        out: dict[str, Any] = {
+            "id": self.name,
+            "task": self.task,
+            "names": {str(k): v for k, v in self.names.items()},
+            "default_size": self.imgsz,
+            "stride": self.stride,
+            "backend": self.target,
+            "untrained": self.untrained,
+        }
+        if self.kpt_shape:
+            out["kpt_shape"] = list(self.kpt_shape)
+        if self.untrained:
+            out["warning"] = UNTRAINED_WARNING
+        return out
 
 
 T = TypeVar("T", bound=str)

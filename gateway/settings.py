@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Literal
 
 PREFIX = "GATEWAY_"
+# What a request may add to its image or video: multipart boundaries and the small text fields around the part. (The
+# chart's ingress limit adds the same, in deploy/helm/yolo-triton/templates/_helpers.tpl; deploy/check.py checks it.)
+FORM_OVERHEAD = 64 * 1024
 TRUE = frozenset({"1", "true", "yes", "on"})
 FALSE = frozenset({"0", "false", "no", "off"})
 # Numbers that must be more than 0; every other number must be 0 or more (and finite).
@@ -75,6 +78,16 @@ class Settings:
         """One key's predictions in progress at once in this process (GATEWAY_MAX_INFLIGHT_PER_KEY, or half of
         GATEWAY_MAX_INFLIGHT): one key never holds every slot, whatever its rate."""
         return self.max_inflight_per_key or max(1, self.max_inflight // 2)
+
+    @property
+    def body_limit(self) -> int:
+        """The largest request body of images (and the largest held in memory): an image's limit and its form."""
+        return self.max_upload_bytes + FORM_OVERHEAD
+
+    @property
+    def largest_body(self) -> int:
+        """The largest request body accepted at all: an image's or a video's limit, the larger, and the form."""
+        return max(self.max_upload_bytes, self.max_video_bytes) + FORM_OVERHEAD
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:

@@ -157,7 +157,7 @@ def _free_port() -> int:
 
 
 def start_gateway(triton: launcher.TritonServer, workdir: Path, **env: str) -> Gateway:
-    from gateway.auth import create_key
+    from gateway.keys.auth import create_key
 
     keys_file = workdir / "keys.json"
     _, key = create_key(keys_file, "tests")
@@ -230,10 +230,10 @@ def gateway_redis(
     import asyncio
     import dataclasses
 
-    from gateway.redis_state import RedisState
+    from gateway.keys.redis_store import RedisStore
 
     async def make_keys() -> tuple[str, str]:
-        store = RedisState(redis_server.url, redis_server.password, timeout_s=2.0)
+        store = RedisStore(redis_server.url, redis_server.password, timeout_s=2.0)
         try:
             return (await store.create_key("tests"))[1], (await store.create_key("tests-admin", admin=True))[1]
         finally:

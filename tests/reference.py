@@ -1,4 +1,4 @@
-"""Reference implementations that only the tests use: the one-mask-at-a-time forms of what gateway/masks.py does
+"""Reference implementations that only the tests use: the one-mask-at-a-time forms of what gateway/vision/masks.py does
 for many masks at once."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from gateway.masks import closest_pairs, mask_contours, outlines, placed
+from gateway.vision.masks import closest_pairs, mask_contours, outlines, placed
 
 
 def image_wh(path: Path) -> tuple[int, int]:
@@ -23,7 +23,7 @@ def merge_multi_segment(
     segments: list[NDArray[Any]], pairs: tuple[list[int], list[int]] | None = None
 ) -> list[NDArray[Any]]:
     """Join several contours into one outline through their closest points: Ultralytics' converter function, step by
-    step (gateway/masks.py `outlines` does the same for many masks at once).
+    step (gateway/vision/masks.py `outlines` does the same for many masks at once).
 
     pairs: `closest_pairs(segments)` when already computed."""
     s: list[NDArray[Any]] = []

@@ -442,7 +442,7 @@ def test_gateway_runtime_imports_neither_torch_nor_ultralytics() -> None:
 
     code = (
         "import importlib, pkgutil, sys, gateway\n"
-        "for m in pkgutil.iter_modules(gateway.__path__): importlib.import_module('gateway.' + m.name)\n"
+        "for m in pkgutil.walk_packages(gateway.__path__, 'gateway.'): importlib.import_module(m.name)\n"
         "from gateway.app import create_app; create_app()\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
         "('torch', 'torchvision', 'ultralytics', 'onnxruntime')))"

@@ -1,4 +1,4 @@
-"""KeyStore without a gateway: the secret, revocation and model scope each decide on their own."""
+"""KeysFile without a gateway: the secret, revocation and model scope each decide on their own."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway.auth import KeyStore, create_key, read_entries, write_entries
+from gateway.keys.auth import KeysFile, create_key, read_entries, write_entries
 from gateway.errors import Forbidden, Unauthorized
 
 
 @pytest.fixture
-def keys(tmp_path: Path) -> tuple[KeyStore, Path, dict[str, str]]:
+def keys(tmp_path: Path) -> tuple[KeysFile, Path, dict[str, str]]:
     """A store (re-read on every call) with an open key, a key scoped to yolov8n and a revoked key."""
     path = tmp_path / "keys.json"
     _, open_key = create_key(path, "open")
@@ -20,7 +20,7 @@ def keys(tmp_path: Path) -> tuple[KeyStore, Path, dict[str, str]]:
     _, revoked = create_key(path, "revoked")
     entries = read_entries(path)
     write_entries(path, [dataclasses.replace(e, revoked=e.name == "revoked") for e in entries])
-    return KeyStore(path, recheck_s=0), path, {"open": open_key, "scoped": scoped, "revoked": revoked}
+    return KeysFile(path, recheck_s=0), path, {"open": open_key, "scoped": scoped, "revoked": revoked}
 
 
 def _other_secret(key: str) -> str:
@@ -29,13 +29,13 @@ def _other_secret(key: str) -> str:
     return prefix + ("B" if secret[0] == "A" else "A") + secret[1:]
 
 
-def test_valid_key_returns_its_entry(keys: tuple[KeyStore, Path, dict[str, str]]) -> None:
+def test_valid_key_returns_its_entry(keys: tuple[KeysFile, Path, dict[str, str]]) -> None:
     store, _, k = keys
     entry = store.authenticate(k["open"], "yolov8n")
     assert entry.name == "open" and k["open"].startswith(f"yk_{entry.id}_")
 
 
-def test_wrong_secret_for_a_known_id_is_401(keys: tuple[KeyStore, Path, dict[str, str]]) -> None:
+def test_wrong_secret_for_a_known_id_is_401(keys: tuple[KeysFile, Path, dict[str, str]]) -> None:
     store, _, k = keys
     for name in ("open", "scoped"):
         with pytest.raises(Unauthorized, match="Invalid API key"):
@@ -45,7 +45,7 @@ def test_wrong_secret_for_a_known_id_is_401(keys: tuple[KeyStore, Path, dict[str
 
 
 @pytest.mark.parametrize("key", ["yk_00000000_secret", "not-a-key", "yk_", "yk__", "Bearer yk_x_y"])
-def test_unknown_or_malformed_key_is_401(keys: tuple[KeyStore, Path, dict[str, str]], key: str) -> None:
+def test_unknown_or_malformed_key_is_401(keys: tuple[KeysFile, Path, dict[str, str]], key: str) -> None:
     store, _, _ = keys
     with pytest.raises(Unauthorized, match="Invalid API key"):
         store.authenticate(key, None)
@@ -53,21 +53,21 @@ def test_unknown_or_malformed_key_is_401(keys: tuple[KeyStore, Path, dict[str, s
 
 @pytest.mark.parametrize("key", [None, ""])
 def test_missing_key_is_401_saying_where_to_send_it(
-    keys: tuple[KeyStore, Path, dict[str, str]], key: str | None
+    keys: tuple[KeysFile, Path, dict[str, str]], key: str | None
 ) -> None:
     store, _, _ = keys
     with pytest.raises(Unauthorized, match="x-api-key"):
         store.authenticate(key, "yolov8n")
 
 
-def test_revoked_key_is_401_even_with_its_right_secret(keys: tuple[KeyStore, Path, dict[str, str]]) -> None:
+def test_revoked_key_is_401_even_with_its_right_secret(keys: tuple[KeysFile, Path, dict[str, str]]) -> None:
     store, _, k = keys
     with pytest.raises(Unauthorized):
         store.authenticate(k["revoked"], None)
 
 
 def test_key_scoped_to_a_model_is_403_for_another_and_fine_for_its_own(
-    keys: tuple[KeyStore, Path, dict[str, str]],
+    keys: tuple[KeysFile, Path, dict[str, str]],
 ) -> None:
     store, _, k = keys
     assert store.authenticate(k["scoped"], "yolov8n").name == "scoped"
@@ -78,7 +78,7 @@ def test_key_scoped_to_a_model_is_403_for_another_and_fine_for_its_own(
 
 
 def test_revoking_in_the_file_takes_effect_and_a_broken_file_keeps_the_last_good_keys(
-    keys: tuple[KeyStore, Path, dict[str, str]],
+    keys: tuple[KeysFile, Path, dict[str, str]],
 ) -> None:
     store, path, k = keys
     assert store.authenticate(k["open"], None)
@@ -92,7 +92,7 @@ def test_revoking_in_the_file_takes_effect_and_a_broken_file_keeps_the_last_good
         store.authenticate(k["open"], None)
 
 
-def test_a_rewrite_of_the_same_size_and_mtime_is_still_seen(keys: tuple[KeyStore, Path, dict[str, str]]) -> None:
+def test_a_rewrite_of_the_same_size_and_mtime_is_still_seen(keys: tuple[KeysFile, Path, dict[str, str]]) -> None:
     """Revoking one key and restoring another leaves the size alone; a coarse clock (or `cp -p`, `rsync -t`) can leave
     the mtime alone too. The file was still replaced (new inode, new ctime): the store must notice."""
     import os

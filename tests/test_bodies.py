@@ -18,11 +18,11 @@ import anyio
 import pytest
 import requests
 
-from gateway.auth import create_key
+from gateway.keys.auth import create_key
 from gateway.budget import Hold, MemoryBudget
 from gateway.errors import TooManyRequests
-from gateway.forms import Pace
-from gateway.ratelimit import KeySlots
+from gateway.api.forms import Pace
+from gateway.keys.ratelimit import KeySlots
 from gateway.settings import Settings
 from tests.conftest import Gateway, start_gateway, stop_gateway
 from tritonlocal import launcher
@@ -135,15 +135,15 @@ def test_body_settings_are_checked_and_the_key_cap_follows_the_inflight_cap() ->
 
 def test_key_slots_cap_one_key_and_free_on_release() -> None:
     slots = KeySlots(2)
-    slots.take("a")
-    slots.take("a")
-    slots.take("b")  # another key is not affected
+    slots.claim("a")
+    slots.claim("a")
+    slots.claim("b")  # another key is not affected
     with pytest.raises(TooManyRequests) as refused:
-        slots.take("a")
+        slots.claim("a")
     assert refused.value.status == 429 and refused.value.headers["Retry-After"] == "1"
     assert "At most 2 requests of one API key" in refused.value.message
     slots.release("a")
-    slots.take("a")
+    slots.claim("a")
     for key in ("a", "a", "b"):
         slots.release(key)
     assert slots._held == {}
@@ -153,7 +153,7 @@ def test_hold_keeps_only_what_a_spooled_body_holds() -> None:
     async def main() -> None:
         budget = MemoryBudget(1000)
         hold = Hold(budget)
-        await hold.take(700)
+        await hold.reserve(700)
         hold.keep(200)
         assert hold.held == 200 and budget.used == 200
         hold.keep(500)  # keeps what it has; takes nothing more

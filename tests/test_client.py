@@ -25,7 +25,7 @@ import requests
 import supervision as sv
 from PIL import Image
 
-from gateway.auth import create_key
+from gateway.keys.auth import create_key
 from tests.conftest import ROOT, Gateway, start_gateway, stop_gateway
 from tritonlocal import launcher
 from yolo_triton_client import (

@@ -985,9 +985,9 @@ def test_decode_budget_is_rendered_only_when_set() -> None:
 
 
 def test_gateway_keepalive_is_what_triton_accepts_locally_and_in_the_chart(rendered: dict[str, list[Doc]]) -> None:
-    """The client's pings (gateway/triton.py) fit the server flags of `make serve` and of the chart, so Triton never
-    answers GOAWAY ENHANCE_YOUR_CALM too_many_pings."""
-    from gateway.triton import CHANNEL_ARGS
+    """The client's pings (gateway/triton/client.py) fit the server flags of `make serve` and of the chart, so Triton
+    never answers GOAWAY ENHANCE_YOUR_CALM too_many_pings."""
+    from gateway.triton.client import CHANNEL_ARGS
     from tritonlocal import launcher
 
     client = dict(CHANNEL_ARGS)

@@ -16,11 +16,14 @@ from typing import Any
 import pytest
 import requests
 
-from gateway import errors, fetch, preprocess
-from gateway.forms import FORM_OVERHEAD, MAX_FIELD_BYTES, MAX_FIELDS
-from gateway.openapi import SPEC
-from gateway.responses import UNTRAINED_WARNING, WARNING_HEADER
-from gateway.schemas import (
+from gateway import errors
+from gateway.predict import fetch
+from gateway.vision import preprocess
+from gateway.api.forms import MAX_FIELD_BYTES, MAX_FIELDS
+from gateway.api.openapi import SPEC
+from gateway.modelcard import UNTRAINED_WARNING
+from gateway.predict.responses import WARNING_HEADER
+from gateway.arguments import (
     ALIASES,
     ARGUMENTS,
     BOOLEAN_HELP,
@@ -32,7 +35,7 @@ from gateway.schemas import (
     SIZE_RANGE,
     parse_args,
 )
-from gateway.settings import Settings
+from gateway.settings import FORM_OVERHEAD, Settings
 from tests.conftest import Gateway, start_gateway, stop_gateway
 
 ROOT = Path(__file__).resolve().parent.parent

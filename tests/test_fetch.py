@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import requests
 
-from gateway import fetch, observability
+from gateway import observability
+from gateway.predict import fetch
 from gateway.errors import BadGateway, BadRequest
 from tests.conftest import Gateway, start_gateway, stop_gateway
 

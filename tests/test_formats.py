@@ -184,7 +184,7 @@ def test_bearer_key_is_checked_like_x_api_key(gateway: Gateway, images: dict[str
 def test_model_scope_is_enforced_when_the_model_comes_from_the_body(gateway: Gateway, images: dict[str, Path]) -> None:
     import time
 
-    from gateway.auth import create_key
+    from gateway.keys.auth import create_key
 
     _, key = create_key(gateway.keys_file, "pose-only", models=["yolov8n-pose"])
     time.sleep(1.2)  # the gateway re-reads the keys file at most every second
@@ -200,7 +200,7 @@ def test_model_scope_is_enforced_when_the_model_comes_from_the_body(gateway: Gat
 def test_each_image_counts_against_the_rate_limit(gateway: Gateway, images: dict[str, Path]) -> None:
     import time
 
-    from gateway.auth import create_key
+    from gateway.keys.auth import create_key
 
     _, key = create_key(gateway.keys_file, "one-per-two-seconds", rate=0.5)  # 3 images: 4 s of debt
     time.sleep(1.2)  # the gateway re-reads the keys file at most every second

@@ -15,8 +15,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from gateway.auth import create_key
-from gateway.openapi import SPEC
+from gateway.keys.auth import create_key
+from gateway.api.openapi import SPEC
 from tests.conftest import MODELS, Gateway
 
 schema = schemathesis.openapi.from_dict(SPEC)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gateway import preprocess
+from gateway.vision import preprocess
 
 
 def opencv(data: bytes) -> np.ndarray:

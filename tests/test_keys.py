@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from gateway.auth import create_key, read_entries
-from gateway.keys import main as keys_main
+from gateway.keys.auth import create_key, read_entries
+from gateway.keys.cli import main as keys_main
 from tests.conftest import ROOT, Gateway, start_gateway, stop_gateway
 from tritonlocal import launcher
 
@@ -252,7 +252,7 @@ def test_a_key_stored_with_a_degenerate_rate_is_limited_not_a_500(
 ) -> None:
     """Keys written before rates were checked (1e-320/s overflowed the token interval to infinity: a 500 on every
     request) are limited at the slowest allowed rate instead."""
-    from gateway.auth import write_entries
+    from gateway.keys.auth import write_entries
 
     keys = tmp_path / "keys.json"
     entry, key = create_key(keys, "degenerate")
@@ -269,7 +269,7 @@ def test_a_key_stored_with_a_degenerate_rate_is_limited_not_a_500(
 
 
 def test_new_key_ids_are_64_bit_and_old_32_bit_ids_keep_working(tmp_path: Path) -> None:
-    from gateway.auth import KeyEntry, KeyStore, hash_key, write_entries
+    from gateway.keys.auth import KeyEntry, KeysFile, hash_key, write_entries
 
     keys = tmp_path / "keys.json"
     entry, key = create_key(keys, "new")
@@ -277,12 +277,12 @@ def test_new_key_ids_are_64_bit_and_old_32_bit_ids_keep_working(tmp_path: Path) 
     old_key = "yk_0badf00d_" + "s" * 32  # as `make key` wrote them before: 8 hex digits
     old = KeyEntry("0badf00d", "old", hash_key(old_key), "2024-01-01T00:00:00Z")
     write_entries(keys, [old, *read_entries(keys)])
-    store = KeyStore(keys, recheck_s=0)
+    store = KeysFile(keys, recheck_s=0)
     assert store.authenticate(old_key, "yolov8n").name == "old" and store.authenticate(key, None).name == "new"
 
 
 def test_a_taken_key_id_is_never_stored_over_the_existing_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway import auth
+    from gateway.keys import auth
 
     keys = tmp_path / "keys.json"
     first, first_key = create_key(keys, "first")
@@ -302,7 +302,7 @@ def test_a_taken_key_id_is_never_stored_over_the_existing_key(tmp_path: Path, mo
 def test_the_cli_escapes_terminal_sequences_in_names(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Names come from whoever created the key (the admin API, an edited file): the CLI shows escapes, never sends
     ESC, other control characters or bidi overrides to the administrator's terminal."""
-    from gateway.auth import write_entries
+    from gateway.keys.auth import write_entries
 
     keys = tmp_path / "keys.json"
     entry, _ = create_key(keys, "placeholder", ["yolov8n"])

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gateway import postprocess, preprocess
-from gateway.preprocess import Letterbox
+from gateway.vision import postprocess, preprocess
+from gateway.vision.preprocess import Letterbox
 
 torch = pytest.importorskip("torch")
 from ultralytics.data.augment import LetterBox  # noqa: E402

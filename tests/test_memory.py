@@ -16,9 +16,9 @@ import requests
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.budget import MiB, MemoryBudget, decode_cost, default_budget
+from gateway.budget import MiB, MemoryBudget, default_budget
 from gateway.errors import ServiceUnavailable
-from gateway.preprocess import declared_pixels
+from gateway.vision.preprocess import decode_cost, declared_pixels
 from tests.conftest import start_gateway, stop_gateway
 from tritonlocal import launcher
 

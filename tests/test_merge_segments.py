@@ -1,5 +1,5 @@
-"""Our merge_multi_segment (tests/reference.py) and its batched form (gateway/masks.py `outlines`) are Ultralytics'
-own, point for point, on random multi-contour masks."""
+"""Our merge_multi_segment (tests/reference.py) and its batched form (gateway/vision/masks.py `outlines`) are
+Ultralytics' own, point for point, on random multi-contour masks."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def test_outlines_of_many_masks_at_once_equal_ultralytics() -> None:
     including masks with one contour (used as found) and masks without any."""
     from ultralytics.data.converter import merge_multi_segment as reference
 
-    from gateway.masks import outlines
+    from gateway.vision.masks import outlines
 
     sets = []
     for seed in range(40):

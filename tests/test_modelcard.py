@@ -13,7 +13,7 @@ from export import triton_config
 from export.triton_config import ModelSpec, Tensor, serving_defaults
 from gateway import modelcard
 from gateway.modelcard import TARGETS, TASKS, ModelCard
-from gateway.triton import ModelInfo
+from gateway.modelcard import ModelInfo
 
 
 def _spec(task: modelcard.Task, input_format: modelcard.InputFormat, layout: modelcard.OutputLayout) -> ModelSpec:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gateway import obb, postprocess
+from gateway.vision import obb, postprocess
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")

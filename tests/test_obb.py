@@ -1,4 +1,4 @@
-"""Oriented boxes (gateway/obb.py and rotated NMS) against Ultralytics' own torch functions on random inputs."""
+"""Oriented boxes (gateway/vision/obb.py and rotated NMS) against Ultralytics' own torch functions on random inputs."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from numpy.typing import NDArray
 
 from export.onnx_graph import compact_reference
-from gateway import obb, postprocess
-from gateway.preprocess import Letterbox
+from gateway.vision import obb, postprocess
+from gateway.vision.preprocess import Letterbox
 
 torch = pytest.importorskip("torch")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gateway import masks, postprocess, preprocess
-from gateway.preprocess import Letterbox
+from gateway.vision import masks, postprocess, preprocess
+from gateway.vision.preprocess import Letterbox
 from tests.reference import mask_polygon
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import requests
 
-from gateway.keys import main as keys_main
+from gateway.keys.cli import main as keys_main
 from tests.conftest import ROOT, Gateway, start_gateway, stop_gateway
 from tritonlocal import launcher, redisserver
 
@@ -476,15 +476,15 @@ def test_a_flooding_client_gets_503_with_retry_after_not_401(stack: Stack) -> No
 def test_a_taken_key_id_is_never_stored_over_an_existing_key_in_redis(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from gateway import auth
-    from gateway.redis_state import RedisState
+    from gateway.keys import auth
+    from gateway.keys.redis_store import RedisStore
 
     taken_id, taken_key = stack.new_key(0)
     draws = iter([(taken_id, f"yk_{taken_id}_collides"), (f"c0ffee{secrets.token_hex(5)}", "yk_unused_fresh")])
     monkeypatch.setattr(auth, "new_key", lambda: next(draws))
 
     async def create() -> auth.KeyEntry:
-        store = RedisState(stack.redis.url, stack.redis.password, timeout_s=2.0)
+        store = RedisStore(stack.redis.url, stack.redis.password, timeout_s=2.0)
         try:
             return (await store.create_key("second"))[0]
         finally:
@@ -496,14 +496,14 @@ def test_a_taken_key_id_is_never_stored_over_an_existing_key_in_redis(
 
 
 def test_a_32_bit_key_id_from_an_older_release_keeps_working(stack: Stack) -> None:
-    from gateway.auth import KeyEntry, hash_key
-    from gateway.redis_state import RedisState
+    from gateway.keys.auth import KeyEntry, hash_key
+    from gateway.keys.redis_store import RedisStore
 
     key_id = secrets.token_hex(4)
     key = f"yk_{key_id}_{secrets.token_urlsafe(24)}"
 
     async def put() -> None:
-        store = RedisState(stack.redis.url, stack.redis.password, timeout_s=2.0)
+        store = RedisStore(stack.redis.url, stack.redis.password, timeout_s=2.0)
         try:
             await store.put_entry(KeyEntry(key_id, "old", hash_key(key), "2024-01-01T00:00:00Z"))
         finally:

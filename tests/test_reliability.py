@@ -17,8 +17,8 @@ import pytest
 import requests
 
 from bench import cpu
-from gateway import auth
-from gateway.triton import TritonState
+from gateway.keys import auth
+from gateway.triton.client import TritonHealth
 from tests.conftest import CACHE, Gateway, start_gateway, stop_gateway
 from tritonlocal import launcher
 
@@ -117,11 +117,11 @@ def test_inflight_cap_answers_503_at_once_instead_of_queueing(
 
 def test_readiness_grace_keeps_a_gateway_ready_through_a_triton_blip() -> None:
     """Ready while Triton is up or was within the grace period; never ready before Triton was first seen."""
-    assert TritonState(True, ("yolov8n",), 0.0).ready(0)
-    assert TritonState(False, (), 30.0, "unreachable").ready(60)
-    assert not TritonState(False, (), 61.0, "unreachable").ready(60)
-    assert not TritonState(False, (), 0.5, "unreachable").ready(0)  # GATEWAY_READY_GRACE_S=0: strict
-    assert not TritonState(False, (), None, "unreachable").ready(3600)  # never reached since the start
+    assert TritonHealth(True, ("yolov8n",), 0.0).ready(0)
+    assert TritonHealth(False, (), 30.0, "unreachable").ready(60)
+    assert not TritonHealth(False, (), 61.0, "unreachable").ready(60)
+    assert not TritonHealth(False, (), 0.5, "unreachable").ready(0)  # GATEWAY_READY_GRACE_S=0: strict
+    assert not TritonHealth(False, (), None, "unreachable").ready(3600)  # never reached since the start
 
 
 def test_triton_killed_mid_load_gives_503_then_recovers(

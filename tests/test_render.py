@@ -1,4 +1,4 @@
-"""The annotated-image drawing (gateway/render.py): pure functions on synthetic images, no server."""
+"""The annotated-image drawing (gateway/vision/render.py): pure functions on synthetic images, no server."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from gateway import render
+from gateway.vision import render
 
 H, W = 240, 320
 

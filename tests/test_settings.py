@@ -82,7 +82,7 @@ def test_opencv_refuses_an_image_over_the_cap_when_the_caller_sets_nothing() -> 
     imports cv2) pins the cap before cv2 loads, and OpenCV refuses a header past it before allocating anything."""
     code = f"""
 import os, sys
-import gateway.postprocess, gateway.masks, gateway.preprocess
+import gateway.vision.postprocess, gateway.vision.masks, gateway.vision.preprocess
 import cv2, numpy as np
 from gateway import OPENCV_MAX_PIXELS
 assert os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] == str(OPENCV_MAX_PIXELS)

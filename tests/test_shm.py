@@ -1,5 +1,5 @@
-"""Tensors through Triton's system shared memory (GATEWAY_TRITON_SHM_BYTES, gateway/shm.py) and inference over
-Triton's HTTP port (GATEWAY_TRITON_HTTP_URL, gateway/triton_http.py): what `make serve` and the test gateways use.
+"""Tensors through Triton's system shared memory (GATEWAY_TRITON_SHM_BYTES, gateway/triton/shm.py) and inference over
+Triton's HTTP port (GATEWAY_TRITON_HTTP_URL, gateway/triton/http.py): what `make serve` and the test gateways use.
 
 Against the real Triton: the same answers as a gateway that sends the tensors in gRPC messages (as between separate
 pods), regions that are reused, bounded, unlinked from /dev/shm and unregistered, and Triton's HTTP errors. The lean
@@ -19,8 +19,8 @@ import pytest
 import requests
 from tritonclient.grpc import aio as grpcaio
 
-from gateway.shm import FOLDER, SharedMemoryPool
-from gateway.triton_http import TritonHTTP, TritonHTTPError
+from gateway.triton.shm import FOLDER, SharedMemoryPool
+from gateway.triton.http import TritonHTTP, TritonHTTPError
 from gateway.workers import Workers
 from tests.conftest import Gateway, start_gateway, stop_gateway
 from tritonlocal import launcher

@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gateway import obb, pipeline, postprocess, preprocess
-from gateway.preprocess import Letterbox
-from gateway.schemas import PredictArgs
-from gateway.triton import ModelInfo
+from gateway.vision import obb, pipeline, postprocess, preprocess
+from gateway.vision.preprocess import Letterbox
+from gateway.arguments import PredictArgs
+from gateway.modelcard import ModelInfo
 from tests.reference import mask_polygon
 
 torch = pytest.importorskip("torch")

@@ -1,4 +1,4 @@
-"""The frame sizes a video's packets declare (gateway/video_headers.py), read from real encodes: each codec the
+"""The frame sizes a video's packets declare (gateway/vision/video_headers.py), read from real encodes: each codec the
 gateway accepts, written with PyAV (FFmpeg's own encoders) in the containers it comes in, then read packet by packet
 with OpenCV's raw mode as `video.scan` reads it, and compared with what the decoder then makes of it."""
 
@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway import video_headers
-from gateway.video_headers import CODECS, HEVC, MJPEG, MPEG4, VP8, VP9, H264, Header
+from gateway.vision import video_headers
+from gateway.vision.video_headers import CODECS, HEVC, MJPEG, MPEG4, VP8, VP9, H264, Header
 
 
 def encode(path: Path, codec: str, size: tuple[int, int], frames: int = 6, **options: str) -> Path:
@@ -138,7 +138,7 @@ def test_scan_reserves_the_references_the_stream_declares(tmp_path: Path) -> Non
     an H.264 decoder may hold (17)."""
     import time
 
-    from gateway import video
+    from gateway.vision import videofile as video
     from gateway.settings import Settings
 
     path = encode(tmp_path / "refs.mkv", "libx264", (64, 48), x264opts="ref=3:bframes=0")

@@ -353,7 +353,7 @@ def test_page_shows_url_errors(page: Any, gateway: Gateway) -> None:
 def test_page_manages_keys_and_shows_usage_for_an_admin_key(
     page: Any, gateway: Gateway, images: dict[str, Path]
 ) -> None:
-    from gateway.auth import create_key
+    from gateway.keys.auth import create_key
 
     page.fill("#api-key", gateway.key)  # not an admin key: told so, nothing listed
     page.click("#keys-load")

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             "printed or one from `make key`; or --create-key to make a new one"
         )
     if not key:
-        from gateway.auth import create_key
+        from gateway.keys.auth import create_key
         from gateway.settings import Settings
 
         keys_file = Settings.from_env().keys_file

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import IO
 
 LOOPBACK = "127.0.0.1"
-# Accept the gateway's keepalive pings (gateway/triton.py CHANNEL_ARGS: every 60 s, also without calls in flight);
+# Accept the gateway's keepalive pings (gateway/triton/client.py CHANNEL_ARGS: every 60 s, also with no call in flight);
 # Triton's defaults (pings only during calls, at most one per 5 min) answer them with GOAWAY too_many_pings.
 # The Helm chart passes the same flags (tests/test_deploy.py checks they agree).
 KEEPALIVE_ARGS = ("--grpc-keepalive-permit-without-calls=1", "--grpc-http2-min-recv-ping-interval-without-data=30000")
@@ -177,7 +177,7 @@ def server_environment() -> dict[str, str]:
 
 
 # The local stack runs the gateway beside Triton on one host, so tensors go through Triton's system shared memory
-# and inference requests over its HTTP port (gateway/shm.py, gateway/triton_http.py): 1-2 ms less gateway CPU per
+# and inference requests over its HTTP port (gateway/triton/shm.py, gateway/triton/http.py): 1-2 ms less gateway CPU per
 # image than gRPC messages (bench/RESULTS.md, "Cost per image"). 256 MiB of /dev/shm covers 64 requests in flight.
 SHARED_MEMORY_BYTES = 256 * 2**20
 

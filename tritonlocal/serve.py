@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         if subprocess.run(command, check=False).returncode != 0:
             return 2
 
-    from gateway.auth import create_key, read_entries
+    from gateway.keys.auth import create_key, read_entries
     from gateway.settings import Settings
 
     settings = Settings.from_env()

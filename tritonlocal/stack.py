@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from gateway.keys import REDIS_URL_FILE
+from gateway.keys.cli import REDIS_URL_FILE
 from tritonlocal import launcher, redisserver
 
 REDIS_FOLDER = Path(".triton/redis")  # the dev stack's Redis data (append-only file), kept between runs
@@ -36,10 +36,10 @@ def ensure_first_key(redis_url: str, password: str) -> None:
     """Like the keys file: an empty Redis gets a development key, printed once."""
     import asyncio
 
-    from gateway.redis_state import RedisState
+    from gateway.keys.redis_store import RedisStore
 
     async def run() -> str | None:
-        store = RedisState(redis_url, password, timeout_s=2.0)
+        store = RedisStore(redis_url, password, timeout_s=2.0)
         try:
             if await store.list_keys():
                 return None

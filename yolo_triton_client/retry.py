@@ -49,6 +49,10 @@ class RetryPolicy:
         self._log(exc.request, attempt, wait, exc)
         return wait
 
+    def start(self) -> Retrying:
+        """The retries of one request."""
+        return Retrying(self)
+
     def _backoff(self, attempt: int) -> float:
         return self.backoff * 2.0**attempt * random.uniform(0.5, 1.0)  # jitter: clients that failed together spread out
 
@@ -57,3 +61,34 @@ class RetryPolicy:
             "retrying %s %s in %.2f s (retry %d of %d) after %s",
             request.method, request.url.path, wait, attempt + 1, self.retries, repr(cause),
         )  # fmt: skip
+
+
+@dataclass
+class Retrying:
+    """One request's attempts under a policy, told each attempt's outcome by the client that made it (sync or async):
+    what to do next is decided here, the waiting and sending are the client's."""
+
+    policy: RetryPolicy
+    attempt: int = 0
+
+    def after(self, outcome: httpx.Response | httpx.HTTPError) -> httpx.Response | ApiError | float:
+        """A successful response; else the seconds to wait before the next attempt; else (no more attempts) the
+        refusal's ApiError, or TransportError raised when no answer came."""
+        if isinstance(outcome, httpx.Response) and outcome.is_success:
+            return outcome
+        try:
+            if isinstance(outcome, httpx.Response):
+                return self.policy.after_response(self.attempt, outcome)
+            return self.policy.after_exception(self.attempt, outcome)
+        except ApiError as error:
+            return error
+        finally:
+            self.attempt += 1
+
+    def wait(self, failed: httpx.Response | httpx.HTTPError) -> float:
+        """The seconds to wait after a failed attempt; raises its ApiError (or TransportError) when it was the last."""
+        decided = self.after(failed)
+        if isinstance(decided, ApiError):
+            raise decided
+        assert isinstance(decided, float)  # a failed attempt: never the successful response
+        return decided

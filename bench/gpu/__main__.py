@@ -26,9 +26,8 @@ import httpx
 
 from bench import report
 from bench.gpu.drive import Driver, Target, parity
+from bench.models import ROOT
 from tritonlocal import launcher
-
-ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def log(message: str) -> None:
@@ -81,7 +80,7 @@ def start_gateway(
     triton_grpc: str, work: Path, workers: int, threads: int, inflight: int
 ) -> tuple[subprocess.Popen[bytes], str, str]:
     """(process, url, key): uvicorn with `workers` gateway processes on a free loopback port, once /readyz is 200."""
-    from gateway.auth import create_key
+    from gateway.keys.auth import create_key
 
     keys = work / "keys.json"
     _, key = create_key(keys, "bench-gpu")

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     import cv2
     import onnxruntime as ort
 
-    from gateway import preprocess
+    from gateway.vision import preprocess
 
     parser = argparse.ArgumentParser(
         prog="python -m bench.gpu.check", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

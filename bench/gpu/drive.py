@@ -51,8 +51,8 @@ async def _run(target: Target, concurrency: int, seconds: float, warmup: int, st
     import numpy as np
     import tritonclient.grpc.aio as grpcaio
 
-    from bench.__main__ import parse_timing
-    from gateway import preprocess
+    from bench.load import parse_timing
+    from gateway.vision import preprocess
 
     jpeg = target.photo.read_bytes()
     closers = []

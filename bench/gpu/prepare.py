@@ -16,8 +16,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.models import ROOT
+
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ def references(model_id: str, out: Path, size: int = 640) -> None:
     from ultralytics import YOLO
     from ultralytics.utils import ASSETS
 
-    from bench.cost import photo
+    from bench.models import photo
 
     data = out / "data"
     data.mkdir(parents=True, exist_ok=True)

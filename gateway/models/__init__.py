@@ -53,6 +53,7 @@ from __future__ import annotations
 
 from gateway.models.files import FileRegistry
 from gateway.models.record import (
+    Claim,
     InvalidModelId,
     LeaseLost,
     ModelConflict,
@@ -64,8 +65,9 @@ from gateway.models.record import (
     check_model_id,
     parse_triton_name,
     triton_name,
+    upload_path,
 )
-from gateway.models.registry import Claim, Registry, upload_path, worker_id
+from gateway.models.registry import Registry, worker_id
 from gateway.models.settings import ModelSettings
 
 __all__ = [

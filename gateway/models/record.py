@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, get_args
 
@@ -188,3 +188,70 @@ class ModelRecord:
 
 def now() -> float:
     return time.time()
+
+
+def existing(record: ModelRecord | None, model_id: str) -> ModelRecord:
+    """The record of a model that exists (not deleted); ModelNotFound otherwise."""
+    if record is None or record.deleted:
+        raise ModelNotFound(f"Model '{model_id}' not found.")
+    return record
+
+
+def busy(record: ModelRecord, t: float) -> bool:
+    """Whether a worker holds a live lease on one of the model's versions."""
+    return any(v.status in ACTIVE and v.lease is not None and v.lease.until > t for v in record.versions)
+
+
+def claimable(v: Version, stages: Collection[Stage], t: float) -> bool:
+    """Whether a worker may take `v` for one of `stages`: waiting for one, or in one with its lease run out."""
+    if v.status == "queued":
+        return v.stage in stages
+    return v.status in ACTIVE and v.status in stages and (v.lease is None or v.lease.until <= t)
+
+
+def leased(record: ModelRecord | None, model_id: str, number: int, worker: str) -> tuple[ModelRecord, Version]:
+    """The record and version `number`, which `worker` must hold the lease of; LeaseLost otherwise."""
+    if record is None or record.deleted:
+        raise LeaseLost(f"model '{model_id}' was deleted")
+    v = record.version(number)
+    if v.lease is None or v.lease.worker != worker or v.status not in ACTIVE:
+        holder = v.lease.worker if v.lease else "nobody"
+        raise LeaseLost(f"version {number} of '{model_id}' is {v.status}, leased by {holder}, not by {worker}")
+    return record, v
+
+
+def failed(v: Version, stage: Status, reason: str, serving: int | None = None) -> Version:
+    """`v` after a failure at `stage`: `failed`; a rollback goes back to `retired` and a reload of the serving version
+    to `unloaded`, each with the reason (their files are still good)."""
+    status: Status = "failed"
+    if v.rollback:
+        status = "retired"
+    elif v.stage == "loading" and v.number == serving and v.loaded_at is not None:
+        status = "unloaded"
+    return replace(
+        v,
+        status=status,
+        stage=stage if stage != "queued" else v.stage,  # type: ignore[arg-type]
+        lease=None,
+        reason=reason,
+        message=f"{'failed' if status == 'failed' else 'not loaded'} during {stage}",
+        rollback=False,
+    )
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A version a worker now holds the lease of, and the record as it was written by the claim."""
+
+    record: ModelRecord
+    version: Version
+
+    @property
+    def model_id(self) -> str:
+        return self.record.id
+
+
+def upload_path(model_id: str, sha256: str) -> str:
+    """Where an upload is kept, relative to the models dir: named by its content, so the same file uploaded twice is
+    stored once, and the name is known before the version number is (the number is drawn by `add_version`)."""
+    return f"uploads/{check_model_id(model_id)}/{sha256}.pt"

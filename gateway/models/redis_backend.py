@@ -1,6 +1,6 @@
 """The registry in Redis (selected when GATEWAY_REDIS_URL is set), shared by every gateway and export worker.
 
-Layout (under the `yt:` prefix the keys and limits use, gateway/redis_state.py):
+Layout (under the `yt:` prefix the keys and limits use, gateway/keys/redis_store.py):
 
     yt:model:<id>     string: the model's record as JSON (`ModelRecord.to_json`)
     yt:models         set of every model id that has a record

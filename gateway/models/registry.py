@@ -13,13 +13,13 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from gateway.models.record import (
     ACTIVE,
+    Claim,
     ROLLBACK_FROM,
     SHA256,
-    LeaseLost,
     Lease,
     ModelConflict,
     ModelNotFound,
@@ -28,29 +28,22 @@ from gateway.models.record import (
     Stage,
     Status,
     Version,
+    busy,
     check_model_id,
+    claimable,
+    existing,
+    failed,
+    leased,
     triton_name,
 )
 
 Change = Callable[[ModelRecord | None], ModelRecord | None]
-IMGSZ_RANGE = (32, 1280)  # the `size` range requests may ask for (gateway/schemas.py SIZE_RANGE)
+IMGSZ_RANGE = (32, 1280)  # the `size` range requests may ask for (gateway/arguments.py SIZE_RANGE)
 
 
 def worker_id() -> str:
     """A name for this worker process, unique across hosts and restarts (shown in leases)."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A version a worker now holds the lease of, and the record as it was written by the claim."""
-
-    record: ModelRecord
-    version: Version
-
-    @property
-    def model_id(self) -> str:
-        return self.record.id
 
 
 class Registry(ABC):
@@ -136,7 +129,7 @@ class Registry(ABC):
         chosen: list[int] = []
 
         def change(record: ModelRecord | None) -> ModelRecord:
-            record = _existing(record, model_id)
+            record = existing(record, model_id)
             if number is None:
                 below = record.serving or 0
                 older = [v for v in record.versions if v.number < below and v.status in ROLLBACK_FROM]
@@ -177,7 +170,7 @@ class Registry(ABC):
         files and then the record (`purge`)."""
 
         def change(record: ModelRecord | None) -> ModelRecord:
-            record = _existing(record, model_id)
+            record = existing(record, model_id)
             return record if record.deleted else replace(record, deleted=True, updated=self.clock())
 
         record = await self._update(model_id, change)
@@ -199,7 +192,7 @@ class Registry(ABC):
         """A request came for a model whose serving version was unloaded (LRU): queue it to be loaded again."""
 
         def change(record: ModelRecord | None) -> ModelRecord:
-            record = _existing(record, model_id)
+            record = existing(record, model_id)
             v = record.serving_version
             if v is None or v.status != "unloaded":
                 return record
@@ -225,10 +218,10 @@ class Registry(ABC):
         t = self.clock()
         candidates: list[tuple[float, str, int]] = []
         for record in await self.list():
-            if record.deleted or _busy(record, t):
+            if record.deleted or busy(record, t):
                 continue
             for v in record.versions:
-                if _claimable(v, stages, t):
+                if claimable(v, stages, t):
                     candidates.append((v.created, record.id, v.number))
                     break  # the oldest of this model only
         for _, model_id, number in sorted(candidates):
@@ -237,15 +230,15 @@ class Registry(ABC):
             def change(record: ModelRecord | None, number: int = number) -> ModelRecord | None:
                 claimed.clear()
                 t = self.clock()
-                if record is None or record.deleted or _busy(record, t):
+                if record is None or record.deleted or busy(record, t):
                     return record
                 v = record.version(number)
-                if not _claimable(v, stages, t):
+                if not claimable(v, stages, t):
                     return record
                 if v.status in ACTIVE and v.attempts >= max_attempts:
                     stopped = v.status
                     why = f"the export worker stopped during {stopped} ({v.attempts} attempts); upload again"
-                    return record.with_version(_failed(v, stopped, why), t)
+                    return record.with_version(failed(v, stopped, why), t)
                 stage: Stage = v.stage if v.status == "queued" else v.status  # type: ignore[assignment]
                 timings = dict(v.timings)
                 if v.attempts == 0 and v.status == "queued":
@@ -273,7 +266,7 @@ class Registry(ABC):
         """Extend this worker's lease; LeaseLost when it is not this worker's any more (or the model was deleted)."""
 
         def change(record: ModelRecord | None) -> ModelRecord:
-            record, v = _leased(record, model_id, number, worker)
+            record, v = leased(record, model_id, number, worker)
             t = self.clock()
             return record.with_version(replace(v, lease=Lease(worker, t + lease_s)), t)
 
@@ -300,7 +293,7 @@ class Registry(ABC):
         finished stage, and what the checkpoint turned out to be. LeaseLost when the lease is not this worker's."""
 
         def change(record: ModelRecord | None) -> ModelRecord:
-            record, v = _leased(record, model_id, number, worker)
+            record, v = leased(record, model_id, number, worker)
             updates: dict[str, object] = {}
             if stage is not None:
                 updates |= {"status": stage, "stage": stage, "progress": 0.0}
@@ -329,8 +322,8 @@ class Registry(ABC):
         was, with the reason). The alias is not touched: the serving version keeps serving."""
 
         def change(record: ModelRecord | None) -> ModelRecord:
-            record, v = _leased(record, model_id, number, worker)
-            return record.with_version(_failed(v, stage, reason, record.serving), self.clock())
+            record, v = leased(record, model_id, number, worker)
+            return record.with_version(failed(v, stage, reason, record.serving), self.clock())
 
         record = await self._update(model_id, change)
         assert record is not None
@@ -342,7 +335,7 @@ class Registry(ABC):
         resolved the alias before the flip have finished."""
 
         def change(record: ModelRecord | None) -> ModelRecord:
-            record, v = _leased(record, model_id, number, worker)
+            record, v = leased(record, model_id, number, worker)
             t = self.clock()
             done = replace(
                 v, status="ready", lease=None, progress=1.0, reason="", message="serving", loaded_at=t, rollback=False
@@ -399,55 +392,3 @@ class Registry(ABC):
 
         await self._update(model_id, change)
         return bool(removed)
-
-
-def upload_path(model_id: str, sha256: str) -> str:
-    """Where an upload is kept, relative to the models dir: named by its content, so the same file uploaded twice is
-    stored once, and the name is known before the version number is (the number is drawn by `add_version`)."""
-    return f"uploads/{check_model_id(model_id)}/{sha256}.pt"
-
-
-def _existing(record: ModelRecord | None, model_id: str) -> ModelRecord:
-    if record is None or record.deleted:
-        raise ModelNotFound(f"Model '{model_id}' not found.")
-    return record
-
-
-def _busy(record: ModelRecord, t: float) -> bool:
-    """Whether a worker holds a live lease on one of the model's versions."""
-    return any(v.status in ACTIVE and v.lease is not None and v.lease.until > t for v in record.versions)
-
-
-def _claimable(v: Version, stages: Collection[Stage], t: float) -> bool:
-    if v.status == "queued":
-        return v.stage in stages
-    return v.status in ACTIVE and v.status in stages and (v.lease is None or v.lease.until <= t)
-
-
-def _leased(record: ModelRecord | None, model_id: str, number: int, worker: str) -> tuple[ModelRecord, Version]:
-    if record is None or record.deleted:
-        raise LeaseLost(f"model '{model_id}' was deleted")
-    v = record.version(number)
-    if v.lease is None or v.lease.worker != worker or v.status not in ACTIVE:
-        holder = v.lease.worker if v.lease else "nobody"
-        raise LeaseLost(f"version {number} of '{model_id}' is {v.status}, leased by {holder}, not by {worker}")
-    return record, v
-
-
-def _failed(v: Version, stage: Status, reason: str, serving: int | None = None) -> Version:
-    """`v` after a failure at `stage`: `failed`; a rollback goes back to `retired` and a reload of the serving version
-    to `unloaded`, each with the reason (their files are still good)."""
-    status: Status = "failed"
-    if v.rollback:
-        status = "retired"
-    elif v.stage == "loading" and v.number == serving and v.loaded_at is not None:
-        status = "unloaded"
-    return replace(
-        v,
-        status=status,
-        stage=stage if stage != "queued" else v.stage,  # type: ignore[arg-type]
-        lease=None,
-        reason=reason,
-        message=f"{'failed' if status == 'failed' else 'not loaded'} during {stage}",
-        rollback=False,
-    )

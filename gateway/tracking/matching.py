@@ -1,7 +1,7 @@
 """Association costs and the assignment of Ultralytics' trackers (trackers/utils/matching.py), in NumPy and SciPy.
 
 Costs are float32 like Ultralytics': 1 - IoU of axis-aligned boxes (utils/metrics.py `bbox_ioa(iou=True)`), or
-1 - probabilistic IoU of oriented ones (`batch_probiou`, gateway/obb.py), optionally fused with detection scores.
+1 - probabilistic IoU of oriented ones (`batch_probiou`, gateway/vision/obb.py), optionally fused with detection scores.
 The assignment is what `lap.lapjv(cost, extend_cost=True, cost_limit=thresh)` returns: the partial matching that
 minimises the summed cost where leaving a row or a column unmatched costs thresh / 2. Lap solves the
 (rows + cols)-square matrix that encodes this; the same optimum is the rectangular problem with costs
@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.optimize import linear_sum_assignment
 
-from gateway.obb import probiou
+from gateway.vision.obb import probiou
 
 F32 = NDArray[np.float32]
 I64 = NDArray[np.int64]

@@ -100,7 +100,8 @@ seccompProfile:
   type: RuntimeDefault
 {{- end }}
 
-{{/* The largest request body the gateway accepts: its image or its video limit, the larger, + 64 KiB of form. */}}
+{{/* The largest request body the gateway accepts: its image or its video limit, the larger, + 64 KiB of form
+(FORM_OVERHEAD in gateway/settings.py; deploy/check.py checks the ingress limit against it). */}}
 {{- define "yolo-triton.maxBodyBytes" -}}
 {{- $l := .Values.gateway.limits }}
 {{- add (max ($l.maxUploadBytes | int64) ($l.maxVideoBytes | int64)) 65536 }}
@@ -113,7 +114,8 @@ seccompProfile:
 {{- end }}
 
 {{/* The gateway's /tmp in MiB: every request in flight may spool its body there (multipart parts over 1 MiB), and
-each video worker copies one video beside its upload while it spools it (gateway/video.py), + 64 MiB of slack. */}}
+each video worker copies one video beside its upload while it spools it (gateway/vision/videofile.py), + 64 MiB of
+slack. */}}
 {{- define "yolo-triton.gatewayTmpMiB" -}}
 {{- $l := .Values.gateway.limits }}
 {{- $body := add (div (include "yolo-triton.maxBodyBytes" . | int64) 1048576) 1 }}

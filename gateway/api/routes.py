@@ -1,0 +1,170 @@
+"""The HTTP routes: the three prediction routes (one admission, two response formats) and the service routes."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.api.forms import (
+    Body,
+    Pace,
+    api_key,
+    buffer,
+    collect,
+    is_multipart,
+    is_urlencoded,
+    model_from_slug,
+    parse_form,
+    parse_urlencoded,
+    streamed,
+)
+from gateway.api.openapi import SPEC
+from gateway.arguments import Style
+from gateway.budget import Hold
+from gateway.errors import BadRequest, ServiceUnavailable, json_response, ok_response
+from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from gateway.observability import record_of
+from gateway.predict import images, video
+from gateway.services import Prediction, services_of
+
+
+async def predict(request: Request) -> Response:
+    """HUB v1: POST /v1/predict/{model_id}."""
+    return await _handle(request, request.path_params["model_id"], "hub")
+
+
+async def predict_platform(request: Request) -> Response:
+    """The newer Ultralytics API: POST /api/models/{owner/project/model}/predict, answered in the `images` format."""
+    return await _handle(request, model_from_slug(request.path_params["slug"]), "platform")
+
+
+async def predict_dedicated(request: Request) -> Response:
+    """POST / with the model in a `model` form field (a HUB model URL or an id), answered in the `images` format."""
+    return await _handle(request, None, "platform")
+
+
+async def _handle(request: Request, model_id: str | None, style: Style) -> Response:
+    """Admit the request (key, its slots and tokens, room in the gateway, memory for its body), read its form, and
+    hand it to the flow for images or for a video."""
+    services = services_of(request)
+    started = time.perf_counter()
+    record = record_of(request)
+    record.predict = True
+    if model_id is not None:
+        record.model = model_id[:64]
+    # the key is checked before the body is read; its model scope as soon as the model is known
+    key, header = api_key(request)
+    entry = await services.store.authenticate(key, model_id, header)
+    record.key_id = entry.id
+    # everything the request holds is released by this stack; a streamed answer takes it and releases it at its end
+    async with contextlib.AsyncExitStack() as held:
+        services.key_slots.claim(entry.id)  # one key's requests in progress, reading or processed, are capped (429)
+        held.callback(services.key_slots.release, entry.id)
+        quota = await services.store.spend(entry)  # one token now; the request's other images once they are counted
+        if quota is not None:
+            record.headers = quota.headers()  # X-RateLimit-*, added to the response whatever it is
+        if model_id is not None:
+            info = await services.triton.model(model_id)
+        services.check_room()  # a full gateway refuses before reading a body it could not process
+        hold = Hold(services.budget)
+        held.callback(hold.release)
+        prediction = Prediction(services, entry, record, hold, held, style, started)
+        form, spooled = await _read_form(request, prediction)
+        held.push_async_callback(form.close)
+        services.enter()  # the in-flight slot is taken once the body is in: a client sending slowly holds none
+        held.callback(services.leave)
+        uploads, fields = collect(request, form, style)
+        record.images = len(uploads)
+        container = await video.container_of(uploads)
+        if container is None:
+            await prediction.charge(len(uploads) - 1)  # each image costs one token
+            if spooled:  # the image parts are read into memory by the flow
+                await hold.reserve(sum(min(u.size or 0, services.settings.max_upload_bytes) for u in uploads))
+        if model_id is None:
+            model_id = model_from_slug(fields.get("model", ""))
+            if not model_id:
+                raise BadRequest("Missing 'model': send the model id (or its HUB URL) in the 'model' field.")
+            record.model = model_id[:64]
+            await services.store.authenticate(key, model_id, header)
+            info = await services.triton.model(model_id)
+        services.metrics.models.add(info.name)
+        record.task = info.task
+        if container is not None:
+            return await video.respond(prediction, info, uploads[0], container, fields)
+        return await images.respond(prediction, info, uploads, fields)
+
+
+async def _read_form(request: Request, prediction: Prediction) -> tuple[FormData, bool]:
+    """The parsed form, and whether it was spooled. The body is read under its pace (GATEWAY_BODY_*: 408 when the
+    client is too slow), each chunk charged to the request's hold as it arrives. A body up to an image's limit is
+    read into memory, declared or chunked, and its text fields may be that long (a base64 `source`); a longer
+    multipart body (a video) is parsed as it arrives instead, its file parts spooled to TMPDIR, never whole in
+    memory."""
+    services, hold = prediction.services, prediction.hold
+    settings = services.settings
+    part = "image" if prediction.style == "hub" else "file"
+    limit = settings.body_limit
+    body = Body(request, Pace(settings.body_timeout_s, settings.body_min_rate, settings.body_grace_s))
+    try:
+        if not is_multipart(request):
+            too_large = f"The request is larger than the {limit // 2**20} MiB upload limit. Send a smaller image."
+            whole_body, _ = await buffer(body.chunks(limit, too_large), limit, hold.reserve)
+            if is_urlencoded(request):
+                return await services.workers.run(parse_urlencoded, whole_body, limit, part), False
+            return await parse_form(request, whole_body, settings.max_images, part), False
+        video_limit = settings.largest_body
+        too_large = (
+            f"The request is larger than the {video_limit // 2**20} MiB video upload limit. Send a smaller video."
+        )
+        chunks = body.chunks(video_limit, too_large)
+        kept: list[bytes] = []
+        declared = request.headers.get("content-length", "")
+        if not (declared.isdigit() and int(declared) > limit):  # may be an image: in memory up to an image's limit
+            kept, whole = await buffer(chunks, limit, hold.reserve)
+            if whole:
+                return await parse_form(request, kept, settings.max_images, part, max_text=limit), False
+        return await parse_form(request, streamed(kept, chunks, hold), settings.max_images, part), True
+    finally:
+        prediction.record.body_bytes = body.received
+
+
+async def list_models(request: Request) -> Response:
+    models = await services_of(request).triton.ready_models()
+    return ok_response([m.public() for m in models], f"{len(models)} model(s) ready.")
+
+
+async def get_model(request: Request) -> Response:
+    info = await services_of(request).triton.model(request.path_params["model_id"])
+    return ok_response(info.public(), "Model ready.")
+
+
+async def metrics(request: Request) -> Response:
+    return Response(services_of(request).metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
+
+
+async def openapi_json(request: Request) -> Response:
+    return json_response(SPEC)
+
+
+async def healthz(request: Request) -> Response:
+    return ok_response({}, "alive")
+
+
+async def readyz(request: Request) -> Response:
+    """200 while this gateway can serve: Triton up now or within GATEWAY_READY_GRACE_S (a Triton rollout or blip must
+    not take every gateway out of the Service at once, which turns JSON 503s into the ingress' HTML 503s)."""
+    services = services_of(request)
+    triton = await services.triton.probe()
+    services.metrics.triton_up.set(1 if triton.up else 0)
+    grace = services.settings.ready_grace_s
+    last = None if triton.last_up_s is None else round(triton.last_up_s, 1)
+    if not triton.ready(grace):
+        since = "since this gateway started" if last is None else f"for {last:.0f} s (grace {grace:g} s)"
+        raise ServiceUnavailable(f"Not ready: {triton.problem} {since}.", 5)
+    detail = {"ready": triton.up, "models": list(triton.models), "last_ready_s_ago": last, "problem": triton.problem}
+    message = "ready" if triton.up else f"ready (inference server not ready for {last:.0f} s: {triton.problem})"
+    return ok_response({"models": list(triton.models), "triton": detail}, message)
