@@ -78,7 +78,11 @@ async def open_services(settings: Settings, metrics: Metrics, store: Store) -> A
     video_threads = Workers(settings.video_workers, nice=VIDEO_NICE, name="video")
     if removed := videofile.sweep():
         log.warning("removed %d video file(s) a previous gateway process left in the temporary folder", removed)
-    budget = MemoryBudget(settings.decode_budget_bytes or default_budget(memory_limit()), settings.decode_budget_wait_s)
+    budget = MemoryBudget(
+        settings.decode_budget_bytes or default_budget(memory_limit()),
+        settings.decode_budget_wait_s,
+        settings.max_key_budget_share,
+    )
     log.info("memory budget for images in flight: %d MiB", budget.capacity // 2**20)
     metrics.budget_capacity.set(budget.capacity)
     metrics.budget_used.set_function(lambda: budget.used)

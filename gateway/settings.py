@@ -45,6 +45,7 @@ class Settings:
     max_images: int = 8  # image parts per request (they share the max_upload_bytes request limit)
     decode_budget_bytes: int = 0  # memory for uploads and decoded images in flight; 0 = from the container's limit
     decode_budget_wait_s: float = 5.0  # how long a request waits for that memory before 503 + Retry-After
+    max_key_budget_share: float = 0.5  # the most of that memory one key's requests hold at once; past it 429
     ready_grace_s: float = 60.0  # /readyz stays 200 this long after Triton was last up (rollouts, blips); 0: strict
     max_video_bytes: int = 100 * 1024 * 1024  # a video part; the request body may be this large (plus form)
     max_video_seconds: float = 600.0  # a video's duration (every frame is read, even with vid_stride)
@@ -70,6 +71,10 @@ class Settings:
             if not math.isfinite(value) or value < 0 or (positive and value == 0):
                 bound = "more than 0" if positive else "0 or more"
                 raise ValueError(f"{PREFIX}{f.name.upper()}={value!r}: must be a number {bound}")
+        if not 0 < self.max_key_budget_share <= 1:
+            raise ValueError(
+                f"{PREFIX}MAX_KEY_BUDGET_SHARE={self.max_key_budget_share!r}: must be more than 0 and 1 at most"
+            )
         if self.letterbox not in ("rect", "square"):
             raise ValueError(f"{PREFIX}LETTERBOX must be 'rect' or 'square', not {self.letterbox!r}")
 

@@ -8,6 +8,7 @@ import base64
 import json
 import re
 import secrets
+import socket
 import statistics
 import threading
 import time
@@ -15,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
+import cv2
+import numpy as np
 import pytest
 import requests
 
@@ -314,3 +317,50 @@ def test_junk_after_a_jpeg_marker_never_stalls_the_event_loop(gateway: Gateway) 
     )
     assert statuses == [422, 422, 422]
     assert len(ms) >= 5 and statistics.median(ms) < 50 and ms[-1] < 1000, ms[-5:]
+
+
+@pytest.mark.load
+def test_one_key_holding_its_share_of_memory_gets_429_while_another_key_is_answered(
+    triton: launcher.TritonServer, tmp_path: Path
+) -> None:
+    """RELIABILITY: one key's bytes are capped. A key whose stalled upload already holds its share of the memory
+    budget (GATEWAY_MAX_KEY_BUDGET_SHARE) gets 429 for a large image at once; another key's same image is answered,
+    and once the upload is gone the first key is answered too."""
+    share = 16 * 2**20
+    gw = start_gateway(
+        triton, tmp_path, decode_budget_bytes=str(64 * 2**20), max_key_budget_share="0.25", body_timeout_s="30"
+    )
+    stalled = socket.create_connection(("127.0.0.1", int(gw.url.rsplit(":", 1)[1])))
+    try:
+        _, key = create_key(gw.keys_file, "stalls")
+        held = 10 * 2**20  # sent at once, then nothing more: the body stays charged until its deadline
+        stalled.sendall(
+            (
+                f"POST /v1/predict/yolov8n HTTP/1.1\r\nHost: x\r\nx-api-key: {key}\r\n"
+                f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {held + 2**20}\r\n\r\n"
+                f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n'
+            ).encode()
+            + b"\0" * held
+        )
+        deadline = time.monotonic() + 30
+        while _metric(gw, "yolo_memory_budget_used_bytes") < held:
+            assert time.monotonic() < deadline, "the stalled body never reached the budget"
+            time.sleep(0.1)
+        large = np.full((2000, 2000, 3), 120, np.uint8)  # 24 MB to decode: with the 10 MiB held, past the share
+        png = cv2.imencode(".png", large)[1].tobytes()
+        refused = gw.predict("yolov8n", headers={"x-api-key": key}, files={"image": ("large.png", png)})
+        assert refused.status_code == 429 and refused.headers["Retry-After"] == "1", refused.text
+        message = refused.json()["message"]
+        assert "GATEWAY_MAX_KEY_BUDGET_SHARE" in message and f"{share // 2**20} MiB" in message, message
+        other = gw.predict("yolov8n", files={"image": ("large.png", png)})
+        assert other.status_code == 200, other.text
+        stalled.close()
+        deadline = time.monotonic() + 30
+        while _metric(gw, "yolo_memory_budget_used_bytes") > 0:  # the gateway noticed the upload is gone
+            assert time.monotonic() < deadline, "the stalled body's memory was never given back"
+            time.sleep(0.1)
+        again = gw.predict("yolov8n", headers={"x-api-key": key}, files={"image": ("large.png", png)})
+        assert again.status_code == 200, again.text
+    finally:
+        stalled.close()
+        stop_gateway(gw)

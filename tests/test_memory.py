@@ -16,8 +16,8 @@ import requests
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.budget import MiB, MemoryBudget, default_budget
-from gateway.errors import ServiceUnavailable
+from gateway.budget import Hold, MiB, MemoryBudget, default_budget
+from gateway.errors import ServiceUnavailable, TooManyRequests
 from gateway.vision.preprocess import decode_cost, declared_pixels
 from tests.conftest import start_gateway, stop_gateway
 from tritonlocal import launcher
@@ -85,6 +85,28 @@ def test_an_image_larger_than_the_budget_runs_alone() -> None:
     anyio.run(main)
 
 
+def test_one_key_holds_at_most_its_share_while_its_other_requests_hold_memory() -> None:
+    async def main() -> None:
+        budget = MemoryBudget(100, wait_s=0.1, key_share=0.5)
+        first, second, other = Hold(budget, "a"), Hold(budget, "a"), Hold(budget, "b")
+        await first.reserve(40)
+        with pytest.raises(TooManyRequests) as info:  # 40 + 20 > 50, and the key's other request holds 40
+            await second.reserve(20)
+        assert info.value.status == 429 and info.value.headers["Retry-After"] == "1"
+        assert "GATEWAY_MAX_KEY_BUDGET_SHARE" in info.value.message
+        await first.reserve(30)  # one request's own reservations are not held against it: 70 of 100
+        await other.reserve(30)  # another key is not limited by this one
+        assert budget.held_by("a") == 70 and budget.held_by("b") == 30 and budget.used == 100
+        first.release()
+        await second.reserve(60)  # the key's other requests hold nothing now: larger than the share, still admitted
+        assert budget.held_by("a") == 60
+        second.release()
+        other.release()
+        assert budget.used == 0 and budget.held_by("a") == 0 and budget.held_by("b") == 0
+
+    anyio.run(main)
+
+
 def _png(width: int, height: int, mode: str) -> bytes:
     out = io.BytesIO()
     Image.new(mode, (width, height)).save(out, "PNG")
@@ -147,7 +169,10 @@ def test_concurrent_40_megapixel_pngs_stay_within_the_budget(
     """16 concurrent 6300x6300 PNGs (~120 MB each decoded; 136 KB each uploaded): every answer is 200, 429 or 503,
     and the gateway's peak RSS stays under its resident size before the burst + the budget + a stated margin."""
     budget, margin = 400 * MiB, 150 * MiB  # margin: allocator slack, letterboxed tensors, thread stacks
-    gw = start_gateway(triton, tmp_path, decode_budget_bytes=str(budget), decode_budget_wait_s="3")
+    # one key sends all 16: its share is the whole budget here (the share has a test of its own, below)
+    gw = start_gateway(
+        triton, tmp_path, decode_budget_bytes=str(budget), decode_budget_wait_s="3", max_key_budget_share="1"
+    )
     try:
         big = np.full((6300, 6300, 3), 90, np.uint8)
         cv2.rectangle(big, (1000, 1000), (5000, 5000), (200, 40, 40), -1)

@@ -70,7 +70,7 @@ async def _handle(request: Request, model_id: str | None, style: Style) -> Respo
         if model_id is not None:
             info = await services.triton.model(model_id)
         services.check_room()  # a full gateway refuses before reading a body it could not process
-        hold = Hold(services.budget)
+        hold = Hold(services.budget, entry.id)
         held.callback(hold.release)
         prediction = Prediction(services, entry, record, hold, held, style, started)
         form, spooled = await _read_form(request, prediction)

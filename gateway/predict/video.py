@@ -80,11 +80,11 @@ async def respond(
     await upload.close()  # the form's copy (in memory or in TMPDIR) is not needed once spooled
     cap, meta, found = await pool.run(videofile.open_video, path, container, args.vid_stride, settings, control)
     stack.callback(cap.release)
-    decoder = Hold(services.budget)  # the decoder's frames, held from the first frame to the last
+    decoder = Hold(services.budget, prediction.entry.id)  # the decoder's frames, held from the first frame to the last
     stack.callback(decoder.release)
     await decoder.reserve(found.decoder_bytes(settings.max_pixels))
     reader = Reader(cap, meta, control, seek=found.seekable and args.vid_stride >= videoreader.SEEK_STRIDE)
-    frames = _frames(services, info, reader, found, args, prediction.charge_frames)
+    frames = _frames(services, info, reader, found, args, prediction.charge_frames, prediction.entry.id)
     stack.push_async_callback(frames.aclose)
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
     if args.stream:
@@ -133,9 +133,10 @@ async def _frames(
     found: Scan,
     args: PredictArgs,
     charge: Callable[[int], Awaitable[None]],
+    key: str,
 ) -> AsyncGenerator[FrameOutcome, None]:
-    """Each analysed frame's outcome in order; raises at the end when a limit stopped reading (PayloadTooLarge) or
-    the video broke off (UnprocessableImage)."""
+    """Each analysed frame's outcome in order (its memory reserved for `key`); raises at the end when a limit
+    stopped reading (PayloadTooLarge) or the video broke off (UnprocessableImage)."""
     settings = services.settings
     pool = services.video_workers or services.workers
     rect = settings.letterbox == "rect"
@@ -143,7 +144,7 @@ async def _frames(
     paid = 1  # the request's own token (taken by the rate limiter's check) pays for the first frame
     delivered = 0
     while not reader.ended:
-        hold = Hold(services.budget)
+        hold = Hold(services.budget, key)
         outcomes: list[FrameOutcome] = []
         try:
             await hold.reserve(_chunk_bytes(found, info, args.size, batch, settings.max_pixels))
