@@ -119,6 +119,7 @@ def test_decode_cost_is_read_from_the_header() -> None:
     assert decode_cost(_png(100, 50, "I;16"), 10**9) == 100 * 50 * (3 + 2)
     assert decode_cost(_png(100, 50, "RGB"), 1000) == 1000 * 6  # over the pixel cap: refused before decoding
     assert decode_cost(b"\x89PNG\r\n\x1a\n garbage", 1000) == 1000 * 6  # unreadable header: the worst case
+    assert decode_cost(b"not an image", 1000) == 0  # refused by its magic bytes (415) before anything is decoded
 
 
 @pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
@@ -131,7 +132,8 @@ def test_decode_cost_of_a_jpeg_is_what_pillow_reads(mode: str) -> None:
         bands = len(im.getbands())
     assert decode_cost(data, 10**9) == 123 * 45 * (3 + bands)
     assert decode_cost(data, 1000) == 1000 * (3 + bands)
-    assert decode_cost(data[:2] + b"\x00" * 40, 1000) == 1000 * 6  # a JPEG marker and a broken header
+    assert decode_cost(data[:3] + b"\x00" * 40, 1000) == 1000 * 6  # a JPEG marker and a broken header
+    assert decode_cost(data[:2] + b"\x00" * 40, 1000) == 0  # no JPEG's magic bytes: refused (415) undecoded
 
 
 @pytest.mark.parametrize("junk", [b"\x00", b"\xff"])

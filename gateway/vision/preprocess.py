@@ -72,7 +72,11 @@ def decode_cost(data: bytes, max_pixels: int) -> int:
     """Bytes that decoding `data` holds at its peak: the BGR output plus the decoder's copy in the file's own layout
     (e.g. RGBA or 16-bit before conversion, or before an EXIF rotation). Files whose header can't be read (a JPEG's
     in its first JPEG_HEADER_BYTES) are charged as the largest image allowed (OpenCV's own pixel cap refuses larger
-    ones). For a worker thread: a header in 20 MiB of junk takes tens of milliseconds to look for."""
+    ones). Nothing for a file that `decode` refuses by its magic bytes before decoding (415): a few bytes of junk
+    must not hold the worst case of the budget. For a worker thread: a header in 20 MiB of junk takes tens of
+    milliseconds to look for."""
+    if sniff(data) is None:
+        return 0
     header = data
     if data[:2] == b"\xff\xd8":  # JPEG, the usual upload: libjpeg-turbo reads its header 20x faster than Pillow
         header = data[:JPEG_HEADER_BYTES]
