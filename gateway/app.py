@@ -60,7 +60,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
 @contextlib.asynccontextmanager
 async def open_work(app: Starlette, services: Services) -> AsyncIterator[None]:
-    """Leased work (live streams, video jobs) and its webhooks: the board and secrets in Redis when the keys are,
+    """Leased work (live streams) and its webhooks: the board and secrets in Redis when the keys are,
     else in this process (gateway/work/board.py); this replica starts claiming at once and hands back at the end."""
     from gateway.live.service import Streams
 

@@ -22,7 +22,7 @@ POSITIVE = frozenset(
     | {"body_timeout_s"}
     | {"video_workers", "video_timeout_s", "video_stream_timeout_s", "max_video_decoded_frames"}
     | {"max_streams_per_key", "stream_lease_s", "stream_open_timeout_s", "stream_read_timeout_s"}
-    | {"webhook_queue", "webhook_timeout_s", "webhook_batch_frames", "job_timeout_s", "job_result_ttl_s"}
+    | {"webhook_queue", "webhook_timeout_s", "webhook_batch_frames"}
 )
 
 
@@ -62,7 +62,7 @@ class Settings:
     redis_timeout_s: float = 0.25  # bound on every Redis call in the request path
     triton_shm_bytes: int = 0  # > 0: tensors through Triton's system shared memory, up to this much (same host only)
     triton_http_url: str = ""  # with triton_shm_bytes: inference requests to Triton's HTTP port (http://host:port)
-    # live streams and video jobs (gateway/work/, gateway/live/, gateway/jobs/)
+    # live streams (gateway/work/, gateway/live/)
     max_streams_per_key: int = 4  # one key's live streams at once (across replicas); past it 429
     max_streams: int = 8  # streams one replica runs at once; a full replica leaves new and orphaned ones to others
     stream_lease_s: float = 3.0  # an owner renews every third of this; another replica takes over once it lapses
@@ -75,10 +75,6 @@ class Settings:
     webhook_timeout_s: float = 5.0  # one delivery attempt
     webhook_batch_frames: int = 25  # a stream's frames go in one delivery every this many frames ...
     webhook_batch_s: float = 1.0  # ... or this many seconds, whichever comes first
-    max_jobs_per_key: int = 4  # one key's video jobs queued or running at once; past it 429
-    job_workers: int = 1  # video jobs one replica runs at once
-    job_timeout_s: float = 3600.0  # a job's video is analysed within this (then it fails with the frames so far)
-    job_result_ttl_s: float = 86400.0  # a finished job (and its result) is kept this long
 
     def __post_init__(self) -> None:
         """Refuse values the gateway cannot run with, naming the variable that sets them."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,7 +42,8 @@ class Api:
 
     def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         headers = {"x-api-key": self.key, **kwargs.pop("headers", {})}
-        return requests.request(method, f"{self.url}{path}", headers=headers, timeout=30, **kwargs)
+        kwargs.setdefault("timeout", 30)
+        return requests.request(method, f"{self.url}{path}", headers=headers, **kwargs)
 
     def create(self, **body: Any) -> dict[str, Any]:
         r = self.call("POST", "/v1/streams", json={"model": "yolov8n", **body})
@@ -149,7 +151,7 @@ def test_mjpeg_source_killed_reports_reconnecting_then_resumes(api: Api, clip: P
         api.call("DELETE", f"/v1/streams/{stream['id']}")
 
 
-def test_rtsp_stream_is_read_newest_frame_first(api: Api, tmp_path: Path) -> None:
+def test_rtsp_stream_is_read_newest_frame_first(api: Api, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     sources.need_rtsp()
     served = sources.rtsp(tmp_path)
     try:
@@ -163,6 +165,26 @@ def test_rtsp_stream_is_read_newest_frame_first(api: Api, tmp_path: Path) -> Non
     # 25 fps in, one inference at a time: whatever is not analysed is dropped, and the lag stays bounded
     assert state["input_fps"] > 10 and state["frames_read"] >= state["frames_processed"] + state["frames_dropped"]
     assert state["lag_ms"] < 5000
+    with capsys.disabled():
+        rates = f"input {state['input_fps']} fps, processed {state['processed_fps']} fps, lag {state['lag_ms']} ms"
+        print(f"\n[rtsp 640x360 25 fps] {rates}, {state['frames_dropped']} of {state['frames_read']} frames dropped")
+
+
+def test_tracked_stream_rows_carry_track_ids_after_the_box(api: Api, clip: Path, tmp_path: Path) -> None:
+    served = sources.hls(tmp_path / "hls", clip)
+    try:
+        stream = api.create(source=served.url, track=True)
+        assert stream["track"] is True
+        events = api.events(stream["id"], 10, 60)
+    finally:
+        served.stop()
+        api.call("DELETE", f"/v1/streams/{stream['id']}")
+    rows = [row for e in events for row in e["data"]]
+    tracked = [row for row in rows if "track_id" in row]
+    assert tracked, rows[:5]
+    for row in tracked:
+        keys = list(row)
+        assert keys[keys.index("box") + 1] == "track_id" and isinstance(row["track_id"], int) and row["track_id"] >= 1
 
 
 def test_stream_requests_are_checked_and_capped_per_key(api: Api, clip: Path) -> None:
@@ -287,3 +309,54 @@ def test_a_hanging_webhook_receiver_never_slows_the_stream(api: Api, clip: Path)
         api.call("DELETE", f"/v1/streams/{stream['id']}")
         receiver.stop()
     assert took < 10  # 10 frames at fps=5 is 2 s of stream; hung deliveries would take 3 s each
+
+
+def _threads(pid: int) -> dict[int, int]:
+    """The process's threads: thread id -> niceness (field 19 of /proc/<pid>/task/<tid>/stat)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):  # the thread ended while we listed them
+            continue
+        out[int(task.name)] = int(stat.rsplit(")", 1)[1].split()[16])
+    return out
+
+
+def test_readers_take_their_share_only_and_stop_with_their_stream_and_the_gateway(
+    triton: launcher.TritonServer, tmp_path: Path
+) -> None:
+    sources.need_rtsp()
+    gateway = start_gateway(triton, tmp_path / "gw", url_allow_hosts="127.0.0.1", max_streams="2")
+    served, hls = sources.rtsp(tmp_path), None
+    try:
+        api = Api(gateway.url, gateway.key)
+        pid = gateway.process.pid
+        warm = api.create(source=served.url)  # the inference path's own threads (gRPC) exist once a frame went through
+        poll("the first stream analysing", lambda: api.get(warm["id"])["frames_processed"] >= 3, 60)
+        before = _threads(pid)
+        hls = sources.hls(tmp_path / "hls", sources.clip(tmp_path / "long.mp4", seconds=30))
+        second = api.create(source=hls.url)  # H.264, which FFmpeg would decode with a thread per CPU
+        poll("the second stream analysing", lambda: api.get(second["id"])["frames_processed"] >= 3, 60)
+        added = {tid: nice for tid, nice in _threads(pid).items() if tid not in before}
+        base = before[pid]
+        # a reader is one thread at nice +10 and one FFmpeg decoding thread at most (FFmpeg's default: one per CPU)
+        assert 1 <= len(added) <= 2 and all(nice >= base + 10 for nice in added.values()), (added, base)
+        third = api.call("POST", "/v1/streams", json={"source": served.url, "model": "yolov8n"})
+        assert third.status_code == 503 and "GATEWAY_MAX_STREAMS" in third.json()["message"], third.text
+        assert api.call("DELETE", f"/v1/streams/{second['id']}").status_code == 200
+        poll("the deleted stream's threads ended", lambda: not set(added) & set(_threads(pid)), 30)
+        assert api.get(warm["id"])["state"] == "running"
+        gateway.process.terminate()  # with a stream running: its reader is stopped, the process ends cleanly
+        began = time.monotonic()
+        assert gateway.process.wait(30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it is done
+        stopped = time.monotonic() - began
+    finally:
+        served.stop()
+        if hls is not None:
+            hls.stop()
+        stop_gateway(gateway)
+    log = gateway.log_path.read_text()
+    assert "Application shutdown complete" in log, log[-3000:]  # the lifespan's end: every run and reader stopped
+    assert "Traceback" not in log and "failed" not in log, log[-3000:]
+    assert stopped < 20, stopped  # runs get 5 s to end (gateway/work/owner.py), a reader 1 s to join

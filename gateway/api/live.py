@@ -1,16 +1,13 @@
-"""The routes of leased work: live streams, video jobs and the key's webhook secret.
+"""The routes of leased work: live streams and the key's webhook secret.
 
     POST   /v1/streams              JSON {"source", "model", "fps"|"vid_stride", "track", "webhook", ...} -> 201
     GET    /v1/streams              the key's streams
     GET    /v1/streams/{id}         state, input and processed fps, lag, frames dropped, reconnects, last error
     GET    /v1/streams/{id}/events  Server-Sent Events: one per analysed frame (a video frame's JSON)
     DELETE /v1/streams/{id}
-    POST   /v1/jobs                 a video (multipart, like /v1/predict) and "model" -> 202 + the job
-    GET    /v1/jobs/{id}            state, progress, and the result once done
-    DELETE /v1/jobs/{id}            cancel
     POST   /v1/webhooks/secret      a new signing secret for the key's webhooks (shown once)
 
-Each route checks the key first (401/403 like a prediction); a key sees only its own streams and jobs.
+Each route checks the key first (401/403 like a prediction); a key sees only its own streams.
 """
 
 from __future__ import annotations

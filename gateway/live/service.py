@@ -198,6 +198,7 @@ class Streams:
             settings.stream_backoff_max_s,
             args.vid_stride,
             float(record.get("fps") or 0),
+            settings.max_pixels,
         )
         batch = None
         if record.get("webhook"):

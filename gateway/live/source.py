@@ -10,10 +10,16 @@ real time (a file or a finished HLS playlist: it declares a frame count) is pace
 A read that fails or times out (GATEWAY_STREAM_READ_TIMEOUT_S) closes the capture; the thread waits 0.5 s, doubled on
 each failure up to GATEWAY_STREAM_BACKOFF_MAX_S, re-checks the URL (`reopen`, the URL guard) and opens it again
 within GATEWAY_STREAM_OPEN_TIMEOUT_S. Frame indices go on counting across reconnects.
+
+A reader's share of the gateway: one thread, at nice +10 (the requests' threads come first when CPU is short), with
+one FFmpeg decoding thread (FFmpeg's default is one per CPU); its memory is the decoder's and one selected frame in the
+slot, and a source whose declared frame size is over GATEWAY_MAX_PIXELS is refused at open (then retried with
+backoff, like a source that does not answer). A replica runs at most GATEWAY_MAX_STREAMS readers.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +32,7 @@ from numpy.typing import NDArray
 FIRST_BACKOFF_S = 0.5
 MAX_PACED_FPS = 240.0  # a declared rate above this is not believed (no pacing)
 RATE_WINDOW_S = 2.0  # the input rate is measured over this long
+NICE = 10  # the reading thread's niceness above the process's (as the video decoding threads)
 
 
 @dataclass(frozen=True)
@@ -52,10 +59,11 @@ class Source:
         backoff_max_s: float,
         vid_stride: int = 1,
         fps: float = 0.0,
+        max_pixels: int = 0,
     ) -> None:
         self._reopen, self._wake = reopen, wake
         self.open_timeout_s, self.read_timeout_s, self.backoff_max_s = open_timeout_s, read_timeout_s, backoff_max_s
-        self.vid_stride, self.fps = vid_stride, fps
+        self.vid_stride, self.fps, self.max_pixels = vid_stride, fps, max_pixels
         self.state = "connecting"  # connecting, running, reconnecting, stopped
         self.error = ""
         self.read = 0  # frames the source sent (grabbed)
@@ -103,15 +111,29 @@ class Source:
             int(self.open_timeout_s * 1000),
             cv2.CAP_PROP_READ_TIMEOUT_MSEC,
             int(self.read_timeout_s * 1000),
+            cv2.CAP_PROP_N_THREADS,
+            1,
         ]
         cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG, params)
         if not cap.isOpened():
             cap.release()
             self.error = "The source could not be opened (no answer, refused, or not a stream OpenCV reads)."
             return None
+        width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        if self.max_pixels and width * height > self.max_pixels:
+            cap.release()
+            self.error = (
+                f"The source's frames are {width}x{height}, over the gateway's limit of {self.max_pixels} pixels "
+                "(GATEWAY_MAX_PIXELS)."
+            )
+            return None
         return cap
 
     def _run(self) -> None:
+        try:  # raising one's own niceness needs no privilege (Linux: per thread)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + NICE)
+        except OSError:
+            pass
         backoff = FIRST_BACKOFF_S
         first = True
         while not self._stop.is_set():
