@@ -47,6 +47,37 @@ def _owner(gateways: list[Gateway], state: dict[str, Any]) -> int | None:
     return None
 
 
+def _follow(api: Api, id: str, seen: list[dict[str, Any]]) -> threading.Thread:
+    """Append stream `id`'s frame events (with their arrival time, `at`) to `seen`, from a thread."""
+
+    def follow() -> None:
+        with api.call("GET", f"/v1/streams/{id}/events", stream=True, timeout=90) as r:
+            for line in r.iter_lines(decode_unicode=True):
+                if line.startswith("data: ") and '"frame"' in line:
+                    seen.append({**json.loads(line[6:]), "at": time.monotonic()})
+                if len(seen) >= 400:
+                    return
+
+    reader = threading.Thread(target=follow, daemon=True)
+    reader.start()
+    return reader
+
+
+def _owned_and_followed(
+    gateways: list[Gateway], apis: list[Api], id: str, figure: str, least: int
+) -> tuple[dict[str, Any], int, int, list[dict[str, Any]]]:
+    """Once the stream's `figure` reaches `least`: its state, its owner's index, another replica's index, and the
+    list its events are appended to as that replica relays them (two already there)."""
+    state = poll(f"an owner with {figure} >= {least}", lambda: (s := apis[0].get(id))[figure] >= least and s, 60)
+    owner = _owner(gateways, state)
+    assert owner is not None, state
+    follower = next(i for i in range(3) if i != owner)
+    seen: list[dict[str, Any]] = []
+    _follow(apis[follower], id, seen)
+    poll("events relayed by a replica that does not own the stream", lambda: len(seen) >= 2, 30)
+    return state, owner, follower, seen
+
+
 def test_a_dead_owners_stream_is_taken_over_and_its_events_go_on(
     replicas: tuple[list[Gateway], str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -58,24 +89,7 @@ def test_a_dead_owners_stream_is_taken_over_and_its_events_go_on(
     try:
         stream = apis[0].create(source=served.url, fps=5)
         id = stream["id"]
-        state = poll("an owner analysing frames", lambda: (s := apis[1].get(id))["frames_processed"] >= 3 and s, 60)
-        owner = _owner(gateways, state)
-        assert owner is not None, state
-        follower = next(i for i in range(3) if i != owner)
-        # events from a replica that does not own the stream, before and after the takeover
-        seen: list[dict[str, Any]] = []
-
-        def follow() -> None:
-            with apis[follower].call("GET", f"/v1/streams/{id}/events", stream=True, timeout=60) as r:
-                for line in r.iter_lines(decode_unicode=True):
-                    if line.startswith("data: ") and '"frame"' in line:
-                        seen.append({**json.loads(line[6:]), "at": time.monotonic()})
-                    if len(seen) >= 200:
-                        return
-
-        reader = threading.Thread(target=follow, daemon=True)
-        reader.start()
-        poll("events relayed by a replica that does not own the stream", lambda: len(seen) >= 2, 30)
+        state, owner, follower, seen = _owned_and_followed(gateways, apis, id, "frames_processed", 3)
         killed_at = time.monotonic()
         gateways[owner].process.kill()  # SIGKILL: no goodbye, the lease must lapse
         gateways[owner].process.wait(10)
@@ -123,22 +137,6 @@ def test_one_replica_creates_another_answers_and_the_per_key_cap_is_global(
     assert requests.get(f"{gateways[0].url}/v1/streams", headers={"x-api-key": key}, timeout=10).json()["data"] == []
 
 
-def _follow(api: Api, id: str, seen: list[dict[str, Any]]) -> threading.Thread:
-    """Append stream `id`'s frame events (with their arrival time, `at`) to `seen`, from a thread."""
-
-    def follow() -> None:
-        with api.call("GET", f"/v1/streams/{id}/events", stream=True, timeout=90) as r:
-            for line in r.iter_lines(decode_unicode=True):
-                if line.startswith("data: ") and '"frame"' in line:
-                    seen.append({**json.loads(line[6:]), "at": time.monotonic()})
-                if len(seen) >= 400:
-                    return
-
-    reader = threading.Thread(target=follow, daemon=True)
-    reader.start()
-    return reader
-
-
 def test_a_paused_owner_that_lost_its_lease_is_fenced_off_and_stops(
     replicas: tuple[list[Gateway], str], tmp_path: Path
 ) -> None:
@@ -153,13 +151,7 @@ def test_a_paused_owner_that_lost_its_lease_is_fenced_off_and_stops(
     paused = None
     try:
         id = apis[0].create(source=served.url, fps=5)["id"]
-        state = poll("an owner well into the clip", lambda: (s := apis[0].get(id))["frames_read"] >= 100 and s, 60)
-        owner = _owner(gateways, state)
-        assert owner is not None, state
-        follower = next(i for i in range(3) if i != owner)
-        seen: list[dict[str, Any]] = []
-        _follow(apis[follower], id, seen)
-        poll("events relayed", lambda: len(seen) >= 2, 30)
+        state, owner, follower, seen = _owned_and_followed(gateways, apis, id, "frames_read", 100)
         paused = gateways[owner].process
         paused.send_signal(signal.SIGSTOP)
         stopped_at = time.monotonic()

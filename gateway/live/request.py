@@ -8,10 +8,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 
 from gateway.arguments import ALIASES
 from gateway.errors import BadRequest
+from gateway.streams import json_object
 
 FPS_RANGE = (0.1, 120.0)
 # The prediction arguments a stream takes (`parse_args` checks their values); the rest of ARGUMENTS is about an
@@ -42,12 +42,7 @@ def _text(value: Any) -> str:
 
 def parse(raw: bytes) -> StreamRequest:
     """The request, or BadRequest naming the field."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise BadRequest(f"The body is not valid JSON. {HINT}") from None
-    if not isinstance(body, dict):
-        raise BadRequest(f"The body must be a JSON object. {HINT}")
+    body = json_object(raw, HINT)
     known = set(PREDICTION) | set(OWN) | {a for a, name in ALIASES.items() if name in PREDICTION}
     unknown = sorted(set(body) - known)
     if unknown:

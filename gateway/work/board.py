@@ -1,21 +1,21 @@
-"""The shared state of leased work (live streams, video jobs): records, per-key caps, owner leases with fencing
-tokens, event channels and blobs, behind one interface (`Board`) with two implementations.
+"""The shared state of leased work (live streams): records, per-key caps, owner leases with fencing tokens and
+event channels, behind one interface (`Board`) with two implementations.
 
 - `MemoryBoard` (the single-gateway default): everything in this process; nothing survives a restart.
 - `RedisBoard` (gateway/work/redis_board.py, when GATEWAY_REDIS_URL is set): shared by every replica.
 
-The protocol, the same on both (`kind` is "stream" or "job"; each record is a flat str -> str mapping):
+The protocol, the same on both (`kind` is "stream"; each record is a flat str -> str mapping):
 - `create` adds a record to its kind's active set and to its key's set, atomically refused past the key's cap;
 - `acquire` gives one replica the lease on an active record (`SET lease owner NX PX ttl`) with a fencing token that
   grows with every acquisition; `renew` extends it and says whether the record asks its owner to stop;
-- every write an owner makes (`write`, `publish`, `finish`) is fenced: applied only while the lease still holds the
+- every write an owner makes (`write`, `publish`) is fenced: applied only while the lease still holds the
   owner's token, so an owner that lost its lease (paused, partitioned) can no longer change what its successor owns;
-- `finish` takes a record out of the active sets and keeps it `ttl_s` more (a job's result); `remove` deletes it;
+- `remove` deletes a record and ends its subscriptions;
 - `subscribe` yields the messages `publish` sends on a record's channel, from any replica.
 
 Key layout in Redis (prefix `yt:work:`): `<kind>:<id>` hash (the record), `<kind>:active` set (ids a replica must
 run), `<kind>:key:<key id>` set (a key's active ids), `<kind>:lease:<id>` string "<owner> <token>" with PX ttl,
-`<kind>:fence:<id>` counter (the last token), `<kind>:blob:<id>` string (a job's video), and the pub/sub channel
+`<kind>:fence:<id>` counter (the last token), and the pub/sub channel
 `yt:work:<kind>:events:<id>`.
 """
 
@@ -42,7 +42,7 @@ class Lease:
     owner: str
     token: int
     lost: bool = False
-    stop: bool = False  # the record asks its owner to stop (a cancelled job)
+    stop: bool = False  # the record asks its owner to stop (its `stop` field, set by `update`)
 
     @property
     def value(self) -> str:
@@ -88,23 +88,9 @@ class Board(Protocol):
         """Fenced: send `message` to the record's subscribers."""
         ...
 
-    async def finish(self, lease: Lease, key: str, fields: Fields, ttl_s: float) -> bool:
-        """Fenced: write `fields`, leave the active sets, keep the record `ttl_s` seconds, drop the lease."""
-        ...
-
-    async def end(self, kind: str, id: str, key: str, fields: Fields, ttl_s: float) -> None:
-        """The same without a lease (a job cancelled before anyone ran it)."""
-        ...
-
     async def remove(self, kind: str, id: str, key: str) -> None:
-        """Delete the record, its lease, fence and blob; its subscribers get b"" (the end)."""
+        """Delete the record, its lease and fence; its subscribers get b"" (the end)."""
         ...
-
-    async def put_blob(self, kind: str, id: str, chunks: AsyncIterator[bytes]) -> int:
-        """Store a record's blob (a job's video) from `chunks`; its size in bytes. `finish`/`remove` delete it."""
-        ...
-
-    def get_blob(self, kind: str, id: str) -> AsyncIterator[bytes]: ...
 
     def subscribe(self, kind: str, id: str) -> contextlib.AbstractAsyncContextManager[AsyncIterator[bytes | None]]:
         """The record's messages as they are published (b"" when the record is removed; None after TICK_S without
@@ -124,23 +110,17 @@ class MemoryBoard:
 
     kind: str = "memory"
     _records: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
-    _expires: dict[tuple[str, str], float] = field(default_factory=dict)
     _active: dict[str, set[str]] = field(default_factory=dict)
     _by_key: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     _leases: dict[tuple[str, str], _Held] = field(default_factory=dict)
     _fences: dict[tuple[str, str], int] = field(default_factory=dict)
-    _blobs: dict[tuple[str, str], list[bytes]] = field(default_factory=dict)
     _subscribers: dict[tuple[str, str], set[asyncio.Queue[bytes]]] = field(default_factory=dict)
 
     async def close(self) -> None:
         return None
 
     def _record(self, kind: str, id: str) -> dict[str, str] | None:
-        name = (kind, id)
-        if name in self._expires and self._expires[name] <= time.monotonic():
-            self._records.pop(name, None)
-            self._expires.pop(name, None)
-        return self._records.get(name)
+        return self._records.get((kind, id))
 
     def _holds(self, lease: Lease) -> bool:
         held = self._leases.get((lease.kind, lease.id))
@@ -216,38 +196,13 @@ class MemoryBoard:
                 queue.get_nowait()
             queue.put_nowait(message)
 
-    async def finish(self, lease: Lease, key: str, fields: Fields, ttl_s: float) -> bool:
-        if not self._holds(lease):
-            return False
-        await self.end(lease.kind, lease.id, key, fields, ttl_s)
-        self._leases.pop((lease.kind, lease.id), None)
-        return True
-
-    async def end(self, kind: str, id: str, key: str, fields: Fields, ttl_s: float) -> None:
-        found = self._record(kind, id)
-        if found is not None:
-            found.update(fields)
-            self._expires[(kind, id)] = time.monotonic() + ttl_s
-        self._active.get(kind, set()).discard(id)
-        self._by_key.get((kind, key), set()).discard(id)
-        self._blobs.pop((kind, id), None)
-
     async def remove(self, kind: str, id: str, key: str) -> None:
         name = (kind, id)
-        for table in (self._records, self._expires, self._leases, self._fences, self._blobs):
+        for table in (self._records, self._leases, self._fences):
             table.pop(name, None)
         self._active.get(kind, set()).discard(id)
         self._by_key.get((kind, key), set()).discard(id)
         self._send(name, b"")
-
-    async def put_blob(self, kind: str, id: str, chunks: AsyncIterator[bytes]) -> int:
-        parts = [chunk async for chunk in chunks]
-        self._blobs[(kind, id)] = parts
-        return sum(len(p) for p in parts)
-
-    async def get_blob(self, kind: str, id: str) -> AsyncIterator[bytes]:
-        for part in list(self._blobs.get((kind, id), ())):
-            yield part
 
     @contextlib.asynccontextmanager
     async def subscribe(self, kind: str, id: str) -> AsyncIterator[AsyncIterator[bytes | None]]:

@@ -17,7 +17,6 @@ from redis.asyncio import Redis
 from gateway.work.board import TICK_S, Fields, Lease
 
 NS = "yt:work:"
-BLOB_CHUNK = 1024 * 1024  # a blob is appended (and read) a MiB at a time: no call holds a whole video
 
 CREATE_LUA = """
 local limit = tonumber(ARGV[2])
@@ -76,23 +75,6 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
 end
 redis.call('PUBLISH', ARGV[2], ARGV[3])
-return 1
-"""
-# KEYS: record, active, key set, blob, lease; ARGV: id, ttl ms, value ('' = no lease to check), pairs.
-FINISH_LUA = """
-if ARGV[3] ~= '' and redis.call('GET', KEYS[5]) ~= ARGV[3] then
-  return 0
-end
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HSET', KEYS[1], unpack(ARGV, 4))
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-redis.call('SREM', KEYS[2], ARGV[1])
-redis.call('SREM', KEYS[3], ARGV[1])
-redis.call('DEL', KEYS[4])
-if ARGV[3] ~= '' then
-  redis.call('DEL', KEYS[5])
-end
 return 1
 """
 UPDATE_LUA = """
@@ -174,57 +156,13 @@ class RedisBoard:
         channel = _name(lease.kind, "events", lease.id)
         return bool(await self._eval(PUBLISH_LUA, keys, [lease.value, channel, message]))
 
-    async def _finish(self, kind: str, id: str, key: str, fields: Fields, ttl_s: float, value: str) -> bool:
-        keys = [
-            f"{NS}{kind}:{id}",
-            _name(kind, "active"),
-            _name(kind, "key", key),
-            _name(kind, "blob", id),
-            _name(kind, "lease", id),
-        ]
-        args = [id, max(int(ttl_s * 1000), 1), value, *_pairs(fields)]
-        return bool(await self._eval(FINISH_LUA, keys, args))
-
-    async def finish(self, lease: Lease, key: str, fields: Fields, ttl_s: float) -> bool:
-        return await self._finish(lease.kind, lease.id, key, fields, ttl_s, lease.value)
-
-    async def end(self, kind: str, id: str, key: str, fields: Fields, ttl_s: float) -> None:
-        await self._finish(kind, id, key, fields, ttl_s, "")
-
     async def remove(self, kind: str, id: str, key: str) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(f"{NS}{kind}:{id}", *(_name(kind, part, id) for part in ("lease", "fence", "blob")))
+            pipe.delete(f"{NS}{kind}:{id}", *(_name(kind, part, id) for part in ("lease", "fence")))
             pipe.srem(_name(kind, "active"), id)
             pipe.srem(_name(kind, "key", key), id)
             pipe.publish(_name(kind, "events", id), b"")
             await pipe.execute()
-
-    async def put_blob(self, kind: str, id: str, chunks: AsyncIterator[bytes]) -> int:
-        name = _name(kind, "blob", id)
-        total = 0
-        buffered = bytearray()
-        await self._redis.delete(name)
-        async for chunk in chunks:
-            buffered += chunk
-            while len(buffered) >= BLOB_CHUNK:
-                await self._redis.append(name, bytes(buffered[:BLOB_CHUNK]))
-                total += BLOB_CHUNK
-                del buffered[:BLOB_CHUNK]
-        if buffered or not total:
-            await self._redis.append(name, bytes(buffered))
-            total += len(buffered)
-        return total
-
-    async def get_blob(self, kind: str, id: str) -> AsyncIterator[bytes]:
-        name = _name(kind, "blob", id)
-        start = 0
-        while True:
-            got = await self._redis.getrange(name, start, start + BLOB_CHUNK - 1)
-            part = got.encode() if isinstance(got, str) else bytes(got)
-            if not part:
-                return
-            yield part
-            start += len(part)
 
     @contextlib.asynccontextmanager
     async def subscribe(self, kind: str, id: str) -> AsyncIterator[AsyncIterator[bytes | None]]:

@@ -7,7 +7,7 @@ GATEWAY_WEBHOOK_BACKOFF_S, doubled each time, GATEWAY_WEBHOOK_RETRIES times, wit
 drops duplicates by it). Every attempt goes through the URL guard again and connects to the address it checked.
 Redirects are not followed. `Batch` gathers a stream's frames: one delivery every GATEWAY_WEBHOOK_BATCH_FRAMES
 frames or GATEWAY_WEBHOOK_BATCH_S seconds. Deliveries waiting in a replica are lost with it (at most once per
-replica; a job's completion is re-sent by whoever finishes the job again).
+replica).
 """
 
 from __future__ import annotations
