@@ -35,11 +35,17 @@ lock: install
 lock-upgrade: install
 	$(PY) requirements/lockfile.py compile --upgrade
 
+# The live-stream tests' sources (tests/sources.py): ffmpeg serves HLS and MJPEG, GStreamer's RTSP server serves RTSP.
+RTSP_PROBE := import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer
 # The browser test drives Debian's Chromium (Playwright cannot download browsers offline); curl runs the README example.
 $(TEST_TOOLS): $(STAMP) $(REDIS_TOOLS)
 	@command -v chromium >/dev/null && command -v curl >/dev/null || \
 		(echo "[install] installing chromium and curl (apt)"; apt-get update -qq && \
 		 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium curl >/dev/null)
+	@command -v ffmpeg >/dev/null && /usr/bin/python3 -c "$(RTSP_PROBE)" 2>/dev/null || \
+		(echo "[install] installing ffmpeg and GStreamer's RTSP server (apt)"; apt-get update -qq && \
+		 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 \
+		 gstreamer1.0-plugins-base gstreamer1.0-plugins-good >/dev/null)
 	@touch $@
 
 # Debian's Redis 7 server (security updates from Debian; the same binary the Redis-mode tests start).

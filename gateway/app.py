@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
+import uuid
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from gateway.api import admin, routes, web
+from gateway.api import admin, live, routes, web
 from gateway.errors import HANDLERS
 from gateway.keys.store import open_store
 from gateway.metrics import Metrics
 from gateway.observability import RequestContext, configure_logging
-from gateway.services import finished, open_services
+from gateway.services import Services, finished, open_services
 from gateway.settings import Settings
+from gateway.work.board import Board, MemoryBoard
+from gateway.work.signing import FileSecrets, RedisSecrets, Secrets
+from gateway.work.webhooks import Deliveries
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -26,7 +32,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with open_services(settings, metrics, store) as services:
+        async with open_services(settings, metrics, store) as services, open_work(app, services):
             app.state.services = services
             yield
 
@@ -37,6 +43,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/v1/models", routes.list_models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", routes.get_model, methods=["GET"]),
         *admin.routes(),
+        *live.routes(),
         *web.routes(),
         Route("/openapi.json", routes.openapi_json, methods=["GET"]),
         Route("/metrics", routes.metrics, methods=["GET"]),
@@ -49,3 +56,34 @@ def create_app(settings: Settings | None = None) -> Starlette:
         middleware=[Middleware(RequestContext, finished=finished(metrics, store))],
         lifespan=lifespan,
     )
+
+
+@contextlib.asynccontextmanager
+async def open_work(app: Starlette, services: Services) -> AsyncIterator[None]:
+    """Leased work (live streams) and its webhooks: the board and secrets in Redis when the keys are,
+    else in this process (gateway/work/board.py); this replica starts claiming at once and hands back at the end."""
+    from gateway.live.service import Streams
+
+    settings = services.settings
+    board: Board
+    secrets: Secrets
+    if settings.redis_url:
+        from gateway.work.redis_board import RedisBoard
+
+        board = RedisBoard(settings.redis_url, settings.redis_password, settings.redis_timeout_s)
+        secrets = RedisSecrets(settings.redis_url, settings.redis_password, settings.redis_timeout_s)
+    else:
+        board, secrets = MemoryBoard(), FileSecrets(settings.keys_file)
+    replica = f"{socket.gethostname()[:40]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    deliveries = Deliveries(settings, secrets)
+    streams = Streams(services, board, secrets, deliveries, replica)
+    app.state.streams, app.state.secrets = streams, secrets
+    deliveries.start()
+    streams.owner.start()
+    try:
+        yield
+    finally:
+        await streams.owner.close()
+        await deliveries.close()
+        await secrets.close()
+        await board.close()

@@ -21,6 +21,8 @@ POSITIVE = frozenset(
     | {"max_video_bytes", "max_video_seconds", "max_video_frames"}
     | {"body_timeout_s"}
     | {"video_workers", "video_timeout_s", "video_stream_timeout_s", "max_video_decoded_frames"}
+    | {"max_streams_per_key", "stream_lease_s", "stream_open_timeout_s", "stream_read_timeout_s"}
+    | {"webhook_queue", "webhook_timeout_s", "webhook_batch_frames"}
 )
 
 
@@ -60,6 +62,19 @@ class Settings:
     redis_timeout_s: float = 0.25  # bound on every Redis call in the request path
     triton_shm_bytes: int = 0  # > 0: tensors through Triton's system shared memory, up to this much (same host only)
     triton_http_url: str = ""  # with triton_shm_bytes: inference requests to Triton's HTTP port (http://host:port)
+    # live streams (gateway/work/, gateway/live/)
+    max_streams_per_key: int = 4  # one key's live streams at once (across replicas); past it 429
+    max_streams: int = 8  # streams one replica runs at once; a full replica leaves new and orphaned ones to others
+    stream_lease_s: float = 3.0  # an owner renews every third of this; another replica takes over once it lapses
+    stream_open_timeout_s: float = 10.0  # opening a source (connect, first packets) before a reconnect
+    stream_read_timeout_s: float = 5.0  # a source silent this long is reconnected
+    stream_backoff_max_s: float = 10.0  # reconnect delays double from 0.5 s up to this
+    webhook_queue: int = 1000  # deliveries waiting in one replica, retries included; past it the oldest is dropped
+    webhook_retries: int = 5  # attempts after the first, for an answer other than 2xx (or none)
+    webhook_backoff_s: float = 1.0  # the first retry's delay, doubled for each next one
+    webhook_timeout_s: float = 5.0  # one delivery attempt
+    webhook_batch_frames: int = 25  # a stream's frames go in one delivery every this many frames ...
+    webhook_batch_s: float = 1.0  # ... or this many seconds, whichever comes first
 
     def __post_init__(self) -> None:
         """Refuse values the gateway cannot run with, naming the variable that sets them."""

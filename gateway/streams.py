@@ -4,8 +4,11 @@ request's body, an admin request's JSON, the image at a `url`."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any
 
-from gateway.errors import PayloadTooLarge
+import orjson
+
+from gateway.errors import BadRequest, PayloadTooLarge
 
 
 async def capped(
@@ -26,3 +29,14 @@ async def capped(
 async def read_capped(chunks: AsyncIterable[bytes], limit: int, too_large: str, declared: str | None = None) -> bytes:
     """The whole body, read with `capped`."""
     return b"".join([chunk async for chunk in capped(chunks, limit, too_large, declared)])
+
+
+def json_object(raw: bytes, hint: str) -> dict[str, Any]:
+    """A JSON body that must be an object (an admin request's, a stream's), or BadRequest ending with `hint`."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BadRequest(f"The body is not valid JSON. {hint}") from None
+    if not isinstance(body, dict):
+        raise BadRequest(f"The body must be a JSON object. {hint}")
+    return body

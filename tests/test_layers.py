@@ -32,6 +32,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # the gateway, top to bottom
     ("gateway.app", "gateway.server"),  # wiring; uvicorn's protocol
     ("gateway.api",),  # HTTP: routes, forms, admin, OpenAPI, the page
+    ("gateway.live",),  # live streams (leased work)
+    ("gateway.work",),  # leased work's shared state: records, leases, owners, URL guard, webhooks
     ("gateway.predict",),  # one prediction request: images, videos, answers, URL fetch
     ("gateway.services",),  # what requests share; one admitted prediction
     ("gateway.tracking",),  # tracks from detections (uses vision's rotated IoU)
@@ -225,7 +227,7 @@ def test_the_layer_check_refuses_an_upward_import_and_an_unplaced_module() -> No
              "gateway.errors": set(), "gateway.newthing": set()}  # fmt: skip
     assert upward(edges) == [
         "gateway.newthing: in no unit of LAYERS (place it)",
-        "gateway.vision.render (layer 10: gateway.vision) imports gateway.api.routes (layer 6: gateway.api)",
+        "gateway.vision.render (layer 12: gateway.vision) imports gateway.api.routes (layer 6: gateway.api)",
     ]
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -26,7 +25,7 @@ from gateway.keys.ratelimit import MAX_RATE, MIN_RATE, check_rate
 from gateway.keys.store import Store
 from gateway.observability import record_of
 from gateway.services import services_of
-from gateway.streams import read_capped
+from gateway.streams import json_object, read_capped
 
 MAX_BODY = 4096
 MAX_MODELS = 64
@@ -59,12 +58,7 @@ def _key_id(request: Request) -> str:
 def parse_new_key(raw: bytes) -> tuple[str, list[str] | None, float | None, bool]:
     """(name, models, rate, admin) from a POST /v1/keys body, or BadRequest naming the field."""
     hint = 'Send a JSON object like {"name": "alice", "models": ["yolov8n"], "rate": 10, "admin": false}.'
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise BadRequest(f"The body is not valid JSON. {hint}") from None
-    if not isinstance(body, dict):
-        raise BadRequest(f"The body must be a JSON object. {hint}")
+    body = json_object(raw, hint)
     unknown = sorted(set(body) - {"name", "models", "rate", "admin"})
     if unknown:
         raise BadRequest(f"Unknown field '{str(unknown[0])[:32]}'. {hint}")

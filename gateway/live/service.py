@@ -1,0 +1,254 @@
+"""Live streams: what the routes ask (create, read, list, delete, follow) and how this replica runs the streams it
+owns (gateway/work/owner.py claims them; gateway/live/stream.py runs one).
+
+A stream is a record of kind "stream" on the board (gateway/work/board.py; fields below), active until deleted.
+Any replica answers for any stream; the owner writes its state and rates there every second and publishes one event
+per analysed frame on the stream's channel, which GET /v1/streams/{id}/events relays as Server-Sent Events from
+whichever replica the client reached.
+
+Record fields: key (the key id), model, source (as given: it may hold the camera's credentials), shown (the source
+without them), args (JSON: the prediction arguments as strings, read by `parse_args`), fps, track ("1" or ""),
+webhook, created (Unix s), state, error, stats (JSON), updated, owner, token, stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from gateway.arguments import parse_args
+from gateway.errors import BadRequest, Forbidden, GatewayError, NotFound, ServiceUnavailable, TooManyRequests
+from gateway.keys.auth import KeyEntry
+from gateway.live import stream, tracked
+from gateway.live.request import StreamRequest, parse
+from gateway.live.source import Source
+from gateway.predict.fetch import Resolver, system_resolver
+from gateway.services import Services
+from gateway.tracking import init
+from gateway.work import guard
+from gateway.work.board import Board, Lease
+from gateway.work.owner import Owner
+from gateway.work.signing import Secrets
+from gateway.work.webhooks import Batch, Deliveries
+
+log = logging.getLogger("gateway")
+KIND = "stream"
+KEEPALIVE_TICKS = 15  # an SSE comment after this many quiet ticks (proxies close idle connections)
+RECORD_CHECK_TICKS = 3  # a follower re-reads the record after this many quiet ticks (a stream that ended)
+RETRY_S = 1.0  # a run that can't start (model not ready) tries again after this
+
+
+class Streams:
+    """The live streams of this replica's app (see the module docstring)."""
+
+    def __init__(
+        self,
+        services: Services,
+        board: Board,
+        secrets_: Secrets,
+        deliveries: Deliveries,
+        replica: str,
+        resolve: Resolver = system_resolver,
+    ) -> None:
+        self.services, self.board, self.secrets, self.deliveries = services, board, secrets_, deliveries
+        self.settings = services.settings
+        self.resolve = resolve
+        self.owner = Owner(board, KIND, replica, self.settings.max_streams, self.settings.stream_lease_s, self._run)
+
+    async def create(self, entry: KeyEntry, body: bytes) -> tuple[dict[str, Any], str | None]:
+        """A new stream for `entry` from a POST /v1/streams body; (its resource, the webhook secret when it was made
+        just now, else None)."""
+        request = parse(body)
+        if entry.models is not None and request.model not in entry.models:
+            allowed = ", ".join(entry.models) or "none"
+            raise Forbidden(f"This API key is not allowed to use model '{request.model}'. It may use: {allowed}.")
+        return await self._create(entry, request)
+
+    async def _create(self, entry: KeyEntry, request: StreamRequest) -> tuple[dict[str, Any], str | None]:
+        settings = self.settings
+        info = await self.services.triton.model(request.model)
+        args = parse_args(request.fields, info.imgsz, "hub")
+        if request.track and info.task not in tracked.TRACKED_TASKS:
+            raise BadRequest(f"'track' works on detection, segmentation and pose models; '{info.name}' is {info.task}.")
+        checked = await guard.check_source(request.source, settings.url_allow_hosts, self.resolve)
+        secret, hook = None, None
+        if request.webhook:
+            hook = await guard.check_webhook(request.webhook, settings.url_allow_hosts, self.resolve)
+            made, fresh = await self.secrets.ensure(entry.id)
+            secret = made if fresh else None
+        id = "st_" + secrets.token_hex(8)
+        record = {
+            "key": entry.id,
+            "model": info.name,
+            "source": request.source,
+            "shown": checked.shown,
+            "args": orjson.dumps(request.fields).decode(),
+            "vid_stride": str(args.vid_stride),
+            "fps": f"{request.fps:g}" if request.fps else "",
+            "track": "1" if request.track else "",
+            "webhook": request.webhook,
+            "webhook_shown": hook.shown if hook else "",
+            "created": f"{time.time():.3f}",
+            "state": "starting",
+            "error": "",
+            "stats": "{}",
+        }
+        if not await self.board.create(KIND, id, entry.id, record, settings.max_streams_per_key):
+            raise TooManyRequests(
+                f"This API key already runs {settings.max_streams_per_key} streams "
+                "(GATEWAY_MAX_STREAMS_PER_KEY): DELETE /v1/streams/{id} one first.",
+                5,
+            )
+        if not await self.owner.claim(id) and self.board.kind == "memory":
+            await self.board.remove(KIND, id, entry.id)
+            raise ServiceUnavailable(
+                f"This gateway already runs {settings.max_streams} streams (GATEWAY_MAX_STREAMS). Retry later.", 5
+            )  # (with shared state, another replica with room takes it within a second: it stays `starting`)
+        return public(id, await self.board.read(KIND, id) or record), secret
+
+    async def _mine(self, entry: KeyEntry, id: str) -> dict[str, str]:
+        record = await self.board.read(KIND, id) if id.startswith("st_") and len(id) < 64 else None
+        if record is None or record.get("key") != entry.id:
+            raise NotFound(f"No stream with id '{id[:64]}' for this API key. GET /v1/streams lists yours.")
+        return record
+
+    async def get(self, entry: KeyEntry, id: str) -> dict[str, Any]:
+        return public(id, await self._mine(entry, id))
+
+    async def list(self, entry: KeyEntry) -> list[dict[str, Any]]:
+        out = []
+        for id in await self.board.active(KIND, entry.id):
+            record = await self.board.read(KIND, id)
+            if record is not None:
+                out.append(public(id, record))
+        return out
+
+    async def delete(self, entry: KeyEntry, id: str) -> dict[str, Any]:
+        record = await self._mine(entry, id)
+        await self.board.remove(KIND, id, entry.id)  # the owner's next renewal fails: it stops within a second
+        return {**public(id, record), "state": "deleted"}
+
+    async def follow(self, entry: KeyEntry, id: str) -> AsyncIterator[bytes]:
+        """Server-Sent Events for stream `id` (after checking it is `entry`'s): `event: state` first (the resource),
+        then one `data:` line per analysed frame, comments while quiet, and `event: end` when the stream ends."""
+        first = public(id, await self._mine(entry, id))
+        return self._events(id, first)
+
+    async def _events(self, id: str, first: dict[str, Any]) -> AsyncIterator[bytes]:
+        yield b"event: state\ndata: " + orjson.dumps(first) + b"\n\n"
+        quiet = 0
+        async with self.board.subscribe(KIND, id) as messages:
+            async for message in messages:
+                if message is None:
+                    quiet += 1
+                    if quiet % KEEPALIVE_TICKS == 0:
+                        yield b": keep-alive\n\n"
+                    if quiet % RECORD_CHECK_TICKS == 0 and await self.board.read(KIND, id) is None:
+                        break
+                    continue
+                if message == b"":
+                    break
+                quiet = 0
+                yield b"data: " + message + b"\n\n"
+        yield b'event: end\ndata: {"id": "' + id.encode() + b'"}\n\n'
+
+    async def _entry(self, key_id: str) -> KeyEntry | None:
+        found = await self.services.store.get_key(key_id)
+        return None if found is None or found.revoked else found
+
+    async def _run(self, record: dict[str, str], lease: Lease) -> None:
+        """Run one stream while this replica holds its lease (see gateway/live/stream.py)."""
+        settings, board = self.settings, self.board
+        entry = await self._entry(record["key"])
+        if entry is None:
+            await board.write(lease, {"state": "failed", "error": "The stream's API key was revoked."})
+            return
+        while True:
+            try:
+                info = await self.services.triton.model(record["model"])
+                break
+            except GatewayError as exc:
+                await board.write(lease, {"error": exc.message[:300]})
+                await asyncio.sleep(RETRY_S)
+                if lease.lost or lease.stop:
+                    return
+        args = parse_args(orjson.loads(record["args"]), info.imgsz, "hub")
+        loop = asyncio.get_running_loop()
+        ready = asyncio.Event()
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(ready.set)
+
+        def reopen() -> str:
+            check = guard.check_source(record["source"], settings.url_allow_hosts, self.resolve)
+            return asyncio.run_coroutine_threadsafe(check, loop).result(settings.stream_open_timeout_s).connect
+
+        source = Source(
+            reopen,
+            wake,
+            settings.stream_open_timeout_s,
+            settings.stream_read_timeout_s,
+            settings.stream_backoff_max_s,
+            args.vid_stride,
+            float(record.get("fps") or 0),
+            settings.max_pixels,
+        )
+        batch = None
+        if record.get("webhook"):
+            batch = Batch(self.deliveries, entry.id, record["webhook"], lease.id,
+                          settings.webhook_batch_frames, settings.webhook_batch_s)  # fmt: skip
+        tracker = init() if record.get("track") else None
+        run = stream.Run(self.services, board, lease, record, entry, info, args, source, batch, tracker)
+        await board.write(lease, {"state": "connecting", "error": ""})
+        source.start()
+        try:
+            await stream.loop(run, ready, lambda: self._entry(record["key"]))
+        finally:
+            source.stop()
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(source.join, 1.0)
+            if batch is not None:
+                batch.tick()
+
+
+def public(id: str, record: dict[str, str]) -> dict[str, Any]:
+    """The stream resource (never the source's credentials)."""
+    try:
+        figures = orjson.loads(record.get("stats") or "{}")
+    except orjson.JSONDecodeError:
+        figures = {}
+    return {
+        "id": id,
+        "state": record.get("state", ""),
+        "source": record.get("shown", ""),
+        "model": record.get("model", ""),
+        "vid_stride": int(record.get("vid_stride") or 1),
+        "fps": float(record["fps"]) if record.get("fps") else None,
+        "track": bool(record.get("track")),
+        "webhook": record.get("webhook_shown") or None,
+        "created": float(record.get("created") or 0),
+        "owner": record.get("owner") or None,
+        "last_error": record.get("error") or None,
+        "events": f"/v1/streams/{id}/events",
+        **{
+            name: figures.get(name, 0)
+            for name in (
+                "input_fps",
+                "processed_fps",
+                "lag_ms",
+                "frames_read",
+                "frames_processed",
+                "frames_dropped",
+                "frames_rate_limited",
+                "frames_failed",
+                "reconnects",
+            )
+        },  # fmt: skip
+    }

@@ -1,0 +1,225 @@
+"""The shared state of leased work (live streams): records, per-key caps, owner leases with fencing tokens and
+event channels, behind one interface (`Board`) with two implementations.
+
+- `MemoryBoard` (the single-gateway default): everything in this process; nothing survives a restart.
+- `RedisBoard` (gateway/work/redis_board.py, when GATEWAY_REDIS_URL is set): shared by every replica.
+
+The protocol, the same on both (`kind` is "stream"; each record is a flat str -> str mapping):
+- `create` adds a record to its kind's active set and to its key's set, atomically refused past the key's cap;
+- `acquire` gives one replica the lease on an active record (`SET lease owner NX PX ttl`) with a fencing token that
+  grows with every acquisition; `renew` extends it and says whether the record asks its owner to stop;
+- every write an owner makes (`write`, `publish`) is fenced: applied only while the lease still holds the
+  owner's token, so an owner that lost its lease (paused, partitioned) can no longer change what its successor owns;
+- `remove` deletes a record and ends its subscriptions;
+- `subscribe` yields the messages `publish` sends on a record's channel, from any replica.
+
+Key layout in Redis (prefix `yt:work:`): `<kind>:<id>` hash (the record), `<kind>:active` set (ids a replica must
+run), `<kind>:key:<key id>` set (a key's active ids), `<kind>:lease:<id>` string "<owner> <token>" with PX ttl,
+`<kind>:fence:<id>` counter (the last token), and the pub/sub channel
+`yt:work:<kind>:events:<id>`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+Fields = Mapping[str, str]
+SUBSCRIBER_QUEUE = 256  # messages a slow subscriber may fall behind by before the oldest are dropped
+TICK_S = 1.0  # a subscription yields None after this long without a message (the reader's chance to do other work)
+
+
+@dataclass
+class Lease:
+    """One replica's hold on one record: renewed by its owner's loop; `lost` once a renewal fails."""
+
+    kind: str
+    id: str
+    owner: str
+    token: int
+    lost: bool = False
+    stop: bool = False  # the record asks its owner to stop (its `stop` field, set by `update`)
+
+    @property
+    def value(self) -> str:
+        return f"{self.owner} {self.token}"
+
+
+class Board(Protocol):
+    """The shared state of leased work (see the module docstring)."""
+
+    kind: str  # "memory" or "redis"
+
+    async def close(self) -> None: ...
+
+    async def create(self, kind: str, id: str, key: str, fields: Fields, limit: int) -> bool:
+        """Store a new active record of `key`; False (nothing stored) when the key already has `limit` active."""
+        ...
+
+    async def read(self, kind: str, id: str) -> dict[str, str] | None: ...
+
+    async def active(self, kind: str, key: str | None = None) -> list[str]:
+        """The active ids of `kind` (of one key when `key` is given)."""
+        ...
+
+    async def update(self, kind: str, id: str, fields: Fields) -> bool:
+        """Change a record without the lease (an API call: `stop`); False when there is no such record."""
+        ...
+
+    async def acquire(self, kind: str, id: str, owner: str, ttl_s: float) -> Lease | None:
+        """The lease on an active record nobody holds and that asks for no stop; None otherwise."""
+        ...
+
+    async def renew(self, lease: Lease, ttl_s: float) -> bool:
+        """Extend the lease (False: lost or the record is gone); sets `lease.stop` when the record asks for it."""
+        ...
+
+    async def release(self, lease: Lease) -> None: ...
+
+    async def write(self, lease: Lease, fields: Fields) -> bool:
+        """Fenced: change the record only while `lease` holds."""
+        ...
+
+    async def publish(self, lease: Lease, message: bytes) -> bool:
+        """Fenced: send `message` to the record's subscribers."""
+        ...
+
+    async def remove(self, kind: str, id: str, key: str) -> None:
+        """Delete the record, its lease and fence; its subscribers get b"" (the end)."""
+        ...
+
+    def subscribe(self, kind: str, id: str) -> contextlib.AbstractAsyncContextManager[AsyncIterator[bytes | None]]:
+        """The record's messages as they are published (b"" when the record is removed; None after TICK_S without
+        any)."""
+        ...
+
+
+@dataclass
+class _Held:
+    value: str
+    until: float
+
+
+@dataclass
+class MemoryBoard:
+    """The board in this process (see the module docstring); times on the monotonic clock."""
+
+    kind: str = "memory"
+    _records: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    _active: dict[str, set[str]] = field(default_factory=dict)
+    _by_key: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    _leases: dict[tuple[str, str], _Held] = field(default_factory=dict)
+    _fences: dict[tuple[str, str], int] = field(default_factory=dict)
+    _subscribers: dict[tuple[str, str], set[asyncio.Queue[bytes]]] = field(default_factory=dict)
+
+    async def close(self) -> None:
+        return None
+
+    def _record(self, kind: str, id: str) -> dict[str, str] | None:
+        return self._records.get((kind, id))
+
+    def _holds(self, lease: Lease) -> bool:
+        held = self._leases.get((lease.kind, lease.id))
+        return held is not None and held.value == lease.value and held.until > time.monotonic()
+
+    async def create(self, kind: str, id: str, key: str, fields: Fields, limit: int) -> bool:
+        mine = self._by_key.setdefault((kind, key), set())
+        if limit and len(mine) >= limit:
+            return False
+        self._records[(kind, id)] = dict(fields)
+        self._active.setdefault(kind, set()).add(id)
+        mine.add(id)
+        return True
+
+    async def read(self, kind: str, id: str) -> dict[str, str] | None:
+        found = self._record(kind, id)
+        return dict(found) if found is not None else None
+
+    async def active(self, kind: str, key: str | None = None) -> list[str]:
+        ids = self._active.get(kind, set()) if key is None else self._by_key.get((kind, key), set())
+        return sorted(ids)
+
+    async def update(self, kind: str, id: str, fields: Fields) -> bool:
+        found = self._record(kind, id)
+        if found is None:
+            return False
+        found.update(fields)
+        return True
+
+    async def acquire(self, kind: str, id: str, owner: str, ttl_s: float) -> Lease | None:
+        found = self._record(kind, id)
+        if found is None or id not in self._active.get(kind, set()) or found.get("stop"):
+            return None
+        held = self._leases.get((kind, id))
+        if held is not None and held.until > time.monotonic():
+            return None
+        token = self._fences.get((kind, id), 0) + 1
+        self._fences[(kind, id)] = token
+        lease = Lease(kind, id, owner, token)
+        self._leases[(kind, id)] = _Held(lease.value, time.monotonic() + ttl_s)
+        found.update({"owner": owner, "token": str(token)})
+        return lease
+
+    async def renew(self, lease: Lease, ttl_s: float) -> bool:
+        found = self._record(lease.kind, lease.id)
+        if found is None or not self._holds(lease):
+            lease.lost = True
+            return False
+        self._leases[(lease.kind, lease.id)].until = time.monotonic() + ttl_s
+        lease.stop = bool(found.get("stop"))
+        return True
+
+    async def release(self, lease: Lease) -> None:
+        if self._holds(lease):
+            del self._leases[(lease.kind, lease.id)]
+
+    async def write(self, lease: Lease, fields: Fields) -> bool:
+        found = self._record(lease.kind, lease.id)
+        if found is None or not self._holds(lease):
+            return False
+        found.update(fields)
+        return True
+
+    async def publish(self, lease: Lease, message: bytes) -> bool:
+        if not self._holds(lease):
+            return False
+        self._send((lease.kind, lease.id), message)
+        return True
+
+    def _send(self, name: tuple[str, str], message: bytes) -> None:
+        for queue in self._subscribers.get(name, ()):
+            if queue.full():  # newest wins for a slow subscriber too
+                queue.get_nowait()
+            queue.put_nowait(message)
+
+    async def remove(self, kind: str, id: str, key: str) -> None:
+        name = (kind, id)
+        for table in (self._records, self._leases, self._fences):
+            table.pop(name, None)
+        self._active.get(kind, set()).discard(id)
+        self._by_key.get((kind, key), set()).discard(id)
+        self._send(name, b"")
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, kind: str, id: str) -> AsyncIterator[AsyncIterator[bytes | None]]:
+        queue: asyncio.Queue[bytes] = asyncio.Queue(SUBSCRIBER_QUEUE)
+        listeners = self._subscribers.setdefault((kind, id), set())
+        listeners.add(queue)
+
+        async def messages() -> AsyncIterator[bytes | None]:
+            while True:
+                try:
+                    yield await asyncio.wait_for(queue.get(), TICK_S)
+                except TimeoutError:
+                    yield None
+
+        try:
+            yield messages()
+        finally:
+            listeners.discard(queue)
+            if not listeners:
+                self._subscribers.pop((kind, id), None)

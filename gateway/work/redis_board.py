@@ -1,0 +1,183 @@
+"""The board in Redis, shared by every replica (gateway/work/board.py has the protocol and the key layout).
+
+Every check-and-write is one Lua script, so two replicas never both own a record, and a write from an owner whose
+lease lapsed is refused by Redis itself (the fencing check). Calls are bounded by GATEWAY_REDIS_TIMEOUT_S like the
+key store's, but never below a second: these calls are not on a prediction's path, and a lease loop that gives up
+on a slow Redis stops its streams.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from redis.asyncio import Redis
+
+from gateway.work.board import TICK_S, Fields, Lease
+
+NS = "yt:work:"
+
+CREATE_LUA = """
+local limit = tonumber(ARGV[2])
+if limit > 0 and redis.call('SCARD', KEYS[3]) >= limit then
+  return 0
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[1])
+return 1
+"""
+# KEYS: record, active, lease, fence; ARGV: id, owner, ttl ms. Returns the token, or 0.
+ACQUIRE_LUA = """
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 or redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+if redis.call('HGET', KEYS[1], 'stop') or redis.call('EXISTS', KEYS[3]) == 1 then
+  return 0
+end
+local token = redis.call('INCR', KEYS[4])
+redis.call('SET', KEYS[3], ARGV[2] .. ' ' .. token, 'PX', ARGV[3])
+redis.call('HSET', KEYS[1], 'owner', ARGV[2], 'token', token)
+return token
+"""
+# KEYS: lease, record; ARGV: value, ttl ms. Returns {held, stop}.
+RENEW_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return {0, 0}
+end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('DEL', KEYS[1])
+  return {0, 0}
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if redis.call('HGET', KEYS[2], 'stop') then
+  return {1, 1}
+end
+return {1, 0}
+"""
+RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+return 1
+"""
+# KEYS: lease, record; ARGV: value, field/value pairs.
+WRITE_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('EXISTS', KEYS[2]) == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[2], unpack(ARGV, 2))
+return 1
+"""
+PUBLISH_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+"""
+UPDATE_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+
+def _name(kind: str, part: str, id: str = "") -> str:
+    return f"{NS}{kind}:{part}:{id}" if id else f"{NS}{kind}:{part}"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _pairs(fields: Fields) -> list[str]:
+    return [x for pair in fields.items() for x in pair]
+
+
+class RedisBoard:
+    """The board in Redis (see the module docstring)."""
+
+    kind = "redis"
+
+    def __init__(self, url: str, password: str = "", timeout_s: float = 1.0) -> None:
+        self._timeout = max(timeout_s, 1.0)
+        options: dict[str, Any] = {"decode_responses": False, "socket_timeout": self._timeout}
+        if password:
+            options["password"] = password
+        self._redis: Redis = Redis.from_url(url, socket_connect_timeout=self._timeout, **options)
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    async def _eval(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        return await self._redis.eval(script, len(keys), *keys, *args)
+
+    async def create(self, kind: str, id: str, key: str, fields: Fields, limit: int) -> bool:
+        keys = [f"{NS}{kind}:{id}", _name(kind, "active"), _name(kind, "key", key)]
+        return bool(await self._eval(CREATE_LUA, keys, [id, limit, *_pairs(fields)]))
+
+    async def read(self, kind: str, id: str) -> dict[str, str] | None:
+        raw: Mapping[Any, Any] = await self._redis.hgetall(f"{NS}{kind}:{id}")
+        return {_text(k): _text(v) for k, v in raw.items()} if raw else None
+
+    async def active(self, kind: str, key: str | None = None) -> list[str]:
+        name = _name(kind, "active") if key is None else _name(kind, "key", key)
+        members: set[Any] = await self._redis.smembers(name)
+        return sorted(_text(m) for m in members)
+
+    async def update(self, kind: str, id: str, fields: Fields) -> bool:
+        return bool(await self._eval(UPDATE_LUA, [f"{NS}{kind}:{id}"], _pairs(fields)))
+
+    async def acquire(self, kind: str, id: str, owner: str, ttl_s: float) -> Lease | None:
+        keys = [f"{NS}{kind}:{id}", _name(kind, "active"), _name(kind, "lease", id), _name(kind, "fence", id)]
+        token = int(await self._eval(ACQUIRE_LUA, keys, [id, owner, int(ttl_s * 1000)]))
+        return Lease(kind, id, owner, token) if token else None
+
+    async def renew(self, lease: Lease, ttl_s: float) -> bool:
+        keys = [_name(lease.kind, "lease", lease.id), f"{NS}{lease.kind}:{lease.id}"]
+        held, stop = await self._eval(RENEW_LUA, keys, [lease.value, int(ttl_s * 1000)])
+        lease.lost = not held
+        lease.stop = bool(stop)
+        return bool(held)
+
+    async def release(self, lease: Lease) -> None:
+        await self._eval(RELEASE_LUA, [_name(lease.kind, "lease", lease.id)], [lease.value])
+
+    async def write(self, lease: Lease, fields: Fields) -> bool:
+        keys = [_name(lease.kind, "lease", lease.id), f"{NS}{lease.kind}:{lease.id}"]
+        return bool(await self._eval(WRITE_LUA, keys, [lease.value, *_pairs(fields)]))
+
+    async def publish(self, lease: Lease, message: bytes) -> bool:
+        keys = [_name(lease.kind, "lease", lease.id)]
+        channel = _name(lease.kind, "events", lease.id)
+        return bool(await self._eval(PUBLISH_LUA, keys, [lease.value, channel, message]))
+
+    async def remove(self, kind: str, id: str, key: str) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(f"{NS}{kind}:{id}", *(_name(kind, part, id) for part in ("lease", "fence")))
+            pipe.srem(_name(kind, "active"), id)
+            pipe.srem(_name(kind, "key", key), id)
+            pipe.publish(_name(kind, "events", id), b"")
+            await pipe.execute()
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, kind: str, id: str) -> AsyncIterator[AsyncIterator[bytes | None]]:
+        pubsub = self._redis.pubsub()
+        await pubsub.subscribe(_name(kind, "events", id))
+
+        async def messages() -> AsyncIterator[bytes | None]:
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=TICK_S)
+                if message is None:
+                    yield None
+                elif message["type"] == "message":
+                    yield bytes(message["data"])
+
+        try:
+            yield messages()
+        finally:
+            await pubsub.aclose()
