@@ -4,6 +4,7 @@ gateway/predict/responses.py)."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -20,6 +21,12 @@ MAX_DET_RANGE = (1, MAX_DET)
 DECIMALS = 5  # Results.summary()'s default
 DECIMALS_RANGE = (0, 10)  # the newer Ultralytics API's range
 VID_STRIDE_RANGE = (1, 1000)  # a video: every n-th frame is analysed
+# Tracking (`track`): model.track()'s default confidence, which feeds the trackers' second association (scores from
+# 0.1 to 0.25 only extend tracks); the trackers by name (Ultralytics' tracker=bytetrack.yaml is accepted too); what a
+# `sequence` name may hold (it is part of a Redis key, after the API key's id)
+TRACK_CONFIDENCE = 0.1
+TRACKERS = ("bytetrack", "botsort")
+SEQUENCE_PATTERN = re.compile(r"[A-Za-z0-9._:/@-]{1,128}")
 FORMATS = {"json": "json", "image": "jpeg", "jpeg": "jpeg", "jpg": "jpeg", "png": "png"}
 # One vocabulary for every yes/no argument, everywhere (README, OpenAPI, messages). "on" is what an HTML checkbox
 # sends, so it stays.
@@ -33,6 +40,7 @@ BOOLEAN_HELP = ", ".join(f"{t}/{f}" for t, f in BOOLEAN_WORDS) + " (any case)"
 ARGUMENTS = (
     "size", "confidence", "iou", "url", "normalize", "format", "max_det", "classes", "agnostic", "vid_stride", "stream",
     "decimals", "source",
+    "track", "tracker", "sequence",
 )  # fmt: skip
 ALIASES = {"imgsz": "size", "conf": "confidence"}
 
@@ -57,6 +65,9 @@ class PredictArgs:
     stream: bool = False  # a video only: answer NDJSON, one line per frame
     decimals: int = DECIMALS  # digits the rows' numbers are rounded to (Ultralytics' summary(decimals=...))
     source: str = ""  # the newer API's alternative to a file: an image URL, or the image's bytes in base64
+    track: bool = False  # rows get a track_id (gateway/tracking), as model.track(); implied by `sequence`
+    tracker: str = "bytetrack"  # bytetrack or botsort
+    sequence: str = ""  # images: continue the tracks of this key's sequence of that name (a camera id, say)
 
 
 def _given(fields: Mapping[str, str]) -> dict[str, tuple[str, str]]:
@@ -116,11 +127,15 @@ def parse_args(fields: Mapping[str, str], default_size: int = 640, style: Style 
     name the argument as the client spelled it.
     """
     given = _given(fields)
+    sequence = _sequence(given["sequence"][1]) if "sequence" in given else ""
+    track = _flag(given["track"]) if "track" in given else bool(sequence or "tracker" in given)
+    if sequence and not track:
+        raise BadRequest("'sequence' continues tracks: send it with track=true (or leave 'track' out).")
     return PredictArgs(
         size=_number(given["size"], int, *SIZE_RANGE) if "size" in given else default_size,
         confidence=_number(given["confidence"], float, *CONFIDENCE_RANGE)
         if "confidence" in given
-        else CONFIDENCE_DEFAULT,
+        else (TRACK_CONFIDENCE if track else CONFIDENCE_DEFAULT),
         iou=_number(given["iou"], float, *IOU_RANGE) if "iou" in given else IOU_DEFAULT[style],
         normalize=_flag(given.get("normalize")),
         url=given["url"][1].strip() if "url" in given else "",
@@ -132,7 +147,26 @@ def parse_args(fields: Mapping[str, str], default_size: int = 640, style: Style 
         stream=_flag(given.get("stream")),
         decimals=_number(given["decimals"], int, *DECIMALS_RANGE) if "decimals" in given else DECIMALS,
         source=given["source"][1].strip() if "source" in given else "",
+        track=track,
+        tracker=_tracker(given["tracker"][1]) if "tracker" in given else TRACKERS[0],
+        sequence=sequence,
     )
+
+
+def _tracker(raw: str) -> str:
+    name = raw.strip().lower().removesuffix(".yaml")
+    if name not in TRACKERS:
+        raise BadRequest(f"Invalid 'tracker' value {raw[:32]!r}: use bytetrack or botsort.")
+    return name
+
+
+def _sequence(raw: str) -> str:
+    name = raw.strip()
+    if not SEQUENCE_PATTERN.fullmatch(name):
+        raise BadRequest(
+            f"Invalid 'sequence' value {raw[:32]!r}: use 1 to 128 letters, digits and . _ : / @ - (e.g. a camera id)."
+        )
+    return name
 
 
 def check_classes(classes: tuple[int, ...] | None, model: str, count: int) -> None:

@@ -7,6 +7,7 @@ GatewayError
 ├── Forbidden (403)             key not allowed for this model
 ├── NotFound (404)              unknown model id or route
 ├── RequestTimeout (408)        the request body arrived too slowly (GATEWAY_BODY_TIMEOUT_S, GATEWAY_BODY_MIN_RATE)
+├── Conflict (409)              a tracking `sequence` moved on while this frame of it was tracked (frames sent at once)
 ├── PayloadTooLarge (413)       upload, URL body or pixel count over the limit
 ├── UnsupportedMediaType (415)  not an image format we decode
 ├── UnprocessableImage (422)    an image format we know, but the bytes don't decode
@@ -62,6 +63,10 @@ class RequestTimeout(GatewayError):
     def __init__(self, message: str) -> None:
         # the rest of the body is not read: the connection is closed rather than drained at the client's pace
         super().__init__(message, {"Connection": "close"})
+
+
+class Conflict(GatewayError):
+    status = 409
 
 
 class PayloadTooLarge(GatewayError):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.requests import HTTPConnection
 
@@ -19,6 +19,7 @@ from gateway.keys.store import Store
 from gateway.metrics import Metrics
 from gateway.modelcard import UNTRAINED_WARNING
 from gateway.observability import RequestRecord
+from gateway.sequences import MemorySequences, Sequences, open_sequences
 from gateway.settings import Settings
 from gateway.triton.client import Triton
 from gateway.vision import videofile
@@ -43,6 +44,7 @@ class Services:
     key_slots: KeySlots  # each key's requests in progress in this process (GATEWAY_MAX_INFLIGHT_PER_KEY)
     inflight: int = 0
     video_workers: Workers | None = None  # threads for video decoding (GATEWAY_VIDEO_WORKERS); None: `workers`
+    sequences: Sequences = field(default_factory=MemorySequences)  # tracking across requests: in process or Redis
 
     def check_room(self) -> None:
         """ServiceUnavailable (503) when GATEWAY_MAX_INFLIGHT predictions are being processed."""
@@ -88,6 +90,7 @@ async def open_services(settings: Settings, metrics: Metrics, store: Store) -> A
     metrics.budget_used.set_function(lambda: budget.used)
     slots = KeySlots(settings.per_key_inflight)
     services = Services(settings, triton, store, threads, metrics, budget, slots, video_workers=video_threads)
+    services.sequences = open_sequences(settings)
     await store.start()
     try:
         try:
@@ -98,6 +101,7 @@ async def open_services(settings: Settings, metrics: Metrics, store: Store) -> A
             log.warning("inference server not reachable at start-up (%s): %s", settings.triton_url, exc)
         yield services
     finally:
+        await services.sequences.close()
         await store.close()
         await triton.close()
         video_threads.close()

@@ -23,6 +23,7 @@ POSITIVE = frozenset(
     | {"video_workers", "video_timeout_s", "video_stream_timeout_s", "max_video_decoded_frames"}
     | {"max_streams_per_key", "stream_lease_s", "stream_open_timeout_s", "stream_read_timeout_s"}
     | {"webhook_queue", "webhook_timeout_s", "webhook_batch_frames"}
+    | {"sequence_ttl_s", "max_sequences_per_key"}
 )
 
 
@@ -75,6 +76,10 @@ class Settings:
     webhook_timeout_s: float = 5.0  # one delivery attempt
     webhook_batch_frames: int = 25  # a stream's frames go in one delivery every this many frames ...
     webhook_batch_s: float = 1.0  # ... or this many seconds, whichever comes first
+    # Tracking across requests (`sequence`, gateway/sequences/): a sequence's tracker state lives this long after its
+    # last frame, and one key keeps at most this many sequences at once (429 beyond)
+    sequence_ttl_s: float = 60.0
+    max_sequences_per_key: int = 100
 
     def __post_init__(self) -> None:
         """Refuse values the gateway cannot run with, naming the variable that sets them."""

@@ -37,7 +37,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("gateway.predict",),  # one prediction request: images, videos, answers, URL fetch
     ("gateway.services",),  # what requests share; one admitted prediction
     ("gateway.tracking",),  # tracks from detections (uses vision's rotated IoU)
-    ("gateway.vision", "gateway.keys", "gateway.models"),  # pixels and arrays; keys, limits, usage; the model registry
+    ("gateway.vision", "gateway.keys", "gateway.models", "gateway.sequences"),  # pixels; keys; models; tracking state
     ("gateway.triton", "gateway.arguments", "gateway.budget", "gateway.metrics", "gateway.streams"),
     ("gateway.modelcard", "gateway.errors", "gateway.settings", "gateway.workers", "gateway.observability"),
     ("gateway",),  # the package: environment set before any module loads

@@ -23,7 +23,9 @@ from gateway.arguments import (
     IOU_DEFAULT,
     IOU_RANGE,
     MAX_DET_RANGE,
+    SEQUENCE_PATTERN,
     SIZE_RANGE,
+    TRACKERS,
     VID_STRIDE_RANGE,
 )
 from gateway.keys.ratelimit import MAX_RATE, MIN_RATE
@@ -40,6 +42,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         403: "Key not allowed for this model",
         404: "Unknown model",
         408: "The request body arrived too slowly (the connection is closed)",
+        409: "A `sequence` moved on while this frame of it was tracked (another frame sent at once); not tracked",
         413: "Upload, URL body, pixel count, or a video's duration or frame count over the limit",
         415: "Not a supported image or video format",
         422: "Image or video could not be decoded (a video that broke off: the frames read come with the error)",
@@ -113,6 +116,25 @@ _ARG_SCHEMAS: dict[str, dict[str, Any]] = {
         **_BOOLEAN,
         "description": f"A video: answer NDJSON, a line per frame as it is done. {_BOOLEAN['description']}",
     },
+    "track": {
+        **_BOOLEAN,
+        "description": "Track objects as model.track() does: each detection gets a track_id (a video: across its "
+        "frames; an image: alone, unless `sequence`). Default confidence then 0.1, as model.track(). Detect, "
+        "segment, pose and obb models (a classifier: 422). Implied by `tracker` or `sequence`. "
+        f"{_BOOLEAN['description']}",
+    },
+    "tracker": {
+        "enum": list(TRACKERS),
+        "default": TRACKERS[0],
+        "description": "With track: ByteTrack or BoT-SORT (without ReID); bytetrack.yaml and botsort.yaml work too",
+    },
+    "sequence": {
+        "type": "string",
+        "pattern": f"^{SEQUENCE_PATTERN.pattern}$",
+        "description": "One image per request: continue this key's tracks of that name (a camera id, say) across "
+        "requests, as model.track(frame, persist=True); ends after GATEWAY_SEQUENCE_TTL_S idle. 409: another frame "
+        "of it was tracked meanwhile; 429: the key's sequences are at their cap; 503: the state store is unreachable",
+    },
 }
 _ALIAS_SCHEMAS = {
     alias: {**_ARG_SCHEMAS[name], "description": f"Same as `{name}` (the newer API's name); send one"}
@@ -121,7 +143,7 @@ _ALIAS_SCHEMAS = {
 _ARGS = {name: _ARG_SCHEMAS[name] for name in ARGUMENTS} | _ALIAS_SCHEMAS
 # The newer Ultralytics API's routes take the same arguments; only the IoU default differs (that of YOLO.predict)
 _ARGS_V2 = _ARGS | {"iou": {**_ARG_SCHEMAS["iou"], "default": IOU_DEFAULT["platform"]}}
-_V2_ERRORS = (400, 401, 403, 404, 408, 413, 415, 422, 429, 502, 503, 504)
+_V2_ERRORS = (400, 401, 403, 404, 408, 409, 413, 415, 422, 429, 502, 503, 504)
 _HEADERS = {
     "Server-Timing": {
         "description": "Milliseconds per stage: decode, letterbox, triton, postprocess, total; "
@@ -131,6 +153,10 @@ _HEADERS = {
     "X-Model-Warning": {
         "description": "Present while the model serves untrained fixture weights",
         "schema": {"type": "string"},
+    },
+    "X-Sequence-Frame": {
+        "description": "With `sequence`: the frame of the sequence this image became (1: it started the sequence)",
+        "schema": {"type": "integer", "minimum": 1},
     },
 }
 _MODEL_FIELD = {"type": "string", "description": "A model id, or a HUB model URL (its last path segment names it)"}

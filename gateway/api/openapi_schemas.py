@@ -32,6 +32,7 @@ DETECTION = {
         "class": {"type": "integer", "minimum": 0},
         "confidence": {"type": "number", "minimum": 0, "maximum": 1},
         "box": {"anyOf": [BOX, ORIENTED_BOX]},
+        "track_id": {"type": "integer", "minimum": 1, "description": "With track: the object's id (from 1)"},
         "segments": {"type": "object", "required": ["x", "y"], "properties": {"x": XY, "y": XY}},
         "keypoints": {"type": "object", "required": ["x", "y"], "properties": {"x": XY, "y": XY, "visible": XY}},
     },

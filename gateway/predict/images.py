@@ -14,7 +14,7 @@ from starlette.responses import Response
 from gateway.arguments import PredictArgs, check_classes, parse_args
 from gateway.errors import BadRequest, GatewayError, PayloadTooLarge
 from gateway.modelcard import ModelInfo
-from gateway.predict import responses
+from gateway.predict import responses, tracked
 from gateway.predict.fetch import decode_source, fetch_image, is_url
 from gateway.predict.responses import Outcome
 from gateway.services import Prediction
@@ -47,6 +47,8 @@ async def respond(
         raise BadRequest("An image file or URL must be submitted.")
     if len(uploads) > 1 and args.format != "json":
         raise BadRequest("An annotated image (format=image/png) is made for one image per request; send one image.")
+    tracked.check(info, args)
+    sequence = await tracked.open_sequence(prediction, info, args, len(uploads) or 1) if args.sequence else None
 
     t0 = time.perf_counter()
     if uploads:  # one byte more than the limit is enough for `run` to refuse an image that is too large
@@ -65,7 +67,7 @@ async def respond(
             )
         ]
         timings["fetch"] = (time.perf_counter() - t0) * 1000
-    outcomes = await run(prediction, info, datas, args)
+    outcomes = await run(prediction, info, datas, args, sequence.tracker if sequence else None)
     failed = [o for o in outcomes if o.error is not None]
     if len(failed) == len(outcomes):  # nothing succeeded: the request fails with the (first) image's own error
         error = failed[0].error
@@ -73,6 +75,7 @@ async def respond(
         if len(outcomes) > 1:
             error.message = f"Image 1 of {len(outcomes)}: {error.message}"
         raise error
+    extra = await tracked.close_sequence(prediction, sequence) if sequence else {}
 
     t3 = time.perf_counter()
     if args.format != "json":
@@ -87,15 +90,22 @@ async def respond(
         answer = responses.body(info, args, outcomes, prediction.style, prediction.started)
         body, media_type = orjson.dumps(answer), "application/json"
     timings["total"] = (time.perf_counter() - prediction.started) * 1000
-    return Response(body, media_type=media_type, headers=responses.headers(info, timings))
+    return Response(body, media_type=media_type, headers=responses.headers(info, timings) | extra)
 
 
-async def run(prediction: Prediction, info: ModelInfo, datas: list[bytes], args: PredictArgs) -> list[Outcome]:
+async def run(
+    prediction: Prediction,
+    info: ModelInfo,
+    datas: list[bytes],
+    args: PredictArgs,
+    tracker: tracked.Tracker | None = None,
+) -> list[Outcome]:
     """Decode and letterbox every image, run same-shaped ones through Triton as one batch, post-process each.
 
     Each image's decoded size is reserved in the request's hold before it is decoded; its bytes in `datas` are
     dropped as soon as it is decoded, and the decoded image itself once letterboxed (unless an annotated image is
-    asked for). Stage times add up in the request's record."""
+    asked for, or BoT-SORT needs its pixels). Stage times add up in the request's record. With `track`, each image
+    is tracked by `tracker` (a sequence's frame) or by a tracker of its own."""
     services = prediction.services
     timings = prediction.record.timings
     settings = services.settings
@@ -113,7 +123,7 @@ async def run(prediction: Prediction, info: ModelInfo, datas: list[bytes], args:
             await prediction.hold.reserve(await services.workers.run(decode_cost, datas[i], settings.max_pixels))
             prepared[i] = await services.workers.run(
                 pipeline.prepare, datas[i], info, args.size, rect, settings.max_pixels, stage_ms[i],
-                settings.fast_jpeg, args.format != "json"
+                settings.fast_jpeg, args.format != "json" or tracked.needs_frames(args)
             )  # fmt: skip
         except GatewayError as exc:
             outcomes[i].error = exc
@@ -150,8 +160,10 @@ async def run(prediction: Prediction, info: ModelInfo, datas: list[bytes], args:
                 for n, i in enumerate(ids):
                     item = _ready(prepared[i])
                     begin = time.perf_counter()
+                    track = tracker or (tracked.Tracker.start(info, args) if args.track else None)
+                    then = track.then(item.box.orig_shape, item.image) if track else None
                     outcomes[i].rows = await services.workers.run(
-                        pipeline.finish, info, {name: out[n] for name, out in result.items()}, item.box, args
+                        pipeline.finish, info, {name: out[n] for name, out in result.items()}, item.box, args, then
                     )  # fmt: skip
                     post = (time.perf_counter() - begin) * 1000
                     outcomes[i].shape = item.box.orig_shape

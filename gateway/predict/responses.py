@@ -118,6 +118,8 @@ def images_body(
         "normalize": args.normalize,
         "decimals": args.decimals,
     }
+    if args.track:  # the tracking arguments, when tracking (gateway/predict/tracked.py)
+        metadata |= {"tracker": args.tracker, **({"sequence": args.sequence} if args.sequence else {})}
     return {"images": images, "metadata": metadata}
 
 

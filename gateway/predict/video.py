@@ -29,7 +29,7 @@ from gateway.arguments import PredictArgs, Style, parse_args
 from gateway.budget import Hold
 from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, UnprocessableImage, error_response, json_response
 from gateway.modelcard import ModelInfo
-from gateway.predict import responses
+from gateway.predict import responses, tracked
 from gateway.predict.responses import FrameOutcome
 from gateway.services import Prediction, Services
 from gateway.vision import pipeline, videofile, videoreader
@@ -65,6 +65,12 @@ async def respond(
         raise BadRequest("Send one of: a video file, 'url' or 'source' (a URL or base64 image), not several.")
     if args.format != "json":
         raise BadRequest("An annotated image (format=image/png) is made for one image; a video is answered in JSON.")
+    tracked.check(info, args)
+    if args.sequence:
+        raise BadRequest(
+            "'sequence' continues tracks across image requests; a video is tracked within itself: send it with "
+            "track=true and without 'sequence'."
+        )
     size = upload.size if upload.size is not None else settings.max_video_bytes + 1
     if size > settings.max_video_bytes:
         raise video_too_large(settings.max_video_bytes)
@@ -84,7 +90,8 @@ async def respond(
     stack.callback(decoder.release)
     await decoder.reserve(found.decoder_bytes(settings.max_pixels))
     reader = Reader(cap, meta, control, seek=found.seekable and args.vid_stride >= videoreader.SEEK_STRIDE)
-    frames = _frames(services, info, reader, found, args, prediction.charge_frames, prediction.entry.id)
+    tracker = tracked.Tracker.start(info, args) if args.track else None
+    frames = _frames(services, info, reader, found, args, prediction.charge_frames, prediction.entry.id, tracker)
     stack.push_async_callback(frames.aclose)
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
     if args.stream:
@@ -117,13 +124,14 @@ def video_too_large(limit: int) -> GatewayError:
     )
 
 
-def _chunk_bytes(found: Scan, info: ModelInfo, size: int, count: int, max_pixels: int) -> int:
+def _chunk_bytes(found: Scan, info: ModelInfo, size: int, count: int, max_pixels: int, keep: bool = False) -> int:
     """Memory one chunk holds at its peak besides the decoder's frames (`Scan.decoder_bytes`): the decoded frame in
-    BGR and its copy, and `count` model inputs. The largest frame any packet declares, not the container's size."""
+    BGR and its copy, and `count` model inputs (and, `keep`, the `count` decoded frames BoT-SORT needs). The largest
+    frame any packet declares, not the container's size."""
     pixels = found.largest.pixels or max_pixels
     side = size + info.stride  # the letterboxed input is at most size², rounded up to the stride
     item = 4 if info.input_format == "float32_nchw_rgb" else 1
-    return pixels * 3 * 2 + count * side * side * 3 * item
+    return pixels * 3 * 2 + count * side * side * 3 * item + (count * pixels * 3 if keep else 0)
 
 
 async def _frames(
@@ -134,21 +142,24 @@ async def _frames(
     args: PredictArgs,
     charge: Callable[[int], Awaitable[None]],
     key: str,
+    tracker: tracked.Tracker | None = None,
 ) -> AsyncGenerator[FrameOutcome, None]:
-    """Each analysed frame's outcome in order (its memory reserved for `key`); raises at the end when a limit
-    stopped reading (PayloadTooLarge) or the video broke off (UnprocessableImage)."""
+    """Each analysed frame's outcome in order (its memory reserved for `key`; tracked by `tracker`, frame after
+    frame, when given); raises at the end when a limit stopped reading (PayloadTooLarge) or the video broke off
+    (UnprocessableImage)."""
     settings = services.settings
     pool = services.video_workers or services.workers
     rect = settings.letterbox == "rect"
     batch = max(info.max_batch_size, 1)
     paid = 1  # the request's own token (taken by the rate limiter's check) pays for the first frame
+    keep = tracked.needs_frames(args)  # BoT-SORT's camera motion reads each frame's pixels
     delivered = 0
     while not reader.ended:
         hold = Hold(services.budget, key)
         outcomes: list[FrameOutcome] = []
         try:
-            await hold.reserve(_chunk_bytes(found, info, args.size, batch, settings.max_pixels))
-            chunk = await pool.run(videoreader.read_chunk, reader, batch, info, args.size, rect, settings)
+            await hold.reserve(_chunk_bytes(found, info, args.size, batch, settings.max_pixels, keep))
+            chunk = await pool.run(videoreader.read_chunk, reader, batch, info, args.size, rect, settings, keep)
             # each analysed frame costs one token, like an image; frames decoded only to be skipped, one per ten
             owed = reader.analysed + reader.skipped // videoreader.SKIPPED_PER_TOKEN
             await charge(owed - paid)
@@ -160,7 +171,7 @@ async def _frames(
                 t0 = time.perf_counter()
                 async with services.triton.infer(info, [f.item.tensor for f in group]) as result:
                     per_frame = (time.perf_counter() - t0) * 1000 / len(group)
-                    outcomes += await pool.run(_finish, info, result, group, args, per_frame)
+                    outcomes += await pool.run(_finish, info, result, group, args, per_frame, tracker)
         finally:
             hold.release()
         delivered += len(outcomes)
@@ -186,12 +197,19 @@ def _same_shape(chunk: list[Frame]) -> list[list[Frame]]:
 
 
 def _finish(
-    info: ModelInfo, result: dict[str, NDArray[np.float32]], group: list[Frame], args: PredictArgs, infer_ms: float
+    info: ModelInfo,
+    result: dict[str, NDArray[np.float32]],
+    group: list[Frame],
+    args: PredictArgs,
+    infer_ms: float,
+    tracker: tracked.Tracker | None = None,
 ) -> list[FrameOutcome]:
     out = []
     for k, frame in enumerate(group):
         t0 = time.perf_counter()
-        rows = pipeline.finish(info, {name: value[k] for name, value in result.items()}, frame.item.box, args)
+        box = frame.item.box
+        then = tracker.then(box.orig_shape, frame.item.image) if tracker else None
+        rows = pipeline.finish(info, {name: value[k] for name, value in result.items()}, box, args, then)
         speed = {
             "preprocess": frame.prepare_ms,
             "inference": infer_ms,

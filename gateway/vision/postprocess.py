@@ -141,11 +141,13 @@ def summary(
     keypoints: F32 | None = None,
     corners: F32 | None = None,
     decimals: int = 5,
+    ids: NDArray[np.int64] | None = None,
 ) -> list[dict[str, Any]]:
     """Ultralytics' Results.summary(normalize, decimals) for detections with boxes already in original-image pixels.
 
     dets: (N, 6+) xyxy, confidence, class; polygons: N × (K, 2); keypoints: (N, kpts, 2 or 3), original pixels.
     corners: (N, 4, 2) oriented-box corners, original pixels; they replace the xyxy box ("x1".."x4", "y1".."y4").
+    ids: (N,) track ids, each written as `track_id` right after the box (where Ultralytics puts it when tracking).
     """
     h, w = box.orig_shape if normalize else (1, 1)
     points = corners.tolist() if corners is not None else dets[:, :4].reshape(-1, 2, 2).tolist()
@@ -162,6 +164,8 @@ def summary(
             "confidence": round(conf, decimals),
             "box": xy,
         }
+        if ids is not None:
+            item["track_id"] = int(ids[i])
         if polygons is not None:
             item["segments"] = {
                 "x": _coords(polygons[i][:, 0], w, decimals),

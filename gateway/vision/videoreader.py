@@ -64,8 +64,11 @@ class Frame:
     prepare_ms: float
 
 
-def read_chunk(reader: Reader, count: int, info: ModelInfo, size: int, rect: bool, settings: Settings) -> list[Frame]:
-    """Up to `count` next frames, decoded and made model inputs, as Ultralytics' loader reads them: `vid_stride`
+def read_chunk(
+    reader: Reader, count: int, info: ModelInfo, size: int, rect: bool, settings: Settings, keep: bool = False
+) -> list[Frame]:
+    """Up to `count` next frames, decoded and made model inputs (`keep`: with the decoded frame, for BoT-SORT's camera
+    motion), as Ultralytics' loader reads them: `vid_stride`
     grabs then one retrieve per frame (source frames n-1, 2n-1, ...), stopping after the declared frames / stride
     (when declared) or when a grab or retrieve fails (`reader.ended`). Past the frame limit: PayloadTooLarge.
 
@@ -129,7 +132,9 @@ def read_chunk(reader: Reader, count: int, info: ModelInfo, size: int, rect: boo
         check_pixels(image.shape[1], image.shape[0], settings.max_pixels)
         tensor, box = pipeline.model_input(image, info, size, rect, settings.max_pixels)
         reader.analysed += 1
-        out.append(Frame(index, seconds, Prepared(None, tensor, box), (time.perf_counter() - t0) * 1000))
+        out.append(
+            Frame(index, seconds, Prepared(image if keep else None, tensor, box), (time.perf_counter() - t0) * 1000)
+        )
         t0 = time.perf_counter()
         if time.monotonic() - began > SLICE_S:
             break
