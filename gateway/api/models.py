@@ -119,8 +119,10 @@ async def _refuse_builtin(services: Services, model_id: str, doing: str) -> None
     )
 
 
-def _accepted(record: ModelRecord, number: int | None, message: str | None = None) -> Response:
-    body = {"success": True, "message": message or summary(record, number), "data": model_json(record)}
+def _accepted(record: ModelRecord, number: int, message: str | None = None) -> Response:
+    """202: the model's status, and the version this request added (an upload) or asked to serve (a rollback)."""
+    data = {**model_json(record), "requested_version": number}
+    body = {"success": True, "message": message or summary(record, number), "data": data}
     return json_response(body, 202, {"Location": f"/v1/models/{record.id}"})
 
 

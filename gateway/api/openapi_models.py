@@ -53,6 +53,10 @@ UPLOADED = {
         "updated": _NULLABLE_STRING,
         "last_used": _NULLABLE_STRING,
         "versions": {"type": "array", "items": VERSION, "description": "Oldest first (GET /v1/models leaves it out)"},
+        "requested_version": {
+            "type": "integer",
+            "description": "In a 202 only: the version the upload added, or the rollback asked to serve",
+        },
     },
 }
 ANY_MODEL = {"anyOf": [MODEL, UPLOADED]}
