@@ -11,6 +11,7 @@ waits on conditions (polls with deadlines), never on sleeps.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -69,7 +70,9 @@ class Stack:
             finally:
                 await registry.close()
 
-        return asyncio.run(go())
+        # in a thread of its own: the caller's thread may be running an event loop (Playwright's sync API does)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, go()).result()
 
     def get(self, model_id: str) -> ModelRecord | None:
         return self.call(lambda r: r.get(model_id))  # type: ignore[no-any-return]

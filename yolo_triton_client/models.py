@@ -14,6 +14,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from dataclasses import replace as _replace  # `replace` is also a method of Models
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -81,7 +82,7 @@ class ModelStatus:
     task: str | None
     names: dict[int, str]
     versions: list[ModelVersion] = field(default_factory=list)
-    requested_version: int | None = None  # an upload's new version, or a rollback's target (their answers only)
+    requested_version: int | None = None  # the version an upload added or a rollback asked for
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def version_info(self, number: int) -> ModelVersion | None:
@@ -344,7 +345,7 @@ class Models:
         while not waiting.done(model):
             time.sleep(POLL_S)
             model = self.get(model.id)
-        return model
+        return _replace(model, requested_version=waiting.number)  # what this call asked for, as in its 202
 
 
 class AsyncModels:
@@ -411,4 +412,4 @@ class AsyncModels:
         while not waiting.done(model):
             await anyio.sleep(POLL_S)
             model = await self.get(model.id)
-        return model
+        return _replace(model, requested_version=waiting.number)  # what this call asked for, as in its 202

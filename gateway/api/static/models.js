@@ -11,12 +11,7 @@
   const STAGES = ["queued", "checking", "exporting", "verifying", "loading"];
   let uploads = new Map();  // id -> the model's entry in GET /v1/models (uploads only)
 
-  function cell(row, text) {
-    const td = document.createElement("td");
-    td.textContent = text;
-    row.append(td);
-    return td;
-  }
+  const { cell, call } = window.adminPage;  // keys.js: a table cell; an admin call (JSON or an Error)
 
   function button(text, onClick, className) {
     const b = document.createElement("button");
@@ -31,16 +26,6 @@
     const out = $("models-status");
     out.textContent = text;
     out.classList.toggle("error-text", Boolean(isError));
-  }
-
-  async function call(method, path, body) {
-    const headers = { "x-api-key": key() };
-    if (body !== undefined) headers["content-type"] = "application/json";
-    const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-    let json = null;
-    try { json = await response.json(); } catch (_) { /* not JSON */ }
-    if (!response.ok) throw new Error(`${response.status}: ${(json && json.message) || response.statusText}`);
-    return json;
   }
 
   const path = (id, tail) => `/v1/models/${encodeURIComponent(id)}${tail || ""}`;
