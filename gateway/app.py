@@ -12,7 +12,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from gateway.api import admin, live, routes, web
+from gateway.api import admin, live, models, routes, web
 from gateway.errors import HANDLERS
 from gateway.keys.store import open_store
 from gateway.metrics import Metrics
@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/", routes.predict_dedicated, methods=["POST"]),
         Route("/v1/models", routes.list_models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", routes.get_model, methods=["GET"]),
+        *models.routes(),
         *admin.routes(),
         *live.routes(),
         *web.routes(),

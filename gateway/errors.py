@@ -7,10 +7,12 @@ GatewayError
 ├── Forbidden (403)             key not allowed for this model
 ├── NotFound (404)              unknown model id or route
 ├── RequestTimeout (408)        the request body arrived too slowly (GATEWAY_BODY_TIMEOUT_S, GATEWAY_BODY_MIN_RATE)
-├── Conflict (409)              a tracking `sequence` moved on while this frame of it was tracked (frames sent at once)
+├── Conflict (409)              a tracking `sequence` moved on while this frame of it was tracked (frames sent at once);
+│                               models API: the id is taken (a built-in model, or an upload that serves), or the
+│                               model's state does not allow the change now
 ├── PayloadTooLarge (413)       upload, URL body or pixel count over the limit
 ├── UnsupportedMediaType (415)  not an image format we decode
-├── UnprocessableImage (422)    an image format we know, but the bytes don't decode
+├── UnprocessableImage (422)    an image format we know, but the bytes don't decode; an uploaded .pt refused
 ├── TooManyRequests (429)       per-key rate limit
 ├── BadGateway (502)            the `url` could not be fetched
 ├── ServiceUnavailable (503)    Triton or the model not ready, or the gateway is full

@@ -3,6 +3,7 @@ one admitted prediction request (`Prediction`): what it holds and what it is cha
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -12,16 +13,18 @@ from starlette.requests import HTTPConnection
 
 from gateway.arguments import Style
 from gateway.budget import Hold, MemoryBudget, default_budget, memory_limit
-from gateway.errors import ServiceUnavailable
+from gateway.errors import NotFound, ServiceUnavailable
 from gateway.keys.auth import KeyEntry
 from gateway.keys.ratelimit import KeySlots
 from gateway.keys.store import Store
 from gateway.metrics import Metrics
-from gateway.modelcard import UNTRAINED_WARNING
+from gateway.modelcard import UNTRAINED_WARNING, ModelInfo
+from gateway.models import upload
+from gateway.models.aliases import Aliases, open_registry
 from gateway.observability import RequestRecord
 from gateway.sequences import MemorySequences, Sequences, open_sequences
 from gateway.settings import Settings
-from gateway.triton.client import Triton
+from gateway.triton.client import Triton, VersionInfo
 from gateway.vision import videofile
 from gateway.workers import Workers
 
@@ -45,6 +48,7 @@ class Services:
     inflight: int = 0
     video_workers: Workers | None = None  # threads for video decoding (GATEWAY_VIDEO_WORKERS); None: `workers`
     sequences: Sequences = field(default_factory=MemorySequences)  # tracking across requests: in process or Redis
+    models: Aliases | None = None  # uploaded models: the registry and where each id's predictions go (issue #27)
 
     def check_room(self) -> None:
         """ServiceUnavailable (503) when GATEWAY_MAX_INFLIGHT predictions are being processed."""
@@ -61,6 +65,20 @@ class Services:
         self.inflight -= 1
         self.metrics.inflight.dec()
 
+    async def model(self, model_id: str) -> ModelInfo:
+        """The model a prediction of `model_id` uses, resolved once for the whole request: a built-in model's card,
+        or an uploaded model's serving version (`VersionInfo`, called `model_id`); NotFound, ServiceUnavailable."""
+        if self.models is None:
+            return await self.triton.model(model_id)
+        target = await self.models.resolve(model_id)
+        try:
+            info = await self.triton.model(target.name)
+        except NotFound:
+            if target.unsure:  # the id may be an upload this process has not seen while the registry is unreachable
+                raise ServiceUnavailable("The model registry is unreachable; retry shortly.", 2) from None
+            raise
+        return VersionInfo.of(info, model_id) if target.uploaded else info
+
 
 @contextlib.asynccontextmanager
 async def open_services(settings: Settings, metrics: Metrics, store: Store) -> AsyncIterator[Services]:
@@ -72,6 +90,7 @@ async def open_services(settings: Settings, metrics: Metrics, store: Store) -> A
         settings.triton_shm_bytes,
         settings.triton_http_url,
         metrics.count_triton,
+        admin_key=settings.triton_admin_key,
     )
     if (pool := triton.shm) is not None:
         metrics.shared_memory.set_function(lambda: pool.used_bytes)
@@ -89,9 +108,16 @@ async def open_services(settings: Settings, metrics: Metrics, store: Store) -> A
     metrics.budget_capacity.set(budget.capacity)
     metrics.budget_used.set_function(lambda: budget.used)
     slots = KeySlots(settings.per_key_inflight)
-    services = Services(settings, triton, store, threads, metrics, budget, slots, video_workers=video_threads)
+    models = Aliases(open_registry(settings))
+    # a partial upload is written to at least every body deadline: older ones are a killed gateway's
+    if removed := await asyncio.to_thread(upload.sweep, settings.models_dir, 2 * settings.body_timeout_s + 60):
+        log.warning("removed %d partial model upload(s) a stopped gateway left in %s", removed, settings.models_dir)
+    services = Services(
+        settings, triton, store, threads, metrics, budget, slots, video_workers=video_threads, models=models
+    )
     services.sequences = open_sequences(settings)
     await store.start()
+    models.start()
     try:
         try:
             for model in await triton.ready_models():
@@ -102,6 +128,7 @@ async def open_services(settings: Settings, metrics: Metrics, store: Store) -> A
         yield services
     finally:
         await services.sequences.close()
+        await models.close()
         await store.close()
         await triton.close()
         video_threads.close()

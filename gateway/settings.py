@@ -24,6 +24,7 @@ POSITIVE = frozenset(
     | {"max_streams_per_key", "stream_lease_s", "stream_open_timeout_s", "stream_read_timeout_s"}
     | {"webhook_queue", "webhook_timeout_s", "webhook_batch_frames"}
     | {"sequence_ttl_s", "max_sequences_per_key"}
+    | {"max_model_bytes"}
 )
 
 
@@ -80,6 +81,13 @@ class Settings:
     # last frame, and one key keeps at most this many sequences at once (429 beyond)
     sequence_ttl_s: float = 60.0
     max_sequences_per_key: int = 100
+    # Uploaded models (issue #27): what the gateway itself needs; the export worker's own settings are in
+    # gateway/models/settings.py (it reads these too, from the same variables)
+    models_file: Path = Path("data/models.json")  # the model registry when redis_url is empty
+    models_dir: Path = Path("data/models")  # uploads/ is written here (shared with the worker: one volume)
+    max_model_bytes: int = 512 * 2**20  # an uploaded .pt; the body may add FORM_OVERHEAD
+    model_check_wait_s: float = 10.0  # an upload's answer waits this long for the worker's checking stage (422/202)
+    triton_admin_key: str = field(default="", repr=False)  # Triton's restricted repository API (index, load, unload)
 
     def __post_init__(self) -> None:
         """Refuse values the gateway cannot run with, naming the variable that sets them."""

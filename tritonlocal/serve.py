@@ -54,13 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     server = launcher.start(args.repository, http_port=args.triton_http_port, grpc_port=args.triton_grpc_port)
     print(f"[serve] Triton ready: gRPC {server.grpc_url}, HTTP {server.http_url} (log: {server.log_path})", flush=True)
     worker = None
-    if args.state == "file" and not args.no_worker:
-        worker = start_worker(args.repository, server)
     try:
         if args.gateways > 1 or args.state == "redis":
             from tritonlocal import stack
 
-            return stack.serve(args.host, args.port, args.gateways, args.state, server)
+            # the worker starts there, once Redis is up (the registry is in Redis with STATE=redis)
+            repository = None if args.no_worker else args.repository
+            return stack.serve(args.host, args.port, args.gateways, args.state, server, repository)
+        if not args.no_worker:
+            worker = start_worker(args.repository, server)
         import uvicorn
 
         from gateway.app import create_app
@@ -97,8 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def start_worker(repository: Path, server: launcher.TritonServer) -> subprocess.Popen[bytes]:
-    """The export worker for uploaded models, on this Triton and the file registry (data/models.json)."""
+def start_worker(
+    repository: Path, server: launcher.TritonServer, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """The export worker for uploaded models, on this Triton and the registry `env` names (GATEWAY_REDIS_URL: Redis;
+    else the file, data/models.json)."""
     command = [
         sys.executable,
         "-m",
@@ -109,7 +114,7 @@ def start_worker(repository: Path, server: launcher.TritonServer) -> subprocess.
         "--triton-url",
         server.grpc_url,
     ]
-    env = dict(os.environ)
+    env = {**os.environ, **(env or {})}
     if server.admin_key:
         env["GATEWAY_TRITON_ADMIN_KEY"] = server.admin_key
     print("[serve] export worker for uploaded models started (python -m export worker)", flush=True)

@@ -1,5 +1,6 @@
-"""`make serve GATEWAYS=N STATE=redis`: one Redis (generated password), the Triton that serve.py started, and N
-gateway processes on ports PORT..PORT+N-1, all on loopback. Everything is stopped by its process id on exit.
+"""`make serve GATEWAYS=N STATE=redis`: one Redis (generated password), the Triton that serve.py started, the export
+worker for uploaded models (its registry in that Redis, beside the keys), and N gateway processes on ports
+PORT..PORT+N-1, all on loopback. Everything is stopped by its process id on exit.
 """
 
 from __future__ import annotations
@@ -94,8 +95,14 @@ def _wait_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float =
     raise RuntimeError(f"the gateway for {url} did not start within {timeout_s:.0f} s")
 
 
-def serve(host: str, port: int, gateways: int, state: str, server: launcher.TritonServer) -> int:
+def serve(
+    host: str, port: int, gateways: int, state: str, server: launcher.TritonServer, repository: Path | None = None
+) -> int:
+    """`repository`: the Triton repository for the export worker (None: no worker)."""
+    from tritonlocal.serve import start_worker, stop_worker
+
     redis: redisserver.RedisServer | None = None
+    worker: subprocess.Popen[bytes] | None = None
     env: dict[str, str] = {}
     try:
         if state == "redis":
@@ -109,8 +116,12 @@ def serve(host: str, port: int, gateways: int, state: str, server: launcher.Trit
                 "STATE=redis shares them",
                 flush=True,
             )
+        if repository is not None:
+            worker = start_worker(repository, server, env)
         return run_gateways(host, port, gateways, server, env)
     finally:
+        if worker is not None:
+            stop_worker(worker)
         if redis is not None:
             print("[serve] stopping Redis ...", file=sys.stderr, flush=True)
             redis.stop()

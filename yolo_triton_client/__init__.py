@@ -16,6 +16,7 @@ from yolo_triton_client.errors import (
     Unavailable,
     UpstreamError,
 )
+from yolo_triton_client.models import ModelFailed, ModelStatus, ModelVersion, Progress
 from yolo_triton_client.results import (
     Box,
     Classification,
@@ -32,6 +33,7 @@ from yolo_triton_client.results import (
 
 __all__ = [
     "ApiError", "AsyncClient", "AuthError", "Box", "Classification", "Client", "ClientError", "Detection",
-    "FramePrediction", "InvalidRequest", "Keypoints", "NotFound", "OrientedBox", "Polygon", "Prediction", "RateLimited",
+    "FramePrediction", "InvalidRequest", "Keypoints", "ModelFailed", "ModelStatus", "ModelVersion", "NotFound",
+    "OrientedBox", "Polygon", "Prediction", "Progress", "RateLimited",
     "Row", "Speed", "TransportError", "Unavailable", "UpstreamError", "VideoPrediction", "to_supervision",
 ]  # fmt: skip

@@ -10,11 +10,12 @@ encoding the sources, parsing the answers) in a worker thread and the requests o
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import AsyncIterator, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, Self, TypeAlias, TypedDict, TypeVar, Unpack, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypeAlias, TypedDict, TypeVar, Unpack, overload
 from urllib.parse import quote
 
 import anyio
@@ -33,6 +34,9 @@ from yolo_triton_client.results import (
 )
 from yolo_triton_client.retry import RetryPolicy
 from yolo_triton_client.sources import Source, Upload, is_url, load
+
+if TYPE_CHECKING:
+    from yolo_triton_client.models import AsyncModels, Models
 
 USER_AGENT = "yolo-triton-client/0.1"
 BATCH_SIZE = 8  # the server's default limit of `file` parts per batch request
@@ -75,6 +79,21 @@ class _Call:
     path: str
     data: dict[str, str] | None = None
     files: Files | None = None
+    content: bytes | None = None  # a raw body (JSON), sent as application/json
+    stream: Any = None  # a body sent as it is read (`_Checkpoint` of models.py: .headers, .chunks(), .achunks())
+    resend: bool = True  # False: never sent again once it may have reached the server (an upload)
+
+    def body(self, asynchronous: bool) -> dict[str, Any]:
+        """httpx's keyword arguments for the body."""
+        if self.stream is not None:
+            return {"content": self.stream.achunks() if asynchronous else self.stream.chunks(), **self._headers}
+        if self.content is not None:
+            return {"content": self.content, "headers": {"content-type": "application/json"}}
+        return {"data": self.data, "files": self.files}
+
+    @property
+    def _headers(self) -> dict[str, Any]:
+        return {"headers": self.stream.headers}
 
 
 @dataclass(frozen=True)
@@ -285,9 +304,13 @@ class Client(_Base[httpx.Client]):
         call = _video_call(model, source, True, options)
         return self._frames(call, _Frames(model, bool(options.get("normalize"))))
 
-    def models(self) -> list[dict[str, Any]]:
-        """The models the server has ready, as `GET /v1/models` lists them: id, task, names, default_size, ..."""
-        return self._run(_models())
+    @functools.cached_property
+    def models(self) -> Models:
+        """`client.models()`: the models the server has ready, as `GET /v1/models` lists them (id, task, names,
+        default_size, ...); `client.models.upload(...)` etc.: your own models (yolo_triton_client/models.py)."""
+        from yolo_triton_client.models import Models
+
+        return Models(self)
 
     def _run(self, plan: Plan[T]) -> T:
         outcome: httpx.Response | ApiError | None = None
@@ -297,14 +320,14 @@ class Client(_Base[httpx.Client]):
 
     def _send(self, call: _Call) -> httpx.Response | ApiError:
         """The successful response, or the ApiError of the last refusal, after the retries the policy allows."""
-        retrying = self._retry.start()
+        retrying = self._retry.start(call.resend)
         while isinstance(outcome := retrying.after(self._try(call)), float):
             time.sleep(outcome)
         return outcome
 
     def _try(self, call: _Call) -> httpx.Response | httpx.HTTPError:
         try:
-            return self._http.request(call.method, call.path, data=call.data, files=call.files)
+            return self._http.request(call.method, call.path, **call.body(asynchronous=False))
         except httpx.HTTPError as exc:
             return exc
 
@@ -368,8 +391,12 @@ class AsyncClient(_Base[httpx.AsyncClient]):
         call = await anyio.to_thread.run_sync(_video_call, model, source, True, options)
         return self._frames(call, _Frames(model, bool(options.get("normalize"))))
 
-    async def models(self) -> list[dict[str, Any]]:
-        return await self._run(_models())
+    @functools.cached_property
+    def models(self) -> AsyncModels:
+        """As `Client.models`: `await client.models()`, `await client.models.upload(...)`."""
+        from yolo_triton_client.models import AsyncModels
+
+        return AsyncModels(self)
 
     async def _run(self, plan: Plan[T]) -> T:
         outcome: httpx.Response | ApiError | None = None
@@ -378,14 +405,14 @@ class AsyncClient(_Base[httpx.AsyncClient]):
         return step.value
 
     async def _send(self, call: _Call) -> httpx.Response | ApiError:
-        retrying = self._retry.start()
+        retrying = self._retry.start(call.resend)
         while isinstance(outcome := retrying.after(await self._try(call)), float):
             await anyio.sleep(outcome)
         return outcome
 
     async def _try(self, call: _Call) -> httpx.Response | httpx.HTTPError:
         try:
-            return await self._http.request(call.method, call.path, data=call.data, files=call.files)
+            return await self._http.request(call.method, call.path, **call.body(asynchronous=True))
         except httpx.HTTPError as exc:
             return exc
 

@@ -22,6 +22,9 @@ RETRY_EXCEPTIONS = (
     httpx.WriteError,
     httpx.RemoteProtocolError,
 )
+# A request that must not reach the server twice (an upload: a second one is a second version) is sent again only
+# when no connection was made.
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
 
 
 @dataclass(frozen=True)
@@ -41,17 +44,18 @@ class RetryPolicy:
         self._log(response.request, attempt, wait, error)
         return wait
 
-    def after_exception(self, attempt: int, exc: httpx.HTTPError) -> float:
-        """Seconds to wait before retrying after a transport error; raises TransportError when giving up."""
-        if not isinstance(exc, RETRY_EXCEPTIONS) or attempt >= self.retries:
+    def after_exception(self, attempt: int, exc: httpx.HTTPError, resend: bool = True) -> float:
+        """Seconds to wait before retrying after a transport error; raises TransportError when giving up. `resend`:
+        False for a request the server may have received (only a failed connection is retried then)."""
+        if not isinstance(exc, RETRY_EXCEPTIONS if resend else NOT_SENT) or attempt >= self.retries:
             raise TransportError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
         wait = min(self._backoff(attempt), self.max_wait)
         self._log(exc.request, attempt, wait, exc)
         return wait
 
-    def start(self) -> Retrying:
-        """The retries of one request."""
-        return Retrying(self)
+    def start(self, resend: bool = True) -> Retrying:
+        """The retries of one request (`resend`: see `after_exception`)."""
+        return Retrying(self, resend=resend)
 
     def _backoff(self, attempt: int) -> float:
         return self.backoff * 2.0**attempt * random.uniform(0.5, 1.0)  # jitter: clients that failed together spread out
@@ -70,6 +74,7 @@ class Retrying:
 
     policy: RetryPolicy
     attempt: int = 0
+    resend: bool = True
 
     def after(self, outcome: httpx.Response | httpx.HTTPError) -> httpx.Response | ApiError | float:
         """A successful response; else the seconds to wait before the next attempt; else (no more attempts) the
@@ -79,7 +84,7 @@ class Retrying:
         try:
             if isinstance(outcome, httpx.Response):
                 return self.policy.after_response(self.attempt, outcome)
-            return self.policy.after_exception(self.attempt, outcome)
+            return self.policy.after_exception(self.attempt, outcome, self.resend)
         except ApiError as error:
             return error
         finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.api import openapi_models
 from gateway.api.openapi_schemas import (
     ERROR,
     IMAGES,
@@ -369,3 +370,14 @@ SPEC["paths"]["/v1/keys/{key_id}/usage"] = {
         },
     },
 }
+
+# Your own models (gateway/api/models.py, issue #27): the models API, and uploaded models in the listings
+for _path, _operations in {**openapi_models.PATHS, "/v1/models/{model_id}": openapi_models.ONE_MODEL}.items():
+    SPEC["paths"].setdefault(_path, {}).update(_operations)
+SPEC["paths"]["/v1/models"]["get"]["summary"] = "Built-in models ready in the inference server, and uploaded models"
+SPEC["paths"]["/v1/models"]["get"]["responses"]["200"] = _ok(
+    {"type": "array", "items": openapi_models.ANY_MODEL}, "Models"
+)
+SPEC["paths"]["/v1/models/{model_id}"]["get"]["responses"]["200"] = _ok(
+    openapi_models.ANY_MODEL, "The model (an uploaded one: its status resource)"
+)

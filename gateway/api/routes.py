@@ -22,6 +22,7 @@ from gateway.api.forms import (
     parse_urlencoded,
     streamed,
 )
+from gateway.api import models
 from gateway.api.openapi import SPEC
 from gateway.arguments import Style
 from gateway.budget import Hold
@@ -68,7 +69,7 @@ async def _handle(request: Request, model_id: str | None, style: Style) -> Respo
         if quota is not None:
             record.headers = quota.headers()  # X-RateLimit-*, added to the response whatever it is
         if model_id is not None:
-            info = await services.triton.model(model_id)
+            info = await services.model(model_id)  # an uploaded id: its serving version, kept to the end
         services.check_room()  # a full gateway refuses before reading a body it could not process
         hold = Hold(services.budget, entry.id)
         held.callback(hold.release)
@@ -90,7 +91,7 @@ async def _handle(request: Request, model_id: str | None, style: Style) -> Respo
                 raise BadRequest("Missing 'model': send the model id (or its HUB URL) in the 'model' field.")
             record.model = model_id[:64]
             await services.store.authenticate(key, model_id, header)
-            info = await services.triton.model(model_id)
+            info = await services.model(model_id)
         services.metrics.models.add(info.name)
         record.task = info.task
         if container is not None:
@@ -133,13 +134,13 @@ async def _read_form(request: Request, prediction: Prediction) -> tuple[FormData
 
 
 async def list_models(request: Request) -> Response:
-    models = await services_of(request).triton.ready_models()
-    return ok_response([m.public() for m in models], f"{len(models)} model(s) ready.")
+    """The built-in models Triton has ready and the uploaded ones (gateway/api/models.py)."""
+    return await models.list_models(request)
 
 
 async def get_model(request: Request) -> Response:
-    info = await services_of(request).triton.model(request.path_params["model_id"])
-    return ok_response(info.public(), "Model ready.")
+    """A built-in model's card, or an uploaded model's status resource (gateway/api/models.py)."""
+    return await models.get_model(request)
 
 
 async def metrics(request: Request) -> Response:

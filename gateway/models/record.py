@@ -197,6 +197,19 @@ def existing(record: ModelRecord | None, model_id: str) -> ModelRecord:
     return record
 
 
+def expected(record: ModelRecord | None, model_id: str, expect: Literal["any", "new", "existing"]) -> None:
+    """Refuse an upload that is not what the caller meant: "new" (POST) refuses a model with a version that serves or
+    is in progress (ModelConflict; one whose every version failed may be uploaded again), "existing" (PUT) one that
+    has no record (ModelNotFound)."""
+    if expect == "existing" and record is None:
+        raise ModelNotFound(f"Model '{model_id}' not found: upload it first (POST /v1/models).")
+    if expect == "new" and record is not None and any(v.status != "failed" for v in record.versions):
+        raise ModelConflict(
+            f"Model '{model_id}' already exists: upload a new version with PUT /v1/models/{model_id}, or choose "
+            "another id."
+        )
+
+
 def busy(record: ModelRecord, t: float) -> bool:
     """Whether a worker holds a live lease on one of the model's versions."""
     return any(v.status in ACTIVE and v.lease is not None and v.lease.until > t for v in record.versions)

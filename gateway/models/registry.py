@@ -14,6 +14,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection
 from dataclasses import replace
+from typing import Literal
 
 from gateway.models.record import (
     ACTIVE,
@@ -32,6 +33,7 @@ from gateway.models.record import (
     check_model_id,
     claimable,
     existing,
+    expected,
     failed,
     leased,
     triton_name,
@@ -83,11 +85,12 @@ class Registry(ABC):
         upload: str,
         imgsz: int | None = None,
         half: bool = False,
+        expect: Literal["any", "new", "existing"] = "any",
     ) -> tuple[ModelRecord, Version]:
         """Record a new version of `model_id` (the model too, when new) as `queued`; its number is the next one.
 
         `upload`: where the .pt already is, relative to the models dir (`upload_path`). The file must be complete
-        before this call: a worker may claim the version at once.
+        before this call: a worker may claim the version at once. `expect`: see `record.expected` (same write).
         """
         check_model_id(model_id)
         if not SHA256.match(sha256):
@@ -102,6 +105,7 @@ class Registry(ABC):
             t = self.clock()
             if record is not None and record.deleted:
                 raise ModelConflict(f"Model '{model_id}' is being deleted; upload it again in a few seconds.")
+            expected(record, model_id, expect)
             record = record or ModelRecord(id=model_id, created=t, updated=t)
             number = max((v.number for v in record.versions), default=0) + 1
             version = Version(

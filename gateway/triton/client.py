@@ -8,7 +8,7 @@ import math
 import re
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -75,6 +75,26 @@ def _metadata_error(exc: InferenceServerException, model: str) -> GatewayError:
     return error
 
 
+@dataclass(frozen=True, kw_only=True)
+class VersionInfo(ModelInfo):
+    """An uploaded model's serving version (issue #27): `name` is the id clients call (answers, messages, metrics say
+    it), `triton_name` the version Triton serves (`<id>--v<N>`), resolved once per request so that the request stays
+    on that version to its end."""
+
+    triton_name: str
+
+    @classmethod
+    def of(cls, info: ModelInfo, model_id: str) -> VersionInfo:
+        """The card Triton gave for the version (`info`, named `<id>--v<N>`), called `model_id`."""
+        values = {f.name: getattr(info, f.name) for f in fields(info)}
+        return cls(**{**values, "name": model_id, "triton_name": info.name})
+
+
+def served_name(info: ModelInfo) -> str:
+    """The name Triton serves the model under."""
+    return info.triton_name if isinstance(info, VersionInfo) else info.name
+
+
 @dataclass(frozen=True)
 class TritonHealth:
     """What one probe learned about Triton (for /readyz and the yolo_triton_up gauge)."""
@@ -100,6 +120,7 @@ class Triton:
     shm_bytes: int = 0
     http_url: str = ""  # with shm_bytes: inference requests over Triton's HTTP endpoint (gateway/triton/http.py)
     count: Callable[[str], None] = lambda transport: None  # told "shm" or "grpc" for each inference request sent
+    admin_key: str = field(default="", repr=False)  # Triton's restricted repository API (the index), when set
     client: grpcclient.InferenceServerClient = field(init=False)
     shm: SharedMemoryPool | None = field(default=None, init=False)
     http: TritonHTTP | None = field(default=None, init=False)
@@ -143,7 +164,9 @@ class Triton:
     async def ready_models(self) -> list[ModelInfo]:
         """Models Triton reports READY, with their info (skips models we can't describe)."""
         try:
-            index = await self.client.get_model_repository_index(as_json=True, client_timeout=METADATA_TIMEOUT_S)
+            index = await self.client.get_model_repository_index(
+                headers=self._admin_headers, as_json=True, client_timeout=METADATA_TIMEOUT_S
+            )
         except InferenceServerException as exc:
             raise _metadata_error(exc, "*") from None
         out = []
@@ -155,6 +178,12 @@ class Triton:
             except GatewayError:
                 continue
         return sorted(out, key=lambda m: m.name)
+
+    @property
+    def _admin_headers(self) -> dict[str, str] | None:
+        # over gRPC Triton reads a restricted protocol's key from `triton-grpc-protocol-<name>`
+        # (export/triton_control.py)
+        return {"triton-grpc-protocol-admin-key": self.admin_key} if self.admin_key else None
 
     async def server_ready(self) -> bool:
         try:
@@ -190,7 +219,7 @@ class Triton:
         then the inference): a hung Triton gives 504 at the deadline, not later."""
         deadline = time.monotonic() + self.timeout_s
         shape = (len(tensors), *tensors[0].shape)
-        key = (info.name, shape)
+        key = (served_name(info), shape)
         known = self._output_bytes.get(key)
         slot = None
         if self.shm is not None:
@@ -297,7 +326,7 @@ class Triton:
             "outputs": outputs,
         }
         try:
-            answer = await self.http.infer(info.name, request, self._left(info, deadline))
+            answer = await self.http.infer(served_name(info), request, self._left(info, deadline))
         except TimeoutError:
             raise GatewayTimeout(f"Inference on '{info.name}' timed out. Try again, or use a smaller `size`.") from None
         except TritonHTTPError as exc:
@@ -319,7 +348,7 @@ class Triton:
     ) -> grpcclient.InferResult:
         left = self._left(info, deadline)
         try:
-            result = await self.client.infer(info.name, [inp], outputs=outputs, client_timeout=left)
+            result = await self.client.infer(served_name(info), [inp], outputs=outputs, client_timeout=left)
         except InferenceServerException as exc:
             raise self._refused(info, exc) from None
         self._last_up = time.monotonic()
@@ -331,7 +360,7 @@ class Triton:
         message = str(exc.message() or exc)
         if "shared memory" in message.lower():
             return _SharedMemoryLost(message)
-        self._models.pop(info.name, None)
+        self._models.pop(served_name(info), None)
         return to_gateway_error(exc, info.name)
 
 

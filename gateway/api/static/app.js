@@ -108,12 +108,16 @@ async function loadModels() {
     els.model.replaceChildren(new Option("no models", ""));
     return;
   }
+  const current = els.model.value;
   els.model.replaceChildren();
-  for (const m of body.data) {
+  state.models.clear();
+  // uploaded models (models.js) are listed once they serve; the built-in ones whenever Triton has them ready
+  for (const m of body.data.filter((x) => x.source !== "upload" || x.status === "ready")) {
     state.models.set(m.id, m);
-    els.model.append(new Option(`${m.id} (${m.task})`, m.id));
+    els.model.append(new Option(`${m.id} (${m.task}${m.source === "upload" ? ", uploaded" : ""})`, m.id));
   }
-  if (!body.data.length) {
+  if (current && state.models.has(current)) els.model.value = current;
+  if (!state.models.size) {
     els.model.append(new Option("no models ready", ""));
     showError("No models are ready", "The inference server has no model loaded yet; reload the page in a moment.");
     return;

@@ -29,6 +29,7 @@
     if (!response.ok) throw new Error(`${response.status}: ${(json && json.message) || response.statusText}`);
     return json;
   }
+  window.adminPage = { cell, call };  // shared with models.js (loaded after this file)
 
   async function load() {
     $("keys-new").hidden = true;
