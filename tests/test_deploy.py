@@ -1667,7 +1667,7 @@ def test_uploads_share_one_volume_between_the_gateways_the_worker_and_triton(ren
     docs = rendered["uploads-values.yaml"]
     assert check.invariants(docs) == []
     worker, wc = _worker(docs), _worker_container(docs)
-    assert worker["spec"]["replicas"] == 2 and wc["image"] == "yolo-triton-worker:0.1.0"
+    assert worker["spec"]["replicas"] == 2 and wc["image"] == "registry.example.com/ml/yolo-triton-worker:0.1.0"
     assert wc["args"] == ["--repository=/var/lib/yolo-triton/repository", "--alive-file=/tmp/export-worker.alive"]
     env = check.env_of(wc)
     assert env["GATEWAY_TRITON_URL"] == "dns:///yolo-triton-triton.yolo.svc.cluster.local:8001"
