@@ -176,22 +176,6 @@ def test_a_rate_limit_holds_across_the_gateways_as_one(redis_stack: RedisStack) 
 # --- uploaded models (issue #27) -----------------------------------------------------------------------------
 
 
-def _fruit_checkpoint(folder: Path) -> Path:
-    """An untrained YOLOv8n with 3 named classes, from Ultralytics' architecture YAML (no download): the version that
-    replaces the trained one, told apart by its class names."""
-    import yaml as pyyaml
-    from ultralytics import YOLO
-    from ultralytics.utils import ROOT as ULTRALYTICS
-
-    cfg = pyyaml.safe_load((ULTRALYTICS / "cfg" / "models" / "v8" / "yolov8.yaml").read_text())
-    cfg["nc"] = 3
-    (folder / "yolov8n-fruit.yaml").write_text(pyyaml.safe_dump(cfg))  # the `n` in the name picks the scale
-    yolo = YOLO(str(folder / "yolov8n-fruit.yaml"), verbose=False)
-    yolo.model.names = {0: "apple", 1: "banana", 2: "cherry"}
-    yolo.save(folder / "fruit.pt")
-    return folder / "fruit.pt"
-
-
 def _send_model(stack: RedisStack, gateway: int, method: str, path: str, checkpoint: Path, **fields: str) -> Any:
     with open(checkpoint, "rb") as f:
         return requests.request(
@@ -223,7 +207,7 @@ def test_an_upload_serves_on_every_gateway_and_a_replace_drops_no_request(
     by all three gateways; replaced through gateway 2 by a checkpoint of its own (3 classes) while requests keep going
     to every gateway: none fails, and the new version serves everywhere. Then Triton restarts: it loads the versions
     from the uploads volume at start (--load-model=*), and the model serves again."""
-    from tests.test_models_sandbox import trained_yolov8n
+    from tests.test_models_sandbox import three_class_checkpoint, trained_yolov8n
 
     stack = redis_stack
     user = stack.create_key(0, name="uploads-user", models=["parts"])["key"]
@@ -269,7 +253,7 @@ def test_an_upload_serves_on_every_gateway_and_a_replace_drops_no_request(
     load.start()
     try:
         started = time.monotonic()
-        r = _send_model(stack, 1, "PUT", "/v1/models/parts", _fruit_checkpoint(tmp_path))
+        r = _send_model(stack, 1, "PUT", "/v1/models/parts", three_class_checkpoint(tmp_path))
         assert r.status_code == 202, r.text
         data = _serving(stack, 2, "parts", 2, within_s=600)
         v2_s = time.monotonic() - started

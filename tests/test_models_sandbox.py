@@ -41,6 +41,22 @@ def trained_yolov8n() -> Path:
     return found[0]
 
 
+def three_class_checkpoint(folder: Path) -> Path:
+    """An untrained YOLOv8n with 3 named classes (apple, banana, cherry), built offline from Ultralytics' architecture
+    YAML and saved as `folder`/fruit.pt."""
+    import yaml
+    from ultralytics import YOLO
+    from ultralytics.utils import ROOT as ULTRALYTICS
+
+    cfg = yaml.safe_load((ULTRALYTICS / "cfg" / "models" / "v8" / "yolov8.yaml").read_text())
+    cfg["nc"] = 3
+    (folder / "yolov8n-fruit.yaml").write_text(yaml.safe_dump(cfg))  # the `n` in the name picks the scale
+    yolo = YOLO(str(folder / "yolov8n-fruit.yaml"), verbose=False)
+    yolo.model.names = {0: "apple", 1: "banana", 2: "cherry"}
+    yolo.save(folder / "fruit.pt")
+    return folder / "fruit.pt"
+
+
 def sandboxed(job: str, path: Path, limits: Limits = LIMITS) -> dict[str, Any]:
     with private_folder() as folder:
         copy = folder / "checkpoint.pt"

@@ -40,7 +40,7 @@ from gateway.models.record import EXPORT_STAGES
 from gateway.models.redis_backend import RedisRegistry
 from tests.conftest import CACHE, ROOT, Gateway, start_gateway, stop_gateway
 from tests.reference import image_wh
-from tests.test_models_sandbox import Payload, trained_yolov8n
+from tests.test_models_sandbox import Payload, three_class_checkpoint, trained_yolov8n
 from tritonlocal import launcher, redisserver
 
 pytestmark = pytest.mark.load
@@ -186,18 +186,7 @@ def stack(
 @pytest.fixture(scope="module")
 def three_classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained YOLOv8n with 3 named classes, built from Ultralytics' architecture YAML and saved as a .pt."""
-    import yaml
-    from ultralytics import YOLO
-    from ultralytics.utils import ROOT as ULTRALYTICS
-
-    folder = tmp_path_factory.mktemp("three")
-    cfg = yaml.safe_load((ULTRALYTICS / "cfg" / "models" / "v8" / "yolov8.yaml").read_text())
-    cfg["nc"] = 3
-    (folder / "yolov8n-fruit.yaml").write_text(yaml.safe_dump(cfg))  # the `n` in the name picks the scale
-    yolo = YOLO(str(folder / "yolov8n-fruit.yaml"), verbose=False)
-    yolo.model.names = {0: "apple", 1: "banana", 2: "cherry"}
-    yolo.save(folder / "fruit.pt")
-    return folder / "fruit.pt"
+    return three_class_checkpoint(tmp_path_factory.mktemp("three"))
 
 
 def predict(gw: Gateway, model: str, photo: Path) -> requests.Response:
