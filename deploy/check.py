@@ -7,8 +7,8 @@ that CLUSTER_APIS names for that file, e.g. the Prometheus Operator's ServiceMon
 against the Kubernetes 1.29 and 1.33 OpenAPI schemas in strict mode (a missing schema is an error, except for the
 allow-listed CRDs), then check the invariants a later edit must not drop (probes, security contexts, resources,
 GPUs, the headless Triton Service, NetworkPolicies, autoscalers, PDBs, the keys Secret mount, image tags, Triton's
-flags, rollout timing, gRPC keepalive, ingress routes, memory budgets). Prints one summary line per values file and
-every problem found.
+flags, rollout timing, gRPC keepalive, ingress routes, memory budgets, and with uploaded models the export worker and
+the volume it shares with the gateways and Triton). Prints one summary line per values file and every problem found.
 """
 
 from __future__ import annotations
@@ -65,7 +65,19 @@ DECODE_BUDGET_WAIT_S = 5.0  # GATEWAY_DECODE_BUDGET_WAIT_S's default: a request 
 HTTP_RESTRICTED = {
     "metadata", "inference", "shared-memory", "model-config", "model-repository", "statistics", "trace", "logging",
 }  # fmt: skip
-GRPC_RESTRICTED = {"shared-memory", "statistics", "trace", "logging"}
+# gRPC's repository protocol too (load, unload, index): only the gateways (the index) and the export worker (loads and
+# unloads) hold the key.
+GRPC_RESTRICTED = {"shared-memory", "statistics", "trace", "logging", "model-repository"}
+# Triton in explicit model control (issue #27; tritonlocal/launcher.py measured why): everything in the repositories
+# loaded at start, strict readiness and exit-on-error off (one failed load must not take a pod out of its Service or
+# stop it).
+TRITON_CONTROL_FLAGS = {
+    "model-control-mode": "explicit",
+    "load-model": "*",
+    "strict-readiness": "false",
+    "exit-on-error": "false",
+}
+WORKER_EGRESS_PORTS = {8001, 53}  # Triton's gRPC and DNS; and Redis' port (from GATEWAY_REDIS_URL)
 GATEWAY_SETTINGS = (
     "GATEWAY_TRITON_URL", "GATEWAY_KEYS_FILE", "GATEWAY_MAX_UPLOAD_BYTES", "GATEWAY_MAX_PIXELS", "GATEWAY_LETTERBOX",
     "GATEWAY_TRITON_TIMEOUT_S", "GATEWAY_MAX_INFLIGHT", "GATEWAY_URL_TIMEOUT_S", "GATEWAY_URL_MAX_REDIRECTS",
@@ -192,6 +204,36 @@ def env_of(c: Doc) -> dict[str, str]:
     return {e["name"]: e.get("value", "") for e in c.get("env", []) if "value" in e}
 
 
+def mount_of(c: Doc, path: str) -> Doc | None:
+    """The volumeMount of container `c` that holds `path` (the deepest one)."""
+    found = [
+        m
+        for m in c.get("volumeMounts", [])
+        if path == m["mountPath"] or path.startswith(m["mountPath"].rstrip("/") + "/")
+    ]
+    return max(found, key=lambda m: len(m["mountPath"])) if found else None
+
+
+def volume_path(spec: Doc, c: Doc, path: str) -> tuple[str, str] | None:
+    """Where `path` of container `c` lies on a PersistentVolumeClaim: (claim, folder inside it), or None."""
+    mount = mount_of(c, path)
+    if mount is None:
+        return None
+    volume = next((v for v in spec.get("volumes", []) if v["name"] == mount["name"]), {})
+    claim = volume.get("persistentVolumeClaim", {}).get("claimName")
+    if claim is None:
+        return None
+    inside = path[len(mount["mountPath"].rstrip("/")) :].strip("/")
+    return str(claim), "/".join(p for p in (str(mount.get("subPath", "")).strip("/"), inside) if p)
+
+
+def secret_ref(c: Doc | None, name: str) -> Doc | None:
+    """The secretKeyRef an env variable of `c` comes from (None: absent, or a literal value)."""
+    entry = next((e for e in (c or {}).get("env", []) if e["name"] == name), {})
+    ref = entry.get("valueFrom", {}).get("secretKeyRef")
+    return dict(ref) if ref else None
+
+
 def probe_budget(probe: Doc) -> int:
     return int(probe.get("initialDelaySeconds", 0)) + int(probe.get("periodSeconds", 10)) * int(
         probe.get("failureThreshold", 3)
@@ -292,6 +334,7 @@ def invariants(docs: list[Doc]) -> list[str]:
     problems += _rollout_invariants(docs)
     problems += _monitoring_invariants(docs)
     problems += _redis_invariants(docs)
+    problems += _uploads_invariants(docs)
     return problems
 
 
@@ -345,15 +388,16 @@ def _triton_invariants(docs: list[Doc]) -> list[str]:
     if builder is not None and release_of(str(builder.get("image", ""))) != release:
         problems.append("triton: the TensorRT builder image must be the Triton image's release (same TensorRT)")
 
-    if "--model-control-mode=none" not in args or any(
-        a.startswith("--model-control-mode=") and a != "--model-control-mode=none" for a in args
-    ):
-        problems.append("triton: args must contain --model-control-mode=none (and no other mode)")
-    if any(
-        a.startswith(("--load-model", "--repository-poll-secs", "--allow-sagemaker=true", "--allow-vertex-ai=true"))
-        for a in args
-    ):
-        problems.append("triton: no model loading, polling or extra protocol endpoints may be enabled")
+    for name, value in TRITON_CONTROL_FLAGS.items():
+        given = [a.split("=", 1)[1] for a in args if a.startswith(f"--{name}=") or a == f"--{name}"]
+        if given != [value]:
+            problems.append(
+                f"triton: args must contain --{name}={value} once (have {given or 'none'}): explicit model control "
+                "loads every repository at start; strict readiness and exit-on-error off keep one failed load from "
+                "taking the pod out of its Service or stopping it"
+            )
+    if any(a.startswith(("--repository-poll-secs", "--allow-sagemaker=true", "--allow-vertex-ai=true")) for a in args):
+        problems.append("triton: no repository polling or extra protocol endpoints may be enabled")
     if not HTTP_RESTRICTED <= restricted_groups(args, "--http-restricted-api"):
         problems.append(f"triton: --http-restricted-api must restrict {sorted(HTTP_RESTRICTED)} with a key")
     if not GRPC_RESTRICTED <= restricted_groups(args, "--grpc-restricted-protocol"):
@@ -365,9 +409,16 @@ def _triton_invariants(docs: list[Doc]) -> list[str]:
     if not {8000, 8001, 8002} <= ports:
         problems.append("triton: container ports 8000 (HTTP), 8001 (gRPC) and 8002 (metrics) are required")
     startup, ready, live = (triton.get(k) or {} for k in ("startupProbe", "readinessProbe", "livenessProbe"))
-    if startup.get("httpGet", {}).get("path") != "/v2/health/ready" or probe_budget(startup) < TRITON_STARTUP_BUDGET_S:
+    script = " ".join(str(a) for a in startup.get("exec", {}).get("command", []))
+    if (
+        "/v2/models/" not in script
+        or "/models/*/config.pbtxt" not in script
+        or probe_budget(startup) < TRITON_STARTUP_BUDGET_S
+    ):
         problems.append(
-            f"triton: startupProbe on /v2/health/ready with a budget >= {TRITON_STARTUP_BUDGET_S} s is required"
+            "triton: the startupProbe must wait for every built-in model (each /models/*/config.pbtxt ready on "
+            f"/v2/models/<name>/ready; without strict readiness /v2/health/ready does not), with a budget >= "
+            f"{TRITON_STARTUP_BUDGET_S} s"
         )
     if ready.get("httpGet", {}).get("path") != "/v2/health/ready":
         problems.append("triton: readinessProbe must be /v2/health/ready")
@@ -410,6 +461,12 @@ def _triton_invariants(docs: list[Doc]) -> list[str]:
     models = next((m for m in triton.get("volumeMounts", []) if m.get("mountPath") == "/models"), None)
     if models is None or not models.get("readOnly"):
         problems.append("triton: the model repository must be mounted read-only at /models")
+    if flag(args, "model-repository") is None or "--model-repository=/models" not in args:
+        problems.append("triton: --model-repository=/models (the built-in models) is required")
+    for repository in (a.split("=", 1)[1] for a in args if a.startswith("--model-repository=")):
+        mount = mount_of(triton, repository)
+        if mount is None or not mount.get("readOnly"):
+            problems.append(f"triton: the model repository {repository} must lie in a read-only mount")
 
     annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
     scraped = annotations.get("prometheus.io/scrape") == "true" and annotations.get("prometheus.io/port") == "8002"
@@ -439,6 +496,13 @@ def _body_limit(env: dict[str, str]) -> int:
     )
 
 
+def _largest_body(env: dict[str, str]) -> int:
+    """The largest request body at all: an image's or a video's, or an uploaded checkpoint's (streamed to the uploads
+    volume, never to /tmp) + the form."""
+    model = int(env.get("GATEWAY_MAX_MODEL_BYTES", "0"))
+    return max(_body_limit(env), model + FORM_OVERHEAD if model else 0)
+
+
 def _gateway_invariants(docs: list[Doc]) -> list[str]:
     problems = []
     deployment = one(docs, "Deployment", "gateway")
@@ -458,6 +522,16 @@ def _gateway_invariants(docs: list[Doc]) -> list[str]:
     missing = [k for k in GATEWAY_SETTINGS if k not in env]
     if missing:
         problems.append(f"gateway: settings missing from env: {', '.join(missing)}")
+
+    triton_args = [str(a) for a in (container(one(docs, "Deployment", "triton"), "triton") or {}).get("args", [])]
+    admin = secret_ref(container(one(docs, "Deployment", "triton"), "triton"), "TRITON_ADMIN_KEY")
+    if "model-repository" in restricted_groups(triton_args, "--grpc-restricted-protocol") and (
+        admin is None or secret_ref(gateway, "GATEWAY_TRITON_ADMIN_KEY") != admin
+    ):
+        problems.append(
+            "gateway: GATEWAY_TRITON_ADMIN_KEY must come from Triton's admin Secret (secretKeyRef): Triton's gRPC "
+            "repository protocol is restricted, and the gateway lists models (/v1/models, /readyz) through it"
+        )
 
     triton_service = one(docs, "Service", "triton")
     if triton_service is not None:
@@ -572,7 +646,7 @@ def _gateway_invariants(docs: list[Doc]) -> list[str]:
                     "memory wait, inference), so clients get the gateway's JSON error, not the ingress' HTML one"
                 )
         body = ingress["metadata"].get("annotations", {}).get("nginx.ingress.kubernetes.io/proxy-body-size")
-        limit = _body_limit(env)
+        limit = _largest_body(env)
         if body is None or not limit <= size_bytes(body) < limit + 2**20:
             problems.append(
                 f"{where}: proxy-body-size {body!r} must match the gateway's limit ({limit} bytes, rounded up to MiB)"
@@ -586,6 +660,8 @@ def _policy_invariants(docs: list[Doc]) -> list[str]:
     if gateway is None or triton is None:
         return []
     gw_labels, tr_labels = pod_labels(gateway), pod_labels(triton)
+    worker = one(docs, "Deployment", "worker")
+    clients = [gw_labels] + ([pod_labels(worker)] if worker is not None else [])
 
     policies = of_kind(docs, "NetworkPolicy")
     triton_policies = [
@@ -603,11 +679,13 @@ def _policy_invariants(docs: list[Doc]) -> list[str]:
             if not ports:
                 problems.append("networkpolicy: every Triton ingress rule must name its ports")
             if 8001 in ports and not all(
-                matches(peer.get("podSelector", {}).get("matchLabels", {}), gw_labels)
+                any(matches(peer.get("podSelector", {}).get("matchLabels", {}), labels) for labels in clients)
                 and "namespaceSelector" not in peer
                 for peer in rule.get("from", [])
             ):
-                problems.append("networkpolicy: only the gateway pods may reach Triton's gRPC port")
+                problems.append(
+                    "networkpolicy: only the gateway pods (and the export worker) may reach Triton's gRPC port"
+                )
     if not any(matches(p["spec"].get("podSelector", {}).get("matchLabels", {}), gw_labels) for p in policies):
         problems.append("networkpolicy: a NetworkPolicy must select the gateway pods")
 
@@ -791,7 +869,7 @@ def _redis_invariants(docs: list[Doc]) -> list[str]:
     ):
         problems.append("redis: must require a password taken from a Secret, given on standard input (not in argv)")
     policy = one(docs, "NetworkPolicy", "redis")
-    allowed = {"gateway", "redis-bootstrap"}
+    allowed = {"gateway", "redis-bootstrap", "worker"}
     peers = [peer for rule in (policy or {}).get("spec", {}).get("ingress", []) for peer in rule.get("from", [])]
     if (
         policy is None
@@ -802,6 +880,133 @@ def _redis_invariants(docs: list[Doc]) -> list[str]:
         )
     ):
         problems.append("redis: a NetworkPolicy must admit only the gateway pods (and the key bootstrap job)")
+    worker = one(docs, "Deployment", "worker")
+    if worker is not None and (policy is None or not admits(policy, pod_labels(worker), 6379)):
+        problems.append("redis: the NetworkPolicy must admit the export worker (the model registry is in Redis)")
+    return problems
+
+
+def _uploads_invariants(docs: list[Doc]) -> list[str]:
+    """Uploaded models: the export worker is confined (non-root, read-only root but its scratch space, probes, a
+    NetworkPolicy that admits nothing and lets it reach only Triton, Redis and DNS), reaches every Triton pod with the
+    admin key, and shares one volume with the gateways (uploads) and Triton (the repository, read-only)."""
+    worker = one(docs, "Deployment", "worker")
+    if worker is None:
+        return []
+    wc = container(worker, "worker")
+    if wc is None:
+        return ["worker: the worker Deployment needs a 'worker' container"]
+    problems = []
+    spec = worker["spec"]["template"]["spec"]
+    if wc.get("securityContext", {}).get("readOnlyRootFilesystem") is not True:
+        problems.append("worker: readOnlyRootFilesystem must be true (its scratch space is /tmp)")
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    tmp = mount_of(wc, "/tmp")
+    if tmp is None or tmp["mountPath"] != "/tmp" or "sizeLimit" not in volumes.get(tmp["name"], {}).get("emptyDir", {}):
+        problems.append("worker: /tmp must be an emptyDir with a sizeLimit (the sandbox's private folders)")
+    for probe in ("livenessProbe", "readinessProbe"):
+        if not wc.get(probe):
+            problems.append(f"worker: a {probe} is required (its alive file)")
+    env = {e["name"]: e for e in wc.get("env", [])}
+    if not str(env.get("GATEWAY_TRITON_URL", {}).get("value", "")).startswith("dns:///"):
+        problems.append(
+            "worker: GATEWAY_TRITON_URL must be the headless Service (dns:///...), whose name resolves to every Triton "
+            "pod: the worker loads each version on each of them"
+        )
+    if "GATEWAY_REDIS_URL" not in env or secret_ref(wc, "GATEWAY_REDIS_PASSWORD") is None:
+        problems.append(
+            "worker: GATEWAY_REDIS_URL and GATEWAY_REDIS_PASSWORD (a secretKeyRef): the registry is in Redis"
+        )
+    tc = container(one(docs, "Deployment", "triton"), "triton")
+    admin = secret_ref(tc, "TRITON_ADMIN_KEY")
+    if admin is None or secret_ref(wc, "GATEWAY_TRITON_ADMIN_KEY") != admin:
+        problems.append("worker: GATEWAY_TRITON_ADMIN_KEY must come from Triton's admin Secret (loads and unloads)")
+    gateway = one(docs, "Deployment", "gateway")
+    gc = container(gateway, "gateway")
+
+    def uid(deployment: Doc | None, c: Doc | None) -> object:
+        pod = (deployment or {}).get("spec", {}).get("template", {}).get("spec", {}).get("securityContext", {})
+        return (c or {}).get("securityContext", {}).get("runAsUser", pod.get("runAsUser"))
+
+    if uid(worker, wc) != uid(gateway, gc):
+        problems.append("worker: must run as the gateways' user (both write the uploads folder)")
+
+    labels = pod_labels(worker)
+    policies = [
+        p for p in of_kind(docs, "NetworkPolicy") if matches(p["spec"]["podSelector"].get("matchLabels", {}), labels)
+    ]
+    redis_url = str(env.get("GATEWAY_REDIS_URL", {}).get("value", ""))
+    redis_port = int(redis_url.rsplit(":", 1)[-1].split("/")[0]) if redis_url.rsplit(":", 1)[-1][:1].isdigit() else 6379
+    triton = one(docs, "Deployment", "triton")
+    if not policies:
+        problems.append("networkpolicy: a NetworkPolicy must select the export worker")
+    for policy in policies:
+        where = f"networkpolicy: {policy['metadata']['name']}"
+        if not {"Ingress", "Egress"} <= set(policy["spec"].get("policyTypes", [])):
+            problems.append(f"{where}: must restrict the worker's Ingress and Egress")
+        if policy["spec"].get("ingress"):
+            problems.append(f"{where}: nothing may connect to the worker (no ingress rule)")
+        for rule in policy["spec"].get("egress", []):
+            ports = {pt.get("port") for pt in rule.get("ports", [])}
+            if not ports or not ports <= WORKER_EGRESS_PORTS | {redis_port}:
+                problems.append(
+                    f"{where}: the worker may reach only Triton (8001), Redis ({redis_port}) and DNS (53); "
+                    f"a rule allows {sorted(ports, key=str) or 'every port'}"
+                )
+            if 8001 in ports and (
+                triton is None
+                or not rule.get("to")
+                or not all(
+                    matches(peer.get("podSelector", {}).get("matchLabels", {}), pod_labels(triton))
+                    for peer in rule["to"]
+                )  # fmt: skip
+            ):
+                problems.append(f"{where}: the worker's egress to 8001 must name the Triton pods")
+    triton_policy = next(
+        (p for p in of_kind(docs, "NetworkPolicy") if triton is not None
+         and matches(p["spec"]["podSelector"].get("matchLabels", {}), pod_labels(triton))), None
+    )  # fmt: skip
+    if triton_policy is not None and not admits(triton_policy, labels, 8001):
+        problems.append("networkpolicy: Triton's policy must admit the export worker to 8001 (loads, unloads)")
+
+    # One volume: the worker's repository is a repository of Triton's (read-only there); the gateways' uploads/ is the
+    # worker's, and the gateways mount nothing else of it (they could change what Triton loads).
+    repository = flag([str(a) for a in wc.get("args", [])], "repository")
+    on_worker = volume_path(spec, wc, repository) if repository else None
+    if on_worker is None or (mount_of(wc, repository or "/") or {}).get("readOnly"):
+        problems.append("worker: --repository must lie on the shared PersistentVolumeClaim, mounted read-write")
+    if triton is not None and tc is not None:
+        tspec = triton["spec"]["template"]["spec"]
+        loaded = [
+            volume_path(tspec, tc, a.split("=", 1)[1]) for a in map(str, tc.get("args", []))
+            if a.startswith("--model-repository=")
+        ]  # fmt: skip
+        if on_worker is not None and on_worker not in loaded:
+            problems.append(
+                "triton: --model-repository must name the worker's repository folder of the shared volume "
+                "(each Triton pod loads the uploaded versions at start)"
+            )
+    models_dir = str(env.get("GATEWAY_MODELS_DIR", {}).get("value", ""))
+    uploads = volume_path(spec, wc, f"{models_dir}/uploads") if models_dir else None
+    if gateway is not None and gc is not None:
+        gspec = gateway["spec"]["template"]["spec"]
+        g_models = next((str(e.get("value", "")) for e in gc.get("env", []) if e["name"] == "GATEWAY_MODELS_DIR"), "")
+        g_uploads = volume_path(gspec, gc, f"{g_models}/uploads") if g_models else None
+        if uploads is None or g_uploads != uploads or (mount_of(gc, f"{g_models}/uploads") or {}).get("readOnly"):
+            problems.append(
+                "gateway: GATEWAY_MODELS_DIR/uploads must be the worker's (the same folder of the shared volume, "
+                "writable): the gateways store uploads there, the worker reads them"
+            )
+        claim = on_worker[0] if on_worker else None
+        for m in gc.get("volumeMounts", []):
+            held = volume_path(gspec, gc, m["mountPath"])
+            if on_worker is not None and held is not None and held[0] == claim:
+                inside = held[1]
+                if not inside or on_worker[1] == inside or on_worker[1].startswith(inside + "/"):
+                    problems.append(
+                        "gateway: must mount only the uploads folder of the shared volume, not the repository "
+                        "Triton loads (a gateway could change what Triton runs)"
+                    )
     return problems
 
 

@@ -1,10 +1,11 @@
 """Build the images and run the stack in containers on this machine: `make images`, `make container-test`.
 
-    python deploy/containers.py images           # engine, base image, wheels, then both images; prints sizes, times
+    python deploy/containers.py images           # engine, base image, wheels, then the images; prints sizes, times
     python deploy/containers.py test [ARGS...]   # images, then `pytest -m container tests/test_containers.py ARGS`
     python deploy/containers.py up | down        # the CPU stack of deploy/compose.cpu.yaml on 127.0.0.1:$GATEWAY_PORT
-    python deploy/containers.py up --redis       # three gateways and one Redis (deploy/compose.redis.yaml) on
-                                                 # 127.0.0.1:$GATEWAY_PORT, +1 and +2; `down --redis` stops it
+    python deploy/containers.py up --redis       # three gateways, one Redis and the export worker
+                                                 # (deploy/compose.redis.yaml) on 127.0.0.1:$GATEWAY_PORT, +1 and
+                                                 # +2, uploads in $MODELS_DATA; `down --redis` stops it
     python deploy/containers.py engine-stop      # stop the engine this script started (after `images` or `up`)
 
 No image registry is needed. The base image is Debian 12 made with `debootstrap` from Debian's mirror and
@@ -46,6 +47,7 @@ VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["versi
 GATEWAY_IMAGE = f"yolo-triton-gateway:{VERSION}"
 TRITON_IMAGE = f"yolo-triton-triton-cpu:{VERSION}"
 REDIS_IMAGE = f"yolo-triton-redis:{VERSION}"
+WORKER_IMAGE = f"yolo-triton-worker:{VERSION}"
 COMPOSE_FILE = DEPLOY / "compose.cpu.yaml"
 PROJECT = "yolo-triton-cpu"
 REDIS_COMPOSE_FILE = DEPLOY / "compose.redis.yaml"
@@ -53,6 +55,14 @@ REDIS_PROJECT = "yolo-triton-redis"
 REDIS_GATEWAYS = ("gateway-1", "gateway-2", "gateway-3")
 # The generated password of the Redis stack (mode 0600), for `down` and for the keys tool by hand.
 REDIS_PASSWORD_FILE = CACHE / "redis-stack.password"
+# The key of Triton's restricted APIs (repository, metadata, ...), drawn by `up` for each stack and given to Triton,
+# the gateways (their model index calls) and the export worker (loads, unloads); mode 0600, for `down` and by hand.
+ADMIN_KEY_FILE = {PROJECT: CACHE / "cpu-stack.triton-admin-key", REDIS_PROJECT: CACHE / "redis-stack.triton-admin-key"}
+# The uploads volume's layout in the Redis stack (the chart's too): models/ is GATEWAY_MODELS_DIR (uploads/ written by
+# the gateways; staging/, versions/ by the worker), repository/ the uploads' Triton repository (the worker writes it,
+# Triton reads it). Owned by the gateway's and worker's uid; Triton (uid 1000) reads through the others' bits.
+MODELS_DATA_DIRS = ("models/uploads", "repository")
+WORKER_UID = 10001
 LABEL = "io.yolo-triton.local=1"  # every image built here carries it, so pruning never touches anyone else's
 DEBIAN_LABEL = "io.yolo-triton.debian"  # the base's Debian point release and archive dates (`debian_release`)
 
@@ -421,7 +431,7 @@ def _link_files(source: Path, target: Path, pattern: str) -> None:
             shutil.copy2(whl, target / whl.name)
 
 
-def context(name: str, wheel_dir: Path | None, deb_dir: Path) -> Path:
+def context(name: str, wheel_dir: Path | None, deb_dir: Path | None) -> Path:
     """What deploy/Dockerfile*.dockerignore let through, plus the wheels in deploy/wheels/ and the .deb files in
     deploy/debs/. The classic builder reads no per-Dockerfile ignore file, and the repository holds .venv and model
     caches that must not be sent."""
@@ -432,9 +442,15 @@ def context(name: str, wheel_dir: Path | None, deb_dir: Path) -> Path:
         (ctx / "requirements").mkdir()
         shutil.copy2(image_requirements(name), ctx / "requirements" / image_requirements(name).name)
         _link_files(wheel_dir, ctx / "deploy" / "wheels", "*.whl")
-    if name == "gateway":
+    if name in ("gateway", "worker"):
         _copy_tree(ROOT / "gateway", ctx / "gateway")
-    _link_files(deb_dir, ctx / "deploy" / "debs", "*.deb")
+    if name == "worker":  # the exporter, and the parity tolerances its verification shares with the tests
+        _copy_tree(ROOT / "export", ctx / "export")
+        (ctx / "bench").mkdir()
+        for module in ("__init__.py", "parity.py"):
+            shutil.copy2(ROOT / "bench" / module, ctx / "bench" / module)
+    if deb_dir is not None:
+        _link_files(deb_dir, ctx / "deploy" / "debs", "*.deb")
     return ctx
 
 
@@ -475,6 +491,8 @@ def images(eng: Engine) -> dict[str, float]:
         base = base_image(eng)
     with timed("wheels", times):
         gateway_wheels, triton_wheels = wheels("gateway"), wheels("triton")
+    with timed("wheels for the worker", times):
+        worker_wheels = wheels("worker")
     with timed("debs", times):
         build_debs, redis_debs = debs(eng, base, "build", BUILD_DEBS), debs(eng, base, "redis", REDIS_DEBS)
     with timed(f"build {GATEWAY_IMAGE}", times):
@@ -483,7 +501,9 @@ def images(eng: Engine) -> dict[str, float]:
         build(eng, TRITON_IMAGE, DEPLOY / "Dockerfile.triton-cpu", context("triton", triton_wheels, build_debs), base)
     with timed(f"build {REDIS_IMAGE}", times):
         build(eng, REDIS_IMAGE, DEPLOY / "Dockerfile.redis", context("redis", None, redis_debs), base, "BASE_IMAGE")
-    for tag in (GATEWAY_IMAGE, TRITON_IMAGE, REDIS_IMAGE):
+    with timed(f"build {WORKER_IMAGE}", times):
+        build(eng, WORKER_IMAGE, DEPLOY / "Dockerfile.worker", context("worker", worker_wheels, None), base)
+    for tag in (GATEWAY_IMAGE, TRITON_IMAGE, REDIS_IMAGE, WORKER_IMAGE):
         log(f"{tag}: {image_size(eng, tag) / 1e6:.0f} MB")
     return times
 
@@ -491,27 +511,73 @@ def images(eng: Engine) -> dict[str, float]:
 # --- the stack -------------------------------------------------------------------------------------------------
 
 
-def stack_env(repository: Path, keys: Path, port: int, redis_password: str = "") -> dict[str, str]:
-    env = {"MODEL_REPOSITORY": str(repository.resolve()), "KEYS_DIR": str(keys.resolve()), "GATEWAY_PORT": str(port)}
-    if redis_password:  # the Redis stack: its gateways on `port`, `port` + 1 and `port` + 2
+def stack_env(
+    repository: Path, keys: Path, port: int, admin_key: str, redis_password: str = "", models_data: Path | None = None
+) -> dict[str, str]:
+    """What compose interpolates: the folders, the ports and the stack's secrets."""
+    env = {
+        "MODEL_REPOSITORY": str(repository.resolve()),
+        "KEYS_DIR": str(keys.resolve()),
+        "GATEWAY_PORT": str(port),
+        "TRITON_ADMIN_KEY": admin_key,
+    }
+    if redis_password:  # the Redis stack: its gateways on `port`, `port` + 1 and `port` + 2, and the uploads volume
         env |= {"GATEWAY_PORT_2": str(port + 1), "GATEWAY_PORT_3": str(port + 2), "REDIS_PASSWORD": redis_password}
+        env["MODELS_DATA"] = str((models_data or ROOT / "build" / "models-data").resolve())
     return env
 
 
-def up(eng: Engine, repository: Path, keys: Path, port: int, timeout: float = 600, redis: bool = False) -> str:
-    """Start the CPU stack (or the Redis stack: three gateways and Redis, with a new password, returned) and wait
-    until every gateway's healthcheck passes (Triton first loads every model)."""
-    down(eng, repository, keys, port, redis=redis)  # leftovers of an interrupted run
-    password = ""
+def _draw(path: Path) -> str:
+    """A new secret, URL- and shell-safe (it goes into a redis:// URL, a heredoc, a command line), kept in `path`
+    (mode 0600) for `down` and for use by hand."""
+    value = secrets.token_urlsafe(24)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(value + "\n")
+    return value
+
+
+def prepare_models_data(folder: Path) -> None:
+    """The uploads volume of the Redis stack: its folders made, owned by the gateways' and worker's user, readable by
+    Triton's (MODELS_DATA_DIRS)."""
+    for sub in ("", *MODELS_DATA_DIRS):
+        path = folder / sub
+        path.mkdir(mode=0o755, parents=True, exist_ok=True)
+        for part in (path, *path.relative_to(folder).parents):
+            target = folder / part
+            if target.stat().st_uid != WORKER_UID:
+                try:
+                    os.chown(target, WORKER_UID, WORKER_UID)
+                except PermissionError:
+                    raise StepError(
+                        f"{target} must belong to uid {WORKER_UID} (the gateways and the worker write it): "
+                        f"chown -R {WORKER_UID}:{WORKER_UID} {folder}, or run as root"
+                    ) from None
+            target.chmod(0o755)
+
+
+def up(
+    eng: Engine,
+    repository: Path,
+    keys: Path,
+    port: int,
+    timeout: float = 600,
+    redis: bool = False,
+    models_data: Path | None = None,
+) -> dict[str, str]:
+    """Start the CPU stack (or the Redis stack: three gateways, Redis and the export worker), each with a new Triton
+    admin key (and Redis password), and wait until every gateway's healthcheck passes (Triton first loads every
+    model). Returns what compose was given, the secrets included."""
+    down(eng, repository, keys, port, redis=redis, models_data=models_data)  # leftovers of an interrupted run
+    project = REDIS_PROJECT if redis else PROJECT
+    admin_key = _draw(ADMIN_KEY_FILE[project])
+    password = _draw(REDIS_PASSWORD_FILE) if redis else ""
+    env = stack_env(repository, keys, port, admin_key, password, models_data)
     if redis:
-        password = secrets.token_urlsafe(24)  # URL- and shell-safe: it goes into a redis:// URL and a heredoc
-        REDIS_PASSWORD_FILE.parent.mkdir(parents=True, exist_ok=True)
-        REDIS_PASSWORD_FILE.unlink(missing_ok=True)
-        REDIS_PASSWORD_FILE.touch(mode=0o600)
-        REDIS_PASSWORD_FILE.write_text(password + "\n")
-    env = stack_env(repository, keys, port, password)
+        prepare_models_data(Path(env["MODELS_DATA"]))
     eng.compose("up", "-d", "--no-build", env=env, timeout=timeout, redis=redis)
-    project, services = (REDIS_PROJECT, REDIS_GATEWAYS) if redis else (PROJECT, ("gateway",))
+    services = REDIS_GATEWAYS if redis else ("gateway",)
     waiting = [f"{project}_{service}_1" for service in services]
     deadline = time.monotonic() + timeout
     while waiting and time.monotonic() < deadline:
@@ -523,14 +589,19 @@ def up(eng: Engine, repository: Path, keys: Path, port: int, timeout: float = 60
     if waiting:
         logs = eng.compose("logs", "--tail=40", env=env, redis=redis)
         raise StepError(f"{', '.join(waiting)} not healthy within {timeout:.0f} s:\n{logs}")
-    return password
+    return env
 
 
-def down(eng: Engine, repository: Path, keys: Path, port: int, redis: bool = False) -> None:
-    """Remove the stack's containers, network and volumes (the Redis stack's data too)."""
-    stored = REDIS_PASSWORD_FILE.read_text().strip() if redis and REDIS_PASSWORD_FILE.exists() else ""
-    env = stack_env(repository, keys, port, (stored or "none: only read by `up`") if redis else "")
+def down(
+    eng: Engine, repository: Path, keys: Path, port: int, redis: bool = False, models_data: Path | None = None
+) -> None:
+    """Remove the stack's containers, network and volumes (the Redis stack's data too; MODELS_DATA is a folder of
+    the host's and stays)."""
+    placeholder = "none: only read by `up`"
+    password = placeholder if redis else ""
+    env = stack_env(repository, keys, port, placeholder, password, models_data)
     eng.compose("down", "--volumes", "--remove-orphans", "--timeout", "30", env=env, redis=redis)
+    ADMIN_KEY_FILE[REDIS_PROJECT if redis else PROJECT].unlink(missing_ok=True)
     if redis:
         REDIS_PASSWORD_FILE.unlink(missing_ok=True)
 
@@ -589,9 +660,11 @@ def _command(eng: Engine, command: str, pytest_args: list[str]) -> int:
         log(f"container-test: {time.monotonic() - start:.0f} s in all")
         return result.returncode
     redis = pytest_args == ["--redis"]
+    models_data = Path(os.environ["MODELS_DATA"]) if os.environ.get("MODELS_DATA") else None
     if command == "up" and redis:
-        up(eng, repository, keys, port, redis=True)
+        env = up(eng, repository, keys, port, redis=True, models_data=models_data)
         log(f"gateways on http://127.0.0.1:{port}, :{port + 1} and :{port + 2}, sharing keys through Redis;")
+        log(f"uploaded models in {env['MODELS_DATA']} (the export worker turns them into served versions);")
         log(f"password in {REDIS_PASSWORD_FILE}; `python deploy/containers.py down --redis` stops them")
         return 0
     if command == "up":
@@ -600,7 +673,7 @@ def _command(eng: Engine, command: str, pytest_args: list[str]) -> int:
         up(eng, repository, keys, port)
         log(f"gateway on http://127.0.0.1:{port} (keys in {keys}); `python deploy/containers.py down` stops it")
         return 0
-    down(eng, repository, keys, port, redis=redis)
+    down(eng, repository, keys, port, redis=redis, models_data=models_data)
     return 0
 
 

@@ -158,7 +158,8 @@ def run(
     Raises SandboxFailed with the reason when the child gives no answer or a refusal.
     """
     (folder / "tmp").mkdir(exist_ok=True)
-    (folder / "job.json").write_text(json.dumps({"job": job, "args": args, "limits": asdict(limits)}))
+    spec = {"job": job, "args": args, "limits": asdict(limits), "parent": os.getpid()}
+    (folder / "job.json").write_text(json.dumps(spec))
     t0 = time.monotonic()
     with open(folder / LOG, "wb") as log:
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and module, fixed arguments
@@ -263,11 +264,12 @@ def _mib(n: int) -> str:
 # --- the child -------------------------------------------------------------------------------------------------------
 
 
-def confine(limits: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """Limit this process (the child) before it touches the checkpoint; what it got, for the worker's log."""
+def confine(limits: dict[str, Any], folder: Path, parent: int) -> dict[str, Any]:
+    """Limit this process (the child) before it touches the checkpoint; what it got, for the worker's log.
+    parent: the worker's pid (in a container it is 1, so "reparented to init" can't be told by the pid 1 alone)."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the worker dies: so does this step
-    if os.getppid() == 1:
+    if os.getppid() != parent:
         raise SystemExit(3)  # the worker died before the line above
     cpu = int(limits["cpu_s"])
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))  # soft: SIGXCPU; hard, 5 s later: SIGKILL
@@ -329,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     job_file = Path((argv if argv is not None else sys.argv[1:])[0])
     folder = job_file.parent.resolve()
     spec = json.loads(job_file.read_text())
-    confinement = confine(spec["limits"], folder)
+    confinement = confine(spec["limits"], folder, int(spec["parent"]))
 
     def answer(body: dict[str, Any]) -> None:
         (folder / RESULT).write_text(json.dumps(body))

@@ -68,6 +68,7 @@ LOAD_STAGES: frozenset[Stage] = frozenset({"loading"})
 TASKS = ("detect", "segment", "pose", "obb", "classify")
 # The loading stage's check through one Triton: (Triton client, version name, version dir) -> (problems, rows)
 ServedCheck = Callable[[Any, str, Path], Awaitable[tuple[list[str], int]]]
+ALIVE_EVERY_S = 5.0  # how often the alive file is touched (a container's liveness probe reads its age)
 
 
 class StageFailed(Exception):
@@ -102,6 +103,7 @@ class Worker:
     triton_timeout_s: float = 30.0
     name: str = field(default_factory=worker_id)
     check_served: ServedCheck = triton_problems  # the loading stage's comparison (tests inject failures here)
+    alive_file: Path | None = None  # touched every ALIVE_EVERY_S while the event loop runs (liveness probes)
     _exports: set[asyncio.Task[None]] = field(default_factory=set, init=False, repr=False)
     _loads: set[asyncio.Task[None]] = field(default_factory=set, init=False, repr=False)
     _children: set[int] = field(default_factory=set, init=False, repr=False)
@@ -129,6 +131,7 @@ class Worker:
         log.info("export worker %s: repository %s, models dir %s", self.name, self.repository, self.models_dir)
         for folder in await asyncio.to_thread(sandbox.sweep):
             log.info("removed %s, left behind by a worker that was killed", folder)
+        alive = asyncio.create_task(self._alive()) if self.alive_file is not None else None
         try:
             while not stop.is_set():
                 try:
@@ -138,7 +141,21 @@ class Worker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.settings.models_poll_s)
         finally:
+            if alive is not None:
+                alive.cancel()
             await self.abandon()
+
+    async def _alive(self) -> None:
+        """Touch the alive file while the event loop turns: a blocked loop or a dead process lets it age (a step may
+        legitimately take minutes, a Triton load up to GATEWAY_TRITON_LOAD_TIMEOUT_S, so the loop's own progress
+        is not the signal)."""
+        assert self.alive_file is not None
+        while True:
+            try:
+                self.alive_file.touch()
+            except OSError as exc:
+                log.warning("cannot touch the alive file %s: %s", self.alive_file, exc)
+            await asyncio.sleep(ALIVE_EVERY_S)
 
     async def abandon(self) -> None:
         tasks = self._exports | self._loads
@@ -460,19 +477,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--triton-url", default="", help="default: GATEWAY_TRITON_URL (several Tritons: comma-separated)"
     )
+    parser.add_argument(
+        "--alive-file",
+        type=Path,
+        default=None,
+        help=f"touched every {ALIVE_EVERY_S:g} s while the worker runs (a container's liveness probe reads its age)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from export.gateway_parts import Settings
 
     gateway = Settings.from_env()
     settings = ModelSettings.from_env()
-    return asyncio.run(_serve(args.repository, args.triton_url or gateway.triton_url, gateway, settings))
+    url = args.triton_url or gateway.triton_url
+    return asyncio.run(_serve(args.repository, url, gateway, settings, args.alive_file))
 
 
-async def _serve(repository: Path, triton_url: str, gateway: Any, settings: ModelSettings) -> int:
+async def _serve(
+    repository: Path, triton_url: str, gateway: Any, settings: ModelSettings, alive_file: Path | None = None
+) -> int:
+    # Triton loads this folder at start (--model-repository): it must exist before the first version does, or a
+    # Triton that starts first serves nothing (measured on 2.51: a missing repository leaves the server not ready).
+    repository.mkdir(parents=True, exist_ok=True)
     registry = open_registry(settings, gateway.redis_url, gateway.redis_password)
     fleet = TritonFleet(triton_url, settings.triton_admin_key, settings.triton_load_timeout_s)
-    worker = Worker(registry, settings, repository, fleet, triton_timeout_s=gateway.triton_timeout_s)
+    worker = Worker(
+        registry, settings, repository, fleet, triton_timeout_s=gateway.triton_timeout_s, alive_file=alive_file
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -12,6 +12,7 @@ Files (all written by `compile`, none by hand):
                                      installer and the build backend, resolved by uv for the images' Python
     requirements/image-gateway.txt   what deploy/Dockerfile installs: the gateway's runtime, a subset of the lock
     requirements/image-triton.txt    what deploy/Dockerfile.triton-cpu installs (PyTriton without its own deps)
+    requirements/image-worker.txt    what deploy/Dockerfile.worker installs: the gateway's runtime and the exporter
     requirements/perf-analyzer.txt   what `python -m bench tools` downloads (outside the venv: Triton 2.51's client)
 
 The install itself stays on plain pip (`pip install --require-hashes`): pip finds this machine's local torch wheel,
@@ -38,11 +39,15 @@ LOCK = HERE / "lock.txt"
 SYSTEM = HERE / "system.txt"
 # The project itself (installed editable, without dependencies, after the lock) is not a locked package.
 PROJECT = "yolo-triton"
-# The images' subsets: (file, pyproject list, names installed without their own dependencies). The triton image needs
-# only PyTriton's server binary and backends, not its Python API's dependencies (deploy/Dockerfile.triton-cpu).
+# The images' subsets: (file, pyproject lists, names installed without their own dependencies, names left out). The
+# triton image needs only PyTriton's server binary and backends, not its Python API's dependencies
+# (deploy/Dockerfile.triton-cpu). The export worker's image (deploy/Dockerfile.worker) leaves out `triton`, torch's
+# GPU kernel compiler (897 MB installed), which only torch.compile uses: the exporter never compiles (an export and its
+# verification run with it unimportable).
 IMAGES = (
-    ("image-gateway.txt", "dependencies", ()),
-    ("image-triton.txt", "triton", ("nvidia-pytriton",)),
+    ("image-gateway.txt", ("dependencies",), (), ()),
+    ("image-triton.txt", ("triton",), ("nvidia-pytriton",), ()),
+    ("image-worker.txt", ("dependencies", "export"), (), ("triton",)),
 )
 # `python -m bench tools` (bench/perf_analyzer.py): perf_analyzer from Triton 2.51's client wheel, and the CUDA 12
 # runtime it links. Resolved on their own: the venv's tritonclient is newer.
@@ -150,7 +155,13 @@ def uv() -> str:
 
 
 def _compile(
-    cfg: Config, requirements: list[str], out: Path, constraints: Path | None, upgrade: bool, no_deps: bool = False
+    cfg: Config,
+    requirements: list[str],
+    out: Path,
+    constraints: Path | None,
+    upgrade: bool,
+    no_deps: bool = False,
+    leave_out: tuple[str, ...] = (),
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "requirements.in"
@@ -162,6 +173,8 @@ def _compile(
         ]  # fmt: skip
         if no_deps:
             command.append("--no-deps")
+        for name in leave_out:  # resolved (its dependencies stay), not written
+            command += ["--no-emit-package", name]
         if constraints is not None:
             pins = read_pins(constraints)
             plain = Path(tmp) / "constraints.txt"
@@ -203,16 +216,23 @@ def compile_lock(upgrade: bool = False) -> None:
     ]
     LOCK.write_text(_header(what, cfg, notes) + body)
     meta = project["project"]
-    for name, source, no_deps in IMAGES:
-        listed = meta["dependencies"] if source == "dependencies" else meta["optional-dependencies"][source]  # type: ignore[index]
-        resolved = [r for r in listed if requirement_name(r) not in no_deps]
+    for name, sources, no_deps, leave_out in IMAGES:
+        listed = [
+            r
+            for source in sources
+            for r in (meta["dependencies"] if source == "dependencies" else meta["optional-dependencies"][source])  # type: ignore[index]
+        ]
+        resolved = [r for r in dict.fromkeys(listed) if requirement_name(r) not in no_deps]
         path = HERE / name
-        _compile(cfg, resolved, path, LOCK, upgrade=False)
+        _compile(cfg, resolved, path, LOCK, upgrade=False, leave_out=leave_out)
         pins = read_pins(LOCK)
         extra = "".join(pins[n].text + "\n    # installed without its dependencies\n" for n in no_deps)
         what = f"requirements/{name}: the image's packages, a subset of requirements/lock.txt (same versions)."
-        path.write_text(_header(what, cfg, ["# installed with pip install --no-deps: the list is complete"]) + extra
-                        + path.read_text())  # fmt: skip
+        notes = ["# installed with pip install --no-deps: the list is complete"]
+        notes += [
+            f"# left out (a dependency the image never imports; see IMAGES in lockfile.py): {n}" for n in leave_out
+        ]
+        path.write_text(_header(what, cfg, notes) + extra + path.read_text())
     path = HERE / "perf-analyzer.txt"
     _compile(cfg, list(PERF_ANALYZER), path, None, upgrade, no_deps=True)
     what = "requirements/perf-analyzer.txt: what `python -m bench tools` downloads (not installed into the venv)."
@@ -256,7 +276,7 @@ def check_subsets() -> list[str]:
     """Each image's file pins what the lock pins, with hashes the lock lists."""
     pins = read_pins(LOCK)
     problems = []
-    for name, _, _ in IMAGES:
+    for name, _, _, _ in IMAGES:
         for pin in read_pins(HERE / name).values():
             locked = pins.get(pin.name)
             if locked is None or locked.version != pin.version:

@@ -88,6 +88,7 @@ class Stack:
     repository: Path
     port: int
     engine: Any
+    env: dict[str, str] | None = None  # what compose was given, the drawn TRITON_ADMIN_KEY included
 
     gateway = f"{containers.PROJECT}_gateway_1"
     triton = f"{containers.PROJECT}_triton_1"
@@ -139,7 +140,7 @@ def stack(engine: Any, repository: Path, tmp_path_factory: pytest.TempPathFactor
     stack.key = stack.keys("create", "--name", "container-smoke").stdout.strip().splitlines()[-1]
     started = time.monotonic()
     try:
-        containers.up(engine, stack.repository, keys_dir, port, timeout=900)
+        stack.env = containers.up(engine, stack.repository, keys_dir, port, timeout=900)
         print(f"\n[stack] healthy after {time.monotonic() - started:.0f} s")
         yield stack
     finally:
@@ -271,12 +272,14 @@ _DISTRIBUTIONS = (
 
 
 @pytest.mark.container
-@pytest.mark.parametrize("image", ["gateway", "triton"])
+@pytest.mark.parametrize("image", ["gateway", "triton", "worker"])
 def test_images_hold_exactly_the_locked_packages(engine: Any, image: str) -> None:
     """Each image's Python packages are its subset of the lock (requirements/image-*.txt), at the lock's versions:
     nothing more, nothing less, nothing resolved on its own at build time."""
     lockfile = _load("requirements_lockfile_for_containers", ROOT / "requirements" / "lockfile.py")
-    tag = containers.GATEWAY_IMAGE if image == "gateway" else containers.TRITON_IMAGE
+    tag = {"gateway": containers.GATEWAY_IMAGE, "triton": containers.TRITON_IMAGE, "worker": containers.WORKER_IMAGE}[
+        image
+    ]
     out = docker("run", "--rm", "--network=none", "--entrypoint", "python", tag, "-c", _DISTRIBUTIONS)
     held = {lockfile.normalize(name): version for name, version in json.loads(out).items()}
     wanted = {name: pin.version for name, pin in lockfile.read_pins(containers.image_requirements(image)).items()}
@@ -318,6 +321,45 @@ def test_only_the_gateway_is_published_and_only_on_loopback(stack: Stack) -> Non
         assert _probe(stack.gateway, f"http://triton:8000{path}") == 200
 
 
+@pytest.mark.container
+def test_triton_repository_api_needs_the_admin_key_over_grpc_and_http(stack: Stack) -> None:
+    """Explicit model control makes load and unload reachable: from inside the stack's network (a gateway container,
+    with its own tritonclient), the repository index is refused without the key, over gRPC and HTTP, and answered
+    with it; the gateway itself holds the key (its /v1/models comes from that index)."""
+    assert stack.env is not None
+    key = stack.env["TRITON_ADMIN_KEY"]
+    code = (
+        "import json, sys, urllib.request, tritonclient.grpc as g\n"
+        "client = g.InferenceServerClient('triton:8001')\n"
+        "out = {}\n"
+        "for name, headers in (('none', None), ('wrong', {'triton-grpc-protocol-admin-key': 'x'}),\n"
+        "                      ('key', {'triton-grpc-protocol-admin-key': sys.argv[1]})):\n"
+        "    try:\n"
+        "        index = client.get_model_repository_index(headers=headers)\n"
+        "        out['grpc ' + name] = sorted(m.name for m in index.models)\n"
+        "    except Exception as exc:\n"
+        "        out['grpc ' + name] = 'refused: ' + str(exc)[:200]\n"
+        "for name, headers in (('none', {}), ('key', {'admin-key': sys.argv[1]})):\n"
+        "    url = 'http://triton:8000/v2/repository/index'\n"
+        "    request = urllib.request.Request(url, b'{}', headers, method='POST')\n"
+        "    try:\n"
+        "        out['http ' + name] = urllib.request.urlopen(request, timeout=10).status\n"
+        "    except urllib.error.HTTPError as exc:\n"
+        "        out['http ' + name] = exc.code\n"
+        "print(json.dumps(out))\n"
+    )
+    out = json.loads(docker("exec", stack.gateway, "python", "-c", code, key))
+    served = sorted(p.name for p in stack.repository.iterdir() if (p / "config.pbtxt").exists())
+    assert out["grpc key"] == served, out
+    for refused in ("grpc none", "grpc wrong"):
+        assert str(out[refused]).startswith("refused:") and "admin-key" in out[refused], out
+    assert (out["http none"], out["http key"]) == (403, 200), out
+    env = dict(e.split("=", 1) for e in inspect(stack.gateway)["Config"]["Env"])
+    assert env["GATEWAY_TRITON_ADMIN_KEY"] == key
+    listed = requests.get(f"{stack.url}/v1/models", timeout=30).json()["data"]
+    assert sorted(m["id"] for m in listed) == served
+
+
 def _probe(container: str, url: str) -> int:
     """HTTP status of `url` fetched from inside `container` (with its own Python)."""
     code = f"import urllib.request as u; print(u.urlopen({url!r}, timeout=5).status)"
@@ -346,6 +388,7 @@ def _image_config(image: str) -> dict[str, Any]:
 def test_every_chart_image_is_built_here_or_named_upstream() -> None:
     # the CPU Triton image stands in for the first; Redis (the chart's own Redis for several gateways) is upstream's
     upstream = {"nvcr.io/nvidia/tritonserver", "amazon/aws-cli", "redis"}
+    built = {tuple(image.split(":")) for image in (containers.GATEWAY_IMAGE, containers.WORKER_IMAGE)}
     images: set[str] = set()
     for path in check.values_files():
         for _, spec in check.pod_specs(check.render(check.load_values(path))):
@@ -353,7 +396,10 @@ def test_every_chart_image_is_built_here_or_named_upstream() -> None:
     ours = {i for i in images if i.split(":")[0] not in upstream}
     # The gateway image as built here, or pushed to a registry (values files with `registry.example.com/...`).
     names = {(ref.rsplit("/", 1)[-1], tag) for ref, _, tag in (i.rpartition(":") for i in ours)}
-    assert names == {tuple(containers.GATEWAY_IMAGE.split(":"))}, (
+    # Uploaded models need the official Triton image plus the `onnxruntime` package, built by the user (not here:
+    # deploy/README.md, "Uploaded models"): the only other image a values file may name.
+    assert ("tritonserver-onnxruntime", "25.08-py3") in names
+    assert names - {("tritonserver-onnxruntime", "25.08-py3")} == built, (
         f"chart images neither built here nor upstream: {ours}"
     )
 
@@ -450,10 +496,14 @@ def test_chart_triton_spec_agrees_with_the_cpu_triton_image(stack: Stack, chart:
     assert present.split() == mounts
     assert any(m["Destination"] == "/models" and not m["RW"] for m in inspect(stack.triton)["Mounts"])
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for probe in ("readinessProbe", "livenessProbe"):
         get = c[probe]["httpGet"]
         url = f"http://127.0.0.1:{ports[get['port']]}{get['path']}"
         assert _probe(stack.triton, url) == 200, probe
+    # The startup probe runs in the image (its python3), and passes: every built-in model answers ready.
+    command = c["startupProbe"]["exec"]["command"]
+    served = sum(1 for p in stack.repository.iterdir() if (p / "config.pbtxt").exists())
+    assert docker("exec", stack.triton, *command).strip() == f"{served} models in /models ready"
 
 
 # --- graceful stop (last: it stops the gateway) ----------------------------------------------------------------
@@ -514,7 +564,7 @@ def test_cpu_compose_differs_from_the_gpu_one_only_where_documented() -> None:
     assert cpu["x-hardening"] == gpu["x-hardening"]
     g, c = gpu["services"]["triton"], cpu["services"]["triton"]
     assert c["image"] == containers.TRITON_IMAGE and "deploy" not in c and "ports" not in c
-    assert c["command"][2] == g["command"][2].replace("--allow-gpu-metrics=true", "--allow-gpu-metrics=false")
+    assert c["command"] == [a.replace("--allow-gpu-metrics=true", "--allow-gpu-metrics=false") for a in g["command"]]
     for key in ("user", "working_dir", "tmpfs", "shm_size", "expose", "read_only", "cap_drop"):
         assert c.get(key) == g.get(key), key
     assert c["ulimits"] == {k: v for k, v in g["ulimits"].items() if k != "memlock"}

@@ -172,6 +172,12 @@ BAD_VALUES = {
     "triton requests apart from limits": {"triton": {"resources": {"requests": {"cpu": "2", "memory": "8Gi"}}}},
     "negative decode budget": {"gateway": {"decodeBudgetBytes": -1}},
     "progress deadline under 10 min": {"triton": {"progressDeadlineSeconds": 300}},
+    "uploads not a boolean": {"models": {"uploads": {"enabled": "yes"}}},
+    "model limit of a few bytes": {"models": {"uploads": {"enabled": False, "maxModelBytes": 10}}},
+    "worker :latest": {"worker": {"image": {"tag": "latest"}}},
+    "worker without resources limits": {
+        "worker": {"resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": None}}
+    },
 }
 
 
@@ -192,6 +198,10 @@ def test_values_schema_rejects_bad_values(case: str) -> None:
         ({"triton": {"image": {"tag": "24.12-py3"}}}, "older than 25.07"),
         ({"triton": {"extraArgs": ["--model-control-mode=explicit"]}}, "may not set"),
         ({"triton": {"extraArgs": ["--load-model=*"]}}, "may not set"),
+        ({"triton": {"extraArgs": ["--strict-readiness=true"]}}, "may not set"),
+        ({"triton": {"extraArgs": ["--exit-on-error=true"]}}, "may not set"),
+        ({"models": {"uploads": {"enabled": True, "existingClaim": "c"}}}, "needs redis.enabled"),
+        ({"models": {"uploads": {"enabled": True}}, "redis": {"enabled": True}}, "existingClaim is required"),
         (
             {
                 "gateway": {
@@ -337,9 +347,38 @@ MUTATIONS: dict[str, tuple[Callable[[list[Doc]], None], str]] = {
         "pinned tag",
     ),
     "triton 25.03": (lambda d: triton_container(d).update(image="nvcr.io/nvidia/tritonserver:25.03-py3"), ">= 25.07"),
-    "model control explicit": (
-        _set_arg("--model-control-mode", "--model-control-mode=explicit"),
-        "--model-control-mode=none",
+    "model control none": (
+        _set_arg("--model-control-mode", "--model-control-mode=none"),
+        "--model-control-mode=explicit",
+    ),
+    "repository not loaded at start": (_set_arg("--load-model", None), "--load-model=*"),
+    "one model loaded at start": (_set_arg("--load-model", "--load-model=yolov8n"), "--load-model=*"),
+    "strict readiness": (_set_arg("--strict-readiness", "--strict-readiness=true"), "--strict-readiness=false"),
+    "exit on error": (_set_arg("--exit-on-error", "--exit-on-error=true"), "--exit-on-error=false"),
+    "gRPC repository protocol open": (
+        _set_arg(
+            "--grpc-restricted-protocol",
+            "--grpc-restricted-protocol=shared-memory,statistics,trace,logging:admin-key=$(TRITON_ADMIN_KEY)",
+        ),
+        "--grpc-restricted-protocol",
+    ),
+    "startup probe on /v2/health/ready": (
+        lambda d: triton_container(d).update(
+            startupProbe={"httpGet": {"path": "/v2/health/ready", "port": "http"}, "failureThreshold": 60}
+        ),
+        "every built-in model",
+    ),
+    "gateway without the admin key": (
+        lambda d: gateway_container(d).update(
+            env=[e for e in gateway_container(d)["env"] if e["name"] != "GATEWAY_TRITON_ADMIN_KEY"]
+        ),
+        "GATEWAY_TRITON_ADMIN_KEY",
+    ),
+    "gateway admin key as a literal": (
+        lambda d: next(e for e in gateway_container(d)["env"] if e["name"] == "GATEWAY_TRITON_ADMIN_KEY").update(
+            value="k", valueFrom={}
+        ),
+        "GATEWAY_TRITON_ADMIN_KEY",
     ),
     "model control poll added": (_set_arg("--repository-poll-secs", "--repository-poll-secs=5"), "polling"),
     "HTTP admin APIs open": (_set_arg("--http-restricted-api", None), "--http-restricted-api"),
@@ -798,7 +837,14 @@ def test_triton_admin_key_is_generated_and_passed_from_a_secret(rendered: dict[s
     assert len(secret["data"]["admin-key"]) >= 40
     env = triton_container(docs)["env"]
     assert env[0]["valueFrom"]["secretKeyRef"] == {"name": secret["metadata"]["name"], "key": "admin-key"}
-    assert any(a.endswith(":admin-key=$(TRITON_ADMIN_KEY)") for a in triton_container(docs)["args"])
+    args = triton_container(docs)["args"]
+    assert [a for a in args if "admin-key=" in a] == [
+        "--http-restricted-api=metadata,inference,shared-memory,model-config,model-repository,statistics,trace,"
+        "logging:admin-key=$(TRITON_ADMIN_KEY)",
+        "--grpc-restricted-protocol=shared-memory,statistics,trace,logging,model-repository:admin-key=$(TRITON_ADMIN_KEY)",
+    ]
+    # The gateways list models through the (restricted) repository index: they hold the key, from the same Secret.
+    assert check.secret_ref(gateway_container(docs), "GATEWAY_TRITON_ADMIN_KEY") == env[0]["valueFrom"]["secretKeyRef"]
 
 
 # --- issue 19: first install, rollouts, monitoring ------------------------------------------------------------------
@@ -927,10 +973,17 @@ def test_rerender_and_chart_bump_leave_pod_templates_unchanged(tmp_path: Path) -
 
 
 def test_admin_key_from_an_existing_secret() -> None:
-    docs = render_with(triton={"adminKey": {"existingSecret": "ops-triton-admin", "key": "token"}})
+    docs = render_with(
+        triton={"adminKey": {"existingSecret": "ops-triton-admin", "key": "token"}},
+        redis={"enabled": True},
+        models={"uploads": {"enabled": True, "existingClaim": "uploads"}},
+    )
     assert not [d for d in check.of_kind(docs, "Secret") if check.component(d) == "triton"]
     env = triton_container(docs)["env"][0]
     assert env["valueFrom"]["secretKeyRef"] == {"name": "ops-triton-admin", "key": "token"}
+    for c in (gateway_container(docs), check.container(find(docs, "Deployment", "worker"), "worker")):
+        assert check.secret_ref(c, "GATEWAY_TRITON_ADMIN_KEY") == {"name": "ops-triton-admin", "key": "token"}
+    assert check.invariants(docs) == []
 
 
 def test_triton_pods_are_guaranteed_qos_with_room_for_dev_shm(rendered: dict[str, list[Doc]]) -> None:
@@ -1166,17 +1219,16 @@ def compose() -> dict[str, Any]:
     return dict(yaml.safe_load((DEPLOY / "compose.yaml").read_text()))
 
 
+ADMIN_KEY_REF = "${TRITON_ADMIN_KEY:?set the key of Triton's restricted APIs (deploy/README.md)}"
+
+
 def _normalise_admin_key(args: list[str]) -> list[str]:
-    return [re.sub(r"admin-key=(\$\(TRITON_ADMIN_KEY\)|\$\$key)$", "admin-key=<key>", a) for a in args]
+    return [a.replace("$(TRITON_ADMIN_KEY)", "<key>").replace(ADMIN_KEY_REF, "<key>") for a in args]
 
 
 def _compose_triton_args(service: dict[str, Any]) -> list[str]:
-    """The tritonserver command line inside compose's `bash -c '<draw a key> && exec tritonserver ...'`."""
-    shell, flag, script = service["command"]
-    assert (shell, flag) == ("bash", "-c")
-    draw, _, command = script.partition(" && exec ")
-    assert draw.startswith("key=$$(head -c 24 /dev/urandom")
-    return shlex.split(command)
+    """tritonserver's command line in compose: the chart's arguments, with the key from TRITON_ADMIN_KEY."""
+    return [str(a) for a in service["command"]]
 
 
 def test_compose_triton_runs_like_the_chart(compose: dict[str, Any], rendered: dict[str, list[Doc]]) -> None:
@@ -1184,6 +1236,9 @@ def test_compose_triton_runs_like_the_chart(compose: dict[str, Any], rendered: d
     chart = triton_container(rendered["default-values.yaml"])
     assert service["image"] == chart["image"]
     assert _normalise_admin_key(_compose_triton_args(service)) == _normalise_admin_key(chart["args"])
+    assert "<key>" in " ".join(_normalise_admin_key(chart["args"]))
+    # Compose has one healthcheck, which the gateway waits for: the chart's startup probe (every built-in model).
+    assert service["healthcheck"]["test"] == ["CMD", *chart["startupProbe"]["exec"]["command"]]
     assert service["user"] == "1000:1000" and service["read_only"] and service["cap_drop"] == ["ALL"]
     assert service["volumes"][0].endswith(":/models:ro")
     assert service["shm_size"] == "1gb" and check.load_values(CHART / "values.yaml")["triton"]["shmSize"] == "1Gi"
@@ -1204,6 +1259,9 @@ def test_compose_gateway_settings_match_the_chart_defaults(
     service = compose["services"]["gateway"]
     chart = gateway_container(rendered["default-values.yaml"])
     chart_env, compose_env = check.env_of(chart), {k: str(v) for k, v in service["environment"].items()}
+    # The admin key: from TRITON_ADMIN_KEY here, Triton's Secret on the chart (a secretKeyRef, not in env_of).
+    assert compose_env.pop("GATEWAY_TRITON_ADMIN_KEY") == ADMIN_KEY_REF
+    assert check.secret_ref(chart, "GATEWAY_TRITON_ADMIN_KEY") is not None
     assert set(compose_env) == set(chart_env)
     for name, value in chart_env.items():
         if name == "GATEWAY_TRITON_URL":
@@ -1518,6 +1576,256 @@ def test_redis_values_deploy_redis_and_point_every_gateway_at_it(rendered: dict[
 def test_redis_invariants_catch_a_dropped_safeguard(case: str, rendered: dict[str, list[Doc]]) -> None:
     mutate, expected = REDIS_MUTATIONS[case]
     docs = _redis_docs(rendered)
+    assert check.invariants(docs) == []
+    mutate(docs)
+    assert any(expected in p for p in check.invariants(docs)), check.invariants(docs)
+
+
+# --- uploaded models (issue #27): Triton in explicit model control, the export worker, one shared volume ------------
+
+
+def _uploads_docs(rendered: dict[str, list[Doc]]) -> list[Doc]:
+    return copy.deepcopy(rendered["uploads-values.yaml"])
+
+
+def _worker(docs: list[Doc]) -> Doc:
+    return find(docs, "Deployment", "worker")
+
+
+def _worker_container(docs: list[Doc]) -> Doc:
+    c = check.container(_worker(docs), "worker")
+    assert c is not None
+    return c
+
+
+def _policy(docs: list[Doc], comp: str) -> Doc:
+    return next(p for p in check.of_kind(docs, "NetworkPolicy") if p["metadata"]["name"] == f"yolo-triton-{comp}")
+
+
+def _env_entry(c: Doc, name: str) -> Doc:
+    return next(e for e in c["env"] if e["name"] == name)
+
+
+def test_triton_loads_every_repository_at_start_in_explicit_model_control(rendered: dict[str, list[Doc]]) -> None:
+    for name, docs in rendered.items():
+        args = triton_container(docs)["args"]
+        assert {a for a in args if a.split("=")[0] in ("--model-control-mode", "--load-model", "--strict-readiness",
+                "--exit-on-error")} == {"--model-control-mode=explicit", "--load-model=*",
+                                        "--strict-readiness=false", "--exit-on-error=false"}, name  # fmt: skip
+        assert not any(a.startswith("--repository-poll-secs") for a in args), name
+        assert ("--model-repository=/var/lib/yolo-triton/repository" in args) == (name == "uploads-values.yaml"), name
+
+
+def test_triton_startup_probe_waits_for_every_built_in_model(tmp_path: Path) -> None:
+    """The startup probe's script, run here against a fake Triton: it passes only when every folder of /models with
+    a config.pbtxt answers ready (a failed built-in keeps the pod out of its Service), and never on an empty
+    repository."""
+    import http.server
+    import threading
+
+    command = triton_container(render_with())["startupProbe"]["exec"]["command"]
+    assert command[:2] == ["python3", "-c"]
+    ready: set[str] = set()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            name = self.path.removeprefix("/v2/models/").removesuffix("/ready")
+            self.send_response(200 if name in ready else 400)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    models = tmp_path / "models"
+    # The pod's paths and Triton's port, here: this test's folder and server.
+    script = command[2].replace('"/models/*/config.pbtxt"', repr(f"{models}/*/config.pbtxt"))
+    script = script.replace("127.0.0.1:8000/", f"127.0.0.1:{server.server_port}/")
+    assert script.count(str(models)) == 1 and script.count(str(server.server_port)) == 1
+
+    def probe() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+
+    try:
+        models.mkdir()
+        assert probe().returncode == 1  # no model at all: not started
+        for name in ("yolov8n", "yolov8n-seg"):
+            (models / name).mkdir()
+            (models / name / "config.pbtxt").write_text("")
+        (models / "notes").mkdir()  # a folder without a config is no model
+        ready.add("yolov8n")
+        assert probe().returncode == 1 and "not ready: yolov8n-seg" in probe().stdout
+        ready.add("yolov8n-seg")
+        done = probe()
+        assert done.returncode == 0 and "2 models in /models ready" in done.stdout
+    finally:
+        server.shutdown()
+
+
+def test_uploads_share_one_volume_between_the_gateways_the_worker_and_triton(rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered["uploads-values.yaml"]
+    assert check.invariants(docs) == []
+    worker, wc = _worker(docs), _worker_container(docs)
+    assert worker["spec"]["replicas"] == 2 and wc["image"] == "registry.example.com/ml/yolo-triton-worker:0.1.0"
+    assert wc["args"] == ["--repository=/var/lib/yolo-triton/repository", "--alive-file=/tmp/export-worker.alive"]
+    env = check.env_of(wc)
+    assert env["GATEWAY_TRITON_URL"] == "dns:///yolo-triton-triton.yolo.svc.cluster.local:8001"
+    assert env["GATEWAY_MODELS_DIR"] == "/var/lib/yolo-triton/models" and env["OMP_NUM_THREADS"] == "2"
+    assert env["GATEWAY_REDIS_URL"] == "redis://yolo-triton-redis.yolo.svc.cluster.local:6379/0"
+    wspec, tspec, gspec = worker["spec"]["template"]["spec"], _tspec(docs), _gspec(docs)
+    claim = ("yolo-uploads", "repository")
+    assert check.volume_path(wspec, wc, "/var/lib/yolo-triton/repository") == claim
+    assert check.volume_path(tspec, triton_container(docs), "/var/lib/yolo-triton/repository") == claim
+    gc = gateway_container(docs)
+    assert check.env_of(gc)["GATEWAY_MODELS_DIR"] == "/var/lib/yolo-triton/models"
+    assert check.volume_path(gspec, gc, "/var/lib/yolo-triton/models/uploads/x.pt") == (
+        "yolo-uploads", "models/uploads/x.pt"
+    )  # fmt: skip
+    assert check.volume_path(gspec, gc, "/var/lib/yolo-triton/repository") is None  # the gateway never sees it
+    # Triton reads it all, read-only; the gateways' init container makes the folders as their user first.
+    (mount,) = [m for m in triton_container(docs)["volumeMounts"] if m["name"] == "uploads"]
+    assert mount["readOnly"] and "subPath" not in mount
+    (init,) = gspec["initContainers"]
+    assert init["name"] == "uploads-folders" and init["image"] == gc["image"]
+    assert "models/uploads" in init["command"][2] and "repository" in init["command"][2]
+    assert wspec["securityContext"]["runAsUser"] == gspec["securityContext"]["runAsUser"] == 10001
+    # Both read the admin key from Triton's Secret; the ingress lets an uploaded checkpoint through.
+    assert check.secret_ref(wc, "GATEWAY_TRITON_ADMIN_KEY") == check.secret_ref(
+        triton_container(docs), "TRITON_ADMIN_KEY"
+    )
+    assert check.env_of(gc)["GATEWAY_MAX_MODEL_BYTES"] == "536870912"
+    assert "uploads" not in {m["name"] for m in triton_container(rendered["default-values.yaml"])["volumeMounts"]}
+    assert check.one(rendered["default-values.yaml"], "Deployment", "worker") is None
+
+
+def test_uploads_raise_the_ingress_body_limit_to_a_checkpoint_but_not_the_gateways_tmp() -> None:
+    base = {"ingress": {"enabled": True, "host": "yolo.example.com", "tls": {"secretName": "tls"}}}
+    plain = render_with(**base)
+    uploads = render_with(**base, redis={"enabled": True}, models={"uploads": {"enabled": True, "existingClaim": "u"}})
+    body = lambda docs: check.of_kind(docs, "Ingress")[0]["metadata"]["annotations"][  # noqa: E731
+        "nginx.ingress.kubernetes.io/proxy-body-size"
+    ]
+    tmp = lambda docs: next(v for v in _gspec(docs)["volumes"] if v["name"] == "tmp")["emptyDir"]["sizeLimit"]  # noqa: E731
+    assert (body(plain), body(uploads)) == ("101m", "513m")  # a 100 MiB video; a 512 MiB checkpoint, + the form
+    assert tmp(plain) == tmp(uploads)  # checkpoints stream to the uploads volume, never to /tmp
+    assert check.invariants(uploads) == []
+
+
+def test_worker_policy_admits_nothing_and_reaches_only_triton_redis_and_dns(rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered["uploads-values.yaml"]
+    policy = _policy(docs, "worker")
+    assert policy["spec"]["ingress"] == [] and set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    ports = sorted(p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"])
+    assert ports == [53, 53, 6379, 8001]
+    worker_labels = check.pod_labels(_worker(docs))
+    assert check.admits(_policy(docs, "triton"), worker_labels, 8001)
+    assert check.admits(_policy(docs, "redis"), worker_labels, 6379)
+    assert not check.admits(_policy(docs, "triton"), worker_labels, 8000)
+
+
+UPLOADS_MUTATIONS: dict[str, tuple[Callable[[list[Doc]], Any], str]] = {
+    "worker root filesystem writable": (
+        lambda d: _worker_container(d)["securityContext"].update(readOnlyRootFilesystem=False),
+        "worker: readOnlyRootFilesystem",
+    ),
+    "worker /tmp without a size limit": (
+        lambda d: next(v for v in _worker(d)["spec"]["template"]["spec"]["volumes"] if v["name"] == "tmp").update(
+            emptyDir={}
+        ),
+        "/tmp must be an emptyDir with a sizeLimit",
+    ),
+    "worker without liveness": (lambda d: _worker_container(d).pop("livenessProbe"), "livenessProbe"),
+    "worker privilege escalation": (
+        lambda d: _worker_container(d)["securityContext"].update(allowPrivilegeEscalation=True),
+        "allowPrivilegeEscalation",
+    ),
+    "worker without limits": (lambda d: _worker_container(d)["resources"].pop("limits"), "resources.limits"),
+    "worker as root": (
+        lambda d: _worker_container(d)["securityContext"].update(runAsUser=0, runAsNonRoot=False),
+        "uid 0",
+    ),
+    "worker as another user": (
+        lambda d: _worker(d)["spec"]["template"]["spec"]["securityContext"].update(runAsUser=10002),
+        "the gateways' user",
+    ),
+    "worker through a ClusterIP name": (
+        lambda d: _env_entry(_worker_container(d), "GATEWAY_TRITON_URL").update(value="yolo-triton-triton:8001"),
+        "headless",
+    ),
+    "worker without Redis": (
+        lambda d: _worker_container(d).update(
+            env=[e for e in _worker_container(d)["env"] if e["name"] != "GATEWAY_REDIS_URL"]
+        ),
+        "GATEWAY_REDIS_URL",
+    ),
+    "worker admin key as a literal": (
+        lambda d: _env_entry(_worker_container(d), "GATEWAY_TRITON_ADMIN_KEY").update(value="k", valueFrom={}),
+        "worker: GATEWAY_TRITON_ADMIN_KEY",
+    ),
+    "worker policy removed": (
+        lambda d: d.remove(_policy(d, "worker")),
+        "select the export worker",
+    ),
+    "worker reachable": (
+        lambda d: _policy(d, "worker")["spec"].update(ingress=[{"ports": [{"port": 8080}]}]),
+        "nothing may connect",
+    ),
+    "worker egress to the internet": (
+        lambda d: _policy(d, "worker")["spec"]["egress"].append(
+            {"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}], "ports": [{"port": 443, "protocol": "TCP"}]}
+        ),
+        "may reach only Triton",
+    ),
+    "worker egress on every port": (
+        lambda d: _policy(d, "worker")["spec"]["egress"].append({"to": [{"podSelector": {}}]}),
+        "may reach only Triton",
+    ),
+    "worker egress to 8001 of any pod": (
+        lambda d: _policy(d, "worker")["spec"]["egress"][0].pop("to"),
+        "must name the Triton pods",
+    ),
+    "Triton policy without the worker": (
+        lambda d: _policy(d, "triton")["spec"]["ingress"][0]["from"].pop(1),
+        "admit the export worker to 8001",
+    ),
+    "Redis policy without the worker": (
+        lambda d: _policy(d, "redis")["spec"]["ingress"][0]["from"].pop(2),
+        "redis: the NetworkPolicy must admit the export worker",
+    ),
+    "Triton without the uploads' repository": (
+        _set_arg("--model-repository=/var/lib", None),
+        "name the worker's repository",
+    ),
+    "Triton writing the uploads' volume": (
+        lambda d: next(m for m in triton_container(d)["volumeMounts"] if m["name"] == "uploads").pop("readOnly"),
+        "must lie in a read-only mount",
+    ),
+    "worker repository on an emptyDir": (
+        lambda d: _worker_container(d).update(args=["--repository=/tmp/repository"]),
+        "--repository must lie on the shared PersistentVolumeClaim",
+    ),
+    "gateway mounting the whole volume": (
+        lambda d: next(m for m in gateway_container(d)["volumeMounts"] if m["name"] == "uploads").update(
+            mountPath="/var/lib/yolo-triton", subPath=""
+        ),
+        "must mount only the uploads folder",
+    ),
+    "gateway uploads elsewhere": (
+        lambda d: _env_entry(gateway_container(d), "GATEWAY_MODELS_DIR").update(value="/tmp/models"),
+        "GATEWAY_MODELS_DIR/uploads must be the worker's",
+    ),
+    "gateway uploads read-only": (
+        lambda d: next(m for m in gateway_container(d)["volumeMounts"] if m["name"] == "uploads").update(readOnly=True),
+        "GATEWAY_MODELS_DIR/uploads must be the worker's",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UPLOADS_MUTATIONS))
+def test_uploads_invariants_catch_a_dropped_safeguard(case: str, rendered: dict[str, list[Doc]]) -> None:
+    mutate, expected = UPLOADS_MUTATIONS[case]
+    docs = _uploads_docs(rendered)
     assert check.invariants(docs) == []
     mutate(docs)
     assert any(expected in p for p in check.invariants(docs)), check.invariants(docs)

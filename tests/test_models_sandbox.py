@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import collections
+import json
 import os
 import socket
 import subprocess
@@ -38,6 +39,22 @@ def trained_yolov8n() -> Path:
             pytest.fail("no yolov8n checkpoint: " + " | ".join(messages))
         return weights.path
     return found[0]
+
+
+def three_class_checkpoint(folder: Path) -> Path:
+    """An untrained YOLOv8n with 3 named classes (apple, banana, cherry), built offline from Ultralytics' architecture
+    YAML and saved as `folder`/fruit.pt."""
+    import yaml
+    from ultralytics import YOLO
+    from ultralytics.utils import ROOT as ULTRALYTICS
+
+    cfg = yaml.safe_load((ULTRALYTICS / "cfg" / "models" / "v8" / "yolov8.yaml").read_text())
+    cfg["nc"] = 3
+    (folder / "yolov8n-fruit.yaml").write_text(yaml.safe_dump(cfg))  # the `n` in the name picks the scale
+    yolo = YOLO(str(folder / "yolov8n-fruit.yaml"), verbose=False)
+    yolo.model.names = {0: "apple", 1: "banana", 2: "cherry"}
+    yolo.save(folder / "fruit.pt")
+    return folder / "fruit.pt"
 
 
 def sandboxed(job: str, path: Path, limits: Limits = LIMITS) -> dict[str, Any]:
@@ -214,6 +231,29 @@ def test_the_sandbox_has_no_network_no_processes_and_writes_only_its_folder(
     assert not outside.exists() and not Path(f"{outside}.system").exists() and accepted == []
     assert not [name for name in found["environment"] if name.startswith("GATEWAY_")]
     assert {"YOLO_OFFLINE", "ULTRALYTICS_SAFE_LOAD", "TMPDIR", "HOME"} <= set(found["environment"])
+
+
+def test_the_sandbox_runs_under_a_worker_that_is_pid_1(tmp_path: Path) -> None:
+    """In a container the worker is the entrypoint, pid 1 of its pid namespace: its sandboxed steps must still run
+    (they took a parent pid of 1 for "the worker died" and exited with code 3: no upload was ever checked)."""
+    probe = (
+        "import json, os, sys\n"
+        "from export.sandbox import Limits, private_folder, run\n"
+        "assert os.getpid() == 1\n"
+        "with private_folder() as folder:\n"
+        f"    found = run('probe', {{'outside': {str(tmp_path / 'outside.txt')!r}, 'port': 9}}, folder,\n"
+        "                Limits(cpu_s=300, memory_bytes=8 * 2**30, timeout_s=300)).result\n"
+        "print(json.dumps(found['confinement']))\n"
+    )
+    command = ["unshare", "--pid", "--fork", "--kill-child", sys.executable, "-c", probe]
+    try:
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    except FileNotFoundError:
+        pytest.skip("no unshare(1) here")
+    if done.returncode != 0 and "unshare failed" in done.stderr:
+        pytest.skip(f"a pid namespace is not allowed here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["audit_hook"] is True
 
 
 @pytest.mark.parametrize(

@@ -42,7 +42,7 @@ from gateway.models.record import EXPORT_STAGES
 from gateway.models.redis_backend import RedisRegistry
 from tests.conftest import CACHE, ROOT, Gateway, start_gateway, stop_gateway
 from tests.reference import image_wh
-from tests.test_models_sandbox import Payload, trained_yolov8n
+from tests.test_models_sandbox import Payload, three_class_checkpoint, trained_yolov8n
 from tritonlocal import launcher, redisserver
 
 pytestmark = pytest.mark.load
@@ -193,18 +193,7 @@ def stack(
 @pytest.fixture(scope="module")
 def three_classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained YOLOv8n with 3 named classes, built from Ultralytics' architecture YAML and saved as a .pt."""
-    import yaml
-    from ultralytics import YOLO
-    from ultralytics.utils import ROOT as ULTRALYTICS
-
-    folder = tmp_path_factory.mktemp("three")
-    cfg = yaml.safe_load((ULTRALYTICS / "cfg" / "models" / "v8" / "yolov8.yaml").read_text())
-    cfg["nc"] = 3
-    (folder / "yolov8n-fruit.yaml").write_text(yaml.safe_dump(cfg))  # the `n` in the name picks the scale
-    yolo = YOLO(str(folder / "yolov8n-fruit.yaml"), verbose=False)
-    yolo.model.names = {0: "apple", 1: "banana", 2: "cherry"}
-    yolo.save(folder / "fruit.pt")
-    return folder / "fruit.pt"
+    return three_class_checkpoint(tmp_path_factory.mktemp("three"))
 
 
 async def _redis_key(url: str, password: str) -> str:
@@ -521,3 +510,47 @@ def test_deleting_a_model_unloads_it_and_removes_its_files(stack: Stack) -> None
     assert not (stack.repository / "killed--v1").exists()
     assert not (stack.models_dir / "uploads" / "killed").exists()
     assert stack.states().get("killed--v1") != "READY"
+
+
+def test_the_worker_creates_its_repository_and_keeps_its_alive_file_fresh(tmp_path: Path) -> None:
+    """What a container's probes and a Triton started before any upload rely on (deploy/Dockerfile.worker, the chart):
+    `python -m export worker` creates the uploads' repository folder at start (a Triton whose repository folder is
+    missing serves nothing), and touches its alive file every few seconds while it runs, even with no Triton to
+    reach; SIGTERM stops it with code 0."""
+    from export.worker import ALIVE_EVERY_S
+
+    repository, alive = tmp_path / "shared" / "repository", tmp_path / "alive"
+    env = {
+        **os.environ,
+        "GATEWAY_MODELS_FILE": str(tmp_path / "models.json"),
+        "GATEWAY_MODELS_DIR": str(tmp_path / "shared" / "models"),
+        "GATEWAY_MODELS_POLL_S": "0.2",
+    }
+    env.pop("GATEWAY_REDIS_URL", None)
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "export", "worker", "--repository", str(repository)]
+            + ["--triton-url", f"127.0.0.1:{launcher.free_port()}", "--alive-file", str(alive)],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        seen: list[float] = []
+        deadline = time.monotonic() + 60 + 3 * ALIVE_EVERY_S
+        while len(seen) < 2:  # touched, then touched again later
+            assert process.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, f"alive file touches seen: {seen}\n{log_path.read_text()}"
+            if alive.exists() and (mtime := alive.stat().st_mtime) not in seen:
+                seen.append(mtime)
+            time.sleep(0.2)
+        assert repository.is_dir() and not any(repository.iterdir())
+        assert seen[1] - seen[0] >= ALIVE_EVERY_S / 2
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0, log_path.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)

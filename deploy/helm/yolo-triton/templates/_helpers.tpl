@@ -100,11 +100,23 @@ seccompProfile:
   type: RuntimeDefault
 {{- end }}
 
-{{/* The largest request body the gateway accepts: its image or its video limit, the larger, + 64 KiB of form
-(FORM_OVERHEAD in gateway/settings.py; deploy/check.py checks the ingress limit against it). */}}
-{{- define "yolo-triton.maxBodyBytes" -}}
+{{/* The largest image or video request body the gateway accepts: its image or its video limit, the larger, + 64 KiB
+of form (FORM_OVERHEAD in gateway/settings.py). Such bodies may spool to /tmp. */}}
+{{- define "yolo-triton.mediaBodyBytes" -}}
 {{- $l := .Values.gateway.limits }}
 {{- add (max ($l.maxUploadBytes | int64) ($l.maxVideoBytes | int64)) 65536 }}
+{{- end }}
+
+{{/* The largest request body the gateway accepts: an image's or a video's, or with models.uploads an uploaded
+checkpoint's (+ the same form; streamed to the uploads volume, not /tmp), the larger (deploy/check.py checks the
+ingress limit against it). */}}
+{{- define "yolo-triton.maxBodyBytes" -}}
+{{- $media := include "yolo-triton.mediaBodyBytes" . | int64 }}
+{{- if .Values.models.uploads.enabled }}
+{{- max $media (add (.Values.models.uploads.maxModelBytes | int64) 65536) }}
+{{- else }}
+{{- $media }}
+{{- end }}
 {{- end }}
 
 {{/* Request body limit at the ingress: the gateway's largest body, rounded up to whole MiB. */}}
@@ -118,7 +130,7 @@ each video worker copies one video beside its upload while it spools it (gateway
 slack. */}}
 {{- define "yolo-triton.gatewayTmpMiB" -}}
 {{- $l := .Values.gateway.limits }}
-{{- $body := add (div (include "yolo-triton.maxBodyBytes" . | int64) 1048576) 1 }}
+{{- $body := add (div (include "yolo-triton.mediaBodyBytes" . | int64) 1048576) 1 }}
 {{- $video := add (div ($l.maxVideoBytes | int64) 1048576) 1 }}
 {{- add (mul $body ($l.maxInflight | int64)) (mul $video (.Values.gateway.videoWorkers | int64)) 64 }}
 {{- end }}
@@ -144,3 +156,38 @@ slack. */}}
 {{- if .Capabilities.APIVersions.Has "monitoring.coreos.com/v1/ServiceMonitor" }}true{{ end }}
 {{- end }}
 
+
+{{/* Triton's startup probe (exec, in the Triton image's python3): every built-in model, each folder of /models with a
+config.pbtxt, answers ready on Triton's HTTP health API (/v2/models/<name>/ready: open without the admin key). With
+--strict-readiness=false, /v2/health/ready no longer says whether the models loaded. */}}
+{{- define "yolo-triton.modelsReadyProbe" -}}
+- python3
+- -c
+- |
+  import glob, os, sys, urllib.request
+  names = sorted(os.path.basename(os.path.dirname(p)) for p in glob.glob("/models/*/config.pbtxt"))
+  opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+  def ready(name):
+      try:
+          with opener.open(f"http://127.0.0.1:8000/v2/models/{name}/ready", timeout=2) as answer:
+              return answer.status == 200
+      except OSError:
+          return False
+  waiting = next((name for name in names if not ready(name)), None)
+  print(f"not ready: {waiting}" if waiting else f"{len(names)} models in /models ready")
+  sys.exit(1 if waiting or not names else 0)
+{{- end }}
+
+{{/* The Secret holding the key of Triton's restricted APIs, and the gateways' and export worker's setting from it
+(the gateways list models with it, the worker loads and unloads them). */}}
+{{- define "yolo-triton.adminSecret" -}}
+{{ .Values.triton.adminKey.existingSecret | default (printf "%s-admin" (include "yolo-triton.tritonName" .)) }}
+{{- end }}
+
+{{- define "yolo-triton.adminKeyEnv" -}}
+- name: GATEWAY_TRITON_ADMIN_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "yolo-triton.adminSecret" . }}
+      key: {{ .Values.triton.adminKey.key | default "admin-key" }}
+{{- end }}
