@@ -67,12 +67,16 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def new_key(dialect: str | None = None) -> tuple[str, str]:
-    """(key id, full key): `ul_` and 40 hex digits for the Platform's dialect, else `yk_<id>_<secret>`."""
+def new_key() -> tuple[str, str]:
+    """(key id, full key)."""
     key_id = secrets.token_hex(ID_BYTES)
-    if dialect == "platform":
-        return key_id, f"ul_{key_id}{secrets.token_hex(12)}"
     return key_id, f"{PREFIX}{key_id}_{secrets.token_urlsafe(24)}"
+
+
+def new_platform_key() -> tuple[str, str]:
+    """(key id, full key) in the Platform's format: `ul_` and 40 hex digits, the id the first 16."""
+    key_id = secrets.token_hex(ID_BYTES)
+    return key_id, f"ul_{key_id}{secrets.token_hex(12)}"
 
 
 def read_entries(path: Path) -> list[KeyEntry]:
@@ -125,7 +129,7 @@ def make_entry(
     dialect: str | None = None,
 ) -> tuple[KeyEntry, str]:
     """A new key's entry and the key itself (shown once, never stored)."""
-    key_id, key = new_key(dialect)
+    key_id, key = new_platform_key() if dialect == "platform" else new_key()
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     scope = tuple(models) if models else None
     return KeyEntry(key_id, name, hash_key(key), created, scope, rate, admin=admin, dialect=dialect), key
