@@ -26,6 +26,7 @@ import requests
 
 from gateway.keys.auth import create_key
 from tests.conftest import ROOT, Gateway, start_gateway, stop_gateway
+from tests.reference import json_shape
 from tritonlocal import launcher
 
 DATA = Path(__file__).parent / "data" / "dialects"
@@ -151,19 +152,6 @@ def _agrees(rows: list[dict[str, Any]], v1: list[dict[str, Any]], hw: tuple[int,
             assert np.all(np.abs(points - want[part]) <= tolerance), (part, np.abs(points - want[part]).max())
 
 
-def _keys(value: Any) -> Any:
-    """The value's key structure: dicts by key, lists by their first item, scalars by JSON type."""
-    if isinstance(value, dict):
-        return {k: _keys(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_keys(value[0])] if value else []
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    return type(value).__name__
-
-
 def _same_keys(ours: Any, documented: Any, where: str = "") -> None:
     """Our answer has exactly the documented keys at every level, with values of the same JSON type."""
     if isinstance(documented, dict):
@@ -175,7 +163,7 @@ def _same_keys(ours: Any, documented: Any, where: str = "") -> None:
         for item in ours:
             _same_keys(item, documented[0], f"{where}[]")
     else:
-        assert _keys(ours) == _keys(documented), (where, ours, documented)
+        assert json_shape(ours) == json_shape(documented), (where, ours, documented)
 
 
 # --- hub: HUB v1 as first documented, through hub-sdk ----------------------------------------------------------------
@@ -290,10 +278,15 @@ def test_hub_defaults_when_the_arguments_are_omitted(gw: Gateway, bus: Path, dia
 # --- hub-images: the HUB v1 URL with the newer body ------------------------------------------------------------------
 
 
-def _newer_body(gw: Gateway, model: str, image: Path, key: str = "", **data: Any) -> requests.Response:
+def _file_post(gw: Gateway, path: str, image: Path, key: str = "", **data: Any) -> requests.Response:
+    """POST `path` with the image as a `file` part and `data` as fields, the key in `x-api-key`."""
     files = {"file": (image.name, image.read_bytes())}
     headers = {"x-api-key": key or gw.key}
-    return requests.post(f"{gw.url}/v1/predict/{model}", headers=headers, files=files, data=data, timeout=120)
+    return requests.post(f"{gw.url}{path}", headers=headers, files=files, data=data, timeout=120)
+
+
+def _newer_body(gw: Gateway, model: str, image: Path, key: str = "", **data: Any) -> requests.Response:
+    return _file_post(gw, f"/v1/predict/{model}", image, key, **data)
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -327,19 +320,13 @@ def test_hub_images_defaults_and_errors(gw: Gateway, bus: Path) -> None:
 # --- predict: predict.ultralytics.com, shared and dedicated ----------------------------------------------------------
 
 
-def _predict_com(gw: Gateway, path: str, image: Path, key: str = "", **data: Any) -> requests.Response:
-    files = {"file": (image.name, image.read_bytes())}
-    headers = {"x-api-key": key or gw.key}
-    return requests.post(f"{gw.url}{path}", headers=headers, files=files, data=data, timeout=120)
-
-
 @pytest.mark.parametrize("task", TASKS)
 def test_predict_answers_every_task_as_recorded(gw: Gateway, bus: Path, task: str) -> None:
     recorded = json.loads((DATA / "predict.json").read_text())
     request, documented = recorded["request"], recorded["responses"][task]
     model = TASKS[task]
     sent = {**request["data"], "model": request["data"]["model"].replace("MODEL_ID", model)}
-    r = _predict_com(gw, request["path"], bus, **sent)
+    r = _file_post(gw, request["path"], bus, **sent)
     assert r.status_code == 200, r.text
     body = r.json()
     _same_keys(body, documented, task)
@@ -353,39 +340,39 @@ def test_predict_answers_every_task_as_recorded(gw: Gateway, bus: Path, task: st
 
 def test_predict_defaults_are_the_hubs(gw: Gateway, bus: Path) -> None:
     url = "https://hub.ultralytics.com/models/yolov8n"
-    omitted = _predict_com(gw, "/", bus, model=url, details="1").json()
+    omitted = _file_post(gw, "/", bus, model=url, details="1").json()
     assert omitted["metadata"] | {"imgsz": 640, "conf": 0.25, "iou": 0.45} == omitted["metadata"]
-    explicit = _predict_com(gw, "/", bus, model=url, imgsz=640, conf=0.25, iou=0.45).json()
-    other = _predict_com(gw, "/", bus, model=url, iou=0.7).json()
+    explicit = _file_post(gw, "/", bus, model=url, imgsz=640, conf=0.25, iou=0.45).json()
+    other = _file_post(gw, "/", bus, model=url, iou=0.7).json()
     assert omitted["images"][0]["results"] == explicit["images"][0]["results"] != other["images"][0]["results"]
 
 
 def test_predict_dedicated_endpoints_are_bound_to_one_model(gw: Gateway, bus: Path) -> None:
     """A dedicated endpoint has no `model` field: its base URL names the model, or the key does."""
-    want = _predict_com(gw, "/", bus, model="https://hub.ultralytics.com/models/yolov8n-pose").json()
-    by_url = _predict_com(gw, "/dedicated/yolov8n-pose", bus, imgsz=640, conf=0.25, iou=0.45)
-    by_key = _predict_com(gw, "/", bus, key=_key(gw, "one-model", models=["yolov8n-pose"]), imgsz=640)
+    want = _file_post(gw, "/", bus, model="https://hub.ultralytics.com/models/yolov8n-pose").json()
+    by_url = _file_post(gw, "/dedicated/yolov8n-pose", bus, imgsz=640, conf=0.25, iou=0.45)
+    by_key = _file_post(gw, "/", bus, key=_key(gw, "one-model", models=["yolov8n-pose"]), imgsz=640)
     for r in (by_url, by_key):
         assert r.status_code == 200, r.text
         assert r.json()["images"][0]["results"] == want["images"][0]["results"]
         assert r.json()["metadata"]["model"] == "yolov8n-pose"
-    r = _predict_com(gw, "/", bus, imgsz=640)  # a key for every model, and no `model`
+    r = _file_post(gw, "/", bus, imgsz=640)  # a key for every model, and no `model`
     assert r.status_code == 400 and "'model'" in r.json()["message"] and "hub.ultralytics.com" in r.json()["message"]
 
 
 def test_predict_errors_and_rate_limits(gw: Gateway, bus: Path) -> None:
     url = "https://hub.ultralytics.com/models/yolov8n"
     limited = _key(gw, "predict-limited", rate=0.001)
-    assert _predict_com(gw, "/", bus, key=limited, model=url).status_code == 200
+    assert _file_post(gw, "/", bus, key=limited, model=url).status_code == 200
     before = time.time()
     cases = {
-        401: _predict_com(gw, "/", bus, key="yk_00000000_nope", model=url),
-        404: _predict_com(gw, "/", bus, model="https://hub.ultralytics.com/models/tMb1oh6heAMVVr8YZAeH"),
+        401: _file_post(gw, "/", bus, key="yk_00000000_nope", model=url),
+        404: _file_post(gw, "/", bus, model="https://hub.ultralytics.com/models/tMb1oh6heAMVVr8YZAeH"),
         413: requests.post(f"{gw.url}/", headers={"x-api-key": gw.key}, data={"model": url},
                            files={"file": b"\xff" * (UPLOAD_LIMIT + 1)}, timeout=60),
         422: requests.post(f"{gw.url}/", headers={"x-api-key": gw.key}, data={"model": url},
                            files={"file": CORRUPT_JPEG}, timeout=60),
-        429: _predict_com(gw, "/", bus, key=limited, model=url),
+        429: _file_post(gw, "/", bus, key=limited, model=url),
     }  # fmt: skip
     for status, r in cases.items():
         assert r.status_code == status and set(r.json()) == {"success", "message", "data"}, (status, r.text)

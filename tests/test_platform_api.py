@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from bench.parity import assert_matches
-from tests.reference import image_wh
+from tests.reference import image_wh, json_shape
 from tests.conftest import Gateway
 
 # The documented answer, copied from the page: only its shape (keys and value types) is the expectation here.
@@ -43,19 +43,6 @@ DOCUMENTED_RESPONSE: dict[str, Any] = {
 DOCUMENTED_DECIMALS = {"default": 5, "range": (0, 10)}
 
 
-def _shape_of(value: Any) -> Any:
-    """The JSON value's shape: dicts by key, lists by their first item, numbers as 'number'."""
-    if isinstance(value, dict):
-        return {k: _shape_of(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_shape_of(value[0])] if value else []
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    return type(value).__name__
-
-
 def _contains(ours: Any, documented: Any, where: str = "") -> None:
     """Every documented key is in ours with a value of the same shape (ours may have more keys)."""
     if isinstance(documented, dict):
@@ -67,7 +54,7 @@ def _contains(ours: Any, documented: Any, where: str = "") -> None:
         assert isinstance(ours, list) and ours, f"{where}: expected a non-empty list"
         _contains(ours[0], documented[0], f"{where}[0]")
     else:
-        assert _shape_of(ours) == _shape_of(documented), f"{where}: {ours!r} vs documented {documented!r}"
+        assert json_shape(ours) == json_shape(documented), f"{where}: {ours!r} vs documented {documented!r}"
 
 
 def _post(gw: Gateway, model: str, **kwargs: Any) -> requests.Response:
