@@ -7,9 +7,11 @@
 from __future__ import annotations
 
 import ast
+import platform
 import shutil
 import sys
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -84,6 +86,21 @@ def export_onnx(yolo: YOLO, workdir: Path, imgsz: int) -> Path:
     return target
 
 
+def built_with() -> dict[str, str]:
+    """The versions of what exports a model (recorded in its config; the newer APIs' answers report them as `version`:
+    the gateway itself runs neither torch nor Ultralytics). "unknown" for a package that is not installed."""
+    out = {"python": platform.python_version()}
+    for package in ("torch", "torchvision", "ultralytics"):
+        out[package] = "unknown"
+        for distribution in (package, f"{package}-opencv-headless"):  # Ultralytics' headless build names itself so
+            try:
+                out[package] = version(distribution)
+                break
+            except PackageNotFoundError:
+                continue
+    return out
+
+
 def model_spec(
     name: str,
     source_onnx: Path,
@@ -115,6 +132,7 @@ def model_spec(
         kpt_shape=list(kpt_shape) if kpt_shape else None,
         source=origin,
         untrained=untrained,
+        built_with=built_with(),
     )
 
 

@@ -49,6 +49,7 @@ class ModelSpec:
     source: str = ""
     untrained: bool = False
     extra: dict[str, str] = field(default_factory=dict)
+    built_with: dict[str, str] = field(default_factory=dict)  # python, torch, torchvision, ultralytics versions
 
     def card(self, target: Target) -> ModelCard:
         """The model card the gateway reads back from the config (`ModelInfo`, gateway/modelcard.py)."""
@@ -67,6 +68,7 @@ class ModelSpec:
             source=self.source,
             untrained=self.untrained,
             kpt_shape=kpt,
+            built_with=self.built_with,
         )
 
 

@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from gateway.api import admin, live, models, routes, web
-from gateway.errors import HANDLERS
+from gateway.api.failures import HANDLERS
 from gateway.keys.store import open_store
 from gateway.metrics import Metrics
 from gateway.observability import RequestContext, configure_logging
@@ -50,6 +50,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/metrics", routes.metrics, methods=["GET"]),
         Route("/healthz", routes.healthz, methods=["GET"]),
         Route("/readyz", routes.readyz, methods=["GET"]),
+        # the Ultralytics dialects' other doors (gateway/dialects/): hub-sdk's login, dedicated endpoints, base paths
+        Route("/v1/auth", routes.auth, methods=["POST"]),
+        Route("/api/deployments/{owner}/{deployment}/predict", routes.predict_deployment, methods=["POST"]),
+        Route("/predict", routes.predict_key_platform, methods=["POST"]),
+        Route("/dedicated/{model_id}/predict", routes.predict_bound_platform, methods=["POST"]),
+        Route("/dedicated/{model_id}", routes.predict_bound, methods=["POST"]),
+        Route("/dialects/{dialect}", routes.predict_dedicated, methods=["POST"]),  # a base URL POSTed as is
+        Mount("/dialects/{dialect}", routes=routes.dialect_routes()),
     ]
     return Starlette(
         routes=table,

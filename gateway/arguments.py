@@ -7,7 +7,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from gateway.errors import BadRequest
 
@@ -40,14 +40,17 @@ BOOLEAN_HELP = ", ".join(f"{t}/{f}" for t, f in BOOLEAN_WORDS) + " (any case)"
 ARGUMENTS = (
     "size", "confidence", "iou", "url", "normalize", "format", "max_det", "classes", "agnostic", "vid_stride", "stream",
     "decimals", "source",
-    "track", "tracker", "sequence",
+    "track", "tracker", "sequence", "details",
 )  # fmt: skip
 ALIASES = {"imgsz": "size", "conf": "confidence"}
 
-# The response format a route answers in: the HUB API's (/v1/predict) or the newer Ultralytics Platform API's.
-Style = Literal["hub", "platform"]
-# The NMS IoU default of each style (platform: that of `YOLO.predict`).
-IOU_DEFAULT: dict[Style, float] = {"hub": 0.45, "platform": 0.7}
+# The dialects of Ultralytics' inference APIs the gateway speaks (gateway/dialects/ knows each one's request and
+# answer): HUB v1 as first documented, HUB v1 with the later docs' normalized rows, HUB v1's URL with the newer body,
+# predict.ultralytics.com, and the Ultralytics Platform. Named here, below the key store, which records a key's own.
+DialectName = Literal["hub", "hub-xywhn", "hub-images", "predict", "platform"]
+DIALECT_NAMES: tuple[DialectName, ...] = get_args(DialectName)
+# The NMS IoU default of the HUB's dialects and of the Platform's (that of `YOLO.predict`).
+IOU_DEFAULT: dict[str, float] = {"hub": 0.45, "platform": 0.7}
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class PredictArgs:
     track: bool = False  # rows get a track_id (gateway/tracking), as model.track(); implied by `sequence`
     tracker: str = "bytetrack"  # bytetrack or botsort
     sequence: str = ""  # images: continue the tracks of this key's sequence of that name (a camera id, say)
+    details: bool = False  # the `{images, metadata}` answers: add the gateway's own fields (arguments, warning, video)
 
 
 def _given(fields: Mapping[str, str]) -> dict[str, tuple[str, str]]:
@@ -120,11 +124,13 @@ def _format(raw: str) -> str:
     return FORMATS[fmt]
 
 
-def parse_args(fields: Mapping[str, str], default_size: int = 640, style: Style = "hub") -> PredictArgs:
+def parse_args(
+    fields: Mapping[str, str], default_size: int = 640, iou_default: float = IOU_DEFAULT["hub"]
+) -> PredictArgs:
     """PredictArgs from merged query/form fields (form wins; merged by the caller). Unknown fields are ignored.
 
-    Both styles accept both spellings (`size`/`imgsz`, `confidence`/`conf`); only the IoU default differs. Messages
-    name the argument as the client spelled it.
+    Every dialect accepts both spellings (`size`/`imgsz`, `confidence`/`conf`); the dialect gives the IoU default.
+    Messages name the argument as the client spelled it.
     """
     given = _given(fields)
     sequence = _sequence(given["sequence"][1]) if "sequence" in given else ""
@@ -136,7 +142,7 @@ def parse_args(fields: Mapping[str, str], default_size: int = 640, style: Style 
         confidence=_number(given["confidence"], float, *CONFIDENCE_RANGE)
         if "confidence" in given
         else (TRACK_CONFIDENCE if track else CONFIDENCE_DEFAULT),
-        iou=_number(given["iou"], float, *IOU_RANGE) if "iou" in given else IOU_DEFAULT[style],
+        iou=_number(given["iou"], float, *IOU_RANGE) if "iou" in given else iou_default,
         normalize=_flag(given.get("normalize")),
         url=given["url"][1].strip() if "url" in given else "",
         format=_format(given["format"][1]) if "format" in given else "json",
@@ -150,6 +156,7 @@ def parse_args(fields: Mapping[str, str], default_size: int = 640, style: Style 
         track=track,
         tracker=_tracker(given["tracker"][1]) if "tracker" in given else TRACKERS[0],
         sequence=sequence,
+        details=_flag(given.get("details")),
     )
 
 

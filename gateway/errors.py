@@ -134,8 +134,9 @@ _HTTP_MESSAGES = {
 }
 
 
-async def handle_http_exception(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
+def http_error(request: Request, exc: HTTPException) -> GatewayError:
+    """A Starlette HTTPException (the router's 404 and 405, a body it could not parse) as a GatewayError of the same
+    status, its message saying what to do."""
     headers = dict(exc.headers or {})
     message = _HTTP_MESSAGES.get(exc.status_code, str(exc.detail))
     if exc.status_code == 405:  # said per route: the methods this path does accept
@@ -143,12 +144,26 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
         message = f"Method {request.method} is not allowed on {request.url.path[:100]}; this path accepts {allowed}."
     elif exc.status_code == 400 and exc.detail:
         message = f"Malformed request body: {str(exc.detail).rstrip('.')}."
-    return error_response(exc.status_code, message, headers)
+    error = GatewayError(message, headers)
+    error.status = exc.status_code
+    return error
+
+
+def internal_error(request: Request) -> GatewayError:
+    """The 500 answer to an exception nothing handled (logged here, with its traceback)."""
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return GatewayError("Internal server error. The request was not processed; please report it.")
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    error = http_error(request, exc)
+    return error_response(error.status, error.message, error.headers)
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(500, "Internal server error. The request was not processed; please report it.")
+    error = internal_error(request)
+    return error_response(error.status, error.message)
 
 
 HANDLERS = {GatewayError: handle_gateway_error, HTTPException: handle_http_exception, Exception: handle_unexpected}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, get_args
 
 Task = Literal["detect", "segment", "pose", "obb", "classify"]
@@ -73,6 +73,8 @@ class ModelCard:
     source: str = ""  # the weights file it was exported from
     untrained: bool = False
     kpt_shape: tuple[int, int] | None = None
+    # what exported it: {python, torch, torchvision, ultralytics} versions ({} when a config does not say)
+    built_with: dict[str, str] = field(default_factory=dict)
 
     def parameters(self) -> dict[str, str]:
         """The config.pbtxt `parameters` (string values), in the order the exporter writes them."""
@@ -92,6 +94,8 @@ class ModelCard:
         }
         if self.kpt_shape:
             params["kpt_shape"] = json.dumps(list(self.kpt_shape))
+        if self.built_with:
+            params["built_with"] = json.dumps(self.built_with, sort_keys=True)
         return params
 
     @classmethod
@@ -116,6 +120,7 @@ class ModelCard:
             source=params.get("source", ""),
             untrained=params.get("untrained") == "true",
             kpt_shape=(int(kpt[0]), int(kpt[1])) if kpt else None,
+            built_with={str(k): str(v) for k, v in json.loads(params.get("built_with") or "{}").items()},
             **extra,
         )
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 from starlette.requests import HTTPConnection
 
-from gateway.arguments import Style
 from gateway.budget import Hold, MemoryBudget, default_budget, memory_limit
+from gateway.dialects import Dialect
 from gateway.errors import NotFound, ServiceUnavailable
 from gateway.keys.auth import KeyEntry
 from gateway.keys.ratelimit import KeySlots
@@ -164,7 +164,7 @@ class Prediction:
     record: RequestRecord
     hold: Hold
     held: contextlib.AsyncExitStack
-    style: Style
+    dialect: Dialect  # how it reads the request and shapes the answer (chosen anew once the form is read)
     started: float  # time.perf_counter() when the request arrived
 
     async def charge(self, extra: int) -> None:
@@ -174,7 +174,7 @@ class Prediction:
             return
         quota = await self.services.store.spend(self.entry, extra, force=True)
         if quota is not None:
-            self.record.headers = quota.headers()
+            self.record.headers = self.dialect.rate_headers(quota)
 
     async def charge_frames(self, frames: int) -> None:
         """A video's analysed frames: each costs one token and counts as an image in the key's usage."""

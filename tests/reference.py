@@ -13,6 +13,20 @@ from numpy.typing import NDArray
 from gateway.vision.masks import closest_pairs, mask_contours, outlines, placed
 
 
+def json_shape(value: Any) -> Any:
+    """A JSON value's shape, to compare answers with documented examples: dicts by key, lists by their first item,
+    numbers as 'number', booleans as 'boolean', other scalars by their type's name."""
+    if isinstance(value, dict):
+        return {k: json_shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_shape(value[0])] if value else []
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return type(value).__name__
+
+
 def image_wh(path: Path) -> tuple[int, int]:
     """(width, height) of the image file as OpenCV reads it (EXIF orientation applied): what the summaries scale to."""
     h, w = cv2.imread(str(path), cv2.IMREAD_COLOR).shape[:2]

@@ -805,6 +805,10 @@ def test_ingress_body_limit_and_tmp_follow_the_gateway_upload_and_video_limits(
     assert published == {
         ("/v1", "Prefix"),
         ("/api/models", "Prefix"),
+        ("/api/deployments", "Prefix"),
+        ("/predict", "Exact"),
+        ("/dedicated", "Prefix"),
+        ("/dialects", "Prefix"),
         ("/openapi.json", "Exact"),
         ("/static", "Prefix"),
         ("/", "Exact"),

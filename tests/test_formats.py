@@ -112,10 +112,10 @@ def test_newer_format_matches_ultralytics_with_its_defaults(
     """The platform route: an owner/project/model slug, Bearer auth, `file` parts, imgsz/conf, and IoU default 0.7."""
     paths = [images["bus"], images["zidane"]]
     files = [("file", (p.name, p.read_bytes())) for p in paths]
-    r = _v2(gateway, f"alice/my-project/{model}", files, {"imgsz": 640, "conf": 0.25})
+    r = _v2(gateway, f"alice/my-project/{model}", files, {"imgsz": 640, "conf": 0.25, "details": "true"})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"images", "metadata", "warning"}  # the fixtures are untrained, and the answer says so
+    assert set(body) == {"images", "metadata", "warning"}  # the fixtures are untrained: said when details are asked
     assert body["metadata"]["model"] == model and body["metadata"]["iou"] == 0.7 and body["metadata"]["imgsz"] == 640
     assert len(body["images"]) == 2
     for entry, path in zip(body["images"], paths):
@@ -151,14 +151,14 @@ def test_newer_format_per_image_error_and_argument_errors(gateway: Gateway, imag
         "results": [],
         "shape": None,
         "speed": None,
-        "error": {"status": 415, "message": bad["error"]["message"]},
+        "error": {"status": 400, "message": bad["error"]["message"]},  # the Platform's 400 for a non-image
     }
     assert good["results"] and good["shape"] == [1080, 810]
 
     r = _v2(gateway, "yolov8n", [("file", ("bus.jpg", images["bus"].read_bytes()))], {"imgsz": 640, "size": 320})
-    assert r.status_code == 400 and "'imgsz' and 'size'" in r.json()["message"]
+    assert r.status_code == 400 and "'imgsz' and 'size'" in r.json()["error"]  # the Platform's error body
     r = _v2(gateway, "yolov8n", [("file", ("bus.jpg", images["bus"].read_bytes()))], {"conf": "high"})
-    assert r.status_code == 400 and "'conf'" in r.json()["message"]  # named as the client spelled it
+    assert r.status_code == 400 and "'conf'" in r.json()["error"]  # named as the client spelled it
     r = requests.post(
         f"{gateway.url}/", headers={"x-api-key": gateway.key}, files={"file": images["bus"].open("rb")}, timeout=60
     )

@@ -36,7 +36,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("gateway.work",),  # leased work's shared state: records, leases, owners, URL guard, webhooks
     ("gateway.predict",),  # one prediction request: images, videos, answers, URL fetch
     ("gateway.services",),  # what requests share; one admitted prediction
-    ("gateway.tracking",),  # tracks from detections (uses vision's rotated IoU)
+    # tracks from detections (uses vision's rotated IoU); Ultralytics' API dialects: how requests read, answers look
+    ("gateway.tracking", "gateway.dialects"),
     ("gateway.vision", "gateway.keys", "gateway.models", "gateway.sequences"),  # pixels; keys; models; tracking state
     ("gateway.triton", "gateway.arguments", "gateway.budget", "gateway.metrics", "gateway.streams"),
     ("gateway.modelcard", "gateway.errors", "gateway.settings", "gateway.workers", "gateway.observability"),

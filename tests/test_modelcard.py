@@ -33,6 +33,7 @@ def _spec(task: modelcard.Task, input_format: modelcard.InputFormat, layout: mod
         output_layout=layout,
         source=f"{task}.pt",
         untrained=task == "obb",
+        built_with={"python": "3.11.7", "torch": "2.14.1", "torchvision": "0.29.1", "ultralytics": "8.4.190"},
     )
 
 
@@ -56,6 +57,7 @@ def test_the_gateway_reads_back_the_card_the_exporter_wrote(task: modelcard.Task
     assert info.preprocess == ("resize_center_crop" if task == "classify" else "letterbox")
     assert info.kpt_shape == ((17, 3) if task == "pose" else None)
     assert info.names[1] == 'a "quoted" name' and info.names[2] == "café"
+    assert info.built_with == spec.built_with  # what the newer APIs' answers report as `version`
 
 
 def test_parameters_keep_the_order_and_spelling_of_the_served_configs() -> None:
@@ -89,3 +91,4 @@ def test_missing_optional_parameters_take_the_defaults_of_older_exports() -> Non
     assert card.preprocess == "resize_center_crop", "a classifier is never letterboxed"
     assert (card.input_format, card.output_layout, card.outputs) == ("uint8_nhwc_bgr", "raw", ("output0",))
     assert (card.stride, card.imgsz, card.target, card.untrained) == (32, 640, "", False)
+    assert card.built_with == {}, "exported before the versions were recorded: the answers say unknown"

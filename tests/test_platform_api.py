@@ -1,5 +1,6 @@
 """The newer Ultralytics API as Ultralytics documents it today: `source` (an image URL or base64 image data),
-`decimals`, and the Platform's metadata fields (`imageCount`, `functionTimeCall`, `version`) beside ours.
+`decimals`, the Platform's metadata fields (`imageCount`, `functionTimeCall`, `version`), ours with `details=true`,
+and its errors (`{"error": ...}`; a file that is not an image is a 400 there).
 
 The documented shapes come from Ultralytics' own docs, docs/en/platform/deploy/inference.md ("Request Parameters" and
 "Response") in the ultralytics/ultralytics repository at commit 02c6227 (the newest of the pages that describe this
@@ -16,7 +17,7 @@ import pytest
 import requests
 
 from bench.parity import assert_matches
-from tests.reference import image_wh
+from tests.reference import image_wh, json_shape
 from tests.conftest import Gateway
 
 # The documented answer, copied from the page: only its shape (keys and value types) is the expectation here.
@@ -42,33 +43,18 @@ DOCUMENTED_RESPONSE: dict[str, Any] = {
 DOCUMENTED_DECIMALS = {"default": 5, "range": (0, 10)}
 
 
-def _shape_of(value: Any) -> Any:
-    """The JSON value's shape: dicts by key, lists by their first item, numbers as 'number'."""
-    if isinstance(value, dict):
-        return {k: _shape_of(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_shape_of(value[0])] if value else []
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    return type(value).__name__
-
-
 def _contains(ours: Any, documented: Any, where: str = "") -> None:
     """Every documented key is in ours with a value of the same shape (ours may have more keys)."""
     if isinstance(documented, dict):
         assert isinstance(ours, dict), f"{where}: {ours!r} is not an object"
         for key, value in documented.items():
-            if where == ".metadata.version":  # what serves the answer: we run neither torch nor Ultralytics
-                continue
             assert key in ours, f"{where}.{key} is missing"
             _contains(ours[key], value, f"{where}.{key}")
     elif isinstance(documented, list):
         assert isinstance(ours, list) and ours, f"{where}: expected a non-empty list"
         _contains(ours[0], documented[0], f"{where}[0]")
     else:
-        assert _shape_of(ours) == _shape_of(documented), f"{where}: {ours!r} vs documented {documented!r}"
+        assert json_shape(ours) == json_shape(documented), f"{where}: {ours!r} vs documented {documented!r}"
 
 
 def _post(gw: Gateway, model: str, **kwargs: Any) -> requests.Response:
@@ -100,10 +86,13 @@ def test_answer_has_the_documented_shape(gateway: Gateway, images: dict[str, Pat
     _contains(body, DOCUMENTED_RESPONSE)
     meta = body["metadata"]
     assert meta["imageCount"] == 1 and 0 < meta["functionTimeCall"] < 120
-    assert set(meta["version"]) == {"yolo-triton", "python"} and all(meta["version"].values())
-    assert meta["decimals"] == DOCUMENTED_DECIMALS["default"]
-    # our own fields are all still there
-    assert {"model", "task", "imgsz", "conf", "iou", "max_det", "classes", "agnostic", "normalize"} <= set(meta)
+    # what exported the model, as the exporter recorded it
+    assert set(meta["version"]) == {"python", "torch", "torchvision", "ultralytics"} and all(meta["version"].values())
+    assert "decimals" not in meta and "warning" not in body, "the contract closes its objects: ours only on request"
+    with open(images["bus"], "rb") as f:
+        detailed = _post(gateway, "yolov8n", files={"file": f}, data={"details": "true"}).json()["metadata"]
+    assert detailed["decimals"] == DOCUMENTED_DECIMALS["default"]
+    assert {"model", "task", "imgsz", "conf", "iou", "max_det", "classes", "agnostic", "normalize"} <= set(detailed)
 
 
 def test_image_count_counts_every_image(gateway: Gateway, images: dict[str, Path]) -> None:
@@ -141,7 +130,7 @@ def test_decimals_round_every_number_as_ultralytics_summary_does(
 def test_decimals_out_of_the_documented_range_is_a_400(gateway: Gateway, images: dict[str, Path], value: str) -> None:
     with open(images["bus"], "rb") as f:
         r = _post(gateway, "yolov8n", files={"file": f}, data={"decimals": value})
-    assert r.status_code == 400 and "'decimals'" in r.json()["message"] and "0 to 10" in r.json()["message"]
+    assert r.status_code == 400 and "'decimals'" in r.json()["error"] and "0 to 10" in r.json()["error"]
 
 
 def test_base64_source_answers_as_the_same_file(gateway: Gateway, images: dict[str, Path]) -> None:
@@ -158,7 +147,7 @@ def test_base64_source_answers_as_the_same_file(gateway: Gateway, images: dict[s
     r = requests.post(
         f"{gateway.url}/",
         headers={"x-api-key": gateway.key},
-        data={"model": "yolov8n", "source": encoded},
+        data={"model": "yolov8n", "source": encoded, "iou": 0.7},  # its IoU default is the HUB's, 0.45
         timeout=120,
     )
     assert r.status_code == 200 and r.json()["images"][0]["results"] == want
@@ -166,18 +155,18 @@ def test_base64_source_answers_as_the_same_file(gateway: Gateway, images: dict[s
 
 def test_source_errors_say_what_to_send(gateway: Gateway, images: dict[str, Path]) -> None:
     r = _post(gateway, "yolov8n", data={"source": "not base64 at all!"})
-    assert r.status_code == 400 and "'source'" in r.json()["message"] and "base64" in r.json()["message"]
+    assert r.status_code == 400 and "'source'" in r.json()["error"] and "base64" in r.json()["error"]
     r = _post(gateway, "yolov8n", data={"source": base64.b64encode(b"plain text, not an image").decode()})
-    assert r.status_code == 415, r.text
+    assert r.status_code == 400 and "image" in r.json()["error"], r.text  # a 415 elsewhere
     with open(images["bus"], "rb") as f:
         r = _post(gateway, "yolov8n", files={"file": f}, data={"source": "aGVsbG8="})
-    assert r.status_code == 400 and "not several" in r.json()["message"]
+    assert r.status_code == 400 and "not several" in r.json()["error"]
     # a URL source goes through the same guard as `url`: no private or loopback address
     r = _post(gateway, "yolov8n", data={"source": "http://127.0.0.1:8080/photo.jpg"})
-    assert r.status_code == 400 and "public" in r.json()["message"], r.text
+    assert r.status_code == 400 and "public" in r.json()["error"], r.text
 
 
 def test_other_text_fields_keep_their_4_kib_limit(gateway: Gateway, images: dict[str, Path]) -> None:
     with open(images["bus"], "rb") as f:
         r = _post(gateway, "yolov8n", files={"file": f}, data={"classes": "0," * 3000})
-    assert r.status_code == 400 and "4 KiB" in r.json()["message"], r.text
+    assert r.status_code == 400 and "4 KiB" in r.json()["error"], r.text

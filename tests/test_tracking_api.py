@@ -171,7 +171,7 @@ def test_track_confidence_defaults_to_model_tracks_and_is_echoed(gateway: Gatewa
             f"{gateway.url}/api/models/yolov8n/predict",
             headers={"x-api-key": gateway.key},
             files={"file": images["bus"].read_bytes()},
-            data=fields,
+            data={"details": "true", **fields},  # the arguments used: the gateway's own fields, asked for
             timeout=60,
         )
         assert r.status_code == 200, r.text

@@ -99,7 +99,7 @@ def test_trained_several_images_in_both_response_formats(
         f"{gateway.url}/api/models/{model}/predict",
         headers={"Authorization": f"Bearer {gateway.key}"},
         files=[("file", (p.name, p.read_bytes())) for p in paths],
-        data={"conf": conf},
+        data={"conf": conf, "imgsz": size},  # the Platform's default is 640 for every model
         timeout=120,
     )
     assert newer.status_code == 200, newer.text

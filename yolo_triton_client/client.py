@@ -43,6 +43,8 @@ BATCH_SIZE = 8  # the server's default limit of `file` parts per batch request
 # A batch whose every image failed is answered with the first image's error instead of one entry per image; these
 # statuses can be one image's fault (or the images' total size), so such a batch is resent one image at a time.
 IMAGE_STATUSES = frozenset({413, 415, 422})
+# The Platform's route answers 415 and 422 with 400: a batch's 400 is an image's fault when the gateway names the image
+IMAGE_PREFIX = "Image 1 of "
 STREAM_CUT = "The video stream ended before its last line (connection closed)."
 Files: TypeAlias = list[tuple[str, tuple[str, bytes, str]]]
 T = TypeVar("T")
@@ -167,20 +169,21 @@ def _predict_many(
 
 
 def _batch(
-    model: str, fields: dict[str, str], uploads: list[Upload], normalized: bool
+    model: str, fields: dict[str, str], uploads: list[Upload], normalized: bool, alone: bool = False
 ) -> Plan[list[Prediction | ApiError]]:
     """A Prediction or the ApiError per upload; a batch refused for what may be one image's fault is sent again one
-    image at a time."""
+    image at a time (`alone`: such a re-send, whose fields the batch showed to be good: any 400 is the image's)."""
     try:
         response = yield _Call("POST", _platform_path(model), fields, _files(uploads, "file"))
     except ApiError as error:
-        if error.status not in IMAGE_STATUSES:
+        named = error.status == 400 and (alone or error.message.startswith(IMAGE_PREFIX))
+        if error.status not in IMAGE_STATUSES and not named:
             raise
         if len(uploads) == 1:
             return [error]
         out: list[Prediction | ApiError] = []
         for upload in uploads:
-            out += yield from _batch(model, fields, [upload], normalized)
+            out += yield from _batch(model, fields, [upload], normalized, alone=True)
         return out
     return predictions_from_batch(model, response.json(), normalized)
 
@@ -194,6 +197,7 @@ def _video_call(model: str, source: Source, stream: bool, options: VideoOptions)
         fields["vid_stride"] = str(int(vid_stride))
     if stream:
         fields["stream"] = "true"
+    fields["details"] = "true"  # each frame's index and time, and metadata.video: the gateway's own fields
     return _Call("POST", _platform_path(model), fields, _files([load(source)], "file"))
 
 

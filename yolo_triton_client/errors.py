@@ -82,12 +82,13 @@ def api_error(status: int, message: str, retry_after: float | None = None, body:
 
 
 def error_from_response(response: httpx.Response) -> ApiError:
-    """The ApiError for a non-2xx answer; the message is the JSON `message`, else the start of the body."""
+    """The ApiError for a non-2xx answer; the message is the JSON `message` (the Platform's routes: `error`), else the
+    start of the body."""
     try:
         body: Any = response.json()
     except ValueError:
         body = response.text
-    message = body.get("message") if isinstance(body, dict) else None
+    message = (body.get("message") or body.get("error")) if isinstance(body, dict) else None
     if not isinstance(message, str):
         message = response.reason_phrase + (f": {response.text[:200]}" if response.text else "")
     return api_error(response.status_code, message, retry_after(response.headers.get("retry-after")), body)

@@ -1,6 +1,6 @@
 """The admin API: create, list and revoke keys and read their usage (keys with the `admin` scope only).
 
-    POST   /v1/keys               {"name", "models"?, "rate"?, "admin"?} -> 201, the key itself (shown once)
+    POST   /v1/keys               {"name", "models"?, "rate"?, "admin"?, "dialect"?} -> 201, the key (shown once)
     GET    /v1/keys               every key, never a secret
     DELETE /v1/keys/{id}          revoke (every replica refuses it within a second)
     GET    /v1/keys/{id}/usage    per day and model: requests, images, errors by status, latency p50/p95
@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from gateway.api.forms import api_key
+from gateway.arguments import DIALECT_NAMES
 from gateway.errors import BadRequest, Forbidden, NotFound, ok_response
 from gateway.keys.auth import KEY_ID, KeyEntry
 from gateway.keys.ratelimit import MAX_RATE, MIN_RATE, check_rate
@@ -55,11 +56,11 @@ def _key_id(request: Request) -> str:
     return key_id
 
 
-def parse_new_key(raw: bytes) -> tuple[str, list[str] | None, float | None, bool]:
-    """(name, models, rate, admin) from a POST /v1/keys body, or BadRequest naming the field."""
+def parse_new_key(raw: bytes) -> tuple[str, list[str] | None, float | None, bool, str | None]:
+    """(name, models, rate, admin, dialect) from a POST /v1/keys body, or BadRequest naming the field."""
     hint = 'Send a JSON object like {"name": "alice", "models": ["yolov8n"], "rate": 10, "admin": false}.'
     body = json_object(raw, hint)
-    unknown = sorted(set(body) - {"name", "models", "rate", "admin"})
+    unknown = sorted(set(body) - {"name", "models", "rate", "admin", "dialect"})
     if unknown:
         raise BadRequest(f"Unknown field '{str(unknown[0])[:32]}'. {hint}")
     name = body.get("name")
@@ -86,7 +87,12 @@ def parse_new_key(raw: bytes) -> tuple[str, list[str] | None, float | None, bool
     admin = body.get("admin", False)
     if not isinstance(admin, bool):
         raise BadRequest("'admin' must be true or false.")
-    return name.strip(), models, rate, admin
+    dialect = body.get("dialect")
+    if dialect is not None and dialect not in DIALECT_NAMES:
+        raise BadRequest(
+            f"'dialect' must be null (each route's own) or one of {', '.join(DIALECT_NAMES)} (README, Dialects)."
+        )
+    return name.strip(), models, rate, admin, dialect
 
 
 def check_within(caller: KeyEntry, models: list[str] | None, rate: float | None) -> None:
@@ -109,9 +115,9 @@ async def create(request: Request) -> Response:
     store, caller = await _admin(request)
     too_large = f"The body is over {MAX_BODY} bytes; a key needs only a name and a few fields."
     raw = await read_capped(request.stream(), MAX_BODY, too_large, request.headers.get("content-length"))
-    name, models, rate, admin = parse_new_key(raw)
+    name, models, rate, admin, dialect = parse_new_key(raw)
     check_within(caller, models, rate)
-    entry, key = await store.create_key(name, models, rate, admin)
+    entry, key = await store.create_key(name, models, rate, admin, dialect)
     return ok_response({**_public(entry), "key": key}, "Key created. Keep it safe: it is shown only this once.", 201)
 
 

@@ -13,7 +13,6 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from gateway.arguments import Style
 from gateway.budget import Hold
 from gateway.errors import BadRequest, RequestTimeout
 from gateway.streams import capped
@@ -215,9 +214,9 @@ def _once(items: list[tuple[str, str]], where: str) -> dict[str, str]:
     return out
 
 
-def collect(request: Request, form: FormData, style: Style) -> tuple[list[UploadFile], dict[str, str]]:
-    """The image parts in order, and the arguments (a form field wins over the query parameter of the same name)."""
-    part = "image" if style == "hub" else "file"
+def collect(request: Request, form: FormData, part: str) -> tuple[list[UploadFile], dict[str, str]]:
+    """The image parts in order, and the arguments (a form field wins over the query parameter of the same name);
+    `part` is the file part's name in the route's dialect (for the messages)."""
     images: list[UploadFile] = []
     for key, value in form.multi_items():
         if isinstance(value, UploadFile):
@@ -233,3 +232,9 @@ def collect(request: Request, form: FormData, style: Style) -> tuple[list[Upload
         if not images and isinstance(form.get(name), str) and form.get(name):
             raise BadRequest(f"'{name}' must be a file part (curl: -F \"{name}=@photo.jpg\"), not a text field.")
     return images, fields
+
+
+def names_sent(form: FormData, fields: dict[str, str]) -> set[str]:
+    """The names of the file parts and of the non-empty arguments: what tells some dialects apart."""
+    parts = {key for key, value in form.multi_items() if isinstance(value, UploadFile)}
+    return parts | {name for name, value in fields.items() if value.strip()}

@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.api import openapi_models
+from gateway.api.openapi_admin import ADMIN_PATHS
 from gateway.api.openapi_schemas import (
     ERROR,
     IMAGES,
     MODEL,
     NDJSON,
+    PLATFORM_ERROR,
+    PLATFORM_IMAGES,
     PREDICTION,
     VIDEO,
 )
@@ -29,14 +32,15 @@ from gateway.arguments import (
     TRACKERS,
     VID_STRIDE_RANGE,
 )
-from gateway.keys.ratelimit import MAX_RATE, MIN_RATE
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _errors(*codes: int) -> dict[str, Any]:
+def _errors(*codes: int, platform: bool = False) -> dict[str, Any]:
+    """The error answers: the HUB's envelope, or (`platform`) the Platform's `{"error"}`, where a file that is not an
+    image, or does not decode, is a 400 and a 429 says `retryAfter` and `resetAt`."""
     text = {
         400: "Bad argument, or image/url missing or both given",
         401: "Missing or invalid API key",
@@ -54,6 +58,12 @@ def _errors(*codes: int) -> dict[str, Any]:
     }
     # a video that broke off partway answers 422 with the frames read: `data`/`video` (HUB) or `images`/`metadata`
     broken = {"type": "object", "required": ["success", "message"], "properties": {"success": {"const": False}}}
+    if platform:  # there the 422 is a 400, which also says what a 415 says
+        text[400] += "; a file that is not a supported image or video, or that does not decode"
+        broken = {"type": "object", "required": ["error", "images", "metadata"]}
+        return {
+            str(c): _json({"anyOf": [PLATFORM_ERROR, broken]} if c == 400 else PLATFORM_ERROR, text[c]) for c in codes
+        }
     return {str(c): _json({"anyOf": [ERROR, broken]} if c == 422 else ERROR, text[c]) for c in codes}
 
 
@@ -136,6 +146,7 @@ _ARG_SCHEMAS: dict[str, dict[str, Any]] = {
         "requests, as model.track(frame, persist=True); ends after GATEWAY_SEQUENCE_TTL_S idle. 409: another frame "
         "of it was tracked meanwhile; 429: the key's sequences are at their cap; 503: the state store is unreachable",
     },
+    "details": {**_BOOLEAN, "description": f"{{images, metadata}}: add the gateway's own fields. {BOOLEAN_HELP}"},
 }
 _ALIAS_SCHEMAS = {
     alias: {**_ARG_SCHEMAS[name], "description": f"Same as `{name}` (the newer API's name); send one"}
@@ -145,6 +156,7 @@ _ARGS = {name: _ARG_SCHEMAS[name] for name in ARGUMENTS} | _ALIAS_SCHEMAS
 # The newer Ultralytics API's routes take the same arguments; only the IoU default differs (that of YOLO.predict)
 _ARGS_V2 = _ARGS | {"iou": {**_ARG_SCHEMAS["iou"], "default": IOU_DEFAULT["platform"]}}
 _V2_ERRORS = (400, 401, 403, 404, 408, 409, 413, 415, 422, 429, 502, 503, 504)
+_PLATFORM_ERRORS = (400, 401, 403, 404, 408, 409, 413, 429, 502, 503, 504)  # 415 and 422 are 400s there
 _HEADERS = {
     "Server-Timing": {
         "description": "Milliseconds per stage: decode, letterbox, triton, postprocess, total; "
@@ -193,12 +205,36 @@ def _multipart(part: str, args: dict[str, Any], extra: dict[str, Any] | None = N
     }
 
 
+def _images_operation(
+    summary: str,
+    args: dict[str, Any],
+    answer: dict[str, Any],
+    path: tuple[str, ...] = ("model_id",),
+    field: bool = False,
+) -> dict[str, Any]:
+    """A route answered as {images, metadata}, the model named by the last of its `path` parameters, else by a `model`
+    `field`, else by the key. The Platform's answers come with its errors, the others with the HUB's."""
+    extra = {"model": _MODEL_FIELD} if field else {}
+    params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}} for name in path]
+    errors = _errors(*_PLATFORM_ERRORS, platform=True) if answer is PLATFORM_IMAGES else _errors(*_V2_ERRORS)
+    return {
+        "post": {
+            "summary": summary,
+            "security": [{"apiKey": []}, {"bearer": []}],
+            "parameters": params + _query(args | extra),
+            "requestBody": _multipart("file", args, extra),
+            "responses": {"200": _success(answer, _V2_OK), **errors},
+        }
+    }
+
+
 SPEC: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
         "title": "YOLO Inference API",
         "version": "1",
-        "description": "Ultralytics HUB compatible YOLO inference on Triton.",
+        "description": "Ultralytics HUB compatible YOLO inference on Triton, in every dialect of Ultralytics' "
+        "inference APIs (README, Dialects). /dialects/<dialect>/ followed by a dialect's own paths pins it.",
     },
     "components": {
         "securitySchemes": {
@@ -210,6 +246,8 @@ SPEC: dict[str, Any] = {
         "/v1/predict/{model_id}": {
             "post": {
                 "summary": "Run a model on one image (file upload or URL)",
+                "description": "HUB v1; a key may answer with normalized rows (hub-xywhn); the newer body's names "
+                "without the first docs' (a `file` part, imgsz, conf) answer as {images, metadata} (hub-images)",
                 "security": [{"apiKey": []}],
                 "parameters": [
                     {"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}},
@@ -218,7 +256,7 @@ SPEC: dict[str, Any] = {
                 "requestBody": _multipart("image", _ARGS),
                 "responses": {
                     "200": _success(
-                        {"anyOf": [PREDICTION, VIDEO]},
+                        {"anyOf": [PREDICTION, VIDEO, IMAGES]},
                         "Detections or top-5 classes, as Ultralytics' Results.summary() "
                         "(several images: one entry each; a video: one entry per frame, "
                         "or NDJSON lines with stream=true)",
@@ -227,26 +265,42 @@ SPEC: dict[str, Any] = {
                 },
             }
         },
-        "/api/models/{model_id}/predict": {
+        "/api/models/{model_id}/predict": _images_operation(
+            "The Ultralytics Platform: images or a video as {images, metadata}; model_id may be an owner/project/model "
+            "slug, its last segment names the model",
+            _ARGS_V2,
+            PLATFORM_IMAGES,
+        ),
+        "/api/deployments/{owner}/{deployment}/predict": _images_operation(
+            "The Platform SDK's deployments.predict: a deployment named after its model",
+            _ARGS_V2,
+            PLATFORM_IMAGES,
+            ("owner", "deployment"),
+        ),
+        "/": _images_operation(
+            "predict.ultralytics.com: the model in a `model` field (a HUB model URL or an id), else the key's one",
+            _ARGS,
+            IMAGES,
+            (),
+            field=True,
+        ),
+        "/dedicated/{model_id}": _images_operation(
+            "A predict.ultralytics.com dedicated endpoint bound to one model by its base URL", _ARGS, IMAGES
+        ),
+        "/dedicated/{model_id}/predict": _images_operation(
+            "A Platform dedicated endpoint bound to one model by its base URL", _ARGS_V2, PLATFORM_IMAGES
+        ),
+        "/predict": _images_operation(
+            "A Platform dedicated endpoint bound to the key's one model", _ARGS_V2, PLATFORM_IMAGES, ()
+        ),
+        "/v1/auth": {
             "post": {
-                "summary": "The newer Ultralytics API: one or more images, answered as {images, metadata}",
-                "description": "model_id may be an owner/project/model slug; its last segment names the model.",
+                "summary": "HUB v1: check a key (hub-sdk's login): success true, the key's id, name, models, dialect",
                 "security": [{"apiKey": []}, {"bearer": []}],
-                "parameters": [
-                    {"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}},
-                    *_query(_ARGS_V2),
-                ],
-                "requestBody": _multipart("file", _ARGS_V2),
-                "responses": {"200": _success(IMAGES, _V2_OK), **_errors(*_V2_ERRORS)},
-            }
-        },
-        "/": {
-            "post": {
-                "summary": "Dedicated-API style: the model in a `model` field (an id or a HUB model URL)",
-                "security": [{"apiKey": []}, {"bearer": []}],
-                "parameters": _query(_ARGS_V2 | {"model": _MODEL_FIELD}),
-                "requestBody": _multipart("file", _ARGS_V2, {"model": _MODEL_FIELD}),
-                "responses": {"200": _success(IMAGES, _V2_OK), **_errors(*_V2_ERRORS)},
+                "responses": {
+                    "200": _json({"type": "object", "required": ["success", "data"]}, "The key is valid"),
+                    **_errors(401, 503),
+                },
             }
         },
         "/v1/models": {
@@ -276,100 +330,12 @@ SPEC: dict[str, Any] = {
         },
     },
 }
-
-# The admin API (gateway/api/admin.py): keys with the `admin` scope manage keys and read their usage.
-_KEY = {
-    "type": "object",
-    "required": ["id", "name", "created", "models", "rate", "revoked", "admin"],
-    "properties": {
-        "id": {"type": "string"},
-        "name": {"type": "string"},
-        "created": {"type": "string"},
-        "models": {"anyOf": [{"type": "array", "items": {"type": "string"}}, {"type": "null"}]},
-        "rate": {"anyOf": [{"type": "number"}, {"type": "null"}]},
-        "revoked": {"type": "boolean"},
-        "admin": {"type": "boolean"},
-        "last_used": {"anyOf": [{"type": "string"}, {"type": "null"}]},
-        "key": {"type": "string", "description": "The key itself: only in the create response, shown once"},
-    },
-}
-_USAGE_ROW = {
-    "type": "object",
-    "required": ["day", "model", "requests", "images", "errors", "latency_ms"],
-    "properties": {
-        "day": {"type": "string"},
-        "model": {"type": "string"},
-        "requests": {"type": "integer", "minimum": 0},
-        "images": {"type": "integer", "minimum": 0},
-        "errors": {"type": "object", "additionalProperties": {"type": "integer"}},
-        "latency_ms": {"type": "object"},
-    },
-}
-_NEW_KEY = {
-    "type": "object",
-    "required": ["name"],
-    "properties": {
-        "name": {"type": "string", "minLength": 1, "maxLength": 64},
-        "models": {"anyOf": [{"type": "array", "items": {"type": "string"}, "minItems": 1}, {"type": "null"}]},
-        "rate": {"anyOf": [{"type": "number", "minimum": MIN_RATE, "maximum": MAX_RATE}, {"type": "null"}]},
-        "admin": {"type": "boolean", "default": False},
-    },
-}
-_KEY_ID = {"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}
-_ADMIN_ERRORS = {
-    "400": _json(ERROR, "Bad body or argument"),
-    "401": _json(ERROR, "Missing, invalid or revoked API key"),
-    "403": _json(ERROR, "The key has no admin scope, or the new key would be wider than the key's own scope"),
-    "503": _json(ERROR, "The key store (Redis) is unreachable"),
-}
-_ADMIN: list[dict[str, list[str]]] = [{"apiKey": []}, {"bearer": []}]
+SPEC["paths"] |= ADMIN_PATHS  # the admin API's (/v1/keys), described in openapi_admin.py
 
 
 def _ok(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return _json({"type": "object", "required": ["success", "data"], "properties": {"data": schema}}, description)
 
-
-SPEC["paths"]["/v1/keys"] = {
-    "post": {
-        "summary": "Create an API key (admin); the key is in the answer, once",
-        "security": _ADMIN,
-        "requestBody": {"required": True, "content": {"application/json": {"schema": _NEW_KEY}}},
-        "responses": {"201": _ok(_KEY, "The new key"), "413": _json(ERROR, "Body over 4 KiB"), **_ADMIN_ERRORS},
-    },
-    "get": {
-        "summary": "List API keys (admin); never a secret",
-        "security": _ADMIN,
-        "responses": {"200": _ok({"type": "array", "items": _KEY}, "Every key"), **_ADMIN_ERRORS},
-    },
-}
-SPEC["paths"]["/v1/keys/{key_id}"] = {
-    "delete": {
-        "summary": "Revoke an API key (admin): every gateway refuses it within a second",
-        "security": _ADMIN,
-        "parameters": [_KEY_ID],
-        "responses": {"200": _ok(_KEY, "The revoked key"), "404": _json(ERROR, "No such key"), **_ADMIN_ERRORS},
-    },
-}
-SPEC["paths"]["/v1/keys/{key_id}/usage"] = {
-    "get": {
-        "summary": "A key's usage per day and model (admin): requests, images, errors by status, latency p50/p95",
-        "security": _ADMIN,
-        "parameters": [
-            _KEY_ID,
-            {
-                "name": "days",
-                "in": "query",
-                "required": False,
-                "schema": {"type": "integer", "minimum": 1, "maximum": 400, "default": 7},
-            },
-        ],
-        "responses": {
-            "200": _ok({"type": "object", "properties": {"usage": {"type": "array", "items": _USAGE_ROW}}}, "Usage"),
-            "404": _json(ERROR, "No such key"),
-            **_ADMIN_ERRORS,
-        },
-    },
-}
 
 # Your own models (gateway/api/models.py, issue #27): the models API, and uploaded models in the listings
 for _path, _operations in {**openapi_models.PATHS, "/v1/models/{model_id}": openapi_models.ONE_MODEL}.items():

@@ -1,4 +1,5 @@
-"""The JSON Schemas of the API's answers (detections, classes, images, videos, models, errors), for openapi.py."""
+"""The JSON Schemas of the API's answers (detections, classes, images, videos, models, errors) in every dialect
+(gateway/dialects/), for openapi.py."""
 
 from __future__ import annotations
 
@@ -47,7 +48,21 @@ CLASS = {  # classify: the top five classes, no box
     },
     "additionalProperties": False,
 }
-ROW = {"anyOf": [DETECTION, CLASS]}
+XYWHN = {  # hub-xywhn (the later HUB docs): normalized, centre and size, or one flat list per shape
+    "type": "object",
+    "required": ["class", "name", "confidence"],
+    "properties": {
+        "class": {"type": "integer", "minimum": 0},
+        "name": {"type": "string"},
+        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+        **{k: {"type": "number"} for k in ("width", "height", "xcenter", "ycenter")},
+        "segment": XY,  # x, y, x, y, ...
+        "keypoints": XY,  # x, y, confidence, ...
+        "obb": XY,  # x1, y1, ..., x4, y4
+    },
+    "additionalProperties": False,
+}
+ROW = {"anyOf": [DETECTION, CLASS, XYWHN]}
 # With several image parts, `data` holds one entry per image, each shaped like a one-image response
 PER_IMAGE = {
     "type": "object",
@@ -130,38 +145,90 @@ IMAGE_RESULT = {
                 {"type": "null"},
             ]
         },
-        "frame": FRAME_INDEX,  # video frames only
+        "frame": FRAME_INDEX,  # video frames, with details=true or stream=true
         "time": FRAME_TIME,
-        "error": {
+        "error": {  # one image of several failed
             "type": "object",
             "required": ["status", "message"],
             "properties": {"status": {"type": "integer"}, "message": {"type": "string"}},
         },
     },
+    "additionalProperties": False,
 }
-IMAGES = {
+VERSION = {  # what exported the model ("unknown" where its config does not say)
     "type": "object",
-    "required": ["images", "metadata"],
-    "properties": {
-        "images": {"type": "array", "minItems": 1, "items": IMAGE_RESULT},
-        "metadata": {
-            "type": "object",
-            "required": ["imageCount", "version", "model", "task", "imgsz", "conf", "iou", "decimals"],
-            "properties": {
-                "imageCount": {"type": "integer", "description": "Images (or a video's frames) answered"},
-                "functionTimeCall": {"type": "number", "description": "Seconds the request took until its answer"},
-                "version": {"type": "object", "additionalProperties": {"type": "string"}},
-                "decimals": {"type": "integer"},
-                "model": {"type": "string"},
-                "task": {"type": "string"},
-                "imgsz": {"type": "integer"},
-                "conf": {"type": "number"},
-                "iou": {"type": "number"},
-                "video": VIDEO_META,
-            },
+    "required": ["python", "torch", "torchvision", "ultralytics"],
+    "properties": {k: {"type": "string"} for k in ("python", "torch", "torchvision", "ultralytics")},
+    "additionalProperties": False,
+}
+_SECONDS = {"type": "number", "minimum": 0}
+_COUNT = {"type": "integer", "minimum": 0, "description": "Images (or a video's frames) answered"}
+# details=true: the gateway's own fields, beside the documented ones
+DETAILS = {
+    "gateway": {"type": "object", "additionalProperties": {"type": "string"}},
+    "task": {"enum": list(TASKS)},
+    "imgsz": {"type": "integer"},
+    "conf": {"type": "number"},
+    "iou": {"type": "number"},
+    "max_det": {"type": "integer"},
+    "classes": {"anyOf": [{"type": "array", "items": {"type": "integer"}}, {"type": "null"}]},
+    "agnostic": {"type": "boolean"},
+    "normalize": {"type": "boolean"},
+    "decimals": {"type": "integer"},
+    "video": VIDEO_META,
+}
+
+
+def _images(documented: dict[str, object]) -> dict[str, object]:
+    """An {images, metadata} answer whose metadata is `documented` (all required) and, with details=true, DETAILS."""
+    metadata = {
+        "type": "object",
+        "required": list(documented),
+        "properties": {**DETAILS, **documented},
+        "additionalProperties": False,
+    }
+    return {
+        "type": "object",
+        "required": ["images", "metadata"],
+        "properties": {
+            "images": {"type": "array", "minItems": 1, "items": IMAGE_RESULT},
+            "metadata": metadata,
+            "warning": {"type": "string", "description": "details=true, while the model serves untrained weights"},
         },
-        "warning": {"type": "string", "description": "Present while the model serves untrained fixture weights"},
+        "additionalProperties": False,
+    }
+
+
+# predict.ultralytics.com (and the HUB v1 URL with the newer body): `model` echoes the model as sent
+IMAGES = _images(
+    {
+        "functionTimeAlive": _SECONDS,
+        "functionTimeCall": _SECONDS,
+        "imageCount": _COUNT,
+        "model": {"type": "string"},
+        "version": VERSION,
+    }
+)
+PLATFORM_IMAGES = _images(  # the Ultralytics Platform's contract
+    {
+        "imageCount": _COUNT,
+        "functionTimeAlive": _SECONDS,
+        "functionTimeCall": _SECONDS,
+        "task": {"enum": list(TASKS)},
+        "version": VERSION,
+        "model": {"type": "string"},
+        "classNames": {"type": "array", "items": {"type": "string"}},
+    }
+)
+PLATFORM_ERROR = {  # the Platform's errors; a 429 adds when to retry
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {"type": "string", "minLength": 1},
+        "retryAfter": {"type": "integer", "minimum": 1},
+        "resetAt": {"type": "string", "description": "ISO 8601, as X-RateLimit-Reset"},
     },
+    "additionalProperties": False,
 }
 MODEL = {
     "type": "object",

@@ -1,9 +1,11 @@
 """API keys: a JSON file of hashed keys, re-read when it changes, checked in constant time.
 
-A key reads `yk_<id>_<secret>`: the id is safe to log and finds the entry; only SHA-256(key) is stored. Keys are
+A key reads `yk_<id>_<secret>`: the id is safe to log and finds the entry; only SHA-256(key) is stored. Secrets are
 192-bit random, so a fast hash is enough (no KDF needed for high-entropy secrets). Ids are 64-bit random (16 hex
 digits; keys made before were 32-bit, 8 digits, and keep working), and a new id that is already taken is never
-stored over the existing key (`KeyIdTaken`; the creators draw another).
+stored over the existing key (`KeyIdTaken`; the creators draw another). A key whose dialect is the Platform's reads
+`ul_` and 40 hex digits, the format Ultralytics' own tools accept (their settings drop any other): the first 16 are
+its id, the other 24 a 96-bit secret.
 
 Every change to the keys file is one read-modify-write under an exclusive `flock` of a lock file beside it
 (`update_entries`), so the keys CLI and any number of gateway processes sharing the file never undo each other's
@@ -30,6 +32,7 @@ from typing import Any
 from gateway.errors import Forbidden, Unauthorized
 
 PREFIX = "yk_"
+PLATFORM_KEY = re.compile(r"ul_([0-9a-f]{16})[0-9a-f]{24}")  # the Platform's format: ul_ and 40 hex digits
 DRAWS = 3  # new ids drawn for one key before giving up (`drafts`)
 ID_BYTES = 8  # 64-bit ids: among a million keys, two share an id with odds of 1 in 37 million (refused, not stored)
 KEY_ID = re.compile(r"[0-9A-Za-z]{1,32}")  # ids as they appear in keys (ASCII only: `str.isalnum` takes any script)
@@ -51,6 +54,7 @@ class KeyEntry:
     revoked: bool = False
     admin: bool = False  # may manage keys (/v1/keys)
     last_used: str | None = None  # kept by the state store (usage), not in the keys file
+    dialect: str | None = None  # the dialect its requests are answered in where the route can't tell (None: route's)
 
     def public(self) -> dict[str, Any]:
         out = asdict(self)
@@ -67,6 +71,12 @@ def new_key() -> tuple[str, str]:
     """(key id, full key)."""
     key_id = secrets.token_hex(ID_BYTES)
     return key_id, f"{PREFIX}{key_id}_{secrets.token_urlsafe(24)}"
+
+
+def new_platform_key() -> tuple[str, str]:
+    """(key id, full key) in the Platform's format: `ul_` and 40 hex digits, the id the first 16."""
+    key_id = secrets.token_hex(ID_BYTES)
+    return key_id, f"ul_{key_id}{secrets.token_hex(12)}"
 
 
 def read_entries(path: Path) -> list[KeyEntry]:
@@ -86,6 +96,7 @@ def read_entries(path: Path) -> list[KeyEntry]:
                 rate=item.get("rate"),
                 revoked=bool(item.get("revoked", False)),
                 admin=bool(item.get("admin", False)),
+                dialect=item.get("dialect") or None,
             )
         )
     return entries
@@ -95,7 +106,8 @@ def write_entries(path: Path, entries: list[KeyEntry]) -> None:
     """Atomically replace the keys file (temp file in the same folder + rename), mode 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = [{**asdict(e), "models": list(e.models) if e.models is not None else None} for e in entries]
-    body = {"keys": [{k: v for k, v in row.items() if k != "last_used"} for row in rows]}
+    # `last_used` lives in the state store; `dialect` is written only when set (older files stay as they were)
+    body = {"keys": [{k: v for k, v in row.items() if k != "last_used" and (k != "dialect" or v)} for row in rows]}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
@@ -110,21 +122,30 @@ def write_entries(path: Path, entries: list[KeyEntry]) -> None:
 
 
 def make_entry(
-    name: str, models: list[str] | None = None, rate: float | None = None, admin: bool = False
+    name: str,
+    models: list[str] | None = None,
+    rate: float | None = None,
+    admin: bool = False,
+    dialect: str | None = None,
 ) -> tuple[KeyEntry, str]:
     """A new key's entry and the key itself (shown once, never stored)."""
-    key_id, key = new_key()
+    key_id, key = new_platform_key() if dialect == "platform" else new_key()
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return KeyEntry(key_id, name, hash_key(key), created, tuple(models) if models else None, rate, admin=admin), key
+    scope = tuple(models) if models else None
+    return KeyEntry(key_id, name, hash_key(key), created, scope, rate, admin=admin, dialect=dialect), key
 
 
 def drafts(
-    name: str, models: list[str] | None = None, rate: float | None = None, admin: bool = False
+    name: str,
+    models: list[str] | None = None,
+    rate: float | None = None,
+    admin: bool = False,
+    dialect: str | None = None,
 ) -> Iterator[tuple[KeyEntry, str]]:
     """New keys for a creator to store, one after another while it finds their ids taken (a draw that repeated an
     existing id: never stored over it); after DRAWS, the creator raises `ids_taken()`."""
     for _ in range(DRAWS):
-        yield make_entry(name, models, rate, admin)
+        yield make_entry(name, models, rate, admin, dialect)
 
 
 def ids_taken() -> KeyIdTaken:
@@ -169,10 +190,15 @@ def add_entry(path: Path, entry: KeyEntry) -> None:
 
 
 def create_key(
-    path: Path, name: str, models: list[str] | None = None, rate: float | None = None, admin: bool = False
+    path: Path,
+    name: str,
+    models: list[str] | None = None,
+    rate: float | None = None,
+    admin: bool = False,
+    dialect: str | None = None,
 ) -> tuple[KeyEntry, str]:
     """Add a key to the file; returns (entry, the key itself — shown once, never stored)."""
-    for entry, key in drafts(name, models, rate, admin):
+    for entry, key in drafts(name, models, rate, admin, dialect):
         with contextlib.suppress(KeyIdTaken):
             add_entry(path, entry)
             return entry, key
@@ -180,7 +206,9 @@ def create_key(
 
 
 def key_id_of(key: str) -> str:
-    """The id part of `yk_<id>_<secret>` ("" when the key does not have that shape)."""
+    """The id part of `yk_<id>_<secret>` or `ul_<id><secret>` ("" when the key has neither shape)."""
+    if match := PLATFORM_KEY.fullmatch(key):
+        return match.group(1)
     if not key.startswith(PREFIX):
         return ""
     key_id, sep, secret = key[len(PREFIX) :].partition("_")

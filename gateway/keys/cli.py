@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gateway.arguments import DIALECT_NAMES
 from gateway.errors import GatewayError
 from gateway.keys.auth import KeyEntry, read_entries
 from gateway.keys.ratelimit import check_rate
@@ -76,13 +77,17 @@ def _confirmed() -> bool:
 
 
 def _print_keys(entries: list[KeyEntry]) -> None:
-    print(f"{'ID':16} {'NAME':20} {'CREATED':21} {'MODELS':20} {'RATE':8} {'SCOPE':6} {'LAST USED':21} STATUS")
+    print(
+        f"{'ID':16} {'NAME':20} {'CREATED':21} {'MODELS':20} {'RATE':8} {'SCOPE':6} {'DIALECT':10} {'LAST USED':21} "
+        "STATUS"
+    )
     for e in entries:
         models = shown(",".join(e.models)) if e.models is not None else "*"
         rate = f"{e.rate:g}/s" if e.rate else "-"
         print(
             f"{shown(e.id):16} {shown(e.name)[:20]:20} {shown(e.created):21} {models[:20]:20} {rate:8} "
-            f"{'admin' if e.admin else '-':6} {shown(e.last_used or '-'):21} {'revoked' if e.revoked else 'active'}"
+            f"{'admin' if e.admin else '-':6} {shown(e.dialect or '-')[:10]:10} {shown(e.last_used or '-'):21} "
+            f"{'revoked' if e.revoked else 'active'}"
         )
 
 
@@ -102,8 +107,9 @@ async def _run(args: argparse.Namespace) -> int:
     try:
         if args.command == "create":
             models = [m.strip() for m in args.models.split(",") if m.strip()] or None
-            entry, key = await store.create_key(args.name, models, args.rate, args.admin)
+            entry, key = await store.create_key(args.name, models, args.rate, args.admin, args.dialect)
             scope = " with the admin scope" if entry.admin else ""
+            scope += f", answered in the {entry.dialect} dialect" if entry.dialect else ""
             print(
                 f"Created key {entry.id} ({shown(entry.name)}){scope} in {shown(where)}. "
                 "Keep it safe; it is not stored and won't be shown again:",
@@ -179,6 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--models", default="", help="comma-separated model ids this key may use (default: all)")
     create.add_argument("--rate", type=_rate, default=None, help="images per second, e.g. 10/s (default: unlimited)")
     create.add_argument("--admin", action="store_true", help="may manage keys through the admin API (/v1/keys)")
+    create.add_argument(
+        "--dialect",
+        choices=DIALECT_NAMES,
+        default=None,
+        help="the Ultralytics dialect its requests are answered in where the route can't tell (README, Dialects); "
+        "platform keys read ul_ and 40 hex digits, as Ultralytics' tools expect (default: each route's own)",
+    )
     sub.add_parser("list", help="list keys (never the secret)")
     revoke = sub.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("id")

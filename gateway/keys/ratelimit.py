@@ -2,8 +2,8 @@
 
 A key with `rate` r gets a bucket of max(r, 1) tokens refilled at r per second. GCRA keeps one number per key, the
 theoretical arrival time (TAT): the bucket is full when TAT <= now, and taking `cost` tokens moves TAT forward by
-cost / r seconds. The same arithmetic runs in-process here (embedded state) and as a Lua script in Redis
-(gateway/keys/redis_store.py), in integer microseconds so both agree exactly.
+cost / r seconds. The same arithmetic runs in-process here (embedded state) and as a Lua script in Redis (GCRA_LUA,
+run by gateway/keys/redis_store.py), in integer microseconds so both agree exactly.
 """
 
 from __future__ import annotations
@@ -74,12 +74,31 @@ def quota(allowed: bool, base_us: int, new_us: int, rate: float) -> Quota:
 def gcra(tat_us: int, now_us: int, rate: float, cost: int, force: bool) -> tuple[bool, int, Quota]:
     """(allowed, new TAT, quota). `force` takes the tokens even past the limit (extra images of an admitted request).
 
-    Mirrored line by line by redis_store.GCRA_LUA."""
+    Mirrored line by line by GCRA_LUA (below)."""
     interval, _, tolerance = shape(rate)
     base = max(tat_us, now_us)
     new_tat = base + cost * interval
     allowed = force or new_tat - now_us <= tolerance
     return allowed, new_tat if allowed else tat_us, quota(allowed, base - now_us, new_tat - now_us, rate)
+
+
+# The same arithmetic as `gcra`, as the Lua script Redis runs (gateway/keys/redis_store.py), on Redis' clock so every
+# replica agrees. KEYS[1]: the bucket; ARGV: microseconds per token, full bucket in microseconds, cost, force (1/0).
+# Returns allowed, base - now, new - now.
+GCRA_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local base = math.max(tat, now)
+local new_tat = base + tonumber(ARGV[3]) * interval
+if ARGV[4] ~= '1' and new_tat - now > tolerance then
+  return {0, base - now, new_tat - now}
+end
+redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.floor((new_tat - now) / 1000) + 1000)
+return {1, base - now, new_tat - now}
+"""
 
 
 @dataclass

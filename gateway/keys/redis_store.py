@@ -2,23 +2,23 @@
 
 Layout (all under the `yt:` prefix):
     yt:keys                 set of key ids
-    yt:key:<id>             hash: name, hash (SHA-256 of the key; never the key), created, models, rate, admin,
-                            revoked, last_used
+    yt:key:<id>             hash: name, hash (SHA-256 of the key), created, models, rate, admin, revoked, last_used,
+                            dialect
     yt:rl:<id>              the key's GCRA theoretical arrival time (microseconds, Redis' clock), expires when full
     yt:usage:<id>:<day>     hash: "<model>|<counter>" -> count (requests, images, status:<code>, lat:<bound ms>)
     channel yt:keys         a key id, published when that key is created or revoked
 
-Decisions (README, "Scaling out"): every call is bounded (`timeout_s`); a failed call opens a breaker for
-half a second so requests don't queue behind a dead Redis. While Redis is unreachable, a key checked in the last
-`grace_s` seconds keeps working from this replica's cache, an unknown key gets 503 (not 401: we can't tell),
-rate limits fall back to this replica's own buckets, and usage is kept here and written when Redis returns.
+Decisions (README, "Scaling out"): every call is bounded (`timeout_s`); a failed call opens a breaker for half a
+second so requests don't queue behind a dead Redis. While Redis is unreachable, a key checked in the last `grace_s`
+seconds keeps working from this replica's cache, an unknown key gets 503 (not 401: we can't tell), rate limits fall
+back to this replica's own buckets, and usage is kept here and written when Redis returns.
 
-Key ids nobody created (a flood of random ones) must neither hammer Redis nor crowd out real keys. Each replica
-keeps the set of every key id in Redis (loaded when its listener subscribes, kept current by the channel, ~100 bytes
-per key): a key whose id is in it is looked up at once. Any other id is looked up only within a budget of
-MISS_RATE per second per replica and MISS_RATE_PER_CLIENT per client address (per /64 for IPv6); past either, the
-answer is 503 with Retry-After (not 401: without asking Redis we can't tell a key created a moment ago on another
-replica from a made-up one). A 401 is only ever given for an id Redis itself said it does not hold.
+Key ids nobody created (a flood of random ones) must neither hammer Redis nor crowd out real keys. Each replica keeps
+the set of every key id in Redis (loaded when its listener subscribes, kept current by the channel, ~100 bytes per
+key): a key whose id is in it is looked up at once. Any other id is looked up only within a budget of MISS_RATE per
+second per replica and MISS_RATE_PER_CLIENT per client address (per /64 for IPv6); past either, the answer is 503
+with Retry-After (not 401: without asking Redis we can't tell a key created a moment ago on another replica from a
+made-up one). A 401 is only ever given for an id Redis itself said it does not hold.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from gateway.errors import ServiceUnavailable, TooManyRequests
 from gateway.keys.auth import KeyEntry, drafts, ids_taken, key_id_of, missing_key, verify
-from gateway.keys.ratelimit import Quota, RateLimiter, quota, shape
+from gateway.keys.ratelimit import GCRA_LUA, Quota, RateLimiter, quota, shape
 from gateway.keys.usage import UsageBook, last_days, usage_rows
 from gateway.observability import client_address
 from gateway.settings import Settings
@@ -54,23 +54,6 @@ FLUSH_S = 0.5  # usage is written in batches this often
 USAGE_TTL_S = 400 * 86400  # a day's usage is kept about 13 months
 MISS_RATE = 100.0  # look-ups per second of key ids not in this replica's set of known ids (bounds what a flood costs)
 MISS_RATE_PER_CLIENT = 10.0  # ... and per client address, so one flooding client leaves the rest of that budget
-
-# Same arithmetic as ratelimit.gcra, on Redis' clock so every replica agrees. KEYS[1]: the bucket;
-# ARGV: microseconds per token, full bucket in microseconds, cost, force (1/0). Returns allowed, base - now, new - now.
-GCRA_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local tat = tonumber(redis.call('GET', KEYS[1])) or now
-local interval = tonumber(ARGV[1])
-local tolerance = tonumber(ARGV[2])
-local base = math.max(tat, now)
-local new_tat = base + tonumber(ARGV[3]) * interval
-if ARGV[4] ~= '1' and new_tat - now > tolerance then
-  return {0, base - now, new_tat - now}
-end
-redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.floor((new_tat - now) / 1000) + 1000)
-return {1, base - now, new_tat - now}
-"""
 
 # Store a new key unless its id is taken (KEYS: the key's hash, the id set; ARGV: id, then field, value pairs).
 CREATE_LUA = (
@@ -101,6 +84,7 @@ def _entry_fields(e: KeyEntry) -> dict[Any, Any]:
         "rate": f"{e.rate:g}" if e.rate else "",
         "admin": "1" if e.admin else "0",
         "revoked": "1" if e.revoked else "0",
+        "dialect": e.dialect or "",
     }
 
 
@@ -118,6 +102,7 @@ def _parse_entry(raw: Mapping[Any, Any]) -> KeyEntry | None:
         revoked=raw.get("revoked") == "1",
         admin=raw.get("admin") == "1",
         last_used=raw.get("last_used") or None,
+        dialect=raw.get("dialect") or None,
     )
 
 
@@ -320,9 +305,14 @@ class RedisStore:
     # -- key management (admin API, CLI) ----------------------------------------------------------------------
 
     async def create_key(
-        self, name: str, models: list[str] | None = None, rate: float | None = None, admin: bool = False
+        self,
+        name: str,
+        models: list[str] | None = None,
+        rate: float | None = None,
+        admin: bool = False,
+        dialect: str | None = None,
     ) -> tuple[KeyEntry, str]:
-        for entry, key in drafts(name, models, rate, admin):
+        for entry, key in drafts(name, models, rate, admin, dialect):
             fields = [item for pair in _entry_fields(entry).items() for item in pair]
             keys = [f"{NS}key:{entry.id}", f"{NS}keys"]
             if await self._admin_call(lambda: self._create(keys=keys, args=[entry.id, *fields])):

@@ -45,7 +45,12 @@ class Store(Protocol):
         ...
 
     async def create_key(
-        self, name: str, models: list[str] | None = None, rate: float | None = None, admin: bool = False
+        self,
+        name: str,
+        models: list[str] | None = None,
+        rate: float | None = None,
+        admin: bool = False,
+        dialect: str | None = None,
     ) -> tuple[KeyEntry, str]: ...
 
     async def list_keys(self) -> list[KeyEntry]: ...
@@ -90,10 +95,15 @@ class FileStore:
         self._usage.add(key_id, model, images, status, seconds)
 
     async def create_key(
-        self, name: str, models: list[str] | None = None, rate: float | None = None, admin: bool = False
+        self,
+        name: str,
+        models: list[str] | None = None,
+        rate: float | None = None,
+        admin: bool = False,
+        dialect: str | None = None,
     ) -> tuple[KeyEntry, str]:
         # in a thread: the file's lock may be held for a moment by the CLI or another gateway process
-        return await asyncio.to_thread(create_key, self.keys_file, name, models, rate, admin)
+        return await asyncio.to_thread(create_key, self.keys_file, name, models, rate, admin, dialect)
 
     async def list_keys(self) -> list[KeyEntry]:
         return [replace(e, last_used=self._usage.last_used.get(e.id)) for e in read_entries(self.keys_file)]

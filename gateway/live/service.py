@@ -74,7 +74,7 @@ class Streams:
     async def _create(self, entry: KeyEntry, request: StreamRequest) -> tuple[dict[str, Any], str | None]:
         settings = self.settings
         info = await self.services.triton.model(request.model)
-        args = parse_args(request.fields, info.imgsz, "hub")
+        args = parse_args(request.fields, info.imgsz)  # the HUB's defaults (iou 0.45)
         if request.track and info.task not in tracked.TRACKED_TASKS:
             raise BadRequest(f"'track' works on detection, segmentation and pose models; '{info.name}' is {info.task}.")
         checked = await guard.check_source(request.source, settings.url_allow_hosts, self.resolve)
@@ -179,7 +179,7 @@ class Streams:
                 await asyncio.sleep(RETRY_S)
                 if lease.lost or lease.stop:
                     return
-        args = parse_args(orjson.loads(record["args"]), info.imgsz, "hub")
+        args = parse_args(orjson.loads(record["args"]), info.imgsz)
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
 

@@ -19,12 +19,12 @@ from typing import Any
 import orjson
 
 from gateway.arguments import PredictArgs
+from gateway.dialects import DIALECTS, Call
 from gateway.errors import GatewayError, TooManyRequests
 from gateway.keys.auth import KeyEntry
 from gateway.live import tracked
 from gateway.live.source import Grabbed, Source
 from gateway.modelcard import ModelInfo
-from gateway.predict import responses
 from gateway.predict.responses import FrameOutcome
 from gateway.services import Services
 from gateway.tracking import State
@@ -37,6 +37,7 @@ log = logging.getLogger("gateway")
 STATS_S = 1.0  # the record's state and rates are written this often
 KEY_CHECK_S = 5.0  # the key is looked up again this often (a revoked key stops its streams)
 ERROR_PAUSE_S = 0.5  # after a failed inference, before the next frame (no tight loop against a down Triton)
+HUB = DIALECTS["hub"]  # events carry each frame as the HUB's video answers do: frame, time, data
 
 
 @dataclass
@@ -151,7 +152,7 @@ async def _analyse(run: Run, frame: Grabbed, counters: Counters, started: float)
     speed = {"preprocess": (t1 - t0) * 1000, "inference": (t2 - t1) * 1000, "postprocess": 0.0}
     speed["postprocess"] = (time.perf_counter() - t2) * 1000
     outcome = FrameOutcome(frame.index, round(frame.at - started, 6), rows, box.orig_shape, speed)
-    event = responses.frame_entry(outcome, "hub")
+    event = HUB.frame(Call(run.info, run.args), outcome)  # a frame as the HUB's video answers write it
     if await run.board.publish(run.lease, orjson.dumps(event)):
         counters.processed += 1
         now = time.monotonic()

@@ -11,7 +11,8 @@ import orjson
 from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
-from gateway.arguments import PredictArgs, check_classes, parse_args
+from gateway.arguments import PredictArgs, check_classes
+from gateway.dialects import Call
 from gateway.errors import BadRequest, GatewayError, PayloadTooLarge
 from gateway.modelcard import ModelInfo
 from gateway.predict import responses, tracked
@@ -30,7 +31,8 @@ async def respond(
     services = prediction.services
     settings = services.settings
     timings = prediction.record.timings
-    args = parse_args(fields, info.imgsz, prediction.style)
+    dialect = prediction.dialect
+    args = dialect.parse(fields, info.imgsz)
     if args.stream:
         raise BadRequest("'stream=true' applies to a video upload; an image is answered in one response.")
     if info.task != "classify":  # classifiers ignore `classes`, as Ultralytics' do
@@ -44,7 +46,7 @@ async def respond(
     if uploads and url:
         raise BadRequest("Send either image file(s) or a URL, not both.")
     if not uploads and not url and inline is None:
-        raise BadRequest("An image file or URL must be submitted.")
+        raise BadRequest(dialect.missing)
     if len(uploads) > 1 and args.format != "json":
         raise BadRequest("An annotated image (format=image/png) is made for one image per request; send one image.")
     tracked.check(info, args)
@@ -87,7 +89,7 @@ async def respond(
         media_type = f"image/{args.format}"
         timings["render"] = (time.perf_counter() - t3) * 1000
     else:
-        answer = responses.body(info, args, outcomes, prediction.style, prediction.started)
+        answer = dialect.answer(Call(info, args, prediction.started, fields.get("model", "").strip()), outcomes)
         body, media_type = orjson.dumps(answer), "application/json"
     timings["total"] = (time.perf_counter() - prediction.started) * 1000
     return Response(body, media_type=media_type, headers=responses.headers(info, timings) | extra)

@@ -25,8 +25,9 @@ from starlette.datastructures import UploadFile
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from gateway.arguments import PredictArgs, Style, parse_args
+from gateway.arguments import PredictArgs
 from gateway.budget import Hold
+from gateway.dialects import Call, Dialect
 from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, UnprocessableImage, error_response, json_response
 from gateway.modelcard import ModelInfo
 from gateway.predict import responses, tracked
@@ -58,9 +59,10 @@ async def respond(
     prediction: Prediction, info: ModelInfo, upload: UploadFile, container: str, fields: dict[str, str]
 ) -> Response:
     """The answer to a request whose only file part is a video (see the module docstring)."""
-    services, stack, style, started = prediction.services, prediction.held, prediction.style, prediction.started
+    services, stack, dialect, started = prediction.services, prediction.held, prediction.dialect, prediction.started
     settings = services.settings
-    args = parse_args(fields, info.imgsz, style)
+    args = dialect.parse(fields, info.imgsz)
+    call = Call(info, args, started, fields.get("model", "").strip())
     if args.url or args.source:
         raise BadRequest("Send one of: a video file, 'url' or 'source' (a URL or base64 image), not several.")
     if args.format != "json":
@@ -95,7 +97,7 @@ async def respond(
     stack.push_async_callback(frames.aclose)
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
     if args.stream:
-        return NdjsonStream(frames, reader, info, args, style, control, stack.pop_all(), headers)
+        return NdjsonStream(frames, reader, dialect, call, control, stack.pop_all(), headers)
 
     async def answer() -> Response:
         outcomes: list[FrameOutcome] = []
@@ -105,11 +107,10 @@ async def respond(
                 outcomes.append(outcome)
         except (UnprocessableImage, PayloadTooLarge) as exc:  # broken partway or a limit: with what was read
             error = exc
-        entries = [responses.frame_entry(o, style) for o in outcomes]
-        prediction.record.frames = len(entries)
-        body = responses.video_body(info, args, style, entries, reader, error, started)
+        prediction.record.frames = len(outcomes)
+        body = responses.video_body(dialect, call, outcomes, reader, error)
         if error is not None:
-            return json_response(body, error.status)
+            return json_response(body, dialect.status(error))
         timings = {"total": (time.perf_counter() - started) * 1000}
         headers = {"Server-Timing": responses.server_timing(timings)}
         return Response(orjson.dumps(body), media_type="application/json", headers=headers)
@@ -223,19 +224,19 @@ async def _lines(
     first: FrameOutcome | None,
     frames: AsyncIterator[FrameOutcome],
     reader: Reader,
-    info: ModelInfo,
-    args: PredictArgs,
-    style: Style,
+    dialect: Dialect,
+    call: Call,
 ) -> AsyncGenerator[bytes, None]:
     error: GatewayError | None = None
     if first is not None:
-        yield orjson.dumps(responses.frame_entry(first, style)) + b"\n"
+        yield orjson.dumps(dialect.frame(call, first)) + b"\n"
         try:
             async for outcome in frames:
-                yield orjson.dumps(responses.frame_entry(outcome, style)) + b"\n"
+                yield orjson.dumps(dialect.frame(call, outcome)) + b"\n"
         except GatewayError as exc:  # the status line is sent: the error is the last line instead
             error = exc
-    yield orjson.dumps(responses.end_line(info, args, style, reader, error)) + b"\n"
+    end = dialect.end_line(call, responses.video_meta(reader), reader.analysed, error)
+    yield orjson.dumps(end) + b"\n"
 
 
 async def _watching(receive: Receive, control: Control, work: Callable[[], Awaitable[T]]) -> T:
@@ -286,9 +287,8 @@ class NdjsonStream(StreamingResponse):
         self,
         frames: AsyncGenerator[FrameOutcome, None],
         reader: Reader,
-        info: ModelInfo,
-        args: PredictArgs,
-        style: Style,
+        dialect: Dialect,
+        call: Call,
         control: Control,
         held: contextlib.AsyncExitStack,
         headers: dict[str, str],
@@ -296,7 +296,7 @@ class NdjsonStream(StreamingResponse):
         super().__init__(_nothing(), media_type=NDJSON, headers=headers)
         self._frames = frames
         self._lines: AsyncGenerator[bytes, None] | None = None
-        self._reader, self._info, self._args, self._style = reader, info, args, style
+        self._reader, self._dialect, self._call = reader, dialect, call
         self._control = control
         self._held = held
 
@@ -318,7 +318,7 @@ class NdjsonStream(StreamingResponse):
             if self._control.cancelled:
                 await _gone()(scope, receive, send)
                 return
-            self._lines = _lines(first, self._frames, self._reader, self._info, self._args, self._style)
+            self._lines = _lines(first, self._frames, self._reader, self._dialect, self._call)
             self.body_iterator = self._lines
             await _watching(receive, self._control, lambda: self._send_lines(send))
         finally:
