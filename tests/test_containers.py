@@ -418,7 +418,12 @@ def test_chart_gateway_spec_runs_the_gateway_image(stack: Stack, chart: list[dic
     port = c["ports"][0]["containerPort"]
     assert set(config["ExposedPorts"]) == {f"{port}/tcp"} and f"--port={port}" in c["args"]
     image_env = dict(e.split("=", 1) for e in config["Env"])
-    env = {e["name"]: e["value"] for e in c["env"]} | {"GATEWAY_TRITON_URL": "triton:8001"}  # the stack's Triton
+    # The stack's own values where the pod spec has them from a Secret (only Triton's admin key here) or from its
+    # Service names (the stack's Triton).
+    secrets = {"GATEWAY_TRITON_ADMIN_KEY": (stack.env or {})["TRITON_ADMIN_KEY"]}
+    assert {e["name"] for e in c["env"] if "valueFrom" in e} <= set(secrets)
+    env = {e["name"]: e["value"] if "value" in e else secrets[e["name"]] for e in c["env"]}
+    env |= {"GATEWAY_TRITON_URL": "triton:8001"}
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
     assert Path(env["GATEWAY_KEYS_FILE"]).parent == Path(image_env["GATEWAY_KEYS_FILE"]).parent
     assert str(Path(env["GATEWAY_KEYS_FILE"]).parent) in mounts and "/tmp" in mounts
