@@ -123,11 +123,6 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     return json_response(envelope(message, {}, success=False), status, headers)
 
 
-async def handle_gateway_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, GatewayError)
-    return error_response(exc.status, exc.message, exc.headers)
-
-
 _HTTP_MESSAGES = {
     404: "Not found. Predictions are POSTed to /v1/predict/{model_id}; GET /v1/models lists the models.",
     413: "Request body too large.",
@@ -153,17 +148,3 @@ def internal_error(request: Request) -> GatewayError:
     """The 500 answer to an exception nothing handled (logged here, with its traceback)."""
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return GatewayError("Internal server error. The request was not processed; please report it.")
-
-
-async def handle_http_exception(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    error = http_error(request, exc)
-    return error_response(error.status, error.message, error.headers)
-
-
-async def handle_unexpected(request: Request, exc: Exception) -> Response:
-    error = internal_error(request)
-    return error_response(error.status, error.message)
-
-
-HANDLERS = {GatewayError: handle_gateway_error, HTTPException: handle_http_exception, Exception: handle_unexpected}
