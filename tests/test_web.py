@@ -310,6 +310,113 @@ def test_page_snippets_reproduce_the_request(
     assert json.loads(out.stdout) == body
 
 
+DIALECTS = ("hub", "hub-xywhn", "hub-images", "predict", "platform")
+PLATFORM_METADATA = {"imageCount", "functionTimeAlive", "functionTimeCall", "task", "version", "model", "classNames"}
+
+
+def _dialect_rows(dialect: str, answer: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of a yolov8n answer on bus.jpg, after checking the answer has `dialect`'s shape (README, Dialects)."""
+    if dialect in ("hub", "hub-xywhn"):
+        assert answer["success"] is True, answer
+        rows: list[dict[str, Any]] = answer["data"]
+        keys = {"class", "name", "confidence", "width", "height", "xcenter", "ycenter"}
+        assert all((set(r) == keys) == (dialect == "hub-xywhn") and ("box" in r) == (dialect == "hub") for r in rows)
+    else:
+        assert set(answer) == {"images", "metadata"}, answer
+        rows = answer["images"][0]["results"]
+        assert all(set(r["box"]) == {"x1", "y1", "x2", "y2"} for r in rows), rows
+        meta = answer["metadata"]
+        if dialect == "predict":
+            assert meta["model"] == "https://hub.ultralytics.com/models/yolov8n", meta
+        if dialect == "platform":
+            assert set(meta) == PLATFORM_METADATA and meta["task"] == "detect", meta
+    assert rows and min(r["confidence"] for r in rows) >= 0.4, "real detections, with the page's confidence"
+    return rows
+
+
+def _shell(snippet: str, cwd: Path) -> dict[str, Any]:
+    out = subprocess.run(["bash", "-c", snippet.strip() + " -s"], cwd=cwd, capture_output=True, timeout=60, check=True)
+    answer: dict[str, Any] = json.loads(out.stdout)
+    return answer
+
+
+def _python(snippet: str, cwd: Path) -> dict[str, Any]:
+    code = snippet.replace("print(response.json())", "print(response.text)")  # JSON, not a Python repr
+    out = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    answer: dict[str, Any] = json.loads(out.stdout)
+    return answer
+
+
+def test_page_snippets_speak_every_dialect(
+    page: Any, gateway: Gateway, images: dict[str, Path], tmp_path: Path
+) -> None:
+    """For each dialect the selector offers, the curl, requests and official-client snippets the page shows, run as
+    shown with the real key, get that dialect's answer with the same detections the page drew."""
+    body = _run(page, gateway.key, "yolov8n", images["bus"], confidence="0.4", size="480")
+    count = len(body["data"])
+    assert count >= 3
+    page.wait_for_selector('#dialect[data-key-dialect="none"]')  # the key carries none: the snippets speak hub
+    assert page.input_value("#dialect") == "hub"
+    page.check("#show-key")
+    shutil.copy(images["bus"], tmp_path / "bus.jpg")
+    where = {
+        "hub": f'"{gateway.url}/v1/predict/yolov8n"',
+        "hub-xywhn": f'"{gateway.url}/dialects/hub-xywhn/v1/predict/yolov8n"',
+        "hub-images": f'"{gateway.url}/v1/predict/yolov8n"',
+        "predict": f'"{gateway.url}/"',
+        "platform": f'"{gateway.url}/api/models/owner/project/yolov8n/predict"',
+    }
+    for dialect in DIALECTS:
+        page.select_option("#dialect", dialect)
+        curl = page.text_content("#curl") or ""
+        python = page.text_content("#python") or ""
+        for snippet in (curl, python):
+            assert where[dialect] in snippet and gateway.key in snippet, snippet
+        header = f"Authorization: Bearer {gateway.key}" if dialect == "platform" else f"x-api-key: {gateway.key}"
+        assert header in curl, curl
+        for answer in (_shell(curl, tmp_path), _python(python, tmp_path)):
+            assert len(_dialect_rows(dialect, answer)) == count, (dialect, answer)
+            if dialect == "hub":
+                assert answer == body
+        client = page.text_content("#client") or ""
+        assert page.is_visible("#client-box") == (dialect in ("hub", "hub-xywhn", "platform")), dialect
+        if dialect in ("hub", "hub-xywhn", "platform"):  # hub-sdk, and the ultralytics-platform SDK
+            answer = _python(client, tmp_path)
+            assert len(_dialect_rows(dialect, answer)) == count, (dialect, answer)
+
+
+def test_page_snippets_default_to_the_keys_dialect(
+    page: Any, gateway: Gateway, images: dict[str, Path], tmp_path: Path
+) -> None:
+    """A key created for hub-xywhn: the page still draws (its own requests pin hub), the selector starts at the key's
+    dialect and its snippets need no base path; picking hub adds the base path that pins it over the key's."""
+    from gateway.keys.auth import create_key
+
+    key = create_key(gateway.keys_file, "web-xywhn", dialect="hub-xywhn")[1]
+    body = _run(page, key, "yolov8n", images["bus"], confidence="0.4")
+    assert body["success"] is True and "box" in body["data"][0]
+    page.wait_for_selector('#dialect[data-key-dialect="hub-xywhn"]')
+    assert page.input_value("#dialect") == "hub-xywhn"
+    page.check("#show-key")
+    shutil.copy(images["bus"], tmp_path / "bus.jpg")
+    curl = page.text_content("#curl") or ""
+    assert f'"{gateway.url}/v1/predict/yolov8n"' in curl and key in curl, curl
+    assert len(_dialect_rows("hub-xywhn", _shell(curl, tmp_path))) == len(body["data"])
+    client = page.text_content("#client") or ""
+    assert f'"ULTRALYTICS_HUB_API"] = "{gateway.url}"' in client, client
+    assert len(_dialect_rows("hub-xywhn", _python(client, tmp_path))) == len(body["data"])
+
+    page.select_option("#dialect", "hub")
+    curl = page.text_content("#curl") or ""
+    assert f'"{gateway.url}/dialects/hub/v1/predict/yolov8n"' in curl, curl
+    assert _shell(curl, tmp_path) == body
+    page.fill("#api-key", gateway.key)  # a key typed after a pick leaves the pick alone
+    page.wait_for_selector('#dialect[data-key-dialect="none"]')
+    assert page.input_value("#dialect") == "hub"
+    assert f'"{gateway.url}/v1/predict/yolov8n"' in (page.text_content("#curl") or "")
+
+
 def test_page_shows_api_errors_as_readable_messages(page: Any, gateway: Gateway, images: dict[str, Path]) -> None:
     page.fill("#api-key", "yk_nope_notavalidsecret")
     page.select_option("#model", "yolov8n")

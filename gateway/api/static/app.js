@@ -37,6 +37,7 @@ const els = {
   summary: $("summary"), stage: $("stage"), img: $("preview"), canvas: $("overlay"), json: $("json"),
   curl: $("curl"), python: $("python"), video: $("video"), videoArgs: $("video-args"), vidStride: $("vid_stride"),
   frames: $("frames"), frame: $("frame"), frameLabel: $("frame-label"),
+  dialect: $("dialect"), client: $("client"), clientBox: $("client-box"), clientTitle: $("client-title"),
 };
 
 const state = {
@@ -49,7 +50,10 @@ const state = {
   objectUrl: null,
   seq: 0,              // the latest request; older answers are dropped
   controller: null,
-  snippets: { curl: "", python: "" },
+  snippets: { curl: "", python: "", client: "" },
+  keyDialect: null,    // the entered key's own dialect (POST /v1/auth tells it; null: the route's)
+  dialectChosen: false, // the user picked a dialect: a key typed later no longer changes it
+  authSeq: 0,
 };
 
 // ---------------------------------------------------------------- messages
@@ -86,6 +90,7 @@ function initKey() {
       if (key) localStorage.setItem(STORE_KEY, key); else localStorage.removeItem(STORE_KEY);
     } catch (_) { /* storage disabled: the key lives for this page only */ }
     renderSnippets();
+    scheduleKeyDialect();
   });
   els.showKey.addEventListener("change", () => {
     els.key.type = els.showKey.checked ? "text" : "password";
@@ -232,37 +237,67 @@ function args() {
   return a;
 }
 
-function endpoint() {
-  return `${location.origin}/v1/predict/${encodeURIComponent(els.model.value || "MODEL_ID")}`;
+// The dialects (README, Dialects): which request each one's users write, against this server.
+const HUB_DIALECTS = ["hub", "hub-xywhn"];
+const V1_DIALECTS = ["hub", "hub-xywhn", "hub-images"];  // the dialects the /v1 URL speaks
+// The page reads the first docs' rows whatever dialect the key carries: its own requests pin `hub` by base path.
+const PAGE_V1 = "/dialects/hub/v1";
+const PLATFORM_OWNER = "owner", PLATFORM_PROJECT = "project";  // the Platform's path names them; the gateway reads only the model
+
+function modelId() { return els.model.value || "MODEL_ID"; }
+
+function dialect() { return els.dialect.value || "hub"; }
+
+/** The base URL the chosen dialect's clients point at. The v1 URL answers in the key's own dialect (hub without
+ *  one), so hub and hub-xywhn get their base path `/dialects/<name>` when the key's is another. */
+function baseUrl() {
+  const d = dialect();
+  const answered = V1_DIALECTS.includes(state.keyDialect) ? state.keyDialect : "hub";
+  return HUB_DIALECTS.includes(d) && d !== answered ? `${location.origin}/dialects/${d}` : location.origin;
+}
+
+/** The chosen dialect's request: URL, key header, the file part's name, the URL field's name, the text fields. */
+function request(key) {
+  const d = dialect(), id = encodeURIComponent(modelId()), a = args();
+  const hub = HUB_DIALECTS.includes(d);
+  const fields = hub ? {} : d === "predict" ? { model: `https://hub.ultralytics.com/models/${modelId()}` } : {};
+  const names = hub ? { size: "size", confidence: "confidence" } : { size: "imgsz", confidence: "conf" };
+  for (const [k, v] of Object.entries(a)) fields[names[k] || k] = v;
+  const url = d === "predict" ? `${baseUrl()}/`
+    : d === "platform" ? `${baseUrl()}/api/models/${PLATFORM_OWNER}/${PLATFORM_PROJECT}/${id}/predict`
+    : `${baseUrl()}/v1/predict/${id}`;
+  const header = d === "platform" ? ["Authorization", `Bearer ${key}`] : ["x-api-key", key];
+  return { url, header, part: hub ? "image" : "file", urlField: hub ? "url" : "source", fields };
 }
 
 /** The key as shown on screen: the secret is hidden unless "show key" is ticked. The Copy buttons copy it whole. */
 function displayKey(key) {
   if (!key) return "API_KEY";
   if (els.showKey.checked) return key;
-  const m = /^(yk_[A-Za-z0-9]+_)/.exec(key);
+  const m = /^(yk_[A-Za-z0-9]+_|ul_)/.exec(key);
   return `${m ? m[1] : ""}••••••••`;
 }
 
 const dq = (s) => `"${String(s).replace(/[\\"$`]/g, "\\$&")}"`;  // a POSIX shell double-quoted word
 const py = (s) => JSON.stringify(String(s));  // a JSON string is a valid Python str literal
+const pyValue = (v) => (/^\d+(\.\d+)?$/.test(v) ? v : py(v));
 
 function curlSnippet(key) {
-  const a = args();
-  const lines = [`curl${state.isVideo ? " --no-buffer" : ""} -X POST ${dq(endpoint())}`, `-H ${dq(`x-api-key: ${key}`)}`];
-  lines.push(state.file ? `-F ${dq(`image=@${state.file.name || "image.jpg"}`)}` : `-F ${dq(`url=${els.url.value.trim() || "https://example.com/photo.jpg"}`)}`);
-  for (const [k, v] of Object.entries(a)) if (v) lines.push(`-F ${dq(`${k}=${v}`)}`);
+  const r = request(key);
+  const lines = [`curl${state.isVideo ? " --no-buffer" : ""} -X POST ${dq(r.url)}`, `-H ${dq(`${r.header[0]}: ${r.header[1]}`)}`];
+  lines.push(state.file ? `-F ${dq(`${r.part}=@${state.file.name || "image.jpg"}`)}` : `-F ${dq(`${r.urlField}=${els.url.value.trim() || "https://example.com/photo.jpg"}`)}`);
+  for (const [k, v] of Object.entries(r.fields)) if (v) lines.push(`-F ${dq(`${k}=${v}`)}`);
   return lines.join(" \\\n  ") + "\n";
 }
 
 function pythonSnippet(key) {
-  const a = args();
-  const fields = Object.entries(a).filter(([, v]) => v).map(([k, v]) => `${py(k)}: ${/^\d+(\.\d+)?$/.test(v) ? v : py(v)}`);
+  const r = request(key);
+  const fields = Object.entries(r.fields).filter(([, v]) => v).map(([k, v]) => `${py(k)}: ${pyValue(v)}`);
   const head = [
     "import requests",
     "",
-    `url = ${py(endpoint())}`,
-    `headers = {"x-api-key": ${py(key)}}`,
+    `url = ${py(r.url)}`,
+    `headers = {${py(r.header[0])}: ${py(r.header[1])}}`,
   ];
   if (state.file && state.isVideo) {  // NDJSON: one line per frame as the server finishes it
     return [
@@ -272,7 +307,7 @@ function pythonSnippet(key) {
       `data = {${fields.join(", ")}}`,
       "",
       `with open(${py(state.file.name || "video.mp4")}, "rb") as video_file:`,
-      "    files = {\"image\": video_file}",
+      `    files = {${py(r.part)}: video_file}`,
       "    response = requests.post(url, headers=headers, files=files, data=data, stream=True)",
       "    for line in response.iter_lines():",
       "        print(json.loads(line))",
@@ -285,7 +320,7 @@ function pythonSnippet(key) {
       `data = {${fields.join(", ")}}`,
       "",
       `with open(${py(state.file.name || "image.jpg")}, "rb") as image_file:`,
-      "    files = {\"image\": image_file}",
+      `    files = {${py(r.part)}: image_file}`,
       "    response = requests.post(url, headers=headers, files=files, data=data)",
       "",
       "print(response.json())",
@@ -295,7 +330,7 @@ function pythonSnippet(key) {
   const url = els.url.value.trim() || "https://example.com/photo.jpg";
   return [
     ...head,
-    `data = {"url": ${py(url)}${fields.length ? ", " + fields.join(", ") : ""}}`,
+    `data = {${py(r.urlField)}: ${py(url)}${fields.length ? ", " + fields.join(", ") : ""}}`,
     "",
     "response = requests.post(url, headers=headers, data=data)",
     "print(response.json())",
@@ -303,11 +338,73 @@ function pythonSnippet(key) {
   ].join("\n");
 }
 
+/** The dialect's official Python client, where it has one and can send this request (a local image file):
+ *  hub-sdk for hub and hub-xywhn, ultralytics-platform for the Platform. "" for none. */
+function clientSnippet(key) {
+  const d = dialect(), r = request(key);
+  if (!state.file || state.isVideo || !(HUB_DIALECTS.includes(d) || d === "platform")) return "";
+  const image = py(state.file.name || "image.jpg");
+  const config = Object.entries(r.fields).filter(([, v]) => v).map(([k, v]) => `${py(k)}: ${pyValue(v)}`).join(", ");
+  if (d === "platform") {
+    return [
+      "import json",
+      "",
+      "from ultralytics_platform import Platform",
+      "",
+      `with Platform(api_key=${py(key)}, base_url=${py(baseUrl())}) as client, open(${image}, "rb") as f:`,
+      `    answer = client.models.predict(${py(PLATFORM_OWNER)}, ${py(PLATFORM_PROJECT)}, ${py(modelId())}, body={"file": f${config ? ", " + config : ""}})`,
+      "",
+      "print(json.dumps(answer, indent=2))",
+      "",
+    ].join("\n");
+  }
+  return [
+    "import json",
+    "import os",
+    "",
+    `os.environ["ULTRALYTICS_HUB_API"] = ${py(baseUrl())}  # before hub_sdk is imported: it reads the host then`,
+    "from hub_sdk import HUBClient",
+    "",
+    `client = HUBClient({"api_key": ${py(key)}})`,
+    `response = client.model(${py(modelId())}).predict(${image}, {${config}})`,
+    "print(json.dumps(response.json(), indent=2))",
+    "",
+  ].join("\n");
+}
+
 function renderSnippets() {
   const key = els.key.value.trim();
-  state.snippets = { curl: curlSnippet(key || "API_KEY"), python: pythonSnippet(key || "API_KEY") };
+  state.snippets = { curl: curlSnippet(key || "API_KEY"), python: pythonSnippet(key || "API_KEY"), client: clientSnippet(key || "API_KEY") };
   els.curl.textContent = curlSnippet(displayKey(key));
   els.python.textContent = pythonSnippet(displayKey(key));
+  els.client.textContent = clientSnippet(displayKey(key));
+  els.clientTitle.textContent = dialect() === "platform" ? "Python (ultralytics-platform)" : "Python (hub-sdk)";
+  els.clientBox.hidden = !state.snippets.client;
+}
+
+/** Ask the server which dialect the entered key carries (POST /v1/auth, hub-sdk's login) and, unless the user
+ *  picked one, write the snippets in it. A wrong key or a server error leaves the choice as it is. */
+async function learnKeyDialect() {
+  const key = els.key.value.trim(), seq = ++state.authSeq;
+  let dialectOfKey = null, known = false;
+  if (key) {
+    try {
+      const response = await fetch("/v1/auth", { method: "POST", headers: { "x-api-key": key, accept: "application/json" } });
+      const body = await response.json();
+      if (response.ok && body && body.success) { dialectOfKey = (body.data && body.data.dialect) || null; known = true; }
+    } catch (_) { /* offline or not JSON: the snippets keep the dialect chosen */ }
+  }
+  if (seq !== state.authSeq) return;  // a newer key was typed meanwhile
+  state.keyDialect = dialectOfKey;
+  if (known && !state.dialectChosen) els.dialect.value = dialectOfKey || "hub";
+  els.dialect.dataset.keyDialect = known ? dialectOfKey || "none" : "";
+  renderSnippets();
+}
+
+let authTimer = null;
+function scheduleKeyDialect() {
+  clearTimeout(authTimer);
+  authTimer = setTimeout(learnKeyDialect, 300);  // once typing pauses, not per keystroke
 }
 
 async function copy(text, button) {
@@ -359,7 +456,7 @@ async function run() {
   const started = performance.now();
   let response, text;
   try {
-    response = await fetch(`/v1/predict/${encodeURIComponent(model)}`, {
+    response = await fetch(`${PAGE_V1}/predict/${encodeURIComponent(model)}`, {
       method: "POST", headers: { "x-api-key": key }, body: form, signal: controller.signal,
     });
     if (video && response.ok) { await readVideoStream(response, seq, started, model); return; }
@@ -534,7 +631,7 @@ function serverTiming(header) {
 async function showServerRendering(form, key, model, count, seq) {
   form.set("format", "png");
   try {
-    const response = await fetch(`/v1/predict/${encodeURIComponent(model)}`, { method: "POST", headers: { "x-api-key": key }, body: form });
+    const response = await fetch(`${PAGE_V1}/predict/${encodeURIComponent(model)}`, { method: "POST", headers: { "x-api-key": key }, body: form });
     if (!response.ok) {
       const text = await response.text();
       let body = null;
@@ -688,11 +785,13 @@ function init() {
   els.model.addEventListener("change", onModelChange);
   for (const el of [els.size, els.confidence, els.iou, els.vidStride]) el.addEventListener("input", renderSnippets);
   els.frame.addEventListener("input", () => showFrame(Number(els.frame.value)));
+  els.dialect.addEventListener("change", () => { state.dialectChosen = true; renderSnippets(); });
   els.form.addEventListener("submit", (e) => { e.preventDefault(); run(); });
   for (const button of document.querySelectorAll("button.copy")) {
     button.addEventListener("click", () => copy(state.snippets[button.dataset.copy], button));
   }
   renderSnippets();
+  if (els.key.value.trim()) learnKeyDialect();
   loadModels();
 }
 
