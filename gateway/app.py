@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/api/models/{slug:path}/predict", routes.predict_platform, methods=["POST"]),
         Route("/", routes.predict_dedicated, methods=["POST"]),
         Route("/v1/models", routes.list_models, methods=["GET"]),
-        Route("/v1/models/{model_id:path}", routes.get_model, methods=["GET"]),
+        Route("/v1/models/{model_id}", routes.get_model, methods=["GET"]),  # as PUT/DELETE: the same ids match
         *models.routes(),
         *admin.routes(),
         *live.routes(),
