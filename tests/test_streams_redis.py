@@ -26,16 +26,23 @@ pytestmark = pytest.mark.load
 
 @pytest.fixture
 def replicas(
-    triton: launcher.TritonServer, redis_server: redisserver.RedisServer, tmp_path_factory: pytest.TempPathFactory
+    triton: launcher.TritonServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[list[Gateway], str]]:
-    created = cli(redis_server, "create", "--name", "streams", "--rate", "1000")
-    assert created.returncode == 0, created.stderr
-    key = created.stdout.strip().splitlines()[-1]
-    env = {"redis_url": redis_server.url, "redis_password": redis_server.password, "url_allow_hosts": "127.0.0.1"}
-    gateways = [start_gateway(triton, tmp_path_factory.mktemp(f"streams-redis{i}"), **env) for i in range(3)]
-    yield gateways, key
-    for gw in gateways:
-        stop_gateway(gw)
+    """Three gateways on a Redis of their own: the session's Redis has other Redis-mode gateways (gateway_redis)
+    that would claim these streams too, and the tests must know which replicas may own one."""
+    redis_server = redisserver.start(tmp_path_factory.mktemp("streams-redis"))
+    gateways: list[Gateway] = []
+    try:
+        created = cli(redis_server, "create", "--name", "streams", "--rate", "1000")
+        assert created.returncode == 0, created.stderr
+        key = created.stdout.strip().splitlines()[-1]
+        env = {"redis_url": redis_server.url, "redis_password": redis_server.password, "url_allow_hosts": "127.0.0.1"}
+        gateways = [start_gateway(triton, tmp_path_factory.mktemp(f"streams-redis{i}"), **env) for i in range(3)]
+        yield gateways, key
+    finally:
+        for gw in gateways:
+            stop_gateway(gw)
+        redis_server.stop()
 
 
 def _owner(gateways: list[Gateway], state: dict[str, Any]) -> int | None:
