@@ -28,7 +28,7 @@ from pathlib import Path
 import requests
 
 from bench.models import ROOT
-from gateway.keys.auth import create_key
+from gateway.keys.auth import KeyDraft, create_key
 from tritonlocal import launcher
 
 BOUNDARY = "fairnessboundary"
@@ -178,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     gateway = None
     try:
         keys = work / "keys.json"
-        _, key_a = create_key(keys, "hostile", rate=10)
-        _, key_b = create_key(keys, "ordinary", rate=10)
+        _, key_a = create_key(keys, KeyDraft("hostile", rate=10))
+        _, key_b = create_key(keys, KeyDraft("ordinary", rate=10))
         url, gateway = _gateway(triton, work, {"GATEWAY_KEYS_FILE": str(keys)})
         image = (Path(__import__("ultralytics").utils.ASSETS) / "bus.jpg").read_bytes()
         warm = requests.post(

@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 import requests
 
+from gateway.keys.auth import KeyDraft
 from gateway.keys.redis_store import RedisStore
 from tritonlocal import launcher, redisserver
 
@@ -63,11 +64,11 @@ def main(argv: list[str] | None = None) -> int:
             store = RedisStore(redis.url, redis.password, timeout_s=2.0)
             try:
                 made = {
-                    "valid": (await store.create_key("soak"))[1],
-                    "scoped": (await store.create_key("soak-scoped", ["yolov8n-pose"]))[1],
-                    "limited": (await store.create_key("soak-limited", rate=2))[1],
+                    "valid": (await store.create_key(KeyDraft("soak")))[1],
+                    "scoped": (await store.create_key(KeyDraft("soak-scoped", ("yolov8n-pose",))))[1],
+                    "limited": (await store.create_key(KeyDraft("soak-limited", rate=2)))[1],
                 }
-                revoked, made["revoked"] = await store.create_key("soak-revoked")
+                revoked, made["revoked"] = await store.create_key(KeyDraft("soak-revoked"))
                 await store.revoke_key(revoked.id)
                 return made
             finally:

@@ -65,12 +65,12 @@ def triton_and_gateway(
 ) -> Iterator[tuple[launcher.TritonServer, Server, str]]:
     """(Triton, gateway, API key) on loopback; the gateway as `make serve` runs it (shared memory with Triton) unless
     `shared_memory` is off (tensors in the gRPC messages, as between separate pods)."""
-    from gateway.keys.auth import create_key
+    from gateway.keys.auth import KeyDraft, create_key
 
     triton = launcher.start(repository, cache=ROOT / ".triton" / "bench-server", log_path=workdir / "tritonserver.log")
     try:
         keys = workdir / "keys.json"
-        _, key = create_key(keys, "bench")
+        _, key = create_key(keys, KeyDraft("bench"))
         env = {
             **launcher.gateway_environment(triton, shared_memory),
             "GATEWAY_KEYS_FILE": str(keys),

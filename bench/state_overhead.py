@@ -27,7 +27,7 @@ import numpy as np
 import requests
 
 from bench import cpu
-from gateway.keys.auth import create_key
+from gateway.keys.auth import KeyDraft, create_key
 from gateway.keys.redis_store import RedisStore
 from tritonlocal import launcher, redisserver
 
@@ -75,12 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     gateways: dict[str, subprocess.Popen[bytes]] = {}
     try:
         keys_file = work / "keys.json"
-        file_key = create_key(keys_file, "bench", rate=1e6)[1]
+        file_key = create_key(keys_file, KeyDraft("bench", rate=1e6))[1]
 
         async def redis_key() -> str:
             store = RedisStore(redis.url, redis.password, timeout_s=2.0)
             try:
-                return (await store.create_key("bench", rate=1e6))[1]
+                return (await store.create_key(KeyDraft("bench", rate=1e6)))[1]
             finally:
                 await store.close()
 

@@ -193,7 +193,7 @@ def through_api(mode: str, weights: Path, runs: int, clients: int) -> dict[str, 
     import httpx
 
     from bench.stack import uvicorn
-    from gateway.keys.auth import create_key
+    from gateway.keys.auth import KeyDraft, create_key
     from tritonlocal import launcher
     from tritonlocal.serve import start_worker, stop_worker
     from ultralytics.utils import ASSETS
@@ -212,8 +212,8 @@ def through_api(mode: str, weights: Path, runs: int, clients: int) -> dict[str, 
             "GATEWAY_MODELS_POLL_S": "0.2",
             "GATEWAY_MAX_LOADED_UPLOADS": "0",
         }
-        _, admin = create_key(work / "keys.json", "bench-admin", admin=True)
-        _, key = create_key(work / "keys.json", "bench")
+        _, admin = create_key(work / "keys.json", KeyDraft("bench-admin", admin=True))
+        _, key = create_key(work / "keys.json", KeyDraft("bench"))
         server = launcher.start(repository, cache=ROOT / ".triton" / "bench-server", log_path=work / "triton.log")
         worker = start_worker(repository, server, env)
         try:

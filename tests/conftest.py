@@ -157,10 +157,10 @@ def _free_port() -> int:
 
 
 def start_gateway(triton: launcher.TritonServer, workdir: Path, **env: str) -> Gateway:
-    from gateway.keys.auth import create_key
+    from gateway.keys.auth import KeyDraft, create_key
 
     keys_file = workdir / "keys.json"
-    _, key = create_key(keys_file, "tests")
+    _, key = create_key(keys_file, KeyDraft("tests"))
     port = _free_port()
     environ = {
         **os.environ,
@@ -230,12 +230,14 @@ def gateway_redis(
     import asyncio
     import dataclasses
 
+    from gateway.keys.auth import KeyDraft
     from gateway.keys.redis_store import RedisStore
 
     async def make_keys() -> tuple[str, str]:
         store = RedisStore(redis_server.url, redis_server.password, timeout_s=2.0)
         try:
-            return (await store.create_key("tests"))[1], (await store.create_key("tests-admin", admin=True))[1]
+            key = (await store.create_key(KeyDraft("tests")))[1]
+            return key, (await store.create_key(KeyDraft("tests-admin", admin=True)))[1]
         finally:
             await store.close()
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.keys.auth import KeysFile, create_key, read_entries, write_entries
+from gateway.keys.auth import KeyDraft, KeysFile, create_key, hash_key, make_entry, read_entries, write_entries
 from gateway.errors import Forbidden, Unauthorized
 
 
@@ -15,9 +15,9 @@ from gateway.errors import Forbidden, Unauthorized
 def keys(tmp_path: Path) -> tuple[KeysFile, Path, dict[str, str]]:
     """A store (re-read on every call) with an open key, a key scoped to yolov8n and a revoked key."""
     path = tmp_path / "keys.json"
-    _, open_key = create_key(path, "open")
-    _, scoped = create_key(path, "scoped", models=["yolov8n"])
-    _, revoked = create_key(path, "revoked")
+    _, open_key = create_key(path, KeyDraft("open"))
+    _, scoped = create_key(path, KeyDraft("scoped", models=("yolov8n",)))
+    _, revoked = create_key(path, KeyDraft("revoked"))
     entries = read_entries(path)
     write_entries(path, [dataclasses.replace(e, revoked=e.name == "revoked") for e in entries])
     return KeysFile(path, recheck_s=0), path, {"open": open_key, "scoped": scoped, "revoked": revoked}
@@ -105,3 +105,20 @@ def test_a_rewrite_of_the_same_size_and_mtime_is_still_seen(keys: tuple[KeysFile
     assert path.stat().st_size == before.st_size and path.stat().st_mtime_ns == before.st_mtime_ns
     with pytest.raises(Unauthorized):
         store.authenticate(k["open"], None)
+
+
+def test_a_new_key_carries_every_field_of_its_draft(tmp_path: Path) -> None:
+    """`KeyDraft` is the one place a new key's fields are listed: each one, set away from its default, reaches the
+    entry `make_entry` builds and the keys file `create_key` writes (a field added to the draft and dropped on the way
+    fails here)."""
+    draft = KeyDraft("every-field", ("yolov8n", "yolov8n-seg"), 2.5, True, "hub-xywhn")
+    names = [f.name for f in dataclasses.fields(KeyDraft)]
+    defaults = KeyDraft(draft.name)
+    assert all(getattr(draft, n) != getattr(defaults, n) for n in names if n != "name")
+    entry, key = make_entry(draft)
+    assert key.startswith(f"yk_{entry.id}_") and entry.hash == hash_key(key)
+    assert {n: getattr(entry, n) for n in names} == dataclasses.asdict(draft)
+    path = tmp_path / "keys.json"
+    stored, _ = create_key(path, draft)
+    assert read_entries(path) == [stored]
+    assert {n: getattr(stored, n) for n in names} == dataclasses.asdict(draft)

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import requests
 
-from gateway.keys.auth import create_key
+from gateway.keys.auth import KeyDraft, create_key
 from gateway.budget import Hold, MemoryBudget
 from gateway.errors import TooManyRequests
 from gateway.api.forms import Pace
@@ -62,7 +62,7 @@ def _metric(gw: Gateway, name: str) -> float:
 
 
 def _admin(gw: Gateway) -> tuple[str, dict[str, str]]:
-    _, admin = create_key(gw.keys_file, "bodies-admin", admin=True)
+    _, admin = create_key(gw.keys_file, KeyDraft("bodies-admin", admin=True))
     return f"{gw.url}/v1/keys", {"x-api-key": admin}
 
 
@@ -231,7 +231,7 @@ def test_slow_uploads_hold_no_slot_and_end_with_408(
         body_min_rate="1024",
     )
     try:
-        _, slow_key = create_key(gw.keys_file, "slow")
+        _, slow_key = create_key(gw.keys_file, KeyDraft("slow"))
         port = int(gw.url.rsplit(":", 1)[1])
         tiny = images["tiny"].read_bytes()
 
@@ -332,7 +332,7 @@ def test_one_key_holding_its_share_of_memory_gets_429_while_another_key_is_answe
     )
     stalled = socket.create_connection(("127.0.0.1", int(gw.url.rsplit(":", 1)[1])))
     try:
-        _, key = create_key(gw.keys_file, "stalls")
+        _, key = create_key(gw.keys_file, KeyDraft("stalls"))
         held = 10 * 2**20  # sent at once, then nothing more: the body stays charged until its deadline
         stalled.sendall(
             (

@@ -25,7 +25,7 @@ import requests
 import supervision as sv
 from PIL import Image
 
-from gateway.keys.auth import create_key
+from gateway.keys.auth import KeyDraft, create_key
 from tests.conftest import ROOT, Gateway, start_gateway, stop_gateway
 from tritonlocal import launcher
 from yolo_triton_client import (
@@ -277,7 +277,7 @@ def test_unauthorised_raises_at_once_without_retrying(
 def test_rate_limited_request_waits_for_retry_after_then_succeeds(
     gateway: Gateway, images: dict[str, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
-    _, key = create_key(gateway.keys_file, "client-limited", rate=0.5)  # one request per 2 s
+    _, key = create_key(gateway.keys_file, KeyDraft("client-limited", rate=0.5))  # one request per 2 s
     time.sleep(1.2)  # the gateway re-reads the keys file at most once a second
     tiny = images["tiny"]
     with Client(gateway.url, key, retries=0) as no_retry:

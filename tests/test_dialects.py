@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import requests
 
-from gateway.keys.auth import create_key
+from gateway.keys.auth import KeyDraft, create_key
 from tests.conftest import ROOT, Gateway, start_gateway, stop_gateway
 from tests.reference import json_shape
 from tritonlocal import launcher
@@ -73,7 +73,7 @@ def bus(images: dict[str, Path]) -> Path:
 
 
 def _key(gw: Gateway, name: str, **options: Any) -> str:
-    return create_key(gw.keys_file, name, **options)[1]
+    return create_key(gw.keys_file, KeyDraft(name, **options))[1]
 
 
 def _hub_sdk(base: str, key: str, models: list[str], image: Path, config: dict[str, Any] | None = None) -> Any:
@@ -552,7 +552,7 @@ def test_the_redis_store_keeps_a_keys_dialect(redis_server: Any) -> None:
     async def scenario() -> tuple[Any, Any, str]:
         store = RedisStore(redis_server.url, redis_server.password, timeout_s=2.0)
         try:
-            entry, key = await store.create_key("redis-dialect", ["yolov8n"], dialect="platform")
+            entry, key = await store.create_key(KeyDraft("redis-dialect", ("yolov8n",), dialect="platform"))
             return await store.get_key(entry.id), await store.authenticate(key, "yolov8n", "x-api-key"), key
         finally:
             await store.close()

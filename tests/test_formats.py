@@ -184,9 +184,9 @@ def test_bearer_key_is_checked_like_x_api_key(gateway: Gateway, images: dict[str
 def test_model_scope_is_enforced_when_the_model_comes_from_the_body(gateway: Gateway, images: dict[str, Path]) -> None:
     import time
 
-    from gateway.keys.auth import create_key
+    from gateway.keys.auth import KeyDraft, create_key
 
-    _, key = create_key(gateway.keys_file, "pose-only", models=["yolov8n-pose"])
+    _, key = create_key(gateway.keys_file, KeyDraft("pose-only", models=("yolov8n-pose",)))
     time.sleep(1.2)  # the gateway re-reads the keys file at most every second
     files = {"file": ("tiny.png", images["tiny"].read_bytes())}
     r = requests.post(gateway.url, headers={"x-api-key": key}, data={"model": "yolov8n"}, files=files, timeout=60)
@@ -200,9 +200,9 @@ def test_model_scope_is_enforced_when_the_model_comes_from_the_body(gateway: Gat
 def test_each_image_counts_against_the_rate_limit(gateway: Gateway, images: dict[str, Path]) -> None:
     import time
 
-    from gateway.keys.auth import create_key
+    from gateway.keys.auth import KeyDraft, create_key
 
-    _, key = create_key(gateway.keys_file, "one-per-two-seconds", rate=0.5)  # 3 images: 4 s of debt
+    _, key = create_key(gateway.keys_file, KeyDraft("one-per-two-seconds", rate=0.5))  # 3 images: 4 s of debt
     time.sleep(1.2)  # the gateway re-reads the keys file at most every second
     three = [("image", (f"{i}.png", images["tiny"].read_bytes())) for i in range(3)]
     r = gateway.predict("yolov8n", files=three, data={"confidence": 0.01}, headers={"x-api-key": key})

@@ -15,7 +15,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from gateway.keys.auth import create_key
+from gateway.keys.auth import KeyDraft, create_key
 from gateway.api.openapi import SPEC
 from tests.conftest import MODELS, Gateway
 
@@ -54,7 +54,7 @@ def _admin_key(gateway: Gateway, made: dict[str, str] = {}) -> str:  # noqa: B00
     if gateway.admin_key:
         return gateway.admin_key
     if gateway.url not in made:
-        made[gateway.url] = create_key(gateway.keys_file, "fuzz-admin", admin=True)[1]
+        made[gateway.url] = create_key(gateway.keys_file, KeyDraft("fuzz-admin", admin=True))[1]
     return made[gateway.url]
 
 

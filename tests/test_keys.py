@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from gateway.keys.auth import create_key, read_entries
+from gateway.keys.auth import KeyDraft, create_key, read_entries
 from gateway.keys.cli import main as keys_main
 from tests.conftest import ROOT, Gateway, start_gateway, stop_gateway
 from tritonlocal import launcher
@@ -38,7 +38,7 @@ def test_make_key_prints_a_new_key_as_its_last_line(tmp_path: Path) -> None:
 
 def test_keys_file_holds_hashes_only_and_is_private(tmp_path: Path) -> None:
     keys = tmp_path / "keys.json"
-    entry, key = create_key(keys, "ci", ["yolov8n"], 5.0)
+    entry, key = create_key(keys, KeyDraft("ci", ("yolov8n",), 5.0))
     raw = json.loads(keys.read_text())
     assert key not in keys.read_text() and raw["keys"][0]["hash"] == entry.hash
     assert keys.stat().st_mode & 0o077 == 0
@@ -49,7 +49,7 @@ def test_list_never_shows_secrets_and_revoke_needs_confirmation(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     keys = tmp_path / "keys.json"
-    entry, key = create_key(keys, "listed")
+    entry, key = create_key(keys, KeyDraft("listed"))
     assert keys_main(["--file", str(keys), "list"]) == 0
     listing = capsys.readouterr().out
     assert entry.id in listing and "listed" in listing and key.split("_", 2)[2] not in listing
@@ -61,7 +61,7 @@ def test_list_never_shows_secrets_and_revoke_needs_confirmation(
 
 
 def test_revoked_key_is_refused_within_two_seconds(gateway: Gateway, images: dict[str, Path]) -> None:
-    entry, key = create_key(gateway.keys_file, "short-lived")
+    entry, key = create_key(gateway.keys_file, KeyDraft("short-lived"))
     deadline = time.monotonic() + 3
     while (
         gateway.predict("yolov8n", headers={"x-api-key": key}, files={"image": images["tiny"].read_bytes()}).status_code
@@ -81,7 +81,7 @@ def test_revoked_key_is_refused_within_two_seconds(gateway: Gateway, images: dic
 
 
 def test_key_scoped_to_one_model_gets_403_elsewhere(gateway: Gateway, images: dict[str, Path]) -> None:
-    _, key = create_key(gateway.keys_file, "scoped", ["yolov8n-pose"])
+    _, key = create_key(gateway.keys_file, KeyDraft("scoped", ("yolov8n-pose",)))
     time.sleep(1.2)  # the gateway re-reads the file at most once a second
     files = {"image": images["bus"].read_bytes()}
     assert gateway.predict("yolov8n-pose", headers={"x-api-key": key}, files=files).status_code == 200
@@ -90,7 +90,7 @@ def test_key_scoped_to_one_model_gets_403_elsewhere(gateway: Gateway, images: di
 
 
 def test_rate_limit_answers_429_with_retry_after(gateway: Gateway, images: dict[str, Path]) -> None:
-    _, key = create_key(gateway.keys_file, "limited", rate=0.5)  # one request per 2 s, bucket of one
+    _, key = create_key(gateway.keys_file, KeyDraft("limited", rate=0.5))  # one request per 2 s, bucket of one
     time.sleep(1.2)
     files = {"image": images["tiny"].read_bytes()}
     assert gateway.predict("yolov8n", headers={"x-api-key": key}, files=files).status_code == 200
@@ -103,7 +103,7 @@ def test_rate_limit_answers_429_with_retry_after(gateway: Gateway, images: dict[
 
 
 def test_new_key_works_on_its_first_request(gateway: Gateway, images: dict[str, Path]) -> None:
-    _, key = create_key(gateway.keys_file, "instant")  # no wait: a miss re-checks the keys file at once
+    _, key = create_key(gateway.keys_file, KeyDraft("instant"))  # no wait: a miss re-checks the keys file at once
     r = gateway.predict("yolov8n", headers={"x-api-key": key}, files={"image": images["tiny"].read_bytes()})
     assert r.status_code == 200, r.text
 
@@ -111,7 +111,7 @@ def test_new_key_works_on_its_first_request(gateway: Gateway, images: dict[str, 
 def test_key_messages_name_the_header_used_the_revocation_and_the_allowed_models(gateway: Gateway) -> None:
     r = requests.post(f"{gateway.url}/v1/predict/yolov8n", headers={"authorization": "Bearer yk_nope_x"}, timeout=10)
     assert r.status_code == 401 and "'Authorization: Bearer'" in r.json()["message"]
-    entry, key = create_key(gateway.keys_file, "soon-revoked", ["yolov8n-pose", "yolov8n-seg"])
+    entry, key = create_key(gateway.keys_file, KeyDraft("soon-revoked", ("yolov8n-pose", "yolov8n-seg")))
     r = requests.post(f"{gateway.url}/v1/predict/yolov8n", headers={"x-api-key": key}, timeout=10)
     assert r.status_code == 403 and "yolov8n-pose, yolov8n-seg" in r.json()["message"]
     assert keys_main(["--file", str(gateway.keys_file), "revoke", entry.id, "--yes"]) == 0
@@ -122,7 +122,7 @@ def test_key_messages_name_the_header_used_the_revocation_and_the_allowed_models
 
 def test_revoke_accepts_a_piped_yes(tmp_path: Path) -> None:
     keys = tmp_path / "keys.json"
-    entry, _ = create_key(keys, "piped")
+    entry, _ = create_key(keys, KeyDraft("piped"))
     cmd = [sys.executable, "-m", "gateway.keys", "--file", str(keys), "revoke", entry.id]
     no = subprocess.run(cmd, input="n\n", capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert no.returncode == 1 and not read_entries(keys)[0].revoked
@@ -132,7 +132,7 @@ def test_revoke_accepts_a_piped_yes(tmp_path: Path) -> None:
 
 def test_admin_api_on_the_keys_file(gateway: Gateway, images: dict[str, Path]) -> None:
     """The embedded store behind the same admin API: create (secret once), use at once, usage exact, revoke."""
-    _, admin = create_key(gateway.keys_file, "admin", admin=True)
+    _, admin = create_key(gateway.keys_file, KeyDraft("admin", admin=True))
     base, headers = f"{gateway.url}/v1/keys", {"x-api-key": admin}
     assert requests.get(base, headers={"x-api-key": gateway.key}, timeout=10).status_code == 403
     r = requests.post(base, headers=headers, json={"name": "via-api", "models": ["yolov8n"], "rate": 100}, timeout=10)
@@ -164,8 +164,8 @@ def test_cli_revocations_and_gateway_creations_at_once_lose_nothing(gateway: Gat
     keys. Without the file lock, each writer's read-modify-write undid the others' (revoked keys worked again)."""
     import concurrent.futures
 
-    _, admin = create_key(gateway.keys_file, "race-admin", admin=True)
-    victims = [create_key(gateway.keys_file, f"race-victim-{i}") for i in range(10)]
+    _, admin = create_key(gateway.keys_file, KeyDraft("race-admin", admin=True))
+    victims = [create_key(gateway.keys_file, KeyDraft(f"race-victim-{i}")) for i in range(10)]
 
     def revoke(key_id: str) -> subprocess.CompletedProcess[str]:
         cmd = [sys.executable, "-m", "gateway.keys", "--file", str(gateway.keys_file), "revoke", key_id, "--yes"]
@@ -197,8 +197,8 @@ def test_cli_revocations_and_gateway_creations_at_once_lose_nothing(gateway: Gat
 
 
 def test_admin_usage_days_takes_ascii_digits_only(gateway: Gateway) -> None:
-    _, admin = create_key(gateway.keys_file, "days-admin", admin=True)
-    entry, _ = create_key(gateway.keys_file, "days-target")
+    _, admin = create_key(gateway.keys_file, KeyDraft("days-admin", admin=True))
+    entry, _ = create_key(gateway.keys_file, KeyDraft("days-target"))
     url, headers = f"{gateway.url}/v1/keys/{entry.id}/usage", {"x-api-key": admin}
     for days in ("²", "٣", "0", "401", "-1", "1e2", "", " 7"):
         r = requests.get(url, params={"days": days}, headers=headers, timeout=10)
@@ -208,7 +208,9 @@ def test_admin_usage_days_takes_ascii_digits_only(gateway: Gateway) -> None:
 
 
 def test_an_admin_key_creates_keys_only_within_its_own_scope(gateway: Gateway) -> None:
-    _, narrow = create_key(gateway.keys_file, "narrow-admin", ["yolov8n", "yolov8n-seg"], rate=5.0, admin=True)
+    _, narrow = create_key(
+        gateway.keys_file, KeyDraft("narrow-admin", ("yolov8n", "yolov8n-seg"), rate=5.0, admin=True)
+    )
     base, headers = f"{gateway.url}/v1/keys", {"x-api-key": narrow}
     wider = [
         ({"name": "all-models", "rate": 5}, "models"),  # null models = every model
@@ -226,7 +228,7 @@ def test_an_admin_key_creates_keys_only_within_its_own_scope(gateway: Gateway) -
         base, headers=headers, json={"name": "within", "models": ["yolov8n-seg"], "rate": 2.5}, timeout=10
     )
     assert r.status_code == 201 and r.json()["data"]["models"] == ["yolov8n-seg"] and r.json()["data"]["rate"] == 2.5
-    _, full = create_key(gateway.keys_file, "full-admin", admin=True)  # unscoped: may create anything
+    _, full = create_key(gateway.keys_file, KeyDraft("full-admin", admin=True))  # unscoped: may create anything
     r = requests.post(base, headers={"x-api-key": full}, json={"name": "anything", "admin": True}, timeout=10)
     assert r.status_code == 201, r.text
 
@@ -235,7 +237,7 @@ def test_an_admin_key_creates_keys_only_within_its_own_scope(gateway: Gateway) -
 def test_rates_outside_the_sane_range_are_refused_by_the_api_and_the_cli(
     gateway: Gateway, tmp_path: Path, rate: float, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _, admin = create_key(gateway.keys_file, "rate-admin", admin=True)
+    _, admin = create_key(gateway.keys_file, KeyDraft("rate-admin", admin=True))
     r = requests.post(
         f"{gateway.url}/v1/keys", headers={"x-api-key": admin}, json={"name": "odd-rate", "rate": rate}, timeout=10
     )
@@ -255,7 +257,7 @@ def test_a_key_stored_with_a_degenerate_rate_is_limited_not_a_500(
     from gateway.keys.auth import write_entries
 
     keys = tmp_path / "keys.json"
-    entry, key = create_key(keys, "degenerate")
+    entry, key = create_key(keys, KeyDraft("degenerate"))
     write_entries(keys, [dataclasses.replace(entry, rate=1e-320)])
     gw = start_gateway(triton, tmp_path)  # its own keys file, so no other test's writer races this one
     try:
@@ -272,7 +274,7 @@ def test_new_key_ids_are_64_bit_and_old_32_bit_ids_keep_working(tmp_path: Path) 
     from gateway.keys.auth import KeyEntry, KeysFile, hash_key, write_entries
 
     keys = tmp_path / "keys.json"
-    entry, key = create_key(keys, "new")
+    entry, key = create_key(keys, KeyDraft("new"))
     assert re.fullmatch(r"[0-9a-f]{16}", entry.id) and key.startswith(f"yk_{entry.id}_")
     old_key = "yk_0badf00d_" + "s" * 32  # as `make key` wrote them before: 8 hex digits
     old = KeyEntry("0badf00d", "old", hash_key(old_key), "2024-01-01T00:00:00Z")
@@ -285,15 +287,15 @@ def test_a_taken_key_id_is_never_stored_over_the_existing_key(tmp_path: Path, mo
     from gateway.keys import auth
 
     keys = tmp_path / "keys.json"
-    first, first_key = create_key(keys, "first")
+    first, first_key = create_key(keys, KeyDraft("first"))
     before = keys.read_bytes()
-    taken = auth.make_entry("second")[0]
+    taken = auth.make_entry(KeyDraft("second"))[0]
     with pytest.raises(auth.KeyIdTaken):
         auth.add_entry(keys, dataclasses.replace(taken, id=first.id))
     assert keys.read_bytes() == before
     draws = iter([(first.id, f"yk_{first.id}_collides"), ("c0ffee0000000001", "yk_c0ffee0000000001_fresh")])
     monkeypatch.setattr(auth, "new_key", lambda: next(draws))
-    second, second_key = create_key(keys, "second")  # the repeated id is drawn again, not stored over `first`
+    second, second_key = create_key(keys, KeyDraft("second"))  # the repeated id is drawn again, not stored over `first`
     assert second.id == "c0ffee0000000001" and second_key.endswith("_fresh")
     stored = {e.id: e for e in read_entries(keys)}
     assert stored[first.id].name == "first" and stored[first.id].hash == auth.hash_key(first_key)
@@ -305,7 +307,7 @@ def test_the_cli_escapes_terminal_sequences_in_names(tmp_path: Path, capsys: pyt
     from gateway.keys.auth import write_entries
 
     keys = tmp_path / "keys.json"
-    entry, _ = create_key(keys, "placeholder", ["yolov8n"])
+    entry, _ = create_key(keys, KeyDraft("placeholder", ("yolov8n",)))
     hostile = "\x1b[2J\u202eev\x07"  # clear the screen, right-to-left override, bell
     write_entries(keys, [dataclasses.replace(entry, name=hostile, models=("m\x1b[31m",))])
     assert keys_main(["--file", str(keys), "list"]) == 0
@@ -318,7 +320,7 @@ def test_the_cli_escapes_terminal_sequences_in_names(tmp_path: Path, capsys: pyt
 
 
 def test_the_admin_api_refuses_names_with_control_characters(gateway: Gateway) -> None:
-    _, admin = create_key(gateway.keys_file, "names-admin", admin=True)
+    _, admin = create_key(gateway.keys_file, KeyDraft("names-admin", admin=True))
     for name in ("\x1b[2Jwipe", "tab\there", "rtl\u202e"):
         r = requests.post(f"{gateway.url}/v1/keys", headers={"x-api-key": admin}, json={"name": name}, timeout=10)
         assert r.status_code == 400 and "'name'" in r.json()["message"], (name, r.text)

@@ -229,14 +229,15 @@ class Api:
 
 async def _keys(url: str, password: str) -> tuple[str, str, str, str]:
     """An admin key, a prediction key, a key for `fruit` only, and an admin key for `fruit` only, in Redis."""
+    from gateway.keys.auth import KeyDraft
     from gateway.keys.redis_store import RedisStore
 
     store = RedisStore(url, password, timeout_s=2.0)
     try:
-        admin = (await store.create_key("api-admin", admin=True))[1]
-        key = (await store.create_key("api-user"))[1]
-        fruit = (await store.create_key("fruit-only", models=["fruit"]))[1]
-        fruit_admin = (await store.create_key("fruit-admin", models=["fruit"], admin=True))[1]
+        admin = (await store.create_key(KeyDraft("api-admin", admin=True)))[1]
+        key = (await store.create_key(KeyDraft("api-user")))[1]
+        fruit = (await store.create_key(KeyDraft("fruit-only", models=("fruit",))))[1]
+        fruit_admin = (await store.create_key(KeyDraft("fruit-admin", models=("fruit",), admin=True)))[1]
         return admin, key, fruit, fruit_admin
     finally:
         await store.close()

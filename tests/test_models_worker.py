@@ -198,11 +198,12 @@ def three_classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 async def _redis_key(url: str, password: str) -> str:
     """A prediction key in the stack's Redis (the gateway's keys are there in Redis mode)."""
+    from gateway.keys.auth import KeyDraft
     from gateway.keys.redis_store import RedisStore
 
     store = RedisStore(url, password, timeout_s=2.0)
     try:
-        return (await store.create_key("worker-tests"))[1]
+        return (await store.create_key(KeyDraft("worker-tests")))[1]
     finally:
         await store.close()
 

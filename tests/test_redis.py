@@ -486,7 +486,7 @@ def test_a_taken_key_id_is_never_stored_over_an_existing_key_in_redis(
     async def create() -> auth.KeyEntry:
         store = RedisStore(stack.redis.url, stack.redis.password, timeout_s=2.0)
         try:
-            return (await store.create_key("second"))[0]
+            return (await store.create_key(auth.KeyDraft("second")))[0]
         finally:
             await store.close()
 

@@ -443,7 +443,7 @@ def test_request_id_is_returned_and_echoed(gateway: Gateway) -> None:
 
 def test_interrupted_key_write_leaves_the_file_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     keys = tmp_path / "keys.json"
-    auth.create_key(keys, "first")
+    auth.create_key(keys, auth.KeyDraft("first"))
     before = keys.read_bytes()
 
     def crash(*args: Any, **kwargs: Any) -> None:
@@ -451,6 +451,6 @@ def test_interrupted_key_write_leaves_the_file_intact(tmp_path: Path, monkeypatc
 
     monkeypatch.setattr(auth.os, "fsync", crash)
     with pytest.raises(OSError):
-        auth.create_key(keys, "second")
+        auth.create_key(keys, auth.KeyDraft("second"))
     assert keys.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [".keys.json.lock", "keys.json"]  # no temp file left behind

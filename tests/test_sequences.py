@@ -227,12 +227,13 @@ class Stack:
 
 
 def _redis_keys(server: redisserver.RedisServer, count: int) -> list[str]:
+    from gateway.keys.auth import KeyDraft
     from gateway.keys.redis_store import RedisStore
 
     async def make() -> list[str]:
         store = RedisStore(server.url, server.password, timeout_s=2.0)
         try:
-            return [(await store.create_key(f"sequences-{i}"))[1] for i in range(count)]
+            return [(await store.create_key(KeyDraft(f"sequences-{i}")))[1] for i in range(count)]
         finally:
             await store.close()
 
@@ -346,9 +347,9 @@ def small(
     if request.param == "redis":
         keys = _redis_keys(request.getfixturevalue("redis_server"), 2)
     else:
-        from gateway.keys.auth import create_key
+        from gateway.keys.auth import KeyDraft, create_key
 
-        keys = [gw.key, create_key(gw.keys_file, "second")[1]]
+        keys = [gw.key, create_key(gw.keys_file, KeyDraft("second"))[1]]
     yield gw, keys[0], keys[1]
     stop_gateway(gw)
 

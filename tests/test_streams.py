@@ -96,9 +96,9 @@ def gw(triton: launcher.TritonServer, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture
 def api(gw: Gateway) -> Api:
-    from gateway.keys.auth import create_key
+    from gateway.keys.auth import KeyDraft, create_key
 
-    _, key = create_key(gw.keys_file, "streams")  # a key of its own per test: its own streams cap
+    _, key = create_key(gw.keys_file, KeyDraft("streams"))  # a key of its own per test: its own streams cap
     return Api(gw.url, key)
 
 

@@ -472,10 +472,10 @@ def test_video_limits_from_settings(
 
 
 def test_each_frame_costs_one_token(video_gateway: tuple[Gateway, Path], videos: dict[str, Path]) -> None:
-    from gateway.keys.auth import create_key
+    from gateway.keys.auth import KeyDraft, create_key
 
     gw, _ = video_gateway
-    _, key = create_key(gw.keys_file, "slow", rate=2.0)
+    _, key = create_key(gw.keys_file, KeyDraft("slow", rate=2.0))
 
     def send() -> requests.Response:
         return requests.post(
@@ -631,10 +631,10 @@ def test_frames_decoded_only_to_be_skipped_are_charged_to_the_key(
 ) -> None:
     """100 frames at vid_stride=10: 10 analysed (a token each) and 90 decoded to be skipped (a token per ten): 19
     tokens, at 0.5 per second 38 s of the key's time."""
-    from gateway.keys.auth import create_key
+    from gateway.keys.auth import KeyDraft, create_key
 
     gw, _ = video_gateway
-    _, key = create_key(gw.keys_file, "stride", rate=0.5)
+    _, key = create_key(gw.keys_file, KeyDraft("stride", rate=0.5))
     path = write_video(tmp_path / "hundred.mp4", "mp4v", 100, (64, 48))
 
     def send() -> tuple[requests.Response, float]:
@@ -836,11 +836,11 @@ def test_images_are_answered_while_another_keys_videos_run(
     inference), leave the image workers and the CPU to another key, whose images keep their median and p99 latency
     under twice the idle ones (idle: measured before and after, the larger; this machine's load drifts, and the
     median is what one noisy second does not move: with the videos in the image workers it was 4.5 times)."""
-    from gateway.keys.auth import create_key
+    from gateway.keys.auth import KeyDraft, create_key
 
     gw = start_gateway(triton, tmp_path)
     try:
-        _, video_key = create_key(gw.keys_file, "videos", rate=1000.0)
+        _, video_key = create_key(gw.keys_file, KeyDraft("videos", rate=1000.0))
         bus = images["bus"].read_bytes()
 
         def latencies(n: int) -> tuple[float, float]:

@@ -391,9 +391,9 @@ def test_page_snippets_default_to_the_keys_dialect(
 ) -> None:
     """A key created for hub-xywhn: the page still draws (its own requests pin hub), the selector starts at the key's
     dialect and its snippets need no base path; picking hub adds the base path that pins it over the key's."""
-    from gateway.keys.auth import create_key
+    from gateway.keys.auth import KeyDraft, create_key
 
-    key = create_key(gateway.keys_file, "web-xywhn", dialect="hub-xywhn")[1]
+    key = create_key(gateway.keys_file, KeyDraft("web-xywhn", dialect="hub-xywhn"))[1]
     body = _run(page, key, "yolov8n", images["bus"], confidence="0.4")
     assert body["success"] is True and "box" in body["data"][0]
     page.wait_for_selector('#dialect[data-key-dialect="hub-xywhn"]')
@@ -460,14 +460,14 @@ def test_page_shows_url_errors(page: Any, gateway: Gateway) -> None:
 def test_page_manages_keys_and_shows_usage_for_an_admin_key(
     page: Any, gateway: Gateway, images: dict[str, Path]
 ) -> None:
-    from gateway.keys.auth import create_key
+    from gateway.keys.auth import KeyDraft, create_key
 
     page.fill("#api-key", gateway.key)  # not an admin key: told so, nothing listed
     page.click("#keys-load")
     page.wait_for_function("() => document.getElementById('keys-status').textContent.includes('403')")
     assert page.is_hidden("#keys-admin")
 
-    _, admin = create_key(gateway.keys_file, "page-admin", admin=True)
+    _, admin = create_key(gateway.keys_file, KeyDraft("page-admin", admin=True))
     page.fill("#api-key", admin)
     page.click("#keys-load")
     page.wait_for_selector("#keys-admin:not([hidden])")

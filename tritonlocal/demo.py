@@ -48,11 +48,11 @@ def main(argv: list[str] | None = None) -> int:
             "printed or one from `make key`; or --create-key to make a new one"
         )
     if not key:
-        from gateway.keys.auth import create_key
+        from gateway.keys.auth import KeyDraft, create_key
         from gateway.settings import Settings
 
         keys_file = Settings.from_env().keys_file
-        entry, key = create_key(keys_file, f"demo-{time.strftime('%Y%m%d-%H%M%S')}")
+        entry, key = create_key(keys_file, KeyDraft(f"demo-{time.strftime('%Y%m%d-%H%M%S')}"))
         print(
             f"Created API key {entry.id} in {keys_file} (reuse it with API_KEY=...; revoke with "
             f"`python -m gateway.keys revoke {entry.id}`):\n\n    {key}\n",

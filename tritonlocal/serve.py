@@ -42,12 +42,12 @@ def main(argv: list[str] | None = None) -> int:
         if subprocess.run(command, check=False).returncode != 0:
             return 2
 
-    from gateway.keys.auth import create_key, read_entries
+    from gateway.keys.auth import KeyDraft, create_key, read_entries
     from gateway.settings import Settings
 
     settings = Settings.from_env()
     if args.state == "file" and not read_entries(settings.keys_file):
-        _, key = create_key(settings.keys_file, "development")
+        _, key = create_key(settings.keys_file, KeyDraft("development"))
         print(f"\nCreated a development API key (stored hashed in {settings.keys_file}):\n\n    {key}\n", flush=True)
 
     print(f"[serve] starting Triton on {launcher.LOOPBACK} with {args.repository} ...", flush=True)

@@ -37,6 +37,7 @@ def ensure_first_key(redis_url: str, password: str) -> None:
     """Like the keys file: an empty Redis gets a development key, printed once."""
     import asyncio
 
+    from gateway.keys.auth import KeyDraft
     from gateway.keys.redis_store import RedisStore
 
     async def run() -> str | None:
@@ -44,7 +45,7 @@ def ensure_first_key(redis_url: str, password: str) -> None:
         try:
             if await store.list_keys():
                 return None
-            return (await store.create_key("development"))[1]
+            return (await store.create_key(KeyDraft("development")))[1]
         finally:
             await store.close()
 

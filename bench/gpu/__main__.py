@@ -80,10 +80,10 @@ def start_gateway(
     triton_grpc: str, work: Path, workers: int, threads: int, inflight: int
 ) -> tuple[subprocess.Popen[bytes], str, str]:
     """(process, url, key): uvicorn with `workers` gateway processes on a free loopback port, once /readyz is 200."""
-    from gateway.keys.auth import create_key
+    from gateway.keys.auth import KeyDraft, create_key
 
     keys = work / "keys.json"
-    _, key = create_key(keys, "bench-gpu")
+    _, key = create_key(keys, KeyDraft("bench-gpu"))
     port = launcher.free_port()
     env = {
         **os.environ,

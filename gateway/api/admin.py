@@ -21,7 +21,7 @@ from starlette.routing import BaseRoute, Route
 from gateway.api.forms import api_key
 from gateway.arguments import DIALECT_NAMES
 from gateway.errors import BadRequest, Forbidden, NotFound, ok_response
-from gateway.keys.auth import KEY_ID, KeyEntry
+from gateway.keys.auth import KEY_ID, KeyDraft, KeyEntry
 from gateway.keys.ratelimit import MAX_RATE, MIN_RATE, check_rate
 from gateway.keys.store import Store
 from gateway.observability import record_of
@@ -56,8 +56,8 @@ def _key_id(request: Request) -> str:
     return key_id
 
 
-def parse_new_key(raw: bytes) -> tuple[str, list[str] | None, float | None, bool, str | None]:
-    """(name, models, rate, admin, dialect) from a POST /v1/keys body, or BadRequest naming the field."""
+def parse_new_key(raw: bytes) -> KeyDraft:
+    """The new key a POST /v1/keys body asks for, or BadRequest naming the field."""
     hint = 'Send a JSON object like {"name": "alice", "models": ["yolov8n"], "rate": 10, "admin": false}.'
     body = json_object(raw, hint)
     unknown = sorted(set(body) - {"name", "models", "rate", "admin", "dialect"})
@@ -92,11 +92,12 @@ def parse_new_key(raw: bytes) -> tuple[str, list[str] | None, float | None, bool
         raise BadRequest(
             f"'dialect' must be null (each route's own) or one of {', '.join(DIALECT_NAMES)} (README, Dialects)."
         )
-    return name.strip(), models, rate, admin, dialect
+    return KeyDraft(name.strip(), tuple(models) if models is not None else None, rate, admin, dialect)
 
 
-def check_within(caller: KeyEntry, models: list[str] | None, rate: float | None) -> None:
-    """Forbidden unless a key with `models` and `rate` is no wider than the caller's own key."""
+def check_within(caller: KeyEntry, draft: KeyDraft) -> None:
+    """Forbidden unless the new key is no wider than the caller's own key (its models and its rate)."""
+    models, rate = draft.models, draft.rate
     if caller.models is not None:
         outside = sorted(set(models or ()) - set(caller.models)) if models is not None else ["every model"]
         if outside:
@@ -115,9 +116,9 @@ async def create(request: Request) -> Response:
     store, caller = await _admin(request)
     too_large = f"The body is over {MAX_BODY} bytes; a key needs only a name and a few fields."
     raw = await read_capped(request.stream(), MAX_BODY, too_large, request.headers.get("content-length"))
-    name, models, rate, admin, dialect = parse_new_key(raw)
-    check_within(caller, models, rate)
-    entry, key = await store.create_key(name, models, rate, admin, dialect)
+    draft = parse_new_key(raw)
+    check_within(caller, draft)
+    entry, key = await store.create_key(draft)
     return ok_response({**_public(entry), "key": key}, "Key created. Keep it safe: it is shown only this once.", 201)
 
 

@@ -63,6 +63,18 @@ class KeyEntry:
         return out
 
 
+@dataclass(frozen=True)
+class KeyDraft:
+    """What a new key is to be, as its creator (the admin API, the keys CLI, a test) asks for it; `make_entry` adds
+    the id, the hash and the date. A new field of keys is added here and in `make_entry`, nowhere else."""
+
+    name: str
+    models: tuple[str, ...] | None = None  # None or empty: every model
+    rate: float | None = None  # images per second; None: unlimited
+    admin: bool = False  # may manage keys (/v1/keys)
+    dialect: str | None = None  # its requests' dialect where the route can't tell; "platform" also shapes the key
+
+
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
@@ -121,31 +133,22 @@ def write_entries(path: Path, entries: list[KeyEntry]) -> None:
         raise
 
 
-def make_entry(
-    name: str,
-    models: list[str] | None = None,
-    rate: float | None = None,
-    admin: bool = False,
-    dialect: str | None = None,
-) -> tuple[KeyEntry, str]:
+def make_entry(draft: KeyDraft) -> tuple[KeyEntry, str]:
     """A new key's entry and the key itself (shown once, never stored)."""
-    key_id, key = new_platform_key() if dialect == "platform" else new_key()
+    key_id, key = new_platform_key() if draft.dialect == "platform" else new_key()
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    scope = tuple(models) if models else None
-    return KeyEntry(key_id, name, hash_key(key), created, scope, rate, admin=admin, dialect=dialect), key
+    scope = tuple(draft.models) if draft.models else None
+    entry = KeyEntry(
+        key_id, draft.name, hash_key(key), created, scope, draft.rate, admin=draft.admin, dialect=draft.dialect
+    )
+    return entry, key
 
 
-def drafts(
-    name: str,
-    models: list[str] | None = None,
-    rate: float | None = None,
-    admin: bool = False,
-    dialect: str | None = None,
-) -> Iterator[tuple[KeyEntry, str]]:
+def drafts(draft: KeyDraft) -> Iterator[tuple[KeyEntry, str]]:
     """New keys for a creator to store, one after another while it finds their ids taken (a draw that repeated an
     existing id: never stored over it); after DRAWS, the creator raises `ids_taken()`."""
     for _ in range(DRAWS):
-        yield make_entry(name, models, rate, admin, dialect)
+        yield make_entry(draft)
 
 
 def ids_taken() -> KeyIdTaken:
@@ -189,16 +192,9 @@ def add_entry(path: Path, entry: KeyEntry) -> None:
     update_entries(path, added)
 
 
-def create_key(
-    path: Path,
-    name: str,
-    models: list[str] | None = None,
-    rate: float | None = None,
-    admin: bool = False,
-    dialect: str | None = None,
-) -> tuple[KeyEntry, str]:
+def create_key(path: Path, draft: KeyDraft) -> tuple[KeyEntry, str]:
     """Add a key to the file; returns (entry, the key itself — shown once, never stored)."""
-    for entry, key in drafts(name, models, rate, admin, dialect):
+    for entry, key in drafts(draft):
         with contextlib.suppress(KeyIdTaken):
             add_entry(path, entry)
             return entry, key

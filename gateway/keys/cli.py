@@ -17,7 +17,7 @@ from typing import Any
 
 from gateway.arguments import DIALECT_NAMES
 from gateway.errors import GatewayError
-from gateway.keys.auth import KeyEntry, read_entries
+from gateway.keys.auth import KeyDraft, KeyEntry, read_entries
 from gateway.keys.ratelimit import check_rate
 from gateway.keys.store import FileStore, Store
 from gateway.settings import Settings
@@ -106,8 +106,8 @@ async def _run(args: argparse.Namespace) -> int:
     store, where = _open(args)
     try:
         if args.command == "create":
-            models = [m.strip() for m in args.models.split(",") if m.strip()] or None
-            entry, key = await store.create_key(args.name, models, args.rate, args.admin, args.dialect)
+            models = tuple(m.strip() for m in args.models.split(",") if m.strip()) or None
+            entry, key = await store.create_key(KeyDraft(args.name, models, args.rate, args.admin, args.dialect))
             scope = " with the admin scope" if entry.admin else ""
             scope += f", answered in the {entry.dialect} dialect" if entry.dialect else ""
             print(

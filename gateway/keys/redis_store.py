@@ -39,7 +39,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from gateway.errors import ServiceUnavailable, TooManyRequests
-from gateway.keys.auth import KeyEntry, drafts, ids_taken, key_id_of, missing_key, verify
+from gateway.keys.auth import KeyDraft, KeyEntry, drafts, ids_taken, key_id_of, missing_key, verify
 from gateway.keys.ratelimit import GCRA_LUA, Quota, RateLimiter, quota, shape
 from gateway.keys.usage import UsageBook, last_days, usage_rows
 from gateway.observability import client_address
@@ -304,15 +304,8 @@ class RedisStore:
 
     # -- key management (admin API, CLI) ----------------------------------------------------------------------
 
-    async def create_key(
-        self,
-        name: str,
-        models: list[str] | None = None,
-        rate: float | None = None,
-        admin: bool = False,
-        dialect: str | None = None,
-    ) -> tuple[KeyEntry, str]:
-        for entry, key in drafts(name, models, rate, admin, dialect):
+    async def create_key(self, draft: KeyDraft) -> tuple[KeyEntry, str]:
+        for entry, key in drafts(draft):
             fields = [item for pair in _entry_fields(entry).items() for item in pair]
             keys = [f"{NS}key:{entry.id}", f"{NS}keys"]
             if await self._admin_call(lambda: self._create(keys=keys, args=[entry.id, *fields])):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from gateway.keys.auth import KeyEntry, KeysFile, create_key, read_entries, update_entries
+from gateway.keys.auth import KeyDraft, KeyEntry, KeysFile, create_key, read_entries, update_entries
 from gateway.keys.ratelimit import Quota, RateLimiter
 from gateway.keys.usage import UsageBook
 from gateway.settings import Settings
@@ -44,14 +44,9 @@ class Store(Protocol):
         """Count one finished prediction request (never blocks, never raises)."""
         ...
 
-    async def create_key(
-        self,
-        name: str,
-        models: list[str] | None = None,
-        rate: float | None = None,
-        admin: bool = False,
-        dialect: str | None = None,
-    ) -> tuple[KeyEntry, str]: ...
+    async def create_key(self, draft: KeyDraft) -> tuple[KeyEntry, str]:
+        """Store a new key (its id drawn again while taken); the entry and the key itself (shown once, never stored)."""
+        ...
 
     async def list_keys(self) -> list[KeyEntry]: ...
 
@@ -94,16 +89,9 @@ class FileStore:
     def record(self, key_id: str, model: str, images: int, status: int, seconds: float) -> None:
         self._usage.add(key_id, model, images, status, seconds)
 
-    async def create_key(
-        self,
-        name: str,
-        models: list[str] | None = None,
-        rate: float | None = None,
-        admin: bool = False,
-        dialect: str | None = None,
-    ) -> tuple[KeyEntry, str]:
+    async def create_key(self, draft: KeyDraft) -> tuple[KeyEntry, str]:
         # in a thread: the file's lock may be held for a moment by the CLI or another gateway process
-        return await asyncio.to_thread(create_key, self.keys_file, name, models, rate, admin, dialect)
+        return await asyncio.to_thread(create_key, self.keys_file, draft)
 
     async def list_keys(self) -> list[KeyEntry]:
         return [replace(e, last_used=self._usage.last_used.get(e.id)) for e in read_entries(self.keys_file)]
