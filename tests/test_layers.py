@@ -41,6 +41,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("gateway.vision", "gateway.keys", "gateway.models", "gateway.sequences"),  # pixels; keys; models; tracking state
     ("gateway.triton", "gateway.arguments", "gateway.budget", "gateway.metrics", "gateway.streams"),
     ("gateway.modelcard", "gateway.errors", "gateway.settings", "gateway.workers", "gateway.observability"),
+    ("gateway.redis_client",),  # one Redis client's options, for every store kept in Redis
     ("gateway",),  # the package: environment set before any module loads
 )  # fmt: skip
 

@@ -34,8 +34,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from gateway.errors import ServiceUnavailable, TooManyRequests
@@ -43,6 +41,7 @@ from gateway.keys.auth import KeyDraft, KeyEntry, drafts, ids_taken, key_id_of, 
 from gateway.keys.ratelimit import GCRA_LUA, Quota, RateLimiter, quota, shape
 from gateway.keys.usage import UsageBook, last_days, usage_rows
 from gateway.observability import client_address
+from gateway.redis_client import redis_client
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway")
@@ -126,18 +125,8 @@ class RedisStore:
     _flush_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.redis = Redis.from_url(
-            self.url,
-            password=self.password or None,
-            decode_responses=True,
-            socket_timeout=self.timeout_s,
-            socket_connect_timeout=self.timeout_s,
-            retry=Retry(NoBackoff(), 1),  # one immediate retry: a pooled connection left dead by a Redis restart
-            # a connection idle this long is pinged before use, so the sockets a Redis restart left dead in the pool
-            # of an idle replica are replaced instead of failing its first requests (and opening the breaker)
-            health_check_interval=2,
-            max_connections=256,
-        )
+        # one immediate retry: a pooled connection left dead by a Redis restart
+        self.redis = redis_client(self.url, self.password, self.timeout_s, retries=1)
         self._gcra = self.redis.register_script(GCRA_LUA)
         self._create = self.redis.register_script(CREATE_LUA)
 

@@ -24,6 +24,7 @@ from redis.exceptions import RedisError, WatchError
 
 from gateway.models.record import ModelRecord, RegistryError
 from gateway.models.registry import Change, Registry
+from gateway.redis_client import redis_client
 
 PREFIX = "yt:model:"
 IDS = "yt:models"
@@ -43,14 +44,7 @@ class RedisRegistry(Registry):
     redis: Redis = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.redis = Redis.from_url(
-            self.url,
-            password=self.password or None,
-            decode_responses=True,
-            socket_timeout=self.timeout_s,
-            socket_connect_timeout=self.timeout_s,
-            health_check_interval=2,
-        )
+        self.redis = redis_client(self.url, self.password, self.timeout_s)
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.redis_client import redis_client
 from gateway.sequences.store import Stored, conflict, too_many, unreachable
 from gateway.settings import Settings
 
@@ -89,15 +90,7 @@ class RedisSequences:
     _down_until: float = field(default=0.0, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.redis = Redis.from_url(
-            self.url,
-            password=self.password or None,
-            decode_responses=False,  # the state is bytes
-            socket_timeout=self.timeout_s,
-            socket_connect_timeout=self.timeout_s,
-            health_check_interval=2,
-            max_connections=256,
-        )
+        self.redis = redis_client(self.url, self.password, self.timeout_s, text=False)  # the state is bytes
         self._read = self.redis.register_script(READ_LUA)
         self._write = self.redis.register_script(WRITE_LUA)
 

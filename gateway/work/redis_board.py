@@ -14,6 +14,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from gateway.redis_client import redis_client
 from gateway.work.board import TICK_S, Fields, Lease
 
 NS = "yt:work:"
@@ -104,11 +105,7 @@ class RedisBoard:
     kind = "redis"
 
     def __init__(self, url: str, password: str = "", timeout_s: float = 1.0) -> None:
-        self._timeout = max(timeout_s, 1.0)
-        options: dict[str, Any] = {"decode_responses": False, "socket_timeout": self._timeout}
-        if password:
-            options["password"] = password
-        self._redis: Redis = Redis.from_url(url, socket_connect_timeout=self._timeout, **options)
+        self._redis: Redis = redis_client(url, password, max(timeout_s, 1.0), text=False)
 
     async def close(self) -> None:
         await self._redis.aclose()

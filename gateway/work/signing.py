@@ -30,6 +30,7 @@ from typing import Protocol, runtime_checkable
 from redis.asyncio import Redis
 
 from gateway.keys.auth import locked
+from gateway.redis_client import redis_client
 
 PREFIX = "whsec_"
 TOLERANCE_S = 300
@@ -126,9 +127,7 @@ class RedisSecrets:
     """Secrets in the Redis hash REDIS_HASH."""
 
     def __init__(self, url: str, password: str = "", timeout_s: float = 1.0) -> None:
-        self._redis: Redis = Redis.from_url(
-            url, password=password or None, decode_responses=True, socket_timeout=max(timeout_s, 1.0)
-        )
+        self._redis: Redis = redis_client(url, password, max(timeout_s, 1.0))
 
     async def get(self, key_id: str) -> str | None:
         found = await self._redis.hget(REDIS_HASH, key_id)
