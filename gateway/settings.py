@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 PREFIX = "GATEWAY_"
 # What a request may add to its image or video: multipart boundaries and the small text fields around the part. (The
@@ -91,14 +91,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         """Refuse values the gateway cannot run with, naming the variable that sets them."""
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                continue
-            positive = f.name in POSITIVE
-            if not math.isfinite(value) or value < 0 or (positive and value == 0):
-                bound = "more than 0" if positive else "0 or more"
-                raise ValueError(f"{PREFIX}{f.name.upper()}={value!r}: must be a number {bound}")
+        check_numbers(self, POSITIVE)
         if not 0 < self.max_key_budget_share <= 1:
             raise ValueError(
                 f"{PREFIX}MAX_KEY_BUDGET_SHARE={self.max_key_budget_share!r}: must be more than 0 and 1 at most"
@@ -128,29 +121,7 @@ class Settings:
 
         ValueError, naming the variable, for a value that is not of the setting's kind or out of its range.
         """
-        values: dict[str, object] = {}
-        defaults = cls()
-        for f in fields(cls):
-            raw = environ.get(PREFIX + f.name.upper())
-            if raw is None:
-                continue
-            default = getattr(defaults, f.name)
-            try:
-                if isinstance(default, bool):
-                    values[f.name] = _flag(raw)
-                elif isinstance(default, int):
-                    values[f.name] = int(raw)
-                elif isinstance(default, float):
-                    values[f.name] = float(raw)
-                elif isinstance(default, Path):
-                    values[f.name] = Path(raw)
-                elif isinstance(default, tuple):
-                    values[f.name] = tuple(h.strip().lower() for h in raw.split(",") if h.strip())
-                else:
-                    values[f.name] = raw
-            except ValueError as exc:
-                raise ValueError(f"{PREFIX}{f.name.upper()}={raw!r}: {exc}") from exc
-        return cls(**values)  # type: ignore[arg-type]
+        return cls(**env_values(cls, environ))
 
 
 def _flag(raw: str) -> bool:
@@ -158,3 +129,45 @@ def _flag(raw: str) -> bool:
     if text in TRUE | FALSE:
         return text in TRUE
     raise ValueError(f"not a boolean: use one of {', '.join(sorted(TRUE))} or {', '.join(sorted(FALSE))}")
+
+
+def env_values(cls: type[Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """The fields of the settings dataclass `cls` that `environ` sets (GATEWAY_<FIELD NAME>), each read as its
+    default's kind: flag, whole number, number, path, comma-separated list (lower-cased) or text. ValueError naming
+    the variable of a value that is not of its kind. (The gateway's Settings and the worker's ModelSettings.)"""
+    values: dict[str, Any] = {}
+    defaults = cls()
+    for f in fields(cls):
+        raw = environ.get(PREFIX + f.name.upper())
+        if raw is None:
+            continue
+        default = getattr(defaults, f.name)
+        try:
+            if isinstance(default, bool):
+                values[f.name] = _flag(raw)
+            elif isinstance(default, int):
+                values[f.name] = int(raw)
+            elif isinstance(default, float):
+                values[f.name] = float(raw)
+            elif isinstance(default, Path):
+                values[f.name] = Path(raw)
+            elif isinstance(default, tuple):
+                values[f.name] = tuple(h.strip().lower() for h in raw.split(",") if h.strip())
+            else:
+                values[f.name] = raw
+        except ValueError as exc:
+            raise ValueError(f"{PREFIX}{f.name.upper()}={raw!r}: {exc}") from exc
+    return values
+
+
+def check_numbers(settings: Any, positive: frozenset[str]) -> None:
+    """ValueError naming the variable of a number field of the settings dataclass that is not finite or below 0, or
+    is 0 where its name is in `positive`."""
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        strict = f.name in positive
+        if not math.isfinite(value) or value < 0 or (strict and value == 0):
+            bound = "more than 0" if strict else "0 or more"
+            raise ValueError(f"{PREFIX}{f.name.upper()}={value!r}: must be a number {bound}")

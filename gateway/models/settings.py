@@ -11,16 +11,14 @@ for the largest YOLOv8/YOLO11 checkpoints (an x-scale model has ~25 times the pa
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.settings import Settings
+from gateway.settings import Settings, check_numbers, env_values
 
 GATEWAY = Settings()  # the defaults of the settings the gateway and the worker share
-PREFIX = "GATEWAY_"
 POSITIVE = frozenset(
     {"max_model_bytes", "export_concurrency", "export_cpu_s", "export_memory_bytes", "export_timeout_s"}
     | {"export_lease_s", "export_attempts", "models_poll_s", "triton_load_timeout_s"}
@@ -45,34 +43,9 @@ class ModelSettings:
     triton_load_timeout_s: float = 300.0  # one model load in Triton (python backend: its instances start)
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                continue
-            positive = f.name in POSITIVE
-            if not math.isfinite(value) or value < 0 or (positive and value == 0):
-                bound = "more than 0" if positive else "0 or more"
-                raise ValueError(f"{PREFIX}{f.name.upper()}={value!r}: must be a number {bound}")
+        check_numbers(self, POSITIVE)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> ModelSettings:
         """From GATEWAY_MODELS_FILE, GATEWAY_MAX_MODEL_BYTES, ...; ValueError naming the variable of a bad value."""
-        values: dict[str, object] = {}
-        defaults = cls()
-        for f in fields(cls):
-            raw = environ.get(PREFIX + f.name.upper())
-            if raw is None:
-                continue
-            default = getattr(defaults, f.name)
-            try:
-                if isinstance(default, int):
-                    values[f.name] = int(raw)
-                elif isinstance(default, float):
-                    values[f.name] = float(raw)
-                elif isinstance(default, Path):
-                    values[f.name] = Path(raw)
-                else:
-                    values[f.name] = raw
-            except ValueError as exc:
-                raise ValueError(f"{PREFIX}{f.name.upper()}={raw!r}: {exc}") from exc
-        return cls(**values)  # type: ignore[arg-type]
+        return cls(**env_values(cls, environ))
