@@ -196,7 +196,7 @@ def test_stream_requests_are_checked_and_capped_per_key(api: Api, clip: Path) ->
         ({"source": "http://127.0.0.1:1025/x", "model": "yolov8n", "fps": 500}, 400, "'fps'"),
         ({"source": "http://127.0.0.1:1025/x", "model": "yolov8n", "colour": 1}, 400, "'colour'"),
         ({"source": "http://127.0.0.1:1025/x", "model": "yolov8n", "confidence": 7}, 400, "'confidence'"),
-        ({"source": "http://127.0.0.1:1025/x", "model": "yolov8n-cls", "track": True}, 400, "'track'"),
+        ({"source": "http://127.0.0.1:1025/x", "model": "yolov8n-cls", "track": True}, 422, "'track'"),
         (
             {"source": "http://127.0.0.1:1025/x", "model": "yolov8n", "webhook": "http://169.254.169.254/"},
             400,

@@ -16,7 +16,10 @@ from gateway.streams import json_object
 FPS_RANGE = (0.1, 120.0)
 # The prediction arguments a stream takes (`parse_args` checks their values); the rest of ARGUMENTS is about an
 # upload's answer (url, source, format, stream) and has no meaning here.
-PREDICTION = ("size", "confidence", "iou", "normalize", "max_det", "classes", "agnostic", "vid_stride", "decimals")
+PREDICTION = (
+    *("size", "confidence", "iou", "normalize", "max_det", "classes", "agnostic", "vid_stride", "decimals"),
+    "tracker",  # bytetrack or botsort, as on videos (gateway/predict/tracked.py)
+)
 OWN = ("source", "model", "fps", "track", "webhook")
 HINT = 'Send JSON like {"source": "rtsp://camera.example/live", "model": "yolov8n", "fps": 5, "track": true}.'
 
@@ -27,7 +30,7 @@ class StreamRequest:
     model: str
     fields: dict[str, str]  # the prediction arguments as strings (what a form would send)
     fps: float = 0.0  # 0: every vid_stride-th frame instead
-    track: bool = False
+    track: bool = False  # as sent (`tracker` alone implies tracking too: `parse_args` decides)
     webhook: str = ""
 
 
@@ -67,4 +70,6 @@ def parse(raw: bytes) -> StreamRequest:
     if not isinstance(webhook, str):
         raise BadRequest("'webhook' must be an http(s):// URL.")
     fields = {name: _text(value) for name, value in body.items() if name not in OWN and value is not None}
+    if "track" in body:  # `parse_args` reads it as a video's: `tracker` alone implies it, and it lowers the confidence
+        fields["track"] = _text(track)
     return StreamRequest(source.strip(), model, fields, float(fps or 0), track, webhook.strip())

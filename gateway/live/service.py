@@ -24,14 +24,14 @@ from typing import Any
 import orjson
 
 from gateway.arguments import parse_args
-from gateway.errors import BadRequest, Forbidden, GatewayError, NotFound, ServiceUnavailable, TooManyRequests
+from gateway.errors import Forbidden, GatewayError, NotFound, ServiceUnavailable, TooManyRequests
 from gateway.keys.auth import KeyEntry
-from gateway.live import stream, tracked
+from gateway.live import stream
 from gateway.live.request import StreamRequest, parse
 from gateway.live.source import Source
+from gateway.predict import tracked
 from gateway.predict.fetch import Resolver, system_resolver
 from gateway.services import Services
-from gateway.tracking import init
 from gateway.work import guard
 from gateway.work.board import Board, Lease
 from gateway.work.owner import Owner
@@ -74,9 +74,8 @@ class Streams:
     async def _create(self, entry: KeyEntry, request: StreamRequest) -> tuple[dict[str, Any], str | None]:
         settings = self.settings
         info = await self.services.triton.model(request.model)
-        args = parse_args(request.fields, info.imgsz)  # the HUB's defaults (iou 0.45)
-        if request.track and info.task not in tracked.TRACKED_TASKS:
-            raise BadRequest(f"'track' works on detection, segmentation and pose models; '{info.name}' is {info.task}.")
+        args = parse_args(request.fields, info.imgsz)  # the HUB's defaults (iou 0.45; confidence 0.1 when tracking)
+        tracked.check(info, args)  # 422 for a classifier, as on videos
         checked = await guard.check_source(request.source, settings.url_allow_hosts, self.resolve)
         secret, hook = None, None
         if request.webhook:
@@ -92,7 +91,8 @@ class Streams:
             "args": orjson.dumps(request.fields).decode(),
             "vid_stride": str(args.vid_stride),
             "fps": f"{request.fps:g}" if request.fps else "",
-            "track": "1" if request.track else "",
+            "track": "1" if args.track else "",
+            "tracker": args.tracker if args.track else "",
             "webhook": request.webhook,
             "webhook_shown": hook.shown if hook else "",
             "created": f"{time.time():.3f}",
@@ -142,9 +142,10 @@ class Streams:
         return self._events(id, first)
 
     async def _events(self, id: str, first: dict[str, Any]) -> AsyncIterator[bytes]:
-        yield b"event: state\ndata: " + orjson.dumps(first) + b"\n\n"
         quiet = 0
         async with self.board.subscribe(KIND, id) as messages:
+            # the state once subscribed: a client that has it sees every frame analysed after it
+            yield b"event: state\ndata: " + orjson.dumps(first) + b"\n\n"
             async for message in messages:
                 if message is None:
                     quiet += 1
@@ -179,7 +180,10 @@ class Streams:
                 await asyncio.sleep(RETRY_S)
                 if lease.lost or lease.stop:
                     return
-        args = parse_args(orjson.loads(record["args"]), info.imgsz)
+        fields = orjson.loads(record["args"])
+        if record.get("track"):  # (a record written before `track` was kept among the arguments)
+            fields.setdefault("track", "true")
+        args = parse_args(fields, info.imgsz)
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
 
@@ -204,7 +208,7 @@ class Streams:
         if record.get("webhook"):
             batch = Batch(self.deliveries, entry.id, record["webhook"], lease.id,
                           settings.webhook_batch_frames, settings.webhook_batch_s)  # fmt: skip
-        tracker = init() if record.get("track") else None
+        tracker = tracked.Tracker.start(info, args) if args.track else None
         run = stream.Run(self.services, board, lease, record, entry, info, args, source, batch, tracker)
         await board.write(lease, {"state": "connecting", "error": ""})
         source.start()
@@ -232,6 +236,7 @@ def public(id: str, record: dict[str, str]) -> dict[str, Any]:
         "vid_stride": int(record.get("vid_stride") or 1),
         "fps": float(record["fps"]) if record.get("fps") else None,
         "track": bool(record.get("track")),
+        "tracker": record.get("tracker") or None,
         "webhook": record.get("webhook_shown") or None,
         "created": float(record.get("created") or 0),
         "owner": record.get("owner") or None,

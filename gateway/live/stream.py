@@ -22,12 +22,11 @@ from gateway.arguments import PredictArgs
 from gateway.dialects import DIALECTS, Call
 from gateway.errors import GatewayError, TooManyRequests
 from gateway.keys.auth import KeyEntry
-from gateway.live import tracked
 from gateway.live.source import Grabbed, Source
 from gateway.modelcard import ModelInfo
 from gateway.predict.responses import FrameOutcome
+from gateway.predict.tracked import Tracker
 from gateway.services import Services
-from gateway.tracking import State
 from gateway.vision import pipeline
 from gateway.vision.videofile import check_pixels
 from gateway.work.board import Board, Lease
@@ -67,7 +66,7 @@ class Run:
     args: PredictArgs
     source: Source
     batch: Batch | None
-    tracker: State | None
+    tracker: Tracker | None  # the stream's tracks, carried from frame to frame (as a video's)
 
 
 def stats(run: Run, counters: Counters, now: float) -> dict[str, str]:
@@ -141,9 +140,8 @@ async def _analyse(run: Run, frame: Grabbed, counters: Counters, started: float)
         async with services.triton.infer(run.info, [tensor]) as result:
             t2 = time.perf_counter()
             outputs = {name: value[0] for name, value in result.items()}
-            rows = await services.workers.run(pipeline.finish, run.info, outputs, box, run.args)
-        if run.tracker is not None:
-            run.tracker, rows = await services.workers.run(tracked.rows, run.tracker, rows, frame.image, run.args)
+            then = run.tracker.then(box.orig_shape, frame.image) if run.tracker is not None else None
+            rows = await services.workers.run(pipeline.finish, run.info, outputs, box, run.args, then)
     except GatewayError as exc:
         counters.failed += 1
         await run.board.write(run.lease, {"error": exc.message[:300]})
