@@ -92,7 +92,7 @@ async def open_work(app: Starlette, services: Services) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await streams.owner.close()
+        await streams.close()
         await deliveries.close()
         await secrets.close()
         await board.close()

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import orjson
@@ -27,6 +27,7 @@ from gateway.arguments import parse_args
 from gateway.errors import Forbidden, GatewayError, NotFound, ServiceUnavailable, TooManyRequests
 from gateway.keys.auth import KeyEntry
 from gateway.live import stream
+from gateway.live.relay import Relays
 from gateway.live.request import StreamRequest, parse
 from gateway.live.source import Source
 from gateway.predict import tracked
@@ -61,6 +62,12 @@ class Streams:
         self.settings = services.settings
         self.resolve = resolve
         self.owner = Owner(board, KIND, replica, self.settings.max_streams, self.settings.stream_lease_s, self._run)
+        self.relays = Relays()  # http(s) sources are read through them, every hop guarded (gateway/live/relay.py)
+
+    async def close(self) -> None:
+        """Stop this replica's runs (handing their leases back), then the readers' relays."""
+        await self.owner.close()
+        self.relays.close()
 
     async def create(self, entry: KeyEntry, body: bytes) -> tuple[dict[str, Any], str | None]:
         """A new stream for `entry` from a POST /v1/streams body; (its resource, the webhook secret when it was made
@@ -194,6 +201,11 @@ class Streams:
             check = guard.check_source(record["source"], settings.url_allow_hosts, self.resolve)
             return asyncio.run_coroutine_threadsafe(check, loop).result(settings.stream_open_timeout_s).connect
 
+        def check(url: str) -> Awaitable[guard.Checked]:
+            return guard.check_source(url, settings.url_allow_hosts, self.resolve)
+
+        timeout_s = max(settings.stream_open_timeout_s, settings.stream_read_timeout_s)
+        relay = await self.relays.open(check, timeout_s)
         source = Source(
             reopen,
             wake,
@@ -203,6 +215,7 @@ class Streams:
             args.vid_stride,
             float(record.get("fps") or 0),
             settings.max_pixels,
+            relay,
         )
         batch = None
         if record.get("webhook"):
@@ -218,6 +231,7 @@ class Streams:
             source.stop()
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(source.join, 1.0)
+            await self.relays.drop(relay)
             if batch is not None:
                 batch.tick()
 

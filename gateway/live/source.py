@@ -9,7 +9,9 @@ real time (a file or a finished HLS playlist: it declares a frame count) is pace
 
 A read that fails or times out (GATEWAY_STREAM_READ_TIMEOUT_S) closes the capture; the thread waits 0.5 s, doubled on
 each failure up to GATEWAY_STREAM_BACKOFF_MAX_S, re-checks the URL (`reopen`, the URL guard) and opens it again
-within GATEWAY_STREAM_OPEN_TIMEOUT_S. Frame indices go on counting across reconnects.
+within GATEWAY_STREAM_OPEN_TIMEOUT_S. Frame indices go on counting across reconnects. An http(s) source is read
+through the stream's relay (gateway/live/relay.py: every request FFmpeg makes, redirects and HLS segments included,
+passes the URL guard); a destination it refuses becomes the error.
 
 A reader's share of the gateway: one thread, at nice +10 (the requests' threads come first when CPU is short), with
 one FFmpeg decoding thread (FFmpeg's default is one per CPU); its memory is the decoder's and one selected frame in the
@@ -28,6 +30,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 from numpy.typing import NDArray
+
+from gateway.live.relay import Relay
 
 FIRST_BACKOFF_S = 0.5
 MAX_PACED_FPS = 240.0  # a declared rate above this is not believed (no pacing)
@@ -60,8 +64,9 @@ class Source:
         vid_stride: int = 1,
         fps: float = 0.0,
         max_pixels: int = 0,
+        relay: Relay | None = None,
     ) -> None:
-        self._reopen, self._wake = reopen, wake
+        self._reopen, self._wake, self._relay = reopen, wake, relay
         self.open_timeout_s, self.read_timeout_s, self.backoff_max_s = open_timeout_s, read_timeout_s, backoff_max_s
         self.vid_stride, self.fps, self.max_pixels = vid_stride, fps, max_pixels
         self.state = "connecting"  # connecting, running, reconnecting, stopped
@@ -114,10 +119,15 @@ class Source:
             cv2.CAP_PROP_N_THREADS,
             1,
         ]
+        if self._relay is not None and url.lower().startswith(("http://", "https://")):
+            self._relay.refused = ""
+            url = self._relay.url(url)  # FFmpeg reads it from the relay, every hop checked (gateway/live/relay.py)
         cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG, params)
         if not cap.isOpened():
             cap.release()
-            self.error = "The source could not be opened (no answer, refused, or not a stream OpenCV reads)."
+            self.error = self._refused() or (
+                "The source could not be opened (no answer, refused, or not a stream OpenCV reads)."
+            )
             return None
         width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
         if self.max_pixels and width * height > self.max_pixels:
@@ -161,8 +171,8 @@ class Source:
         opened, count = time.monotonic(), 0
         while not self._stop.is_set():
             if not cap.grab():
-                if count:
-                    self.error = "The source stopped sending frames."
+                if count or self._refused():
+                    self.error = self._refused() or "The source stopped sending frames."
                 return count > 0
             now = time.monotonic()
             count += 1
@@ -180,6 +190,10 @@ class Source:
                 if ahead > 0 and self._stop.wait(ahead):
                     break
         return count > 0
+
+    def _refused(self) -> str:
+        """Why the relay refused a destination this capture was led to (gateway/live/relay.py), or ""."""
+        return self._relay.refused if self._relay is not None else ""
 
     def _selected(self, now: float) -> bool:
         if self.fps > 0:

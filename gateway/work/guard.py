@@ -7,8 +7,8 @@ and the port must be the scheme's default or an unprivileged one: checked before
 each reconnect. A source may carry a user name and password (cameras need them); they are never shown back
 (`redacted`). RTSP and RTMP sources are then opened at the checked address, so a DNS answer that changes between the
 check and the connection can't move them; an HTTP(S) source keeps its name (TLS and virtual hosts need it), and
-FFmpeg follows its redirects and an HLS playlist's segment URLs itself: the README's Security section says what
-that leaves to the network's own rules.
+its reader connects through gateway/live/proxy.py, which checks every destination (redirects and HLS segment URLs
+too) here and connects to the checked address.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ class Checked:
     connect: str
     shown: str
     host: str
+    address: str = ""  # the first address the host resolved to (what gateway/live/proxy.py connects to)
+    port: int = 0
 
 
 def redacted(parts: SplitResult) -> str:
@@ -82,13 +84,13 @@ async def check_url(
             "with GATEWAY_URL_ALLOW_HOSTS)."
         )
     connect = raw.strip()
+    address = addresses[0].split("%", 1)[0]
     if scheme in ("rtsp", "rtmp"):
-        address = addresses[0].split("%", 1)[0]
         literal = f"[{address}]" if ":" in address else address
         auth = parts.netloc.rpartition("@")[0]
         netloc = f"{auth}@{literal}:{port}" if auth else f"{literal}:{port}"
         connect = urlunsplit((scheme, netloc, parts.path, parts.query, parts.fragment))
-    return Checked(connect, redacted(parts), host.lower())
+    return Checked(connect, redacted(parts), host.lower(), address, port)
 
 
 async def check_source(raw: str, allow_hosts: tuple[str, ...], resolve: Resolver = system_resolver) -> Checked:
