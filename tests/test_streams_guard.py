@@ -155,3 +155,33 @@ def test_an_allowed_redirect_is_followed(api: Api, tmp_path: Path) -> None:
         site.stop()
         served.stop()
     assert state["last_error"] is None, state
+
+
+def test_a_playlist_is_rewritten_so_every_uri_goes_through_the_relay() -> None:
+    from gateway.live.relay import local_url, rewrite, upstream_url
+
+    playlist = "\n".join(
+        [
+            "#EXTM3U",
+            '#EXT-X-KEY:METHOD=AES-128,URI="key.bin"',
+            '#EXT-X-MAP:URI="https://cdn.example/init.mp4"',
+            "#EXTINF:1.0,",
+            "seg0.ts",
+            "#EXTINF:1.0,",
+            "http://10.0.0.1/seg1.ts",
+            "#EXT-X-STREAM-INF:BANDWIDTH=1",
+            "../low/index.m3u8",
+        ]
+    )
+    out = rewrite(playlist, "https://example.com/live/index.m3u8", 4321).splitlines()
+    uris = [line for line in out if line and not line.startswith("#")]
+    uris += [line.split('URI="')[1].rstrip('"') for line in out if 'URI="' in line]
+    assert len(uris) == 5 and all(u.startswith("http://127.0.0.1:4321/u/") for u in uris), out
+    assert sorted(upstream_url(u.split("4321", 1)[1]) for u in uris) == [
+        "http://10.0.0.1/seg1.ts",
+        "https://cdn.example/init.mp4",
+        "https://example.com/live/key.bin",
+        "https://example.com/live/seg0.ts",
+        "https://example.com/low/index.m3u8",
+    ]
+    assert local_url(1, "http://a/b/c.m3u8").endswith("/c.m3u8")  # the name kept: FFmpeg probes by it too
