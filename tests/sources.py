@@ -4,14 +4,18 @@ test tools target installs them; outside CI a test without them is skipped with 
 
 from __future__ import annotations
 
+import http.server
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -151,3 +155,33 @@ def rtsp(folder: Path) -> Served:
     )
     wait_port(port, process)
     return Served(f"rtsp://127.0.0.1:{port}/live", process, port)
+
+
+Answer = tuple[int, dict[str, str], bytes]  # status, headers, body
+
+
+class Site:
+    """An HTTP server on 127.0.0.1 (a thread of the test process) answering each path from `routes`: an answer, or a
+    function that makes it when asked (it may wait); other paths get 404."""
+
+    def __init__(self, routes: dict[str, Answer | Callable[[], Answer]]) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                route = routes.get(self.path, (404, {}, b""))
+                status, headers, body = route() if callable(route) else route
+                self.send_response(status)
+                for name, value in {**headers, "Content-Length": str(len(body))}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -8,7 +8,6 @@ counts every TCP connection it accepts."""
 
 from __future__ import annotations
 
-import http.server
 import socket
 import threading
 from collections.abc import Iterator
@@ -45,31 +44,6 @@ class Forbidden:
 
     def stop(self) -> None:
         self.sock.close()
-
-
-class Site:
-    """An HTTP server on 127.0.0.1 answering each path from `routes`: (status, headers, body)."""
-
-    def __init__(self, routes: dict[str, tuple[int, dict[str, str], bytes]]) -> None:
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                status, headers, body = routes.get(self.path, (404, {}, b""))
-                self.send_response(status)
-                for name, value in {**headers, "Content-Length": str(len(body))}.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +90,7 @@ def _refused(api: Api, source: str, forbidden: Forbidden) -> dict[str, Any]:
 
 
 def test_a_redirect_to_a_forbidden_address_is_refused_and_never_connected(api: Api, forbidden: Forbidden) -> None:
-    site = Site({"/cam.mjpg": (302, {"Location": f"http://127.0.0.2:{forbidden.port}/cam.mjpg"}, b"")})
+    site = sources.Site({"/cam.mjpg": (302, {"Location": f"http://127.0.0.2:{forbidden.port}/cam.mjpg"}, b"")})
     try:
         state = _refused(api, f"{site.url}/cam.mjpg", forbidden)
     finally:
@@ -133,7 +107,7 @@ def test_hls_segments_on_a_forbidden_host_are_refused_and_never_connected(
         + [f"#EXTINF:1.0,\nhttp://127.0.0.2:{forbidden.port}/seg{i}.ts" for i in range(3)]
         + ["#EXT-X-ENDLIST", ""]
     ).encode()
-    site = Site({"/live.m3u8": (200, {"Content-Type": "application/vnd.apple.mpegurl"}, playlist)})
+    site = sources.Site({"/live.m3u8": (200, {"Content-Type": "application/vnd.apple.mpegurl"}, playlist)})
     try:
         state = _refused(api, f"{site.url}/live.m3u8", forbidden)
     finally:
@@ -144,7 +118,7 @@ def test_hls_segments_on_a_forbidden_host_are_refused_and_never_connected(
 def test_an_allowed_redirect_is_followed(api: Api, tmp_path: Path) -> None:
     sources.need("ffmpeg")
     served = sources.hls(tmp_path / "hls", sources.clip(tmp_path / "clip.mp4", seconds=3))
-    site = Site({"/cam.m3u8": (302, {"Location": served.url}, b"")})
+    site = sources.Site({"/cam.m3u8": (302, {"Location": served.url}, b"")})
     try:
         stream = api.create(source=f"{site.url}/cam.m3u8", fps=5)
         state = poll(

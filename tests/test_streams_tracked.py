@@ -6,7 +6,6 @@ classifier)."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import threading
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
+from tests import sources
 from tests.clips import compare_tracks, ultralytics_model, write_clip
 from tests.conftest import Gateway, start_gateway, stop_gateway
 from tests.test_streams import Api, poll
@@ -36,39 +36,26 @@ def gw(triton: launcher.TritonServer, tmp_path_factory: pytest.TempPathFactory) 
 
 
 class Held:
-    """An HTTP server on loopback serving one file once, whose answer waits for `go` (so that the test has
-    subscribed to the stream's events before its first frame is read); later requests get 404 (the stream, at the
-    file's end, reconnects and finds nothing more)."""
+    """The clip served once over HTTP on loopback, its answer held until `go` (so that the test has subscribed to the
+    stream's events before its first frame is read); later requests get 404 (the stream, at the file's end,
+    reconnects and finds nothing more)."""
 
     def __init__(self, path: Path) -> None:
         self.go = threading.Event()
         self.served = 0
-        held = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                held.served += 1
-                if held.served > 1 or not held.go.wait(60):
-                    self.send_error(404)
-                    return
-                body = path.read_bytes()
-                self.send_response(200)
-                self.send_header("Content-Type", "video/x-msvideo")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+        def answer() -> sources.Answer:
+            self.served += 1
+            if self.served > 1 or not self.go.wait(60):
+                return 404, {}, b""
+            return 200, {"Content-Type": "video/x-msvideo"}, path.read_bytes()
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/{path.name}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.site = sources.Site({f"/{path.name}": answer})
+        self.url = f"{self.site.url}/{path.name}"
 
     def stop(self) -> None:
         self.go.set()
-        self.server.shutdown()
-        self.server.server_close()
+        self.site.stop()
 
 
 def _events(api: Api, id: str, held: Held, seconds: float) -> list[dict[str, Any]]:
