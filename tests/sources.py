@@ -162,9 +162,10 @@ Answer = tuple[int, dict[str, str], bytes]  # status, headers, body
 
 class Site:
     """An HTTP server on 127.0.0.1 (a thread of the test process) answering each path from `routes`: an answer, or a
-    function that makes it when asked (it may wait); other paths get 404."""
+    function that makes it when asked (it may wait); other paths get 404. With `split`, a body is sent as its first
+    `split` bytes, then the rest a moment later (two TCP segments: a reader must not judge a body by its first)."""
 
-    def __init__(self, routes: dict[str, Answer | Callable[[], Answer]]) -> None:
+    def __init__(self, routes: dict[str, Answer | Callable[[], Answer]], split: int = 0) -> None:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802
                 route = routes.get(self.path, (404, {}, b""))
@@ -173,7 +174,11 @@ class Site:
                 for name, value in {**headers, "Content-Length": str(len(body))}.items():
                     self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(body)
+                if split:
+                    self.wfile.write(body[:split])
+                    self.wfile.flush()
+                    time.sleep(0.2)  # the server's pacing, not a test's wait
+                self.wfile.write(body[split:])
 
             def log_message(self, *args: Any) -> None:
                 pass

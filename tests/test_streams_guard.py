@@ -99,15 +99,16 @@ def test_a_redirect_to_a_forbidden_address_is_refused_and_never_connected(api: A
     assert "not allowed" in state["last_error"] and "GATEWAY_URL_ALLOW_HOSTS" in state["last_error"], state
 
 
+@pytest.mark.parametrize("split", [0, 3])  # 3: the playlist's first bytes ("#EX") arrive alone
 def test_hls_segments_on_a_forbidden_host_are_refused_and_never_connected(
-    api: Api, forbidden: Forbidden, tmp_path: Path
+    api: Api, forbidden: Forbidden, split: int
 ) -> None:
     playlist = "\n".join(
         ["#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-TARGETDURATION:1", "#EXT-X-MEDIA-SEQUENCE:0"]
         + [f"#EXTINF:1.0,\nhttp://127.0.0.2:{forbidden.port}/seg{i}.ts" for i in range(3)]
         + ["#EXT-X-ENDLIST", ""]
     ).encode()
-    site = sources.Site({"/live.m3u8": (200, {"Content-Type": "application/vnd.apple.mpegurl"}, playlist)})
+    site = sources.Site({"/live.m3u8": (200, {"Content-Type": "application/vnd.apple.mpegurl"}, playlist)}, split)
     try:
         state = _refused(api, f"{site.url}/live.m3u8", forbidden)
     finally:

@@ -38,6 +38,7 @@ from gateway.work.guard import Checked
 MAX_REDIRECTS = 5
 MAX_HEAD = 16 * 1024  # FFmpeg's request head; longer is refused
 MAX_PLAYLIST = 4 * 2**20
+SNIFF = 1024  # the body's start read before deciding what it is (a playlist, another manifest, media)
 PASSED = ("content-type", "content-length", "content-range", "accept-ranges", "last-modified")  # headers FFmpeg reads
 URI_ATTRIBUTE = re.compile(r'URI="([^"]*)"')
 OTHER_MANIFESTS = (b"<?xml", b"<MPD", b"v=0", b"ffconcat")  # DASH, SDP, concat lists: they name URLs of their own
@@ -156,7 +157,7 @@ class Relay:
                     url = urljoin(url, response.headers.get("location", ""))
                     continue
                 chunks = response.aiter_raw()
-                first = await anext(chunks, b"")
+                first = await _sniffed(chunks)
                 start = first.lstrip(b"\xef\xbb\xbf \t\r\n")
                 if start.startswith(b"#EXTM3U"):
                     text = (first + await _rest(chunks)).decode("utf-8", "replace")
@@ -210,6 +211,17 @@ class Relay:
             return await self._client.send(request, stream=True)
         except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
             raise Refused(502, f"The source could not be fetched ({type(exc).__name__}).") from None
+
+
+async def _sniffed(chunks: AsyncIterator[bytes]) -> bytes:
+    """The body's first SNIFF bytes at least (all of it when shorter), however the server splits it: a playlist
+    sent a few bytes at a time must still be seen as one."""
+    out = b""
+    async for chunk in chunks:
+        out += chunk
+        if len(out) >= SNIFF:
+            break
+    return out
 
 
 async def _rest(chunks: AsyncIterator[bytes]) -> bytes:
