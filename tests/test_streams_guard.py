@@ -8,6 +8,7 @@ counts every TCP connection it accepts."""
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -140,6 +141,7 @@ def test_a_playlist_is_rewritten_so_every_uri_goes_through_the_relay() -> None:
             "#EXTM3U",
             '#EXT-X-KEY:METHOD=AES-128,URI="key.bin"',
             '#EXT-X-MAP:URI="https://cdn.example/init.mp4"',
+            "#EXT-X-MEDIA:TYPE=AUDIO,URI=http://10.0.0.2/audio.m3u8,NAME=a",  # unquoted: FFmpeg reads it too
             "#EXTINF:1.0,",
             "seg0.ts",
             "#EXTINF:1.0,",
@@ -150,10 +152,11 @@ def test_a_playlist_is_rewritten_so_every_uri_goes_through_the_relay() -> None:
     )
     out = rewrite(playlist, "https://example.com/live/index.m3u8", 4321).splitlines()
     uris = [line for line in out if line and not line.startswith("#")]
-    uris += [line.split('URI="')[1].rstrip('"') for line in out if 'URI="' in line]
-    assert len(uris) == 5 and all(u.startswith("http://127.0.0.1:4321/u/") for u in uris), out
+    uris += [uri for line in out if line.startswith("#") for uri in re.findall(r'URI="([^"]*)"', line)]
+    assert len(uris) == 6 and all(u.startswith("http://127.0.0.1:4321/u/") for u in uris), out
     assert sorted(upstream_url(u.split("4321", 1)[1]) for u in uris) == [
         "http://10.0.0.1/seg1.ts",
+        "http://10.0.0.2/audio.m3u8",
         "https://cdn.example/init.mp4",
         "https://example.com/live/key.bin",
         "https://example.com/live/seg0.ts",

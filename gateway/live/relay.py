@@ -40,7 +40,7 @@ MAX_HEAD = 16 * 1024  # FFmpeg's request head; longer is refused
 MAX_PLAYLIST = 4 * 2**20
 SNIFF = 1024  # the body's start read before deciding what it is (a playlist, another manifest, media)
 PASSED = ("content-type", "content-length", "content-range", "accept-ranges", "last-modified")  # headers FFmpeg reads
-URI_ATTRIBUTE = re.compile(r'URI="([^"]*)"')
+URI_ATTRIBUTE = re.compile(r'URI=(?:"([^"]*)"|([^",\s]+))')  # quoted or not: FFmpeg reads both
 OTHER_MANIFESTS = (b"<?xml", b"<MPD", b"v=0", b"ffconcat")  # DASH, SDP, concat lists: they name URLs of their own
 
 LOOKUP_THREADS = 2  # name lookups of all relays at once (a slow DNS answer holds one)
@@ -85,7 +85,7 @@ def rewrite(playlist: str, base: str, port: int) -> str:
         if text and not text.startswith("#"):
             line = local_url(port, urljoin(base, text))
         elif text.startswith("#"):
-            line = URI_ATTRIBUTE.sub(lambda m: f'URI="{local_url(port, urljoin(base, m.group(1)))}"', line)
+            line = URI_ATTRIBUTE.sub(lambda m: f'URI="{local_url(port, urljoin(base, m[1] or m[2] or ""))}"', line)
         out.append(line)
     return "\n".join(out) + "\n"
 
