@@ -56,9 +56,9 @@ def gw(triton: launcher.TritonServer, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture
 def api(gw: Gateway) -> Api:
-    from gateway.keys.auth import create_key
+    from gateway.keys.auth import KeyDraft, create_key
 
-    _, key = create_key(gw.keys_file, "guard")
+    _, key = create_key(gw.keys_file, KeyDraft("guard"))
     return Api(gw.url, key)
 
 

@@ -107,9 +107,9 @@ def _decoded(path: Path) -> list[NDArray[np.uint8]]:
 def test_tracked_stream_ids_and_boxes_are_ultralytics_track_on_the_analysed_frames(
     gw: Gateway, trained: Path, tmp_path: Path, tracker: str
 ) -> None:
-    from gateway.keys.auth import create_key
+    from gateway.keys.auth import KeyDraft, create_key
 
-    _, key = create_key(gw.keys_file, f"tracked-{tracker}")
+    _, key = create_key(gw.keys_file, KeyDraft(f"tracked-{tracker}"))
     api = Api(gw.url, key)
     clip = write_clip(tmp_path / "bus.avi", "bus", FRAMES)
     held = Held(clip)
