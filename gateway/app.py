@@ -12,7 +12,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Mount, Route
 
-from gateway.api import admin, live, models, routes, web
+from gateway.api import admin, jobs, live, models, routes, web
 from gateway.api.failures import HANDLERS
 from gateway.keys.store import open_store
 from gateway.metrics import Metrics
@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *models.routes(),
         *admin.routes(),
         *live.routes(),
+        *jobs.routes(),
         *web.routes(),
         Route("/openapi.json", routes.openapi_json, methods=["GET"]),
         Route("/metrics", routes.metrics, methods=["GET"]),
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 async def open_work(app: Starlette, services: Services) -> AsyncIterator[None]:
     """Leased work (live streams) and its webhooks: the board and secrets in Redis when the keys are,
     else in this process (gateway/work/board.py); this replica starts claiming at once and hands back at the end."""
+    from gateway.jobs.service import Jobs
     from gateway.live.service import Streams
 
     settings = services.settings
@@ -87,11 +89,14 @@ async def open_work(app: Starlette, services: Services) -> AsyncIterator[None]:
     deliveries = Deliveries(settings, secrets)
     streams = Streams(services, board, secrets, deliveries, replica)
     app.state.streams, app.state.secrets = streams, secrets
+    app.state.jobs = video_jobs = Jobs(services, board, secrets, deliveries, replica)
     deliveries.start()
     streams.owner.start()
+    video_jobs.start()
     try:
         yield
     finally:
+        await video_jobs.close()
         await streams.close()
         await deliveries.close()
         await secrets.close()

@@ -32,7 +32,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # the gateway, top to bottom
     ("gateway.app", "gateway.server"),  # wiring; uvicorn's protocol
     ("gateway.api",),  # HTTP: routes, forms, admin, OpenAPI, the page
-    ("gateway.live",),  # live streams (leased work)
+    ("gateway.live", "gateway.jobs"),  # live streams and video jobs (leased work)
     ("gateway.work",),  # leased work's shared state: records, leases, owners, URL guard, webhooks
     ("gateway.predict",),  # one prediction request: images, videos, answers, URL fetch
     ("gateway.services",),  # what requests share; one admitted prediction

@@ -33,6 +33,7 @@ from gateway.modelcard import ModelInfo
 from gateway.predict import responses, tracked
 from gateway.predict.responses import FrameOutcome
 from gateway.services import Prediction, Services
+from gateway.settings import Settings
 from gateway.vision import pipeline, videofile, videoreader
 from gateway.vision.videofile import Control, Scan
 from gateway.vision.videoreader import Frame, Reader
@@ -86,14 +87,11 @@ async def respond(
     path = await pool.run(videofile.spool, upload.file, container)
     stack.callback(videofile.remove, path)
     await upload.close()  # the form's copy (in memory or in TMPDIR) is not needed once spooled
-    cap, meta, found = await pool.run(videofile.open_video, path, container, args.vid_stride, settings, control)
-    stack.callback(cap.release)
-    decoder = Hold(services.budget, prediction.entry.id)  # the decoder's frames, held from the first frame to the last
-    stack.callback(decoder.release)
-    await decoder.reserve(found.decoder_bytes(settings.max_pixels))
-    reader = Reader(cap, meta, control, seek=found.seekable and args.vid_stride >= videoreader.SEEK_STRIDE)
+    reader, found = await open_reader(services, path, container, args, control, stack, prediction.entry.id)
     tracker = tracked.Tracker.start(info, args) if args.track else None
-    frames = _frames(services, info, reader, found, args, prediction.charge_frames, prediction.entry.id, tracker)
+    frames = analysed_frames(
+        services, info, reader, found, args, prediction.charge_frames, prediction.entry.id, tracker
+    )
     stack.push_async_callback(frames.aclose)
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
     if args.stream:
@@ -125,6 +123,29 @@ def video_too_large(limit: int) -> GatewayError:
     )
 
 
+async def open_reader(
+    services: Services,
+    path: str,
+    container: str,
+    args: PredictArgs,
+    control: Control,
+    stack: contextlib.AsyncExitStack,
+    key: str,
+    limits: Settings | None = None,
+) -> tuple[Reader, Scan]:
+    """The video at `path` opened for reading (its capture and the decoder's memory, reserved for `key`, released by
+    `stack`), and what its scan found; `limits`: the settings its limits come from (the service's by default)."""
+    settings = limits or services.settings
+    pool = services.video_workers or services.workers
+    cap, meta, found = await pool.run(videofile.open_video, path, container, args.vid_stride, settings, control)
+    stack.callback(cap.release)
+    decoder = Hold(services.budget, key)  # the decoder's frames, held from the first frame to the last
+    stack.callback(decoder.release)
+    await decoder.reserve(found.decoder_bytes(settings.max_pixels))
+    reader = Reader(cap, meta, control, seek=found.seekable and args.vid_stride >= videoreader.SEEK_STRIDE)
+    return reader, found
+
+
 def _chunk_bytes(found: Scan, info: ModelInfo, size: int, count: int, max_pixels: int, keep: bool = False) -> int:
     """Memory one chunk holds at its peak besides the decoder's frames (`Scan.decoder_bytes`): the decoded frame in
     BGR and its copy, and `count` model inputs (and, `keep`, the `count` decoded frames BoT-SORT needs). The largest
@@ -135,7 +156,7 @@ def _chunk_bytes(found: Scan, info: ModelInfo, size: int, count: int, max_pixels
     return pixels * 3 * 2 + count * side * side * 3 * item + (count * pixels * 3 if keep else 0)
 
 
-async def _frames(
+async def analysed_frames(
     services: Services,
     info: ModelInfo,
     reader: Reader,
@@ -144,11 +165,13 @@ async def _frames(
     charge: Callable[[int], Awaitable[None]],
     key: str,
     tracker: tracked.Tracker | None = None,
+    limits: Settings | None = None,
 ) -> AsyncGenerator[FrameOutcome, None]:
     """Each analysed frame's outcome in order (its memory reserved for `key`; tracked by `tracker`, frame after
     frame, when given); raises at the end when a limit stopped reading (PayloadTooLarge) or the video broke off
-    (UnprocessableImage)."""
-    settings = services.settings
+    (UnprocessableImage). `charge(n)` takes n more tokens (the first frame is paid for by the request's own);
+    `limits`: the settings the frame limits come from (the service's by default: a job's are larger)."""
+    settings = limits or services.settings
     pool = services.video_workers or services.workers
     rect = settings.letterbox == "rect"
     batch = max(info.max_batch_size, 1)

@@ -57,10 +57,10 @@ def sniff(head: bytes) -> str | None:
 SUFFIX = {"MP4/MOV": ".mp4", "WebM/MKV": ".mkv", "AVI": ".avi"}  # FFmpeg probes the bytes; the name is only a hint
 
 
-def spool(source: IO[bytes], container: str) -> str:
-    """Copy the upload to a named temporary file (in TMPDIR) for FFmpeg, which reads files by name; returns its path.
-    The caller deletes it (`remove`)."""
-    fd, path = tempfile.mkstemp(prefix=f"{PREFIX}{os.getpid()}-", suffix=SUFFIX[container])
+def spool(source: IO[bytes], container: str, folder: str | None = None) -> str:
+    """Copy the upload to a named temporary file (in `folder`, by default TMPDIR) for FFmpeg, which reads files by
+    name; returns its path. The caller deletes it (`remove`)."""
+    fd, path = tempfile.mkstemp(prefix=f"{PREFIX}{os.getpid()}-", suffix=SUFFIX[container], dir=folder)
     try:
         with os.fdopen(fd, "wb") as out:
             source.seek(0)

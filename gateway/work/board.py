@@ -10,12 +10,16 @@ The protocol, the same on both (`kind` is "stream"; each record is a flat str ->
   grows with every acquisition; `renew` extends it and says whether the record asks its owner to stop;
 - every write an owner makes (`write`, `publish`) is fenced: applied only while the lease still holds the
   owner's token, so an owner that lost its lease (paused, partitioned) can no longer change what its successor owns;
+- `retire` finishes an active record (a job done, failed or cancelled): its last fields written, out of the active
+  sets (no owner claims it, its key's cap no longer counts it) and into the finished ones (`finished` lists them)
+  until `remove`;
 - `remove` deletes a record and ends its subscriptions;
 - `subscribe` yields the messages `publish` sends on a record's channel, from any replica.
 
 Key layout in Redis (prefix `yt:work:`): `<kind>:<id>` hash (the record), `<kind>:active` set (ids a replica must
 run), `<kind>:key:<key id>` set (a key's active ids), `<kind>:lease:<id>` string "<owner> <token>" with PX ttl,
-`<kind>:fence:<id>` counter (the last token), and the pub/sub channel
+`<kind>:fence:<id>` counter (the last token), `<kind>:done` and `<kind>:done:<key id>` sets (retired ids), and the
+pub/sub channel
 `yt:work:<kind>:events:<id>`.
 """
 
@@ -92,6 +96,16 @@ class Board(Protocol):
         """Delete the record, its lease and fence; its subscribers get b"" (the end)."""
         ...
 
+    async def retire(self, kind: str, id: str, key: str, fields: Fields, lease: Lease | None = None) -> bool:
+        """Finish an active record: write `fields`, move it from the active sets to the finished ones. With `lease`:
+        fenced, releases the lease, and refused when the record asks for a stop (a cancel wins over a late finish);
+        without: refused when it is no longer active (a finish wins over a late cancel). False when refused."""
+        ...
+
+    async def finished(self, kind: str, key: str | None = None) -> list[str]:
+        """The retired ids of `kind` (of one key when `key` is given) not yet removed."""
+        ...
+
     def subscribe(self, kind: str, id: str) -> contextlib.AbstractAsyncContextManager[AsyncIterator[bytes | None]]:
         """The record's messages as they are published (b"" when the record is removed; None after TICK_S without
         any)."""
@@ -115,6 +129,7 @@ class MemoryBoard:
     _leases: dict[tuple[str, str], _Held] = field(default_factory=dict)
     _fences: dict[tuple[str, str], int] = field(default_factory=dict)
     _subscribers: dict[tuple[str, str], set[asyncio.Queue[bytes]]] = field(default_factory=dict)
+    _done: dict[tuple[str, str], set[str]] = field(default_factory=dict)  # (kind, key id or "") -> retired ids
 
     async def close(self) -> None:
         return None
@@ -202,7 +217,27 @@ class MemoryBoard:
             table.pop(name, None)
         self._active.get(kind, set()).discard(id)
         self._by_key.get((kind, key), set()).discard(id)
+        for group in ("", key):
+            self._done.get((kind, group), set()).discard(id)
         self._send(name, b"")
+
+    async def retire(self, kind: str, id: str, key: str, fields: Fields, lease: Lease | None = None) -> bool:
+        found = self._record(kind, id)
+        if found is None or id not in self._active.get(kind, set()):
+            return False
+        if lease is not None:
+            if not self._holds(lease) or found.get("stop"):
+                return False
+            del self._leases[(kind, id)]
+        found.update(fields)
+        self._active[kind].discard(id)
+        self._by_key.get((kind, key), set()).discard(id)
+        for group in ("", key):
+            self._done.setdefault((kind, group), set()).add(id)
+        return True
+
+    async def finished(self, kind: str, key: str | None = None) -> list[str]:
+        return sorted(self._done.get((kind, key or ""), set()))
 
     @contextlib.asynccontextmanager
     async def subscribe(self, kind: str, id: str) -> AsyncIterator[AsyncIterator[bytes | None]]:

@@ -85,6 +85,24 @@ end
 redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 """
+# KEYS: record, active, key's set, done, key's done, lease; ARGV: id, lease value ("" = none), field/value pairs.
+RETIRE_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then
+  return 0
+end
+if ARGV[2] ~= '' then
+  if redis.call('GET', KEYS[6]) ~= ARGV[2] or redis.call('HGET', KEYS[1], 'stop') then
+    return 0
+  end
+  redis.call('DEL', KEYS[6])
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('SADD', KEYS[4], ARGV[1])
+redis.call('SADD', KEYS[5], ARGV[1])
+return 1
+"""
 
 
 def _name(kind: str, part: str, id: str = "") -> str:
@@ -158,8 +176,21 @@ class RedisBoard:
             pipe.delete(f"{NS}{kind}:{id}", *(_name(kind, part, id) for part in ("lease", "fence")))
             pipe.srem(_name(kind, "active"), id)
             pipe.srem(_name(kind, "key", key), id)
+            pipe.srem(_name(kind, "done"), id)
+            pipe.srem(_name(kind, "done", key), id)
             pipe.publish(_name(kind, "events", id), b"")
             await pipe.execute()
+
+    async def retire(self, kind: str, id: str, key: str, fields: Fields, lease: Lease | None = None) -> bool:
+        keys = [f"{NS}{kind}:{id}", _name(kind, "active"), _name(kind, "key", key), _name(kind, "done"),
+                _name(kind, "done", key), _name(kind, "lease", id)]  # fmt: skip
+        value = lease.value if lease is not None else ""
+        return bool(await self._eval(RETIRE_LUA, keys, [id, value, *_pairs(fields)]))
+
+    async def finished(self, kind: str, key: str | None = None) -> list[str]:
+        name = _name(kind, "done") if key is None else _name(kind, "done", key)
+        members: set[Any] = await self._redis.smembers(name)
+        return sorted(_text(m) for m in members)
 
     @contextlib.asynccontextmanager
     async def subscribe(self, kind: str, id: str) -> AsyncIterator[AsyncIterator[bytes | None]]:

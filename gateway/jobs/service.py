@@ -1,0 +1,292 @@
+"""Video jobs: what the routes ask (submit, read, list, result, cancel or delete) and how this replica runs the jobs
+it owns (gateway/work/owner.py claims them through their lease; gateway/jobs/run.py runs one).
+
+A job is a record of kind "job" on the board (gateway/work/board.py), the same machinery as live streams: active
+(queued, then running) until its run retires it as done or failed, or a DELETE retires it as cancelled; finished
+jobs stay on the board, with their result file, until `expires` (GATEWAY_JOB_RESULT_TTL_S after they finished),
+and are then deleted (by whichever replica sweeps or reads them first). The video and the result live in
+GATEWAY_JOBS_DIR, which every replica must see. With Redis a job survives its gateway: when the owner dies, its
+lease lapses and another replica (or the restarted one) runs the job again from its first frame; without Redis the
+board is in the process and a restart forgets its jobs.
+
+Record fields: key (the key id), model (as sent), args (JSON: the prediction arguments as strings), container,
+video (its path), frames_total, webhook, webhook_shown, created, started, finished, expires (Unix s), state
+(queued|running|done|failed|cancelled), error, status (the HTTP status the error would have had), frames_done, fps,
+charged (tokens paid), runs, owner, token, stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from starlette.datastructures import UploadFile
+
+from gateway.dialects import DIALECTS
+from gateway.errors import BadRequest, GatewayError, NotFound, TooManyRequests, UnsupportedMediaType
+from gateway.jobs import run
+from gateway.keys.auth import KeyEntry
+from gateway.predict import tracked, video
+from gateway.predict.fetch import Resolver, system_resolver
+from gateway.services import Services
+from gateway.vision import videofile
+from gateway.vision.videofile import Control
+from gateway.work import guard
+from gateway.work.board import Board, Lease
+from gateway.work.owner import Owner
+from gateway.work.signing import Secrets
+from gateway.work.webhooks import Deliveries
+
+log = logging.getLogger("gateway")
+KIND = "job"
+SWEEP_S = 10.0  # expired jobs are looked for this often (a read of an expired job deletes it at once)
+UNFINISHED = ("queued", "running")
+HUB = DIALECTS["hub"]
+OWN = ("model", "webhook")  # the job's own fields; the rest are the video route's arguments
+
+
+class Jobs:
+    """The video jobs of this replica's app (see the module docstring)."""
+
+    def __init__(
+        self,
+        services: Services,
+        board: Board,
+        secrets_: Secrets,
+        deliveries: Deliveries,
+        replica: str,
+        resolve: Resolver = system_resolver,
+    ) -> None:
+        self.services, self.board, self.secrets, self.deliveries = services, board, secrets_, deliveries
+        self.settings = services.settings
+        self.resolve = resolve
+        self.owner = Owner(board, KIND, replica, self.settings.max_jobs, self.settings.stream_lease_s, self._run)
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self.owner.start()
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="jobs-sweeper")
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        await self.owner.close()
+
+    async def create(
+        self, entry: KeyEntry, uploads: list[UploadFile], fields: dict[str, str]
+    ) -> tuple[dict[str, Any], str | None]:
+        """A new job for `entry` from a POST /v1/jobs form (the key's scope for `model` already checked); (its
+        resource, the webhook secret when it was made just now, else None). Everything is checked before it is
+        queued: the arguments, the video's container, size, duration and frames, the webhook URL."""
+        settings = self.settings
+        if len(uploads) != 1:
+            raise BadRequest("Send the video as one 'file' part (curl: -F \"file=@video.mp4\"), and nothing else.")
+        if fields.get("url") or fields.get("source"):
+            raise BadRequest("A job's video is sent as a 'file' part; 'url' and 'source' are not taken by jobs.")
+        model = fields["model"]
+        info = await self.services.model(model)
+        args = HUB.parse({k: v for k, v in fields.items() if k not in OWN}, info.imgsz)
+        if args.format != "json":
+            raise BadRequest("A job's result is JSON (NDJSON, one line per frame): send it without 'format'.")
+        tracked.check(info, args)
+        if args.sequence:
+            raise BadRequest("'sequence' continues tracks across image requests; a job's video is tracked within "
+                             "itself: send track=true without 'sequence'.")  # fmt: skip
+        upload = uploads[0]
+        container = await video.container_of(uploads)
+        if container is None:
+            raise UnsupportedMediaType(
+                "The file is not a video this gateway reads: send an MP4/MOV, AVI or WebM/MKV file as 'file'."
+            )
+        if (upload.size if upload.size is not None else settings.max_video_bytes + 1) > settings.max_video_bytes:
+            raise video.video_too_large(settings.max_video_bytes)
+        webhook = fields.get("webhook", "").strip()
+        hook = await guard.check_webhook(webhook, settings.url_allow_hosts, self.resolve) if webhook else None
+        pool = self.services.video_workers or self.services.workers
+        path = await pool.run(videofile.spool, upload.file, container, str(settings.jobs_dir))
+        try:
+            control = Control(time.monotonic() + settings.video_timeout_s, settings.video_timeout_s,
+                              "GATEWAY_VIDEO_TIMEOUT_S")  # fmt: skip
+            cap, meta, _ = await pool.run(
+                videofile.open_video, path, container, args.vid_stride, run.limits(settings), control
+            )  # refused now rather than in an hour: a video that does not open, too long, too many frames
+            cap.release()
+            secret = None
+            if hook is not None:
+                made, fresh = await self.secrets.ensure(entry.id)
+                secret = made if fresh else None
+            id = f"job_{int(time.time() * 1000):012x}{secrets.token_hex(6)}"  # sorted ids: queued first, run first
+            record = {
+                "key": entry.id,
+                "model": model,
+                "args": _json({k: v for k, v in fields.items() if k not in OWN}),
+                "container": container,
+                "video": path,
+                "frames_total": str(meta.frames),
+                "webhook": webhook,
+                "webhook_shown": hook.shown if hook else "",
+                "created": f"{time.time():.3f}",
+                "state": "queued",
+                "error": "",
+                "frames_done": "0",
+                "runs": "0",
+            }
+            if not await self.board.create(KIND, id, entry.id, record, settings.max_jobs_per_key):
+                raise TooManyRequests(
+                    f"This API key already has {settings.max_jobs_per_key} unfinished jobs "
+                    "(GATEWAY_MAX_JOBS_PER_KEY): wait for one to finish, or DELETE /v1/jobs/{id} one.",
+                    5,
+                )
+        except BaseException:
+            videofile.remove(path)
+            raise
+        await self.owner.claim(id)  # this replica starts it when it has room; else the next free replica does
+        return public(id, record), secret  # as queued: its run may have begun already (GET says so)
+
+    async def _mine(self, entry: KeyEntry, id: str) -> dict[str, str]:
+        record = await self.board.read(KIND, id) if id.startswith("job_") and len(id) < 64 else None
+        if record is None or record.get("key") != entry.id:
+            raise NotFound(f"No job with id '{id[:64]}' for this API key. GET /v1/jobs lists yours.")
+        if _expired(record):
+            await self._delete(id, record)
+            raise NotFound(
+                f"Job '{id}' finished more than {self.settings.job_result_ttl_s:g} s ago (GATEWAY_JOB_RESULT_TTL_S): "
+                "its result expired and was deleted. Submit the video again."
+            )
+        return record
+
+    async def get(self, entry: KeyEntry, id: str) -> dict[str, Any]:
+        return public(id, await self._mine(entry, id))
+
+    async def list(self, entry: KeyEntry) -> list[dict[str, Any]]:
+        out = []
+        for id in await self.board.active(KIND, entry.id) + await self.board.finished(KIND, entry.id):
+            record = await self.board.read(KIND, id)
+            if record is not None and not _expired(record):
+                out.append(public(id, record))
+        return sorted(out, key=lambda job: job["id"])
+
+    async def result(self, entry: KeyEntry, id: str) -> str:
+        """The path of a finished job's result (NDJSON); BadRequest while it is not finished."""
+        record = await self._mine(entry, id)
+        if record.get("state") not in ("done", "failed"):
+            raise BadRequest(
+                f"Job '{id}' is {record.get('state')}: its result is there once it is done. GET /v1/jobs/{id} shows "
+                "its progress (or give a webhook to be told)."
+            )
+        path = run.result_path(self.settings, id)
+        if not await asyncio.to_thread(path.exists):
+            raise NotFound(f"Job '{id}' failed before its first frame, so it has no result: {record.get('error')}")
+        return str(path)
+
+    async def delete(self, entry: KeyEntry, id: str) -> dict[str, Any]:
+        """Cancel a queued or running job (kept, as cancelled, until it expires), or delete a finished one."""
+        record = await self._mine(entry, id)
+        if record.get("state") in UNFINISHED:
+            await self.board.update(KIND, id, {"stop": "1"})  # the owner sees it within a second, and stops
+            now = time.time()
+            fields = {"state": "cancelled", "finished": f"{now:.3f}", "expires": self._expires(now)}
+            if await self.board.retire(KIND, id, entry.id, fields):
+                await asyncio.to_thread(videofile.remove, record["video"])
+                return public(id, {**record, **fields})
+            record = await self.board.read(KIND, id) or record  # it finished just now: deleted below
+        await self._delete(id, record)
+        return {**public(id, record), "state": "deleted"}
+
+    def _expires(self, now: float) -> str:
+        return f"{now + self.settings.job_result_ttl_s:.3f}"
+
+    async def _delete(self, id: str, record: dict[str, str]) -> None:
+        await self.board.remove(KIND, id, record.get("key", ""))
+        await asyncio.to_thread(_remove_files, self.settings.jobs_dir, id, record.get("video", ""))
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            try:
+                for id in await self.board.finished(KIND):
+                    record = await self.board.read(KIND, id)
+                    if record is not None and _expired(record):
+                        await self._delete(id, record)
+            except Exception as exc:  # the shared state unreachable: the next sweep tries again
+                log.warning("jobs sweep: %s", exc)
+
+    async def _run(self, record: dict[str, str], lease: Lease) -> None:
+        """Run one job while this replica holds its lease (gateway/jobs/run.py), then retire it and tell its
+        webhook. A run that ends without a verdict (lease lost, cancelled) writes nothing more."""
+        board = self.board
+        found = await self.services.store.get_key(record["key"])
+        runs = str(int(record.get("runs") or 0) + 1)
+        if not await board.write(lease, {"state": "running", "started": f"{time.time():.3f}", "runs": runs}):
+            return
+        final: dict[str, str]
+        if found is None or found.revoked:
+            final = {"state": "failed", "error": "The job's API key was revoked.", "status": "401"}
+        else:
+            try:
+                final = await run.run(self.services, board, lease, record, found)
+            except GatewayError as exc:  # the model is gone, memory for the decoder, a video that no longer opens
+                final = {"state": "failed", "error": exc.message[:500], "status": str(HUB.status(exc))}
+            if not final:
+                return
+        now = time.time()
+        final |= {"finished": final.get("finished") or f"{now:.3f}", "expires": self._expires(now)}
+        if not await board.retire(KIND, lease.id, record["key"], final, lease):
+            return  # cancelled meanwhile, or the lease was lost: the record is someone else's now
+        lease.lost = True  # retired: the lease is gone with it (nothing for the owner to release)
+        await asyncio.to_thread(_remove_files, self.settings.jobs_dir, lease.id, record["video"], "*.part")
+        if record.get("webhook"):
+            done = public(lease.id, {**record, **final})
+            self.deliveries.offer(record["key"], record["webhook"], {"type": f"job.{final['state']}", "job": done})
+
+
+def _expired(record: dict[str, str]) -> bool:
+    return bool(record.get("expires")) and float(record["expires"]) <= time.time()
+
+
+def _remove_files(folder: Path, id: str, path: str, pattern: str = "*") -> None:
+    """A job's files: its video, and its result and runs' unfinished parts (those `pattern` matches)."""
+    if path:
+        videofile.remove(path)
+    for found in folder.glob(f"{id}.{pattern}"):
+        videofile.remove(str(found))
+
+
+def _json(value: dict[str, str]) -> str:
+    return orjson.dumps(value).decode()
+
+
+def public(id: str, record: dict[str, str]) -> dict[str, Any]:
+    """The job resource."""
+    state = record.get("state", "")
+    finished = state in ("done", "failed")
+
+    def seconds(name: str) -> float | None:
+        return float(record[name]) if record.get(name) else None
+
+    return {
+        "id": id,
+        "state": state,
+        "model": record.get("model", ""),
+        "progress": run.public_progress(record),
+        "created": seconds("created"),
+        "started": seconds("started"),
+        "finished": seconds("finished"),
+        "expires": seconds("expires"),
+        "runs": int(record.get("runs") or 0),
+        "owner": (record.get("owner") or None) if state in UNFINISHED else None,
+        "error": record.get("error") or None,
+        "error_status": int(record["status"]) if record.get("status") else None,
+        "webhook": record.get("webhook_shown") or None,
+        "status_url": f"/v1/jobs/{id}",
+        "result": f"/v1/jobs/{id}/result" if finished else None,
+    }

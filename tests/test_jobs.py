@@ -1,0 +1,279 @@
+"""Video jobs (POST /v1/jobs) against the real Triton and real gateways over sockets: a job's result equals
+Ultralytics' own predictions and the synchronous video route's answer (tracked too); a job is cancelled, capped per
+key, expires, tells its webhook (signed), is checked up front and hidden from other keys; with Redis, a job whose
+owner is SIGKILLed mid-run is finished by another replica, complete (measured: POST to 202, job fps against the
+video route's, takeover time)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from gateway.work import signing
+from tests.conftest import Gateway, start_gateway, stop_gateway
+from tests.test_redis import cli
+from tests.test_streams import Api, Receiver, poll
+from tests.test_video import CONF, _frames_match, _wh, reference, write_video
+from tritonlocal import launcher, redisserver
+
+__all__ = ["reference"]  # the fixture, shared with tests/test_video.py
+
+ARGS = {"model": "yolov8n", "confidence": CONF, "iou": 0.7, "size": 320}
+
+
+class Jobs(Api):
+    def submit(self, clip: Path, **fields: Any) -> requests.Response:
+        files = {"file": (clip.name, clip.read_bytes())}
+        return self.call("POST", "/v1/jobs", files=files, data=fields, timeout=120)
+
+    def job(self, id: str) -> dict[str, Any]:
+        r = self.call("GET", f"/v1/jobs/{id}")
+        assert r.status_code == 200, r.text
+        return r.json()["data"]  # type: ignore[no-any-return]
+
+    def finished(self, id: str, seconds: float = 120) -> dict[str, Any]:
+        return poll(f"job {id} finished", lambda: (j := self.job(id))["state"] not in ("queued", "running") and j,
+                    seconds)  # fmt: skip
+
+    def lines(self, id: str) -> list[dict[str, Any]]:
+        r = self.call("GET", f"/v1/jobs/{id}/result")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson"), r.text
+        return [json.loads(line) for line in r.text.splitlines()]
+
+    def video_route(self, clip: Path, **fields: Any) -> list[dict[str, Any]]:
+        """The synchronous v1 video route's streamed answer (stream=true): one line per frame, the end line last."""
+        fields = {**fields, "stream": "true"}
+        files = {"file": (clip.name, clip.read_bytes())}
+        r = self.call("POST", f"/v1/predict/{fields.pop('model')}", files=files, data=fields, timeout=300)
+        assert r.status_code == 200, r.text
+        return [json.loads(line) for line in r.text.splitlines()]
+
+
+def _key(gw: Gateway, name: str) -> Jobs:
+    from gateway.keys.auth import create_key
+
+    _, key = create_key(gw.keys_file, name)
+    return Jobs(gw.url, key)
+
+
+@pytest.fixture(scope="module")
+def gw(triton: launcher.TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    folder = tmp_path_factory.mktemp("jobs-gw")
+    gateway = start_gateway(triton, folder, jobs_dir=str(folder / "jobs"), url_allow_hosts="127.0.0.1")
+    yield gateway
+    stop_gateway(gateway)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("jobs-clips")
+    return {
+        "mp4": write_video(out / "bus.mp4", "mp4v", 9, (250, 170)),
+        "long": write_video(out / "zidane-long.avi", "MJPG", 240, (320, 184), "zidane.jpg"),
+    }
+
+
+def test_a_job_result_equals_ultralytics_and_the_video_route(
+    gw: Gateway, clips: dict[str, Path], reference: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    api = _key(gw, "parity")
+    clip = clips["mp4"]
+    t0 = time.perf_counter()
+    r = api.submit(clip, **ARGS)
+    accepted_s = time.perf_counter() - t0
+    assert r.status_code == 202, r.text
+    job = r.json()["data"]
+    assert job["state"] == "queued" and r.headers["location"] == f"/v1/jobs/{job['id']}" == job["status_url"]
+    done = api.finished(job["id"])
+    assert done["state"] == "done" and done["error"] is None, done
+    assert done["progress"]["frames_done"] == done["progress"]["frames_total"] == 9 and done["runs"] == 1
+    lines = api.lines(job["id"])
+    frames, end = lines[:-1], lines[-1]
+    _frames_match(frames, reference("yolov8n", clip, 1, 320), 1, _wh(clip), "data")  # asserts detections exist
+    assert end["done"] is True and end["success"] is True and end["video"]["frames"] == 9
+    assert lines == api.video_route(clip, **ARGS)  # the same frames, rows and end line as the synchronous route
+    with capsys.disabled():
+        print(f"\n[jobs] POST /v1/jobs to 202 for a {clip.stat().st_size // 1024} KiB clip: {accepted_s * 1000:.0f} ms")
+
+
+def test_a_tracked_job_equals_the_tracked_video_route(gw: Gateway, clips: dict[str, Path]) -> None:
+    api = _key(gw, "tracked")
+    fields = {**ARGS, "track": "true", "vid_stride": 4}
+    r = api.submit(clips["long"], **fields)
+    assert r.status_code == 202, r.text
+    assert api.finished(r.json()["data"]["id"])["state"] == "done"
+    lines = api.lines(r.json()["data"]["id"])
+    ids = [row["track_id"] for line in lines[:-1] for row in line["data"]]
+    assert len(ids) > 10 and all(isinstance(i, int) for i in ids)  # tracked rows, with detections
+    assert lines == api.video_route(clips["long"], **fields)
+
+
+def test_bad_submissions_are_json_errors_naming_the_fix(gw: Gateway, clips: dict[str, Path], tmp_path: Path) -> None:
+    api = _key(gw, "bad")
+    photo = tmp_path / "photo.jpg"
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(photo), np.full((64, 64, 3), 128, np.uint8))
+    cases = [
+        (api.submit(clips["mp4"], confidence=0.5), 400, "Missing 'model'"),
+        (api.submit(photo, model="yolov8n"), 415, "not a video"),
+        (api.submit(clips["mp4"], model="no-such-model"), 404, "no-such-model"),
+        (api.submit(clips["mp4"], model="yolov8n", confidence=2), 400, "confidence"),
+        (api.submit(clips["mp4"], model="yolov8n-cls", track="true"), 422, "nothing to track"),
+        (api.submit(clips["mp4"], model="yolov8n", webhook="http://10.0.0.1/hook"), 400, "webhook"),
+        (api.submit(clips["mp4"], model="yolov8n", url="https://example.com/v.mp4"), 400, "'file' part"),
+        (api.call("POST", "/v1/jobs", data={"model": "yolov8n"}), 400, "file"),
+        (requests.post(f"{gw.url}/v1/jobs", data={"model": "yolov8n"}, timeout=30), 401, "key"),
+    ]
+    for r, status, said in cases:
+        body = r.json()
+        assert (r.status_code, body["success"]) == (status, False) and said.lower() in body["message"].lower(), r.text
+    assert api.call("GET", "/v1/jobs").json()["data"] == []  # nothing was queued
+
+
+def test_a_key_sees_only_its_own_jobs(gw: Gateway, clips: dict[str, Path]) -> None:
+    mine, other = _key(gw, "mine"), _key(gw, "other")
+    r = mine.submit(clips["mp4"], **ARGS)
+    assert r.status_code == 202, r.text
+    id = r.json()["data"]["id"]
+    mine.finished(id)
+    for method, path in (("GET", f"/v1/jobs/{id}"), ("GET", f"/v1/jobs/{id}/result"), ("DELETE", f"/v1/jobs/{id}")):
+        answer = other.call(method, path)
+        assert answer.status_code == 404 and "GET /v1/jobs lists yours" in answer.json()["message"], answer.text
+    assert other.call("GET", "/v1/jobs").json()["data"] == []
+    assert [j["id"] for j in mine.call("GET", "/v1/jobs").json()["data"]] == [id]
+    assert mine.call("DELETE", f"/v1/jobs/{id}").json()["data"]["state"] == "deleted"
+    assert mine.call("GET", f"/v1/jobs/{id}").status_code == 404
+
+
+def test_the_webhook_is_told_of_completion_signed_with_the_keys_secret(gw: Gateway, clips: dict[str, Path]) -> None:
+    api = _key(gw, "hooked")
+    secret = api.call("POST", "/v1/webhooks/secret").json()["data"]["webhook_secret"]
+    receiver = Receiver()
+    hook = receiver.start()
+    try:
+        r = api.submit(clips["mp4"], webhook=hook, **ARGS)
+        assert r.status_code == 202 and "webhook_secret" not in r.json()["data"], r.text
+        id = r.json()["data"]["id"]
+        poll("the job's webhook delivered", lambda: receiver.got, 120)
+    finally:
+        receiver.stop()
+    _, header, body = receiver.got[0]
+    assert signing.verify(secret, header, body) and not signing.verify(secret, header, body + b" ")
+    payload = json.loads(body)
+    assert payload["type"] == "job.done" and payload["job"]["id"] == id and payload["job"]["state"] == "done"
+    assert payload["job"]["result"] == f"/v1/jobs/{id}/result" and payload["job"]["progress"]["frames_done"] == 9
+
+
+@pytest.fixture
+def small_gw(triton: launcher.TritonServer, tmp_path: Path) -> Iterator[Gateway]:
+    """One unfinished job per key, results kept 3 s."""
+    gateway = start_gateway(triton, tmp_path, jobs_dir=str(tmp_path / "jobs"), max_jobs_per_key="1",
+                            job_result_ttl_s="3")  # fmt: skip
+    yield gateway
+    stop_gateway(gateway)
+
+
+def test_cap_cancel_and_expiry(small_gw: Gateway, clips: dict[str, Path], tmp_path: Path) -> None:
+    api = Jobs(small_gw.url, small_gw.key)
+    first = api.submit(clips["long"], **ARGS)
+    assert first.status_code == 202, first.text
+    id = first.json()["data"]["id"]
+    capped = api.submit(clips["mp4"], **ARGS)
+    assert capped.status_code == 429 and "GATEWAY_MAX_JOBS_PER_KEY" in capped.json()["message"], capped.text
+    poll("the job running", lambda: (j := api.job(id))["state"] == "running" and j["progress"]["frames_done"], 60)
+    cancelled = api.call("DELETE", f"/v1/jobs/{id}")
+    assert cancelled.status_code == 200 and cancelled.json()["data"]["state"] == "cancelled", cancelled.text
+    # the owner stops: its unfinished result is deleted by the run itself as it ends, and the video with the cancel
+    poll("the run ended, its files gone", lambda: not list((tmp_path / "jobs").iterdir()), 10)
+    stopped_at = api.job(id)
+    assert stopped_at["state"] == "cancelled" and stopped_at["progress"]["frames_done"] < 240
+    assert api.call("GET", f"/v1/jobs/{id}/result").status_code == 400  # a cancelled job has no result
+    # the cap counts unfinished jobs only
+    second = api.submit(clips["mp4"], **ARGS)
+    assert second.status_code == 202, second.text
+    done = api.finished(second.json()["data"]["id"])
+    assert done["state"] == "done" and done["expires"] - done["finished"] == pytest.approx(3, abs=0.01)
+    gone = poll("the result expired", lambda: (r := api.call("GET", f"/v1/jobs/{done['id']}")).status_code == 404
+                and r.json(), 30)  # fmt: skip
+    assert "expired" in gone["message"] and "GATEWAY_JOB_RESULT_TTL_S" in gone["message"]
+    assert api.call("GET", f"/v1/jobs/{done['id']}/result").status_code == 404
+    assert not list((tmp_path / "jobs").iterdir())
+
+
+@pytest.mark.load
+def test_job_fps_against_the_video_route(
+    gw: Gateway, clips: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    api = _key(gw, "fps")
+    t0 = time.perf_counter()
+    sync = api.video_route(clips["long"], **ARGS)
+    sync_fps = (len(sync) - 1) / (time.perf_counter() - t0)
+    r = api.submit(clips["long"], **ARGS)
+    done = api.finished(r.json()["data"]["id"], 300)
+    job_fps = done["progress"]["frames_done"] / (done["finished"] - done["started"])
+    assert api.lines(done["id"]) == sync
+    with capsys.disabled():
+        print(f"\n[jobs] 240 frames 320x184, yolov8n at 320: job {job_fps:.1f} fps (record's: "
+              f"{done['progress']['fps']:.1f}), synchronous video route {sync_fps:.1f} fps")  # fmt: skip
+
+
+@pytest.fixture
+def replicas(triton: launcher.TritonServer, tmp_path: Path) -> Iterator[tuple[list[Gateway], str, Path]]:
+    """Two gateways on a Redis of their own, one jobs folder (the shared volume)."""
+    redis_server = redisserver.start(tmp_path / "redis")
+    gateways: list[Gateway] = []
+    try:
+        created = cli(redis_server, "create", "--name", "jobs", "--rate", "1000")
+        assert created.returncode == 0, created.stderr
+        key = created.stdout.strip().splitlines()[-1]
+        env = {"redis_url": redis_server.url, "redis_password": redis_server.password,
+               "jobs_dir": str(tmp_path / "jobs"), "stream_lease_s": "3"}  # fmt: skip
+        gateways = [start_gateway(triton, tmp_path / f"gw{i}", **env) for i in range(2) if _mkdir(tmp_path / f"gw{i}")]
+        yield gateways, key, tmp_path / "jobs"
+    finally:
+        for gw in gateways:
+            stop_gateway(gw)
+        redis_server.stop()
+
+
+def _mkdir(path: Path) -> bool:
+    path.mkdir()
+    return True
+
+
+@pytest.mark.load
+def test_a_job_whose_owner_is_killed_is_finished_by_another_replica(
+    replicas: tuple[list[Gateway], str, Path], clips: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    gateways, key, folder = replicas
+    apis = [Jobs(gw.url, key) for gw in gateways]
+    r = apis[0].submit(clips["long"], **ARGS)
+    assert r.status_code == 202, r.text
+    id = r.json()["data"]["id"]
+    running = poll("the job 20 frames in", lambda: (j := apis[1].job(id))["progress"]["frames_done"] >= 20 and j, 60)
+    owner = next(i for i, gw in enumerate(gateways) if f"-{gw.process.pid}-" in running["owner"])
+    other = 1 - owner
+    killed_at = time.monotonic()
+    gateways[owner].process.kill()  # SIGKILL: no goodbye, the lease must lapse
+    gateways[owner].process.wait(10)
+    taken = poll("another replica running the job", lambda: (j := apis[other].job(id))["runs"] == 2 and j, 60)
+    took_s = time.monotonic() - killed_at
+    assert f"-{gateways[other].process.pid}-" in taken["owner"]
+    done = apis[other].finished(id, 300)
+    assert done["state"] == "done" and done["progress"]["frames_done"] == done["progress"]["frames_total"] == 240
+    lines = apis[other].lines(id)
+    assert [line["frame"] for line in lines[:-1]] == list(range(240))  # complete, in order, none twice
+    assert lines == apis[other].video_route(clips["long"], **ARGS)
+    assert sorted(p.name for p in folder.iterdir()) == [f"{id}.ndjson"]  # the video and the dead run's part are gone
+    with capsys.disabled():
+        print(f"\n[jobs takeover] owner SIGKILLed at frame {running['progress']['frames_done']}: the other replica "
+              f"runs the job after {took_s:.1f} s (GATEWAY_STREAM_LEASE_S=3), done and complete")  # fmt: skip
+    assert took_s < 3 + 15  # the lease time, then a scan: generous on a busy machine
