@@ -57,6 +57,7 @@ PUBLIC_PATHS = (
     "/v1/keys", "/v1/keys/0a1b2c3d", "/v1/keys/0a1b2c3d/usage",  # the admin API (keys with the admin scope)
     "/v1/streams", "/v1/streams/s1", "/v1/streams/s1/events", "/v1/webhooks/secret",  # live streams (#28)
     "/v1/models/fruit/rollback",  # the models API (#27: its other routes share /v1/models/{id})
+    "/v1/jobs", "/v1/jobs/j1", "/v1/jobs/j1/result",  # video jobs (#28)
     # the Ultralytics dialects' other doors: hub-sdk's login, the Platform SDK's deployments, dedicated endpoints,
     # and the base paths that pin a dialect
     "/v1/auth", "/api/deployments/acme/yolov8n/predict", "/predict", "/dedicated/yolov8n",

@@ -61,7 +61,7 @@ ADMIN_KEY_FILE = {PROJECT: CACHE / "cpu-stack.triton-admin-key", REDIS_PROJECT: 
 # The uploads volume's layout in the Redis stack (the chart's too): models/ is GATEWAY_MODELS_DIR (uploads/ written by
 # the gateways; staging/, versions/ by the worker), repository/ the uploads' Triton repository (the worker writes it,
 # Triton reads it). Owned by the gateway's and worker's uid; Triton (uid 1000) reads through the others' bits.
-MODELS_DATA_DIRS = ("models/uploads", "repository")
+MODELS_DATA_DIRS = ("models/uploads", "repository", "jobs")  # jobs/: GATEWAY_JOBS_DIR, shared by the gateways
 WORKER_UID = 10001
 LABEL = "io.yolo-triton.local=1"  # every image built here carries it, so pruning never touches anyone else's
 DEBIAN_LABEL = "io.yolo-triton.debian"  # the base's Debian point release and archive dates (`debian_release`)

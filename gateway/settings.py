@@ -25,7 +25,7 @@ POSITIVE = frozenset(
     | {"webhook_queue", "webhook_timeout_s", "webhook_batch_frames"}
     | {"sequence_ttl_s", "max_sequences_per_key"}
     | {"max_model_bytes"}
-    | {"max_jobs", "max_jobs_per_key", "job_result_ttl_s", "job_timeout_s"}
+    | {"max_jobs_per_key", "job_result_ttl_s", "job_timeout_s"}
 )
 
 
@@ -80,7 +80,7 @@ class Settings:
     webhook_batch_s: float = 1.0  # ... or this many seconds, whichever comes first
     # video jobs (gateway/jobs/): videos analysed apart from any connection, by the replica holding the job's lease
     jobs_dir: Path = Path("data/jobs")  # videos and results: every replica must see it (the chart: the uploads volume)
-    max_jobs: int = 1  # jobs one replica runs at once (on the video threads, beside video requests)
+    max_jobs: int = 1  # jobs one replica runs at once (on the video threads, beside video requests); 0: none
     max_jobs_per_key: int = 4  # one key's queued and running jobs (across replicas); past it 429
     job_result_ttl_s: float = 86400.0  # a finished job (its result and video) is kept this long, then deleted
     job_timeout_s: float = 3600.0  # the time one run of a job may take (after a takeover, the new run starts over)

@@ -36,6 +36,7 @@ PASSWORD_REF = "${REDIS_PASSWORD:?REDIS_PASSWORD is drawn by deploy/containers.p
 REDIS_ENV = {"GATEWAY_REDIS_URL": "redis://redis:6379/0", "GATEWAY_REDIS_PASSWORD": PASSWORD_REF}
 MODELS_DATA_REF = "${MODELS_DATA:?MODELS_DATA is made by deploy/containers.py up --redis}"
 UPLOADS_ENV = {"GATEWAY_MODELS_DIR": "/var/lib/yolo-triton/models", "GATEWAY_MAX_MODEL_BYTES": "536870912"}
+JOBS_ENV = {"GATEWAY_JOBS_DIR": "/var/lib/yolo-triton/jobs"}  # the gateways' video jobs, on the shared volume
 WORKER_UID = 10001
 
 
@@ -400,10 +401,11 @@ def test_redis_compose_is_the_cpu_stack_with_three_gateways_sharing_one_redis() 
     assert sorted(gateways) == list(containers.REDIS_GATEWAYS)
     ports = set()
     for gateway in gateways.values():
-        assert gateway["environment"] == one["environment"] | REDIS_ENV | UPLOADS_ENV
+        assert gateway["environment"] == one["environment"] | REDIS_ENV | UPLOADS_ENV | JOBS_ENV
         assert gateway["depends_on"] == one["depends_on"] | {"redis": {"condition": "service_healthy"}}
-        # No keys folder (the keys are in Redis); of the uploads volume, only its uploads folder.
-        assert gateway["volumes"] == [f"{MODELS_DATA_REF}/models/uploads:/var/lib/yolo-triton/models/uploads"]
+        # No keys folder (the keys are in Redis); of the uploads volume, only its uploads and jobs folders.
+        assert gateway["volumes"] == [f"{MODELS_DATA_REF}/models/uploads:/var/lib/yolo-triton/models/uploads",
+                                      f"{MODELS_DATA_REF}/jobs:/var/lib/yolo-triton/jobs"]  # fmt: skip
         for key in ("image", "command", "user", "tmpfs", "stop_grace_period", "restart", *cpu["x-hardening"]):
             assert gateway[key] == one[key], key
         (port,) = gateway["ports"]

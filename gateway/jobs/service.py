@@ -29,7 +29,14 @@ import orjson
 from starlette.datastructures import UploadFile
 
 from gateway.dialects import DIALECTS
-from gateway.errors import BadRequest, GatewayError, NotFound, TooManyRequests, UnsupportedMediaType
+from gateway.errors import (
+    BadRequest,
+    GatewayError,
+    NotFound,
+    ServiceUnavailable,
+    TooManyRequests,
+    UnsupportedMediaType,
+)
 from gateway.jobs import run
 from gateway.keys.auth import KeyEntry
 from gateway.predict import tracked, video
@@ -68,9 +75,15 @@ class Jobs:
         self.resolve = resolve
         self.owner = Owner(board, KIND, replica, self.settings.max_jobs, self.settings.stream_lease_s, self._run)
         self._sweeper: asyncio.Task[None] | None = None
+        self.off = ""  # why this replica can't take jobs ("": it can)
 
     def start(self) -> None:
-        self.settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # the gateway serves everything else; a POST /v1/jobs says why it can't
+            self.off = f"GATEWAY_JOBS_DIR ({self.settings.jobs_dir}) can't be written: {exc.strerror}"
+            log.warning("video jobs are off: %s", self.off)
+            return  # nor does it claim others' jobs, whose videos it could not read
         self.owner.start()
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="jobs-sweeper")
 
@@ -88,6 +101,8 @@ class Jobs:
         resource, the webhook secret when it was made just now, else None). Everything is checked before it is
         queued: the arguments, the video's container, size, duration and frames, the webhook URL."""
         settings = self.settings
+        if self.off:
+            raise ServiceUnavailable(f"Video jobs are off on this gateway: {self.off}.", 60)
         if len(uploads) != 1:
             raise BadRequest("Send the video as one 'file' part (curl: -F \"file=@video.mp4\"), and nothing else.")
         if fields.get("url") or fields.get("source"):
@@ -243,6 +258,10 @@ class Jobs:
         if not await board.retire(KIND, lease.id, record["key"], final, lease):
             return  # cancelled meanwhile, or the lease was lost: the record is someone else's now
         lease.lost = True  # retired: the lease is gone with it (nothing for the owner to release)
+        seconds = now - float(record.get("created") or now)  # the job's frames in its key's usage, as one request
+        status = int(final.get("status") or 200)
+        label = self.services.metrics.label(record["model"])
+        self.services.store.record(record["key"], label, int(final.get("frames_done") or 0), status, seconds)
         await asyncio.to_thread(_remove_files, self.settings.jobs_dir, lease.id, record["video"], "*.part")
         if record.get("webhook"):
             done = public(lease.id, {**record, **final})

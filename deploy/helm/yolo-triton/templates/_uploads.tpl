@@ -2,11 +2,13 @@
 export worker and Triton, laid out as
     models/       GATEWAY_MODELS_DIR: uploads/ (the gateways write it), staging/ and versions/ (the worker's)
     repository/   the uploaded versions' Triton repository (the worker writes it, every Triton pod reads it)
+    jobs/         GATEWAY_JOBS_DIR: video jobs' videos and results (the gateways write it; any replica runs a job)
 mounted at the same path in every container. Writers run as uid/gid 10001 (the gateways and the worker); Triton
 (uid 1000) only reads. */}}
 {{- define "yolo-triton.uploadsMount" -}}/var/lib/yolo-triton{{- end }}
 {{- define "yolo-triton.uploadsRepository" -}}{{ include "yolo-triton.uploadsMount" . }}/repository{{- end }}
 {{- define "yolo-triton.modelsDir" -}}{{ include "yolo-triton.uploadsMount" . }}/models{{- end }}
+{{- define "yolo-triton.jobsDir" -}}{{ include "yolo-triton.uploadsMount" . }}/jobs{{- end }}
 
 {{- define "yolo-triton.uploadsClaim" -}}
 {{- required "models.uploads.existingClaim is required with models.uploads.enabled: a ReadWriteMany PersistentVolumeClaim shared by the gateways, the export worker and Triton (deploy/README.md, \"Uploaded models\")" .Values.models.uploads.existingClaim }}
@@ -41,7 +43,7 @@ repository folder leaves Triton serving nothing; the worker creates it too). */}
       import os, sys
       root = "{{ include "yolo-triton.uploadsMount" . }}"
       try:
-          for sub in ("models/uploads", "models/staging", "models/versions", "repository"):
+          for sub in ("models/uploads", "models/staging", "models/versions", "repository", "jobs"):
               os.makedirs(os.path.join(root, sub), mode=0o755, exist_ok=True)
       except PermissionError as exc:
           sys.exit(f"{exc}: the root of models.uploads.existingClaim must be writable by uid or gid 10001")
