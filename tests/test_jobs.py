@@ -277,3 +277,31 @@ def test_a_job_whose_owner_is_killed_is_finished_by_another_replica(
         print(f"\n[jobs takeover] owner SIGKILLed at frame {running['progress']['frames_done']}: the other replica "
               f"runs the job after {took_s:.1f} s (GATEWAY_STREAM_LEASE_S=3), done and complete")  # fmt: skip
     assert took_s < 3 + 15  # the lease time, then a scan: generous on a busy machine
+
+
+def test_the_client_submits_waits_with_progress_and_reads_the_result(gw: Gateway, clips: dict[str, Path]) -> None:
+    import asyncio
+
+    from yolo_triton_client import AsyncClient, Client, JobFailed
+
+    api = _key(gw, "client")
+    seen: list[tuple[str, int]] = []
+    with Client(api_key=api.key, base_url=gw.url) as client:
+        job = client.jobs.submit("yolov8n", clips["long"], vid_stride=2, size=320, confidence=CONF, iou=0.7)
+        assert job.state == "queued" and not job.finished
+        done = client.jobs.wait(job.id, progress=lambda j: seen.append((j.state, j.frames_done)))
+        assert done.state == "done" and done.frames_done == done.frames_total == 120 and done.percent == 100
+        assert seen[-1] == ("done", 120) and len(seen) >= 2  # told of each change, the last one "done"
+        lines = client.jobs.result(job.id)
+        assert lines == api.video_route(clips["long"], **{**ARGS, "vid_stride": 2})
+        assert [j.id for j in client.jobs()] == [job.id]
+
+    async def cancel() -> None:
+        async with AsyncClient(api_key=api.key, base_url=gw.url) as client:
+            job = await client.jobs.submit("yolov8n", clips["long"], size=320)
+            assert (await client.jobs.cancel(job.id)).state == "cancelled"
+            with pytest.raises(JobFailed) as failed:
+                await client.jobs.wait(job.id)
+            assert failed.value.job.state == "cancelled"
+
+    asyncio.run(cancel())

@@ -16,6 +16,7 @@ from yolo_triton_client.errors import (
     Unavailable,
     UpstreamError,
 )
+from yolo_triton_client.jobs import Job, JobFailed
 from yolo_triton_client.models import ModelFailed, ModelStatus, ModelVersion, Progress
 from yolo_triton_client.results import (
     Box,
@@ -36,4 +37,5 @@ __all__ = [
     "FramePrediction", "InvalidRequest", "Keypoints", "ModelFailed", "ModelStatus", "ModelVersion", "NotFound",
     "OrientedBox", "Polygon", "Prediction", "Progress", "RateLimited",
     "Row", "Speed", "TransportError", "Unavailable", "UpstreamError", "VideoPrediction", "to_supervision",
+    "Job", "JobFailed",
 ]  # fmt: skip

@@ -37,6 +37,7 @@ from yolo_triton_client.sources import Source, Upload, is_url, load
 
 if TYPE_CHECKING:
     from yolo_triton_client.models import AsyncModels, Models
+    from yolo_triton_client.jobs import AsyncJobs, Jobs
 
 USER_AGENT = "yolo-triton-client/0.1"
 BATCH_SIZE = 8  # the server's default limit of `file` parts per batch request
@@ -316,6 +317,14 @@ class Client(_Base[httpx.Client]):
 
         return Models(self)
 
+    @functools.cached_property
+    def jobs(self) -> Jobs:
+        """`client.jobs()`: the key's video jobs; `client.jobs.submit(...)`, `.wait(id, progress=...)`, `.result(id)`,
+        `.cancel(id)`: long videos with no open connection (yolo_triton_client/jobs.py)."""
+        from yolo_triton_client.jobs import Jobs
+
+        return Jobs(self)
+
     def _run(self, plan: Plan[T]) -> T:
         outcome: httpx.Response | ApiError | None = None
         while not isinstance(step := _step(plan, outcome), _Done):
@@ -401,6 +410,13 @@ class AsyncClient(_Base[httpx.AsyncClient]):
         from yolo_triton_client.models import AsyncModels
 
         return AsyncModels(self)
+
+    @functools.cached_property
+    def jobs(self) -> AsyncJobs:
+        """As `Client.jobs`: `await client.jobs.submit(...)`, `await client.jobs.wait(id)`."""
+        from yolo_triton_client.jobs import AsyncJobs
+
+        return AsyncJobs(self)
 
     async def _run(self, plan: Plan[T]) -> T:
         outcome: httpx.Response | ApiError | None = None
