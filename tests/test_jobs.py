@@ -305,3 +305,45 @@ def test_the_client_submits_waits_with_progress_and_reads_the_result(gw: Gateway
             assert failed.value.job.state == "cancelled"
 
     asyncio.run(cancel())
+
+
+def test_a_job_started_too_often_fails_instead_of_starting_again(tmp_path: Path) -> None:
+    """A video that kills its gateway would otherwise kill every replica in turn: the run after MAX_RUNS fails the
+    job (retired, its video deleted) without running it. The services are a stand-in: nothing here reaches them
+    but the key lookup and the usage count."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from gateway.jobs import service
+    from gateway.settings import Settings
+    from gateway.work.board import MemoryBoard
+
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"not read")
+    counted: list[tuple[Any, ...]] = []
+
+    async def get_key(key_id: str) -> Any:
+        return SimpleNamespace(id=key_id, revoked=False)
+
+    services = SimpleNamespace(
+        settings=Settings(jobs_dir=tmp_path),
+        store=SimpleNamespace(get_key=get_key, record=lambda *args: counted.append(args)),
+        metrics=SimpleNamespace(label=lambda model: model),
+    )
+
+    async def main() -> dict[str, str] | None:
+        board = MemoryBoard()
+        jobs = service.Jobs(services, board, None, None, "replica-1")  # type: ignore[arg-type]
+        record = {"key": "k1", "model": "yolov8n", "video": str(video), "runs": str(service.MAX_RUNS),
+                  "state": "running", "created": str(time.time())}  # fmt: skip
+        assert await board.create("job", "job_1", "k1", record, 0)
+        lease = await board.acquire("job", "job_1", "replica-1", 10)
+        assert lease is not None
+        await jobs._run(await board.read("job", "job_1") or {}, lease)
+        assert await board.active("job") == [] and await board.finished("job", "k1") == ["job_1"]
+        return await board.read("job", "job_1")
+
+    after = asyncio.run(main())
+    assert after is not None and after["state"] == "failed" and after["runs"] == str(service.MAX_RUNS + 1)
+    assert f"started {service.MAX_RUNS} times" in after["error"] and not video.exists()
+    assert counted and counted[0][3] == 500  # in the key's usage, as a failed request

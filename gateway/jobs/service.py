@@ -54,6 +54,9 @@ log = logging.getLogger("gateway")
 KIND = "job"
 SWEEP_S = 10.0  # expired jobs are looked for this often (a read of an expired job deletes it at once)
 UNFINISHED = ("queued", "running")
+# A job started this many times without an end fails instead of starting again: a video that kills its gateway (or
+# a bug) must not take every replica down in turn. Graceful hand-overs (a rolling update) count too, hence not 2.
+MAX_RUNS = 5
 HUB = DIALECTS["hub"]
 OWN = ("model", "webhook")  # the job's own fields; the rest are the video route's arguments
 
@@ -246,6 +249,13 @@ class Jobs:
         final: dict[str, str]
         if found is None or found.revoked:
             final = {"state": "failed", "error": "The job's API key was revoked.", "status": "401"}
+        elif int(runs) > MAX_RUNS:
+            final = {
+                "state": "failed",
+                "status": "500",
+                "error": f"The job was started {MAX_RUNS} times and never "
+                "finished (its gateways stopped or failed while running it): it is not started again.",
+            }
         else:
             try:
                 final = await run.run(self.services, board, lease, record, found)
@@ -264,7 +274,7 @@ class Jobs:
         self.services.store.record(record["key"], label, int(final.get("frames_done") or 0), status, seconds)
         await asyncio.to_thread(_remove_files, self.settings.jobs_dir, lease.id, record["video"], "*.part")
         if record.get("webhook"):
-            done = public(lease.id, {**record, **final})
+            done = public(lease.id, {**record, "runs": runs, **final})
             self.deliveries.offer(record["key"], record["webhook"], {"type": f"job.{final['state']}", "job": done})
 
 
