@@ -6,6 +6,7 @@ from typing import Any
 
 from gateway.api import openapi_models
 from gateway.api.openapi_admin import ADMIN_PATHS
+from gateway.api.openapi_jobs import PATHS as JOBS_PATHS
 from gateway.api.openapi_schemas import (
     ERROR,
     IMAGES,
@@ -347,3 +348,4 @@ SPEC["paths"]["/v1/models"]["get"]["responses"]["200"] = _ok(
 SPEC["paths"]["/v1/models/{model_id}"]["get"]["responses"]["200"] = _ok(
     openapi_models.ANY_MODEL, "The model (an uploaded one: its status resource)"
 )
+SPEC["paths"] |= JOBS_PATHS  # video jobs (/v1/jobs), described in openapi_jobs.py
