@@ -20,19 +20,19 @@ import time
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
+from starlette.routing import BaseRoute, Route
 
 from gateway.api.failures import set_dialect
 from gateway.api.forms import api_key, collect
-from gateway.api.routes import _read_form
+from gateway.api.live import _key  # the key of a request for leased work (401 as a prediction's)
+from gateway.api.routes import _read_form  # the body read as a prediction's: pace, limits, spooled
 from gateway.budget import Hold
 from gateway.dialects import DIALECTS
 from gateway.errors import BadRequest, envelope, json_response, ok_response
 from gateway.jobs.service import Jobs
-from gateway.keys.auth import KeyEntry
 from gateway.observability import record_of
 from gateway.predict.video import NDJSON
 from gateway.services import Prediction, services_of
-from starlette.routing import BaseRoute, Route
 
 HUB = DIALECTS["hub"]
 
@@ -41,13 +41,6 @@ def _jobs(request: Request) -> Jobs:
     jobs = request.app.state.jobs
     assert isinstance(jobs, Jobs)
     return jobs
-
-
-async def _key(request: Request) -> KeyEntry:
-    key, header = api_key(request)
-    entry = await services_of(request).store.authenticate(key, None, header)
-    record_of(request).key_id = entry.id
-    return entry
 
 
 async def submit_job(request: Request) -> Response:
