@@ -7,6 +7,7 @@ video route's, takeover time)."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -183,6 +184,10 @@ def small_gw(triton: launcher.TritonServer, tmp_path: Path) -> Iterator[Gateway]
 
 def test_cap_cancel_and_expiry(small_gw: Gateway, clips: dict[str, Path], tmp_path: Path) -> None:
     api = Jobs(small_gw.url, small_gw.key)
+    # a file of a job the gateway forgot (a memory board's restart), older than a result is kept plus a run's time
+    forgotten = tmp_path / "jobs" / "job_0000000000000123456789ab.ndjson"
+    forgotten.write_bytes(b"{}\n")
+    os.utime(forgotten, (time.time() - 3 - 3600 - 60,) * 2)
     first = api.submit(clips["long"], **ARGS)
     assert first.status_code == 202, first.text
     id = first.json()["data"]["id"]
@@ -192,7 +197,9 @@ def test_cap_cancel_and_expiry(small_gw: Gateway, clips: dict[str, Path], tmp_pa
     cancelled = api.call("DELETE", f"/v1/jobs/{id}")
     assert cancelled.status_code == 200 and cancelled.json()["data"]["state"] == "cancelled", cancelled.text
     # the owner stops: its unfinished result is deleted by the run itself as it ends, and the video with the cancel
-    poll("the run ended, its files gone", lambda: not list((tmp_path / "jobs").iterdir()), 10)
+    poll(
+        "the run ended, its files gone", lambda: {p.name for p in (tmp_path / "jobs").iterdir()} <= {forgotten.name}, 10
+    )
     stopped_at = api.job(id)
     assert stopped_at["state"] == "cancelled" and stopped_at["progress"]["frames_done"] < 240
     assert api.call("GET", f"/v1/jobs/{id}/result").status_code == 400  # a cancelled job has no result
@@ -205,6 +212,7 @@ def test_cap_cancel_and_expiry(small_gw: Gateway, clips: dict[str, Path], tmp_pa
                 and r.json(), 30)  # fmt: skip
     assert "expired" in gone["message"] and "GATEWAY_JOB_RESULT_TTL_S" in gone["message"]
     assert api.call("GET", f"/v1/jobs/{done['id']}/result").status_code == 404
+    poll("the forgotten job's file removed (the first sweep, after 10 s)", lambda: not forgotten.exists(), 30)
     assert not list((tmp_path / "jobs").iterdir())
 
 

@@ -53,6 +53,7 @@ from gateway.work.webhooks import Deliveries
 log = logging.getLogger("gateway")
 KIND = "job"
 SWEEP_S = 10.0  # expired jobs are looked for this often (a read of an expired job deletes it at once)
+ORPHANS_EVERY = 30  # sweeps between two looks for forgotten files (the first sweep looks too)
 UNFINISHED = ("queued", "running")
 # A job started this many times without an end fails instead of starting again: a video that kills its gateway (or
 # a bug) must not take every replica down in turn. Graceful hand-overs (a rolling update) count too, hence not 2.
@@ -228,6 +229,7 @@ class Jobs:
         await asyncio.to_thread(_remove_files, self.settings.jobs_dir, id, record.get("video", ""))
 
     async def _sweep_forever(self) -> None:
+        sweeps = 0
         while True:
             await asyncio.sleep(SWEEP_S)
             try:
@@ -235,8 +237,24 @@ class Jobs:
                     record = await self.board.read(KIND, id)
                     if record is not None and _expired(record):
                         await self._delete(id, record)
+                if sweeps % ORPHANS_EVERY == 0:
+                    await self._sweep_orphans()
+                sweeps += 1
             except Exception as exc:  # the shared state unreachable: the next sweep tries again
                 log.warning("jobs sweep: %s", exc)
+
+    async def _sweep_orphans(self) -> None:
+        """Files no job will read again: older than a result is kept plus a run may take, and no unfinished job's
+        video (those of jobs a memory board forgot in a restart, or of a run that died with its files)."""
+        settings = self.settings
+        before = time.time() - settings.job_result_ttl_s - settings.job_timeout_s
+        keep = set()
+        for id in await self.board.active(KIND):
+            record = await self.board.read(KIND, id)
+            keep.add((record or {}).get("video", ""))
+        removed = await asyncio.to_thread(_remove_old, settings.jobs_dir, before, keep)
+        if removed:
+            log.info("jobs sweep: %d file(s) of forgotten jobs removed from %s", removed, settings.jobs_dir)
 
     async def _run(self, record: dict[str, str], lease: Lease) -> None:
         """Run one job while this replica holds its lease (gateway/jobs/run.py), then retire it and tell its
@@ -288,6 +306,17 @@ def _remove_files(folder: Path, id: str, path: str, pattern: str = "*") -> None:
         videofile.remove(path)
     for found in folder.glob(f"{id}.{pattern}"):
         videofile.remove(str(found))
+
+
+def _remove_old(folder: Path, before: float, keep: set[str]) -> int:
+    """Remove the files of `folder` last changed before `before` (Unix s), but those in `keep`; how many."""
+    removed = 0
+    for path in folder.iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            if path.is_file() and str(path) not in keep and path.stat().st_mtime < before:
+                path.unlink()
+                removed += 1
+    return removed
 
 
 def _json(value: dict[str, str]) -> str:
