@@ -324,10 +324,9 @@ def test_the_client_submits_waits_with_progress_and_reads_the_result(gw: Gateway
     asyncio.run(cancel())
 
 
-def test_a_job_started_too_often_fails_instead_of_starting_again(tmp_path: Path) -> None:
-    """A video that kills its gateway would otherwise kill every replica in turn: the run after MAX_RUNS fails the
-    job (retired, its video deleted) without running it. The services are a stand-in: nothing here reaches them
-    but the key lookup and the usage count."""
+def _run_once(tmp_path: Path, video: Path, runs: int) -> tuple[dict[str, str] | None, list[tuple[Any, ...]]]:
+    """Run job "job_1" (of key k1, `runs` runs so far) once on a memory board, with stand-in services (the key lookup
+    and the usage count: nothing else may be reached); its record afterwards, and what was counted in usage."""
     import asyncio
     from types import SimpleNamespace
 
@@ -335,8 +334,6 @@ def test_a_job_started_too_often_fails_instead_of_starting_again(tmp_path: Path)
     from gateway.settings import Settings
     from gateway.work.board import MemoryBoard
 
-    video = tmp_path / "v.mp4"
-    video.write_bytes(b"not read")
     counted: list[tuple[Any, ...]] = []
 
     async def get_key(key_id: str) -> Any:
@@ -351,7 +348,7 @@ def test_a_job_started_too_often_fails_instead_of_starting_again(tmp_path: Path)
     async def main() -> dict[str, str] | None:
         board = MemoryBoard()
         jobs = service.Jobs(services, board, None, None, "replica-1")  # type: ignore[arg-type]
-        record = {"key": "k1", "model": "yolov8n", "video": str(video), "runs": str(service.MAX_RUNS),
+        record = {"key": "k1", "model": "yolov8n", "video": str(video), "runs": str(runs),
                   "state": "running", "created": str(time.time())}  # fmt: skip
         assert await board.create("job", "job_1", "k1", record, 0)
         lease = await board.acquire("job", "job_1", "replica-1", 10)
@@ -360,7 +357,25 @@ def test_a_job_started_too_often_fails_instead_of_starting_again(tmp_path: Path)
         assert await board.active("job") == [] and await board.finished("job", "k1") == ["job_1"]
         return await board.read("job", "job_1")
 
-    after = asyncio.run(main())
-    assert after is not None and after["state"] == "failed" and after["runs"] == str(service.MAX_RUNS + 1)
-    assert f"started {service.MAX_RUNS} times" in after["error"] and not video.exists()
+    return asyncio.run(main()), counted
+
+
+def test_a_job_started_too_often_fails_instead_of_starting_again(tmp_path: Path) -> None:
+    """A video that kills its gateway would otherwise kill every replica in turn: the run after MAX_RUNS fails the
+    job (retired, its video deleted) without running it."""
+    from gateway.jobs.service import MAX_RUNS
+
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"not read")
+    after, counted = _run_once(tmp_path, video, MAX_RUNS)
+    assert after is not None and after["state"] == "failed" and after["runs"] == str(MAX_RUNS + 1)
+    assert f"started {MAX_RUNS} times" in after["error"] and not video.exists()
     assert counted and counted[0][3] == 500  # in the key's usage, as a failed request
+
+
+def test_a_job_whose_video_this_replica_cannot_see_fails_naming_the_shared_folder(tmp_path: Path) -> None:
+    """Replicas with a GATEWAY_JOBS_DIR each of their own (not one shared volume): the job fails saying so, rather
+    than as a video that does not decode."""
+    after, _ = _run_once(tmp_path, tmp_path / "elsewhere.mp4", 0)
+    assert after is not None and after["state"] == "failed" and after["status"] == "503"
+    assert "GATEWAY_JOBS_DIR" in after["error"] and "shared volume" in after["error"]

@@ -24,7 +24,7 @@ from typing import IO, Any
 import orjson
 
 from gateway.dialects import DIALECTS, Call
-from gateway.errors import GatewayError, PayloadTooLarge
+from gateway.errors import GatewayError, PayloadTooLarge, ServiceUnavailable
 from gateway.keys.auth import KeyEntry
 from gateway.predict import responses, tracked, video
 from gateway.services import Services
@@ -66,6 +66,11 @@ async def run(
     """Run the job of `record` to its end; the record's final fields (state done or failed, error, finished), or
     {} when the run ended without a verdict (the lease was lost, or the job was cancelled)."""
     settings = services.settings
+    if not await asyncio.to_thread(os.path.exists, record["video"]):
+        raise ServiceUnavailable(
+            f"The job's video is not in this gateway's GATEWAY_JOBS_DIR ({settings.jobs_dir}): with several "
+            "replicas, that folder must be one shared volume (the chart: models.uploads). Submit the video again."
+        )
     info = await services.model(record["model"])
     args = HUB.parse(orjson.loads(record["args"]), info.imgsz)
     call = Call(info, args, None, record["model"])
