@@ -57,9 +57,9 @@ class Jobs(Api):
 
 
 def _key(gw: Gateway, name: str) -> Jobs:
-    from gateway.keys.auth import create_key
+    from gateway.keys.auth import KeyDraft, create_key
 
-    _, key = create_key(gw.keys_file, name)
+    _, key = create_key(gw.keys_file, KeyDraft(name))
     return Jobs(gw.url, key)
 
 
