@@ -410,6 +410,10 @@ def test_redis_down_refuses_tracking_with_503_and_plain_predictions_keep_working
         assert tracked.status_code == 503 and "predictions without 'sequence' keep working" in tracked.text
         assert tracked.headers["retry-after"] == "2"
         assert plain().status_code == 200
+        for path in ("/v1/streams", "/v1/jobs"):  # the routes of shared work: 503 naming Redis, not a bare 500
+            down = requests.get(f"{url}{path}", headers={"x-api-key": key}, timeout=60)
+            assert down.status_code == 503 and "shared state (Redis) is unreachable" in down.json()["message"], path
+            assert down.headers["retry-after"] == "5"
     finally:
         stack.redis.restart()
     deadline = time.monotonic() + 15

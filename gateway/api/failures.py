@@ -4,12 +4,14 @@ router's 404 and 405 on a Platform path are answered as the Platform answers). T
 
 from __future__ import annotations
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from gateway.dialects import Dialect, for_path
-from gateway.errors import GatewayError, http_error, internal_error
+from gateway.errors import GatewayError, ServiceUnavailable, http_error, internal_error
 
 STATE = "dialect"
 
@@ -34,8 +36,26 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     return dialect_of(request).error_response(http_error(request, exc))
 
 
+async def handle_shared_state_down(request: Request, exc: Exception) -> Response:
+    """Redis unreachable in a route that needs the shared state (streams, jobs, the models API): 503, not 500. The
+    stores that have their own answer for this (keys, sequences) raise ServiceUnavailable themselves."""
+    return dialect_of(request).error_response(
+        ServiceUnavailable(
+            "The gateway's shared state (Redis) is unreachable, so this request could not be served; retry in a few "
+            "seconds (predictions without 'sequence' keep working meanwhile).",
+            5,
+        )
+    )
+
+
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     return dialect_of(request).error_response(internal_error(request))
 
 
-HANDLERS = {GatewayError: handle_gateway_error, HTTPException: handle_http_exception, Exception: handle_unexpected}
+HANDLERS = {
+    GatewayError: handle_gateway_error,
+    HTTPException: handle_http_exception,
+    RedisConnectionError: handle_shared_state_down,
+    RedisTimeoutError: handle_shared_state_down,
+    Exception: handle_unexpected,
+}
