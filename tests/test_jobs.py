@@ -154,6 +154,33 @@ def test_a_key_sees_only_its_own_jobs(gw: Gateway, clips: dict[str, Path]) -> No
     assert mine.call("GET", f"/v1/jobs/{id}").status_code == 404
 
 
+def test_revoking_its_key_ends_a_running_job_with_401(gw: Gateway, tmp_path: Path) -> None:
+    from gateway.keys.auth import KeyDraft, create_key
+    from gateway.keys.cli import main as keys_main
+
+    entry, key = create_key(gw.keys_file, KeyDraft("revoked-mid-job"))
+    api = Jobs(gw.url, key)
+    long = write_video(tmp_path / "zidane-1200.avi", "MJPG", 1200, (320, 184), "zidane.jpg")
+    receiver = Receiver()  # the revoked key can't ask for its job any more: the webhook tells how it ended
+    hook = receiver.start()
+    try:
+        submitted = poll("the new key accepted", lambda: (r := api.submit(long, webhook=hook, **ARGS)).status_code
+                         == 202 and r, 10)  # fmt: skip
+        id = submitted.json()["data"]["id"]
+        poll("the job running", lambda: (j := api.job(id))["state"] == "running" and j["progress"]["frames_done"], 60)
+        assert keys_main(["--file", str(gw.keys_file), "revoke", entry.id, "--yes"]) == 0
+        revoked_at = time.monotonic()
+        poll("the job's webhook delivered", lambda: receiver.got, 60)
+    finally:
+        receiver.stop()
+    ended_s = receiver.got[0][0] - revoked_at
+    job = json.loads(receiver.got[0][2])["job"]
+    assert job["id"] == id and job["state"] == "failed" and "revoked while it ran" in job["error"], job
+    assert 0 < job["progress"]["frames_done"] < 1200, job  # stopped partway: the rest was not analysed
+    assert ended_s < 1 + 1 + 10, f"the job went on {ended_s:.1f} s after its key was revoked"  # re-read, tick
+    assert api.call("GET", f"/v1/jobs/{id}").status_code == 401
+
+
 def test_the_webhook_is_told_of_completion_signed_with_the_keys_secret(gw: Gateway, clips: dict[str, Path]) -> None:
     api = _key(gw, "hooked")
     secret = api.call("POST", "/v1/webhooks/secret").json()["data"]["webhook_secret"]

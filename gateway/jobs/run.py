@@ -6,7 +6,9 @@ line last.
 A run writes to a file of its own (`<id>.<token>.part`, the lease's fencing token) and renames it to the result
 only at the end, so a replica that lost its lease never touches its successor's result: a job taken over after its
 owner died starts over and rewrites the whole result (no frame twice, none missing). Progress goes to the record
-every PROGRESS_S (fenced); the record is re-read as often, so a cancel (`stop`) ends the run within about a second.
+every PROGRESS_S (fenced); the record and the key are re-read as often, so a cancel (`stop`) ends the run within
+about a second, and so does revoking the job's key (the job fails with 401; the frames analysed so far are its
+result).
 Frames are charged to the key as the video route charges them, and a run after a takeover pays only for frames
 beyond those the job already paid for (`charged`).
 """
@@ -24,7 +26,7 @@ from typing import IO, Any
 import orjson
 
 from gateway.dialects import DIALECTS, Call
-from gateway.errors import GatewayError, PayloadTooLarge, ServiceUnavailable
+from gateway.errors import GatewayError, PayloadTooLarge, ServiceUnavailable, Unauthorized
 from gateway.keys.auth import KeyEntry
 from gateway.predict import responses, tracked, video
 from gateway.services import Services
@@ -112,6 +114,12 @@ async def run(
                     if not await _going_on(board, lease, progress.fields(charged)):
                         control.cancelled = True
                         break
+                    if not await _key_valid(services, entry.id):
+                        error = Unauthorized(
+                            f"The job's API key was revoked while it ran: the {progress.done} frame(s) analysed "
+                            "before are its result, the rest were not analysed. Submit it again with a valid key."
+                        )
+                        break
         except PayloadTooLarge as exc:  # a limit, or the job's time: the frames read so far are the result
             error = exc
             if reader.out_of_time:
@@ -143,6 +151,11 @@ async def _going_on(board: Board, lease: Lease, fields: dict[str, str]) -> bool:
         return False
     found = await board.read(lease.kind, lease.id)
     return found is not None and not found.get("stop")
+
+
+async def _key_valid(services: Services, key_id: str) -> bool:
+    found = await services.store.get_key(key_id)
+    return found is not None and not found.revoked
 
 
 def _finish(out: IO[bytes], lines: list[bytes], part: Path, result: Path) -> None:
