@@ -268,6 +268,8 @@ def public(id: str, record: dict[str, str]) -> dict[str, Any]:
                 "frames_rate_limited",
                 "frames_failed",
                 "reconnects",
+                "width",
+                "height",
             )
         },  # fmt: skip
     }

@@ -45,6 +45,7 @@ class Counters:
     rate_limited: int = 0
     failed: int = 0
     lag_ms: float = 0.0  # from a frame's read to its event, last frame
+    size: tuple[int, int] = (0, 0)  # the last analysed frame's (width, height) in pixels: where the boxes lie
     times: list[float] | None = None
 
     def processed_fps(self, now: float, window: float = 2.0) -> float:
@@ -82,6 +83,8 @@ def stats(run: Run, counters: Counters, now: float) -> dict[str, str]:
         "frames_rate_limited": counters.rate_limited,
         "frames_failed": counters.failed,
         "reconnects": source.reconnects,
+        "width": counters.size[0],
+        "height": counters.size[1],
     }
     state = "running" if source.state == "running" else source.state
     return {"state": state, "error": source.error, "stats": orjson.dumps(figures).decode(), "updated": str(time.time())}
@@ -155,6 +158,7 @@ async def _analyse(run: Run, frame: Grabbed, counters: Counters, started: float)
         counters.processed += 1
         now = time.monotonic()
         counters.lag_ms = (now - frame.at) * 1000
+        counters.size = (frame.image.shape[1], frame.image.shape[0])
         assert counters.times is not None
         counters.times.append(now)
         if run.batch is not None:

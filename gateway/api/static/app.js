@@ -132,6 +132,7 @@ async function loadModels() {
   if (saved && state.models.has(saved)) els.model.value = saved;
   els.model.disabled = false;
   onModelChange();
+  document.dispatchEvent(new Event("models-loaded"));  // streams.js lists them in its own form
 }
 
 function onModelChange() {
@@ -661,10 +662,10 @@ function clearCanvas() {
   delete els.canvas.dataset.frame;
 }
 
-function sizeCanvas(w = els.img.naturalWidth, h = els.img.naturalHeight) {
-  els.canvas.width = w;
-  els.canvas.height = h;
-  return els.canvas.getContext("2d");
+function sizeCanvas(w = els.img.naturalWidth, h = els.img.naturalHeight, canvas = els.canvas) {
+  canvas.width = w;
+  canvas.height = h;
+  return canvas.getContext("2d");
 }
 
 const classColor = (c) => PALETTE[((c % PALETTE.length) + PALETTE.length) % PALETTE.length];
@@ -675,10 +676,11 @@ function textColor(hex) {
 }
 
 /** Draw `data` (summary() items in image pixels) over the preview (or a video frame `frame` of w×h pixels, over
- * `background` when the browser can't show the video); lowest confidence first so the best is on top. */
-function draw(data, width, height, frame, background) {
-  const ctx = sizeCanvas(width, height);
-  const w = els.canvas.width, h = els.canvas.height;
+ * `background` when the browser can't show the video); lowest confidence first so the best is on top. `canvas`:
+ * another canvas to draw on (the Streams view's, streams.js). */
+function draw(data, width, height, frame, background, canvas = els.canvas) {
+  const ctx = sizeCanvas(width, height, canvas);
+  const w = canvas.width, h = canvas.height;
   if (background) { ctx.fillStyle = background; ctx.fillRect(0, 0, w, h); }
   const lw = Math.max(Math.round(((w + h + 3) / 2) * 0.003), 2);  // Ultralytics sums (h, w, 3)
   const items = [...data].reverse();
@@ -717,7 +719,7 @@ function draw(data, width, height, frame, background) {
     } else {
       ctx.strokeRect(x1, y1, b.x2 - x1, b.y2 - y1);
     }
-    const label = `${d.name} ${Number(d.confidence).toFixed(2)}`;
+    const label = `${d.track_id !== undefined ? `id:${d.track_id} ` : ""}${d.name} ${Number(d.confidence).toFixed(2)}`;
     const tw = Math.ceil(ctx.measureText(label).width) + 4;
     const th = fontPx + 4;
     const outside = y1 >= th;  // the tab goes above the box unless the box touches the top edge
@@ -731,8 +733,8 @@ function draw(data, width, height, frame, background) {
 
   for (const d of items) if (d.keypoints) drawKeypoints(ctx, d.keypoints, lw);
   drawTop5(ctx, data.filter((d) => !d.box), fontPx, h);
-  els.canvas.dataset.detections = String(data.length);
-  if (frame !== undefined) els.canvas.dataset.frame = String(frame); else delete els.canvas.dataset.frame;
+  canvas.dataset.detections = String(data.length);
+  if (frame !== undefined) canvas.dataset.frame = String(frame); else delete canvas.dataset.frame;
 }
 
 /** A classifier's classes, best first, as white lines on a half-transparent band near the top-left corner. */
