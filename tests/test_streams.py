@@ -360,3 +360,16 @@ def test_readers_take_their_share_only_and_stop_with_their_stream_and_the_gatewa
     assert "Application shutdown complete" in log, log[-3000:]  # the lifespan's end: every run and reader stopped
     assert "Traceback" not in log and "failed" not in log, log[-3000:]
     assert stopped < 20, stopped  # runs get 5 s to end (gateway/work/owner.py), a reader 1 s to join
+
+
+@pytest.mark.parametrize("field", ["source", "webhook"])
+def test_a_url_whose_host_does_not_resolve_is_a_400_naming_it(api: Api, field: str) -> None:
+    """Found by schemathesis (tests/test_fuzz.py): it was a 502, though nothing was fetched; the client's URL is wrong.
+    `.invalid` never resolves (RFC 2606): no connection is attempted anywhere."""
+    body = {"source": "rtsp://no-such-host.invalid/live", "model": "yolov8n"}
+    if field == "webhook":
+        body = {"source": "http://127.0.0.1:1025/x", "model": "yolov8n", "webhook": "https://no-such-host.invalid/h"}
+    r = api.call("POST", "/v1/streams", json=body)
+    message = r.json()["message"]
+    assert r.status_code == 400 and f"The {field} URL's host" in message and "resolved" in message, r.text
+    assert api.call("GET", "/v1/streams").json()["data"] == [], "no stream was made"

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
-from gateway.errors import BadGateway, BadRequest
+from gateway.errors import BadRequest
 from gateway.predict.fetch import Resolver, is_public, system_resolver
 
 SOURCE_SCHEMES = {"rtsp": 554, "rtmp": 1935, "http": 80, "https": 443}
@@ -72,12 +72,14 @@ async def check_url(
     port = port or schemes[scheme]
     if port != schemes[scheme] and port < 1024:
         raise BadRequest(f"The {what} URL's port {port} is not allowed: use the scheme's default or one from 1024 up.")
+    # 400, not an image url's 502: nothing is fetched yet, the stream's URL is refused (the client fixes the name)
+    unresolved = f"The {what} URL's host '{host[:100]}' could not be resolved: check the host name."
     try:
         addresses = await resolve(host, port)
     except (OSError, UnicodeError):
-        raise BadGateway(f"The {what} URL's host '{host[:100]}' could not be resolved.") from None
+        raise BadRequest(unresolved) from None
     if not addresses:
-        raise BadGateway(f"The {what} URL's host '{host[:100]}' could not be resolved.")
+        raise BadRequest(unresolved)
     if host.lower() not in allow_hosts and not all(is_public(a) for a in addresses):
         raise BadRequest(
             f"The {what} URL is not allowed: its host must be a public address (an operator may allow private hosts "
