@@ -415,3 +415,21 @@ def test_input_messages_name_every_format_and_the_port_rule(gateway: Gateway) ->
     assert preprocess.SUPPORTED in _message(gateway.predict("yolov8n", files={"image": b""}), 422)
     message = _message(gateway.predict("yolov8n", data={"url": "http://8.8.8.8:22/photo.jpg"}), 400)
     assert "port 22" in message and "1024" in message
+
+
+def test_openapi_documents_the_streams_routes_and_the_fields_a_stream_takes() -> None:
+    """Every route of gateway/api/live.py with its methods, and POST /v1/streams's body: the fields request.parse
+    reads (the aliases aside), nothing more."""
+    from starlette.routing import Route
+
+    from gateway.api import live
+    from gateway.live import request
+
+    served: dict[str, set[str]] = {}
+    for route in live.routes():
+        assert isinstance(route, Route) and route.methods
+        served.setdefault(route.path, set()).update(m.lower() for m in route.methods - {"HEAD"})
+    assert {path: set(SPEC["paths"].get(path, {})) for path in served} == served
+    body = SPEC["paths"]["/v1/streams"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert set(body["properties"]) == set(request.PREDICTION) | set(request.OWN)
+    assert set(body["required"]) == {"source", "model"}

@@ -38,9 +38,23 @@ def _call(case: schemathesis.Case, gateway: Gateway) -> None:
     # Half the cases aim at real models with a valid key, so generated arguments and bodies reach the decoder.
     if "model_id" in (case.path_parameters or {}) and zlib.crc32(str(case.query).encode()) % 2 == 0:
         case.path_parameters["model_id"] = MODELS[zlib.crc32(str(case.body).encode()) % len(MODELS)]
+    if case.path == "/v1/streams" and case.method == "POST" and isinstance(case.body, dict):
+        if zlib.crc32(str(case.body).encode()) % 2 == 0:  # half with a real model: the source reaches the URL guard
+            case.body["model"] = MODELS[zlib.crc32(str(case.body).encode()) % len(MODELS)]
     key = _admin_key(gateway) if case.path.startswith("/v1/keys") else gateway.key  # the admin API needs the scope
-    response = case.call_and_validate(base_url=gateway.url, headers={"x-api-key": key}, checks=CHECKS, timeout=60)
+    try:
+        response = case.call_and_validate(base_url=gateway.url, headers={"x-api-key": key}, checks=CHECKS, timeout=60)
+    finally:
+        if case.path.startswith("/v1/streams"):
+            _delete_streams(gateway.url, key)
     CALLS[response.status_code] += 1
+
+
+def _delete_streams(url: str, key: str) -> None:
+    """No stream a case started outlives it (nor takes the key's streams cap from the next case)."""
+    headers = {"x-api-key": key}
+    for stream in requests.get(f"{url}/v1/streams", headers=headers, timeout=30).json()["data"]:
+        assert requests.delete(f"{url}/v1/streams/{stream['id']}", headers=headers, timeout=30).status_code == 200
 
 
 @schema.parametrize()

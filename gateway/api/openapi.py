@@ -17,6 +17,7 @@ from gateway.api.openapi_schemas import (
     PREDICTION,
     VIDEO,
 )
+from gateway.api.openapi_streams import paths as stream_paths
 from gateway.arguments import (
     ALIASES,
     ARGUMENTS,
@@ -349,3 +350,4 @@ SPEC["paths"]["/v1/models/{model_id}"]["get"]["responses"]["200"] = _ok(
     openapi_models.ANY_MODEL, "The model (an uploaded one: its status resource)"
 )
 SPEC["paths"] |= JOBS_PATHS  # video jobs (/v1/jobs), described in openapi_jobs.py
+SPEC["paths"] |= stream_paths(_ARG_SCHEMAS)  # live streams and webhooks (gateway/api/live.py), openapi_streams.py
