@@ -433,3 +433,6 @@ def test_openapi_documents_the_streams_routes_and_the_fields_a_stream_takes() ->
     body = SPEC["paths"]["/v1/streams"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert set(body["properties"]) == set(request.PREDICTION) | set(request.OWN)
     assert set(body["required"]) == {"source", "model"}
+    resource = SPEC["paths"]["/v1/streams/{stream_id}"]["get"]["responses"]["200"]["content"]["application/json"]
+    stream = resource["schema"]["properties"]["data"]
+    assert set(stream["required"]) <= set(stream["properties"]), "every field of the resource is described"

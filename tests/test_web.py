@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -199,9 +200,10 @@ def browser() -> Iterator[Any]:
         b.close()
 
 
-@pytest.fixture
-def page(browser: Any, gateway: Gateway) -> Iterator[Any]:
-    """A fresh browser context (empty local storage) on the gateway's page; JavaScript errors fail the test."""
+@contextlib.contextmanager
+def open_page(browser: Any, url: str) -> Iterator[Any]:
+    """A fresh browser context (empty local storage) on the page at `url`, once its models are listed; JavaScript
+    errors fail the test."""
     context = browser.new_context(viewport={"width": 1440, "height": 1000}, device_scale_factor=1)
     context.set_default_timeout(60_000)
     pg = context.new_page()
@@ -209,11 +211,18 @@ def page(browser: Any, gateway: Gateway) -> Iterator[Any]:
     pg.on("pageerror", lambda exc: errors.append(str(exc)))
     # Chromium logs every non-2xx fetch as "Failed to load resource"; the error tests cause those on purpose.
     pg.on("console", lambda m: errors.append(m.text) if m.type == "error" and "Failed to load" not in m.text else None)
-    pg.goto(f"{gateway.url}/")
+    pg.goto(f"{url}/")
     pg.wait_for_selector("#model:not([disabled])")
     yield pg
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+@pytest.fixture
+def page(browser: Any, gateway: Gateway) -> Iterator[Any]:
+    """The gateway's page in a fresh browser context (`open_page`)."""
+    with open_page(browser, gateway.url) as pg:
+        yield pg
 
 
 def _run(page: Any, key: str, model: str, image: Path, **fields: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import requests
 from tests import sources
 from tests.conftest import Gateway, start_gateway, stop_gateway
 from tests.test_video import write_video
-from tests.test_web import browser  # noqa: F401 -- fixture
+from tests.test_web import browser, open_page  # noqa: F401 -- fixture
 from tritonlocal import launcher
 
 SIZE = (640, 480)  # the clip's frames: the canvas must be drawn at this size
@@ -40,18 +40,10 @@ def key(gw: Gateway) -> str:
 
 @pytest.fixture
 def page(browser: Any, gw: Gateway) -> Iterator[Any]:  # noqa: F811
-    """The page on `gw` in a fresh context; JavaScript errors fail the test."""
-    context = browser.new_context(viewport={"width": 1440, "height": 1000}, device_scale_factor=1)
-    context.set_default_timeout(60_000)
-    pg = context.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda exc: errors.append(str(exc)))
-    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" and "Failed to load" not in m.text else None)
-    pg.goto(f"{gw.url}/")
-    pg.wait_for_selector("#stream-model option[value='yolov8n']", state="attached")
-    yield pg
-    context.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
+    """The page on `gw` (tests/test_web.py's `open_page`), once the Streams view lists the models."""
+    with open_page(browser, gw.url) as pg:
+        pg.wait_for_selector("#stream-model option[value='yolov8n']", state="attached")
+        yield pg
 
 
 @pytest.fixture(scope="module")
@@ -84,15 +76,10 @@ def test_page_starts_a_stream_draws_its_frames_live_and_stops_it(
     served = sources.mjpeg(bus_clip)
     api = {"x-api-key": key}
     try:
-        page.fill("#api-key", key)
-        page.fill("#stream-source", served.url)
-        page.select_option("#stream-model", "yolov8n")
         page.fill("#stream-fps", "4")
         page.check("#stream-track")
-        page.click("#stream-start")
-        page.wait_for_selector("#stream-canvas[data-stream]")
-        id = page.get_attribute("#stream-canvas", "data-stream")
-        assert id and id.startswith("st_") and page.is_hidden("#stream-error")
+        id = _start(page, key, served.url)
+        assert id.startswith("st_") and page.is_hidden("#stream-error")
         assert id in (page.text_content("#streams-table") or ""), "the new stream is listed"
 
         # several frames with detections drawn, one after another, while the source plays
@@ -127,6 +114,29 @@ def test_page_starts_a_stream_draws_its_frames_live_and_stops_it(
         served.stop()
         for s in requests.get(f"{gw.url}/v1/streams", headers=api, timeout=10).json()["data"]:
             requests.delete(f"{gw.url}/v1/streams/{s['id']}", headers=api, timeout=10)  # none outlives the test
+
+
+def _start(page: Any, key: str, source: str) -> str:
+    """Start a stream of `source` from the page's Streams view; its id once the page follows it."""
+    page.fill("#api-key", key)
+    page.fill("#stream-source", source)
+    page.select_option("#stream-model", "yolov8n")
+    page.click("#stream-start")
+    page.wait_for_selector("#stream-canvas[data-stream]")
+    return str(page.get_attribute("#stream-canvas", "data-stream"))
+
+
+def test_page_sees_a_stream_deleted_elsewhere_end(page: Any, gw: Gateway, key: str, bus_clip: Path) -> None:
+    served = sources.mjpeg(bus_clip)
+    try:
+        id = _start(page, key, served.url)
+        page.wait_for_function("() => Number(document.getElementById('stream-canvas').dataset.events) >= 1")
+        r = requests.delete(f"{gw.url}/v1/streams/{id}", headers={"x-api-key": key}, timeout=10)
+        assert r.status_code == 200
+        page.wait_for_selector("#stream-stats[data-state='deleted']")  # the events' `end`, or the next poll's 404
+        assert "deleted" in (page.text_content("#stream-stats") or "")
+    finally:
+        served.stop()
 
 
 def test_page_shows_stream_errors_as_readable_messages(page: Any, gw: Gateway, key: str) -> None:

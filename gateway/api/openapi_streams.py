@@ -10,24 +10,12 @@ from gateway.api.live import MAX_BODY
 from gateway.api.openapi_schemas import ERROR
 from gateway.live.request import FPS_RANGE
 from gateway.live.request import PREDICTION as STREAM_ARGUMENTS
+from gateway.live.service import public
 from gateway.work.guard import MAX_URL
 
-_STATS = (
-    "input_fps",
-    "processed_fps",
-    "lag_ms",
-    "frames_read",
-    "frames_processed",
-    "frames_dropped",
-    "frames_rate_limited",
-    "frames_failed",
-    "reconnects",
-    "width",
-    "height",
-)
 STREAM = {
     "type": "object",
-    "required": ["id", "state", "source", "model", "vid_stride", "fps", "track", "created", "events", *_STATS],
+    "required": list(public("st_0", {})),  # every field the resource always has
     "properties": {
         "id": {"type": "string", "pattern": "^st_[0-9a-f]+$"},
         "state": {

@@ -20,6 +20,15 @@
     out.classList.toggle("error-text", Boolean(isError));
   }
 
+  function button(text, onClick, className) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.textContent = text;
+    if (className) b.className = className;
+    b.addEventListener("click", onClick);
+    return b;
+  }
+
   async function call(method, path, body) {
     const headers = { "x-api-key": key() };
     if (body !== undefined) headers["content-type"] = "application/json";
@@ -29,7 +38,7 @@
     if (!response.ok) throw new Error(`${response.status}: ${(json && json.message) || response.statusText}`);
     return json;
   }
-  window.adminPage = { cell, call };  // shared with models.js (loaded after this file)
+  window.adminPage = { cell, call, button };  // shared with models.js and streams.js (loaded after this file)
 
   async function load() {
     $("keys-new").hidden = true;

@@ -11,16 +11,7 @@
   const STAGES = ["queued", "checking", "exporting", "verifying", "loading"];
   let uploads = new Map();  // id -> the model's entry in GET /v1/models (uploads only)
 
-  const { cell, call } = window.adminPage;  // keys.js: a table cell; an admin call (JSON or an Error)
-
-  function button(text, onClick, className) {
-    const b = document.createElement("button");
-    b.type = "button";
-    b.textContent = text;
-    if (className) b.className = className;
-    b.addEventListener("click", onClick);
-    return b;
-  }
+  const { cell, call, button } = window.adminPage;  // keys.js: a table cell; an admin call (JSON or an Error); a button
 
   function say(text, isError) {
     const out = $("models-status");

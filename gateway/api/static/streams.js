@@ -14,7 +14,7 @@
   const BACKGROUND = "#3a3f4b";  // the canvas stands for the frame, whose pixels never reach the page
   let watching = null;  // the stream followed now: {id, controller, timer, size: [w, h] | null, latest, events}
 
-  const { cell } = window.adminPage;  // keys.js: a table cell
+  const { cell, button } = window.adminPage;  // keys.js: a table cell, a button
 
   function say(text) { $("streams-status").textContent = text; }
 
@@ -58,15 +58,6 @@
   }
 
   const path = (id, tail) => `/v1/streams/${encodeURIComponent(id)}${tail || ""}`;
-
-  function button(text, onClick, className) {
-    const b = document.createElement("button");
-    b.type = "button";
-    b.textContent = text;
-    if (className) b.className = className;
-    b.addEventListener("click", onClick);
-    return b;
-  }
 
   // ---------------------------------------------------------------- the key's streams
 
@@ -170,8 +161,8 @@
       showStats(w, body.data);
     } catch (err) {
       if (watching !== w) return;
+      if (err.status === 404) { ended(w); return; }  // deleted elsewhere, before its events said so
       report(err);
-      if (err.status === 404) { unwatch(); return; }  // deleted elsewhere
     }
     if (watching === w) w.timer = setTimeout(() => poll(w), POLL_MS);
   }
@@ -188,6 +179,12 @@
       w.size = [s.width, s.height];
       if (w.latest) paint(w);  // frames that came before the size was known are drawn now
     }
+  }
+
+  function ended(w) {
+    unwatch();
+    $("stream-stats").textContent = `Stream ${w.id} ended: it was deleted.`;
+    $("stream-stats").dataset.state = "deleted";
   }
 
   /** Read the Server-Sent Events (one `data:` per analysed frame; `event: state` and `event: end` around them). */
@@ -247,7 +244,7 @@
     let value;
     try { value = JSON.parse(text); } catch (_) { return; }
     if (kind === "state") { showStats(w, value); return; }
-    if (kind === "end") { $("stream-stats").dataset.state = "ended"; return; }
+    if (kind === "end") { ended(w); return; }  // deleted: nothing more will come
     if (kind !== "message" || !Array.isArray(value.data)) return;
     w.latest = value;
     w.events += 1;
