@@ -33,9 +33,9 @@ def gw(triton: launcher.TritonServer, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture
 def key(gw: Gateway) -> str:
-    from gateway.keys.auth import create_key
+    from gateway.keys.auth import KeyDraft, create_key
 
-    return create_key(gw.keys_file, "web-streams")[1]  # a key of its own per test: its own streams
+    return create_key(gw.keys_file, KeyDraft("web-streams"))[1]  # a key of its own per test: its own streams
 
 
 @pytest.fixture
