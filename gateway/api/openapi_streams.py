@@ -8,6 +8,7 @@ from typing import Any
 
 from gateway.api.live import MAX_BODY
 from gateway.api.openapi_schemas import ERROR
+from gateway.arguments import TRACKERS
 from gateway.live.request import FPS_RANGE
 from gateway.live.request import PREDICTION as STREAM_ARGUMENTS
 from gateway.live.service import public
@@ -28,6 +29,7 @@ STREAM = {
         "vid_stride": {"type": "integer", "minimum": 1},
         "fps": {"type": ["number", "null"], "description": "Frames analysed a second (null: every vid_stride-th)"},
         "track": {"type": "boolean"},
+        "tracker": {"anyOf": [{"enum": list(TRACKERS)}, {"type": "null"}], "description": "null: not tracked"},
         "webhook": {"type": ["string", "null"]},
         "created": {"type": "number", "description": "Unix time, seconds"},
         "owner": {"type": ["string", "null"], "description": "The replica running it"},
@@ -103,8 +105,8 @@ def _body(arguments: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "track": {
             "type": "boolean",
             "default": False,
-            "description": "Detect, segment and pose models: each row gets a track_id (ByteTrack), kept for the "
-            "stream's life",
+            "description": "Each row gets a track_id, as on videos (`tracker` picks ByteTrack or BoT-SORT, and alone "
+            "implies tracking; the default confidence is then 0.1), kept for the stream's life",
         },
         "webhook": {
             "type": "string",
