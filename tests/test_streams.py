@@ -373,3 +373,17 @@ def test_a_url_whose_host_does_not_resolve_is_a_400_naming_it(api: Api, field: s
     message = r.json()["message"]
     assert r.status_code == 400 and f"The {field} URL's host" in message and "resolved" in message, r.text
     assert api.call("GET", "/v1/streams").json()["data"] == [], "no stream was made"
+
+
+def test_a_stream_request_reads_json_numbers_as_json_does() -> None:
+    """46.0 is an integer in JSON (and in /openapi.json's schema): max_det 46.0 and classes [0.0, 2.0] are read as
+    the integers they are, not refused as "46.0"."""
+    from gateway.arguments import parse_args
+    from gateway.live.request import parse
+
+    body = {"source": "rtsp://camera.example/live", "model": "yolov8n", "max_det": 46.0, "classes": [0.0, 2.0],
+            "confidence": 1.0, "size": 320}  # fmt: skip
+    request = parse(json.dumps(body).encode())
+    assert request.fields["max_det"] == "46" and request.fields["classes"] == "0,2"
+    args = parse_args(request.fields, 640)
+    assert args.max_det == 46 and args.classes == (0, 2) and args.confidence == 1.0 and args.size == 320

@@ -39,7 +39,9 @@ def _text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, list):
-        return ",".join(str(v) for v in value)
+        return ",".join(_text(v) for v in value)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return str(int(value))  # JSON's 46.0 is the integer 46 (JSON Schema's too): "46.0" would be no integer
     return str(value)
 
 
