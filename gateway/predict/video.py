@@ -132,9 +132,11 @@ async def open_reader(
     stack: contextlib.AsyncExitStack,
     key: str,
     limits: Settings | None = None,
+    resume: int = 0,
 ) -> tuple[Reader, Scan]:
     """The video at `path` opened for reading (its capture and the decoder's memory, reserved for `key`, released by
-    `stack`), and what its scan found; `limits`: the settings its limits come from (the service's by default)."""
+    `stack`), and what its scan found; `limits`: the settings its limits come from (the service's by default);
+    `resume`: frames to analyse that a job's earlier run analysed (decoded, not analysed again: `Reader.resume`)."""
     settings = limits or services.settings
     pool = services.video_workers or services.workers
     cap, meta, found = await pool.run(videofile.open_video, path, container, args.vid_stride, settings, control)
@@ -142,7 +144,9 @@ async def open_reader(
     decoder = Hold(services.budget, key)  # the decoder's frames, held from the first frame to the last
     stack.callback(decoder.release)
     await decoder.reserve(found.decoder_bytes(settings.max_pixels))
-    reader = Reader(cap, meta, control, seek=found.seekable and args.vid_stride >= videoreader.SEEK_STRIDE)
+    reader = Reader(
+        cap, meta, control, seek=found.seekable and args.vid_stride >= videoreader.SEEK_STRIDE, resume=resume
+    )
     return reader, found
 
 
@@ -177,7 +181,7 @@ async def analysed_frames(
     batch = max(info.max_batch_size, 1)
     paid = 1  # the request's own token (taken by the rate limiter's check) pays for the first frame
     keep = tracked.needs_frames(args)  # BoT-SORT's camera motion reads each frame's pixels
-    delivered = 0
+    delivered = reader.resume  # a resumed job's earlier frames are in its result already
     while not reader.ended:
         hold = Hold(services.budget, key)
         outcomes: list[FrameOutcome] = []

@@ -44,6 +44,9 @@ class Reader:
     out_of_time: bool = False  # `control` expired before the video was read whole
     stopped: GatewayError | None = None
     frame_ms: list[float] = field(default_factory=list)
+    # the first `resume` frames to analyse were analysed by a job's run before this one (its checkpoint): decoded as
+    # ever (an inter-coded frame needs those before it), not retrieved nor made model inputs; they count as analysed
+    resume: int = 0
 
     @property
     def skipped(self) -> int:
@@ -108,6 +111,11 @@ def read_chunk(
                         break
                     continue
             reader.toward = 0
+            if reader.analysed < reader.resume:
+                reader.analysed += 1
+                if time.monotonic() - began > SLICE_S:
+                    break
+                continue
             ok, retrieved = cap.retrieve()
         except cv2.error:  # e.g. a frame size that changes midway: OpenCV's reader (Ultralytics' too) fails on it
             reader.stopped = UnprocessableImage(
