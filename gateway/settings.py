@@ -26,6 +26,7 @@ POSITIVE = frozenset(
     | {"sequence_ttl_s", "max_sequences_per_key"}
     | {"max_model_bytes"}
     | {"max_jobs_per_key", "job_result_ttl_s", "job_timeout_s"}
+    | {"job_checkpoint_s"}
 )
 
 
@@ -83,7 +84,8 @@ class Settings:
     max_jobs: int = 1  # jobs one replica runs at once (on the video threads, beside video requests); 0: none
     max_jobs_per_key: int = 4  # one key's queued and running jobs (across replicas); past it 429
     job_result_ttl_s: float = 86400.0  # a finished job (its result and video) is kept this long, then deleted
-    job_timeout_s: float = 3600.0  # the time one run of a job may take (after a takeover, the new run starts over)
+    job_timeout_s: float = 3600.0  # the time one run of a job may take (a takeover resumes at the last checkpoint)
+    job_checkpoint_s: float = 5.0  # a running job's result so far is made durable this often (a takeover resumes it)
     # Tracking across requests (`sequence`, gateway/sequences/): a sequence's tracker state lives this long after its
     # last frame, and one key keeps at most this many sequences at once (429 beyond)
     sequence_ttl_s: float = 60.0

@@ -2,7 +2,8 @@
 Ultralytics' own predictions and the synchronous video route's answer (tracked too); a job is cancelled, capped per
 key, expires, tells its webhook (signed), is checked up front and hidden from other keys; with Redis, a job whose
 owner is SIGKILLed mid-run is finished by another replica, complete (measured: POST to 202, job fps against the
-video route's, takeover time)."""
+video route's, takeover time) and resumed from its last checkpoint, the result byte for byte the synchronous
+route's."""
 
 from __future__ import annotations
 
@@ -77,6 +78,8 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {
         "mp4": write_video(out / "bus.mp4", "mp4v", 9, (250, 170)),
         "long": write_video(out / "zidane-long.avi", "MJPG", 240, (320, 184), "zidane.jpg"),
+        # inter-coded (MPEG-4 part 2, P-frames): a resumed run must decode the frames before its checkpoint
+        "resume": write_video(out / "zidane-600.mp4", "mp4v", 600, (320, 184), "zidane.jpg"),
     }
 
 
@@ -279,7 +282,7 @@ def replicas(triton: launcher.TritonServer, tmp_path: Path) -> Iterator[tuple[li
         assert created.returncode == 0, created.stderr
         key = created.stdout.strip().splitlines()[-1]
         env = {"redis_url": redis_server.url, "redis_password": redis_server.password,
-               "jobs_dir": str(tmp_path / "jobs"), "stream_lease_s": "3"}  # fmt: skip
+               "jobs_dir": str(tmp_path / "jobs"), "stream_lease_s": "3", "job_checkpoint_s": "1"}  # fmt: skip
         gateways = [start_gateway(triton, tmp_path / f"gw{i}", **env) for i in range(2) if _mkdir(tmp_path / f"gw{i}")]
         yield gateways, key, tmp_path / "jobs"
     finally:
@@ -294,33 +297,95 @@ def _mkdir(path: Path) -> bool:
 
 
 @pytest.mark.load
-def test_a_job_whose_owner_is_killed_is_finished_by_another_replica(
-    replicas: tuple[list[Gateway], str, Path], clips: dict[str, Path], capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(("track", "graceful"), [(False, False), (True, False), (False, True)],
+                         ids=["plain", "tracked", "shutdown"])  # fmt: skip
+def test_a_job_whose_owner_is_killed_is_resumed_by_another_replica(
+    replicas: tuple[list[Gateway], str, Path],
+    clips: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
+    track: bool,
+    graceful: bool,
 ) -> None:
+    """The owner SIGKILLed at about 2/3 of the job, after a checkpoint (GATEWAY_JOB_CHECKPOINT_S=1): the other
+    replica goes on from the checkpoint, not from frame 0, and the result is byte for byte the synchronous route's
+    (tracked: the same track ids, the tracker restored from the checkpoint). Shut down (SIGTERM) instead: the owner
+    hands the job over with a last checkpoint and keeps its part file for the successor."""
     gateways, key, folder = replicas
     apis = [Jobs(gw.url, key) for gw in gateways]
-    r = apis[0].submit(clips["long"], **ARGS)
+    fields = {**ARGS, "track": "true", "vid_stride": 2} if track else ARGS
+    total = 300 if track else 600
+    r = apis[0].submit(clips["resume"], **fields)
     assert r.status_code == 202, r.text
     id = r.json()["data"]["id"]
-    running = poll("the job 20 frames in", lambda: (j := apis[1].job(id))["progress"]["frames_done"] >= 20 and j, 60)
+
+    def late_with_checkpoint() -> dict[str, Any] | None:
+        job = apis[1].job(id)
+        assert job["state"] in ("queued", "running"), job  # not done before the kill: the clip is long enough
+        progress = job["progress"]
+        return job if (progress["checkpoint"] or 0) >= 20 and progress["frames_done"] >= total * 2 // 3 else None
+
+    running = poll("the job 2/3 done, with a checkpoint", late_with_checkpoint, 120)
+    checkpoint, done_at_kill = running["progress"]["checkpoint"], running["progress"]["frames_done"]
     owner = next(i for i, gw in enumerate(gateways) if f"-{gw.process.pid}-" in running["owner"])
     other = 1 - owner
     killed_at = time.monotonic()
-    gateways[owner].process.kill()  # SIGKILL: no goodbye, the lease must lapse
-    gateways[owner].process.wait(10)
-    taken = poll("another replica running the job", lambda: (j := apis[other].job(id))["runs"] == 2 and j, 60)
+    if graceful:
+        stop_gateway(gateways[owner])  # SIGTERM: the lease is given back at once
+    else:
+        gateways[owner].process.kill()  # SIGKILL: no goodbye, the lease must lapse
+        gateways[owner].process.wait(10)
+    taken = poll("another replica running the job", lambda: (j := apis[other].job(id))["runs"] == 2
+                 and j["progress"]["resumed_at"] is not None and j, 60)  # fmt: skip
     took_s = time.monotonic() - killed_at
     assert f"-{gateways[other].process.pid}-" in taken["owner"]
+    resumed_at = taken["progress"]["resumed_at"]
+    assert checkpoint <= resumed_at < total, taken  # from the last checkpoint (the one seen, or a later one)
     done = apis[other].finished(id, 300)
-    assert done["state"] == "done" and done["progress"]["frames_done"] == done["progress"]["frames_total"] == 240
+    finished_s = time.monotonic() - killed_at
+    assert done["state"] == "done" and done["progress"]["frames_done"] == done["progress"]["frames_total"] == total
     lines = apis[other].lines(id)
-    assert [line["frame"] for line in lines[:-1]] == list(range(240))  # complete, in order, none twice
-    assert lines == apis[other].video_route(clips["long"], **ARGS)
+    assert [line["frame"] for line in lines[:-1]] == list(range(fields.get("vid_stride", 1) - 1, 600, fields.get(
+        "vid_stride", 1)))  # fmt: skip
+    if track:
+        assert len({row["track_id"] for line in lines[:-1] for row in line["data"]}) >= 1
+    assert lines == apis[other].video_route(clips["resume"], **fields)  # byte for byte, end line included
     assert sorted(p.name for p in folder.iterdir()) == [f"{id}.ndjson"]  # the video and the dead run's part are gone
     with capsys.disabled():
-        print(f"\n[jobs takeover] owner SIGKILLed at frame {running['progress']['frames_done']}: the other replica "
-              f"runs the job after {took_s:.1f} s (GATEWAY_STREAM_LEASE_S=3), done and complete")  # fmt: skip
+        how = "SIGTERMed" if graceful else "SIGKILLed"
+        print(f"\n[jobs takeover{' tracked' if track else ''}] owner {how} at frame ~{done_at_kill} of {total} "
+              f"(checkpoint {checkpoint}): the other replica resumed at frame {resumed_at} after {took_s:.1f} s "
+              f"(GATEWAY_STREAM_LEASE_S=3, GATEWAY_JOB_CHECKPOINT_S=1) and analysed {total - resumed_at} frames "
+              f"(from frame 0: {total}); done {finished_s:.1f} s after the kill")  # fmt: skip
     assert took_s < 3 + 15  # the lease time, then a scan: generous on a busy machine
+
+
+def test_a_run_resumes_only_from_a_complete_checkpoint(tmp_path: Path) -> None:
+    """The new run's part file gets the checkpoint's prefix of the old one, or nothing (and starts at frame 0) when
+    the old file is gone, shorter than the checkpoint says, or the prefix does not end on a complete frame line."""
+    from gateway.jobs.run import Checkpoint, _open_part
+
+    lines = [b'{"frame":0}\n', b'{"frame":1}\n', b'{"frame":2}\n']
+    (tmp_path / "job_1.1.part").write_bytes(b"".join(lines) + b'{"frame":3')  # the dead run's, cut mid-line
+    size = len(b"".join(lines))
+    cases = [
+        (Checkpoint("job_1.1.part", 3, size, 2), 3, b"".join(lines)),
+        (Checkpoint("job_1.1.part", 2, len(lines[0] + lines[1]), 1), 2, lines[0] + lines[1]),
+        (Checkpoint("job_1.1.part", 4, size + 100, 3), 0, b""),  # longer than the file
+        (Checkpoint("job_1.1.part", 3, size - 1, 2), 0, b""),  # not on a line's end
+        (Checkpoint("job_1.0.part", 3, size, 2), 0, b""),  # gone
+        (None, 0, b""),
+    ]
+    for k, (found, frames, prefix) in enumerate(cases):
+        part = tmp_path / f"job_1.{k + 2}.part"
+        out, resumed = _open_part(tmp_path, part, found)
+        out.write(b"next\n")
+        out.close()
+        assert (resumed, part.read_bytes()) == (frames, prefix + b"next\n"), found
+    assert (tmp_path / "job_1.1.part").read_bytes().endswith(b'{"frame":3')  # the old file is only read
+    round_trip = Checkpoint("job_1.1.part", 3, size, 2, "QUJD")
+    assert Checkpoint.loads(round_trip.dumps()) == round_trip
+    for bad in ("", "{", '{"part": "x"}', Checkpoint("../x.part", 1, 1, 1).dumps(), Checkpoint("p", -1, 1, 1).dumps()):
+        assert Checkpoint.loads(bad) is None, bad
 
 
 def test_the_client_submits_waits_with_progress_and_reads_the_result(gw: Gateway, clips: dict[str, Path]) -> None:

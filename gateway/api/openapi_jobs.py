@@ -32,6 +32,14 @@ JOB = {
                 "frames_total": {"type": ["integer", "null"], "description": "null: the container does not say"},
                 "percent": _NUMBER_OR_NULL,
                 "fps": {"type": "number", "minimum": 0, "description": "Frames analysed per second"},
+                "checkpoint": {
+                    "type": ["integer", "null"],
+                    "description": "Frames durable in the last checkpoint: a takeover goes on after them",
+                },
+                "resumed_at": {
+                    "type": ["integer", "null"],
+                    "description": "The frames the last run took from a checkpoint (0: it found none it could use)",
+                },
             },
         },
         "created": _NUMBER_OR_NULL,

@@ -4,8 +4,14 @@ tracker), each frame written as one NDJSON line in the HUB v1 video format (what
 line last.
 
 A run writes to a file of its own (`<id>.<token>.part`, the lease's fencing token) and renames it to the result
-only at the end, so a replica that lost its lease never touches its successor's result: a job taken over after its
-owner died starts over and rewrites the whole result (no frame twice, none missing). Progress goes to the record
+only at the end, so a replica that lost its lease never touches its successor's result. Every
+GATEWAY_JOB_CHECKPOINT_S the run makes its lines so far durable (flushed, fsynced) and records a checkpoint (fenced):
+its part file, the complete frame lines and their bytes, the last source frame and, tracked, the tracker's state
+(gateway/tracking/codec.py). A run that finds a checkpoint (its job's owner died) copies that prefix of the old part
+file into its own (never writing the old one: its owner may live on, fenced off), restores the tracker and goes on
+after the checkpoint's frame: the frames before are decoded (inter-coded video needs them) but not analysed again
+(`Reader.resume`), so a takeover redoes at most the frames since the last checkpoint, and the result is byte for
+byte an uninterrupted run's (no frame twice, none missing). Progress goes to the record
 every PROGRESS_S (fenced); the record and the key are re-read as often, so a cancel (`stop`) ends the run within
 about a second, and so does revoking the job's key (the job fails with 401; the frames analysed so far are its
 result).
@@ -16,9 +22,11 @@ beyond those the job already paid for (`charged`).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import os
+import logging
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -28,13 +36,18 @@ import orjson
 from gateway.dialects import DIALECTS, Call
 from gateway.errors import GatewayError, PayloadTooLarge, ServiceUnavailable, Unauthorized
 from gateway.keys.auth import KeyEntry
+from gateway import tracking
 from gateway.predict import responses, tracked, video
 from gateway.services import Services
 from gateway.settings import Settings
 from gateway.vision.videofile import Control
 from gateway.work.board import Board, Lease
 
+log = logging.getLogger("gateway")
+
 PROGRESS_S = 1.0  # progress written and the record re-read (a cancel) this often
+CHECKPOINT = "checkpoint"  # the record's field holding the last checkpoint (`Checkpoint`, JSON)
+STOP, LOST = "stop", "lost"  # why a run ends without a verdict (`_going_on`)
 HUB = DIALECTS["hub"]  # results are written as the v1 route's NDJSON video answer
 
 
@@ -51,15 +64,44 @@ def result_path(settings: Settings, id: str) -> Path:
 
 @dataclasses.dataclass
 class Progress:
-    """What GET /v1/jobs/{id} shows while a job runs; frames_total is 0 when the container does not say."""
+    """What GET /v1/jobs/{id} shows while a job runs; frames_total is 0 when the container does not say; `resumed`:
+    the frames a checkpoint gave this run (not counted in its fps)."""
 
     total: int
     done: int = 0
+    resumed: int = 0
     started: float = dataclasses.field(default_factory=time.monotonic)
 
     def fields(self, charged: int) -> dict[str, str]:
         seconds = max(time.monotonic() - self.started, 1e-6)
-        return {"frames_done": str(self.done), "fps": f"{self.done / seconds:.2f}", "charged": str(charged)}
+        fps = (self.done - self.resumed) / seconds
+        return {"frames_done": str(self.done), "fps": f"{fps:.2f}", "charged": str(charged)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """The record's `checkpoint` (JSON): the first `size` bytes of the part file `part` (a name in GATEWAY_JOBS_DIR)
+    are durable and hold `frames` complete frame lines, the last of source frame `after`; `tracker`: the tracker's
+    state after that frame (base64 of gateway/tracking/codec.py's bytes; "" untracked)."""
+
+    part: str
+    frames: int
+    size: int
+    after: int
+    tracker: str = ""
+
+    def dumps(self) -> str:
+        return orjson.dumps(dataclasses.asdict(self)).decode()
+
+    @classmethod
+    def loads(cls, text: str) -> Checkpoint | None:
+        """The checkpoint of a record's field; None for none, or one this version can't read."""
+        try:
+            found = cls(**orjson.loads(text)) if text else None
+        except (orjson.JSONDecodeError, TypeError):
+            return None
+        ok = found is not None and "/" not in found.part and min(found.frames, found.size, found.after) >= 0
+        return found if ok else None
 
 
 async def run(
@@ -89,29 +131,46 @@ async def run(
             charged = paid
 
     error: GatewayError | None = None
+    found_checkpoint = Checkpoint.loads(record.get(CHECKPOINT, ""))
+    state = await asyncio.to_thread(_tracker_state, found_checkpoint) if args.track and found_checkpoint else None
+    if args.track and state is None:
+        found_checkpoint = None  # a tracked job resumes with its tracker or not at all
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(setattr, control, "cancelled", True)
+        out, resumed = await asyncio.to_thread(_open_part, settings.jobs_dir, part, found_checkpoint)
+        stack.callback(out.close)
+        if found_checkpoint is not None and not await board.write(lease, {"resumed_at": str(resumed)}):
+            return {}  # the lease is gone already
         job_limits = limits(settings)
         reader, found = await video.open_reader(
-            services, record["video"], record["container"], args, control, stack, entry.id, job_limits
+            services, record["video"], record["container"], args, control, stack, entry.id, job_limits, resumed
         )
-        tracker = tracked.Tracker.start(info, args) if args.track else None
+        tracker = None
+        if args.track:
+            tracker = tracked.Tracker(state) if resumed and state else tracked.Tracker.start(info, args)
         frames = video.analysed_frames(services, info, reader, found, args, charge, entry.id, tracker, job_limits)
         stack.push_async_callback(frames.aclose)
-        out: IO[bytes] = await asyncio.to_thread(open, part, "wb")
-        stack.callback(out.close)
-        progress = Progress(reader.meta.frames)
+        progress = Progress(reader.meta.frames, resumed, resumed)
         lines: list[bytes] = []
-        checked = time.monotonic()
+        checked = saved = time.monotonic()
+        ended = ""
         try:
             async for outcome in frames:
                 lines.append(orjson.dumps(HUB.frame(call, outcome)) + b"\n")
                 progress.done += 1
-                if time.monotonic() - checked >= PROGRESS_S:
+                # tracked: only after the last frame of a batch, when the tracker has seen no frame past the lines
+                settled = tracker is None or tracker.state.frame_id == progress.done
+                if time.monotonic() - checked >= PROGRESS_S and settled:
                     checked = time.monotonic()
-                    await asyncio.to_thread(out.writelines, lines)
+                    fields = progress.fields(charged)
+                    if checked - saved >= settings.job_checkpoint_s or lease.lost:  # lost: maybe a shutdown
+                        saved = checked
+                        fields[CHECKPOINT] = await _checkpoint(out, lines, part, progress.done, outcome.index, tracker)
+                    else:
+                        await asyncio.to_thread(out.writelines, lines)
                     lines = []
-                    if not await _going_on(board, lease, progress.fields(charged)):
+                    ended = await _going_on(board, lease, fields)
+                    if ended:
                         control.cancelled = True
                         break
                     if not await _key_valid(services, entry.id):
@@ -130,7 +189,8 @@ async def run(
         except GatewayError as exc:  # the video broke off partway (422), Triton failed (503/504)
             error = exc
         if control.cancelled:
-            await asyncio.to_thread(_remove, part)
+            if ended != LOST:  # a lost lease's part file stays, for its successor to resume from (retire removes it)
+                await asyncio.to_thread(_remove, part)
             return {}
         end = HUB.end_line(call, responses.video_meta(reader), reader.analysed, error)
         lines.append(orjson.dumps(end) + b"\n")
@@ -145,12 +205,66 @@ async def run(
     return final
 
 
-async def _going_on(board: Board, lease: Lease, fields: dict[str, str]) -> bool:
-    """Write progress (fenced) and say whether the run may go on: the lease holds and nobody asked for a stop."""
-    if lease.lost or lease.stop or not await board.write(lease, fields):
-        return False
+async def _checkpoint(
+    out: IO[bytes], lines: list[bytes], part: Path, frames: int, after: int, tracker: tracked.Tracker | None
+) -> str:
+    """The lines so far made durable in the part file, and the record's checkpoint for them (JSON). Called between
+    the frames of the generator (suspended): the tracker's state is that after frame `after`."""
+    blob = await asyncio.to_thread(tracking.dumps, tracker.state) if tracker is not None else b""
+    size = await asyncio.to_thread(_durable, out, lines)
+    return Checkpoint(part.name, frames, size, after, base64.b64encode(blob).decode()).dumps()
+
+
+def _durable(out: IO[bytes], lines: list[bytes]) -> int:
+    """Write `lines`, flush and fsync; the file's length (bytes)."""
+    out.writelines(lines)
+    out.flush()
+    os.fsync(out.fileno())
+    return out.tell()
+
+
+def _tracker_state(found: Checkpoint) -> tracking.State | None:
+    """The tracker state a checkpoint holds; None when it holds none or one this version can't read."""
+    try:
+        return tracking.loads(base64.b64decode(found.tracker, validate=True)) if found.tracker else None
+    except ValueError as exc:  # binascii.Error is one
+        log.warning("job checkpoint: its tracker state can't be read (%s): the run starts over", exc)
+        return None
+
+
+def _open_part(folder: Path, part: Path, found: Checkpoint | None) -> tuple[IO[bytes], int]:
+    """This run's part file, open for writing, and the frames it starts with: the complete prefix of the
+    checkpoint's part file copied in (that file only read: its run may go on, fenced off), else empty and 0 (no
+    checkpoint, or its file is gone or shorter than it says)."""
+    out = open(part, "wb")  # noqa: SIM115 - the run closes it (its exit stack)
+    if found is None:
+        return out, 0
+    left, newlines, last = found.size, 0, b"\n"
+    try:
+        with open(folder / found.part, "rb") as old:
+            while left > 0 and (block := old.read(min(left, 1 << 20))):
+                out.write(block)
+                left, newlines, last = left - len(block), newlines + block.count(b"\n"), block[-1:]
+    except OSError as exc:
+        log.warning("job checkpoint: %s can't be read (%s): the run starts over", found.part, exc.strerror)
+        left = -1
+    if left != 0 or newlines != found.frames or last != b"\n":
+        out.seek(0)
+        out.truncate()
+        return out, 0
+    return out, found.frames
+
+
+async def _going_on(board: Board, lease: Lease, fields: dict[str, str]) -> str:
+    """Write progress (fenced) and say whether the run may go on: "" (it may), STOP (the job was cancelled or
+    deleted) or LOST (the lease). A lease this replica gives up at shutdown is `lost` while the board still holds it:
+    this last write goes in, with the checkpoint the run made for it, and the next owner resumes from there."""
+    if lease.stop:
+        return STOP
+    if not await board.write(lease, fields) or lease.lost:
+        return LOST
     found = await board.read(lease.kind, lease.id)
-    return found is not None and not found.get("stop")
+    return STOP if found is None or found.get("stop") else ""
 
 
 async def _key_valid(services: Services, key_id: str) -> bool:
@@ -173,8 +287,12 @@ def _remove(path: Path) -> None:
 
 
 def public_progress(record: dict[str, str]) -> dict[str, Any]:
-    """The `progress` object of a job resource: frames done and total (0: unknown), percent, processed fps."""
+    """The `progress` object of a job resource: frames done and total (0: unknown), percent, processed fps, the
+    frames of the last checkpoint and those the last run resumed at (a takeover; 0: it found none it could use)."""
     done, total = int(record.get("frames_done") or 0), int(record.get("frames_total") or 0)
     percent = 100.0 if record.get("state") == "done" else round(100 * done / total, 1) if total else None
+    checkpoint = Checkpoint.loads(record.get(CHECKPOINT, ""))
     return {"frames_done": done, "frames_total": total or None, "percent": percent,
-            "fps": float(record.get("fps") or 0)}  # fmt: skip
+            "fps": float(record.get("fps") or 0),
+            "checkpoint": checkpoint.frames if checkpoint else None,
+            "resumed_at": int(record["resumed_at"]) if record.get("resumed_at") else None}  # fmt: skip

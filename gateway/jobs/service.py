@@ -6,13 +6,15 @@ A job is a record of kind "job" on the board (gateway/work/board.py), the same m
 jobs stay on the board, with their result file, until `expires` (GATEWAY_JOB_RESULT_TTL_S after they finished),
 and are then deleted (by whichever replica sweeps or reads them first). The video and the result live in
 GATEWAY_JOBS_DIR, which every replica must see. With Redis a job survives its gateway: when the owner dies, its
-lease lapses and another replica (or the restarted one) runs the job again from its first frame; without Redis the
-board is in the process and a restart forgets its jobs.
+lease lapses and another replica (or the restarted one) runs the job on from its last checkpoint (gateway/jobs/run.py;
+from its first frame when there is none yet); without Redis the board is in the process and a restart forgets its
+jobs.
 
 Record fields: key (the key id), model (as sent), args (JSON: the prediction arguments as strings), container,
 video (its path), frames_total, webhook, webhook_shown, created, started, finished, expires (Unix s), state
 (queued|running|done|failed|cancelled), error, status (the HTTP status the error would have had), frames_done, fps,
-charged (tokens paid), runs, owner, token, stop.
+charged (tokens paid), runs, owner, token, stop, checkpoint (JSON: `run.Checkpoint`), resumed_at (the frames the
+last run took from a checkpoint).
 """
 
 from __future__ import annotations
