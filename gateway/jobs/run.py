@@ -25,18 +25,18 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
-import os
 import logging
+import os
 import time
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
 
+from gateway import tracking
 from gateway.dialects import DIALECTS, Call
 from gateway.errors import GatewayError, PayloadTooLarge, ServiceUnavailable, Unauthorized
 from gateway.keys.auth import KeyEntry
-from gateway import tracking
 from gateway.predict import responses, tracked, video
 from gateway.services import Services
 from gateway.settings import Settings
@@ -139,7 +139,7 @@ async def run(
         stack.callback(setattr, control, "cancelled", True)
         out, resumed = await asyncio.to_thread(_open_part, settings.jobs_dir, part, found_checkpoint)
         stack.callback(out.close)
-        if found_checkpoint is not None and not await board.write(lease, {"resumed_at": str(resumed)}):
+        if record.get(CHECKPOINT) and not await board.write(lease, {"resumed_at": str(resumed)}):
             return {}  # the lease is gone already
         job_limits = limits(settings)
         reader, found = await video.open_reader(
