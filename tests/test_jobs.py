@@ -297,22 +297,22 @@ def _mkdir(path: Path) -> bool:
 
 
 @pytest.mark.load
-@pytest.mark.parametrize(("track", "graceful"), [(False, False), (True, False), (False, True)],
-                         ids=["plain", "tracked", "shutdown"])  # fmt: skip
+@pytest.mark.parametrize(("track", "graceful"), [("", False), ("bytetrack", False), ("botsort", False), ("", True)],
+                         ids=["plain", "tracked", "botsort", "shutdown"])  # fmt: skip
 def test_a_job_whose_owner_is_killed_is_resumed_by_another_replica(
     replicas: tuple[list[Gateway], str, Path],
     clips: dict[str, Path],
     capsys: pytest.CaptureFixture[str],
-    track: bool,
+    track: str,
     graceful: bool,
 ) -> None:
     """The owner SIGKILLed at about 2/3 of the job, after a checkpoint (GATEWAY_JOB_CHECKPOINT_S=1): the other
     replica goes on from the checkpoint, not from frame 0, and the result is byte for byte the synchronous route's
-    (tracked: the same track ids, the tracker restored from the checkpoint). Shut down (SIGTERM) instead: the owner
-    hands the job over with a last checkpoint and keeps its part file for the successor."""
+    (tracked: the same track ids, the tracker restored from the checkpoint, BoT-SORT's previous frame too). Shut down
+    (SIGTERM) instead: the owner hands the job over with a last checkpoint and keeps its part file for the successor."""
     gateways, key, folder = replicas
     apis = [Jobs(gw.url, key) for gw in gateways]
-    fields = {**ARGS, "track": "true", "vid_stride": 2} if track else ARGS
+    fields = {**ARGS, "track": "true", "tracker": track, "vid_stride": 2} if track else ARGS
     total = 300 if track else 600
     r = apis[0].submit(clips["resume"], **fields)
     assert r.status_code == 202, r.text
@@ -344,15 +344,15 @@ def test_a_job_whose_owner_is_killed_is_resumed_by_another_replica(
     finished_s = time.monotonic() - killed_at
     assert done["state"] == "done" and done["progress"]["frames_done"] == done["progress"]["frames_total"] == total
     lines = apis[other].lines(id)
-    assert [line["frame"] for line in lines[:-1]] == list(range(fields.get("vid_stride", 1) - 1, 600, fields.get(
-        "vid_stride", 1)))  # fmt: skip
+    stride = 2 if track else 1
+    assert [line["frame"] for line in lines[:-1]] == list(range(stride - 1, 600, stride))  # complete, in order, once
     if track:
         assert len({row["track_id"] for line in lines[:-1] for row in line["data"]}) >= 1
     assert lines == apis[other].video_route(clips["resume"], **fields)  # byte for byte, end line included
     assert sorted(p.name for p in folder.iterdir()) == [f"{id}.ndjson"]  # the video and the dead run's part are gone
     with capsys.disabled():
         how = "SIGTERMed" if graceful else "SIGKILLed"
-        print(f"\n[jobs takeover{' tracked' if track else ''}] owner {how} at frame ~{done_at_kill} of {total} "
+        print(f"\n[jobs takeover {track or 'untracked'}] owner {how} at frame ~{done_at_kill} of {total} "
               f"(checkpoint {checkpoint}): the other replica resumed at frame {resumed_at} after {took_s:.1f} s "
               f"(GATEWAY_STREAM_LEASE_S=3, GATEWAY_JOB_CHECKPOINT_S=1) and analysed {total - resumed_at} frames "
               f"(from frame 0: {total}); done {finished_s:.1f} s after the kill")  # fmt: skip
