@@ -38,7 +38,33 @@
     if (!response.ok) throw new Error(`${response.status}: ${(json && json.message) || response.statusText}`);
     return json;
   }
-  window.adminPage = { cell, call, button };  // shared with models.js and streams.js (loaded after this file)
+  /** The error box `id` (hidden until shown): show(title, detail) puts a bold title and the detail in it, as text. */
+  function errorBox(id) {
+    return {
+      show(title, detail) {
+        const strong = document.createElement("strong");
+        strong.textContent = title;
+        $(id).replaceChildren(strong, document.createTextNode(detail || ""));
+        $(id).hidden = false;
+      },
+      clear() { $(id).hidden = true; $(id).replaceChildren(); },
+    };
+  }
+
+  /** Keep the <select> `id` listing the page's models (app.js's #model, once /v1/models answers), the one picked
+   * above first chosen. */
+  function followModels(id) {
+    const fill = () => {
+      const select = $(id), current = select.value || $("model").value;
+      select.replaceChildren(...[...$("model").options].filter((o) => o.value).map((o) => new Option(o.text, o.value)));
+      if ([...select.options].some((o) => o.value === current)) select.value = current;
+    };
+    document.addEventListener("models-loaded", fill);
+    document.addEventListener("DOMContentLoaded", fill);  // in case they were listed before the view's file ran
+  }
+
+  // shared with models.js, streams.js and jobs.js (loaded after this file)
+  window.adminPage = { cell, call, button, errorBox, followModels };
 
   async function load() {
     $("keys-new").hidden = true;

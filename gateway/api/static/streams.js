@@ -14,20 +14,10 @@
   const BACKGROUND = "#3a3f4b";  // the canvas stands for the frame, whose pixels never reach the page
   let watching = null;  // the stream followed now: {id, controller, timer, size: [w, h] | null, latest, events}
 
-  const { cell, button } = window.adminPage;  // keys.js: a table cell, a button
+  const { cell, button, errorBox, followModels } = window.adminPage;  // keys.js
+  const { show: showError, clear: clearError } = errorBox("stream-error");
 
   function say(text) { $("streams-status").textContent = text; }
-
-  function showError(title, detail) {
-    const box = $("stream-error");
-    box.replaceChildren();
-    const strong = document.createElement("strong");
-    strong.textContent = title;
-    box.append(strong, document.createTextNode(detail || ""));
-    box.hidden = false;
-  }
-
-  function clearError() { $("stream-error").hidden = true; $("stream-error").replaceChildren(); }
 
   function failure(title, detail, status) {
     const err = new Error(`${title}: ${detail}`);
@@ -272,17 +262,9 @@
     say(`Stream ${w.id}: frame ${f.frame}, ${f.data.length} result(s); ${w.events} frame(s) since you started watching.`);
   }
 
-  /** The models the page lists (app.js), the one picked above first chosen. */
-  function fillModels() {
-    const select = $("stream-model"), current = select.value || $("model").value;
-    select.replaceChildren(...[...$("model").options].filter((o) => o.value).map((o) => new Option(o.text, o.value)));
-    if ([...select.options].some((o) => o.value === current)) select.value = current;
-  }
-
-  document.addEventListener("models-loaded", fillModels);  // app.js lists the models once /v1/models answers
+  followModels("stream-model");
   document.addEventListener("DOMContentLoaded", () => {
     $("streams-load").addEventListener("click", () => { clearError(); list(); });
     $("stream-form").addEventListener("submit", start);
-    fillModels();  // in case they were listed before this file ran
   });
 })();
