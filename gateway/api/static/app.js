@@ -132,7 +132,7 @@ async function loadModels() {
   if (saved && state.models.has(saved)) els.model.value = saved;
   els.model.disabled = false;
   onModelChange();
-  document.dispatchEvent(new Event("models-loaded"));  // streams.js lists them in its own form
+  document.dispatchEvent(new Event("models-loaded"));  // streams.js, jobs.js list them in their forms
 }
 
 function onModelChange() {
