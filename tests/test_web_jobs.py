@@ -5,6 +5,7 @@ the key in a header, never in a URL) and summarised; a long job is cancelled, th
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,7 @@ def test_page_submits_a_job_follows_it_to_done_and_downloads_its_result(
     assert seen[0] == "queued" and seen[-1] == "done", seen  # listed as POST answered, then polled to done
     assert page.get_attribute(f"{row} progress", "value") == "100"
     assert f"{FRAMES} / {FRAMES} frames" in (page.text_content(row) or "")
+    assert f"Job {id} done" in (page.text_content("#jobs-status") or "")
 
     with page.expect_download() as info:
         page.click(f"{row} button:text('Download result')")
@@ -112,6 +114,9 @@ def test_page_submits_a_job_follows_it_to_done_and_downloads_its_result(
     assert f"{FRAMES} frame(s)" in summary and f"{detections} detection(s)" in summary, summary
     assert page.get_attribute("#job-summary", "data-detections") == str(detections)
     assert not [u for u in urls if key in u], "the key never goes into a URL"
+    if keep := os.environ.get("WEB_SCREENSHOT_DIR"):  # as tests/test_web.py: to look at the view
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        page.locator("section.jobs").screenshot(path=str(Path(keep) / "page-jobs.png"))
 
     page.click(f"{row} button:text('Delete')")
     page.wait_for_function(f"() => !document.querySelector(\"#jobs-table tr[data-job-id='{id}']\")")
@@ -157,6 +162,13 @@ def test_page_shows_job_errors_as_readable_messages(page: Any, key: str, clips: 
     assert page.is_hidden("#jobs-table")
 
     page.fill("#api-key", key)
+    page.set_input_files("#job-file", {"name": "clip.mp4", "mimeType": "video/mp4", "buffer": b"not a video at all"})
+    page.click("#job-submit")
+    page.wait_for_function("() => document.getElementById('job-error').textContent.includes('POST /v1/jobs: 4')")
+    message = page.text_content("#job-error") or ""
+    assert "video" in message.lower(), message  # checked before the job is queued, as the video route checks it
+    assert page.is_hidden("#jobs-table")
+
     page.click("#jobs-load")
     page.wait_for_selector("#jobs-table:not([hidden])")
     assert page.locator("#jobs-table tbody tr").count() == 0

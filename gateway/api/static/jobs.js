@@ -87,6 +87,12 @@
     if (UNFINISHED.has(j.state)) follow(j.id); else unfollow(j.id);
   }
 
+  /** A followed job's new state: in its row, and said when it finished. */
+  function update(j) {
+    show(j);
+    if (!UNFINISHED.has(j.state)) say(`Job ${j.id} ${j.state}` + (j.state === "done" ? ": download its result." : "."));
+  }
+
   function follow(id) {
     if (!polls.has(id)) polls.set(id, setTimeout(() => poll(id), POLL_MS));
   }
@@ -100,7 +106,7 @@
     polls.delete(id);
     try {
       const body = await call("GET", path(id));
-      show(body.data);
+      update(body.data);
     } catch (err) {
       if (err.status === 404) { drop(id); return; }  // deleted elsewhere, or expired
       report(err);
@@ -192,7 +198,7 @@
       const { frames, detections, end } = summarise(text);
       const out = $("job-summary");
       out.textContent = `Job ${id}: ${frames} frame(s) analysed, ${detections} detection(s)` +
-        (end && end.message ? ` · ${end.message}` : "") + ".";
+        (end && end.message ? ` · ${end.message.replace(/\.$/, "")}` : "") + ".";
       Object.assign(out.dataset, { job: id, frames: String(frames), detections: String(detections) });
       out.hidden = false;
       const url = URL.createObjectURL(new Blob([text], { type: "application/x-ndjson" }));
