@@ -42,15 +42,12 @@ from gateway.errors import (
 from gateway.jobs import run
 from gateway.keys.auth import KeyEntry
 from gateway.predict import tracked, video
-from gateway.predict.fetch import Resolver, system_resolver
-from gateway.services import Services
+from gateway.settings import Settings
 from gateway.vision import videofile
 from gateway.vision.videofile import Control
 from gateway.work import guard
-from gateway.work.board import Board, Lease
-from gateway.work.owner import Owner
-from gateway.work.signing import Secrets
-from gateway.work.webhooks import Deliveries
+from gateway.work.board import Lease
+from gateway.work.owner import Work
 
 log = logging.getLogger("gateway")
 KIND = "job"
@@ -64,22 +61,16 @@ HUB = DIALECTS["hub"]
 OWN = ("model", "webhook")  # the job's own fields; the rest are the video route's arguments
 
 
-class Jobs:
+class Jobs(Work):
     """The video jobs of this replica's app (see the module docstring)."""
 
-    def __init__(
-        self,
-        services: Services,
-        board: Board,
-        secrets_: Secrets,
-        deliveries: Deliveries,
-        replica: str,
-        resolve: Resolver = system_resolver,
-    ) -> None:
-        self.services, self.board, self.secrets, self.deliveries = services, board, secrets_, deliveries
-        self.settings = services.settings
-        self.resolve = resolve
-        self.owner = Owner(board, KIND, replica, self.settings.max_jobs, self.settings.stream_lease_s, self._run)
+    kind = KIND
+
+    @staticmethod
+    def capacity(settings: Settings) -> int:
+        return settings.max_jobs
+
+    def _setup(self) -> None:
         self._sweeper: asyncio.Task[None] | None = None
         self.off = ""  # why this replica can't take jobs ("": it can)
 

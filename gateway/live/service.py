@@ -31,13 +31,11 @@ from gateway.live.relay import Relays
 from gateway.live.request import StreamRequest, parse
 from gateway.live.source import Source
 from gateway.predict import tracked
-from gateway.predict.fetch import Resolver, system_resolver
-from gateway.services import Services
+from gateway.settings import Settings
 from gateway.work import guard
-from gateway.work.board import Board, Lease
-from gateway.work.owner import Owner
-from gateway.work.signing import Secrets
-from gateway.work.webhooks import Batch, Deliveries
+from gateway.work.board import Lease
+from gateway.work.owner import Work
+from gateway.work.webhooks import Batch
 
 log = logging.getLogger("gateway")
 KIND = "stream"
@@ -46,22 +44,16 @@ RECORD_CHECK_TICKS = 3  # a follower re-reads the record after this many quiet t
 RETRY_S = 1.0  # a run that can't start (model not ready) tries again after this
 
 
-class Streams:
+class Streams(Work):
     """The live streams of this replica's app (see the module docstring)."""
 
-    def __init__(
-        self,
-        services: Services,
-        board: Board,
-        secrets_: Secrets,
-        deliveries: Deliveries,
-        replica: str,
-        resolve: Resolver = system_resolver,
-    ) -> None:
-        self.services, self.board, self.secrets, self.deliveries = services, board, secrets_, deliveries
-        self.settings = services.settings
-        self.resolve = resolve
-        self.owner = Owner(board, KIND, replica, self.settings.max_streams, self.settings.stream_lease_s, self._run)
+    kind = KIND
+
+    @staticmethod
+    def capacity(settings: Settings) -> int:
+        return settings.max_streams
+
+    def _setup(self) -> None:
         self.relays = Relays()  # http(s) sources are read through them, every hop guarded (gateway/live/relay.py)
 
     async def close(self) -> None:

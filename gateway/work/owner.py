@@ -15,8 +15,14 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import ClassVar
 
+from gateway.predict.fetch import Resolver, system_resolver
+from gateway.services import Services
+from gateway.settings import Settings
 from gateway.work.board import Board, Lease
+from gateway.work.signing import Secrets
+from gateway.work.webhooks import Deliveries
 
 log = logging.getLogger("gateway")
 SCAN_S = 0.5  # how often active records without an owner are looked for (takeover takes the lease time plus this)
@@ -117,3 +123,39 @@ class Owner:
                 break
             if id not in self._runs:
                 await self.claim(id)
+
+
+class Work:
+    """What every kind of leased work (live streams, video jobs) runs with on this replica: the app's services, the
+    shared board, the keys' webhook secrets and deliveries, the resolver the URL guard uses, and an `Owner` of its
+    `kind` that claims up to `capacity(settings)` records at once (leases of GATEWAY_STREAM_LEASE_S) and runs each
+    with `_run`. A kind adds its own state in `_setup`."""
+
+    kind: ClassVar[str]
+
+    def __init__(
+        self,
+        services: Services,
+        board: Board,
+        secrets_: Secrets,
+        deliveries: Deliveries,
+        replica: str,
+        resolve: Resolver = system_resolver,
+    ) -> None:
+        self.services, self.board, self.secrets, self.deliveries = services, board, secrets_, deliveries
+        self.settings = services.settings
+        self.resolve = resolve
+        capacity = self.capacity(self.settings)
+        self.owner = Owner(board, self.kind, replica, capacity, self.settings.stream_lease_s, self._run)
+        self._setup()
+
+    @staticmethod
+    def capacity(settings: Settings) -> int:
+        """How many records of this kind one replica runs at once."""
+        raise NotImplementedError
+
+    def _setup(self) -> None:
+        """The kind's own state, made once the common parts are."""
+
+    async def _run(self, record: dict[str, str], lease: Lease) -> None:
+        raise NotImplementedError
