@@ -15,6 +15,9 @@ from starlette.requests import Request
 
 from gateway.budget import Hold
 from gateway.errors import BadRequest, RequestTimeout
+from gateway.keys.auth import KeyEntry
+from gateway.observability import record_of
+from gateway.services import services_of
 from gateway.streams import capped
 
 MAX_FIELDS = 16
@@ -238,3 +241,12 @@ def names_sent(form: FormData, fields: dict[str, str]) -> set[str]:
     """The names of the file parts and of the non-empty arguments: what tells some dialects apart."""
     parts = {key for key, value in form.multi_items() if isinstance(value, UploadFile)}
     return parts | {name for name, value in fields.items() if value.strip()}
+
+
+async def key_entry(request: Request) -> KeyEntry:
+    """The entry of the request's valid key, for routes that name no model (401/403 as a prediction's); logged with
+    the request."""
+    key, header = api_key(request)
+    entry = await services_of(request).store.authenticate(key, None, header)
+    record_of(request).key_id = entry.id
+    return entry

@@ -23,9 +23,8 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from gateway.api.failures import set_dialect
-from gateway.api.forms import api_key, collect
-from gateway.api.live import _key  # the key of a request for leased work (401 as a prediction's)
-from gateway.api.routes import _read_form  # the body read as a prediction's: pace, limits, spooled
+from gateway.api.forms import api_key, collect, key_entry
+from gateway.api.routes import read_form  # the body read as a prediction's: pace, limits, spooled
 from gateway.budget import Hold
 from gateway.dialects import DIALECTS
 from gateway.errors import BadRequest, envelope, json_response, ok_response
@@ -59,7 +58,7 @@ async def submit_job(request: Request) -> Response:
         hold = Hold(services.budget, entry.id)
         held.callback(hold.release)
         prediction = Prediction(services, entry, record, hold, held, HUB, time.perf_counter())
-        form, _ = await _read_form(request, prediction)
+        form, _ = await read_form(request, prediction)
         held.push_async_callback(form.close)
         services.enter()
         held.callback(services.leave)
@@ -78,22 +77,22 @@ async def submit_job(request: Request) -> Response:
 
 
 async def list_jobs(request: Request) -> Response:
-    found = await _jobs(request).list(await _key(request))
+    found = await _jobs(request).list(await key_entry(request))
     return ok_response(found, f"{len(found)} job(s).")
 
 
 async def get_job(request: Request) -> Response:
-    found = await _jobs(request).get(await _key(request), request.path_params["job_id"])
+    found = await _jobs(request).get(await key_entry(request), request.path_params["job_id"])
     return ok_response(found, f"Job {found['state']}.")
 
 
 async def job_result(request: Request) -> Response:
-    path = await _jobs(request).result(await _key(request), request.path_params["job_id"])
+    path = await _jobs(request).result(await key_entry(request), request.path_params["job_id"])
     return FileResponse(path, media_type=NDJSON, headers={"Cache-Control": "no-store"})
 
 
 async def delete_job(request: Request) -> Response:
-    found = await _jobs(request).delete(await _key(request), request.path_params["job_id"])
+    found = await _jobs(request).delete(await key_entry(request), request.path_params["job_id"])
     said = "Job cancelled; its owner stops within a second." if found["state"] == "cancelled" else "Job deleted."
     return ok_response(found, said)
 

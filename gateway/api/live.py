@@ -16,24 +16,14 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from gateway.api.forms import api_key
+from gateway.api.forms import key_entry
 from gateway.errors import envelope, json_response, ok_response
-from gateway.keys.auth import KeyEntry
 from gateway.live.service import Streams
-from gateway.observability import record_of
-from gateway.services import services_of
 from gateway.streams import read_capped
 from gateway.work.signing import Secrets
 
 MAX_BODY = 8192
 SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-
-
-async def _key(request: Request) -> KeyEntry:
-    key, header = api_key(request)
-    entry = await services_of(request).store.authenticate(key, None, header)
-    record_of(request).key_id = entry.id
-    return entry
 
 
 def _streams(request: Request) -> Streams:
@@ -43,7 +33,7 @@ def _streams(request: Request) -> Streams:
 
 
 async def create_stream(request: Request) -> Response:
-    entry = await _key(request)
+    entry = await key_entry(request)
     too_large = f"The body is over {MAX_BODY} bytes; a stream needs only its source, model and a few fields."
     body = await read_capped(request.stream(), MAX_BODY, too_large, request.headers.get("content-length"))
     resource, secret = await _streams(request).create(entry, body)
@@ -56,27 +46,27 @@ async def create_stream(request: Request) -> Response:
 
 
 async def list_streams(request: Request) -> Response:
-    found = await _streams(request).list(await _key(request))
+    found = await _streams(request).list(await key_entry(request))
     return ok_response(found, f"{len(found)} stream(s).")
 
 
 async def get_stream(request: Request) -> Response:
-    found = await _streams(request).get(await _key(request), request.path_params["stream_id"])
+    found = await _streams(request).get(await key_entry(request), request.path_params["stream_id"])
     return ok_response(found, f"Stream {found['state']}.")
 
 
 async def delete_stream(request: Request) -> Response:
-    found = await _streams(request).delete(await _key(request), request.path_params["stream_id"])
+    found = await _streams(request).delete(await key_entry(request), request.path_params["stream_id"])
     return ok_response(found, "Stream deleted; its owner stops within a second.")
 
 
 async def stream_events(request: Request) -> Response:
-    events = await _streams(request).follow(await _key(request), request.path_params["stream_id"])
+    events = await _streams(request).follow(await key_entry(request), request.path_params["stream_id"])
     return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 async def rotate_secret(request: Request) -> Response:
-    entry = await _key(request)
+    entry = await key_entry(request)
     secrets = request.app.state.secrets
     secret = await secrets.rotate(entry.id) if isinstance(secrets, Secrets) else ""
     return ok_response(

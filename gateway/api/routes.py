@@ -19,6 +19,7 @@ from gateway.api.forms import (
     collect,
     is_multipart,
     is_urlencoded,
+    key_entry,
     model_from_slug,
     names_sent,
     parse_form,
@@ -119,7 +120,7 @@ async def _handle(request: Request, model_id: str | None, door: Door) -> Respons
         hold = Hold(services.budget, entry.id)
         held.callback(hold.release)
         prediction = Prediction(services, entry, record, hold, held, dialect, started)
-        form, spooled = await _read_form(request, prediction)
+        form, spooled = await read_form(request, prediction)
         held.push_async_callback(form.close)
         services.enter()  # the in-flight slot is taken once the body is in: a client sending slowly holds none
         held.callback(services.leave)
@@ -145,7 +146,7 @@ async def _handle(request: Request, model_id: str | None, door: Door) -> Respons
         return await images.respond(prediction, info, uploads, fields)
 
 
-async def _read_form(request: Request, prediction: Prediction) -> tuple[FormData, bool]:
+async def read_form(request: Request, prediction: Prediction) -> tuple[FormData, bool]:
     """The parsed form, and whether it was spooled. The body is read under its pace (GATEWAY_BODY_*: 408 when the
     client is too slow), each chunk charged to the request's hold as it arrives. A body up to an image's limit is
     read into memory, declared or chunked, and its text fields may be that long (a base64 `source`); a longer
@@ -182,9 +183,7 @@ async def _read_form(request: Request, prediction: Prediction) -> tuple[FormData
 async def auth(request: Request) -> Response:
     """HUB v1: POST /v1/auth, hub-sdk's login. `{"success": true}` for a valid key (hub-sdk drops a key that gets
     anything else, and then sends its predictions with no key at all); the key's id, name, models and dialect."""
-    key, header = api_key(request)
-    entry = await services_of(request).store.authenticate(key, None, header)
-    record_of(request).key_id = entry.id
+    entry = await key_entry(request)
     about = {k: v for k, v in entry.public().items() if k in ("id", "name", "models", "rate", "dialect")}
     return ok_response(about, "Authenticated.")
 
