@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -220,7 +222,8 @@ def test_cap_cancel_and_expiry(
     forgotten = tmp_path / "jobs" / "job_0000000000000123456789ab.ndjson"
     forgotten.write_bytes(b"{}\n")
     os.utime(forgotten, (time.time() - 3 - 3600 - 60,) * 2)
-    first = api.submit(clips["long"], **ARGS)
+    long = write_video(tmp_path / "zidane-1200.avi", "MJPG", 1200, (320, 184), "zidane.jpg")  # running for seconds
+    first = api.submit(long, **ARGS)
     assert first.status_code == 202, first.text
     id = first.json()["data"]["id"]
     capped = api.submit(clips["mp4"], **ARGS)
@@ -237,7 +240,7 @@ def test_cap_cancel_and_expiry(
         print(f"\n[jobs] DELETE of a running job: its owner stopped (its part file gone) {stopped_s:.2f} s later")
     assert stopped_s < 1 + 5  # a progress tick (1 s) and the chunk in flight: generous on a busy machine
     stopped_at = api.job(id)
-    assert stopped_at["state"] == "cancelled" and stopped_at["progress"]["frames_done"] < 240
+    assert stopped_at["state"] == "cancelled" and stopped_at["progress"]["frames_done"] < 1200
     assert api.call("GET", f"/v1/jobs/{id}/result").status_code == 400  # a cancelled job has no result
     # the cap counts unfinished jobs only
     second = api.submit(clips["mp4"], **ARGS)
@@ -318,19 +321,25 @@ def test_a_job_whose_owner_is_killed_is_resumed_by_another_replica(
     assert r.status_code == 202, r.text
     id = r.json()["data"]["id"]
 
+    started = poll("the job running", lambda: (j := apis[1].job(id))["state"] == "running" and j, 60)
+    owner = next(i for i, gw in enumerate(gateways) if f"-{gw.process.pid}-" in started["owner"])
+    other = 1 - owner
+
     def late_with_checkpoint() -> dict[str, Any] | None:
-        job = apis[1].job(id)
-        assert job["state"] in ("queued", "running"), job  # not done before the kill: the clip is long enough
+        job = apis[other].job(id)
+        assert job["state"] == "running", job  # the owner, stopped while this looks, can't have overtaken it
         progress = job["progress"]
         return job if (progress["checkpoint"] or 0) >= 20 and progress["frames_done"] >= total * 2 // 3 else None
 
-    running = poll("the job 2/3 done, with a checkpoint", late_with_checkpoint, 120)
+    # the owner runs in slices, stopped while its progress is read: the job seen 2/3 done is still running at the
+    # kill however fast or slow this machine is (polled freely, a fast run could finish between two looks)
+    running = in_slices(gateways[owner].process, "the job 2/3 done, with a checkpoint", late_with_checkpoint, 120)
     checkpoint, done_at_kill = running["progress"]["checkpoint"], running["progress"]["frames_done"]
-    owner = next(i for i, gw in enumerate(gateways) if f"-{gw.process.pid}-" in running["owner"])
-    other = 1 - owner
     killed_at = time.monotonic()
     if graceful:
-        stop_gateway(gateways[owner])  # SIGTERM: the lease is given back at once
+        gateways[owner].process.terminate()  # SIGTERM, delivered as it goes on: the lease is given back at once
+        gateways[owner].process.send_signal(signal.SIGCONT)  # (a second SIGTERM would make uvicorn skip its shutdown)
+        gateways[owner].process.wait(20)
     else:
         gateways[owner].process.kill()  # SIGKILL: no goodbye, the lease must lapse
         gateways[owner].process.wait(10)
@@ -357,6 +366,35 @@ def test_a_job_whose_owner_is_killed_is_resumed_by_another_replica(
               f"(GATEWAY_STREAM_LEASE_S=3, GATEWAY_JOB_CHECKPOINT_S=1) and analysed {total - resumed_at} frames "
               f"(from frame 0: {total}); done {finished_s:.1f} s after the kill")  # fmt: skip
     assert took_s < 3 + 15  # the lease time, then a scan: generous on a busy machine
+
+
+def in_slices(process: subprocess.Popen[bytes], what: str, check: Callable[[], Any], seconds: float) -> Any:
+    """`check()`'s first truthy answer within `seconds`, asked while `process` is stopped (SIGSTOP, all its threads
+    seen stopped), letting it run 0.1 s between two asks; the process is left stopped after the answer (SIGKILL ends
+    it as it is; to end it gently, send SIGTERM, then SIGCONT)."""
+    deadline = time.monotonic() + seconds
+    last = None
+    while time.monotonic() < deadline:
+        process.send_signal(signal.SIGSTOP)
+        poll(f"process {process.pid} stopped", lambda: _stopped(process.pid), 10)
+        last = check()
+        if last:
+            return last
+        process.send_signal(signal.SIGCONT)
+        time.sleep(0.1)  # the slice it runs: the answer is waited for by `check`, not by this
+    process.send_signal(signal.SIGCONT)
+    pytest.fail(f"{what}: not within {seconds} s (last: {last})")
+
+
+def _stopped(pid: int) -> bool:
+    """Every thread of `pid` in the stopped state (SIGSTOP is delivered asynchronously)."""
+    states = []
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # a thread that just ended
+    return bool(states) and all(state in "tT" for state in states)
 
 
 def test_a_run_resumes_only_from_a_complete_checkpoint(tmp_path: Path) -> None:

@@ -160,7 +160,8 @@ async def run(
                 progress.done += 1
                 # tracked: only after the last frame of a batch, when the tracker has seen no frame past the lines
                 settled = tracker is None or tracker.state.frame_id == progress.done
-                if time.monotonic() - checked >= PROGRESS_S and settled:
+                # lost (a shutdown, or the lease lapsed): at once, with a last checkpoint, not at the next tick
+                if (time.monotonic() - checked >= PROGRESS_S or lease.lost) and settled:
                     checked = time.monotonic()
                     fields = progress.fields(charged)
                     if checked - saved >= settings.job_checkpoint_s or lease.lost:  # lost: maybe a shutdown
