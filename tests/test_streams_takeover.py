@@ -1,8 +1,9 @@
 """A tracked live stream taken over by another replica goes on: two real gateway processes on a real Redis, a live
 HLS source from ffmpeg (served in real time, so a new reader joins at its live edge), the trained yolov8n. The
-owning gateway is SIGKILLed (the lease lapses) or SIGTERMed (it checkpoints and hands the lease back at once); the
-other replica continues from the stream's checkpoint (gateway/live/resume.py): frame indices only grow across the
-takeover, and the people in the picture keep their `track_id`s. Takeover time is measured and printed."""
+owning gateway is SIGKILLed (the lease lapses; ByteTrack) or SIGTERMed (it checkpoints and hands the lease back at
+once; BoT-SORT, whose state holds the previous frame); the other replica continues from the stream's checkpoint
+(gateway/live/resume.py): frame indices only grow across the takeover, and the people in the picture keep their
+`track_id`s. Takeover time is measured and printed."""
 
 from __future__ import annotations
 
@@ -115,16 +116,16 @@ def _steady(events: list[dict[str, Any]]) -> dict[int, dict[str, float]]:
     return {id: box for id, box in people[-1].items() if all(id in p for p in people)}
 
 
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize("how, tracker", [("SIGKILL", "bytetrack"), ("SIGTERM", "botsort")])
 def test_a_taken_over_tracked_stream_goes_on_with_its_frame_indices_and_track_ids(
-    pair: tuple[list[Gateway], str], tmp_path: Path, capsys: pytest.CaptureFixture[str], how: str
+    pair: tuple[list[Gateway], str], tmp_path: Path, capsys: pytest.CaptureFixture[str], how: str, tracker: str
 ) -> None:
     sources.need("ffmpeg")
     gateways, key = pair
     apis = [Api(gw.url, key) for gw in gateways]
     source = live(tmp_path / "hls")
     try:
-        id = apis[0].create(source=source.url, model=MODEL, fps=5, track=True, size=640)["id"]
+        id = apis[0].create(source=source.url, model=MODEL, fps=5, tracker=tracker, size=640)["id"]
         owned = poll("an owner", lambda: (s := apis[0].get(id))["owner"] and s, 60)
         owner = _owner(gateways, owned)
         assert owner is not None, owned
@@ -164,7 +165,7 @@ def test_a_taken_over_tracked_stream_goes_on_with_its_frame_indices_and_track_id
     with capsys.disabled():
         frames = f"frames {before[-1]['frame']} -> {after[0]['frame']}"
         ids = sorted(people_before)
-        print(f"\n[tracked stream takeover, {how}] another replica holds the lease after {owned_after:.1f} s, the "
-              f"next event after {resumed:.1f} s; {frames}; people {ids} keep their ids "
+        print(f"\n[tracked stream takeover, {how}, {tracker}] another replica holds the lease after "
+              f"{owned_after:.1f} s, the next event after {resumed:.1f} s; {frames}; people {ids} keep their ids "
               f"(GATEWAY_STREAM_LEASE_S=3, GATEWAY_STREAM_CHECKPOINT_S={CHECKPOINT_S})")  # fmt: skip
     assert resumed < 3 + 15  # the lease time, then a scan, an open and a frame: generous on a busy machine
