@@ -4,6 +4,7 @@ stream over within a few seconds (measured)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import threading
@@ -24,25 +25,36 @@ from tritonlocal import launcher, redisserver
 pytestmark = pytest.mark.load
 
 
-@pytest.fixture
-def replicas(
-    triton: launcher.TritonServer, tmp_path_factory: pytest.TempPathFactory
+@contextlib.contextmanager
+def on_redis(
+    triton: launcher.TritonServer, tmp_path_factory: pytest.TempPathFactory, name: str, n: int, **env: str
 ) -> Iterator[tuple[list[Gateway], str]]:
-    """Three gateways on a Redis of their own: the session's Redis has other Redis-mode gateways (gateway_redis)
-    that would claim these streams too, and the tests must know which replicas may own one."""
-    redis_server = redisserver.start(tmp_path_factory.mktemp("streams-redis"))
+    """`n` gateways (settings `env` beside Redis's and the loopback allowance) on a Redis of their own, and a key
+    there: the session's Redis has other Redis-mode gateways (gateway_redis) that would claim these streams too, and
+    the tests must know which replicas may own one."""
+    redis_server = redisserver.start(tmp_path_factory.mktemp(f"{name}-redis"))
     gateways: list[Gateway] = []
     try:
-        created = cli(redis_server, "create", "--name", "streams", "--rate", "1000")
+        created = cli(redis_server, "create", "--name", name, "--rate", "1000")
         assert created.returncode == 0, created.stderr
         key = created.stdout.strip().splitlines()[-1]
-        env = {"redis_url": redis_server.url, "redis_password": redis_server.password, "url_allow_hosts": "127.0.0.1"}
-        gateways = [start_gateway(triton, tmp_path_factory.mktemp(f"streams-redis{i}"), **env) for i in range(3)]
+        env = {"redis_url": redis_server.url, "redis_password": redis_server.password, "url_allow_hosts": "127.0.0.1",
+               **env}  # fmt: skip
+        gateways = [start_gateway(triton, tmp_path_factory.mktemp(f"{name}{i}"), **env) for i in range(n)]
         yield gateways, key
     finally:
         for gw in gateways:
             stop_gateway(gw)
         redis_server.stop()
+
+
+@pytest.fixture
+def replicas(
+    triton: launcher.TritonServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[list[Gateway], str]]:
+    """Three gateways on a Redis of their own."""
+    with on_redis(triton, tmp_path_factory, "streams", 3) as made:
+        yield made
 
 
 def _owner(gateways: list[Gateway], state: dict[str, Any]) -> int | None:

@@ -19,11 +19,10 @@ from typing import Any
 import pytest
 
 from tests import sources
-from tests.conftest import Gateway, start_gateway, stop_gateway
-from tests.test_redis import cli
+from tests.conftest import Gateway
 from tests.test_streams import Api, poll
-from tests.test_streams_redis import _follow, _owner
-from tritonlocal import launcher, redisserver
+from tests.test_streams_redis import _follow, _owner, on_redis
+from tritonlocal import launcher
 
 pytestmark = [pytest.mark.load, pytest.mark.trained]
 MODEL = "trained-yolov8n"
@@ -36,21 +35,8 @@ def pair(
     triton: launcher.TritonServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[list[Gateway], str]]:
     """Two gateways on a Redis of their own (no other replica may own the stream)."""
-    redis_server = redisserver.start(tmp_path_factory.mktemp("takeover-redis"))
-    gateways: list[Gateway] = []
-    try:
-        created = cli(redis_server, "create", "--name", "takeover", "--rate", "1000")
-        assert created.returncode == 0, created.stderr
-        key = created.stdout.strip().splitlines()[-1]
-        env = {"redis_url": redis_server.url, "redis_password": redis_server.password, "url_allow_hosts": "127.0.0.1",
-               "stream_checkpoint_s": str(CHECKPOINT_S)}  # fmt: skip
-        gateways = [start_gateway(triton, tmp_path_factory.mktemp(f"takeover{i}"), **env) for i in range(2)]
-        yield gateways, key
-    finally:
-        for gw in gateways:
-            if gw.process.poll() is None:
-                stop_gateway(gw)
-        redis_server.stop()
+    with on_redis(triton, tmp_path_factory, "takeover", 2, stream_checkpoint_s=str(CHECKPOINT_S)) as made:
+        yield made
 
 
 @dataclass

@@ -39,6 +39,7 @@ from gateway.predict import responses, tracked, video
 from gateway.services import Services
 from gateway.settings import Settings
 from gateway.vision.videofile import Control
+from gateway.work import checkpoint
 from gateway.work.board import Board, Lease
 
 log = logging.getLogger("gateway")
@@ -77,7 +78,7 @@ class Progress:
 
 
 @dataclasses.dataclass(frozen=True)
-class Checkpoint:
+class Checkpoint(checkpoint.Checkpoint):
     """The record's `checkpoint` (JSON): the first `size` bytes of the part file `part` (a name in GATEWAY_JOBS_DIR)
     are durable and hold `frames` complete frame lines, the last of source frame `after`; `tracker`: the tracker's
     state after that frame (base64 of gateway/tracking/codec.py's bytes; "" untracked)."""
@@ -88,18 +89,8 @@ class Checkpoint:
     after: int
     tracker: str = ""
 
-    def dumps(self) -> str:
-        return orjson.dumps(dataclasses.asdict(self)).decode()
-
-    @classmethod
-    def loads(cls, text: str) -> Checkpoint | None:
-        """The checkpoint of a record's field; None for none, or one this version can't read."""
-        try:
-            found = cls(**orjson.loads(text)) if text else None
-        except (orjson.JSONDecodeError, TypeError):
-            return None
-        ok = found is not None and "/" not in found.part and min(found.frames, found.size, found.after) >= 0
-        return found if ok else None
+    def usable(self) -> bool:
+        return "/" not in self.part and min(self.frames, self.size, self.after) >= 0
 
 
 async def run(

@@ -30,11 +30,10 @@ import logging
 import math
 import time
 
-import orjson
-
 from gateway.arguments import PredictArgs
 from gateway.modelcard import ModelInfo
 from gateway.predict import tracked
+from gateway.work import checkpoint
 from gateway.work.board import Board, Lease
 
 log = logging.getLogger("gateway")
@@ -43,24 +42,14 @@ MIN_RESERVE = 100  # frame indices an owner may use past a checkpoint before it 
 
 
 @dataclasses.dataclass(frozen=True)
-class Checkpoint:
+class Checkpoint(checkpoint.Checkpoint):
     """The record's `checkpoint`: `next` (see the module docstring) and the tracker's state ("" untracked)."""
 
     next: int
     tracker: str = ""
 
-    def dumps(self) -> str:
-        return orjson.dumps(dataclasses.asdict(self)).decode()
-
-    @classmethod
-    def loads(cls, text: str) -> Checkpoint | None:
-        """The checkpoint of a record's field; None for none, or one this version can't read."""
-        try:
-            found = cls(**orjson.loads(text)) if text else None
-        except (orjson.JSONDecodeError, TypeError):
-            return None
-        ok = found is not None and isinstance(found.next, int) and found.next >= 0 and isinstance(found.tracker, str)
-        return found if ok else None
+    def usable(self) -> bool:
+        return isinstance(self.next, int) and self.next >= 0 and isinstance(self.tracker, str)
 
 
 def restore(id: str, record: dict[str, str], info: ModelInfo, args: PredictArgs) -> tuple[int, tracked.Tracker | None]:

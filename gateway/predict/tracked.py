@@ -79,7 +79,7 @@ def restore(text: str, what: str) -> tracking.State | None:
     """The state `saved` wrote; None, logged as `what`'s, when it can't be read (another format version, corrupt)."""
     try:
         return tracking.loads(base64.b64decode(text, validate=True))
-    except ValueError as exc:  # binascii.Error is one
+    except (ValueError, TypeError) as exc:  # binascii.Error is a ValueError; TypeError: not text
         log.warning("%s: its tracker state can't be read (%s): tracks start over", what, exc)
         return None
 
