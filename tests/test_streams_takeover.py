@@ -27,7 +27,7 @@ from tritonlocal import launcher
 pytestmark = [pytest.mark.load, pytest.mark.trained]
 MODEL = "trained-yolov8n"
 CHECKPOINT_S = 1  # GATEWAY_STREAM_CHECKPOINT_S here: the kill comes after a checkpoint that holds the bus's tracks
-FIRST_S, SECOND_S = 4, 90  # the source: zidane.jpg (ids used up before the bus shows), then bus.jpg
+FIRST_S, SECOND_S = 8, 240  # the source: zidane.jpg (ids used up before the bus shows), then bus.jpg
 
 
 @pytest.fixture
