@@ -27,6 +27,7 @@ POSITIVE = frozenset(
     | {"max_model_bytes"}
     | {"max_jobs_per_key", "job_result_ttl_s", "job_timeout_s"}
     | {"job_checkpoint_s"}
+    | {"stream_checkpoint_s"}
 )
 
 
@@ -73,6 +74,7 @@ class Settings:
     stream_open_timeout_s: float = 10.0  # opening a source (connect, first packets) before a reconnect
     stream_read_timeout_s: float = 5.0  # a source silent this long is reconnected
     stream_backoff_max_s: float = 10.0  # reconnect delays double from 0.5 s up to this
+    stream_checkpoint_s: float = 2.0  # a stream's next frame index and tracker are recorded this often (a takeover)
     webhook_queue: int = 1000  # deliveries waiting in one replica, retries included; past it the oldest is dropped
     webhook_retries: int = 5  # attempts after the first, for an answer other than 2xx (or none)
     webhook_backoff_s: float = 1.0  # the first retry's delay, doubled for each next one

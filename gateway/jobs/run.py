@@ -22,7 +22,6 @@ beyond those the job already paid for (`charged`).
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import dataclasses
 import logging
@@ -33,7 +32,6 @@ from typing import IO, Any
 
 import orjson
 
-from gateway import tracking
 from gateway.dialects import DIALECTS, Call
 from gateway.errors import GatewayError, PayloadTooLarge, ServiceUnavailable, Unauthorized
 from gateway.keys.auth import KeyEntry
@@ -41,6 +39,7 @@ from gateway.predict import responses, tracked, video
 from gateway.services import Services
 from gateway.settings import Settings
 from gateway.vision.videofile import Control
+from gateway.work import checkpoint
 from gateway.work.board import Board, Lease
 
 log = logging.getLogger("gateway")
@@ -79,7 +78,7 @@ class Progress:
 
 
 @dataclasses.dataclass(frozen=True)
-class Checkpoint:
+class Checkpoint(checkpoint.Checkpoint):
     """The record's `checkpoint` (JSON): the first `size` bytes of the part file `part` (a name in GATEWAY_JOBS_DIR)
     are durable and hold `frames` complete frame lines, the last of source frame `after`; `tracker`: the tracker's
     state after that frame (base64 of gateway/tracking/codec.py's bytes; "" untracked)."""
@@ -90,18 +89,8 @@ class Checkpoint:
     after: int
     tracker: str = ""
 
-    def dumps(self) -> str:
-        return orjson.dumps(dataclasses.asdict(self)).decode()
-
-    @classmethod
-    def loads(cls, text: str) -> Checkpoint | None:
-        """The checkpoint of a record's field; None for none, or one this version can't read."""
-        try:
-            found = cls(**orjson.loads(text)) if text else None
-        except (orjson.JSONDecodeError, TypeError):
-            return None
-        ok = found is not None and "/" not in found.part and min(found.frames, found.size, found.after) >= 0
-        return found if ok else None
+    def usable(self) -> bool:
+        return "/" not in self.part and min(self.frames, self.size, self.after) >= 0
 
 
 async def run(
@@ -132,7 +121,9 @@ async def run(
 
     error: GatewayError | None = None
     found_checkpoint = Checkpoint.loads(record.get(CHECKPOINT, ""))
-    state = await asyncio.to_thread(_tracker_state, found_checkpoint) if args.track and found_checkpoint else None
+    state = None
+    if args.track and found_checkpoint and found_checkpoint.tracker:
+        state = await asyncio.to_thread(tracked.restore, found_checkpoint.tracker, f"job {lease.id} checkpoint")
     if args.track and state is None:
         found_checkpoint = None  # a tracked job resumes with its tracker or not at all
     async with contextlib.AsyncExitStack() as stack:
@@ -211,9 +202,9 @@ async def _checkpoint(
 ) -> str:
     """The lines so far made durable in the part file, and the record's checkpoint for them (JSON). Called between
     the frames of the generator (suspended): the tracker's state is that after frame `after`."""
-    blob = await asyncio.to_thread(tracking.dumps, tracker.state) if tracker is not None else b""
+    blob = await asyncio.to_thread(tracked.saved, tracker) if tracker is not None else ""
     size = await asyncio.to_thread(_durable, out, lines)
-    return Checkpoint(part.name, frames, size, after, base64.b64encode(blob).decode()).dumps()
+    return Checkpoint(part.name, frames, size, after, blob).dumps()
 
 
 def _durable(out: IO[bytes], lines: list[bytes]) -> int:
@@ -222,15 +213,6 @@ def _durable(out: IO[bytes], lines: list[bytes]) -> int:
     out.flush()
     os.fsync(out.fileno())
     return out.tell()
-
-
-def _tracker_state(found: Checkpoint) -> tracking.State | None:
-    """The tracker state a checkpoint holds; None when it holds none or one this version can't read."""
-    try:
-        return tracking.loads(base64.b64decode(found.tracker, validate=True)) if found.tracker else None
-    except ValueError as exc:  # binascii.Error is one
-        log.warning("job checkpoint: its tracker state can't be read (%s): the run starts over", exc)
-        return None
 
 
 def _open_part(folder: Path, part: Path, found: Checkpoint | None) -> tuple[IO[bytes], int]:

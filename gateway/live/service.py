@@ -8,7 +8,8 @@ whichever replica the client reached.
 
 Record fields: key (the key id), model, source (as given: it may hold the camera's credentials), shown (the source
 without them), args (JSON: the prediction arguments as strings, read by `parse_args`), fps, track ("1" or ""),
-webhook, created (Unix s), state, error, stats (JSON), updated, owner, token, stop.
+webhook, created (Unix s), state, error, stats (JSON), updated, owner, token, stop, checkpoint (JSON: where a
+takeover goes on, gateway/live/resume.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import orjson
 from gateway.arguments import parse_args
 from gateway.errors import Forbidden, GatewayError, NotFound, ServiceUnavailable, TooManyRequests
 from gateway.keys.auth import KeyEntry
-from gateway.live import stream
+from gateway.live import resume, stream
 from gateway.live.relay import Relays
 from gateway.live.request import StreamRequest, parse
 from gateway.live.source import Source
@@ -183,6 +184,7 @@ class Streams(Work):
         if record.get("track"):  # (a record written before `track` was kept among the arguments)
             fields.setdefault("track", "true")
         args = parse_args(fields, info.imgsz)
+        first, tracker = await asyncio.to_thread(resume.restore, lease.id, record, info, args)
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
 
@@ -208,17 +210,20 @@ class Streams(Work):
             float(record.get("fps") or 0),
             settings.max_pixels,
             relay,
+            first,
         )
         batch = None
         if record.get("webhook"):
             batch = Batch(self.deliveries, entry.id, record["webhook"], lease.id,
                           settings.webhook_batch_frames, settings.webhook_batch_s)  # fmt: skip
-        tracker = tracked.Tracker.start(info, args) if args.track else None
-        run = stream.Run(self.services, board, lease, record, entry, info, args, source, batch, tracker)
+        saver = resume.Saver(board, lease, settings.stream_checkpoint_s, first, tracker)
+        run = stream.Run(self.services, board, lease, record, entry, info, args, source, batch, tracker, saver)
         await board.write(lease, {"state": "connecting", "error": ""})
         source.start()
         try:
             await stream.loop(run, ready, lambda: self._entry(record["key"]))
+            if lease.lost:  # given up (a shutdown: the write goes in) or taken (refused): the next owner goes on
+                await saver.last()
         finally:
             source.stop()
             with contextlib.suppress(Exception):

@@ -41,7 +41,8 @@ NICE = 10  # the reading thread's niceness above the process's (as the video dec
 
 @dataclass(frozen=True)
 class Grabbed:
-    """One frame to analyse: its index among the frames the source sent since the stream started, the BGR image
+    """One frame to analyse: its index among the frames the source sent since the stream started (counted on
+    from the stream's checkpoint after a takeover: gateway/live/resume.py), the BGR image
     (H, W, 3) uint8, and when it was read (time.monotonic())."""
 
     index: int
@@ -65,10 +66,12 @@ class Source:
         fps: float = 0.0,
         max_pixels: int = 0,
         relay: Relay | None = None,
+        first: int = 0,
     ) -> None:
         self._reopen, self._wake, self._relay = reopen, wake, relay
         self.open_timeout_s, self.read_timeout_s, self.backoff_max_s = open_timeout_s, read_timeout_s, backoff_max_s
         self.vid_stride, self.fps, self.max_pixels = vid_stride, fps, max_pixels
+        self.first = first  # the index of this reader's first frame (a takeover goes on from the old owner's)
         self.state = "connecting"  # connecting, running, reconnecting, stopped
         self.error = ""
         self.read = 0  # frames the source sent (grabbed)
@@ -184,7 +187,7 @@ class Source:
             if self._selected(now):
                 ok, image = cap.retrieve()
                 if ok and image is not None:
-                    self._put(Grabbed(self.read - 1, np.asarray(image, dtype=np.uint8), now))
+                    self._put(Grabbed(self.first + self.read - 1, np.asarray(image, dtype=np.uint8), now))
             if paced:  # a file or a finished playlist: no faster than real time
                 ahead = opened + count / declared - time.monotonic()
                 if ahead > 0 and self._stop.wait(ahead):

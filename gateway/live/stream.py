@@ -5,7 +5,8 @@ STATS_S).
 
 Each frame costs the key one token, like an image; a frame the key's rate has no token for is skipped (counted in
 `frames_rate_limited`), never queued. Every write goes through the lease (fenced): when the lease is lost the loop
-ends without another write, and the new owner goes on from its own first frame.
+ends without another write, and the new owner goes on from the stream's last checkpoint (gateway/live/resume.py:
+frame indices and tracks continue).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from gateway.arguments import PredictArgs
 from gateway.dialects import DIALECTS, Call
 from gateway.errors import GatewayError, TooManyRequests
 from gateway.keys.auth import KeyEntry
+from gateway.live.resume import Saver
 from gateway.live.source import Grabbed, Source
 from gateway.modelcard import ModelInfo
 from gateway.predict.responses import FrameOutcome
@@ -68,6 +70,7 @@ class Run:
     source: Source
     batch: Batch | None
     tracker: Tracker | None  # the stream's tracks, carried from frame to frame (as a video's)
+    saver: Saver | None = None  # the stream's checkpoints (gateway/live/resume.py)
 
 
 def stats(run: Run, counters: Counters, now: float) -> dict[str, str]:
@@ -112,6 +115,12 @@ async def loop(run: Run, ready: asyncio.Event, key_check: Any) -> None:
                 return
             run.entry = entry
         frame = run.source.take()
+        if (
+            frame is not None
+            and run.saver is not None
+            and not await run.saver.before(frame.index, run.source.input_fps)
+        ):
+            return  # the checkpoint before this frame was refused: the lease is gone
         if frame is not None:
             await _analyse(run, frame, counters, started)
         if run.batch is not None:

@@ -9,6 +9,8 @@ get a tracker of their own (one frame: every detection from 0.25 gets an id, as 
 
 from __future__ import annotations
 
+import base64
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -24,6 +26,7 @@ from gateway.sequences import Stored
 from gateway.tracking.results import track
 from gateway.vision.pipeline import Found
 
+log = logging.getLogger("gateway")
 SEQUENCE_HEADER = "X-Sequence-Frame"  # the frame of its sequence an image became (1 for the first)
 TRACKABLE = ("detect", "segment", "pose", "obb")  # tasks whose results carry boxes (Ultralytics' trackable tasks)
 
@@ -64,6 +67,21 @@ class Tracker:
             return out
 
         return step
+
+
+def saved(tracker: Tracker) -> str:
+    """The tracker's state as text for a record (a job's or a stream's checkpoint): base64 of
+    gateway/tracking/codec.py's bytes. Runs for milliseconds (BoT-SORT's previous frame as PNG): off the loop."""
+    return base64.b64encode(tracking.dumps(tracker.state)).decode()
+
+
+def restore(text: str, what: str) -> tracking.State | None:
+    """The state `saved` wrote; None, logged as `what`'s, when it can't be read (another format version, corrupt)."""
+    try:
+        return tracking.loads(base64.b64decode(text, validate=True))
+    except (ValueError, TypeError) as exc:  # binascii.Error is a ValueError; TypeError: not text
+        log.warning("%s: its tracker state can't be read (%s): tracks start over", what, exc)
+        return None
 
 
 @dataclass
