@@ -19,11 +19,10 @@ from typing import Any
 import pytest
 
 from tests.conftest import Gateway, start_gateway, stop_gateway
-from tests.test_jobs import ARGS, Jobs, _key
-from tests.test_redis import cli
+from tests.test_jobs import ARGS, Jobs, _key, two_replicas
 from tests.test_streams import Receiver, poll
 from tests.test_video import write_video
-from tritonlocal import launcher, redisserver
+from tritonlocal import launcher
 
 LIMIT = 1 << 20  # GATEWAY_MAX_VIDEO_BYTES of the test gateway: 1 MiB
 TIMEOUT_S = 4.0  # its GATEWAY_JOB_DOWNLOAD_TIMEOUT_S
@@ -279,23 +278,8 @@ def test_the_client_submits_a_url(gw: Gateway, server: Server) -> None:
 
 @pytest.fixture
 def replicas(triton: launcher.TritonServer, tmp_path: Path) -> Iterator[tuple[list[Gateway], str, Path]]:
-    """Two gateways on a Redis of their own, one jobs folder (the shared volume), 127.0.0.1 allowed as a URL host."""
-    redis_server = redisserver.start(tmp_path / "redis")
-    gateways: list[Gateway] = []
-    try:
-        created = cli(redis_server, "create", "--name", "jobs", "--rate", "1000")
-        assert created.returncode == 0, created.stderr
-        key = created.stdout.strip().splitlines()[-1]
-        env = {"redis_url": redis_server.url, "redis_password": redis_server.password, "stream_lease_s": "3",
-               "jobs_dir": str(tmp_path / "jobs"), "url_allow_hosts": "127.0.0.1"}  # fmt: skip
-        for i in range(2):
-            (tmp_path / f"gw{i}").mkdir()
-            gateways.append(start_gateway(triton, tmp_path / f"gw{i}", **env))
-        yield gateways, key, tmp_path / "jobs"
-    finally:
-        for gw in gateways:
-            stop_gateway(gw)
-        redis_server.stop()
+    with two_replicas(triton, tmp_path, url_allow_hosts="127.0.0.1") as found:
+        yield found
 
 
 @pytest.mark.load
