@@ -231,6 +231,8 @@ def test_a_download_that_fails_fails_the_job_naming_the_url_and_the_fix(
     assert failed["state"] == "failed" and failed["error_status"] == status, failed
     assert says in error and f"could not be downloaded from {server.url(path)}" in error, error
     assert failed["result"] and api.call("GET", failed["result"]).status_code == 404  # no frame: no result
+    if path == "/endless.mp4":  # streamed up to the limit, and refused there: the bytes it got are shown
+        assert LIMIT // 2 < failed["progress"]["downloaded_bytes"] <= LIMIT, failed
     if path == "/drip.mp4":  # gave up at the deadline, not before (and not minutes later)
         assert TIMEOUT_S <= took < TIMEOUT_S + 30, took
     if path == "/redirect.mp4":  # the redirect's target was refused before any connection to it

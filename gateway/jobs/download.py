@@ -76,8 +76,8 @@ async def download(
     if await run._going_on(board, lease, {"stage": DOWNLOADING, "downloaded": "0", "download_total": ""}):
         return None
     kept = ""
+    fetched = Fetched()
     try:
-        fetched = Fetched()
         try:
             async with asyncio.timeout(settings.job_download_timeout_s):
                 going = await _watched(board, lease, _stream(services, record["url"], part, resolve, fetched), fetched)
@@ -102,6 +102,7 @@ async def download(
         frames = await probe(services, kept, container, args.vid_stride)
     except GatewayError as exc:
         await asyncio.to_thread(_remove, part, kept)
+        await board.write(lease, fetched.fields())  # the bytes it got, beside the error (fenced: if still the owner)
         shown = record.get("url_shown")
         if kept:  # downloaded, but it does not open or is over a limit: its own message says what is wrong
             exc.message = f"The job's video downloaded from {shown} can't be analysed: {exc.message}"
