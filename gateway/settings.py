@@ -28,6 +28,7 @@ POSITIVE = frozenset(
     | {"max_jobs_per_key", "job_result_ttl_s", "job_timeout_s"}
     | {"job_checkpoint_s"}
     | {"stream_checkpoint_s"}
+    | {"job_download_timeout_s"}
 )
 
 
@@ -88,6 +89,7 @@ class Settings:
     job_result_ttl_s: float = 86400.0  # a finished job (its result and video) is kept this long, then deleted
     job_timeout_s: float = 3600.0  # the time one run of a job may take (a takeover resumes at the last checkpoint)
     job_checkpoint_s: float = 5.0  # a running job's result so far is made durable this often (a takeover resumes it)
+    job_download_timeout_s: float = 600.0  # a job's video from a `url` is downloaded within this (else it fails)
     # Tracking across requests (`sequence`, gateway/sequences/): a sequence's tracker state lives this long after its
     # last frame, and one key keeps at most this many sequences at once (429 beyond)
     sequence_ttl_s: float = 60.0

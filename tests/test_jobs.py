@@ -7,6 +7,7 @@ route's."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -275,9 +276,12 @@ def test_job_fps_against_the_video_route(
               f"{clips['long'].stat().st_size // 1024} KiB: {accepted_s * 1000:.0f} ms")  # fmt: skip
 
 
-@pytest.fixture
-def replicas(triton: launcher.TritonServer, tmp_path: Path) -> Iterator[tuple[list[Gateway], str, Path]]:
-    """Two gateways on a Redis of their own, one jobs folder (the shared volume)."""
+@contextlib.contextmanager
+def two_replicas(
+    triton: launcher.TritonServer, tmp_path: Path, **env: str
+) -> Iterator[tuple[list[Gateway], str, Path]]:
+    """Two gateways on a Redis of their own, one jobs folder (the shared volume); (them, a key, the folder). `env`:
+    more settings of both."""
     redis_server = redisserver.start(tmp_path / "redis")
     gateways: list[Gateway] = []
     try:
@@ -285,13 +289,19 @@ def replicas(triton: launcher.TritonServer, tmp_path: Path) -> Iterator[tuple[li
         assert created.returncode == 0, created.stderr
         key = created.stdout.strip().splitlines()[-1]
         env = {"redis_url": redis_server.url, "redis_password": redis_server.password,
-               "jobs_dir": str(tmp_path / "jobs"), "stream_lease_s": "3", "job_checkpoint_s": "1"}  # fmt: skip
+               "jobs_dir": str(tmp_path / "jobs"), "stream_lease_s": "3", **env}  # fmt: skip
         gateways = [start_gateway(triton, tmp_path / f"gw{i}", **env) for i in range(2) if _mkdir(tmp_path / f"gw{i}")]
         yield gateways, key, tmp_path / "jobs"
     finally:
         for gw in gateways:
             stop_gateway(gw)
         redis_server.stop()
+
+
+@pytest.fixture
+def replicas(triton: launcher.TritonServer, tmp_path: Path) -> Iterator[tuple[list[Gateway], str, Path]]:
+    with two_replicas(triton, tmp_path, job_checkpoint_s="1") as found:
+        yield found
 
 
 def _mkdir(path: Path) -> bool:

@@ -1,6 +1,7 @@
 """The try-it page's Jobs view in Debian's Chromium (the browser of tests/test_web.py) against a real gateway and the
 real Triton: a video submitted from the page is listed, its progress followed to done, its result downloaded (with
-the key in a header, never in a URL) and summarised; a long job is cancelled, then deleted; a bad key reads 401."""
+the key in a header, never in a URL) and summarised; a job from a URL shows its download, then is done; a long job
+is cancelled, then deleted; a bad key reads 401."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 import requests
 
 from tests.conftest import Gateway, start_gateway, stop_gateway
+from tests.test_jobs_url import Server
 from tests.test_video import write_video
 from tests.test_web import browser, open_page  # noqa: F401 -- fixture
 from tritonlocal import launcher
@@ -24,7 +26,7 @@ FRAMES = 12  # the short clip's
 @pytest.fixture(scope="module")
 def gw(triton: launcher.TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     folder = tmp_path_factory.mktemp("web-jobs-gw")
-    gateway = start_gateway(triton, folder, jobs_dir=str(folder / "jobs"))
+    gateway = start_gateway(triton, folder, jobs_dir=str(folder / "jobs"), url_allow_hosts="127.0.0.1")
     yield gateway
     stop_gateway(gateway)
 
@@ -121,6 +123,28 @@ def test_page_submits_a_job_follows_it_to_done_and_downloads_its_result(
     page.click(f"{row} button:text('Delete')")
     page.wait_for_function(f"() => !document.querySelector(\"#jobs-table tr[data-job-id='{id}']\")")
     assert requests.get(f"{gw.url}/v1/jobs/{id}", headers={"x-api-key": key}, timeout=10).status_code == 404
+
+
+def test_page_submits_a_url_and_shows_its_download(page: Any, gw: Gateway, key: str, clips: dict[str, Path]) -> None:
+    server = Server(clips["short"].read_bytes())  # /held.mp4: half the clip, the rest once released
+    try:
+        page.fill("#api-key", key)
+        page.fill("#job-url", server.url("/held.mp4"))
+        page.select_option("#job-model", "yolov8n")
+        page.fill("#job-size", "320")
+        page.click("#job-submit")
+        row = "#jobs-table tbody tr[data-job-id]"
+        page.wait_for_selector(row)
+        page.wait_for_function(  # the bytes so far, of the length the server declared
+            f"""() => /downloading [0-9.]+ \\/ [0-9.]+ MiB/.test(document.querySelector("{row}").textContent)""",
+            timeout=60_000,
+        )
+        server.release.set()
+        page.wait_for_selector(f"{row}[data-state='done']", timeout=120_000)
+        assert f"{FRAMES} / {FRAMES} frames" in (page.text_content(row) or "")
+        assert page.is_hidden("#job-error") and server.requests == ["/held.mp4"]
+    finally:
+        server.close()
 
 
 def test_page_cancels_a_long_job(page: Any, gw: Gateway, key: str, clips: dict[str, Path]) -> None:

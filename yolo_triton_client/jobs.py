@@ -1,7 +1,8 @@
 """`client.jobs`: long videos as jobs (`/v1/jobs`): submit, get, wait (with progress), result, cancel, list.
 
-A job needs no open connection: `submit` uploads the video and returns at once (`202`, state `queued`); the server
-analyses it, and `wait` polls `GET /v1/jobs/{id}` until it is done, calling `progress` with each change. The result
+A job needs no open connection: `submit` uploads the video (or gives its http(s) URL, which the server downloads)
+and returns at once (`202`, state `queued`); the server analyses it, and `wait` polls `GET /v1/jobs/{id}` until it
+is done, calling `progress` with each change. The result
 is the v1 video route's streamed answer: one dict per analysed frame (`{"frame", "time", "data"}`, rows as the v1
 route writes them), then the end line (`done`, `success`, `message`, `video`). As everywhere in this package, each
 call is written once as a plan (client.py); `Jobs` runs the plans in the calling thread, `AsyncJobs` on the loop.
@@ -20,7 +21,7 @@ import anyio
 
 from yolo_triton_client.client import VIDEO_OPTIONS, Plan, VideoOptions, _Call, _fields, _files
 from yolo_triton_client.errors import ApiError
-from yolo_triton_client.sources import Source, load
+from yolo_triton_client.sources import Source, is_url, load
 
 if TYPE_CHECKING:
     from yolo_triton_client.client import AsyncClient, Client
@@ -69,7 +70,12 @@ def _path(id: str, tail: str = "") -> str:
 
 
 def _submit(model: str, source: Source, fields: dict[str, str]) -> Plan[Job]:
-    call = _Call("POST", "/v1/jobs", {"model": model, **fields}, _files([load(source)], "file"), resend=False)
+    """The video as a `file` part, or an http(s) URL as the `url` field (the server downloads it in the job)."""
+    fields = {"model": model, **fields}
+    if is_url(source):
+        call = _Call("POST", "/v1/jobs", {**fields, "url": str(source)}, resend=False)
+    else:
+        call = _Call("POST", "/v1/jobs", fields, _files([load(source)], "file"), resend=False)
     response = yield call
     return job_from(response.json()["data"])
 
@@ -143,7 +149,8 @@ class Jobs:
         tracker: str | None = None,
         **options: Unpack[VideoOptions],
     ) -> Job:
-        """Queue a video (a path, bytes or a binary file object) for `model`; returns at once (state `queued`)."""
+        """Queue a video (a path, bytes, a binary file object, or an http(s) URL the server downloads) for `model`;
+        returns at once (state `queued`)."""
         return self._client._run(_submit(model, source, _form(options, webhook, track, tracker)))
 
     def get(self, id: str) -> Job:

@@ -1,10 +1,12 @@
 """The routes of video jobs (gateway/jobs/service.py): a video analysed with no connection held open.
 
-    POST   /v1/jobs               multipart: `file` (the video), `model`, the v1 video route's arguments
+    POST   /v1/jobs               multipart: `file` (the video) or `url` (its http(s) address, downloaded by the job:
+                                  gateway/jobs/download.py), `model`, the v1 video route's arguments
                                   (size, confidence, iou, classes, vid_stride, track, tracker, ...), optional `webhook`
                                   -> 202 {id, state: "queued", status_url, ...} and a Location header
     GET    /v1/jobs               the key's jobs (unfinished and kept finished ones)
-    GET    /v1/jobs/{id}          state (queued|running|done|failed|cancelled), progress, error, result URL
+    GET    /v1/jobs/{id}          state (queued|running|done|failed|cancelled), stage (downloading|analysing while
+                                  running), progress, error, result URL
     GET    /v1/jobs/{id}/result   the result: the v1 video route's NDJSON answer (stream=true), one line per frame
     DELETE /v1/jobs/{id}          cancel a queued or running job; delete a finished one
 

@@ -40,8 +40,12 @@ JOB = {
                     "type": ["integer", "null"],
                     "description": "The frames the last run took from a checkpoint (0: it found none it could use)",
                 },
+                "downloaded_bytes": {"type": ["integer", "null"], "description": "A `url` job: bytes downloaded"},
+                "download_bytes_total": {"type": ["integer", "null"], "description": "null: the server did not say"},
             },
         },
+        "stage": {"enum": ["downloading", "analysing", None], "description": "While running; null otherwise"},
+        "url": {**_STRING_OR_NULL, "description": "A `url` job's URL, without query string or credentials"},
         "created": _NUMBER_OR_NULL,
         "started": _NUMBER_OR_NULL,
         "finished": _NUMBER_OR_NULL,
@@ -73,9 +77,13 @@ _SUBMIT = {
         "multipart/form-data": {
             "schema": {
                 "type": "object",
-                "required": ["file", "model"],
+                "required": ["model"],
                 "properties": {
                     "file": {"type": "string", "format": "binary", "description": "The video (MP4/MOV, AVI, WebM/MKV)"},
+                    "url": {
+                        "type": "string",
+                        "description": "Instead of `file`: the video's public http(s) URL, downloaded by the job",
+                    },
                     "model": {"type": "string"},
                     "webhook": {"type": "string", "description": "http(s):// URL told when the job ends (signed)"},
                     **_ARGS,
@@ -85,7 +93,8 @@ _SUBMIT = {
     },
 }
 _ERRORS = {
-    "400": "A bad argument or form (the message names it), or a result asked for before the job finished",
+    "400": "A bad argument or form (the message names it; both or neither of `file` and `url`, a `url` refused by "
+    "the URL guard), or a result asked for before the job finished",
     "401": "Missing, invalid or revoked API key",
     "403": "The key may not use this model",
     "404": "No such job for this key (or its result expired), or an unknown model",

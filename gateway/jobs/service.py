@@ -11,7 +11,9 @@ from its first frame when there is none yet); without Redis the board is in the 
 jobs.
 
 Record fields: key (the key id), model (as sent), args (JSON: the prediction arguments as strings), container,
-video (its path), frames_total, webhook, webhook_shown, created, started, finished, expires (Unix s), state
+video (its path; "" until a `url` job's download is complete), url and url_shown (a `url` job's address, and as
+shown: without credentials and query string), stage, downloaded, download_total (gateway/jobs/download.py),
+frames_total, webhook, webhook_shown, created, started, finished, expires (Unix s), state
 (queued|running|done|failed|cancelled), error, status (the HTTP status the error would have had), frames_done, fps,
 charged (tokens paid), runs, owner, token, stop, checkpoint (JSON: `run.Checkpoint`), resumed_at (the frames the
 last run took from a checkpoint).
@@ -39,12 +41,11 @@ from gateway.errors import (
     TooManyRequests,
     UnsupportedMediaType,
 )
-from gateway.jobs import run
+from gateway.jobs import download, run
 from gateway.keys.auth import KeyEntry
 from gateway.predict import tracked, video
 from gateway.settings import Settings
 from gateway.vision import videofile
-from gateway.vision.videofile import Control
 from gateway.work import guard
 from gateway.work.board import Lease
 from gateway.work.owner import Work
@@ -58,7 +59,7 @@ UNFINISHED = ("queued", "running")
 # a bug) must not take every replica down in turn. Graceful hand-overs (a rolling update) count too, hence not 2.
 MAX_RUNS = 5
 HUB = DIALECTS["hub"]
-OWN = ("model", "webhook")  # the job's own fields; the rest are the video route's arguments
+OWN = ("model", "webhook", "url")  # the job's own fields; the rest are the video route's arguments
 
 
 class Jobs(Work):
@@ -100,10 +101,12 @@ class Jobs(Work):
         settings = self.settings
         if self.off:
             raise ServiceUnavailable(f"Video jobs are off on this gateway: {self.off}.", 60)
-        if len(uploads) != 1:
-            raise BadRequest("Send the video as one 'file' part (curl: -F \"file=@video.mp4\"), and nothing else.")
-        if fields.get("url") or fields.get("source"):
-            raise BadRequest("A job's video is sent as a 'file' part; 'url' and 'source' are not taken by jobs.")
+        url = fields.get("url", "").strip()
+        if len(uploads) != (0 if url else 1):
+            raise BadRequest("Send the video either as one 'file' part (curl: -F \"file=@video.mp4\") or as its "
+                             "http(s) address in 'url' (-F url=https://...), not both.")  # fmt: skip
+        if fields.get("source"):
+            raise BadRequest("A job's video is a 'file' part or a 'url'; 'source' is not taken by jobs.")
         model = fields["model"]
         info = await self.services.model(model)
         args = HUB.parse({k: v for k, v in fields.items() if k not in OWN}, info.imgsz)
@@ -113,25 +116,13 @@ class Jobs(Work):
         if args.sequence:
             raise BadRequest("'sequence' continues tracks across image requests; a job's video is tracked within "
                              "itself: send track=true without 'sequence'.")  # fmt: skip
-        upload = uploads[0]
-        container = await video.container_of(uploads)
-        if container is None:
-            raise UnsupportedMediaType(
-                "The file is not a video this gateway reads: send an MP4/MOV, AVI or WebM/MKV file as 'file'."
-            )
-        if (upload.size if upload.size is not None else settings.max_video_bytes + 1) > settings.max_video_bytes:
-            raise video.video_too_large(settings.max_video_bytes)
+        # a URL is checked now (scheme, host, the guard: 400) and downloaded by the job's run (gateway/jobs/download.py)
+        source = await guard.check_url(url, "video", guard.WEBHOOK_SCHEMES, settings.url_allow_hosts,
+                                       self.resolve) if url else None  # fmt: skip
         webhook = fields.get("webhook", "").strip()
         hook = await guard.check_webhook(webhook, settings.url_allow_hosts, self.resolve) if webhook else None
-        pool = self.services.video_workers or self.services.workers
-        path = await pool.run(videofile.spool, upload.file, container, str(settings.jobs_dir))
+        path, container, frames = await self._stored(uploads, args.vid_stride) if source is None else ("", "", 0)
         try:
-            control = Control(time.monotonic() + settings.video_timeout_s, settings.video_timeout_s,
-                              "GATEWAY_VIDEO_TIMEOUT_S")  # fmt: skip
-            cap, meta, _ = await pool.run(
-                videofile.open_video, path, container, args.vid_stride, run.limits(settings), control
-            )  # refused now rather than in an hour: a video that does not open, too long, too many frames
-            cap.release()
             secret = None
             if hook is not None:
                 made, fresh = await self.secrets.ensure(entry.id)
@@ -143,7 +134,9 @@ class Jobs(Work):
                 "args": _json({k: v for k, v in fields.items() if k not in OWN}),
                 "container": container,
                 "video": path,
-                "frames_total": str(meta.frames),
+                "url": url,  # with its query string (a signed URL's token): never shown
+                "url_shown": source.shown if source else "",
+                "frames_total": str(frames),
                 "webhook": webhook,
                 "webhook_shown": hook.shown if hook else "",
                 "created": f"{time.time():.3f}",
@@ -163,6 +156,26 @@ class Jobs(Work):
             raise
         await self.owner.claim(id)  # this replica starts it when it has room; else the next free replica does
         return public(id, record), secret  # as queued: its run may have begun already (GET says so)
+
+    async def _stored(self, uploads: list[UploadFile], vid_stride: int) -> tuple[str, str, int]:
+        """The uploaded video checked (a video, its size) and stored in GATEWAY_JOBS_DIR: (its path, its container,
+        the frames it declares), refused now rather than in an hour when it does not open or is too long."""
+        settings = self.settings
+        upload = uploads[0]
+        container = await video.container_of(uploads)
+        if container is None:
+            raise UnsupportedMediaType(
+                "The file is not a video this gateway reads: send an MP4/MOV, AVI or WebM/MKV file as 'file'."
+            )
+        if (upload.size if upload.size is not None else settings.max_video_bytes + 1) > settings.max_video_bytes:
+            raise video.video_too_large(settings.max_video_bytes)
+        pool = self.services.video_workers or self.services.workers
+        path = await pool.run(videofile.spool, upload.file, container, str(settings.jobs_dir))
+        try:
+            return path, container, await download.probe(self.services, path, container, vid_stride)
+        except BaseException:
+            videofile.remove(path)
+            raise
 
     async def _mine(self, entry: KeyEntry, id: str) -> dict[str, str]:
         record = await self.board.read(KIND, id) if id.startswith("job_") and len(id) < 64 else None
@@ -269,6 +282,11 @@ class Jobs(Work):
             }
         else:
             try:
+                if record.get("url") and not record.get("video"):  # not downloaded yet (or not to the end)
+                    got = await download.download(self.services, board, lease, record, self.resolve)
+                    if got is None:
+                        return
+                    record = {**record, **got}
                 final = await run.run(self.services, board, lease, record, found)
             except GatewayError as exc:  # the model is gone, memory for the decoder, a video that no longer opens
                 final = {"state": "failed", "error": exc.message[:500], "status": str(HUB.status(exc))}
@@ -328,7 +346,9 @@ def public(id: str, record: dict[str, str]) -> dict[str, Any]:
         "id": id,
         "state": state,
         "model": record.get("model", ""),
-        "progress": run.public_progress(record),
+        "progress": run.public_progress(record) | download.public_progress(record),
+        "stage": download.stage(record),
+        "url": record.get("url_shown") or None,
         "created": seconds("created"),
         "started": seconds("started"),
         "finished": seconds("finished"),

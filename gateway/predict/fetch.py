@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import ipaddress
 import re
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import urljoin
 
 import httpx
@@ -117,23 +118,23 @@ def _port_allowed(port: int) -> bool:
     return port in (80, 443) or port >= 1024
 
 
-async def _check(url: httpx.URL, allow_hosts: tuple[str, ...], resolve: Resolver) -> str:
-    """The address to connect to for `url`, or BadRequest."""
+async def _check(url: httpx.URL, allow_hosts: tuple[str, ...], resolve: Resolver, what: str = "image") -> str:
+    """The address to connect to for `url`, or BadRequest (BadGateway when its host does not resolve)."""
     if url.scheme not in ("http", "https") or not url.host:
-        raise BadRequest("The image URL must start with http:// or https://.")
+        raise BadRequest(f"The {what} URL must start with http:// or https://.")
     if url.userinfo:
-        raise BadRequest("The image URL must not contain a user name or password.")
+        raise BadRequest(f"The {what} URL must not contain a user name or password.")
     port = url.port or (443 if url.scheme == "https" else 80)
     if not _port_allowed(port):
-        raise BadRequest(f"The image URL's port {port} is not allowed: use 80, 443 or a port from 1024 up.")
+        raise BadRequest(f"The {what} URL's port {port} is not allowed: use 80, 443 or a port from 1024 up.")
     try:
         addresses = await resolve(url.host, port)
     except (OSError, UnicodeError):
-        raise BadGateway(f"The image URL's host '{url.host[:100]}' could not be resolved.") from None
+        raise BadGateway(f"The {what} URL's host '{url.host[:100]}' could not be resolved.") from None
     if not addresses:
-        raise BadGateway(f"The image URL's host '{url.host[:100]}' could not be resolved.")
+        raise BadGateway(f"The {what} URL's host '{url.host[:100]}' could not be resolved.")
     if url.host.lower() not in allow_hosts and not all(is_public(a) for a in addresses):
-        raise BadRequest(NOT_ALLOWED)
+        raise BadRequest(NOT_ALLOWED.replace("image", what, 1))
     return addresses[0]
 
 
@@ -151,7 +152,10 @@ async def fetch_image(
     hosts it was fetched from go into `record`."""
     try:
         async with asyncio.timeout(timeout_s):
-            return await _fetch(raw_url, max_bytes, max_redirects, allow_hosts, resolve, record)
+            async with opened(raw_url, max_redirects, allow_hosts, resolve, record) as response:
+                too_large = f"The image at the URL is larger than the {max_bytes // 2**20} MiB limit."
+                declared = response.headers.get("content-length")
+                return await read_capped(response.aiter_bytes(), max_bytes, too_large, declared)
     except TimeoutError:
         raise BadGateway(f"The image URL did not answer within {timeout_s:g} seconds.") from None
 
@@ -166,57 +170,61 @@ def _parse(raw: str, base: str = "") -> httpx.URL | None:
     return url
 
 
-async def _fetch(
+@contextlib.asynccontextmanager
+async def opened(
     raw_url: str,
-    max_bytes: int,
     max_redirects: int,
     allow_hosts: tuple[str, ...],
     resolve: Resolver,
-    record: RequestRecord | None,
-) -> bytes:
+    record: RequestRecord | None = None,
+    what: str = "image",
+) -> AsyncIterator[httpx.Response]:
+    """The 200 response of `raw_url` (every hop checked, redirects followed), its body not read yet: read it (in
+    the `with`) as it arrives. Errors name `what` ("image", "video"): 400 for a URL refused, 502 for a server that
+    failed (also while its body is read)."""
     parsed = _parse(raw_url)
     if parsed is None:
-        raise BadRequest("The image URL is not a valid URL.")
+        raise BadRequest(f"The {what} URL is not a valid URL.")
     url = parsed
     first_host = url.host
     if record is not None:
         record.url_host = first_host[:100]
+    headers = {**HEADERS, "Accept": f"{what}/*"}
     async with httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=httpx.Timeout(5.0)) as client:
         for _ in range(max_redirects + 1):
-            address = await _check(url, allow_hosts, resolve)
+            address = await _check(url, allow_hosts, resolve, what)
             host_header = url.netloc.decode("ascii", "replace")
             extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
             request = client.build_request(
                 "GET",
                 url.copy_with(host=address),
-                headers={"Host": host_header, **HEADERS},
+                headers={"Host": host_header, **headers},
                 extensions=extensions,
             )
             try:
                 response = await client.send(request, stream=True)
             except httpx.HTTPError as exc:
-                raise BadGateway(f"The image URL could not be fetched ({type(exc).__name__}).") from None
+                raise BadGateway(f"The {what} URL could not be fetched ({type(exc).__name__}).") from None
             except (httpx.InvalidURL, ValueError):  # httpx reads a redirect's Location (IDNA errors escape it)
-                raise BadGateway("The image URL redirected to an invalid URL.") from None
+                raise BadGateway(f"The {what} URL redirected to an invalid URL.") from None
             try:
                 if response.is_redirect:
                     parsed = _parse(response.headers.get("location", ""), base=str(url))
                     if parsed is None:
-                        raise BadGateway("The image URL redirected to an invalid URL.")
+                        raise BadGateway(f"The {what} URL redirected to an invalid URL.")
                     url = parsed
                     if url.host != first_host and record is not None:
                         record.url_redirect_host = url.host[:100]
                     continue
                 if response.status_code != 200:
-                    raise BadGateway(f"The image URL answered HTTP {response.status_code}, not 200.")
-                too_large = f"The image at the URL is larger than the {max_bytes // 2**20} MiB limit."
-                declared = response.headers.get("content-length")
-                return await read_capped(response.aiter_bytes(), max_bytes, too_large, declared)
+                    raise BadGateway(f"The {what} URL answered HTTP {response.status_code}, not 200.")
+                yield response
+                return
             except httpx.HTTPError as exc:
-                raise BadGateway(f"The image URL could not be fetched ({type(exc).__name__}).") from None
+                raise BadGateway(f"The {what} URL could not be fetched ({type(exc).__name__}).") from None
             finally:
                 await response.aclose()
-    raise BadGateway(f"The image URL redirected more than {max_redirects} times.")
+    raise BadGateway(f"The {what} URL redirected more than {max_redirects} times.")
 
 
 SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")

@@ -1,4 +1,5 @@
-// Video jobs: submit a video (POST /v1/jobs, multipart: the file, the model and the video route's arguments), the
+// Video jobs: submit a video (POST /v1/jobs, multipart: the file or its URL, the model and the video route's
+// arguments; a URL's download shows as "downloading … MiB"), the
 // key's jobs listed (GET /v1/jobs) with a progress bar each, polled every second (GET /v1/jobs/{id}) while queued or
 // running; Cancel (unfinished) or Delete (finished) is DELETE /v1/jobs/{id}; a done job's result (NDJSON, one line a
 // frame, then the end line) is fetched with the key in its header and saved from a Blob (the key never goes into a
@@ -40,9 +41,14 @@
 
   // ---------------------------------------------------------------- the key's jobs
 
-  /** "310 / 750 frames · 38.2 fps" (the total is unknown for some containers until the end). */
+  /** "310 / 750 frames · 38.2 fps" (the total is unknown for some containers until the end); "downloading 1.5 / 40.0
+   * MiB" while a URL's video is downloaded. */
   function progressText(j) {
     const p = j.progress || {};
+    if (j.stage === "downloading") {
+      const mib = (bytes) => (bytes / 1048576).toFixed(1);
+      return `downloading ${mib(p.downloaded_bytes || 0)}${p.download_bytes_total ? ` / ${mib(p.download_bytes_total)}` : ""} MiB`;
+    }
     const total = p.frames_total ? ` / ${p.frames_total}` : "";
     const fps = UNFINISHED.has(j.state) && p.fps ? ` · ${Number(p.fps).toFixed(1)} fps` : "";
     return `${p.frames_done || 0}${total} frames${p.percent === null || p.percent === undefined ? "" : ` (${p.percent}%)`}${fps}`;
@@ -136,10 +142,11 @@
     event.preventDefault();
     clearError();
     if (!key()) { showError("An API key is needed", "Enter your API key above (`make key` prints one)."); return; }
-    const file = $("job-file").files[0];
-    if (!file) { showError("No video", "Choose a video file to analyse."); return; }
-    const form = new FormData();
-    form.append("file", file, file.name);
+    const file = $("job-file").files[0], url = $("job-url").value.trim();
+    if (!file && !url) { showError("No video", "Choose a video file to analyse, or give its http(s) URL."); return; }
+    const form = new FormData();  // both given: the server says to send one
+    if (file) form.append("file", file, file.name);
+    if (url) form.append("url", url);
     form.append("model", $("job-model").value);
     for (const name of ["size", "confidence", "vid_stride"]) {
       const value = $(`job-${name.replace("_", "-")}`).value.trim();
@@ -148,7 +155,7 @@
     form.append("track", $("job-track").checked ? "true" : "false");
     const send = $("job-submit");
     send.disabled = true;
-    say(`Uploading ${file.name}…`);
+    say(file ? `Uploading ${file.name}…` : `Submitting ${url}…`);
     try {
       const made = await call("POST", "/v1/jobs", form);
       show(made.data);
