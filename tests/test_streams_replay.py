@@ -267,12 +267,14 @@ def test_an_id_older_than_the_log_or_unknown_gets_event_lost_then_what_is_kept(a
 
 @pytest.mark.load
 def test_reconnecting_to_the_replica_that_does_not_own_the_stream_replays_from_redis(
-    triton: launcher.TritonServer, tmp_path_factory: pytest.TempPathFactory, clip: Path
+    triton: launcher.TritonServer, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
-    """Two gateways on a Redis of their own (the session's Redis has other gateways that would claim the stream)."""
+    """Two gateways on a Redis of their own (the session's Redis has other gateways that would claim the stream); then
+    the owner is SIGKILLed and the events go on, numbered on by its successor."""
     redis_server = redisserver.start(tmp_path_factory.mktemp("replay-redis"))
     gateways: list[Gateway] = []
-    served = sources.mjpeg(clip)
+    sources.need("ffmpeg")  # HLS: a real-time paced source the successor can open again (ffmpeg's MJPEG serves one)
+    served = sources.hls(tmp_path / "hls", sources.clip(tmp_path / "clip.mp4", seconds=30))
     try:
         created = cli(redis_server, "create", "--name", "replay", "--rate", "1000")
         assert created.returncode == 0, created.stderr
@@ -287,6 +289,16 @@ def test_reconnecting_to_the_replica_that_does_not_own_the_stream_replays_from_r
         assert len(mine) == 1, owner
         other = 1 - mine[0]
         _reconnect_exactly([apis[mine[0]], apis[other]], stream["id"])  # from the owner to the other replica
+        last = apis[other].get(stream["id"])["last_event"]
+        gateways[mine[0]].process.kill()  # SIGKILL: the other replica takes the stream over once the lease lapses
+        gateways[mine[0]].process.wait(10)
+        poll("a new owner", lambda: (o := apis[other].get(stream["id"])["owner"]) and o != owner, 60)
+        again = read(
+            apis[other], stream["id"], lambda out: len(frames(out)) >= 3, 60, headers={"Last-Event-ID": str(last)}
+        )
+        ids = [e.id for e in frames(again)]
+        assert ids == list(range(last + 1, last + 1 + len(ids))), ids  # numbered on by the new owner, no gap
+        assert not [e for e in again if e.kind == "lost"], again[:3]
         assert apis[other].call("DELETE", f"/v1/streams/{stream['id']}").status_code == 200
     finally:
         served.stop()
