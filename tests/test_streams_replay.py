@@ -267,7 +267,10 @@ def test_an_id_older_than_the_log_or_unknown_gets_event_lost_then_what_is_kept(a
 
 @pytest.mark.load
 def test_reconnecting_to_the_replica_that_does_not_own_the_stream_replays_from_redis(
-    triton: launcher.TritonServer, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+    triton: launcher.TritonServer,
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Two gateways on a Redis of their own (the session's Redis has other gateways that would claim the stream); then
     the owner is SIGKILLed and the events go on, numbered on by its successor."""
@@ -299,7 +302,24 @@ def test_reconnecting_to_the_replica_that_does_not_own_the_stream_replays_from_r
         ids = [e.id for e in frames(again)]
         assert ids == list(range(last + 1, last + 1 + len(ids))), ids  # numbered on by the new owner, no gap
         assert not [e for e in again if e.kind == "lost"], again[:3]
+        ending: list[Sse] = []
+        connected = threading.Event()
+
+        def ended(out: list[Sse]) -> bool:
+            connected.set()  # (its first event, the state, came: it follows the stream)
+            return out[-1].kind == "end"
+
+        follower = threading.Thread(target=lambda: ending.extend(read(apis[other], stream["id"], ended, 60)))
+        follower.start()
+        assert connected.wait(30)
+        deleted = time.monotonic()
         assert apis[other].call("DELETE", f"/v1/streams/{stream['id']}").status_code == 200
+        follower.join(30)
+        took = time.monotonic() - deleted
+        assert ending and ending[-1].kind == "end" and ending[-1].data == {"id": stream["id"]}, ending[-3:]
+        with capsys.disabled():
+            print(f"\n[stream replay] Redis: event: end {took:.2f} s after the DELETE")
+        assert took < 1 + 5, took  # a quiet second, then the record is found gone: generous on a busy machine
     finally:
         served.stop()
         for gateway in gateways:
