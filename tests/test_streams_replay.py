@@ -101,8 +101,10 @@ def test_the_board_keeps_the_newest_events_numbered_across_owners_fenced_and_rem
                 assert time.monotonic() - ended < 5  # ends within a tick or two
             async with board.subscribe("stream", id, 0) as events:
                 assert [e async for e in events] == []  # removed with its stream: nothing kept
-            if server is not None:
-                assert await board._redis.exists(f"yt:work:stream:events:{id}") == 0  # type: ignore[attr-defined]
+            if server is not None:  # the log holds only the end mark now, for a few seconds
+                redis = board._redis  # type: ignore[attr-defined]
+                log = f"yt:work:stream:events:{id}"
+                assert await redis.xlen(log) == 1 and 0 < await redis.pttl(log) <= 10_000
         finally:
             await board.close()
 
@@ -319,7 +321,7 @@ def test_reconnecting_to_the_replica_that_does_not_own_the_stream_replays_from_r
         assert ending and ending[-1].kind == "end" and ending[-1].data == {"id": stream["id"]}, ending[-3:]
         with capsys.disabled():
             print(f"\n[stream replay] Redis: event: end {took:.2f} s after the DELETE")
-        assert took < 1 + 5, took  # a quiet second, then the record is found gone: generous on a busy machine
+        assert took < 5, took  # at once (the log's end mark): generous on a busy machine
     finally:
         served.stop()
         for gateway in gateways:

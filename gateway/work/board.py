@@ -23,7 +23,8 @@ The protocol, the same on both (`kind` is "stream"; each record is a flat str ->
 Key layout in Redis (prefix `yt:work:`): `<kind>:<id>` hash (the record), `<kind>:active` set (ids a replica must
 run), `<kind>:key:<key id>` set (a key's active ids), `<kind>:lease:<id>` string "<owner> <token>" with PX ttl,
 `<kind>:fence:<id>` counter (the last token), `<kind>:done` and `<kind>:done:<key id>` sets (retired ids), and the
-event log `<kind>:events:<id>`, a Redis Stream whose entry ids are `<number>-0` (XADD MAXLEN, read with XREAD BLOCK).
+event log `<kind>:events:<id>`, a Redis Stream whose entry ids are `<number>-0` (XADD MAXLEN, read with XREAD BLOCK;
+`remove` empties it and leaves an end mark there for a few seconds, which ends its readers).
 """
 
 from __future__ import annotations

@@ -83,6 +83,7 @@ redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[3], number .. '-0', 'data', ARGV[2])
 return number
 """
 READ_COUNT = 100  # log entries one XREAD returns at most
+END_KEPT_MS = 10_000  # a removed stream's log keeps only an end mark, this long: its followers end at once
 UPDATE_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return 0
@@ -183,7 +184,11 @@ class RedisBoard:
 
     async def remove(self, kind: str, id: str, key: str) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(f"{NS}{kind}:{id}", *(_name(kind, part, id) for part in ("lease", "fence", "events")))
+            pipe.delete(f"{NS}{kind}:{id}", *(_name(kind, part, id) for part in ("lease", "fence")))
+            log = _name(kind, "events", id)
+            pipe.xtrim(log, maxlen=0)  # its events go with it; the mark (a time id, above every number) ends reads
+            pipe.xadd(log, {"end": "1"})
+            pipe.pexpire(log, END_KEPT_MS)
             pipe.srem(_name(kind, "active"), id)
             pipe.srem(_name(kind, "key", key), id)
             pipe.srem(_name(kind, "done"), id)
@@ -215,12 +220,14 @@ class RedisBoard:
                 )
                 for _, entries in answer or ():
                     for entry, fields in entries:
+                        if b"end" in fields:  # removed
+                            return
                         position = int(_text(entry).split("-")[0])
                         yield Event(position, bytes(fields[b"data"]))
                 if answer:
                     quiet_until = time.monotonic() + TICK_S
                 elif time.monotonic() >= quiet_until:
-                    if not await self._redis.exists(record):  # removed: its log is gone too
+                    if not await self._redis.exists(record):  # removed (and its end mark expired, or never read)
                         return
                     yield None
                     quiet_until = time.monotonic() + TICK_S
