@@ -19,8 +19,8 @@ import pytest
 
 from tests import sources
 from tests.conftest import Gateway, start_gateway, stop_gateway
-from tests.test_redis import cli
 from tests.test_streams import Api, poll
+from tests.test_streams_redis import _owner, on_redis
 from tritonlocal import launcher, redisserver
 
 if TYPE_CHECKING:
@@ -109,6 +109,16 @@ def test_the_board_keeps_the_newest_events_numbered_across_owners_fenced_and_rem
             await board.close()
 
     asyncio.run(main())
+
+
+def test_a_last_event_id_is_a_number_the_stream_gave_or_else_unknown() -> None:
+    from gateway.live.replay import Start, start
+
+    assert start(None, 5) == start("", 5) == start("  ", 5) == Start(5)  # none sent: live ones only
+    assert start("3", 5) == start(" 3 ", 5) == Start(3) and start("0", 5) == Start(0) and start("5", 5) == Start(5)
+    for asked in ("6", "-1", "3.0", "abc", "²", "٣", "1" * 30):  # above the last, or not a plain decimal number
+        assert start(asked, 5) == Start(0, asked[:64]), asked
+    assert start("x" * 100, 5).unknown == "x" * 64
 
 
 # --- real gateways ---------------------------------------------------------------------------------------------------
@@ -252,7 +262,7 @@ def test_an_id_older_than_the_log_or_unknown_gets_event_lost_then_what_is_kept(a
         assert last - KEPT < (got[0].id or 0) <= last - KEPT + 3  # the oldest kept: KEPT back, give or take a frame
         ids = [e.id or 0 for e in got]
         assert ids == list(range(ids[0], ids[-1] + 1))
-        for asked in ("not-an-id", "99999999", "-3"):  # never given by this stream: what is kept, from the oldest
+        for asked in ("not-an-id", "99999999", "-3", "²"):  # never given by this stream: what is kept, from the oldest
             unknown = read(api, id, lambda out: len(frames(out)) >= 3, 60, headers={"Last-Event-ID": asked})
             assert [e.kind for e in unknown[:2]] == ["state", "lost"], unknown[:3]
             assert unknown[1].data["after"] is None and unknown[1].data["lost"] is None
@@ -276,54 +286,44 @@ def test_reconnecting_to_the_replica_that_does_not_own_the_stream_replays_from_r
 ) -> None:
     """Two gateways on a Redis of their own (the session's Redis has other gateways that would claim the stream); then
     the owner is SIGKILLed and the events go on, numbered on by its successor."""
-    redis_server = redisserver.start(tmp_path_factory.mktemp("replay-redis"))
-    gateways: list[Gateway] = []
     sources.need("ffmpeg")  # HLS: a real-time paced source the successor can open again (ffmpeg's MJPEG serves one)
     served = sources.hls(tmp_path / "hls", sources.clip(tmp_path / "clip.mp4", seconds=30))
     try:
-        created = cli(redis_server, "create", "--name", "replay", "--rate", "1000")
-        assert created.returncode == 0, created.stderr
-        key = created.stdout.strip().splitlines()[-1]
-        env = {"redis_url": redis_server.url, "redis_password": redis_server.password, "url_allow_hosts": "127.0.0.1",
-               "stream_events_kept": str(KEPT)}  # fmt: skip
-        gateways = [start_gateway(triton, tmp_path_factory.mktemp(f"replay-redis{i}"), **env) for i in range(2)]
-        apis = [Api(gw.url, key) for gw in gateways]
-        stream = apis[0].create(source=served.url, fps=5)
-        owner = poll("an owner", lambda: apis[0].get(stream["id"])["owner"], 60)
-        mine = [i for i, gw in enumerate(gateways) if f"-{gw.process.pid}-" in owner]
-        assert len(mine) == 1, owner
-        other = 1 - mine[0]
-        _reconnect_exactly([apis[mine[0]], apis[other]], stream["id"])  # from the owner to the other replica
-        last = apis[other].get(stream["id"])["last_event"]
-        gateways[mine[0]].process.kill()  # SIGKILL: the other replica takes the stream over once the lease lapses
-        gateways[mine[0]].process.wait(10)
-        poll("a new owner", lambda: (o := apis[other].get(stream["id"])["owner"]) and o != owner, 60)
-        again = read(
-            apis[other], stream["id"], lambda out: len(frames(out)) >= 3, 60, headers={"Last-Event-ID": str(last)}
-        )
-        ids = [e.id for e in frames(again)]
-        assert ids == list(range(last + 1, last + 1 + len(ids))), ids  # numbered on by the new owner, no gap
-        assert not [e for e in again if e.kind == "lost"], again[:3]
-        ending: list[Sse] = []
-        connected = threading.Event()
+        with on_redis(triton, tmp_path_factory, "replay", 2, stream_events_kept=str(KEPT)) as (gateways, key):
+            apis = [Api(gw.url, key) for gw in gateways]
+            stream = apis[0].create(source=served.url, fps=5)
+            state = poll("an owner", lambda: (s := apis[0].get(stream["id"]))["owner"] and s, 60)
+            mine = _owner(gateways, state)
+            assert mine is not None, state
+            other = 1 - mine
+            _reconnect_exactly([apis[mine], apis[other]], stream["id"])  # from the owner to the other replica
+            last = apis[other].get(stream["id"])["last_event"]
+            gateways[mine].process.kill()  # SIGKILL: the other replica takes the stream over once the lease lapses
+            gateways[mine].process.wait(10)
+            poll("a new owner", lambda: (o := apis[other].get(stream["id"])["owner"]) and o != state["owner"], 60)
+            again = read(
+                apis[other], stream["id"], lambda out: len(frames(out)) >= 3, 60, headers={"Last-Event-ID": str(last)}
+            )
+            ids = [e.id for e in frames(again)]
+            assert ids == list(range(last + 1, last + 1 + len(ids))), ids  # numbered on by the new owner, no gap
+            assert not [e for e in again if e.kind == "lost"], again[:3]
+            ending: list[Sse] = []
+            connected = threading.Event()
 
-        def ended(out: list[Sse]) -> bool:
-            connected.set()  # (its first event, the state, came: it follows the stream)
-            return out[-1].kind == "end"
+            def ended(out: list[Sse]) -> bool:
+                connected.set()  # (its first event, the state, came: it follows the stream)
+                return out[-1].kind == "end"
 
-        follower = threading.Thread(target=lambda: ending.extend(read(apis[other], stream["id"], ended, 60)))
-        follower.start()
-        assert connected.wait(30)
-        deleted = time.monotonic()
-        assert apis[other].call("DELETE", f"/v1/streams/{stream['id']}").status_code == 200
-        follower.join(30)
-        took = time.monotonic() - deleted
-        assert ending and ending[-1].kind == "end" and ending[-1].data == {"id": stream["id"]}, ending[-3:]
-        with capsys.disabled():
-            print(f"\n[stream replay] Redis: event: end {took:.2f} s after the DELETE")
-        assert took < 5, took  # at once (the log's end mark): generous on a busy machine
+            follower = threading.Thread(target=lambda: ending.extend(read(apis[other], stream["id"], ended, 60)))
+            follower.start()
+            assert connected.wait(30)
+            deleted = time.monotonic()
+            assert apis[other].call("DELETE", f"/v1/streams/{stream['id']}").status_code == 200
+            follower.join(30)
+            took = time.monotonic() - deleted
+            assert ending and ending[-1].kind == "end" and ending[-1].data == {"id": stream["id"]}, ending[-3:]
+            with capsys.disabled():
+                print(f"\n[stream replay] Redis: event: end {took:.2f} s after the DELETE")
+            assert took < 5, took  # at once (the log's end mark): generous on a busy machine
     finally:
         served.stop()
-        for gateway in gateways:
-            stop_gateway(gateway)
-        redis_server.stop()

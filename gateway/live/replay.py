@@ -31,7 +31,7 @@ def start(asked: str | None, last: int) -> Start:
     asked = (asked or "").strip()
     if not asked:
         return Start(last)  # live: the events from the next one on
-    if asked.isdigit() and len(asked) <= MAX_ID_DIGITS and int(asked) <= last:
+    if asked.isascii() and asked.isdigit() and len(asked) <= MAX_ID_DIGITS and int(asked) <= last:  # ("²": no)
         return Start(int(asked))
     return Start(0, asked[:64])
 
