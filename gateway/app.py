@@ -81,10 +81,12 @@ async def open_work(app: Starlette, services: Services) -> AsyncIterator[None]:
     if settings.redis_url:
         from gateway.work.redis_board import RedisBoard
 
-        board = RedisBoard(settings.redis_url, settings.redis_password, settings.redis_timeout_s)
+        board = RedisBoard(
+            settings.redis_url, settings.redis_password, settings.redis_timeout_s, settings.stream_events_kept
+        )
         secrets = RedisSecrets(settings.redis_url, settings.redis_password, settings.redis_timeout_s)
     else:
-        board, secrets = MemoryBoard(), FileSecrets(settings.keys_file)
+        board, secrets = MemoryBoard(events_kept=settings.stream_events_kept), FileSecrets(settings.keys_file)
     replica = f"{socket.gethostname()[:40]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     deliveries = Deliveries(settings, secrets)
     streams = Streams(services, board, secrets, deliveries, replica)

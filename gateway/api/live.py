@@ -3,7 +3,8 @@
     POST   /v1/streams              JSON {"source", "model", "fps"|"vid_stride", "track", "webhook", ...} -> 201
     GET    /v1/streams              the key's streams
     GET    /v1/streams/{id}         state, input and processed fps, lag, frames dropped, reconnects, last error
-    GET    /v1/streams/{id}/events  Server-Sent Events: one per analysed frame (a video frame's JSON)
+    GET    /v1/streams/{id}/events  Server-Sent Events: one per analysed frame (a video frame's JSON), numbered;
+                                    `Last-Event-ID` (or ?last_event_id=) replays the kept ones after it
     DELETE /v1/streams/{id}
     POST   /v1/webhooks/secret      a new signing secret for the key's webhooks (shown once)
 
@@ -61,7 +62,10 @@ async def delete_stream(request: Request) -> Response:
 
 
 async def stream_events(request: Request) -> Response:
-    events = await _streams(request).follow(await key_entry(request), request.path_params["stream_id"])
+    entry = await key_entry(request)
+    # the header first: a browser's EventSource sends it on each reconnect, over the query of the first request
+    asked = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    events = await _streams(request).follow(entry, request.path_params["stream_id"], asked)
     return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
 
 

@@ -35,6 +35,7 @@ STREAM = {
         "owner": {"type": ["string", "null"], "description": "The replica running it"},
         "last_error": {"type": ["string", "null"]},
         "events": {"type": "string", "description": "The path of its Server-Sent Events"},
+        "last_event": {"type": "integer", "minimum": 0, "description": "The id of its newest event (0: none yet)"},
         "input_fps": {"type": "number", "minimum": 0, "description": "Frames a second the source sends"},
         "processed_fps": {"type": "number", "minimum": 0},
         "lag_ms": {"type": "number", "minimum": 0, "description": "From a frame's read to its event, last frame"},
@@ -66,10 +67,34 @@ _ERRORS = {
 _SECURITY: list[dict[str, list[str]]] = [{"apiKey": []}, {"bearer": []}]
 _ID = {"name": "stream_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _EVENTS = (
-    "`event: state` with the stream resource first, then one `data:` line per analysed frame with a video frame's "
-    'JSON (`{"frame", "time", "data"}`), `: keep-alive` comments while quiet, and `event: end` when the stream is '
-    "deleted"
+    "`event: state` with the stream resource first, then one event per analysed frame: `id:` its number (1, 2, ... "
+    'for the stream\'s life, across replicas) and a `data:` line with a video frame\'s JSON (`{"frame", "time", '
+    '"data"}`), `: keep-alive` comments while quiet, and `event: end` when the stream is deleted'
 )
+_REPLAY = (
+    "Without Last-Event-ID the events start with the next frame analysed. With it, the events after that id that "
+    "the stream still keeps (its newest GATEWAY_STREAM_EVENTS_KEPT) come first, then live ones. Where kept events "
+    'do not reach back to the id, `event: lost` comes first, `data: {"after": <the id>, "next": <the next id sent>, '
+    '"lost": <how many are gone>, "message"}` (the same where a slow reader fell that far behind); an id the stream '
+    'never gave (not a number, or above its last) gets `event: lost` with `{"after": null, "next": null, "lost": '
+    'null, "message"}`, then every kept event'
+)
+_LAST_EVENT_ID = [
+    {
+        "name": "Last-Event-ID",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "The id of the last event received (an EventSource sends it when it reconnects)",
+    },
+    {
+        "name": "last_event_id",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "The same, for clients that can't set headers (the header wins when both are sent)",
+    },
+]
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -162,9 +187,9 @@ def paths(arguments: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "/v1/streams/{stream_id}/events": {
             "get": {
                 "summary": "A stream's results as Server-Sent Events, one per analysed frame",
-                "description": _EVENTS + ". Any replica serves it; no replay of frames analysed before.",
+                "description": _EVENTS + ". Any replica serves it. " + _REPLAY + ".",
                 "security": _SECURITY,
-                "parameters": [_ID],
+                "parameters": [_ID, *_LAST_EVENT_ID],
                 "responses": {
                     "200": {"description": _EVENTS, "content": {"text/event-stream": {"schema": {"type": "string"}}}},
                     **_errors(401, 404, 503),

@@ -2,14 +2,15 @@
 owns (gateway/work/owner.py claims them; gateway/live/stream.py runs one).
 
 A stream is a record of kind "stream" on the board (gateway/work/board.py; fields below), active until deleted.
-Any replica answers for any stream; the owner writes its state and rates there every second and publishes one event
-per analysed frame on the stream's channel, which GET /v1/streams/{id}/events relays as Server-Sent Events from
-whichever replica the client reached.
+Any replica answers for any stream; the owner writes its state and rates there every second and appends one event
+per analysed frame to the stream's event log (numbered 1, 2, ...; the newest GATEWAY_STREAM_EVENTS_KEPT kept), which
+GET /v1/streams/{id}/events relays as Server-Sent Events from whichever replica the client reached, from the event
+after a client's `Last-Event-ID` (gateway/live/replay.py).
 
 Record fields: key (the key id), model, source (as given: it may hold the camera's credentials), shown (the source
 without them), args (JSON: the prediction arguments as strings, read by `parse_args`), fps, track ("1" or ""),
 webhook, created (Unix s), state, error, stats (JSON), updated, owner, token, stop, checkpoint (JSON: where a
-takeover goes on, gateway/live/resume.py).
+takeover goes on, gateway/live/resume.py), last_event (the number of the last event appended to its log).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import orjson
 from gateway.arguments import parse_args
 from gateway.errors import Forbidden, GatewayError, NotFound, ServiceUnavailable, TooManyRequests
 from gateway.keys.auth import KeyEntry
-from gateway.live import resume, stream
+from gateway.live import replay, resume, stream
 from gateway.live.relay import Relays
 from gateway.live.request import StreamRequest, parse
 from gateway.live.source import Source
@@ -41,7 +42,6 @@ from gateway.work.webhooks import Batch
 log = logging.getLogger("gateway")
 KIND = "stream"
 KEEPALIVE_TICKS = 15  # an SSE comment after this many quiet ticks (proxies close idle connections)
-RECORD_CHECK_TICKS = 3  # a follower re-reads the record after this many quiet ticks (a stream that ended)
 RETRY_S = 1.0  # a run that can't start (model not ready) tries again after this
 
 
@@ -135,29 +135,34 @@ class Streams(Work):
         await self.board.remove(KIND, id, entry.id)  # the owner's next renewal fails: it stops within a second
         return {**public(id, record), "state": "deleted"}
 
-    async def follow(self, entry: KeyEntry, id: str) -> AsyncIterator[bytes]:
+    async def follow(self, entry: KeyEntry, id: str, last_event_id: str | None = None) -> AsyncIterator[bytes]:
         """Server-Sent Events for stream `id` (after checking it is `entry`'s): `event: state` first (the resource),
-        then one `data:` line per analysed frame, comments while quiet, and `event: end` when the stream ends."""
-        first = public(id, await self._mine(entry, id))
-        return self._events(id, first)
+        then one event per analysed frame (`id:` its number, `data:` its JSON): from the one after `last_event_id`
+        when given (the kept ones, then live ones), else from the next one analysed; `event: lost` where events
+        were no longer kept, comments while quiet, and `event: end` when the stream ends."""
+        record = await self._mine(entry, id)
+        start = replay.start(last_event_id, int(record.get("last_event") or 0))
+        return self._events(id, public(id, record), start)
 
-    async def _events(self, id: str, first: dict[str, Any]) -> AsyncIterator[bytes]:
+    async def _events(self, id: str, first: dict[str, Any], start: replay.Start) -> AsyncIterator[bytes]:
         quiet = 0
-        async with self.board.subscribe(KIND, id) as messages:
-            # the state once subscribed: a client that has it sees every frame analysed after it
+        position, gaps = start.after, start.unknown is None  # (after an unknown id, the first event is no gap)
+        async with self.board.subscribe(KIND, id, start.after) as events:
+            # the state as it was when the log was at `after`: with it, a client sees every event after that
             yield b"event: state\ndata: " + orjson.dumps(first) + b"\n\n"
-            async for message in messages:
-                if message is None:
+            if start.unknown is not None:
+                yield replay.lost(None, None, start.unknown, self.settings.stream_events_kept)
+            async for event in events:
+                if event is None:
                     quiet += 1
                     if quiet % KEEPALIVE_TICKS == 0:
                         yield b": keep-alive\n\n"
-                    if quiet % RECORD_CHECK_TICKS == 0 and await self.board.read(KIND, id) is None:
-                        break
                     continue
-                if message == b"":
-                    break
                 quiet = 0
-                yield b"data: " + message + b"\n\n"
+                if gaps and event.id > position + 1:  # the log dropped these before they were read
+                    yield replay.lost(position, event.id, None, self.settings.stream_events_kept)
+                position, gaps = event.id, True
+                yield b"id: %d\ndata: %b\n\n" % (event.id, event.data)
         yield b'event: end\ndata: {"id": "' + id.encode() + b'"}\n\n'
 
     async def _entry(self, key_id: str) -> KeyEntry | None:
@@ -253,6 +258,7 @@ def public(id: str, record: dict[str, str]) -> dict[str, Any]:
         "owner": record.get("owner") or None,
         "last_error": record.get("error") or None,
         "events": f"/v1/streams/{id}/events",
+        "last_event": int(record.get("last_event") or 0),
         **{
             name: figures.get(name, 0)
             for name in (

@@ -1,5 +1,5 @@
 """The shared state of leased work (live streams): records, per-key caps, owner leases with fencing tokens and
-event channels, behind one interface (`Board`) with two implementations.
+event logs, behind one interface (`Board`) with two implementations.
 
 - `MemoryBoard` (the single-gateway default): everything in this process; nothing survives a restart.
 - `RedisBoard` (gateway/work/redis_board.py, when GATEWAY_REDIS_URL is set): shared by every replica.
@@ -13,14 +13,18 @@ The protocol, the same on both (`kind` is "stream"; each record is a flat str ->
 - `retire` finishes an active record (a job done, failed or cancelled): its last fields written, out of the active
   sets (no owner claims it, its key's cap no longer counts it) and into the finished ones (`finished` lists them)
   until `remove`;
-- `remove` deletes a record and ends its subscriptions;
-- `subscribe` yields the messages `publish` sends on a record's channel, from any replica.
+- `publish` appends an event to the record's log, numbered 1, 2, 3, ... (the record's `last_event` field counts
+  them, so the numbers go on across owners), which keeps the newest `events_kept` (GATEWAY_STREAM_EVENTS_KEPT);
+- `subscribe` yields a record's events after a given number: the kept ones first, then each as it is published,
+  from any replica; a reader that falls behind reads on from the log, and finds a gap in the numbers only where the
+  log dropped events before it read them;
+- `remove` deletes a record and its log, and ends its subscriptions.
 
 Key layout in Redis (prefix `yt:work:`): `<kind>:<id>` hash (the record), `<kind>:active` set (ids a replica must
 run), `<kind>:key:<key id>` set (a key's active ids), `<kind>:lease:<id>` string "<owner> <token>" with PX ttl,
 `<kind>:fence:<id>` counter (the last token), `<kind>:done` and `<kind>:done:<key id>` sets (retired ids), and the
-pub/sub channel
-`yt:work:<kind>:events:<id>`.
+event log `<kind>:events:<id>`, a Redis Stream whose entry ids are `<number>-0` (XADD MAXLEN, read with XREAD BLOCK;
+`remove` empties it and leaves an end mark there for a few seconds, which ends its readers).
 """
 
 from __future__ import annotations
@@ -28,13 +32,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 Fields = Mapping[str, str]
-SUBSCRIBER_QUEUE = 256  # messages a slow subscriber may fall behind by before the oldest are dropped
+EVENTS_KEPT = 300  # GATEWAY_STREAM_EVENTS_KEPT's default
 TICK_S = 1.0  # a subscription yields None after this long without a message (the reader's chance to do other work)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One entry of a record's event log: its number (1, 2, ... per record, never reused) and its message."""
+
+    id: int
+    data: bytes
 
 
 @dataclass
@@ -89,11 +102,11 @@ class Board(Protocol):
         ...
 
     async def publish(self, lease: Lease, message: bytes) -> bool:
-        """Fenced: send `message` to the record's subscribers."""
+        """Fenced: append `message` to the record's event log (its number: the record's `last_event`, plus one)."""
         ...
 
     async def remove(self, kind: str, id: str, key: str) -> None:
-        """Delete the record, its lease and fence; its subscribers get b"" (the end)."""
+        """Delete the record, its lease, fence and event log; its subscriptions end."""
         ...
 
     async def retire(self, kind: str, id: str, key: str, fields: Fields, lease: Lease | None = None) -> bool:
@@ -106,9 +119,11 @@ class Board(Protocol):
         """The retired ids of `kind` (of one key when `key` is given) not yet removed."""
         ...
 
-    def subscribe(self, kind: str, id: str) -> contextlib.AbstractAsyncContextManager[AsyncIterator[bytes | None]]:
-        """The record's messages as they are published (b"" when the record is removed; None after TICK_S without
-        any)."""
+    def subscribe(
+        self, kind: str, id: str, after: int
+    ) -> contextlib.AbstractAsyncContextManager[AsyncIterator[Event | None]]:
+        """The record's events numbered above `after`, oldest first: those kept, then each as it is published (None
+        after TICK_S without any); the iteration ends once the record is removed (within a TICK_S)."""
         ...
 
 
@@ -116,6 +131,18 @@ class Board(Protocol):
 class _Held:
     value: str
     until: float
+
+
+@dataclass
+class _Log:
+    """A record's kept events, and an asyncio.Event set (then replaced) at each append and at the removal."""
+
+    events: deque[Event]
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def wake(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
 
 
 @dataclass
@@ -128,7 +155,8 @@ class MemoryBoard:
     _by_key: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     _leases: dict[tuple[str, str], _Held] = field(default_factory=dict)
     _fences: dict[tuple[str, str], int] = field(default_factory=dict)
-    _subscribers: dict[tuple[str, str], set[asyncio.Queue[bytes]]] = field(default_factory=dict)
+    events_kept: int = EVENTS_KEPT
+    _logs: dict[tuple[str, str], _Log] = field(default_factory=dict)
     _done: dict[tuple[str, str], set[str]] = field(default_factory=dict)  # (kind, key id or "") -> retired ids
 
     async def close(self) -> None:
@@ -200,16 +228,21 @@ class MemoryBoard:
         return True
 
     async def publish(self, lease: Lease, message: bytes) -> bool:
-        if not self._holds(lease):
+        found = self._record(lease.kind, lease.id)
+        if found is None or not self._holds(lease):
             return False
-        self._send((lease.kind, lease.id), message)
+        number = int(found.get("last_event") or 0) + 1
+        found["last_event"] = str(number)
+        log = self._log(lease.kind, lease.id)
+        log.events.append(Event(number, message))
+        log.wake()
         return True
 
-    def _send(self, name: tuple[str, str], message: bytes) -> None:
-        for queue in self._subscribers.get(name, ()):
-            if queue.full():  # newest wins for a slow subscriber too
-                queue.get_nowait()
-            queue.put_nowait(message)
+    def _log(self, kind: str, id: str) -> _Log:
+        log = self._logs.get((kind, id))
+        if log is None:
+            log = self._logs[(kind, id)] = _Log(deque(maxlen=self.events_kept))
+        return log
 
     async def remove(self, kind: str, id: str, key: str) -> None:
         name = (kind, id)
@@ -219,7 +252,9 @@ class MemoryBoard:
         self._by_key.get((kind, key), set()).discard(id)
         for group in ("", key):
             self._done.get((kind, group), set()).discard(id)
-        self._send(name, b"")
+        log = self._logs.pop(name, None)
+        if log is not None:
+            log.wake()
 
     async def retire(self, kind: str, id: str, key: str, fields: Fields, lease: Lease | None = None) -> bool:
         found = self._record(kind, id)
@@ -240,21 +275,21 @@ class MemoryBoard:
         return sorted(self._done.get((kind, key or ""), set()))
 
     @contextlib.asynccontextmanager
-    async def subscribe(self, kind: str, id: str) -> AsyncIterator[AsyncIterator[bytes | None]]:
-        queue: asyncio.Queue[bytes] = asyncio.Queue(SUBSCRIBER_QUEUE)
-        listeners = self._subscribers.setdefault((kind, id), set())
-        listeners.add(queue)
-
-        async def messages() -> AsyncIterator[bytes | None]:
-            while True:
+    async def subscribe(self, kind: str, id: str, after: int) -> AsyncIterator[AsyncIterator[Event | None]]:
+        async def events() -> AsyncIterator[Event | None]:
+            position = after
+            while self._record(kind, id) is not None:
+                log = self._log(kind, id)
+                changed = log.changed  # taken before reading: an append after the read sets this one
+                fresh = [event for event in log.events if event.id > position]
+                for event in fresh:
+                    position = event.id
+                    yield event
+                if fresh:
+                    continue
                 try:
-                    yield await asyncio.wait_for(queue.get(), TICK_S)
+                    await asyncio.wait_for(changed.wait(), TICK_S)
                 except TimeoutError:
                     yield None
 
-        try:
-            yield messages()
-        finally:
-            listeners.discard(queue)
-            if not listeners:
-                self._subscribers.pop((kind, id), None)
+        yield events()

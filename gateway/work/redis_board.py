@@ -9,13 +9,14 @@ on a slow Redis stops its streams.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from redis.asyncio import Redis
 
 from gateway.redis_client import redis_client
-from gateway.work.board import TICK_S, Fields, Lease
+from gateway.work.board import EVENTS_KEPT, TICK_S, Event, Fields, Lease
 
 NS = "yt:work:"
 
@@ -71,13 +72,18 @@ end
 redis.call('HSET', KEYS[2], unpack(ARGV, 2))
 return 1
 """
+# KEYS: lease, record, log; ARGV: lease value, message, events kept. Returns the event's number, or 0. The log's
+# entry ids are "<number>-0": a follower reads on from the number it saw last, on any replica, after any takeover.
 PUBLISH_LUA = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('EXISTS', KEYS[2]) == 0 then
   return 0
 end
-redis.call('PUBLISH', ARGV[2], ARGV[3])
-return 1
+local number = redis.call('HINCRBY', KEYS[2], 'last_event', 1)
+redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[3], number .. '-0', 'data', ARGV[2])
+return number
 """
+READ_COUNT = 100  # log entries one XREAD returns at most
+END_KEPT_MS = 10_000  # a removed stream's log keeps only an end mark, this long: its followers end at once
 UPDATE_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return 0
@@ -122,8 +128,10 @@ class RedisBoard:
 
     kind = "redis"
 
-    def __init__(self, url: str, password: str = "", timeout_s: float = 1.0) -> None:
-        self._redis: Redis = redis_client(url, password, max(timeout_s, 1.0), text=False)
+    def __init__(self, url: str, password: str = "", timeout_s: float = 1.0, events_kept: int = EVENTS_KEPT) -> None:
+        self._timeout_s = max(timeout_s, 1.0)
+        self._redis: Redis = redis_client(url, password, self._timeout_s, text=False)
+        self.events_kept = events_kept
 
     async def close(self) -> None:
         await self._redis.aclose()
@@ -167,18 +175,24 @@ class RedisBoard:
         return bool(await self._eval(WRITE_LUA, keys, [lease.value, *_pairs(fields)]))
 
     async def publish(self, lease: Lease, message: bytes) -> bool:
-        keys = [_name(lease.kind, "lease", lease.id)]
-        channel = _name(lease.kind, "events", lease.id)
-        return bool(await self._eval(PUBLISH_LUA, keys, [lease.value, channel, message]))
+        keys = [
+            _name(lease.kind, "lease", lease.id),
+            f"{NS}{lease.kind}:{lease.id}",
+            _name(lease.kind, "events", lease.id),
+        ]
+        return bool(await self._eval(PUBLISH_LUA, keys, [lease.value, message, self.events_kept]))
 
     async def remove(self, kind: str, id: str, key: str) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(f"{NS}{kind}:{id}", *(_name(kind, part, id) for part in ("lease", "fence")))
+            log = _name(kind, "events", id)
+            pipe.xtrim(log, maxlen=0)  # its events go with it; the mark (a time id, above every number) ends reads
+            pipe.xadd(log, {"end": "1"})
+            pipe.pexpire(log, END_KEPT_MS)
             pipe.srem(_name(kind, "active"), id)
             pipe.srem(_name(kind, "key", key), id)
             pipe.srem(_name(kind, "done"), id)
             pipe.srem(_name(kind, "done", key), id)
-            pipe.publish(_name(kind, "events", id), b"")
             await pipe.execute()
 
     async def retire(self, kind: str, id: str, key: str, fields: Fields, lease: Lease | None = None) -> bool:
@@ -193,19 +207,29 @@ class RedisBoard:
         return sorted(_text(m) for m in members)
 
     @contextlib.asynccontextmanager
-    async def subscribe(self, kind: str, id: str) -> AsyncIterator[AsyncIterator[bytes | None]]:
-        pubsub = self._redis.pubsub()
-        await pubsub.subscribe(_name(kind, "events", id))
+    async def subscribe(self, kind: str, id: str, after: int) -> AsyncIterator[AsyncIterator[Event | None]]:
+        log, record = _name(kind, "events", id), f"{NS}{kind}:{id}"
+        block_s = min(TICK_S, self._timeout_s / 2)  # an XREAD BLOCK answers well within the socket's timeout
 
-        async def messages() -> AsyncIterator[bytes | None]:
+        async def events() -> AsyncIterator[Event | None]:
+            position = after
+            quiet_until = time.monotonic() + TICK_S
             while True:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=TICK_S)
-                if message is None:
+                answer: Any = await self._redis.xread(
+                    {log: f"{position}-0"}, count=READ_COUNT, block=int(block_s * 1000)
+                )
+                for _, entries in answer or ():
+                    for entry, fields in entries:
+                        if b"end" in fields:  # removed
+                            return
+                        position = int(_text(entry).split("-")[0])
+                        yield Event(position, bytes(fields[b"data"]))
+                if answer:
+                    quiet_until = time.monotonic() + TICK_S
+                elif time.monotonic() >= quiet_until:
+                    if not await self._redis.exists(record):  # removed (and its end mark expired, or never read)
+                        return
                     yield None
-                elif message["type"] == "message":
-                    yield bytes(message["data"])
+                    quiet_until = time.monotonic() + TICK_S
 
-        try:
-            yield messages()
-        finally:
-            await pubsub.aclose()
+        yield events()
