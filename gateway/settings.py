@@ -30,6 +30,7 @@ POSITIVE = frozenset(
     | {"stream_checkpoint_s"}
     | {"job_download_timeout_s"}
     | {"stream_events_kept"}
+    | {"max_stream_followers_per_key", "max_stream_followers"}
 )
 
 
@@ -78,6 +79,8 @@ class Settings:
     stream_backoff_max_s: float = 10.0  # reconnect delays double from 0.5 s up to this
     stream_checkpoint_s: float = 2.0  # a stream's next frame index and tracker are recorded this often (a takeover)
     stream_events_kept: int = 300  # a stream's newest events kept for replay (Last-Event-ID), in the shared state
+    max_stream_followers_per_key: int = 8  # one key's open event followers (GET .../events) on one replica; past it 429
+    max_stream_followers: int = 128  # event followers one replica serves at once (each holds a Redis connection)
     webhook_queue: int = 1000  # deliveries waiting in one replica, retries included; past it the oldest is dropped
     webhook_retries: int = 5  # attempts after the first, for an answer other than 2xx (or none)
     webhook_backoff_s: float = 1.0  # the first retry's delay, doubled for each next one

@@ -193,6 +193,11 @@ def paths(arguments: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 "responses": {
                     "200": {"description": _EVENTS, "content": {"text/event-stream": {"schema": {"type": "string"}}}},
                     **_errors(401, 404, 503),
+                    "429": _json(
+                        ERROR,
+                        "The key already has GATEWAY_MAX_STREAM_FOLLOWERS_PER_KEY followers open on "
+                        "this replica, or the replica serves GATEWAY_MAX_STREAM_FOLLOWERS (Retry-After)",
+                    ),
                 },
             },
         },

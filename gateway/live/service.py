@@ -28,7 +28,7 @@ import orjson
 from gateway.arguments import parse_args
 from gateway.errors import Forbidden, GatewayError, NotFound, ServiceUnavailable, TooManyRequests
 from gateway.keys.auth import KeyEntry
-from gateway.live import replay, resume, stream
+from gateway.live import followers, replay, resume, stream
 from gateway.live.relay import Relays
 from gateway.live.request import StreamRequest, parse
 from gateway.live.source import Source
@@ -56,6 +56,8 @@ class Streams(Work):
 
     def _setup(self) -> None:
         self.relays = Relays()  # http(s) sources are read through them, every hop guarded (gateway/live/relay.py)
+        self.followers = followers.Followers(self.settings.max_stream_followers_per_key,
+                                             self.settings.max_stream_followers)  # fmt: skip
 
     async def close(self) -> None:
         """Stop this replica's runs (handing their leases back), then the readers' relays."""
@@ -142,7 +144,8 @@ class Streams(Work):
         were no longer kept, comments while quiet, and `event: end` when the stream ends."""
         record = await self._mine(entry, id)
         start = replay.start(last_event_id, int(record.get("last_event") or 0))
-        return self._events(id, public(id, record), start)
+        release = self.followers.claim(entry.id)  # 429 past the key's (or this replica's) followers
+        return followers.holding(self._events(id, public(id, record), start), release)
 
     async def _events(self, id: str, first: dict[str, Any], start: replay.Start) -> AsyncIterator[bytes]:
         quiet = 0
