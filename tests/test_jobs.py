@@ -526,7 +526,7 @@ def test_an_owner_that_lost_its_lease_cant_overwrite_its_successors_checkpoint()
     the old owner's checkpoint is refused (its run ends as LOST, keeping its part file) and the successor's stays."""
     import asyncio
 
-    from gateway.jobs.run import CHECKPOINT, LOST, STOP, Checkpoint, _going_on
+    from gateway.jobs.run import CHECKPOINT, LOST, STOP, Checkpoint, going_on
     from gateway.work.board import MemoryBoard
 
     async def main() -> None:
@@ -535,18 +535,18 @@ def test_an_owner_that_lost_its_lease_cant_overwrite_its_successors_checkpoint()
         old = await board.acquire("job", "job_1", "replica-a", 0.05)
         assert old is not None
         mine = Checkpoint(f"job_1.{old.token}.part", 10, 100, 9).dumps()
-        assert await _going_on(board, old, {"frames_done": "10", CHECKPOINT: mine}) == ""
+        assert await going_on(board, old, {"frames_done": "10", CHECKPOINT: mine}) == ""
         deadline = time.monotonic() + 10
         while (new := await board.acquire("job", "job_1", "replica-b", 10)) is None:  # the old lease lapses
             assert time.monotonic() < deadline, "the lease never lapsed"
             await asyncio.sleep(0.01)
         theirs = Checkpoint(f"job_1.{new.token}.part", 12, 120, 11).dumps()
-        assert await _going_on(board, new, {"frames_done": "12", CHECKPOINT: theirs}) == ""
+        assert await going_on(board, new, {"frames_done": "12", CHECKPOINT: theirs}) == ""
         late = Checkpoint(f"job_1.{old.token}.part", 20, 200, 19).dumps()
-        assert await _going_on(board, old, {"frames_done": "20", CHECKPOINT: late}) == LOST
+        assert await going_on(board, old, {"frames_done": "20", CHECKPOINT: late}) == LOST
         record = await board.read("job", "job_1")
         assert record is not None and record[CHECKPOINT] == theirs and record["frames_done"] == "12"
         assert await board.update("job", "job_1", {"stop": "1"})
-        assert await _going_on(board, new, {"frames_done": "13"}) == STOP  # a cancel: the part file is removed
+        assert await going_on(board, new, {"frames_done": "13"}) == STOP  # a cancel: the part file is removed
 
     asyncio.run(main())

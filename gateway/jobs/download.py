@@ -73,7 +73,7 @@ async def download(
     lease was lost, or the job was cancelled). A GatewayError when the download failed (see the module)."""
     settings = services.settings
     part = settings.jobs_dir / f"{lease.id}.{lease.token}.download.part"
-    if await run._going_on(board, lease, {"stage": DOWNLOADING, "downloaded": "0", "download_total": ""}):
+    if await run.going_on(board, lease, {"stage": DOWNLOADING, "downloaded": "0", "download_total": ""}):
         return None
     kept = ""
     fetched = Fetched()
@@ -137,7 +137,7 @@ async def _watched(board: Board, lease: Lease, download: Coroutine[Any, Any, Non
     task = asyncio.ensure_future(download)
     try:
         while not (await asyncio.wait({task}, timeout=run.PROGRESS_S))[0]:
-            if await run._going_on(board, lease, fetched.fields()):
+            if await run.going_on(board, lease, fetched.fields()):
                 return False
         task.result()  # its error, if it failed
         return True

@@ -46,7 +46,7 @@ log = logging.getLogger("gateway")
 
 PROGRESS_S = 1.0  # progress written and the record re-read (a cancel) this often
 CHECKPOINT = "checkpoint"  # the record's field holding the last checkpoint (`Checkpoint`, JSON)
-STOP, LOST = "stop", "lost"  # why a run ends without a verdict (`_going_on`)
+STOP, LOST = "stop", "lost"  # why a run ends without a verdict (`going_on`)
 HUB = DIALECTS["hub"]  # results are written as the v1 route's NDJSON video answer
 
 
@@ -161,7 +161,7 @@ async def run(
                     else:
                         await asyncio.to_thread(out.writelines, lines)
                     lines = []
-                    ended = await _going_on(board, lease, fields)
+                    ended = await going_on(board, lease, fields)
                     if ended:
                         control.cancelled = True
                         break
@@ -238,7 +238,7 @@ def _open_part(folder: Path, part: Path, found: Checkpoint | None) -> tuple[IO[b
     return out, found.frames
 
 
-async def _going_on(board: Board, lease: Lease, fields: dict[str, str]) -> str:
+async def going_on(board: Board, lease: Lease, fields: dict[str, str]) -> str:
     """Write progress (fenced) and say whether the run may go on: "" (it may), STOP (the job was cancelled or
     deleted) or LOST (the lease). A lease this replica gives up at shutdown is `lost` while the board still holds it:
     this last write goes in, with the checkpoint the run made for it, and the next owner resumes from there."""
